@@ -1,0 +1,88 @@
+// Python face of the kernels: pointers arrive as integers, so no libtorch is linked and one build
+// serves any torch version. Python (edgekd/kernels/ops.py) checks shapes and dtypes first.
+#include <pybind11/pybind11.h>
+
+#include <string>
+
+#include "kd_common.h"
+
+namespace py = pybind11;
+using edgekd::KDParams;
+
+static KDParams make_params(uintptr_t student, int s_dtype, int64_t s_stride, uintptr_t teacher, int t_dtype,
+                            int64_t t_stride, uintptr_t labels, int64_t rows, int64_t V, float temperature,
+                            float alpha, int divergence, float beta, int64_t ignore_index, float grad_scale,
+                            uintptr_t loss, uintptr_t grad, int64_t g_stride, int num_threads) {
+  KDParams p;
+  p.student = reinterpret_cast<const void*>(student);
+  p.s_dtype = s_dtype;
+  p.s_stride = s_stride;
+  p.teacher = reinterpret_cast<const void*>(teacher);
+  p.t_dtype = t_dtype;
+  p.t_stride = t_stride;
+  p.labels = reinterpret_cast<const int64_t*>(labels);
+  p.rows = rows;
+  p.V = V;
+  p.temperature = temperature;
+  p.alpha = alpha;
+  p.divergence = divergence;
+  p.beta = beta;
+  p.ignore_index = ignore_index;
+  p.grad_scale = grad_scale;
+  p.loss = reinterpret_cast<float*>(loss);
+  p.grad = reinterpret_cast<void*>(grad);
+  p.g_stride = g_stride;
+  p.num_threads = num_threads;
+  return p;
+}
+
+static std::string build_info() {
+  std::string s = std::string("cpu=") + edgekd::cpu_isa();
+#ifdef EDGEKD_WITH_CUDA
+  s += " cuda=yes";
+#else
+  s += " cuda=no";
+#endif
+  return s;
+}
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "edgekd fused kernels on raw buffers";
+  m.def(
+      "kd_forward_cpu",
+      [](uintptr_t student, int s_dtype, int64_t s_stride, uintptr_t teacher, int t_dtype, int64_t t_stride,
+         uintptr_t labels, int64_t rows, int64_t V, float temperature, float alpha, int divergence, float beta,
+         int64_t ignore_index, float grad_scale, uintptr_t loss, uintptr_t grad, int64_t g_stride,
+         int num_threads) {
+        KDParams p = make_params(student, s_dtype, s_stride, teacher, t_dtype, t_stride, labels, rows, V,
+                                 temperature, alpha, divergence, beta, ignore_index, grad_scale, loss, grad,
+                                 g_stride, num_threads);
+        py::gil_scoped_release release;
+        edgekd::kd_forward_cpu(p);
+      },
+      "Per-row fused KD(+CE) loss and, when grad != 0, its gradient w.r.t. the student logits (CPU).");
+#ifdef EDGEKD_WITH_CUDA
+  m.def(
+      "kd_forward_cuda",
+      [](uintptr_t student, int s_dtype, int64_t s_stride, uintptr_t teacher, int t_dtype, int64_t t_stride,
+         uintptr_t labels, int64_t rows, int64_t V, float temperature, float alpha, int divergence, float beta,
+         int64_t ignore_index, float grad_scale, uintptr_t loss, uintptr_t grad, int64_t g_stride,
+         uintptr_t stream) {
+        KDParams p = make_params(student, s_dtype, s_stride, teacher, t_dtype, t_stride, labels, rows, V,
+                                 temperature, alpha, divergence, beta, ignore_index, grad_scale, loss, grad,
+                                 g_stride, 0);
+        int err;
+        {
+          py::gil_scoped_release release;
+          err = edgekd::kd_forward_cuda(p, reinterpret_cast<void*>(stream));
+        }
+        if (err != 0) throw std::runtime_error("edgekd CUDA kernel failed with cudaError " + std::to_string(err));
+      },
+      "Same as kd_forward_cpu on device pointers, launched on `stream`.");
+  m.attr("has_cuda") = true;
+#else
+  m.attr("has_cuda") = false;
+#endif
+  m.def("cpu_isa", &edgekd::cpu_isa, "The CPU code path chosen at run time: avx2, neon or scalar.");
+  m.def("build_info", &build_info);
+}

@@ -1,0 +1,56 @@
+// Shared contract of the fused KD kernels (CPU and CUDA): raw buffers, no libtorch.
+//
+// One call handles `rows` rows of `V` logits. For each row r (student s, teacher t, label y):
+//   a_i = (t_i - max t) / T,  b_i = (s_i - max s) / T
+//   p = softmax(a), q = softmax(b)   (teacher, student at temperature T)
+//   forward_kl: D = T^2 * sum p (log p - log q)
+//   reverse_kl: D = T^2 * sum_{t_i != -inf} q (log q - log p)        (masked entries contribute nothing)
+//   jsd:        D = T^2 * (beta KL(p||m) + (1-beta) KL(q||m)),  m = beta p + (1-beta) q
+//   CE = -log softmax(s)[y]  (temperature 1; only when labels != nullptr and alpha < 1)
+//   loss[r] = alpha * D + (1 - alpha) * CE;  0 when y == ignore_index
+//   grad[r, :] = grad_scale * d loss[r] / d s[r, :]   (0 when ignored; skipped when grad == nullptr)
+//     forward_kl: dD/ds = T (q - p)
+//     reverse_kl: dD/ds_j = T q_j (g_j - G), g_j = [t_j != -inf](log q_j - log p_j + 1), G = sum q g
+//     jsd:        dD/ds_j = T q_j (g_j - G), g_j = (1-beta) log(q_j / m_j),            G = sum q g
+//     dCE/ds = softmax(s) - onehot(y)
+// Arithmetic is float32 whatever the input dtype; gradient stored in the student's dtype.
+#pragma once
+#include <cstdint>
+
+namespace edgekd {
+
+enum DType : int { kFloat32 = 0, kBFloat16 = 1, kFloat16 = 2 };
+enum Divergence : int { kForwardKL = 0, kReverseKL = 1, kJSD = 2 };
+
+struct KDParams {
+  const void* student = nullptr;  // [rows, V], element (r, i) at student + r * s_stride + i
+  int s_dtype = kFloat32;
+  int64_t s_stride = 0;
+  const void* teacher = nullptr;  // [rows, V], teacher + r * t_stride + i
+  int t_dtype = kFloat32;
+  int64_t t_stride = 0;
+  const int64_t* labels = nullptr;  // [rows] or nullptr
+  int64_t rows = 0;
+  int64_t V = 0;
+  float temperature = 1.f;
+  float alpha = 1.f;
+  float beta = 0.5f;
+  int divergence = kForwardKL;
+  int64_t ignore_index = -100;
+  float grad_scale = 1.f;
+  float* loss = nullptr;  // [rows], float32
+  void* grad = nullptr;   // [rows, V] in s_dtype, grad + r * g_stride + i; nullptr: no gradient
+  int64_t g_stride = 0;
+  int num_threads = 0;  // CPU only; 0 = OpenMP default
+};
+
+// CPU: OpenMP across rows, AVX2/FMA (x86, chosen at run time), NEON (aarch64) or scalar.
+void kd_forward_cpu(const KDParams& p);
+const char* cpu_isa();
+
+#ifdef EDGEKD_WITH_CUDA
+// CUDA: `stream` is a cudaStream_t; pointers are device pointers. Returns a cudaError_t as int.
+int kd_forward_cuda(const KDParams& p, void* stream);
+#endif
+
+}  // namespace edgekd

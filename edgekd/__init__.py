@@ -1,0 +1,7 @@
+"""edgekd: distill a large teacher into a small student that meets a latency budget on an edge device."""
+
+__version__ = "0.1.0"
+
+from edgekd.errors import EdgekdError  # noqa: E402
+
+__all__ = ["EdgekdError", "__version__"]

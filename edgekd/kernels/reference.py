@@ -1,0 +1,93 @@
+"""Plain PyTorch in float64: the oracle the fused kernels are tested against, and their fallback."""
+
+from __future__ import annotations
+
+import torch
+
+DIVERGENCES = ("forward_kl", "reverse_kl", "jsd")
+REDUCTIONS = ("batchmean", "sum", "none")
+
+
+def check_args(student_logits, teacher_logits, labels, temperature, alpha, divergence, beta, reduction):
+    """Reject bad arguments with a ValueError that names the argument."""
+    if not isinstance(student_logits, torch.Tensor) or not isinstance(teacher_logits, torch.Tensor):
+        raise ValueError("student_logits and teacher_logits must be tensors")
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(f"teacher_logits: shape {tuple(teacher_logits.shape)} does not match "
+                         f"student_logits {tuple(student_logits.shape)}")
+    if student_logits.dim() < 1 or student_logits.shape[-1] == 0:
+        raise ValueError("student_logits: needs a non-empty last (vocabulary) dimension")
+    for name, t in (("student_logits", student_logits), ("teacher_logits", teacher_logits)):
+        if t.dtype not in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
+            raise ValueError(f"{name}: dtype {t.dtype} is not one of float32, bfloat16, float16")
+    if student_logits.device != teacher_logits.device:
+        raise ValueError(f"teacher_logits: on {teacher_logits.device}, student_logits on {student_logits.device}")
+    if labels is not None:
+        if labels.shape != student_logits.shape[:-1]:
+            raise ValueError(f"labels: shape {tuple(labels.shape)} does not match the leading shape "
+                             f"{tuple(student_logits.shape[:-1])} of the logits")
+        if labels.dtype not in (torch.int64, torch.int32):
+            raise ValueError(f"labels: dtype {labels.dtype} must be int64 or int32")
+    if not (temperature > 0) or temperature != temperature or temperature == float("inf"):
+        raise ValueError(f"temperature: must be positive and finite, got {temperature}")
+    if not (0.0 <= alpha <= 1.0):
+        raise ValueError(f"alpha: must lie in [0, 1], got {alpha}")
+    if divergence not in DIVERGENCES:
+        raise ValueError(f"divergence: unknown {divergence!r}; choose one of {', '.join(DIVERGENCES)}")
+    if divergence == "jsd" and not (0.0 <= beta <= 1.0):
+        raise ValueError(f"beta: must lie in [0, 1], got {beta}")
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction: unknown {reduction!r}; choose one of {', '.join(REDUCTIONS)}")
+
+
+def _xlogy_ratio(a: torch.Tensor, log_a: torch.Tensor, log_b: torch.Tensor) -> torch.Tensor:
+    """a · (log a − log b), with 0 where a is 0 (so −inf entries contribute nothing, never NaN)."""
+    keep = a > 0
+    safe = torch.where(keep, log_a - torch.where(keep, log_b, torch.zeros_like(log_b)), torch.zeros_like(log_a))
+    return torch.where(keep, a * safe, torch.zeros_like(a))
+
+
+def divergence_rows(s: torch.Tensor, t: torch.Tensor, temperature: float, divergence: str, beta: float) -> torch.Tensor:
+    """Per-row T²-scaled divergence between softmax(t/T) and softmax(s/T); inputs already float64."""
+    log_q = torch.log_softmax(s / temperature, dim=-1)
+    log_p = torch.log_softmax(t / temperature, dim=-1)
+    p, q = log_p.exp(), log_q.exp()
+    if divergence == "forward_kl":
+        d = _xlogy_ratio(p, log_p, log_q).sum(-1)
+    elif divergence == "reverse_kl":
+        # Where the teacher logit is −inf the term is dropped: a masked vocabulary entry contributes nothing.
+        keep = t != float("-inf")
+        term = torch.where(keep, q * (log_q - torch.where(keep, log_p, torch.zeros_like(log_p))), torch.zeros_like(q))
+        d = term.sum(-1)
+    else:
+        m = beta * p + (1.0 - beta) * q
+        log_m = torch.log(m)
+        d = beta * _xlogy_ratio(p, log_p, log_m).sum(-1) + (1.0 - beta) * _xlogy_ratio(q, log_q, log_m).sum(-1)
+    return d * (temperature * temperature)
+
+
+def kd_loss_reference(student_logits, teacher_logits, labels=None, *, temperature=1.0, alpha=1.0,
+                      divergence="forward_kl", beta=0.5, ignore_index=-100, reduction="batchmean"):
+    """Same contract as kernels.kd_loss, computed in float64 with autograd; returns float32."""
+    check_args(student_logits, teacher_logits, labels, temperature, alpha, divergence, beta, reduction)
+    lead = student_logits.shape[:-1]
+    V = student_logits.shape[-1]
+    s = student_logits.reshape(-1, V).double()
+    t = teacher_logits.detach().reshape(-1, V).double()
+    row = alpha * divergence_rows(s, t, temperature, divergence, beta) if alpha > 0 else s.new_zeros(s.shape[0])
+    counted = torch.ones(s.shape[0], dtype=torch.bool, device=s.device)
+    if labels is not None:
+        lab = labels.reshape(-1).long()
+        counted = lab != ignore_index
+        if alpha < 1:
+            safe = torch.where(counted, lab, torch.zeros_like(lab))
+            ce = -torch.log_softmax(s, dim=-1).gather(1, safe[:, None]).squeeze(1)
+            row = row + (1.0 - alpha) * ce
+        row = torch.where(counted, row, torch.zeros_like(row))
+    if reduction == "none":
+        out = row.reshape(lead)
+    elif reduction == "sum":
+        out = row.sum()
+    else:
+        out = row.sum() / counted.sum().clamp(min=1)
+    return out.float()
