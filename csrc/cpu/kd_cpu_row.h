@@ -1,0 +1,231 @@
+// The fused KD row kernel, written once over a vector-ops type `VO` and compiled per ISA
+// (kd_cpu_scalar.cpp, kd_cpu_avx2.cpp, kd_cpu_neon.cpp). See kd_common.h for the math.
+//
+// Per row: pass 1 max of student and teacher; pass 2 the three normalisers (and, for forward KL,
+// the loss); pass 3 (reverse KL, JSD only) the loss and the gradient's row constant; pass 4 the
+// gradient. The row is read from memory once; later passes hit L2 (a 32k-vocab row pair is 256 KB).
+// Everything lives in an anonymous namespace so each ISA's copy stays private to its TU.
+#pragma once
+#include <omp.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#include "kd_common.h"
+#include "cpu/half.h"
+
+namespace {
+
+using edgekd::KDParams;
+
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+template <class VO>
+struct RowKernel {
+  using V = typename VO::V;
+  static constexpr int W = VO::W;
+
+  // Load up to W floats at x[i..i+n) padding the rest with `pad`.
+  static inline V load(const float* x, int64_t i, int64_t n, float pad) {
+    if (n >= W) return VO::loadu(x + i);
+    alignas(64) float tmp[W];
+    for (int k = 0; k < W; ++k) tmp[k] = k < n ? x[i + k] : pad;
+    return VO::loadu(tmp);
+  }
+  static inline void store(float* x, int64_t i, int64_t n, V v) {
+    if (n >= W) {
+      VO::storeu(x + i, v);
+      return;
+    }
+    alignas(64) float tmp[W];
+    VO::storeu(tmp, v);
+    for (int k = 0; k < n; ++k) x[i + k] = tmp[k];
+  }
+
+  static float row_max(const float* x, int64_t n) {
+    V m0 = VO::set1(kNegInf), m1 = m0;
+    int64_t i = 0;
+    for (; i + 2 * W <= n; i += 2 * W) {
+      m0 = VO::max(m0, VO::loadu(x + i));
+      m1 = VO::max(m1, VO::loadu(x + i + W));
+    }
+    for (; i < n; i += W) m0 = VO::max(m0, load(x, i, n - i, kNegInf));
+    return VO::hmax(VO::max(m0, m1));
+  }
+
+  // One row: s, t are float rows of length n; g (float, may alias s) receives the gradient.
+  static float row(const KDParams& p, const float* s, const float* t, float* g, int64_t label, bool has_label) {
+    const int64_t n = p.V;
+    const float T = p.temperature, invT = 1.f / T, alpha = p.alpha, beta = p.beta;
+    const bool need_kd = alpha > 0.f;
+    const bool need_ce = has_label && alpha < 1.f;
+    const bool need_grad = g != nullptr;
+    const bool t_is_one = T == 1.f;
+
+    const float ms = row_max(s, n);
+    const float mt = need_kd ? row_max(t, n) : 0.f;
+    const V vms = VO::set1(ms), vmt = VO::set1(mt), vinvT = VO::set1(invT), zero = VO::set1(0.f);
+
+    // Pass 2: normalisers Zs (student at T), Zt (teacher at T), Z1 (student at 1); forward-KL sum A.
+    V zs0 = zero, zs1 = zero, zt0 = zero, zt1 = zero, z10 = zero, z11 = zero, a0 = zero, a1 = zero;
+    const bool fwd = p.divergence == edgekd::kForwardKL;
+    const bool z1_separate = need_ce && !t_is_one;
+    int64_t i = 0;
+    auto pass2 = [&](V sv, V tv, V& zs, V& zt, V& z1, V& acc) {
+      V b = VO::mul(VO::sub(sv, vms), vinvT);
+      V es = VO::exp(b);
+      zs = VO::add(zs, es);
+      if (need_kd) {
+        V a = VO::mul(VO::sub(tv, vmt), vinvT);
+        V et = VO::exp(a);
+        zt = VO::add(zt, et);
+        if (fwd) acc = VO::add(acc, VO::select(VO::gt(et, zero), VO::mul(et, VO::sub(a, b)), zero));
+      }
+      if (z1_separate) z1 = VO::add(z1, VO::exp(VO::sub(sv, vms)));
+    };
+    for (; i + 2 * W <= n; i += 2 * W) {
+      pass2(VO::loadu(s + i), need_kd ? VO::loadu(t + i) : zero, zs0, zt0, z10, a0);
+      pass2(VO::loadu(s + i + W), need_kd ? VO::loadu(t + i + W) : zero, zs1, zt1, z11, a1);
+    }
+    for (; i < n; i += W)
+      pass2(load(s, i, n - i, kNegInf), need_kd ? load(t, i, n - i, kNegInf) : zero, zs0, zt0, z10, a0);
+    const double Zs = VO::hsum(VO::add(zs0, zs1));
+    const double Zt = need_kd ? VO::hsum(VO::add(zt0, zt1)) : 1.0;
+    const float logZs = (float)std::log(Zs);
+    const float logZt = (float)std::log(Zt);
+    const float logZ1 = z1_separate ? (float)std::log((double)VO::hsum(VO::add(z10, z11))) : logZs;
+
+    // Divergence (without T^2) and, for reverse KL / JSD, the gradient's row constant G.
+    double D = 0.0, G = 0.0;
+    const V vlogZs = VO::set1(logZs), vlogZt = VO::set1(logZt), vneginf = VO::set1(kNegInf);
+    const V vbeta = VO::set1(beta), v1mbeta = VO::set1(1.f - beta);
+    if (need_kd) {
+      if (fwd) {
+        D = (double)VO::hsum(VO::add(a0, a1)) / Zt - std::log(Zt) + std::log(Zs);
+      } else {
+        V k0 = zero, k1 = zero;  // reverse: K, Qs ; jsd: sum termP, sum termQ
+        for (i = 0; i < n; i += W) {
+          const int64_t m = n - i;
+          V sv = load(s, i, m, kNegInf), tv = load(t, i, m, kNegInf);
+          V lb = VO::sub(VO::mul(VO::sub(sv, vms), vinvT), vlogZs);  // log q
+          V la = VO::sub(VO::mul(VO::sub(tv, vmt), vinvT), vlogZt);  // log p
+          V q = VO::exp(lb);
+          if (p.divergence == edgekd::kReverseKL) {
+            V keep = VO::gt(tv, vneginf);
+            k0 = VO::add(k0, VO::select(keep, VO::mul(q, VO::sub(lb, la)), zero));
+            k1 = VO::add(k1, VO::select(keep, q, zero));
+          } else {
+            V pp = VO::exp(la);
+            V mm = VO::add(VO::mul(vbeta, pp), VO::mul(v1mbeta, q));
+            V lm = VO::log(VO::select(VO::gt(mm, zero), mm, VO::set1(1.f)));
+            k0 = VO::add(k0, VO::select(VO::gt(pp, zero), VO::mul(pp, VO::sub(la, lm)), zero));
+            k1 = VO::add(k1, VO::select(VO::gt(q, zero), VO::mul(q, VO::sub(lb, lm)), zero));
+          }
+        }
+        const double s0 = VO::hsum(k0), s1 = VO::hsum(k1);
+        if (p.divergence == edgekd::kReverseKL) {
+          D = s0;
+          G = s0 + s1;
+        } else {
+          D = beta * s0 + (1.0 - beta) * s1;
+          G = (1.0 - beta) * s1;
+        }
+      }
+    }
+    double ce = 0.0;
+    if (need_ce) ce = (double)logZ1 + ms - s[label];
+    const float loss = (float)((need_kd ? alpha * (double)T * T * D : 0.0) + (need_ce ? (1.0 - alpha) * ce : 0.0));
+
+    if (!need_grad) return loss;
+    // Pass 4: gradient of the row loss, times grad_scale.
+    const float gs = p.grad_scale;
+    const V kd_scale = VO::set1(need_kd ? gs * alpha * T : 0.f);
+    const V ce_scale = VO::set1(need_ce ? gs * (1.f - alpha) : 0.f);
+    const V vG = VO::set1((float)G), vlogZ1 = VO::set1(logZ1), one = VO::set1(1.f);
+    for (i = 0; i < n; i += W) {
+      const int64_t m = n - i;
+      V sv = load(s, i, m, kNegInf);
+      V lb = VO::sub(VO::mul(VO::sub(sv, vms), vinvT), vlogZs);
+      V q = VO::exp(lb);
+      V out = zero;
+      if (need_kd) {
+        V tv = load(t, i, m, kNegInf);
+        V la = VO::sub(VO::mul(VO::sub(tv, vmt), vinvT), vlogZt);
+        V gd;
+        if (fwd) {
+          gd = VO::sub(q, VO::exp(la));
+        } else if (p.divergence == edgekd::kReverseKL) {
+          V gj = VO::select(VO::gt(tv, vneginf), VO::add(VO::sub(lb, la), one), zero);
+          gd = VO::select(VO::gt(q, zero), VO::mul(q, VO::sub(gj, vG)), zero);
+        } else {
+          V pp = VO::exp(la);
+          V mm = VO::add(VO::mul(vbeta, pp), VO::mul(v1mbeta, q));
+          V lm = VO::log(VO::select(VO::gt(mm, zero), mm, VO::set1(1.f)));
+          V gj = VO::mul(v1mbeta, VO::sub(lb, lm));
+          gd = VO::select(VO::gt(q, zero), VO::mul(q, VO::sub(gj, vG)), zero);
+        }
+        out = VO::mul(kd_scale, gd);
+      }
+      if (need_ce) {
+        V sm = t_is_one ? q : VO::exp(VO::sub(VO::sub(sv, vms), vlogZ1));
+        out = VO::fmadd(ce_scale, sm, out);
+      }
+      store(g, i, m, out);
+    }
+    if (need_ce) g[label] -= gs * (1.f - alpha);
+    return loss;
+  }
+
+  static void run(const KDParams& p) {
+    const int64_t n = p.V;
+    const bool s_f32 = p.s_dtype == edgekd::kFloat32, t_f32 = p.t_dtype == edgekd::kFloat32;
+    const bool need_t = p.alpha > 0.f;
+    const int nt = p.num_threads > 0 ? p.num_threads : omp_get_max_threads();
+#pragma omp parallel num_threads(nt)
+    {
+      std::vector<float> sbuf(s_f32 ? 0 : n), tbuf(t_f32 || !need_t ? 0 : n);
+#pragma omp for schedule(static)
+      for (int64_t r = 0; r < p.rows; ++r) {
+        int64_t label = 0;
+        bool has_label = p.labels != nullptr;
+        if (has_label) {
+          label = p.labels[r];
+          if (label == p.ignore_index) {
+            p.loss[r] = 0.f;
+            if (p.grad) {
+              const int es = p.s_dtype == edgekd::kFloat32 ? 4 : 2;
+              std::memset(static_cast<char*>(p.grad) + r * p.g_stride * es, 0, (size_t)n * es);
+            }
+            continue;
+          }
+        }
+        const float* s;
+        const float* t = nullptr;
+        if (s_f32) {
+          s = static_cast<const float*>(p.student) + r * p.s_stride;
+        } else {
+          VO::to_float(static_cast<const uint16_t*>(p.student) + r * p.s_stride, sbuf.data(), n, p.s_dtype);
+          s = sbuf.data();
+        }
+        if (need_t) {
+          if (t_f32) {
+            t = static_cast<const float*>(p.teacher) + r * p.t_stride;
+          } else {
+            VO::to_float(static_cast<const uint16_t*>(p.teacher) + r * p.t_stride, tbuf.data(), n, p.t_dtype);
+            t = tbuf.data();
+          }
+        }
+        float* g = nullptr;
+        if (p.grad) g = s_f32 ? static_cast<float*>(p.grad) + r * p.g_stride : sbuf.data();  // in place over s
+        p.loss[r] = row(p, s, t, g, label, has_label);
+        if (p.grad && !s_f32)
+          VO::from_float(sbuf.data(), static_cast<uint16_t*>(p.grad) + r * p.g_stride, n, p.s_dtype);
+      }
+    }
+  }
+};
+
+}  // namespace
