@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 DIVERGENCES = ("forward_kl", "reverse_kl", "jsd")
@@ -60,8 +62,9 @@ def divergence_rows(s: torch.Tensor, t: torch.Tensor, temperature: float, diverg
         term = torch.where(keep, q * (log_q - torch.where(keep, log_p, torch.zeros_like(log_p))), torch.zeros_like(q))
         d = term.sum(-1)
     else:
-        m = beta * p + (1.0 - beta) * q
-        log_m = torch.log(m)
+        # log m through logaddexp: m = βp + (1−β)q can underflow where p and q are tiny but not zero.
+        lb, l1b = math.log(beta) if beta > 0 else -math.inf, math.log1p(-beta) if beta < 1 else -math.inf
+        log_m = torch.logaddexp(log_p + lb, log_q + l1b)
         d = beta * _xlogy_ratio(p, log_p, log_m).sum(-1) + (1.0 - beta) * _xlogy_ratio(q, log_q, log_m).sum(-1)
     return d * (temperature * temperature)
 
@@ -69,6 +72,14 @@ def divergence_rows(s: torch.Tensor, t: torch.Tensor, temperature: float, diverg
 def kd_loss_reference(student_logits, teacher_logits, labels=None, *, temperature=1.0, alpha=1.0,
                       divergence="forward_kl", beta=0.5, ignore_index=-100, reduction="batchmean"):
     """Same contract as kernels.kd_loss, computed in float64 with autograd; returns float32."""
+    return kd_loss_reference64(student_logits, teacher_logits, labels, temperature=temperature, alpha=alpha,
+                               divergence=divergence, beta=beta, ignore_index=ignore_index,
+                               reduction=reduction).float()
+
+
+def kd_loss_reference64(student_logits, teacher_logits, labels=None, *, temperature=1.0, alpha=1.0,
+                        divergence="forward_kl", beta=0.5, ignore_index=-100, reduction="batchmean"):
+    """kd_loss_reference without the final cast: float64 end to end, for gradcheck."""
     check_args(student_logits, teacher_logits, labels, temperature, alpha, divergence, beta, reduction)
     lead = student_logits.shape[:-1]
     V = student_logits.shape[-1]
@@ -90,4 +101,4 @@ def kd_loss_reference(student_logits, teacher_logits, labels=None, *, temperatur
         out = row.sum()
     else:
         out = row.sum() / counted.sum().clamp(min=1)
-    return out.float()
+    return out

@@ -1,0 +1,306 @@
+"""The fused CPU kernel against the float64 reference, across the cases DESIGN.md defines."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from edgekd import kernels
+from edgekd.kernels import kd_loss, kd_loss_reference
+from edgekd.kernels.reference import kd_loss_reference64
+
+from ._kdtest import check_against_reference, rel_err, run
+
+pytestmark = pytest.mark.skipif(kernels.backend("cpu") != "fused-cpu", reason="extension not built")
+
+DIVS = ["forward_kl", "reverse_kl", "jsd"]
+
+
+def _inputs(rows, V, dtype=torch.float32, scale=3.0, seed=0, labels=True, ignore_frac=0.2):
+    g = torch.Generator().manual_seed(seed)
+    s = (torch.randn(rows, V, generator=g) * scale).to(dtype)
+    t = (torch.randn(rows, V, generator=g) * scale).to(dtype)
+    lab = None
+    if labels:
+        lab = torch.randint(0, V, (rows,), generator=g)
+        lab[torch.rand(rows, generator=g) < ignore_frac] = -100
+    return s, t, lab
+
+
+@pytest.mark.parametrize("V", [1271, 3200, 32003])
+@pytest.mark.parametrize("divergence", DIVS)
+@pytest.mark.parametrize("alpha", [0.0, 0.3, 1.0])
+def test_vocab_divergence_alpha(V, divergence, alpha):
+    s, t, lab = _inputs(17, V, seed=V)
+    check_against_reference(s, t, lab, temperature=2.0, alpha=alpha, divergence=divergence)
+
+
+@pytest.mark.parametrize("T", [0.1, 0.5, 1.0, 2.0, 8.0])
+@pytest.mark.parametrize("divergence", DIVS)
+def test_temperatures(T, divergence):
+    s, t, lab = _inputs(33, 3200, seed=int(T * 10))
+    check_against_reference(s, t, lab, temperature=T, alpha=0.3, divergence=divergence, beta=0.3)
+
+
+@pytest.mark.parametrize("rows", [1, 2, 7, 64, 3001])
+def test_rows(rows):
+    s, t, lab = _inputs(rows, 1271, seed=rows)
+    check_against_reference(s, t, lab, temperature=2.0, alpha=0.5)
+
+
+@pytest.mark.parametrize("scale", [1e-3, 10.0, 1e2, 1e4])
+@pytest.mark.parametrize("T", [0.1, 1.0, 8.0])
+@pytest.mark.parametrize("divergence", DIVS)
+def test_large_logits(scale, T, divergence):
+    s, t, lab = _inputs(9, 1271, scale=scale, seed=3)
+    check_against_reference(s, t, lab, temperature=T, alpha=0.3, divergence=divergence)
+
+
+@pytest.mark.parametrize("reduction", ["batchmean", "sum", "none"])
+@pytest.mark.parametrize("grad_out", [1.0, 0.37, -2.5])
+@pytest.mark.parametrize("divergence", DIVS)
+def test_reductions_and_grad_output(reduction, grad_out, divergence):
+    s, t, lab = _inputs(4 * 5, 1271, seed=11)
+    s, t, lab = s.view(4, 5, -1), t.view(4, 5, -1), lab.view(4, 5)
+    check_against_reference(s, t, lab, grad_out=grad_out, temperature=2.0, alpha=0.3, divergence=divergence,
+                            reduction=reduction)
+
+
+def test_per_row_grad_output_for_reduction_none():
+    s, t, lab = _inputs(12, 1271, seed=5)
+    go = torch.linspace(-1, 2, 12)
+    check_against_reference(s, t, lab, grad_out=go, temperature=2.0, alpha=0.3, reduction="none")
+
+
+def test_no_labels():
+    s, t, _ = _inputs(12, 3200, labels=False)
+    for div in DIVS:
+        check_against_reference(s, t, None, temperature=2.0, alpha=0.5, divergence=div)
+
+
+@pytest.mark.parametrize("reduction", ["batchmean", "sum", "none"])
+def test_every_row_ignored(reduction):
+    s, t, _ = _inputs(6, 1271)
+    lab = torch.full((6,), -100)
+    out, grad = run(kd_loss, s, t, lab, 1.0 if reduction != "none" else torch.ones(6), temperature=2.0,
+                    alpha=0.5, reduction=reduction)
+    assert torch.all(out == 0) and torch.all(grad == 0)
+
+
+def test_custom_ignore_index_rows_get_zero_gradient():
+    s, t, lab = _inputs(10, 1271, ignore_frac=0.0)
+    lab[[1, 4]] = 7  # ignore_index=7: those rows count for nothing
+    out, grad = run(kd_loss, s, t, lab, 1.0, temperature=2.0, alpha=0.5, ignore_index=7)
+    assert torch.all(grad[[1, 4]] == 0) and grad[0].abs().sum() > 0
+    check_against_reference(s, t, lab, temperature=2.0, alpha=0.5, ignore_index=7)
+
+
+@pytest.mark.parametrize("divergence", DIVS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_neg_inf_teacher_entries(divergence, dtype):
+    s, t, lab = _inputs(16, 3200, dtype=dtype, seed=7)
+    mask = torch.rand(16, 3200, generator=torch.Generator().manual_seed(1)) < 0.3
+    t = t.masked_fill(mask, float("-inf"))
+    out, grad = run(kd_loss, s, t, lab, 1.0, temperature=2.0, alpha=0.5, divergence=divergence)
+    assert torch.isfinite(out).all() and torch.isfinite(grad).all()
+    check_against_reference(s, t, lab, temperature=2.0, alpha=0.5, divergence=divergence)
+
+
+def test_non_contiguous_inputs():
+    base_s, base_t, lab = _inputs(24, 2 * 1271, seed=9)
+    s = base_s[:, ::2]  # stride 2 along the vocabulary
+    t = base_t.t().contiguous().t()[:, 1271:]  # column-major slice
+    lab = lab.clamp(min=-100, max=1270)
+    check_against_reference(s, t, lab, temperature=2.0, alpha=0.3)
+    s3 = base_s.view(4, 6, -1)[:, ::2, :1271]  # strided rows, unit stride along V: no copy needed
+    t3 = base_t.view(4, 6, -1)[:, ::2, :1271]
+    check_against_reference(s3, t3, None, temperature=2.0, alpha=1.0)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("divergence", DIVS)
+@pytest.mark.parametrize("V", [1271, 32003])
+def test_low_precision_dtypes(dtype, divergence, V):
+    s, t, lab = _inputs(19, V, dtype=dtype, seed=13)
+    check_against_reference(s, t, lab, grad_out=0.5, temperature=2.0, alpha=0.3, divergence=divergence)
+
+
+def test_mixed_dtypes_and_output_dtypes():
+    s, t, lab = _inputs(8, 1271, dtype=torch.bfloat16)
+    t = t.float()
+    loss, grad = run(kd_loss, s, t, lab, 1.0, temperature=2.0, alpha=0.5)
+    s_ = s.detach().clone().requires_grad_()
+    out = kd_loss(s_, t, lab, temperature=2.0, alpha=0.5)
+    out.backward()
+    assert out.dtype == torch.float32 and s_.grad.dtype == torch.bfloat16
+    check_against_reference(s, t, lab, temperature=2.0, alpha=0.5)
+
+
+def test_teacher_gets_no_gradient_and_no_grad_mode_skips_it():
+    s, t, lab = _inputs(8, 1271)
+    t.requires_grad_(True)
+    s.requires_grad_(True)
+    kd_loss(s, t, lab, temperature=2.0, alpha=0.5).backward()
+    assert t.grad is None and s.grad is not None
+    with torch.no_grad():
+        v = kd_loss(s, t, lab, temperature=2.0, alpha=0.5)
+    assert abs(float(v) - float(kd_loss_reference(s, t, lab, temperature=2.0, alpha=0.5))) < 1e-4
+
+
+def test_gradcheck_reference_in_double():
+    for div in DIVS:
+        s = torch.randn(3, 7, dtype=torch.float64, requires_grad=True)
+        t = torch.randn(3, 7, dtype=torch.float64)
+        t[0, 2] = float("-inf")
+        lab = torch.tensor([1, -100, 4])
+        f = lambda x: kd_loss_reference64(x, t, lab, temperature=1.7, alpha=0.3, divergence=div, beta=0.4)
+        assert torch.autograd.gradcheck(f, (s,))
+
+
+def test_gradcheck_fused_in_float32_tiny():
+    """The kernel computes in float32, so finite differences run in float32 with matching tolerances."""
+    for div in DIVS:
+        s = torch.randn(3, 7, dtype=torch.float32, requires_grad=True)
+        t = torch.randn(3, 7)
+        lab = torch.tensor([1, -100, 4])
+        f = lambda x: kd_loss(x, t, lab, temperature=1.7, alpha=0.3, divergence=div, beta=0.4, reduction="sum")
+        assert torch.autograd.gradcheck(f, (s,), eps=1e-2, atol=5e-3, rtol=5e-3, fast_mode=False)
+
+
+def test_scalar_path_matches_simd_path():
+    """The portable path (forced by EDGEKD_CPU_ISA=scalar) computes the same thing as the SIMD one."""
+    code = (
+        "import torch, sys; from edgekd import kernels, _C;"
+        "g=torch.Generator().manual_seed(0);"
+        "s=torch.randn(5,1271,generator=g)*3; t=torch.randn(5,1271,generator=g)*3;"
+        "t[0,:10]=float('-inf'); lab=torch.tensor([1,2,-100,4,5]);"
+        "out=[]\n"
+        "for d in ['forward_kl','reverse_kl','jsd']:\n"
+        "  for dt in [torch.float32, torch.bfloat16, torch.float16]:\n"
+        "    x=s.to(dt).detach().clone().requires_grad_(); l=kernels.kd_loss(x,t.to(dt),lab,temperature=2.0,alpha=0.3,divergence=d);"
+        " l.backward(); out += [l.detach().reshape(1), x.grad.float().reshape(-1)]\n"
+        "torch.save({'isa': _C.cpu_isa(), 'v': torch.cat(out)}, sys.argv[1])"
+    )
+    res = {}
+    for isa in ("scalar", "auto"):
+        path = f"/tmp/edgekd_isa_{isa}_{os.getpid()}.pt"
+        env = dict(os.environ, EDGEKD_CPU_ISA=isa)
+        subprocess.run([sys.executable, "-c", code, path], check=True, env=env)
+        res[isa] = torch.load(path, weights_only=True)
+        os.unlink(path)
+    assert res["scalar"]["isa"] == "scalar"
+    assert rel_err(res["auto"]["v"], res["scalar"]["v"]) < 1e-5
+
+
+@pytest.mark.parametrize("reduction", ["batchmean", "sum", "none"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_linear_equals_unfused(reduction, dtype):
+    g = torch.Generator().manual_seed(0)
+    N, Hs, Ht, V = 50, 24, 40, 1271
+    hs = torch.randn(N, Hs, generator=g).to(dtype).requires_grad_()
+    ws = (torch.randn(V, Hs, generator=g) * 0.3).to(dtype).requires_grad_()
+    bs = (torch.randn(V, generator=g) * 0.1).to(dtype).requires_grad_()
+    ht, wt = torch.randn(N, Ht, generator=g).to(dtype), (torch.randn(V, Ht, generator=g) * 0.3).to(dtype)
+    lab = torch.randint(0, V, (N,), generator=g)
+    lab[::7] = -100
+    go = torch.linspace(0.5, 1.5, N) if reduction == "none" else torch.tensor(0.7)
+    kw = dict(temperature=2.0, alpha=0.3, reduction=reduction)
+    out = kernels.fused_linear_kd_loss(hs, ws, ht, wt, lab, student_bias=bs, chunk_size=16, **kw)
+    out.backward(go)
+    got = [x.grad.clone() for x in (hs, ws, bs)]
+    for x in (hs, ws, bs):
+        x.grad = None
+    ref = kd_loss(torch.nn.functional.linear(hs, ws, bs), torch.nn.functional.linear(ht, wt), lab, **kw)
+    ref.backward(go)
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    assert rel_err(out.detach(), ref.detach()) < tol
+    for a, x in zip(got, (hs, ws, bs)):
+        assert a.dtype == x.dtype
+        assert rel_err(a, x.grad) < tol
+
+
+def test_fused_linear_default_chunk_and_no_bias():
+    g = torch.Generator().manual_seed(1)
+    hs = torch.randn(2, 3, 16, generator=g, requires_grad=True)
+    ws = torch.randn(300, 16, generator=g, requires_grad=True)
+    ht, wt = torch.randn(2, 3, 8, generator=g), torch.randn(300, 8, generator=g)
+    out = kernels.fused_linear_kd_loss(hs, ws, ht, wt, temperature=2.0)
+    out.backward()
+    ref = kd_loss_reference(hs @ ws.t(), ht @ wt.t(), temperature=2.0)
+    assert abs(float(out) - float(ref)) < 1e-5 * max(1.0, abs(float(ref)))
+    assert hs.grad is not None and ws.grad is not None
+
+
+@pytest.mark.parametrize("kwargs,name", [
+    (dict(temperature=0.0), "temperature"), (dict(temperature=-1.0), "temperature"),
+    (dict(alpha=1.5), "alpha"), (dict(alpha=-0.1), "alpha"), (dict(divergence="kl"), "divergence"),
+    (dict(reduction="mean"), "reduction"), (dict(divergence="jsd", beta=2.0), "beta"),
+])
+def test_bad_arguments_name_the_argument(kwargs, name):
+    s, t, lab = _inputs(4, 50)
+    with pytest.raises(ValueError, match=name):
+        kd_loss(s, t, lab, **kwargs)
+    with pytest.raises(ValueError, match=name):
+        kernels.fused_linear_kd_loss(torch.randn(4, 8), torch.randn(50, 8), torch.randn(4, 8),
+                                     torch.randn(50, 8), lab, **kwargs)
+
+
+def test_bad_shapes_and_labels():
+    s, t, lab = _inputs(4, 50)
+    with pytest.raises(ValueError, match="teacher_logits"):
+        kd_loss(s, t[:, :49], lab)
+    with pytest.raises(ValueError, match="labels"):
+        kd_loss(s, t, lab[:3])
+    with pytest.raises(ValueError, match="labels"):
+        kd_loss(s, t, torch.tensor([0, 1, 2, 50]))
+    with pytest.raises(ValueError, match="teacher_weight"):
+        kernels.fused_linear_kd_loss(torch.randn(4, 8), torch.randn(50, 8), torch.randn(4, 8), torch.randn(49, 8))
+
+
+def test_backend_names():
+    assert kernels.backend("cpu") == "fused-cpu"
+    assert kernels.backend("cuda") in ("fused-cuda", "reference")
+
+
+def test_torch_compile_sees_through_the_op():
+    s, t, lab = _inputs(16, 1271)
+    f = torch.compile(lambda a, b, c: kd_loss(a, b, c, temperature=2.0, alpha=0.5), backend="aot_eager",
+                      fullgraph=False)
+    out_c, grad_c = run(lambda a, b, c: f(a, b, c), s, t, lab, 1.0)
+    out_r, grad_r = run(kd_loss_reference, s, t, lab, 1.0, temperature=2.0, alpha=0.5)
+    assert rel_err(out_c, out_r) < 1e-5 and rel_err(grad_c, grad_r) < 1e-5
+
+
+def test_torch_export_captures_the_op():
+    class M(torch.nn.Module):
+        def forward(self, s, t):
+            return kd_loss(s, t, temperature=2.0, alpha=1.0)
+
+    s, t, _ = _inputs(8, 300, labels=False)
+    ep = torch.export.export(M(), (s, t))
+    assert any("edgekd" in str(n.target) for n in ep.graph.nodes)
+    assert abs(float(ep.module()(s, t)) - float(kd_loss_reference(s, t, temperature=2.0))) < 1e-5
+
+
+@pytest.mark.slow
+def test_int64_offsets_beyond_2_pow_31():
+    """rows × vocab > 2³¹: a 32-bit offset would read the wrong row at the end."""
+    avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    V = 32003
+    rows = (2**31) // V + 3
+    if avail < 14 * 2**30:
+        pytest.skip("needs ~10 GB of free memory")
+    g = torch.Generator().manual_seed(0)
+    row_s, row_t = torch.randn(V, generator=g), torch.randn(V, generator=g)
+    s = row_s.to(torch.bfloat16).expand(rows, V).contiguous()
+    t = row_t.to(torch.bfloat16).expand(rows, V).contiguous()
+    last_s, last_t = (torch.randn(V, generator=g) * 2).to(torch.bfloat16), torch.randn(V, generator=g).to(torch.bfloat16)
+    s[-1], t[-1] = last_s, last_t
+    with torch.no_grad():
+        out = kd_loss(s, t, temperature=2.0, reduction="none")
+    ref_first = kd_loss_reference(s[:1], t[:1], temperature=2.0, reduction="none")
+    ref_last = kd_loss_reference(last_s[None], last_t[None], temperature=2.0, reduction="none")
+    assert abs(float(out[0]) - float(ref_first[0])) < 1e-4 * abs(float(ref_first[0]))
+    assert abs(float(out[-1]) - float(ref_last[0])) < 1e-4 * abs(float(ref_last[0]))
