@@ -1,0 +1,90 @@
+"""Held-out evaluation of teacher, distilled student and scratch baseline in one pass over the data.
+
+The teacher's logits are computed once per batch and shared by every model's top-1 agreement.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+
+@torch.no_grad()
+def evaluate(models: dict, teacher, batches: list[dict], kind: str = "lm", device=None) -> dict:
+    """{name: {eval_loss, perplexity|accuracy, top1_agreement}} for each model in `models` and the teacher."""
+    names = ["teacher", *models]
+    mods = {"teacher": teacher, **models}
+    acc = {n: {"loss": 0.0, "agree": 0, "correct": 0} for n in names}
+    count = 0
+    was = {n: m.training for n, m in mods.items()}
+    for m in mods.values():
+        m.eval()
+    try:
+        for b in batches:
+            if device is not None:
+                b = {k: v.to(device) for k, v in b.items()}
+            kw = {"input_ids": b["input_ids"], "attention_mask": b.get("attention_mask")}
+            t_logits = None
+            for n in names:
+                logits = mods[n](**kw).logits.float()
+                labels = b["labels"]
+                if kind == "lm":
+                    logits, labels = logits[:, :-1], labels[:, 1:]
+                    keep = (labels != -100)
+                    if b.get("attention_mask") is not None:
+                        keep = keep & b["attention_mask"][:, 1:].bool()
+                else:
+                    keep = torch.ones(labels.shape, dtype=torch.bool, device=labels.device)
+                flat = logits.reshape(-1, logits.shape[-1])
+                lab = labels.reshape(-1)
+                k = keep.reshape(-1)
+                acc[n]["loss"] += F.cross_entropy(flat[k], lab[k], reduction="sum").item()
+                pred = flat.argmax(-1)
+                acc[n]["correct"] += int((pred[k] == lab[k]).sum())
+                if n == "teacher":
+                    t_logits = pred
+                acc[n]["agree"] += int((pred[k] == t_logits[k]).sum())
+                if n == "teacher":
+                    count += int(k.sum())
+    finally:
+        for n, m in mods.items():
+            m.train(was[n])
+    out = {}
+    for n in names:
+        loss = acc[n]["loss"] / max(1, count)
+        r = {"eval_loss": loss, "top1_agreement": acc[n]["agree"] / max(1, count)}
+        if kind == "lm":
+            r["perplexity"] = math.exp(min(loss, 80.0))
+            r["next_token_accuracy"] = acc[n]["correct"] / max(1, count)
+        else:
+            r["accuracy"] = acc[n]["correct"] / max(1, count)
+        r["eval_tokens" if kind == "lm" else "eval_examples"] = count
+        out[n] = r
+    return out
+
+
+@torch.no_grad()
+def temperature_examples(teacher, blocks: torch.Tensor, tokenizer, temperatures=(0.5, 1.0, 2.0, 4.0),
+                         n: int = 3, top: int = 12) -> list[dict]:
+    """A few real teacher next-token distributions at several temperatures (for the report's plot)."""
+    teacher.eval()
+    x = blocks[:1]
+    logits = teacher(input_ids=x).logits[0].float()
+    L = logits.shape[0]
+    picks = [L // 4, L // 2, (3 * L) // 4][:n]
+    out = []
+    for pos in picks:
+        row = logits[pos]
+        order = row.argsort(descending=True)[:top]
+        ctx = tokenizer.decode(x[0, max(0, pos - 12):pos + 1].tolist()) if tokenizer is not None else ""
+        out.append({
+            "position": int(pos), "context": ctx,
+            "tokens": [tokenizer.decode([int(i)]) if tokenizer is not None else str(int(i)) for i in order],
+            "probs": {str(T): torch.softmax(row / T, -1)[order].tolist() for T in temperatures},
+            "entropy": {str(T): float(-(torch.softmax(row / T, -1) * torch.log_softmax(row / T, -1)).sum())
+                        for T in temperatures},
+        })
+    return out

@@ -1,0 +1,374 @@
+"""One distillation run, end to end: load, build the student, distill, train the scratch baseline,
+evaluate all three on held-out data and write the run directory (see DESIGN.md)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import torch
+
+from edgekd.errors import EdgekdError
+from edgekd.io import atomic_dir, write_json
+
+SCHEMES = ("offline", "online", "self", "multi_teacher", "progressive", "sequence")
+DEFAULT_STEPS = 300
+
+
+@dataclass
+class DistillConfig:
+    """Everything a run depends on; RUN/config.json is this, fully resolved."""
+
+    teacher: str = "builtin"
+    data: str = "builtin"
+    student: Optional[Union[str, dict]] = None
+    steps: Optional[int] = None
+    out: Optional[str] = None
+    resume: bool = False
+    temperature: Union[float, str] = 2.0          # or "auto": log2(teacher/student params) + 1
+    alpha: float = 0.5
+    loss: Optional[Union[str, list]] = None       # JSON list, path to one, or a loss name
+    scheme: str = "offline"
+    scheme_config: dict = field(default_factory=dict)
+    teachers: list = field(default_factory=list)  # extra teachers (multi_teacher)
+    seed: int = 0
+    target: Optional[str] = None
+    latency_budget_ms: Optional[float] = None
+    device: str = "local"                          # where the student is profiled (targets engineer)
+    compute: Optional[str] = None                  # torch device to train on; None: cuda if present
+    batch_size: int = 8
+    micro_batch_size: Optional[int] = None
+    seq_len: int = 256
+    lr: float = 2e-3
+    warmup_steps: Optional[int] = None
+    checkpoint_every: Optional[int] = None
+    eval_blocks: int = 48
+    scratch: bool = True
+    student_init: str = "teacher"
+    calibration_batches: int = 4
+    loss_impl: str = "fused"                       # "eager": plain PyTorch loss (benchmarks)
+    bf16: Optional[bool] = None
+    threads: Optional[int] = None
+    quiet: bool = False
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DistillConfig":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def parse_loss_spec(loss) -> Optional[list]:
+    """--loss: a JSON list, a path to a JSON file, or a bare loss name."""
+    if loss is None or isinstance(loss, list):
+        return loss
+    if isinstance(loss, dict):
+        return [loss]
+    s = str(loss).strip()
+    if s.startswith("[") or s.startswith("{"):
+        try:
+            v = json.loads(s)
+        except json.JSONDecodeError as e:
+            raise EdgekdError(f"--loss is not valid JSON ({e.msg}): pass e.g. '[{{\"name\": \"kd\", \"weight\": 1}}]'") from None
+        return v if isinstance(v, list) else [v]
+    p = Path(s)
+    if p.suffix == ".json":
+        if not p.is_file():
+            raise EdgekdError(f"loss spec file {p} does not exist")
+        try:
+            v = json.loads(p.read_text())
+        except json.JSONDecodeError as e:
+            raise EdgekdError(f"loss spec file {p} is not valid JSON ({e.msg})") from None
+        return v if isinstance(v, list) else [v]
+    return [{"name": n.strip(), "weight": 1.0} for n in s.split("+")]
+
+
+def validate(cfg: DistillConfig) -> None:
+    t = cfg.temperature
+    if not (isinstance(t, str) and t == "auto"):
+        try:
+            t = float(t)
+        except (TypeError, ValueError):
+            raise EdgekdError(f"--temperature must be a positive number or 'auto', got {cfg.temperature!r}") from None
+        if not (t > 0 and math.isfinite(t)):
+            raise EdgekdError(f"--temperature must be > 0, got {t}")
+    if not (0.0 <= float(cfg.alpha) <= 1.0):
+        raise EdgekdError(f"--alpha must be within [0, 1], got {cfg.alpha}")
+    if cfg.steps is not None and cfg.steps < 1:
+        raise EdgekdError(f"--steps must be at least 1, got {cfg.steps}")
+    if cfg.scheme not in SCHEMES:
+        raise EdgekdError(f"unknown scheme {cfg.scheme!r}: choose one of {', '.join(SCHEMES)}")
+    if cfg.batch_size < 1 or cfg.seq_len < 2:
+        raise EdgekdError("batch size must be >= 1 and sequence length >= 2")
+    if cfg.loss_impl not in ("fused", "eager"):
+        raise EdgekdError(f"unknown loss implementation {cfg.loss_impl!r}: use 'fused' or 'eager'")
+
+
+def _init_distributed():
+    """torchrun sets WORLD_SIZE; join the group (gloo on CPU, nccl on GPU)."""
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend)
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class _Data:
+    """The corpus encoded with the teacher's tokenizer: a training stream and held-out batches."""
+
+    def __init__(self, cfg: DistillConfig, tokenizer, kind: str, rank: int, world: int, max_positions: int):
+        from edgekd.data.batching import BlockStream, ClassificationStream, encode_texts, eval_blocks
+        from edgekd.data.corpus import load_corpus
+
+        corpus = load_corpus(cfg.data)
+        self.digest = corpus.digest
+        seq = min(cfg.seq_len, max_positions or cfg.seq_len)
+        self.seq_len = seq
+        if kind == "classification":
+            if not corpus.is_classification:
+                raise EdgekdError(f"the teacher is a classifier but data {cfg.data} has no labels: give JSONL or a data set with a 'label' field")
+            mk = lambda pos=0, seed=cfg.seed: ClassificationStream(corpus.train, corpus.train_labels, tokenizer, seq,
+                                                                   cfg.batch_size, seed, rank, world, pos)
+            self.stream_factory = mk
+            vs = ClassificationStream(corpus.validation, corpus.validation_labels, tokenizer, seq, 16, 0)
+            n = min(len(corpus.validation), cfg.eval_blocks * 4)
+            self.eval_batches = [{"input_ids": vs.ids[i:i + 16], "attention_mask": vs.mask[i:i + 16],
+                                  "labels": vs.labels[i:i + 16]} for i in range(0, n, 16)]
+            self.val_blocks = vs.ids[:4]
+            self.train_tokens = int(vs.mask.sum())
+        else:
+            train = encode_texts(corpus.train, tokenizer)
+            val = encode_texts(corpus.validation, tokenizer)
+            if int(train.max()) >= len(tokenizer) or int(val.max()) >= len(tokenizer):
+                raise EdgekdError("the tokenizer produced ids outside its vocabulary: the teacher's tokenizer is corrupt")
+            self.train_tokens = train.numel()
+            self.stream_factory = lambda pos=0, seed=cfg.seed: BlockStream(train, seq, cfg.batch_size, seed, rank, world, pos)
+            vb = eval_blocks(val, seq, cfg.eval_blocks)
+            self.val_blocks = vb
+            self.eval_batches = [{"input_ids": vb[i:i + 8], "attention_mask": torch.ones_like(vb[i:i + 8]),
+                                  "labels": vb[i:i + 8]} for i in range(0, len(vb), 8)]
+
+
+def _resolve_out(cfg: DistillConfig) -> Path:
+    if cfg.out:
+        return Path(cfg.out)
+    return Path("runs") / time.strftime("distill-%Y%m%d-%H%M%S")
+
+
+def _save_student(student, tokenizer, path: Path) -> None:
+    with atomic_dir(path) as tmp:
+        student.save_pretrained(str(tmp), safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(tmp))
+
+
+def run(config: DistillConfig | dict) -> Path:
+    """Run a distillation job and return its run directory (complete only when this returns)."""
+    from edgekd.distill.evaluate import evaluate, temperature_examples
+    from edgekd.distill.objective import build_response_loss, ce_loss, scratch_objective
+    from edgekd.distill.trainer import TrainConfig, Trainer
+    from edgekd.models.loading import load_model
+    from edgekd.models.students import (build_student, check_tokenizers_agree, count_params, size_mb,
+                                        student_config_from)
+    from edgekd.report import build_report, write_run_report
+
+    cfg = DistillConfig.from_dict(config) if isinstance(config, dict) else config
+    out = _resolve_out(cfg)
+    if cfg.resume:
+        saved = out / "config.json"
+        if not saved.is_file():
+            raise EdgekdError(f"nothing to resume in {out} (no config.json): start a run there without --resume")
+        try:
+            resolved = json.loads(saved.read_text())
+        except json.JSONDecodeError:
+            raise EdgekdError(f"{saved} is corrupt: start a new run with another --out") from None
+        keep_quiet = cfg.quiet
+        cfg = DistillConfig.from_dict(resolved)
+        cfg.resume, cfg.quiet, cfg.out = True, keep_quiet, str(out)
+    elif (out / "config.json").exists():
+        raise EdgekdError(f"run directory {out} already holds a run: pass --resume to continue it or another --out")
+    validate(cfg)
+    loss_spec = parse_loss_spec(cfg.loss)
+    rank, world = _init_distributed()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = torch.device(cfg.compute or ("cuda" if torch.cuda.is_available() else "cpu"))
+    timings: dict = {}
+    t_start = time.time()
+
+    teacher, tokenizer, kind = load_model(cfg.teacher)
+    teacher.to(device)
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    s_cfg = student_config_from(cfg.student, teacher.config)
+    if isinstance(cfg.student, str) and Path(cfg.student).is_dir() and \
+            any((Path(cfg.student) / f).exists() for f in ("tokenizer.json", "tokenizer_config.json")):
+        from edgekd.data.tokenizer import load_tokenizer
+
+        check_tokenizers_agree(tokenizer, load_tokenizer(cfg.student))
+    data = _Data(cfg, tokenizer, kind, rank, world, getattr(teacher.config, "max_position_embeddings", None))
+
+    torch.manual_seed(cfg.seed)
+    calib_stream = data.stream_factory(0, cfg.seed + 7919)
+    calib = [calib_stream.next() for _ in range(cfg.calibration_batches)]
+    student, init_info = build_student(teacher, s_cfg, calib, init=cfg.student_init, seed=cfg.seed)
+    student.to(device)
+    t_params, s_params = count_params(teacher), count_params(student)
+    temperature = cfg.temperature
+    if temperature == "auto":
+        temperature = math.log2(max(t_params / s_params, 1.0)) + 1.0
+    temperature = float(temperature)
+    steps = cfg.steps or DEFAULT_STEPS
+    train_cfg = TrainConfig(steps=steps, batch_size=cfg.batch_size, micro_batch_size=cfg.micro_batch_size,
+                            lr=cfg.lr, warmup_steps=cfg.warmup_steps if cfg.warmup_steps is not None else max(1, steps // 10),
+                            checkpoint_every=cfg.checkpoint_every or max(1, steps // 4), seed=cfg.seed, bf16=cfg.bf16)
+    resolved = asdict(cfg)
+    resolved.update({"out": str(out), "steps": steps, "temperature": temperature, "temperature_requested": cfg.temperature,
+                     "loss": loss_spec, "kind": kind, "seq_len": data.seq_len, "world_size": world,
+                     "student_config": s_cfg.to_dict(), "train": asdict(train_cfg), "data_hash": data.digest,
+                     "teacher_params": t_params, "student_params": s_params, "resume": False})
+    if rank == 0 and not cfg.resume:
+        write_json(out / "config.json", resolved)
+
+    # --- distill ---
+    causal = kind == "lm"
+    loss_fn = build_response_loss(loss_spec, s_cfg, teacher.config, temperature=temperature, alpha=cfg.alpha,
+                                  impl=cfg.loss_impl, causal=causal, student_params=s_params,
+                                  teacher_params=t_params).to(device)
+    scheme = _build_scheme(cfg, teacher, student, device)
+    needs_h = bool(getattr(loss_fn, "needs_hidden_states", False))
+    needs_a = bool(getattr(loss_fn, "needs_attentions", False))
+    trainer_box: dict = {}
+
+    def distill_objective(batch):
+        s_out = _forward(trainer_box["t"].ddp_model, batch, loss_fn, needs_h, needs_a)
+        with torch.no_grad():
+            t_out = scheme.teacher_outputs(batch, s_out) if scheme is not None else \
+                _forward(teacher, batch, loss_fn, needs_h, needs_a)
+        total, parts = loss_fn(s_out, t_out, batch["labels"], attention_mask=batch.get("attention_mask"))
+        parts = dict(parts or {})
+        if getattr(s_out, "logits", None) is not None:
+            parts["ce"] = ce_loss(s_out.logits.detach(), batch["labels"], causal)
+        return total, parts
+
+    extra = list(loss_fn.parameters())
+    if scheme is not None and hasattr(scheme, "extra_parameters"):
+        extra += list(scheme.extra_parameters())
+    ckpts = out / "checkpoints"
+    t0 = time.time()
+    tr = Trainer(student, distill_objective, data.stream_factory(), train_cfg, ckpts / "distill", kind=kind,
+                 extra_params=extra, scheme=scheme, label="distill", quiet=cfg.quiet, device=device)
+    trainer_box["t"] = tr
+    if cfg.resume:
+        tr.resume()
+    tr.train()
+    timings["distill"] = time.time() - t0
+    histories = {"distilled": tr.history}
+    if rank == 0:
+        _save_student(student, tokenizer, out / "student")
+
+    # --- scratch baseline: same architecture, data and steps; hard labels only, random init ---
+    scratch = None
+    if cfg.scratch:
+        scratch, _ = build_student(teacher, s_cfg, None, init="random", seed=cfg.seed + 1)
+        scratch.to(device)
+        t0 = time.time()
+        str_ = Trainer(scratch, None, data.stream_factory(), train_cfg, ckpts / "scratch", kind=kind,
+                       label="scratch", quiet=cfg.quiet, device=device)
+        str_.objective = scratch_objective(str_.ddp_model, causal)
+        if cfg.resume:
+            str_.resume()
+        str_.train()
+        timings["scratch"] = time.time() - t0
+        histories["scratch"] = str_.history
+
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+    if rank != 0:
+        return out
+
+    # --- evaluate and report ---
+    t0 = time.time()
+    models = {"student": student}
+    if scratch is not None:
+        models["scratch"] = scratch
+    evals = evaluate(models, teacher, data.eval_batches, kind, device)
+    timings["eval"] = time.time() - t0
+    temps = temperature_examples(teacher, data.val_blocks.to(device), tokenizer) if kind == "lm" else []
+    sizes = {"teacher": {"params": t_params, "size_mb": size_mb(teacher)},
+             "student": {"params": s_params, "size_mb": size_mb(student)}}
+    if scratch is not None:
+        sizes["scratch"] = {"params": count_params(scratch), "size_mb": size_mb(scratch)}
+    timings["total"] = time.time() - t_start
+    rep = build_report(config=resolved, evals=evals, sizes=sizes, histories=histories, temperature_examples=temps,
+                       init_info=init_info, student_config=s_cfg.to_dict(), timings=timings)
+    rep["kind"] = kind
+    write_run_report(out, rep, histories, temps, kind)
+    if not cfg.quiet:
+        s, b = evals["student"], evals.get("scratch")
+        line = f"held-out loss: teacher {evals['teacher']['eval_loss']:.4f}, distilled {s['eval_loss']:.4f}"
+        if b:
+            line += f", scratch {b['eval_loss']:.4f}"
+        print(line)
+        print(f"run written to {out} (report.md, report.json, student/)")
+    return out
+
+
+def _forward(model, batch, loss_fn, needs_h, needs_a):
+    try:
+        from edgekd.losses.outputs import forward_for_loss
+    except ImportError:
+        forward_for_loss = None
+    if forward_for_loss is not None:
+        return forward_for_loss(model, batch, loss_fn)
+    kw = {"input_ids": batch["input_ids"], "attention_mask": batch.get("attention_mask")}
+    if needs_h:
+        kw["output_hidden_states"] = True
+    if needs_a:
+        kw["output_attentions"] = True
+    return model(**kw)
+
+
+class _Offline:
+    """Frozen teacher, run live (the fallback when the schemes module is not there)."""
+
+    def __init__(self, teacher, loss_fn=None):
+        self.teacher, self.loss_fn = teacher, loss_fn
+
+    def teacher_outputs(self, batch, student_out):
+        return _forward(self.teacher, batch, self.loss_fn, False, False)
+
+    def after_step(self, student, step):
+        pass
+
+    def extra_parameters(self):
+        return []
+
+
+def _build_scheme(cfg: DistillConfig, teacher, student, device):
+    try:
+        from edgekd.distill.schemes import build_scheme
+    except ImportError:
+        build_scheme = None
+    if build_scheme is None:
+        if cfg.scheme != "offline":
+            raise EdgekdError(f"scheme {cfg.scheme!r} is not available in this build: use --scheme offline")
+        return None
+    teachers = [teacher]
+    for extra in cfg.teachers:
+        from edgekd.models.loading import load_model
+
+        m, _, _ = load_model(extra)
+        teachers.append(m.to(device).eval())
+    return build_scheme(cfg.scheme, teachers=teachers, student=student, **(cfg.scheme_config or {}))

@@ -1,0 +1,291 @@
+"""The training loop: AdamW, warmup + cosine, clipping, accumulation, NaN guard, exact resume, DDP.
+
+One loop serves the distilled student, the scratch baseline and the online/self schemes: the
+objective is a callable, so the loop never knows which loss it optimises.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+import torch.distributed as dist
+
+from edgekd.errors import EdgekdError
+from edgekd.io import atomic_dir, write_json
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 300
+    batch_size: int = 8               # sequences per optimiser step, over all processes
+    micro_batch_size: Optional[int] = None   # per process and forward pass; None: the whole share
+    lr: float = 2e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 30
+    weight_decay: float = 0.1
+    betas: tuple = (0.9, 0.95)
+    grad_clip: float = 1.0
+    checkpoint_every: int = 100
+    keep_checkpoints: int = 2
+    bf16: Optional[bool] = None       # None: on where the device supports it (CUDA), off on CPU
+    seed: int = 0
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warmup, then cosine decay to min_lr_ratio * lr at the last step."""
+    warm = min(cfg.warmup_steps, max(0, cfg.steps - 1))
+    if step < warm:
+        return cfg.lr * (step + 1) / warm
+    frac = (step - warm) / max(1, cfg.steps - warm)
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
+
+
+def dist_info() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def counted_tokens(batch: dict, kind: str) -> int:
+    """Rows the loss averages over: shifted LM labels that are not ignored, or one per sequence."""
+    labels = batch["labels"]
+    if kind == "classification":
+        return int(labels.shape[0])
+    lab = labels[:, 1:]
+    mask = lab != -100
+    if "attention_mask" in batch:
+        mask = mask & batch["attention_mask"][:, 1:].bool()
+    return int(mask.sum())
+
+
+# An objective maps a micro-batch to (mean loss over its counted rows, dict of float parts).
+Objective = Callable[[dict], tuple]
+
+
+class Trainer:
+    """Trains `model` (plus `extra_params`) on `stream` by `objective`, checkpointing into `ckpt_dir`.
+
+    Accumulation: the optimiser step's loss is Σ over micro-batches (and processes) of each
+    micro-batch's summed loss, divided by the step's total counted rows; so it equals one big batch.
+    """
+
+    def __init__(self, model: torch.nn.Module, objective: Objective, stream, cfg: TrainConfig,
+                 ckpt_dir: Optional[str | os.PathLike] = None, *, kind: str = "lm",
+                 extra_params: Optional[list] = None, scheme=None, label: str = "train",
+                 quiet: bool = False, on_step: Optional[Callable[[int, "Trainer"], None]] = None,
+                 device: Optional[torch.device] = None):
+        self.rank, self.world = dist_info()
+        self.model, self.objective, self.stream, self.cfg = model, objective, stream, cfg
+        self.kind, self.scheme, self.label, self.on_step = kind, scheme, label, on_step
+        self.quiet = quiet or self.rank != 0
+        self.device = device or next(model.parameters()).device
+        self.ckpt_dir = Path(ckpt_dir) if ckpt_dir is not None else None
+        self.extra_params = [p for p in (extra_params or []) if p.requires_grad]
+        self.ddp_model = model
+        if self.world > 1:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            self.ddp_model = DDP(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        params = [p for p in model.parameters() if p.requires_grad] + self.extra_params
+        self._all_params = params
+        decay = [p for p in params if p.dim() >= 2]
+        no_decay = [p for p in params if p.dim() < 2]
+        fused_ok = self.device.type == "cuda"
+        self.optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=cfg.lr, betas=tuple(cfg.betas), fused=fused_ok or None)
+        self.step = 0
+        self.history: list[dict] = []
+        self.skipped: list[int] = []
+        if cfg.batch_size % self.world:
+            raise EdgekdError(f"batch size {cfg.batch_size} is not divisible by {self.world} processes: pick a multiple")
+        share = cfg.batch_size // self.world
+        self.micro = cfg.micro_batch_size or share
+        if share % self.micro:
+            raise EdgekdError(f"micro-batch size {self.micro} does not divide the per-process batch {share}")
+        bf16 = cfg.bf16
+        if bf16 is None:
+            bf16 = self.device.type == "cuda" and torch.cuda.is_bf16_supported()
+        self.bf16 = bool(bf16)
+
+    # --- checkpoints ---------------------------------------------------------------------------
+
+    def _extra_tensors(self) -> dict:
+        return {f"extra.{i}": p.detach().contiguous() for i, p in enumerate(self.extra_params)}
+
+    def save_checkpoint(self) -> Optional[Path]:
+        """Atomically write step_NNNNNN/ (complete or absent), then drop the oldest ones."""
+        if self.ckpt_dir is None or self.rank != 0:
+            return None
+        from safetensors.torch import save_file, save_model
+
+        target = self.ckpt_dir / f"step_{self.step:06d}"
+        with atomic_dir(target) as tmp:
+            save_model(self.model, str(tmp / "model.safetensors"))
+            if self.extra_params:
+                save_file(self._extra_tensors(), str(tmp / "extra.safetensors"))
+            torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
+            rng = {"torch": torch.get_rng_state()}
+            if torch.cuda.is_available():
+                rng["cuda"] = torch.cuda.get_rng_state_all()
+            torch.save(rng, tmp / "rng.pt")
+            if self.scheme is not None and hasattr(self.scheme, "state_dict"):
+                torch.save(self.scheme.state_dict(), tmp / "scheme.pt")
+            py_state = random.getstate()
+            write_json(tmp / "trainer.json", {
+                "step": self.step, "data": self.stream.state_dict(), "history": self.history,
+                "skipped": self.skipped, "python_rng": [py_state[0], list(py_state[1]), py_state[2]],
+                "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self.cfg).items()},
+            })
+        for old in self.checkpoints()[:-max(1, self.cfg.keep_checkpoints)]:
+            shutil.rmtree(old, ignore_errors=True)
+        return target
+
+    def checkpoints(self) -> list[Path]:
+        if self.ckpt_dir is None or not self.ckpt_dir.is_dir():
+            return []
+        return sorted(p for p in self.ckpt_dir.glob("step_*") if p.is_dir() and not p.name.startswith("."))
+
+    def load_checkpoint(self, path: Path) -> None:
+        from safetensors.torch import load_file, load_model
+
+        try:
+            load_model(self.model, str(path / "model.safetensors"))
+            if self.extra_params:
+                ex = load_file(str(path / "extra.safetensors"))
+                with torch.no_grad():
+                    for i, p in enumerate(self.extra_params):
+                        p.copy_(ex[f"extra.{i}"])
+            self.optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True,
+                                                      map_location=self.device))
+            rng = torch.load(path / "rng.pt", weights_only=True)
+            torch.set_rng_state(rng["torch"])
+            if "cuda" in rng and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(rng["cuda"])
+            if (path / "scheme.pt").exists() and self.scheme is not None and hasattr(self.scheme, "load_state_dict"):
+                self.scheme.load_state_dict(torch.load(path / "scheme.pt", weights_only=True))
+            meta = json.loads((path / "trainer.json").read_text())
+        except (OSError, RuntimeError, KeyError, ValueError) as e:
+            raise EdgekdError(f"checkpoint {path} is unreadable ({type(e).__name__}): delete it to resume from an earlier one") from None
+        py = meta["python_rng"]
+        random.setstate((py[0], tuple(py[1]), py[2]))
+        self.step = int(meta["step"])
+        self.stream.load_state_dict(meta["data"])
+        self.history = meta["history"]
+        self.skipped = meta.get("skipped", [])
+
+    def resume(self) -> bool:
+        """Load the newest complete checkpoint; False when there is none."""
+        cks = self.checkpoints()
+        if self.world > 1:  # every rank loads what rank 0 wrote
+            dist.barrier()
+        if not cks:
+            return False
+        self.load_checkpoint(cks[-1])
+        return True
+
+    @property
+    def done(self) -> bool:
+        return self.step >= self.cfg.steps
+
+    # --- the loop ------------------------------------------------------------------------------
+
+    def _micro_batches(self, batch: dict) -> list[dict]:
+        n = batch["input_ids"].shape[0]
+        return [{k: v[i:i + self.micro].to(self.device) for k, v in batch.items()} for i in range(0, n, self.micro)]
+
+    def train_step(self) -> dict:
+        """One optimiser step (or a skipped one); returns its log record."""
+        cfg = self.cfg
+        lr = lr_at(self.step, cfg)
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr
+        self.model.train()
+        micro = self._micro_batches(self.stream.next())
+        counts = [counted_tokens(m, self.kind) for m in micro]
+        local = torch.tensor([float(sum(counts))], dtype=torch.float64)
+        if self.world > 1:
+            dist.all_reduce(local)
+        total = max(1.0, float(local.item()))
+        loss_sum = torch.zeros((), dtype=torch.float64)
+        parts_sum: dict[str, float] = {}
+        for i, (m, n) in enumerate(zip(micro, counts)):
+            sync = (i == len(micro) - 1) or self.world == 1
+            ctx = self.ddp_model.no_sync() if (not sync and self.world > 1) else _null()
+            with ctx:
+                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+                    loss, parts = self.objective(m)
+                # mean over this micro-batch -> its share of the step's global mean; DDP averages
+                # gradients over processes, so multiply back by the world size.
+                scaled = loss.float() * (n / total) * self.world
+                scaled.backward()
+            loss_sum += loss.detach().double() * n
+            for k, v in (parts or {}).items():
+                parts_sum[k] = parts_sum.get(k, 0.0) + float(v) * n
+        stats = torch.cat([loss_sum.reshape(1), torch.tensor([parts_sum.get(k, 0.0) for k in sorted(parts_sum)],
+                                                              dtype=torch.float64)])
+        if self.world > 1:
+            dist.all_reduce(stats)
+        step_loss = float(stats[0]) / total
+        if self.extra_params and self.world > 1:
+            for p in self.extra_params:  # not inside DDP: average their gradients by hand
+                if p.grad is not None:
+                    dist.all_reduce(p.grad)
+                    p.grad /= self.world
+        gnorm = torch.nn.utils.clip_grad_norm_(self._all_params, cfg.grad_clip if cfg.grad_clip else float("inf"))
+        rec = {"step": self.step, "loss": step_loss, "lr": lr, "tokens": int(total), "grad_norm": float(gnorm)}
+        rec.update({k: float(stats[1 + i]) / total for i, k in enumerate(sorted(parts_sum))})
+        if not (math.isfinite(step_loss) and math.isfinite(float(gnorm))):
+            self.optimizer.zero_grad(set_to_none=True)
+            rec["skipped"] = True
+            self.skipped.append(self.step)
+            if not self.quiet:
+                print(f"[{self.label}] step {self.step}: non-finite loss or gradient ({step_loss}, norm {float(gnorm)}); step skipped")
+        else:
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.scheme is not None and hasattr(self.scheme, "after_step"):
+                self.scheme.after_step(self.model, self.step + 1)
+        self.step += 1
+        self.history.append(rec)
+        return rec
+
+    def train(self) -> list[dict]:
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        cfg = self.cfg
+        t0, tok0 = time.time(), 0
+        with Progress(TextColumn(f"[bold]{self.label}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                      TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                      disable=self.quiet, transient=False) as bar:
+            task = bar.add_task(self.label, total=cfg.steps, completed=self.step, info="")
+            while self.step < cfg.steps:
+                rec = self.train_step()
+                tok0 += rec["tokens"]
+                tps = tok0 / max(1e-9, time.time() - t0)
+                rec["tokens_per_s"] = tps
+                bar.update(task, completed=self.step, info=f"loss {rec['loss']:.3f}  {tps:,.0f} tok/s")
+                if cfg.checkpoint_every and (self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps):
+                    self.save_checkpoint()
+                    if self.world > 1:
+                        dist.barrier()
+                if self.on_step is not None:
+                    self.on_step(self.step, self)
+        return self.history
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False

@@ -1,0 +1,84 @@
+"""Loading teachers (and students) from local Hugging Face directories, with one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from edgekd.errors import EdgekdError
+
+
+def resolve_model_dir(path: str | os.PathLike) -> Path:
+    if str(path) == "builtin":
+        from edgekd.models.builtin import builtin_teacher_dir
+
+        return builtin_teacher_dir()
+    return Path(path)
+
+
+def read_config_dict(d: Path) -> dict:
+    cfg_path = d / "config.json"
+    if not d.exists():
+        raise EdgekdError(f"model directory {d} does not exist: pass a local Hugging Face model directory or 'builtin'")
+    if not d.is_dir():
+        raise EdgekdError(f"{d} is not a directory: pass a local Hugging Face model directory or 'builtin'")
+    if not cfg_path.is_file():
+        raise EdgekdError(f"{d} has no config.json: save the model there with model.save_pretrained")
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise EdgekdError(f"{cfg_path} is corrupt ({type(e).__name__}): re-save the model with save_pretrained") from None
+    if not isinstance(cfg, dict) or "model_type" not in cfg:
+        raise EdgekdError(f"{cfg_path} has no model_type: re-save the model with save_pretrained")
+    return cfg
+
+
+def _check_weights(d: Path) -> None:
+    """Open every safetensors header now, so a corrupt file is a clear error, not a deep traceback."""
+    st = sorted(d.glob("*.safetensors"))
+    if not st and not list(d.glob("pytorch_model*.bin")):
+        raise EdgekdError(f"{d} has no model weights (model.safetensors): save the model there with save_pretrained")
+    from safetensors import safe_open
+
+    for f in st:
+        try:
+            with safe_open(str(f), framework="pt") as h:
+                for k in list(h.keys())[:1]:
+                    h.get_slice(k)
+        except Exception as e:
+            raise EdgekdError(f"{f} is not a readable safetensors file ({type(e).__name__}): re-save the model or re-download it") from None
+
+
+def is_classifier(cfg: dict) -> bool:
+    return any(a.endswith("ForSequenceClassification") for a in (cfg.get("architectures") or []))
+
+
+def load_model(path: str | os.PathLike, *, with_tokenizer: bool = True, what: str = "teacher"):
+    """(model, tokenizer or None, kind) where kind is 'lm' or 'classification'; model in eval mode, float32."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    d = resolve_model_dir(path)
+    cfg = read_config_dict(d)
+    _check_weights(d)
+    kind = "classification" if is_classifier(cfg) else "lm"
+    cls = AutoModelForSequenceClassification if kind == "classification" else AutoModelForCausalLM
+    try:
+        model = cls.from_pretrained(str(d), local_files_only=True, dtype=torch.float32)
+    except EdgekdError:
+        raise
+    except Exception as e:
+        msg = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+        raise EdgekdError(f"cannot load the {what} from {d}: {msg}") from None
+    model.eval()
+    tok = None
+    if with_tokenizer:
+        from edgekd.data.tokenizer import load_tokenizer
+
+        tok = load_tokenizer(d)
+    return model, tok, kind
+
+
+def load_teacher(path: str | os.PathLike):
+    return load_model(path, what="teacher")

@@ -1,0 +1,153 @@
+"""report.json (the DESIGN keys), report.md and the PNG plots of a run, written atomically."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Optional
+
+from edgekd.io import atomic_path, write_json, write_text
+
+
+def build_report(*, config: dict, evals: dict, sizes: dict, histories: dict, temperature_examples: list,
+                 init_info: dict, student_config: dict, latency: Optional[dict] = None,
+                 exports: Optional[dict] = None, timings: Optional[dict] = None) -> dict:
+    def entry(name):
+        e = dict(evals.get(name, {}))
+        e.update(sizes.get(name, {}))
+        return e
+
+    student = entry("student")
+    student["config"] = student_config
+    student["init"] = init_info
+    rep = {
+        "target": config.get("target"),
+        "latency_budget_ms": config.get("latency_budget_ms"),
+        "teacher": entry("teacher"),
+        "student": student,
+        "scratch": entry("scratch"),
+        "latency": latency or {"predicted_ms": None, "measured": []},
+        "exports": exports or {},
+        "distillation": {
+            "loss": config.get("loss"), "temperature": config.get("temperature"), "alpha": config.get("alpha"),
+            "scheme": config.get("scheme"), "steps": config.get("steps"),
+            "skipped_steps": {k: [h["step"] for h in v if h.get("skipped")] for k, v in histories.items()},
+            "student_beats_scratch": (student.get("eval_loss") is not None and "eval_loss" in evals.get("scratch", {})
+                                      and student["eval_loss"] < evals["scratch"]["eval_loss"]),
+        },
+        "timings_s": timings or {},
+    }
+    return rep
+
+
+def plot_losses(histories: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, hist in histories.items():
+        xs = [h["step"] for h in hist if math.isfinite(h.get("ce", h["loss"]))]
+        # Compare like with like: the hard-label CE part when the objective logs it, else the loss.
+        ys = [h.get("ce", h["loss"]) for h in hist if math.isfinite(h.get("ce", h["loss"]))]
+        label = f"{name} ({'hard-label CE' if hist and 'ce' in hist[0] else 'training loss'})"
+        if len(ys) > 10:
+            k = max(1, len(ys) // 50)
+            ys = [sum(ys[max(0, i - k):i + 1]) / len(ys[max(0, i - k):i + 1]) for i in range(len(ys))]
+        ax.plot(xs, ys, label=label)
+    ax.set_xlabel("optimiser step")
+    ax.set_ylabel("training loss (smoothed)")
+    ax.set_title("Distilled student vs scratch baseline")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+
+
+def plot_temperature(examples: list, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not examples:
+        return
+    fig, axes = plt.subplots(1, len(examples), figsize=(4.5 * len(examples), 3.8), squeeze=False)
+    for ax, ex in zip(axes[0], examples):
+        for T, probs in ex["probs"].items():
+            ax.plot(range(len(probs)), probs, marker="o", ms=3, label=f"T={T} (H={ex['entropy'][T]:.2f})")
+        ax.set_xticks(range(len(ex["tokens"])))
+        ax.set_xticklabels([repr(t)[1:-1][:8] for t in ex["tokens"]], rotation=70, fontsize=7)
+        ctx = ex["context"].replace("\n", "⏎")[-30:]
+        ax.set_title(f"…{ctx}", fontsize=8)
+        ax.set_ylabel("teacher probability")
+        ax.legend(fontsize=7)
+    fig.suptitle("Teacher next-token distributions at several temperatures (top tokens)")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+
+
+def _fmt(v, nd=4):
+    if v is None:
+        return "—"
+    if isinstance(v, float):
+        return f"{v:.{nd}f}"
+    return str(v)
+
+
+def render_markdown(rep: dict, kind: str = "lm") -> str:
+    t, s, b = rep["teacher"], rep["student"], rep["scratch"]
+    metric = "perplexity" if kind == "lm" else "accuracy"
+    lines = ["# edgekd run report", ""]
+    d = rep["distillation"]
+    lines += [f"Target: **{rep.get('target') or 'none'}**, latency budget: **{_fmt(rep.get('latency_budget_ms'), 1)} ms**. "
+              f"Scheme `{d.get('scheme')}`, loss `{d.get('loss') or 'kd'}`, T = {_fmt(d.get('temperature'), 3)}, "
+              f"α = {_fmt(d.get('alpha'), 2)}, {d.get('steps')} steps.", ""]
+    if "eval_loss" in s and "eval_loss" in b:
+        verdict = "below" if s["eval_loss"] < b["eval_loss"] else "NOT below"
+        lines += [f"**The distilled student's held-out loss ({s['eval_loss']:.4f}) is {verdict} the scratch "
+                  f"baseline's ({b['eval_loss']:.4f})**, with the same architecture, data and steps.", ""]
+    lines += [f"| model | params | size (MB) | held-out loss | {metric} | top-1 agreement with teacher |",
+              "|---|---:|---:|---:|---:|---:|"]
+    for name, e in (("teacher", t), ("distilled student", s), ("scratch baseline", b)):
+        lines.append(f"| {name} | {e.get('params', 0):,} | {_fmt(e.get('size_mb'), 2)} | {_fmt(e.get('eval_loss'))} | "
+                     f"{_fmt(e.get(metric), 3)} | {_fmt(e.get('top1_agreement'), 3)} |")
+    lines.append("")
+    init = s.get("init", {})
+    if init.get("method") == "teacher":
+        lines += [f"The student was initialised from the teacher: layers {init.get('layers')} (every k-th), "
+                  f"{init.get('hidden_kept')} hidden channels kept by measured activation magnitude.", ""]
+    lat = rep.get("latency") or {}
+    if lat.get("measured"):
+        lines += ["## Latency", "", "| device | format | p50 (ms) | p90 (ms) |", "|---|---|---:|---:|"]
+        for m in lat["measured"]:
+            lines.append(f"| {m.get('device')} | {m.get('format')} | {_fmt(m.get('p50_ms'), 2)} | {_fmt(m.get('p90_ms'), 2)} |")
+        lines.append("")
+    if rep.get("exports"):
+        lines += ["## Exports", "", "| format | path | max abs diff | top-1 agreement |", "|---|---|---:|---:|"]
+        for fmt, e in rep["exports"].items():
+            lines.append(f"| {fmt} | {e.get('path')} | {_fmt(e.get('max_abs_diff'), 6)} | {_fmt(e.get('top1_agreement'), 3)} |")
+        lines.append("")
+    skipped = {k: v for k, v in d.get("skipped_steps", {}).items() if v}
+    if skipped:
+        lines += [f"Skipped (non-finite) steps: {skipped}", ""]
+    lines += ["## Plots", "", "![loss curves](plots/loss_curves.png)", "",
+              "![temperature](plots/temperature.png)", "",
+              "Higher temperatures flatten the teacher's distribution, exposing how it ranks the wrong answers "
+              "(the 'dark knowledge' the student learns from).", ""]
+    return "\n".join(lines)
+
+
+def write_run_report(run_dir: Path, rep: dict, histories: dict, temperature_examples: list, kind: str = "lm") -> None:
+    run_dir = Path(run_dir)
+    plots = run_dir / "plots"
+    plots.mkdir(parents=True, exist_ok=True)
+    plot_losses(histories, plots / "loss_curves.png")
+    plot_temperature(temperature_examples, plots / "temperature.png")
+    write_json(run_dir / "report.json", rep)
+    write_text(run_dir / "report.md", render_markdown(rep, kind))
