@@ -45,6 +45,58 @@ def kernel_bench(
                use_compile=compile, out=out)
 
 
+# --- distill / teacher (engine) -------------------------------------------------------------------
+
+@app.command("distill")
+def distill(
+    teacher: str = typer.Option("builtin", help="Teacher: a local Hugging Face model directory, or 'builtin'."),
+    data: str = typer.Option("builtin", help="Data: a text file, a directory of .txt, a .jsonl, a saved data set, or 'builtin'."),
+    student: Optional[str] = typer.Option(None, help="Student config: a JSON file of config fields or a model directory."),
+    steps: Optional[int] = typer.Option(None, help="Training steps (default: the built-in default)."),
+    out: Optional[str] = typer.Option(None, help="Run directory (default: runs/distill-TIMESTAMP)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
+    temperature: str = typer.Option("2.0", help="Softmax temperature T > 0, or 'auto' = log2(teacher/student params) + 1."),
+    alpha: float = typer.Option(0.5, help="Weight of the distillation term against hard-label CE, in [0, 1]."),
+    loss: Optional[str] = typer.Option(None, help="Loss spec: JSON list, path to a .json, or names joined by '+'."),
+    scheme: str = typer.Option("offline", help="offline | online | self | multi_teacher | progressive | sequence"),
+    seed: int = typer.Option(0, help="Random seed."),
+    target: Optional[str] = typer.Option(None, help="Edge target name (see `edgekd targets list`)."),
+    latency_budget: Optional[float] = typer.Option(None, "--latency-budget", help="Latency budget in ms."),
+    device: str = typer.Option("local", help="Where to profile: local | ssh://USER@HOST[:PORT] | adb[:SERIAL]."),
+    batch_size: int = typer.Option(8, help="Sequences per optimiser step."),
+    seq_len: int = typer.Option(256, help="Tokens per sequence."),
+    lr: float = typer.Option(2e-3, help="Peak learning rate."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+) -> None:
+    """Distill the teacher into a student, train the scratch baseline, evaluate both, write the run."""
+    from edgekd.distill import DistillConfig, run
+
+    temp = temperature if temperature == "auto" else _float_option("--temperature", temperature)
+    run(DistillConfig(teacher=teacher, data=data, student=student, steps=steps, out=out, resume=resume,
+                      temperature=temp, alpha=alpha, loss=loss, scheme=scheme, seed=seed, target=target,
+                      latency_budget_ms=latency_budget, device=device, batch_size=batch_size, seq_len=seq_len,
+                      lr=lr, quiet=quiet))
+
+
+def _float_option(name: str, value: str) -> float:
+    try:
+        return float(value)
+    except ValueError:
+        raise EdgekdError(f"{name} must be a number or 'auto', got {value!r}") from None
+
+
+@teacher_app.command("train")
+def teacher_train(
+    out: Optional[str] = typer.Option(None, help="Where to write the teacher (default: the packaged built-in dir)."),
+    steps: Optional[int] = typer.Option(None, help="Training steps (default: the recipe's)."),
+    seed: Optional[int] = typer.Option(None, help="Seed (default: the recipe's)."),
+) -> None:
+    """Train the built-in teacher from its recipe on the built-in corpus (reproduces the shipped one)."""
+    from edgekd.models.builtin import BUILTIN_DIR, train_builtin_teacher
+
+    train_builtin_teacher(out or BUILTIN_DIR, steps=steps, seed=seed)
+
+
 # --- entry point --------------------------------------------------------------------------------
 
 def main() -> None:
