@@ -1,1 +1,48 @@
-"""edgekd.profile"""
+"""Measure exported models where they will run: locally, on a board over ssh, on a phone over adb."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from edgekd.errors import EdgekdError
+from edgekd.profile.common import STAT_KEYS, check_model_file, input_shape_args
+
+__all__ = ["profile_model", "STAT_KEYS"]
+
+
+def profile_model(model_file: str | Path, device: str = "local", runs: int = 50, warmup: int = 5,
+                  threads: int | None = None, *, seq_len: int | None = None, remote_python: str = "python3",
+                  identity_file: str | None = None, known_hosts: str | None = None,
+                  insecure_host_key: bool = False, connect_timeout: int = 10,
+                  benchmark_binary: str | None = None, timeout: float = 1800.0) -> dict:
+    """Time `model_file` on `device` ("local", "ssh://USER@HOST[:PORT]", "adb[:SERIAL]").
+
+    Returns DESIGN.md's keys (device, format, runs, threads, mean/p50/p90/p99/std/min/max_ms, init_ms,
+    peak_rss_mb, size_mb, ops) plus runtime details. Token inputs use the seq_len and vocabulary from
+    the export's parity record when there is one.
+    """
+    path = check_model_file(model_file)
+    if runs < 1 or warmup < 0:
+        raise EdgekdError(f"--runs must be at least 1 and --warmup at least 0 (got {runs}, {warmup})")
+    if threads is not None and threads < 1:
+        raise EdgekdError(f"--threads must be at least 1 (got {threads})")
+    length, vocab = input_shape_args(path, seq_len)
+    if device == "local":
+        from edgekd.profile.local import profile_local
+
+        stats = profile_local(path, runs, warmup, threads, length, vocab, timeout=timeout)
+    elif device.startswith("ssh://"):
+        from edgekd.profile.ssh import parse_ssh_url, profile_ssh
+
+        target = parse_ssh_url(device, identity_file=identity_file, known_hosts=known_hosts,
+                               insecure_host_key=insecure_host_key, connect_timeout=connect_timeout)
+        stats = profile_ssh(path, target, runs, warmup, threads, length, vocab, remote_python, timeout)
+    elif device == "adb" or device.startswith("adb:"):
+        from edgekd.profile.adb import parse_adb_device, profile_adb
+
+        stats = profile_adb(path, parse_adb_device(device), runs, warmup, threads, benchmark_binary, timeout)
+    else:
+        raise EdgekdError(f"unknown device {device!r}: use local, ssh://USER@HOST[:PORT] or adb[:SERIAL]")
+    stats.setdefault("size_mb", path.stat().st_size / 1e6)
+    stats["model"] = str(path)
+    return {k: stats.get(k) for k in STAT_KEYS} | {k: v for k, v in stats.items() if k not in STAT_KEYS}

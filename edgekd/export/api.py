@@ -1,0 +1,140 @@
+"""export_model: convert, quantise, check against PyTorch, and only then put the file in place."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+from edgekd.errors import EdgekdError
+from edgekd.export import parity
+from edgekd.export.hf import load_for_export
+from edgekd.io import write_json
+
+FORMATS = {"onnx": ".onnx", "tflite": ".tflite"}
+QUANTIZE = ("none", "int8-dynamic", "int8")
+PARITY_ROWS = 8
+
+
+def default_out(model_dir: Path, fmt: str, quantize: str) -> Path:
+    """Beside MODEL_DIR in export/: NAME.onnx, NAME.int8.tflite, NAME.int8-dynamic.onnx ..."""
+    tag = "" if quantize == "none" else f".{quantize}"
+    return model_dir.resolve().parent / "export" / f"{model_dir.resolve().name}{tag}{FORMATS[fmt]}"
+
+
+def _token_rows(calib_inputs, seq_len: int, vocab: int, n: int) -> tuple[torch.Tensor, str]:
+    if calib_inputs is None:
+        g = torch.Generator().manual_seed(0)
+        return torch.randint(0, vocab, (n, seq_len), generator=g), "random token ids (seed 0)"
+    rows = torch.as_tensor(calib_inputs)
+    if rows.dim() != 2 or rows.shape[0] < 1 or rows.shape[1] != seq_len:
+        raise EdgekdError(f"calib_inputs must be token ids shaped [N, seq_len={seq_len}], got {tuple(rows.shape)}")
+    if rows.is_floating_point() or int(rows.min()) < 0 or int(rows.max()) >= vocab:
+        raise EdgekdError(f"calib_inputs hold ids outside the model's vocabulary [0, {vocab}): tokenise with the "
+                          f"model's own tokenizer")
+    return rows.long(), "calib_inputs"
+
+
+def _check_args(fmt: str, quantize: str, seq_len: int, min_top1: float) -> None:
+    if fmt not in FORMATS:
+        raise EdgekdError(f"unknown format {fmt!r}: use onnx or tflite")
+    if quantize not in QUANTIZE:
+        raise EdgekdError(f"unknown quantisation {quantize!r}: use none, int8-dynamic or int8")
+    if seq_len < 2:
+        raise EdgekdError(f"--seq-len must be at least 2 (got {seq_len})")
+    if not 0.0 < min_top1 <= 1.0:
+        raise EdgekdError(f"min_top1 must be in (0, 1] (got {min_top1})")
+
+
+def export_model(model_dir, fmt: str = "onnx", quantize: str = "none", seq_len: int = 64, out=None,
+                 calib_inputs=None, min_top1: float = 0.9, *, show_progress: bool = True) -> dict:
+    """Export MODEL_DIR to FILE and write its parity record FILE.json; return the record.
+
+    Parity runs on `calib_inputs` rows (held-out token ids) or on deterministic random ids. For static
+    int8 the first half of the rows calibrates and the other half checks, so parity is measured on
+    rows the calibration never saw. A failed check leaves no FILE, writes FILE.json with passed=false,
+    and raises EdgekdError with the numbers.
+    """
+    _check_args(fmt, quantize, seq_len, min_top1)
+    model_dir = Path(model_dir)
+    out = Path(out) if out else default_out(model_dir, fmt, quantize)
+    if out.suffix != FORMATS[fmt]:
+        raise EdgekdError(f"output file {out} must end in {FORMATS[fmt]} for --format {fmt}")
+    quantized = quantize != "none"
+    steps = ["load", "convert"] + (["quantize"] if quantized else []) + ["parity"]
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+                  transient=True, disable=not show_progress) as bar:
+        task = bar.add_task(f"export {model_dir.name} -> {out.name}: load", total=len(steps))
+
+        def step(name: str) -> None:
+            bar.update(task, advance=1, description=f"export {model_dir.name} -> {out.name}: {name}")
+
+        loaded = load_for_export(model_dir)
+        if seq_len > loaded.max_len:
+            raise EdgekdError(f"--seq-len {seq_len} exceeds the model's {loaded.max_len} positions")
+        rows, source = _token_rows(calib_inputs, seq_len, loaded.vocab_size, PARITY_ROWS)
+        calib_rows, check_rows = rows, rows
+        if quantize == "int8" and rows.shape[0] >= 2:
+            half = rows.shape[0] // 2
+            calib_rows, check_rows = rows[:half], rows[half:]
+        step("convert")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as tmp:
+            float_path = Path(tmp) / f"float{FORMATS[fmt]}"
+            sample = rows[:1]
+            if fmt == "onnx":
+                from edgekd.export.onnx_export import export_onnx, quantize_onnx as quantize_fn
+
+                info = export_onnx(loaded.module, sample, float_path, loaded.max_len)
+            else:
+                from edgekd.export.tflite_export import export_tflite, quantize_tflite as quantize_fn
+
+                info = export_tflite(loaded.module, sample, float_path)
+            final = float_path
+            if quantized:
+                step("quantize")
+                final = Path(tmp) / f"quant{FORMATS[fmt]}"
+                try:
+                    info |= quantize_fn(float_path, final, quantize, calib_rows.numpy())
+                except EdgekdError:
+                    raise
+                except Exception as e:
+                    raise EdgekdError(f"{quantize} quantisation of {out.name} failed: "
+                                      f"{(str(e).strip().splitlines() or [type(e).__name__])[0][:300]}") from None
+            step("parity")
+            ref = parity.reference_logits(loaded.module, check_rows)
+            try:
+                got = parity.exported_logits(str(final), check_rows)
+            except Exception as e:
+                raise EdgekdError(f"the exported {out.name} does not run: {str(e).splitlines()[0][:300]}") from None
+            check = parity.compare(ref, got, quantized, min_top1)
+            record = {"path": str(out), "format": fmt, "quantize": quantize, "seq_len": seq_len,
+                      "size_mb": final.stat().st_size / 1e6, "float_size_mb": float_path.stat().st_size / 1e6,
+                      **check, "parity_inputs": {"source": source, "rows": int(check_rows.shape[0])},
+                      "model_dir": str(model_dir), "kind": loaded.kind, "architecture": loaded.architecture,
+                      "vocab_size": loaded.vocab_size, "input_dtype": "int64" if fmt == "onnx" else "int32",
+                      **info, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            if record["passed"]:
+                os.replace(final, out)
+            else:
+                out.unlink(missing_ok=True)
+    write_json(out.with_name(out.name + ".json"), record)
+    if not record["passed"]:
+        raise EdgekdError(_failure_line(record))
+    return record
+
+
+def _failure_line(rec: dict) -> str:
+    if rec.get("problem"):
+        return f"{Path(rec['path']).name} failed parity: {rec['problem']}"
+    if rec["quantize"] != "none":
+        return (f"{Path(rec['path']).name} failed parity: top-1 agreement {rec['top1_agreement']:.4f} < "
+                f"{rec['threshold']['top1_agreement']} (max abs diff {rec['max_abs_diff']:.4g}): try "
+                f"int8-dynamic, more calibration data, or a lower --min-top1")
+    return (f"{Path(rec['path']).name} failed parity: max abs diff {rec['max_abs_diff']:.4g} > "
+            f"{rec['threshold']['max_abs_diff']:.4g} (1e-3 x logits scale {rec['logits_scale']:.4g}): the "
+            f"converter changed the numerics; report the model")

@@ -1,0 +1,81 @@
+"""ONNX export through torch.onnx (dynamo) and int8 through onnxruntime.quantization."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from edgekd.export.convert_errors import conversion_error
+
+_TWO_GB = 2 * 1024**3 - 64 * 1024**2
+
+
+@contextlib.contextmanager
+def quiet():
+    """Converters chat on stdout and warn freely; a CLI run should show only our progress bar."""
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        yield
+
+
+@contextlib.contextmanager
+def _in_dir(path: Path):
+    """onnxruntime's quantiser drops scratch files in the working directory; keep them in ours."""
+    old = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(old)
+
+
+def export_onnx(module: torch.nn.Module, sample: torch.Tensor, path: Path, max_len: int) -> dict:
+    """Float ONNX with a dynamic sequence axis when the graph allows it, else the sample's static shape."""
+    big = sum(p.numel() * p.element_size() for p in module.parameters()) > _TWO_GB
+    kw = dict(dynamo=True, input_names=["input_ids"], output_names=["logits"], verbose=False,
+              external_data=big, optimize=True)
+    seq = torch.export.Dim("seq", min=2, max=max(max_len, sample.shape[1]))
+    try:
+        with quiet():
+            torch.onnx.export(module, (sample,), str(path), dynamic_shapes={"input_ids": {1: seq}}, **kw)
+        return {"dynamic_seq": True}
+    except Exception:
+        pass
+    try:
+        with quiet():
+            torch.onnx.export(module, (sample,), str(path), **kw)
+    except Exception as e:
+        raise conversion_error(e, "torch.onnx (dynamo)", module, (sample,)) from None
+    return {"dynamic_seq": False}
+
+
+class _Batches:
+    """CalibrationDataReader over token-id rows, one row per batch of 1."""
+
+    def __init__(self, rows: np.ndarray):
+        self._it = iter([{"input_ids": rows[i:i + 1]} for i in range(rows.shape[0])])
+
+    def get_next(self):
+        return next(self._it, None)
+
+
+def quantize_onnx(float_path: Path, out_path: Path, mode: str, calib_rows: np.ndarray | None) -> dict:
+    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic,
+                                          quantize_static)
+
+    with tempfile.TemporaryDirectory(dir=out_path.parent) as scratch, _in_dir(Path(scratch)), quiet():
+        if mode == "int8-dynamic":
+            quantize_dynamic(str(float_path), str(out_path), weight_type=QuantType.QInt8)
+            return {"method": "onnxruntime quantize_dynamic (int8 weights, dynamic int8 activations)"}
+        reader = type("Reader", (_Batches, CalibrationDataReader), {})(calib_rows.astype(np.int64))
+        quantize_static(str(float_path), str(out_path), reader, quant_format=QuantFormat.QDQ,
+                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True)
+        return {"method": "onnxruntime quantize_static QDQ (per-channel int8 weights, int8 activations, "
+                          "min-max calibration)", "calib_rows": int(calib_rows.shape[0])}

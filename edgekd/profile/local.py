@@ -1,0 +1,34 @@
+"""Profiles on this machine in a fresh process, so peak RSS and thread pinning are the model's own."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from edgekd.errors import EdgekdError
+from edgekd.profile.common import parse_runner_json
+
+RUNNER = Path(__file__).with_name("device_runner.py")
+
+
+def runner_args(runs: int, warmup: int, threads: int | None, seq_len: int, vocab: int | None) -> list[str]:
+    args = ["--runs", str(runs), "--warmup", str(warmup), "--seq-len", str(seq_len)]
+    if threads:
+        args += ["--threads", str(threads)]
+    if vocab:
+        args += ["--vocab", str(vocab)]
+    return args
+
+
+def profile_local(model_file: Path, runs: int, warmup: int, threads: int | None, seq_len: int,
+                  vocab: int | None, timeout: float = 1800.0) -> dict:
+    cmd = [sys.executable, str(RUNNER), str(model_file), *runner_args(runs, warmup, threads, seq_len, vocab)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise EdgekdError(f"profiling {model_file.name} locally took over {timeout:.0f}s: use fewer --runs") from None
+    if proc.returncode not in (0, 3, 4):
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise EdgekdError(f"local profiling of {model_file.name} crashed (exit {proc.returncode}): {tail}")
+    return parse_runner_json(proc.stdout, "local", model_file)

@@ -1,0 +1,137 @@
+"""Profiles on a Linux board over OpenSSH: copy model and runner to a temp dir there, run, always clean up."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edgekd.errors import EdgekdError
+from edgekd.profile.common import parse_runner_json
+from edgekd.profile.local import RUNNER, runner_args
+
+_URL = re.compile(r"^ssh://(?:(?P<user>[^@/:]+)@)?(?P<host>\[[^\]]+\]|[^:/@]+)(?::(?P<port>\d+))?/?$")
+
+
+@dataclass
+class SshTarget:
+    host: str
+    user: str | None = None
+    port: int = 22
+    identity_file: str | None = None
+    known_hosts: str | None = None
+    insecure_host_key: bool = False
+    connect_timeout: int = 10
+    extra_options: list[str] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        who = f"{self.user}@" if self.user else ""
+        return f"ssh://{who}{self.host}" + (f":{self.port}" if self.port != 22 else "")
+
+    def options(self) -> list[str]:
+        """Key auth only, no prompts, bounded connect, and the host key checked unless opted out."""
+        opts = ["-o", "BatchMode=yes", "-o", f"ConnectTimeout={self.connect_timeout}",
+                "-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=3", "-o", "LogLevel=ERROR"]
+        if self.insecure_host_key:
+            opts += ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"]
+        else:
+            opts += ["-o", "StrictHostKeyChecking=yes"]
+            if self.known_hosts:
+                opts += ["-o", f"UserKnownHostsFile={self.known_hosts}"]
+        if self.identity_file:
+            opts += ["-i", self.identity_file, "-o", "IdentitiesOnly=yes"]
+        return opts + self.extra_options
+
+    @property
+    def dest(self) -> str:
+        host = self.host.strip("[]")
+        return f"{self.user}@{host}" if self.user else host
+
+    def ssh_cmd(self, remote: str) -> list[str]:
+        return ["ssh", *self.options(), "-p", str(self.port), self.dest, remote]
+
+    def scp_cmd(self, files: list[str], remote_dir: str) -> list[str]:
+        host = f"[{self.host.strip('[]')}]" if ":" in self.host else self.host
+        dest = f"{self.user}@{host}" if self.user else host
+        return ["scp", "-q", *self.options(), "-P", str(self.port), *files, f"{dest}:{remote_dir}/"]
+
+
+def parse_ssh_url(device: str, **kw) -> SshTarget:
+    m = _URL.match(device)
+    if not m:
+        raise EdgekdError(f"bad device {device!r}: write ssh://USER@HOST[:PORT]")
+    env_insecure = os.environ.get("EDGEKD_SSH_INSECURE_HOST_KEY", "") in ("1", "true", "yes")
+    kw.setdefault("identity_file", os.environ.get("EDGEKD_SSH_KEY"))
+    kw.setdefault("known_hosts", os.environ.get("EDGEKD_SSH_KNOWN_HOSTS"))
+    kw["insecure_host_key"] = bool(kw.get("insecure_host_key")) or env_insecure
+    return SshTarget(host=m.group("host"), user=m.group("user"), port=int(m.group("port") or 22),
+                     **{k: v for k, v in kw.items() if v is not None})
+
+
+def _ssh_failure(target: SshTarget, stderr: str) -> EdgekdError:
+    """Map OpenSSH's stderr to what the user should do about it."""
+    s = stderr.lower()
+    where = target.label
+    if "host key verification failed" in s or "remote host identification has changed" in s:
+        return EdgekdError(f"{where}: host key not in known_hosts or changed: add it (ssh-keyscan -p {target.port} "
+                           f"{target.host} >> ~/.ssh/known_hosts) or pass --insecure-host-key")
+    if "permission denied" in s:
+        return EdgekdError(f"{where}: key refused (Permission denied): install your public key in the device's "
+                           f"authorized_keys or pass the right key with EDGEKD_SSH_KEY")
+    if "connection refused" in s:
+        return EdgekdError(f"{where}: connection refused: is sshd running and is the port right?")
+    if "timed out" in s or "no route to host" in s or "network is unreachable" in s:
+        return EdgekdError(f"{where}: device unreachable ({stderr.strip().splitlines()[-1]}): check the address "
+                           f"and network")
+    if "could not resolve hostname" in s or "name or service not known" in s:
+        return EdgekdError(f"{where}: unknown host name {target.host}: check the address")
+    last = (stderr.strip().splitlines() or ["ssh failed"])[-1]
+    return EdgekdError(f"{where}: ssh failed: {last}")
+
+
+def _run(cmd: list[str], target: SshTarget, timeout: float) -> subprocess.CompletedProcess:
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        raise EdgekdError(f"{target.label}: no answer within {timeout:.0f}s: check the device and network") from None
+    if proc.returncode == 255:
+        raise _ssh_failure(target, proc.stderr)
+    return proc
+
+
+def profile_ssh(model_file: Path, target: SshTarget, runs: int, warmup: int, threads: int | None,
+                seq_len: int, vocab: int | None, remote_python: str = "python3", timeout: float = 1800.0) -> dict:
+    if shutil.which("ssh") is None or shutil.which("scp") is None:
+        raise EdgekdError("ssh/scp not found on PATH: install the OpenSSH client (apt-get install openssh-client)")
+    step = target.connect_timeout + 20
+    made = _run(target.ssh_cmd("mktemp -d /tmp/edgekd.XXXXXX"), target, step)
+    remote_dir = made.stdout.strip().splitlines()[-1] if made.returncode == 0 and made.stdout.strip() else ""
+    if not remote_dir.startswith("/tmp/edgekd."):
+        raise EdgekdError(f"{target.label}: cannot make a temporary directory on the device: "
+                          f"{(made.stderr.strip() or 'mktemp failed')}")
+    try:
+        copied = _run(target.scp_cmd([str(model_file), str(RUNNER)], remote_dir), target, timeout)
+        if copied.returncode != 0:
+            raise EdgekdError(f"{target.label}: copying {model_file.name} failed: {copied.stderr.strip()[-300:]}")
+        remote_model = f"{remote_dir}/{model_file.name}"
+        args = [remote_python, f"{remote_dir}/{RUNNER.name}", remote_model,
+                *runner_args(runs, warmup, threads, seq_len, vocab)]
+        ran = _run(target.ssh_cmd(" ".join(shlex.quote(a) for a in args)), target, timeout)
+        if ran.returncode == 127:
+            raise EdgekdError(f"{target.label}: device has no {remote_python}: install Python 3 there or pass "
+                              f"--remote-python PATH")
+        if ran.returncode not in (0, 3, 4):
+            tail = (ran.stderr.strip().splitlines() or ["no output"])[-1]
+            raise EdgekdError(f"{target.label}: runner failed (exit {ran.returncode}): {tail}")
+        stats = parse_runner_json(ran.stdout, target.label, model_file)
+    finally:
+        try:
+            _run(target.ssh_cmd(f"rm -rf {shlex.quote(remote_dir)}"), target, step)
+        except EdgekdError:
+            pass
+    return stats

@@ -1,0 +1,32 @@
+"""A readable rendering of one profile for people (the CLI without --json)."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+
+def _fmt(v) -> str:
+    return "-" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))
+
+
+def print_profile(stats: dict, console: Console | None = None, top: int = 12) -> None:
+    console = console or Console()
+    t = Table(title=f"{stats.get('model', '')} on {stats['device']} ({stats['format']}, "
+                    f"{stats.get('runtime', '')}, {stats['threads']} threads, {stats['runs']} runs)")
+    for col in ("mean", "p50", "p90", "p99", "std", "min", "max", "init"):
+        t.add_column(f"{col} ms", justify="right")
+    t.add_column("peak RSS MB", justify="right")
+    t.add_column("size MB", justify="right")
+    t.add_row(*[_fmt(stats.get(f"{c}_ms")) for c in ("mean", "p50", "p90", "p99", "std", "min", "max", "init")],
+              _fmt(stats.get("peak_rss_mb")), _fmt(stats.get("size_mb")))
+    console.print(t)
+    if stats.get("ops"):
+        o = Table(title="per-op breakdown (per inference)")
+        for col in ("op", "nodes", "avg ms", "%"):
+            o.add_column(col, justify="left" if col == "op" else "right")
+        for row in stats["ops"][:top]:
+            o.add_row(row["op"], _fmt(row.get("count")), _fmt(row.get("avg_ms")), _fmt(row.get("percent")))
+        console.print(o)
+    else:
+        console.print("no per-op breakdown from this runtime")
