@@ -76,6 +76,7 @@ def quantize_onnx(float_path: Path, out_path: Path, mode: str, calib_rows: np.nd
             return {"method": "onnxruntime quantize_dynamic (int8 weights, dynamic int8 activations)"}
         reader = type("Reader", (_Batches, CalibrationDataReader), {})(calib_rows.astype(np.int64))
         quantize_static(str(float_path), str(out_path), reader, quant_format=QuantFormat.QDQ,
-                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True)
-        return {"method": "onnxruntime quantize_static QDQ (per-channel int8 weights, int8 activations, "
+                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True,
+                        op_types_to_quantize=["MatMul", "Gemm"])
+        return {"method": "onnxruntime quantize_static QDQ on MatMul/Gemm (per-channel int8 weights, int8 activations, "
                           "min-max calibration)", "calib_rows": int(calib_rows.shape[0])}

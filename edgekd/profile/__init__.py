@@ -7,7 +7,7 @@ from pathlib import Path
 from edgekd.errors import EdgekdError
 from edgekd.profile.common import STAT_KEYS, check_model_file, input_shape_args
 
-__all__ = ["profile_model", "STAT_KEYS"]
+__all__ = ["profile_model", "target_defaults", "STAT_KEYS"]
 
 
 def profile_model(model_file: str | Path, device: str = "local", runs: int = 50, warmup: int = 5,
@@ -46,3 +46,18 @@ def profile_model(model_file: str | Path, device: str = "local", runs: int = 50,
     stats.setdefault("size_mb", path.stat().st_size / 1e6)
     stats["model"] = str(path)
     return {k: stats.get(k) for k in STAT_KEYS} | {k: v for k, v in stats.items() if k not in STAT_KEYS}
+
+
+def target_defaults(target: str | None, device: str | None, threads: int | None) -> tuple[str, int | None]:
+    """A target file supplies the device kind and thread count the user did not give."""
+    if target is None:
+        return device or "local", threads
+    from edgekd.targets import load_target
+
+    t = load_target(target)
+    method = t.access.get("method", "local")
+    if device is None:
+        if method == "ssh":
+            raise EdgekdError(f"target {t.name} is reached over ssh: give --device ssh://USER@HOST[:PORT]")
+        device = "adb" if method == "adb" else "local"
+    return device, threads or t.runtime.get("default_threads")

@@ -185,13 +185,21 @@ def summarize(times_ms: list[float]) -> dict:
             "std_ms": float(a.std()), "min_ms": float(a.min()), "max_ms": float(a.max())}
 
 
-def onnx_op_rows(profile_path: str, runs: int) -> list[dict]:
-    """Per-op-type totals from onnxruntime's profiling trace, per inference, biggest first."""
+def onnx_op_rows(profile_path: str) -> list[dict]:
+    """Per-op-type time per inference from onnxruntime's profiling trace, biggest first.
+
+    The first model_run in the trace is a warmup (allocations, kernel selection) and is left out.
+    """
     with open(profile_path) as f:
         events = json.load(f)
+    model_runs = sorted((ev for ev in events if ev.get("name") == "model_run"), key=lambda ev: ev["ts"])
+    cutoff = model_runs[0]["ts"] + model_runs[0]["dur"] if len(model_runs) > 1 else -1
+    runs = max(1, len(model_runs) - 1) if len(model_runs) > 1 else max(1, len(model_runs))
     per_op: dict[str, dict] = {}
     for ev in events:
         if ev.get("cat") != "Node" or not str(ev.get("name", "")).endswith("_kernel_time"):
+            continue
+        if ev.get("ts", 0) < cutoff:
             continue
         op = ev.get("args", {}).get("op_name", "?")
         row = per_op.setdefault(op, {"op": op, "nodes": set(), "total_us": 0.0})
@@ -248,7 +256,7 @@ def _onnx_ops(path: str, threads: int, feeds: dict, runs: int) -> list[dict]:
         for _ in range(runs):
             m.run(feeds)
         trace = m.sess.end_profiling()
-        rows = onnx_op_rows(trace, runs + 1)
+        rows = onnx_op_rows(trace)
     return rows
 
 

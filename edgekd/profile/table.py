@@ -7,7 +7,7 @@ from rich.table import Table
 
 
 def _fmt(v) -> str:
-    return "-" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))
+    return "-" if v is None else (f"{v:.2f}" if isinstance(v, float) else str(v))
 
 
 def print_profile(stats: dict, console: Console | None = None, top: int = 12) -> None:
@@ -15,9 +15,9 @@ def print_profile(stats: dict, console: Console | None = None, top: int = 12) ->
     t = Table(title=f"{stats.get('model', '')} on {stats['device']} ({stats['format']}, "
                     f"{stats.get('runtime', '')}, {stats['threads']} threads, {stats['runs']} runs)")
     for col in ("mean", "p50", "p90", "p99", "std", "min", "max", "init"):
-        t.add_column(f"{col} ms", justify="right")
-    t.add_column("peak RSS MB", justify="right")
-    t.add_column("size MB", justify="right")
+        t.add_column(col, justify="right")
+    t.add_column("RSS MB", justify="right")
+    t.add_column("file MB", justify="right")
     t.add_row(*[_fmt(stats.get(f"{c}_ms")) for c in ("mean", "p50", "p90", "p99", "std", "min", "max", "init")],
               _fmt(stats.get("peak_rss_mb")), _fmt(stats.get("size_mb")))
     console.print(t)

@@ -1,0 +1,143 @@
+"""Every export runs, matches PyTorch, and says so in FILE.json; failures name the problem."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from edgekd.errors import EdgekdError
+from edgekd.export.hf import load_for_export
+from edgekd.profile import device_runner
+from tests.export.conftest import SEQ
+
+CASES = [("llama", "onnx", "none"), ("llama", "onnx", "int8-dynamic"), ("llama", "onnx", "int8"),
+         ("bert", "onnx", "none"), ("bert", "onnx", "int8"),
+         ("llama", "tflite", "none"), ("llama", "tflite", "int8-dynamic"), ("llama", "tflite", "int8"),
+         ("bert", "tflite", "none"), ("bert", "tflite", "int8-dynamic"), ("bert", "tflite", "int8")]
+
+
+def _torch_and_file(model_dir, path, rows):
+    """Independent of the exporter's own check: run PyTorch and the file on fresh ids."""
+    module = load_for_export(model_dir).module
+    m = device_runner.load(str(path))
+    (name, _shape, dtype), = m.inputs
+    ref, got = [], []
+    with torch.no_grad():
+        for i in range(rows.shape[0]):
+            ref.append(module(rows[i:i + 1]).numpy())
+            got.append(m.run({name: rows[i:i + 1].numpy().astype(dtype)})[0])
+    return np.concatenate(ref), np.concatenate(got)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model,fmt,quant", CASES, ids=["-".join(c) for c in CASES])
+def test_export_passes_parity(exported, llama_dir, bert_dir, model, fmt, quant):
+    path, rec = exported(model, fmt, quant)
+    assert path.is_file() and path.stat().st_size > 0
+    on_disk = json.loads(path.with_name(path.name + ".json").read_text())
+    assert on_disk == json.loads(json.dumps(rec))
+    assert rec["passed"] and rec["format"] == fmt and rec["quantize"] == quant and rec["seq_len"] == SEQ
+    for key in ("path", "size_mb", "max_abs_diff", "top1_agreement", "logits_scale", "threshold"):
+        assert key in rec
+    g = torch.Generator().manual_seed(123)
+    rows = torch.randint(0, 512, (4, SEQ), generator=g)
+    ref, got = _torch_and_file(llama_dir if model == "llama" else bert_dir, path, rows)
+    assert got.shape == ref.shape
+    agree = float((ref.argmax(-1) == got.argmax(-1)).mean())
+    if quant == "none":
+        assert np.abs(ref - got).max() <= 1e-3 * np.abs(ref).max()
+        assert rec["max_abs_diff"] <= rec["threshold"]["max_abs_diff"]
+    else:
+        assert agree >= 0.85  # fresh rows, a little slack on the 0.9 the export itself enforced
+        assert rec["top1_agreement"] >= 0.9
+        assert rec["size_mb"] < rec["float_size_mb"]
+
+
+@pytest.mark.slow
+def test_onnx_sequence_axis_is_dynamic(exported, llama_dir):
+    path, rec = exported("llama", "onnx", "none")
+    assert rec["dynamic_seq"] is True
+    rows = torch.randint(0, 512, (2, SEQ + 9), generator=torch.Generator().manual_seed(5))
+    ref, got = _torch_and_file(llama_dir, path, rows)
+    assert got.shape == ref.shape == (2, SEQ + 9, 512)
+    assert np.abs(ref - got).max() <= 1e-3 * np.abs(ref).max()
+
+
+@pytest.mark.slow
+def test_parity_failure_gives_numbers_and_leaves_no_file(llama_dir, tmp_path):
+    from edgekd.export import export_model
+
+    out = tmp_path / "strict.int8.onnx"
+    with pytest.raises(EdgekdError) as e:
+        export_model(llama_dir, "onnx", "int8-dynamic", seq_len=SEQ, out=out, min_top1=1.0, show_progress=False)
+    msg = str(e.value)
+    assert "top-1 agreement" in msg and "< 1.0" in msg and "\n" not in msg
+    assert not out.exists()
+    rec = json.loads((tmp_path / "strict.int8.onnx.json").read_text())
+    assert rec["passed"] is False and rec["top1_agreement"] < 1.0
+
+
+def test_calib_inputs_are_used_and_checked(llama_dir, tmp_path):
+    from edgekd.export import export_model
+
+    rows = torch.randint(0, 512, (6, SEQ), generator=torch.Generator().manual_seed(1))
+    rec = export_model(llama_dir, "onnx", "int8", seq_len=SEQ, out=tmp_path / "c.onnx", calib_inputs=rows,
+                       show_progress=False)
+    assert rec["parity_inputs"] == {"source": "calib_inputs", "rows": 3} and rec["calib_rows"] == 3
+    bad = rows.clone()
+    bad[0, 0] = 4096
+    with pytest.raises(EdgekdError, match="outside the model's vocabulary"):
+        export_model(llama_dir, "onnx", "int8", seq_len=SEQ, out=tmp_path / "d.onnx", calib_inputs=bad,
+                     show_progress=False)
+    with pytest.raises(EdgekdError, match=r"shaped \[N, seq_len=16\]"):
+        export_model(llama_dir, "onnx", "none", seq_len=SEQ, out=tmp_path / "e.onnx", calib_inputs=rows[:, :5],
+                     show_progress=False)
+
+
+def test_bad_arguments_name_the_problem(llama_dir, tmp_path):
+    from edgekd.export import export_model
+
+    with pytest.raises(EdgekdError, match="unknown format 'pt'"):
+        export_model(llama_dir, "pt")
+    with pytest.raises(EdgekdError, match="unknown quantisation 'int4'"):
+        export_model(llama_dir, "onnx", "int4")
+    with pytest.raises(EdgekdError, match="does not exist"):
+        export_model(tmp_path / "nope", "onnx")
+    with pytest.raises(EdgekdError, match="no config.json"):
+        export_model(tmp_path, "onnx")
+    with pytest.raises(EdgekdError, match="exceeds the model's 128 positions"):
+        export_model(llama_dir, "onnx", seq_len=4096, out=tmp_path / "x.onnx", show_progress=False)
+
+
+class _Eig(torch.nn.Module):
+    def forward(self, x):
+        return torch.linalg.eigvals(x).real
+
+
+class _Net(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.proj = torch.nn.Linear(4, 4)
+        self.spectrum = _Eig()
+
+    def forward(self, x):
+        return self.spectrum(self.proj(x))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", ["onnx", "tflite"])
+def test_unlowerable_op_names_op_and_module(fmt, tmp_path):
+    from edgekd.export.onnx_export import export_onnx
+    from edgekd.export.tflite_export import export_tflite
+
+    net, x = _Net().eval(), torch.randn(4, 4)
+    with pytest.raises(EdgekdError) as e:
+        if fmt == "onnx":
+            export_onnx(net, x, tmp_path / "bad.onnx", max_len=4)
+        else:
+            export_tflite(net, x, tmp_path / "bad.tflite")
+    msg = str(e.value)
+    assert "aten.linalg_eig" in msg and "spectrum" in msg and "_Eig" in msg, msg
