@@ -45,6 +45,24 @@ def kernel_bench(
                use_compile=compile, out=out)
 
 
+# --- targets ------------------------------------------------------------------------------------
+
+@targets_app.command("list")
+def targets_list() -> None:
+    """Every known target: cores, throughput, bandwidth, format and default budget."""
+    from edgekd.targets.cli import print_targets
+
+    print_targets()
+
+
+@targets_app.command("show")
+def targets_show(name: str = typer.Argument(..., help="Target name, e.g. android-arm64.")) -> None:
+    """All facts of one target, and its sources."""
+    from edgekd.targets.cli import print_target
+
+    print_target(name)
+
+
 # --- distill / teacher (engine) -------------------------------------------------------------------
 
 @app.command("distill")
@@ -95,6 +113,58 @@ def teacher_train(
     from edgekd.models.builtin import BUILTIN_DIR, train_builtin_teacher
 
     train_builtin_teacher(out or BUILTIN_DIR, steps=steps, seed=seed)
+
+
+# --- export / profile -----------------------------------------------------------------------------
+
+@app.command("export")
+def export(
+    model_dir: str = typer.Argument(..., help="Hugging Face model directory (config.json + model.safetensors)."),
+    format: str = typer.Option(..., "--format", help="onnx | tflite"),
+    quantize: str = typer.Option("none", help="none | int8-dynamic | int8 (static, calibrated)"),
+    seq_len: int = typer.Option(64, help="Sequence length of the exported input (TFLite is static)."),
+    out: Optional[str] = typer.Option(None, help="Output file (default: MODEL_DIR/../export/NAME[.QUANT].EXT)."),
+    min_top1: float = typer.Option(0.9, help="int8 parity: least top-1 agreement with PyTorch."),
+) -> None:
+    """Export to ONNX or TFLite, check against PyTorch, write FILE and its parity record FILE.json."""
+    from edgekd.export import export_model
+
+    rec = export_model(model_dir, fmt=format, quantize=quantize, seq_len=seq_len, out=out, min_top1=min_top1)
+    typer.echo(f"wrote {rec['path']} ({rec['size_mb']:.2f} MB): max abs diff {rec['max_abs_diff']:.3g}, "
+               f"top-1 agreement {rec['top1_agreement']:.4f}; parity record {rec['path']}.json")
+
+
+@app.command("profile")
+def profile(
+    model_file: str = typer.Argument(..., help="An exported .onnx or .tflite file."),
+    target: Optional[str] = typer.Option(None, help="Target name: its default device and threads."),
+    device: Optional[str] = typer.Option(None, help="local | ssh://USER@HOST[:PORT] | adb[:SERIAL]"),
+    runs: int = typer.Option(50, help="Timed runs."),
+    warmup: int = typer.Option(5, help="Untimed warmup runs."),
+    threads: Optional[int] = typer.Option(None, help="Threads (default: the target's, else all allowed cores)."),
+    seq_len: Optional[int] = typer.Option(None, help="Sequence length for dynamic inputs (default: the export's)."),
+    remote_python: str = typer.Option("python3", help="ssh: the python on the device."),
+    identity_file: Optional[str] = typer.Option(None, help="ssh: private key (default: ssh's, or EDGEKD_SSH_KEY)."),
+    known_hosts: Optional[str] = typer.Option(None, help="ssh: known_hosts file to check the host key against."),
+    insecure_host_key: bool = typer.Option(False, "--insecure-host-key", help="ssh: do not check the host key."),
+    benchmark_binary: Optional[str] = typer.Option(None, help="adb: local benchmark_model binary to push."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
+) -> None:
+    """Time an exported model on a device: latency percentiles, init, peak RSS, per-op breakdown."""
+    import json
+
+    from edgekd.profile import profile_model, target_defaults
+
+    device, threads = target_defaults(target, device, threads)
+    stats = profile_model(model_file, device=device, runs=runs, warmup=warmup, threads=threads, seq_len=seq_len,
+                          remote_python=remote_python, identity_file=identity_file, known_hosts=known_hosts,
+                          insecure_host_key=insecure_host_key, benchmark_binary=benchmark_binary)
+    if json_out:
+        typer.echo(json.dumps(stats))
+    else:
+        from edgekd.profile.table import print_profile
+
+        print_profile(stats)
 
 
 # --- entry point --------------------------------------------------------------------------------
