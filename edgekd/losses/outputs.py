@@ -1,0 +1,179 @@
+"""What the losses read from a model's outputs, and one forward that produces exactly that.
+
+Any object with the attributes below (an HF ModelOutput, a dict, `LossInputs`) can be given to a
+loss: `logits` [B,S,V] or [B,C]; `hidden_states` (embeddings output first, as HF returns them);
+`attentions` ([B,H,S,S] per layer); for "kd_fused_linear", `last_hidden_state` (the input of the
+LM head, after the final norm) plus `lm_head_weight` / `lm_head_bias`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+import torch
+
+from edgekd.errors import EdgekdError
+
+
+@dataclass
+class TopKLogits:
+    """A teacher's logits kept sparsely: its k largest raw (T = 1) logits per row and their ids.
+
+    Losses treat every other vocabulary entry as −inf, i.e. the teacher distribution at any T is
+    renormalised over the kept entries. `.logits` returns itself so it can stand for a teacher output.
+    """
+
+    values: torch.Tensor   # [..., k] float
+    indices: torch.Tensor  # [..., k] int (vocabulary ids)
+
+    @property
+    def logits(self) -> "TopKLogits":
+        return self
+
+    @property
+    def k(self) -> int:
+        return int(self.values.shape[-1])
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.values.shape
+
+    def dim(self) -> int:
+        return self.values.dim()
+
+    @classmethod
+    def from_logits(cls, logits: torch.Tensor, k: int) -> "TopKLogits":
+        k = min(int(k), logits.shape[-1])
+        values, indices = logits.detach().topk(k, dim=-1)
+        return cls(values, indices)
+
+    def map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> "TopKLogits":
+        return TopKLogits(fn(self.values), fn(self.indices))
+
+    def dense(self, vocab_size: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Full-vocabulary logits with −inf outside the kept entries (what the kernels consume)."""
+        if self.indices.numel() and int(self.indices.max()) >= vocab_size:
+            raise EdgekdError(f"teacher top-k index {int(self.indices.max())} is outside the student vocabulary "
+                              f"of {vocab_size}: teacher and student tokenizers must agree")
+        out = torch.full((*self.values.shape[:-1], vocab_size), float("-inf"), dtype=dtype,
+                         device=self.values.device)
+        return out.scatter(-1, self.indices.long(), self.values.to(dtype))
+
+
+@dataclass
+class LossInputs:
+    """The fields a loss reads; `forward_for_loss` returns one, schemes build them for teachers."""
+
+    logits: Any = None
+    hidden_states: Optional[tuple] = None
+    attentions: Optional[tuple] = None
+    last_hidden_state: Optional[torch.Tensor] = None
+    lm_head_weight: Optional[torch.Tensor] = None
+    lm_head_bias: Optional[torch.Tensor] = None
+    teacher_loss: Optional[torch.Tensor] = None  # the online scheme's teacher CE: LossSum adds it to the total
+
+
+def mixture_logits(members: list, weights: list, temperature: float) -> torch.Tensor:
+    """T · log Σ_i w_i softmax(t_i / T): logits whose softmax at T is exactly the weighted mixture."""
+    T = float(temperature)
+    terms = [torch.log_softmax(t.detach().float() / T, -1) + math.log(w) for t, w in zip(members, weights) if w > 0]
+    return T * torch.logsumexp(torch.stack(terms), dim=0)
+
+
+@dataclass
+class TeacherMixture(LossInputs):
+    """Several teachers' outputs as one: `logits` is their mixture at `temperature`.
+
+    The members are kept so a response loss at another temperature re-mixes at its own T
+    (the target then stays the weighted mean of distributions whatever T the run uses).
+    """
+
+    members: Optional[list] = None
+    weights: Optional[list] = None
+    temperature: float = 1.0
+
+    def logits_at(self, temperature: float) -> torch.Tensor:
+        if self.members is None or float(temperature) == float(self.temperature):
+            return self.logits
+        return mixture_logits(self.members, self.weights, temperature)
+
+
+def get_field(out: Any, name: str) -> Any:
+    """Attribute or mapping entry `name` of an output, None when absent."""
+    if out is None:
+        return None
+    if isinstance(out, dict):
+        return out.get(name)
+    try:
+        return getattr(out, name, None)
+    except (KeyError, AttributeError):
+        return None
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The module inside DDP / torch.compile wrappers."""
+    while True:
+        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
+        if not isinstance(inner, torch.nn.Module):
+            return model
+        model = inner
+
+
+@dataclass(frozen=True)
+class Needs:
+    """What a forward must produce for a loss: mirrors the LossSum attributes of the same names."""
+
+    needs_logits: bool = True
+    needs_hidden_states: bool = False
+    needs_attentions: bool = False
+    needs_last_hidden: bool = False
+
+    @classmethod
+    def of(cls, obj: Any) -> "Needs":
+        return cls(*(bool(getattr(obj, f, d)) for f, d in
+                     (("needs_logits", True), ("needs_hidden_states", False),
+                      ("needs_attentions", False), ("needs_last_hidden", False))))
+
+
+def forward_for_loss(model: torch.nn.Module, batch: dict, needs: Any) -> LossInputs:
+    """Run `model` on a batch (input_ids, attention_mask) producing what `needs` (a loss) reads.
+
+    Calls the model itself (so DDP hooks still run). When only the fused-linear loss reads the
+    output, full logits are skipped with HF's `logits_to_keep=1` and the final hidden state (the
+    last entry of `hidden_states`, after the final norm in HF decoders) is returned with the LM
+    head's weight, so `kernels.fused_linear_kd_loss` computes the logits chunk by chunk instead.
+    """
+    needs = needs if isinstance(needs, Needs) else Needs.of(needs)
+    inner = unwrap(model)
+    device = next(inner.parameters()).device
+    kwargs = {"input_ids": batch["input_ids"].to(device)}
+    if batch.get("attention_mask") is not None:
+        kwargs["attention_mask"] = batch["attention_mask"].to(device)
+    want_hidden = needs.needs_hidden_states or needs.needs_last_hidden
+    if want_hidden:
+        kwargs["output_hidden_states"] = True
+    if needs.needs_attentions:
+        kwargs["output_attentions"] = True
+    skip_logits = needs.needs_last_hidden and not needs.needs_logits
+    if skip_logits and "logits_to_keep" in inspect.signature(inner.forward).parameters:
+        kwargs["logits_to_keep"] = 1
+    out = model(**kwargs)
+    res = LossInputs(logits=None if skip_logits else get_field(out, "logits"),
+                     hidden_states=get_field(out, "hidden_states") if want_hidden else None,
+                     attentions=get_field(out, "attentions") if needs.needs_attentions else None)
+    if needs.needs_last_hidden:
+        head = inner.get_output_embeddings() if hasattr(inner, "get_output_embeddings") else None
+        if head is None or not isinstance(getattr(head, "weight", None), torch.Tensor) or not res.hidden_states:
+            raise EdgekdError(f"kd_fused_linear needs a model with an LM head and hidden states; "
+                              f"{type(inner).__name__} has none: use the 'kd' loss")
+        if getattr(inner.config, "final_logit_softcapping", None) or getattr(inner.config, "logit_scale", None):
+            raise EdgekdError(f"kd_fused_linear cannot reproduce {type(inner).__name__}'s logit scaling: use the 'kd' loss")
+        res.last_hidden_state = res.hidden_states[-1]
+        res.lm_head_weight = head.weight
+        res.lm_head_bias = getattr(head, "bias", None)
+        if not needs.needs_hidden_states:
+            res.hidden_states = None
+    return res
