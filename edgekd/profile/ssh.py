@@ -55,10 +55,9 @@ class SshTarget:
     def ssh_cmd(self, remote: str) -> list[str]:
         return ["ssh", *self.options(), "-p", str(self.port), self.dest, remote]
 
-    def scp_cmd(self, files: list[str], remote_dir: str) -> list[str]:
-        host = f"[{self.host.strip('[]')}]" if ":" in self.host else self.host
-        dest = f"{self.user}@{host}" if self.user else host
-        return ["scp", "-q", *self.options(), "-P", str(self.port), *files, f"{dest}:{remote_dir}/"]
+    def upload_cmd(self, remote_path: str) -> list[str]:
+        """Stream a file through `cat`: works where sshd has no sftp subsystem (scp's default now)."""
+        return self.ssh_cmd(f"cat > {shlex.quote(remote_path)}")
 
 
 def parse_ssh_url(device: str, **kw) -> SshTarget:
@@ -94,9 +93,14 @@ def _ssh_failure(target: SshTarget, stderr: str) -> EdgekdError:
     return EdgekdError(f"{where}: ssh failed: {last}")
 
 
-def _run(cmd: list[str], target: SshTarget, timeout: float) -> subprocess.CompletedProcess:
+def _run(cmd: list[str], target: SshTarget, timeout: float, upload: Path | None = None) -> subprocess.CompletedProcess:
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+        if upload is None:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+        else:
+            with open(upload, "rb") as f:
+                proc = subprocess.run(cmd, capture_output=True, timeout=timeout, stdin=f)
+            proc.stdout, proc.stderr = proc.stdout.decode(errors="replace"), proc.stderr.decode(errors="replace")
     except subprocess.TimeoutExpired:
         raise EdgekdError(f"{target.label}: no answer within {timeout:.0f}s: check the device and network") from None
     if proc.returncode == 255:
@@ -106,8 +110,8 @@ def _run(cmd: list[str], target: SshTarget, timeout: float) -> subprocess.Comple
 
 def profile_ssh(model_file: Path, target: SshTarget, runs: int, warmup: int, threads: int | None,
                 seq_len: int, vocab: int | None, remote_python: str = "python3", timeout: float = 1800.0) -> dict:
-    if shutil.which("ssh") is None or shutil.which("scp") is None:
-        raise EdgekdError("ssh/scp not found on PATH: install the OpenSSH client (apt-get install openssh-client)")
+    if shutil.which("ssh") is None:
+        raise EdgekdError("ssh not found on PATH: install the OpenSSH client (apt-get install openssh-client)")
     step = target.connect_timeout + 20
     made = _run(target.ssh_cmd("mktemp -d /tmp/edgekd.XXXXXX"), target, step)
     remote_dir = made.stdout.strip().splitlines()[-1] if made.returncode == 0 and made.stdout.strip() else ""
@@ -115,9 +119,10 @@ def profile_ssh(model_file: Path, target: SshTarget, runs: int, warmup: int, thr
         raise EdgekdError(f"{target.label}: cannot make a temporary directory on the device: "
                           f"{(made.stderr.strip() or 'mktemp failed')}")
     try:
-        copied = _run(target.scp_cmd([str(model_file), str(RUNNER)], remote_dir), target, timeout)
-        if copied.returncode != 0:
-            raise EdgekdError(f"{target.label}: copying {model_file.name} failed: {copied.stderr.strip()[-300:]}")
+        for local in (model_file, RUNNER):
+            copied = _run(target.upload_cmd(f"{remote_dir}/{local.name}"), target, timeout, upload=local)
+            if copied.returncode != 0:
+                raise EdgekdError(f"{target.label}: copying {local.name} failed: {copied.stderr.strip()[-300:]}")
         remote_model = f"{remote_dir}/{model_file.name}"
         args = [remote_python, f"{remote_dir}/{RUNNER.name}", remote_model,
                 *runner_args(runs, warmup, threads, seq_len, vocab)]

@@ -1,0 +1,183 @@
+"""The ssh runner against a real OpenSSH server started on 127.0.0.1 with throwaway keys."""
+
+from __future__ import annotations
+
+import getpass
+import glob
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from edgekd.errors import EdgekdError
+from edgekd.profile import STAT_KEYS, profile_model
+from edgekd.profile.ssh import parse_ssh_url
+
+SSHD = "/usr/sbin/sshd"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ensure_sshd() -> None:
+    if os.path.exists(SSHD):
+        return
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        pytest.skip("sshd missing and not root with apt-get: apt-get install openssh-server to run this test")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    r = subprocess.run(["apt-get", "install", "-y", "-q", "openssh-server"], env=env, capture_output=True, timeout=600)
+    if r.returncode != 0:
+        subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True, timeout=600)
+        subprocess.run(["apt-get", "install", "-y", "-q", "openssh-server"], env=env, capture_output=True,
+                       timeout=600)
+    if not os.path.exists(SSHD):
+        pytest.skip("could not install openssh-server")
+
+
+def _keygen(path) -> None:
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True)
+
+
+@pytest.fixture(scope="module")
+def sshd(tmp_path_factory):
+    _ensure_sshd()
+    d = tmp_path_factory.mktemp("sshd")
+    _keygen(d / "host_key")
+    _keygen(d / "user_key")
+    _keygen(d / "other_key")
+    (d / "authorized_keys").write_text((d / "user_key.pub").read_text())
+    port = _free_port()
+    (d / "sshd_config").write_text(f"""ListenAddress 127.0.0.1
+HostKey {d}/host_key
+PidFile {d}/sshd.pid
+AuthorizedKeysFile {d}/authorized_keys
+PubkeyAuthentication yes
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PermitRootLogin prohibit-password
+StrictModes no
+UsePAM no
+LogLevel ERROR
+""")
+    if os.geteuid() == 0:
+        os.makedirs("/run/sshd", exist_ok=True)
+    proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(d / "sshd_config"), "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=open(d / "sshd.log", "w"))
+    deadline = time.time() + 15
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"sshd exited: {(d / 'sshd.log').read_text()}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            break
+        except OSError:
+            time.sleep(0.2)
+    host_pub = (d / "host_key.pub").read_text().split()
+    (d / "known_hosts").write_text(f"[127.0.0.1]:{port} {host_pub[0]} {host_pub[1]}\n")
+    (d / "empty_known_hosts").write_text("")
+    info = {"dir": d, "port": port, "url": f"ssh://{getpass.getuser()}@127.0.0.1:{port}",
+            "key": str(d / "user_key"), "known_hosts": str(d / "known_hosts")}
+    yield info
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def _remote_dirs() -> set[str]:
+    return set(glob.glob("/tmp/edgekd.*"))
+
+
+def test_url_parsing():
+    t = parse_ssh_url("ssh://pi@raspberrypi.local:2222")
+    assert (t.user, t.host, t.port) == ("pi", "raspberrypi.local", 2222)
+    t = parse_ssh_url("ssh://board")
+    assert (t.user, t.host, t.port) == (None, "board", 22)
+    assert "StrictHostKeyChecking=yes" in t.options() and "BatchMode=yes" in t.options()
+    assert "StrictHostKeyChecking=no" in parse_ssh_url("ssh://a@b", insecure_host_key=True).options()
+    with pytest.raises(EdgekdError, match="ssh://USER@HOST"):
+        parse_ssh_url("ssh://")
+
+
+@pytest.mark.slow
+def test_profile_through_real_sshd(sshd, tiny_onnx):
+    before = _remote_dirs()
+    stats = profile_model(tiny_onnx, device=sshd["url"], runs=6, warmup=1, remote_python=sys.executable,
+                          identity_file=sshd["key"], known_hosts=sshd["known_hosts"])
+    assert set(STAT_KEYS) <= set(stats) and stats["device"] == sshd["url"] and stats["format"] == "onnx"
+    assert stats["runs"] == 6 and stats["min_ms"] <= stats["p50_ms"] <= stats["p99_ms"] <= stats["max_ms"]
+    assert {"MatMul", "Gather"} <= {r["op"] for r in stats["ops"]}
+    assert _remote_dirs() == before  # the temporary directory on the "device" is gone
+
+
+@pytest.mark.slow
+def test_cli_profile_over_ssh_json(sshd, tiny_onnx):
+    proc = subprocess.run([sys.executable, "-m", "edgekd.cli", "profile", str(tiny_onnx), "--device", sshd["url"],
+                           "--runs", "3", "--warmup", "0", "--remote-python", sys.executable, "--identity-file",
+                           sshd["key"], "--known-hosts", sshd["known_hosts"], "--json"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["device"] == sshd["url"]
+
+
+def _expect(needle: str, **kw):
+    t0 = time.time()
+    with pytest.raises(EdgekdError) as e:
+        profile_model(**kw)
+    assert needle in str(e.value), str(e.value)
+    assert "\n" not in str(e.value)
+    return time.time() - t0
+
+
+@pytest.mark.slow
+def test_device_without_runtime(sshd, tiny_onnx):
+    probe = subprocess.run(["/usr/bin/python3", "-c", "import numpy, onnxruntime"], capture_output=True)
+    if probe.returncode == 0:
+        pytest.skip("the system python3 has numpy and onnxruntime, so it is not a device without a runtime")
+    before = _remote_dirs()
+    _expect("has no runtime", model_file=tiny_onnx, device=sshd["url"], runs=2, remote_python="/usr/bin/python3",
+            identity_file=sshd["key"], known_hosts=sshd["known_hosts"])
+    assert _remote_dirs() == before
+
+
+def test_device_without_python(sshd, tiny_onnx):
+    _expect("device has no /nonexistent/python3", model_file=tiny_onnx, device=sshd["url"], runs=2,
+            remote_python="/nonexistent/python3", identity_file=sshd["key"], known_hosts=sshd["known_hosts"])
+
+
+def test_refused_key(sshd, tiny_onnx):
+    _expect("key refused", model_file=tiny_onnx, device=sshd["url"], identity_file=str(sshd["dir"] / "other_key"),
+            known_hosts=sshd["known_hosts"])
+
+
+def test_unknown_host_key(sshd, tiny_onnx):
+    _expect("host key", model_file=tiny_onnx, device=sshd["url"], identity_file=sshd["key"],
+            known_hosts=str(sshd["dir"] / "empty_known_hosts"))
+
+
+def test_unreachable_port_fails_fast(sshd, tiny_onnx):
+    port = _free_port()
+    took = _expect("connection refused", model_file=tiny_onnx, device=f"ssh://nobody@127.0.0.1:{port}",
+                   identity_file=sshd["key"], known_hosts=sshd["known_hosts"], connect_timeout=3)
+    assert took < 30
+
+
+def test_unroutable_host_is_bounded(sshd, tiny_onnx):
+    took = _expect("ssh://nobody@10.255.255.1", model_file=tiny_onnx, device="ssh://nobody@10.255.255.1",
+                   identity_file=sshd["key"], known_hosts=sshd["known_hosts"], connect_timeout=2)
+    assert took < 40
+
+
+@pytest.mark.slow
+def test_corrupt_model_over_ssh(sshd, corrupt_onnx):
+    _expect("could not run corrupt.onnx", model_file=corrupt_onnx, device=sshd["url"], runs=2,
+            remote_python=sys.executable, identity_file=sshd["key"], known_hosts=sshd["known_hosts"])
