@@ -141,7 +141,8 @@ class Needs:
 def forward_for_loss(model: torch.nn.Module, batch: dict, needs: Any) -> LossInputs:
     """Run `model` on a batch (input_ids, attention_mask) producing what `needs` (a loss) reads.
 
-    Calls the model itself (so DDP hooks still run). When only the fused-linear loss reads the
+    Calls the model itself (so DDP hooks still run); switches it to eager attention where the
+    loss reads attention maps (fused attention returns none). When only the fused-linear loss reads the
     output, full logits are skipped with HF's `logits_to_keep=1` and the final hidden state (the
     last entry of `hidden_states`, after the final norm in HF decoders) is returned with the LM
     head's weight, so `kernels.fused_linear_kd_loss` computes the logits chunk by chunk instead.
@@ -157,6 +158,9 @@ def forward_for_loss(model: torch.nn.Module, batch: dict, needs: Any) -> LossInp
         kwargs["output_hidden_states"] = True
     if needs.needs_attentions:
         kwargs["output_attentions"] = True
+        cfg = getattr(inner, "config", None)
+        if getattr(cfg, "_attn_implementation", "eager") != "eager" and hasattr(inner, "set_attn_implementation"):
+            inner.set_attn_implementation("eager")  # only eager attention returns the maps
     skip_logits = needs.needs_last_hidden and not needs.needs_logits
     if skip_logits and "logits_to_keep" in inspect.signature(inner.forward).parameters:
         kwargs["logits_to_keep"] = 1

@@ -306,3 +306,18 @@ def test_registry_decorator_adds_a_loss(pair, batch):
             register_loss("zero_test_loss")(Zero)
     finally:
         LOSSES.pop("zero_test_loss")
+
+
+def test_forward_for_loss_gives_attention_maps_from_an_sdpa_model(batch):
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=V, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+                      num_key_value_heads=2, max_position_embeddings=64)
+    model = LlamaForCausalLM(cfg)
+    assert model.config._attn_implementation != "eager"
+    loss_fn = build_loss([{"name": "kd"}, {"name": "attention"}], cfg, cfg)
+    out = forward_for_loss(model, batch, loss_fn)
+    assert len(out.attentions) == 2 and out.attentions[0].shape == (3, 2, 10, 10) and out.hidden_states is None
+    rows = out.attentions[1].sum(-1)
+    torch.testing.assert_close(rows, torch.ones_like(rows))
+    total, parts = loss_fn(out, out, batch["labels"], batch["attention_mask"])
+    assert parts["attention"].abs() < 1e-8
