@@ -1,0 +1,50 @@
+"""What `edgekd targets list|show` print (kept here so cli.py stays a thin parser)."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from edgekd.targets.spec import list_targets, load_target
+
+
+def _console() -> Console:
+    """Piped output gets a wide console so the table is not squeezed to 80 columns."""
+    c = Console()
+    return c if c.is_terminal else Console(width=160)
+
+
+def print_targets() -> None:
+    tab = Table(title="edgekd targets")
+    for c in ("name", "cores (big)", "GHz", "fp32 GFLOP/s", "int8 GOP/s", "GB/s", "RAM MB", "format", "threads",
+              "budget ms", "access"):
+        tab.add_column(c, justify="left" if c in ("name", "format", "access") else "right")
+    for t in list_targets():
+        cpu, mem, rt = t.cpu, t.memory, t.runtime
+        name = t.name + (" (measured)" if t.measured else "")
+        tab.add_row(name, f"{cpu['cores']} ({cpu['big_cores']})", f"{cpu['clock_ghz']:g}",
+                    f"{cpu['peak_gflops_fp32']:g}", f"{cpu['peak_gops_int8']:g}", f"{mem['bandwidth_gbs']:g}",
+                    str(mem["ram_mb"]), f"{rt['preferred_format']}/{rt['runtime']}", str(rt["default_threads"]),
+                    f"{t.budget['latency_ms']:g}", t.access["method"])
+    _console().print(tab)
+
+
+def print_target(name: str) -> None:
+    t = load_target(name)
+    console = _console()
+    console.print(f"[bold]{t.name}[/bold]: {t.description}")
+    console.print(f"file: {t.path}")
+    measured = set(t.measured)
+    for table, values in t.data.items():
+        if not isinstance(values, dict):
+            continue
+        tab = Table(title=f"\\[{table}]", show_header=False, title_justify="left")
+        tab.add_column("key")
+        tab.add_column("value")
+        for k, v in values.items():
+            tag = "  (measured on this machine)" if f"{table}.{k}" in measured else ""
+            tab.add_row(k, f"{v}{tag}")
+        console.print(tab)
+    console.print("sources:")
+    for s in t.data.get("sources", []):
+        console.print(f"  - {s}")

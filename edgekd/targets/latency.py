@@ -1,0 +1,393 @@
+"""The latency cost model: per-op FLOPs and bytes of a Llama-family student, a roofline on the
+target, per-op overheads, and efficiency factors calibrated from measurements on the device.
+
+Why a model and not a measurement: the student search weighs hundreds of candidates for a device
+that may not be attached; one calibration per device makes the roofline's guesses honest there.
+
+Time of one op (batch 1, prefill over the whole sequence, which is what the exported graph does):
+
+    t = max(flops / (peak * eff_compute[kind]), bytes / (bandwidth * eff_mem[kind])) + overhead
+
+and the model's latency is the sum over ops plus one per-call overhead.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+
+from edgekd.errors import EdgekdError
+from edgekd.io import write_json
+from edgekd.targets.spec import Target, load_target
+
+KINDS = ("gather", "norm", "matmul", "matmul_int8", "quantize", "attention", "softmax", "elementwise")
+PRECISIONS = ("float32", "int8")
+
+# Priors before any calibration: what a good CPU runtime reaches of the roofline, per op kind.
+DEFAULT_EFF_COMPUTE = {"gather": 1.0, "norm": 0.1, "matmul": 0.5, "matmul_int8": 0.3, "quantize": 0.1,
+                       "attention": 0.25, "softmax": 0.1, "elementwise": 0.1}
+DEFAULT_EFF_MEM = {k: 0.6 for k in KINDS}
+DEFAULT_OVERHEAD_US = {"onnxruntime": 4.0, "litert": 2.0}  # per op (our ops, not runtime nodes)
+DEFAULT_CALL_OVERHEAD_US = {"onnxruntime": 30.0, "litert": 20.0}  # per inference call
+RUNTIME_BASE_MB = {"onnxruntime": 30.0, "litert": 10.0}  # the runtime's own resident memory
+
+
+def normalize_precision(precision: str) -> str:
+    p = str(precision).lower().replace("_", "-")
+    if p in ("float32", "fp32", "float", "none"):
+        return "float32"
+    if p in ("int8", "int8-dynamic", "dynamic-int8", "qint8"):
+        return "int8"
+    raise EdgekdError(f"unknown precision {precision!r}; expected float32 or int8 (int8-dynamic)")
+
+
+# --- the graph ----------------------------------------------------------------------------------
+
+def arch_of(config: Any) -> dict[str, int | bool]:
+    """The few numbers the cost model needs, from an HF config object or a plain dict."""
+    get = (lambda k, d=None: config.get(k, d)) if isinstance(config, Mapping) else \
+        (lambda k, d=None: getattr(config, k, d))
+    h = int(get("hidden_size"))
+    nh = int(get("num_attention_heads"))
+    nkv = int(get("num_key_value_heads") or nh)
+    hd = get("head_dim") or h // nh
+    return {"vocab_size": int(get("vocab_size")), "hidden_size": h,
+            "intermediate_size": int(get("intermediate_size")), "num_hidden_layers": int(get("num_hidden_layers")),
+            "num_attention_heads": nh, "num_key_value_heads": nkv, "head_dim": int(hd),
+            "tie_word_embeddings": bool(get("tie_word_embeddings", False))}
+
+
+def param_count(config: Any) -> int:
+    a = arch_of(config)
+    h, f, v, hd = a["hidden_size"], a["intermediate_size"], a["vocab_size"], a["head_dim"]
+    q, kv = a["num_attention_heads"] * hd, a["num_key_value_heads"] * hd
+    layer = h * q + 2 * h * kv + q * h + 3 * h * f + 2 * h
+    return v * h + a["num_hidden_layers"] * layer + h + (0 if a["tie_word_embeddings"] else v * h)
+
+
+@dataclass
+class Op:
+    """One op of the graph, `count` times (once per layer for per-layer ops)."""
+
+    name: str
+    kind: str
+    flops: float
+    bytes: float
+    count: int = 1
+
+
+def matmul_op(name: str, m: int, k: int, n: int, precision: str = "float32", count: int = 1) -> Op:
+    """x[m,k] @ W[k,n]: 2mkn FLOPs; bytes: float32 activations and weights at 4 B, or for int8 the
+    quantised activation and weights at 1 B plus the int32 result read and rescaled to float32."""
+    if precision == "int8":  # int8 activation in, int32 accumulator out, then rescaled to float32
+        return Op(name, "matmul_int8", 2.0 * m * k * n, 1.0 * m * k + 1.0 * k * n + 12.0 * m * n, count)
+    return Op(name, "matmul", 2.0 * m * k * n, 4.0 * (m * k + m * n + k * n), count)
+
+
+def graph_ops(config: Any, seq_len: int, precision: str = "float32") -> list[Op]:
+    """The ops of one prefill pass, batch 1, over `seq_len` tokens (logits at every position)."""
+    precision = normalize_precision(precision)
+    a = arch_of(config)
+    s, h, f, v = int(seq_len), a["hidden_size"], a["intermediate_size"], a["vocab_size"]
+    nh, nkv, hd, L = a["num_attention_heads"], a["num_key_value_heads"], a["head_dim"], a["num_hidden_layers"]
+    q, kv = nh * hd, nkv * hd
+    ops: list[Op] = [Op("embed_tokens", "gather", 0.0, 8.0 * s + 2 * 4.0 * s * h)]
+
+    def mm(name: str, k: int, n: int, count: int, shared_input: bool = False) -> list[Op]:
+        out = []
+        if precision == "int8" and not shared_input:  # dynamic quantisation of the activation, once per input
+            out.append(Op(f"{name}.quantize", "quantize", 4.0 * s * k, 5.0 * s * k, count))
+        out.append(matmul_op(name, s, k, n, precision, count))
+        return out
+
+    norm = lambda name: Op(name, "norm", 4.0 * s * h, 8.0 * s * h + 4.0 * h, L)  # noqa: E731
+    ops.append(norm("input_layernorm"))
+    ops += mm("q_proj", h, q, L) + mm("k_proj", h, kv, L, True) + mm("v_proj", h, kv, L, True)
+    ops.append(Op("rope", "elementwise", 6.0 * s * (q + kv), 4.0 * (2 * s * (q + kv) + 2 * s * hd), L))
+    ops.append(Op("attn_scores", "attention", 2.0 * nh * s * s * hd, 4.0 * (s * q + s * kv + nh * s * s), L))
+    ops.append(Op("softmax", "softmax", 6.0 * nh * s * s, 4.0 * (3 * nh * s * s), L))  # mask add, exp, sum, div
+    ops.append(Op("attn_weighted_sum", "attention", 2.0 * nh * s * s * hd, 4.0 * (nh * s * s + s * kv + s * q), L))
+    ops += mm("o_proj", q, h, L)
+    ops.append(Op("residual_add", "elementwise", 2.0 * s * h, 2 * 12.0 * s * h, L))  # two adds per layer
+    ops.append(norm("post_attention_layernorm"))
+    ops += mm("gate_proj", h, f, L) + mm("up_proj", h, f, L, True)
+    ops.append(Op("silu_mul", "elementwise", 5.0 * s * f, 12.0 * s * f, L))
+    ops += mm("down_proj", f, h, L)
+    ops.append(Op("final_norm", "norm", 4.0 * s * h, 8.0 * s * h + 4.0 * h))
+    ops += mm("lm_head", h, v, 1)
+    return ops
+
+
+def model_size_mb(config: Any, precision: str = "float32") -> float:
+    """Weights on disk: matmul and embedding weights at the precision, norms at float32."""
+    precision = normalize_precision(precision)
+    a = arch_of(config)
+    n = param_count(config)
+    norms = a["num_hidden_layers"] * 2 * a["hidden_size"] + a["hidden_size"]
+    wb = 1 if precision == "int8" else 4
+    return ((n - norms) * wb + norms * 4) / 1e6
+
+
+def peak_memory_mb(config: Any, seq_len: int, precision: str = "float32", runtime: str = "onnxruntime") -> float:
+    """Resident memory of one inference: weights, the largest live activations, the runtime itself."""
+    a = arch_of(config)
+    s, h, f, v = int(seq_len), a["hidden_size"], a["intermediate_size"], a["vocab_size"]
+    acts = 4.0 * (s * v + 4 * s * h + 2 * s * f + 2 * a["num_attention_heads"] * s * s)
+    return model_size_mb(config, precision) + acts / 1e6 + RUNTIME_BASE_MB.get(runtime, 20.0)
+
+
+# --- calibration state ----------------------------------------------------------------------------
+
+@dataclass
+class Calibration:
+    """Per-device efficiency factors (and the device facts they were fitted against)."""
+
+    device: str
+    fmt: str
+    eff_compute: dict[str, float]
+    eff_mem: dict[str, float]
+    overhead_us: float
+    call_overhead_us: float
+    facts: dict[str, float] = field(default_factory=dict)  # peak_gflops_fp32, peak_gops_int8, bandwidth_gbs, threads
+    n_measurements: int = 0
+    fit: dict[str, float] = field(default_factory=dict)  # errors on the measurements it was fitted on
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Calibration":
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+
+    def save(self, path: str | os.PathLike | None = None) -> Path:
+        path = Path(path) if path else calibration_path(self.device, self.fmt)
+        write_json(path, self.to_dict())
+        return path
+
+
+def calibration_path(device: str, fmt: str) -> Path:
+    from edgekd.targets.hostbench import cache_dir
+
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in f"{device}-{fmt}")
+    return cache_dir() / "calibration" / f"{safe}.json"
+
+
+def load_calibration(device: str, fmt: str, path: str | os.PathLike | None = None) -> Calibration | None:
+    """The saved calibration for (device, format), or None when the device was never measured."""
+    p = Path(path) if path else calibration_path(device, fmt)
+    if not p.is_file():
+        return None
+    try:
+        return Calibration.from_dict(json.loads(p.read_text()))
+    except (json.JSONDecodeError, TypeError, KeyError) as e:
+        raise EdgekdError(f"{p}: corrupt calibration file ({e}); delete it to recalibrate") from None
+
+
+def default_calibration(target: Target | str, fmt: str | None = None) -> Calibration:
+    t = load_target(target)
+    fmt = fmt or t.runtime["preferred_format"]
+    rt = runtime_for(fmt)
+    return Calibration(device=t.key, fmt=fmt, eff_compute=dict(DEFAULT_EFF_COMPUTE), eff_mem=dict(DEFAULT_EFF_MEM),
+                       overhead_us=DEFAULT_OVERHEAD_US[rt], call_overhead_us=DEFAULT_CALL_OVERHEAD_US[rt],
+                       facts=_facts(t, None))
+
+
+def runtime_for(fmt: str) -> str:
+    if fmt == "onnx":
+        return "onnxruntime"
+    if fmt == "tflite":
+        return "litert"
+    raise EdgekdError(f"unknown format {fmt!r}; expected onnx or tflite")
+
+
+def _facts(t: Target, threads: int | None) -> dict[str, float]:
+    big = t.cpu["big_cores"]
+    threads = threads or t.runtime["default_threads"]
+    return {"peak_gflops_fp32": float(t.cpu["peak_gflops_fp32"]), "peak_gops_int8": float(t.cpu["peak_gops_int8"]),
+            "bandwidth_gbs": float(t.memory["bandwidth_gbs"]), "big_cores": float(big), "threads": float(threads)}
+
+
+# --- prediction --------------------------------------------------------------------------------
+
+@dataclass
+class Prediction:
+    total_ms: float
+    per_op: list[dict]
+    precision: str
+    fmt: str
+    seq_len: int
+    calibrated: bool
+
+    def by_kind(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for r in self.per_op:
+            out[r["kind"]] = out.get(r["kind"], 0.0) + r["ms"]
+        return out
+
+
+def _peaks(facts: Mapping[str, float], threads: int | None) -> tuple[float, float, float]:
+    """(fp32 FLOP/s, int8 op/s, bytes/s) at `threads`: compute scales with cores used, bandwidth not."""
+    big = facts["big_cores"]
+    used = min(float(threads or facts["threads"]), big)
+    scale = used / big
+    return facts["peak_gflops_fp32"] * 1e9 * scale, facts["peak_gops_int8"] * 1e9 * scale, facts["bandwidth_gbs"] * 1e9
+
+
+def op_time_s(op: Op, peak_fp32: float, peak_int8: float, bw: float, eff_c: float, eff_m: float,
+              overhead_s: float) -> tuple[float, str]:
+    """One execution of `op` on the roofline: (seconds, 'compute' | 'memory')."""
+    peak = peak_int8 if op.kind == "matmul_int8" else peak_fp32
+    tc = op.flops / (peak * eff_c) if op.flops else 0.0
+    tm = op.bytes / (bw * eff_m) if op.bytes else 0.0
+    return max(tc, tm) + overhead_s, ("compute" if tc >= tm else "memory")
+
+
+def predict(config: Any, target: Target | str, seq_len: int = 64, precision: str = "float32",
+            fmt: str | None = None, calibration: Calibration | None = None, threads: int | None = None) -> Prediction:
+    """Predicted latency of one inference of `config` on `target` (calibrated when given one)."""
+    t = load_target(target)
+    fmt = fmt or t.runtime["preferred_format"]
+    precision = normalize_precision(precision)
+    cal = calibration or default_calibration(t, fmt)
+    facts = dict(_facts(t, threads))
+    if calibration is not None and calibration.facts:  # the numbers the factors were fitted against
+        facts.update({k: v for k, v in calibration.facts.items() if k != "threads"})
+    p32, p8, bw = _peaks(facts, threads)
+    rows, total = [], cal.call_overhead_us * 1e-6
+    for op in graph_ops(config, seq_len, precision):
+        s, bound = op_time_s(op, p32, p8, bw, cal.eff_compute.get(op.kind, DEFAULT_EFF_COMPUTE[op.kind]),
+                             cal.eff_mem.get(op.kind, DEFAULT_EFF_MEM[op.kind]), cal.overhead_us * 1e-6)
+        ms = s * op.count * 1e3
+        total += s * op.count
+        rows.append({"name": op.name, "kind": op.kind, "count": op.count, "flops": op.flops * op.count,
+                     "bytes": op.bytes * op.count, "ms": ms, "bound": bound})
+    return Prediction(total_ms=total * 1e3, per_op=rows, precision=precision, fmt=fmt, seq_len=int(seq_len),
+                      calibrated=calibration is not None)
+
+
+# --- calibration -----------------------------------------------------------------------------
+
+def _design(measurements: list[dict], facts: dict[str, float]):
+    """Per observation: arrays of (kind index, flops/peak, bytes/bw, count) for a vectorised fit."""
+    obs = []  # (kind_idx, tc_unit, tm_unit, count, measured_s)
+    for m in measurements:
+        prec = normalize_precision(m.get("precision", "float32"))
+        p32, p8, bw = _peaks(facts, m.get("threads"))
+        ops = graph_ops(m["config"], int(m["seq_len"]), prec)
+        groups: list[tuple[list[Op], float, bool]] = []
+        if m.get("by_kind"):  # per-op profile rows, summed per kind: one observation per kind
+            for kind, ms in m["by_kind"].items():
+                sel = [o for o in ops if o.kind == kind]
+                if sel and ms > 0:
+                    groups.append((sel, ms / 1e3, False))
+        if m.get("measured_ms") is not None:  # the whole model, per-call overhead included
+            groups.append((ops, float(m["measured_ms"]) / 1e3, True))
+        if not groups:
+            raise EdgekdError("calibrate: a measurement has neither measured_ms nor by_kind rows")
+        for sel, meas, whole in groups:
+            k = np.array([KINDS.index(o.kind) for o in sel])
+            tc = np.array([o.flops / (p8 if o.kind == "matmul_int8" else p32) for o in sel])
+            tm = np.array([o.bytes / bw for o in sel])
+            cnt = np.array([o.count for o in sel], dtype=float)
+            obs.append((k, tc, tm, cnt, meas, whole))
+    return obs
+
+
+def _predict_obs(theta: np.ndarray, obs) -> np.ndarray:
+    nk = len(KINDS)
+    ec, em = np.exp(theta[:nk]), np.exp(theta[nk:2 * nk])
+    ovh, call = np.exp(theta[2 * nk]) * 1e-6, np.exp(theta[2 * nk + 1]) * 1e-6
+    out = np.empty(len(obs))
+    for i, (k, tc, tm, cnt, _, whole) in enumerate(obs):
+        t = np.maximum(tc / ec[k], tm / em[k]) + ovh
+        out[i] = float((t * cnt).sum()) + (call if whole else 0.0)
+    return out
+
+
+def calibrate(measurements: Iterable[dict], target: Target | str, fmt: str | None = None,
+              prior: Calibration | None = None, strength: float = 1e-3, iterations: int = 100) -> Calibration:
+    """Fit efficiency factors and overheads to measured latencies on `target` (a device).
+
+    Each measurement: {"config": HF config or dict, "seq_len": int, "precision": "float32"|"int8",
+    "measured_ms": float (whole model), optional "by_kind": {kind: ms} (per-op profile rows summed by
+    kind), optional "threads"}. The fit is least squares on log latency
+    (relative error), with a weak pull (`strength`) toward the prior so factors the data cannot see
+    (say, the compute efficiency of an op that is always memory-bound) stay at their prior.
+    """
+    measurements = list(measurements)
+    if not measurements:
+        raise EdgekdError("calibrate: no measurements given")
+    t = load_target(target)
+    fmt = fmt or t.runtime["preferred_format"]
+    prior = prior or default_calibration(t, fmt)
+    facts = _facts(t, None)
+    obs = _design(measurements, facts)
+    nk = len(KINDS)
+    theta0 = np.log(np.array([prior.eff_compute[k] for k in KINDS] + [prior.eff_mem[k] for k in KINDS]
+                             + [prior.overhead_us, max(prior.call_overhead_us, 1e-3)]))
+    used = np.zeros(len(theta0), bool)  # parameters no observation touches stay at the prior
+    for k, tc, tm, *_ in obs:
+        used[np.unique(k[tc > 0])] = True
+        used[nk + np.unique(k[tm > 0])] = True
+    used[2 * nk] = used[2 * nk + 1] = True
+    meas = np.array([o[4] for o in obs])
+    lam = math.sqrt(strength)
+
+    def resid(th: np.ndarray) -> np.ndarray:
+        return np.concatenate([np.log(_predict_obs(th, obs)) - np.log(meas), lam * (th - theta0)])
+
+    theta, mu = theta0.copy(), 1e-2
+    r = resid(theta)
+    cost = float(r @ r)
+    idx = np.flatnonzero(used)
+    for _ in range(iterations):  # Levenberg-Marquardt, numeric Jacobian in log space
+        J = np.empty((len(r), len(idx)))
+        for j, p in enumerate(idx):
+            d = np.zeros_like(theta)
+            d[p] = 1e-4
+            J[:, j] = (resid(theta + d) - r) / 1e-4
+        A, g = J.T @ J, J.T @ r
+        improved = False
+        for _ in range(10):
+            step = np.linalg.solve(A + mu * np.diag(np.diag(A) + 1e-9), -g)
+            cand = theta.copy()
+            cand[idx] += np.clip(step, -2.0, 2.0)
+            rc = resid(cand)
+            cc = float(rc @ rc)
+            if cc < cost:
+                theta, r, cost, mu, improved = cand, rc, cc, max(mu / 3, 1e-7), True
+                break
+            mu *= 4
+        if not improved or np.max(np.abs(step)) < 1e-6:
+            break
+    pred = _predict_obs(theta, obs)
+    rel = np.abs(pred - meas) / meas
+    return Calibration(device=t.key, fmt=fmt,
+                       eff_compute={k: float(np.exp(theta[i])) for i, k in enumerate(KINDS)},
+                       eff_mem={k: float(np.exp(theta[nk + i])) for i, k in enumerate(KINDS)},
+                       overhead_us=float(np.exp(theta[2 * nk])), call_overhead_us=float(np.exp(theta[2 * nk + 1])),
+                       facts=facts, n_measurements=len(measurements),
+                       fit={"median_abs_rel_err": float(np.median(rel)), "max_abs_rel_err": float(rel.max()),
+                            "observations": int(len(obs))})
+
+
+def measurement_from_profile(profile: Mapping[str, Any], config: Any, precision: str, seq_len: int | None = None,
+                             stat: str = "p50_ms") -> dict:
+    """A calibration measurement from an `edgekd.profile.profile_model` result (whole-model latency).
+
+    Its per-op rows are summed per runtime op type (one MatMul row holds both the weight and the
+    attention matmuls), which does not separate our kinds, so only the whole-model statistic is used.
+    """
+    s = seq_len or profile.get("seq_len")
+    if not s:
+        raise EdgekdError("measurement_from_profile: the profile names no seq_len; pass seq_len=")
+    if stat not in profile:
+        raise EdgekdError(f"measurement_from_profile: the profile has no {stat!r}")
+    return {"config": arch_of(config), "seq_len": int(s), "precision": normalize_precision(precision),
+            "measured_ms": float(profile[stat]), "threads": profile.get("threads")}

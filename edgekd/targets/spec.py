@@ -1,0 +1,198 @@
+"""Target files: read, validate and describe the edge devices a student is built for.
+
+A target file is data (targets/NAME.toml), validated here so that a typo in a file becomes one
+line naming the file, the key and the problem instead of a wrong latency prediction later.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgekd.errors import EdgekdError
+
+# key -> (type, rule). Rules: "pos" (> 0), "enum:a|b", "str", "list[str]".
+SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], str]]] = {
+    "": {"name": (str, "str"), "description": (str, "str"), "sources": (list, "list[str]")},
+    "cpu": {
+        "cores": (int, "pos"), "big_cores": (int, "pos"), "clock_ghz": ((int, float), "pos"),
+        "arch": (str, "enum:arm64|x86_64"), "simd_width_bits": (int, "enum:64|128|256|512"),
+        "peak_gflops_fp32": ((int, float), "pos"), "peak_gops_int8": ((int, float), "pos"),
+    },
+    "memory": {"bandwidth_gbs": ((int, float), "pos"), "ram_mb": ((int, float), "pos")},
+    "runtime": {
+        "preferred_format": (str, "enum:tflite|onnx"), "runtime": (str, "enum:litert|onnxruntime"),
+        "default_threads": (int, "pos"),
+    },
+    "budget": {"latency_ms": ((int, float), "pos"), "max_model_mb": ((int, float), "pos")},
+    "access": {"method": (str, "enum:adb|ssh|local")},
+}
+OPTIONAL_TABLES = {"gpu"}  # described for later, not validated beyond being a table
+
+
+@dataclass(frozen=True)
+class Target:
+    """One validated edge target; `data` keeps the whole file (tables as nested dicts)."""
+
+    name: str
+    description: str
+    path: str
+    data: dict = field(repr=False)
+
+    def __getitem__(self, dotted: str) -> Any:
+        """`target["cpu.peak_gflops_fp32"]` reads one fact."""
+        node: Any = self.data
+        for part in dotted.split("."):
+            node = node[part]
+        return node
+
+    cpu = property(lambda self: self.data["cpu"])
+    memory = property(lambda self: self.data["memory"])
+    runtime = property(lambda self: self.data["runtime"])
+    budget = property(lambda self: self.data["budget"])
+    access = property(lambda self: self.data["access"])
+
+    @property
+    def measured(self) -> list[str]:
+        return list(self.data.get("measured", []))
+
+    @property
+    def key(self) -> str:
+        """A file-name-safe key for per-device caches (calibration files)."""
+        return self.name
+
+
+# --- locating files ---------------------------------------------------------------------------
+
+def targets_dirs() -> list[Path]:
+    """Where target files live: $EDGEKD_TARGETS_DIR, the checkout's targets/, the wheel's targets_data/."""
+    dirs = []
+    env = os.environ.get("EDGEKD_TARGETS_DIR")
+    if env:
+        dirs.append(Path(env))
+    pkg = Path(__file__).resolve().parent.parent  # edgekd/
+    dirs.append(pkg.parent / "targets")  # running from a checkout
+    dirs.append(pkg / "targets_data")  # installed wheel (CMakeLists installs targets/*.toml here)
+    return [d for d in dirs if d.is_dir()]
+
+
+def known_targets() -> list[str]:
+    names: list[str] = []
+    for d in targets_dirs():
+        for p in sorted(d.glob("*.toml")):
+            if p.stem not in names:
+                names.append(p.stem)
+    return sorted(names)
+
+
+def target_path(name: str) -> Path:
+    for d in targets_dirs():
+        p = d / f"{name}.toml"
+        if p.is_file():
+            return p
+    known = ", ".join(known_targets()) or "(none found)"
+    raise EdgekdError(f"unknown target '{name}'; known targets: {known}")
+
+
+# --- validation --------------------------------------------------------------------------------
+
+def _type_name(t: type | tuple[type, ...]) -> str:
+    if isinstance(t, tuple):
+        return "number" if float in t else " or ".join(x.__name__ for x in t)
+    return {str: "string", int: "integer", list: "list", float: "number"}.get(t, t.__name__)
+
+
+def validate(data: dict, where: str, skip: set[str] = frozenset()) -> None:
+    """Raise EdgekdError naming `where` (the file), the dotted key and the problem."""
+    for table, keys in SCHEMA.items():
+        if table:
+            node = data.get(table)
+            if node is None:
+                raise EdgekdError(f"{where}: missing table [{table}]")
+            if not isinstance(node, dict):
+                raise EdgekdError(f"{where}: key '{table}' must be a table, got {type(node).__name__}")
+        else:
+            node = data
+        for key, (typ, rule) in keys.items():
+            dotted = f"{table}.{key}" if table else key
+            if dotted in skip:
+                continue
+            if key not in node:
+                raise EdgekdError(f"{where}: missing key '{dotted}'")
+            value = node[key]
+            bad_bool = isinstance(value, bool)
+            if bad_bool or not isinstance(value, typ):
+                raise EdgekdError(f"{where}: key '{dotted}' must be a {_type_name(typ)}, "
+                                  f"got {type(value).__name__} {value!r}")
+            if rule == "pos" and not value > 0:
+                raise EdgekdError(f"{where}: key '{dotted}' must be positive, got {value!r}")
+            if rule == "str" and not value.strip():
+                raise EdgekdError(f"{where}: key '{dotted}' must not be empty")
+            if rule == "list[str]" and (not value or not all(isinstance(v, str) for v in value)):
+                raise EdgekdError(f"{where}: key '{dotted}' must be a non-empty list of strings")
+            if rule.startswith("enum:"):
+                allowed = rule[5:].split("|")
+                if str(value) not in allowed:
+                    raise EdgekdError(f"{where}: key '{dotted}' has unknown value {value!r}; "
+                                      f"expected one of {', '.join(allowed)}")
+    cpu = data["cpu"]
+    if "big_cores" not in skip and "cores" not in skip and cpu["big_cores"] > cpu["cores"]:
+        raise EdgekdError(f"{where}: key 'cpu.big_cores' ({cpu['big_cores']}) exceeds 'cpu.cores' ({cpu['cores']})")
+    for t in OPTIONAL_TABLES:
+        if t in data and not isinstance(data[t], dict):
+            raise EdgekdError(f"{where}: key '{t}' must be a table")
+    measured = data.get("measured", [])
+    if not isinstance(measured, list) or not all(isinstance(m, str) for m in measured):
+        raise EdgekdError(f"{where}: key 'measured' must be a list of dotted key names")
+
+
+def _merge(data: dict, values: dict[str, Any]) -> dict:
+    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
+    for dotted, value in values.items():
+        table, _, key = dotted.rpartition(".")
+        out.setdefault(table, {})[key] = value
+    return out
+
+
+def parse_target(path: str | os.PathLike, measure: bool = True) -> Target:
+    """Read and validate one file; keys listed under `measured` come from the host microbenchmark."""
+    path = Path(path)
+    where = str(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise EdgekdError(f"{where}: target file not found") from None
+    except tomllib.TOMLDecodeError as e:
+        raise EdgekdError(f"{where}: not valid TOML ({e})") from None
+    measured = data.get("measured", [])
+    if measured and isinstance(measured, list):
+        if measure:
+            from edgekd.targets.hostbench import host_facts
+
+            data = _merge(data, {k: v for k, v in host_facts().items() if k in measured})
+            validate(data, where)
+        else:
+            validate(data, where, skip=set(measured))
+    else:
+        validate(data, where)
+    if data["name"] != path.stem:
+        raise EdgekdError(f"{where}: key 'name' is {data['name']!r} but the file is named {path.stem!r}")
+    return Target(name=data["name"], description=data["description"], path=where, data=data)
+
+
+def load_target(target: "str | Target") -> Target:
+    """A target by name (or a Target passed through); unknown names list the known ones."""
+    if isinstance(target, Target):
+        return target
+    p = Path(str(target))
+    if p.suffix == ".toml" and p.is_file():
+        return parse_target(p)
+    return parse_target(target_path(str(target)))
+
+
+def list_targets() -> list[Target]:
+    """Every shipped target, validated (the host's measured numbers are filled in)."""
+    return [load_target(n) for n in known_targets()]
