@@ -108,17 +108,26 @@ class Scheme:
 # ---- offline, with the optional top-k cache --------------------------------------------------------
 
 def _examples(data) -> list[torch.Tensor]:
-    """A data set as a list of 1-D int64 token tensors: a [N,L] tensor, tensors, lists, or dicts with input_ids."""
+    """A data set as a list of 1-D int64 token tensors (the real tokens only).
+
+    Accepts a [N,L] tensor of blocks, {"input_ids": [N,L], "attention_mask": [N,L]} (padded rows),
+    or a sequence of tensors, lists, or dicts with input_ids (and optionally attention_mask).
+    """
+    if isinstance(data, dict):
+        ids = torch.as_tensor(data["input_ids"], dtype=torch.long)
+        mask = data.get("attention_mask")
+        mask = torch.ones_like(ids, dtype=torch.bool) if mask is None else torch.as_tensor(mask).bool()
+        return [row[m] for row, m in zip(ids, mask)]
     if isinstance(data, torch.Tensor):
         if data.dim() != 2:
             raise EdgekdError(f"cache data must be [N, L] token blocks, got shape {tuple(data.shape)}")
         return list(data.long().unbind(0))
     out = []
     for item in data:
-        ids = item["input_ids"] if isinstance(item, dict) else item
-        if isinstance(ids, torch.Tensor) and isinstance(item, dict) and item.get("attention_mask") is not None:
-            ids = ids[torch.as_tensor(item["attention_mask"]).bool()]
-        out.append(torch.as_tensor(ids, dtype=torch.long).reshape(-1))
+        ids = torch.as_tensor(item["input_ids"] if isinstance(item, dict) else item, dtype=torch.long).reshape(-1)
+        if isinstance(item, dict) and item.get("attention_mask") is not None:
+            ids = ids[torch.as_tensor(item["attention_mask"]).bool().reshape(-1)]
+        out.append(ids)
     return out
 
 
@@ -191,6 +200,7 @@ class TeacherCache:
         model.eval()
         device = next(model.parameters()).device
         tdtype = getattr(torch, dtype)
+        pad_id = getattr(getattr(model, "config", None), "pad_token_id", None) or 0  # classifiers pool on non-pad
         shards, vocab, token_level = [], None, True
         try:
             with atomic_dir(path) as tmp:
@@ -200,7 +210,7 @@ class TeacherCache:
                     for b in range(0, len(chunk), batch_size):
                         rows = chunk[b:b + batch_size]
                         L = max(len(r) for r in rows)
-                        ids = torch.zeros(len(rows), L, dtype=torch.long)
+                        ids = torch.full((len(rows), L), pad_id, dtype=torch.long)
                         mask = torch.zeros(len(rows), L, dtype=torch.long)
                         for i, r in enumerate(rows):
                             ids[i, :len(r)], mask[i, :len(r)] = r, 1

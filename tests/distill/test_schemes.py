@@ -284,3 +284,22 @@ def test_sequence_level_sampling_is_seeded_and_stops_at_eos():
     cont = stopped.continuation(0)
     assert int(cont[-1]) == first and first not in cont[:-1].tolist() and len(cont) <= 3
     assert isinstance(stopped, SequenceData)
+
+
+def test_cache_for_a_classifier_serves_padded_rows(tmp_path):
+    from transformers import LlamaForSequenceClassification
+
+    torch.manual_seed(4)
+    t = LlamaForSequenceClassification(LlamaConfig(vocab_size=V, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                                   num_attention_heads=2, num_key_value_heads=2, num_labels=5,
+                                                   pad_token_id=0, max_position_embeddings=64))
+    ids = torch.tensor([[4, 5, 6, 0, 0], [7, 8, 9, 10, 11], [12, 13, 0, 0, 0]])
+    mask = (ids != 0).long()
+    TeacherCache.build(t, {"input_ids": ids, "attention_mask": mask}, tmp_path / "cls", k=3, dtype="float32")
+    scheme = build_scheme("offline", teachers=[t], student=llama(), cache=str(tmp_path / "cls"))
+    batch = {"input_ids": ids[[2, 0]], "attention_mask": mask[[2, 0]], "labels": torch.tensor([1, 4])}
+    top = scheme.teacher_outputs(batch, LossInputs(logits=torch.zeros(2, 5)))
+    live = t(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    assert top.values.shape == (2, 3)
+    torch.testing.assert_close(top.values, live.topk(3, -1).values)
+    assert torch.equal(top.indices, live.topk(3, -1).indices)
