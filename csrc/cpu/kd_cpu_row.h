@@ -56,14 +56,33 @@ struct RowKernel {
     return VO::hmax(VO::max(m0, m1));
   }
 
-  // One row: s, t are float rows of length n; g (float, may alias s) receives the gradient.
-  static float row(const KDParams& p, const float* s, const float* t, float* g, int64_t label, bool has_label) {
+  // x^k for a small integer k (exact enough: k roundings).
+  static inline V ipow(V x, int k) {
+    V r = x;
+    for (int j = 1; j < k; ++j) r = VO::mul(r, x);
+    return r;
+  }
+
+  // Small positive integer k with x == k, else 0 (lets exp(s - max) come from exp((s - max)/T) by powers).
+  static int small_int(float x) {
+    const float r = std::nearbyint(x);
+    return (r >= 1.f && r <= 16.f && r == x) ? (int)r : 0;
+  }
+
+  // One row. s, t: float rows of length n. es, et, e1: scratch rows (the exponentials of pass 2,
+  // reused by passes 3-4 so each element costs two or three exps in all). g: gradient out (may alias s).
+  static float row(const KDParams& p, const float* s, const float* t, float* es_buf, float* et_buf, float* e1_buf,
+                   float* g, int64_t label, bool has_label) {
     const int64_t n = p.V;
     const float T = p.temperature, invT = 1.f / T, alpha = p.alpha, beta = p.beta;
     const bool need_kd = alpha > 0.f;
     const bool need_ce = has_label && alpha < 1.f;
     const bool need_grad = g != nullptr;
     const bool t_is_one = T == 1.f;
+    const bool fwd = p.divergence == edgekd::kForwardKL, rev = p.divergence == edgekd::kReverseKL;
+    const bool z1_separate = need_ce && !t_is_one;
+    const int pow_up = z1_separate ? small_int(T) : 0;                  // e1 = es^T
+    const int pow_down = z1_separate && !pow_up ? small_int(invT) : 0;  // es = e1^(1/T)
 
     const float ms = row_max(s, n);
     const float mt = need_kd ? row_max(t, n) : 0.f;
@@ -71,37 +90,49 @@ struct RowKernel {
 
     // Pass 2: normalisers Zs (student at T), Zt (teacher at T), Z1 (student at 1); forward-KL sum A.
     V zs0 = zero, zs1 = zero, zt0 = zero, zt1 = zero, z10 = zero, z11 = zero, a0 = zero, a1 = zero;
-    const bool fwd = p.divergence == edgekd::kForwardKL;
-    const bool z1_separate = need_ce && !t_is_one;
-    int64_t i = 0;
-    auto pass2 = [&](V sv, V tv, V& zs, V& zt, V& z1, V& acc) {
+    auto pass2 = [&](int64_t i, int64_t m, V& zs, V& zt, V& z1, V& acc) {
+      V sv = load(s, i, m, kNegInf);
       V b = VO::mul(VO::sub(sv, vms), vinvT);
-      V es = VO::exp(b);
+      V es, e1 = zero;
+      if (pow_down) {
+        e1 = VO::exp(VO::sub(sv, vms));
+        es = ipow(e1, pow_down);
+      } else {
+        es = VO::exp(b);
+        if (pow_up) e1 = ipow(es, pow_up);
+        else if (z1_separate) e1 = VO::exp(VO::sub(sv, vms));
+      }
       zs = VO::add(zs, es);
+      if (need_grad || !fwd) store(es_buf, i, m, es);
+      if (z1_separate) {
+        z1 = VO::add(z1, e1);
+        if (need_grad) store(e1_buf, i, m, e1);
+      }
       if (need_kd) {
-        V a = VO::mul(VO::sub(tv, vmt), vinvT);
+        V a = VO::mul(VO::sub(load(t, i, m, kNegInf), vmt), vinvT);
         V et = VO::exp(a);
         zt = VO::add(zt, et);
+        if (need_grad || !fwd) store(et_buf, i, m, et);
         if (fwd) acc = VO::add(acc, VO::select(VO::gt(et, zero), VO::mul(et, VO::sub(a, b)), zero));
       }
-      if (z1_separate) z1 = VO::add(z1, VO::exp(VO::sub(sv, vms)));
     };
+    int64_t i = 0;
     for (; i + 2 * W <= n; i += 2 * W) {
-      pass2(VO::loadu(s + i), need_kd ? VO::loadu(t + i) : zero, zs0, zt0, z10, a0);
-      pass2(VO::loadu(s + i + W), need_kd ? VO::loadu(t + i + W) : zero, zs1, zt1, z11, a1);
+      pass2(i, W, zs0, zt0, z10, a0);
+      pass2(i + W, W, zs1, zt1, z11, a1);
     }
-    for (; i < n; i += W)
-      pass2(load(s, i, n - i, kNegInf), need_kd ? load(t, i, n - i, kNegInf) : zero, zs0, zt0, z10, a0);
+    for (; i < n; i += W) pass2(i, n - i, zs0, zt0, z10, a0);
     const double Zs = VO::hsum(VO::add(zs0, zs1));
     const double Zt = need_kd ? VO::hsum(VO::add(zt0, zt1)) : 1.0;
-    const float logZs = (float)std::log(Zs);
-    const float logZt = (float)std::log(Zt);
-    const float logZ1 = z1_separate ? (float)std::log((double)VO::hsum(VO::add(z10, z11))) : logZs;
+    const double Z1 = z1_separate ? VO::hsum(VO::add(z10, z11)) : Zs;
+    const float logZs = (float)std::log(Zs), logZt = (float)std::log(Zt), logZ1 = (float)std::log(Z1);
+    const V vinvZs = VO::set1((float)(1.0 / Zs)), vinvZt = VO::set1((float)(1.0 / Zt));
+    const V vinvZ1 = VO::set1((float)(1.0 / Z1));
 
     // Divergence (without T^2) and, for reverse KL / JSD, the gradient's row constant G.
     double D = 0.0, G = 0.0;
     const V vlogZs = VO::set1(logZs), vlogZt = VO::set1(logZt), vneginf = VO::set1(kNegInf);
-    const V vbeta = VO::set1(beta), v1mbeta = VO::set1(1.f - beta);
+    const V vbeta = VO::set1(beta), v1mbeta = VO::set1(1.f - beta), one = VO::set1(1.f);
     if (need_kd) {
       if (fwd) {
         D = (double)VO::hsum(VO::add(a0, a1)) / Zt - std::log(Zt) + std::log(Zs);
@@ -109,24 +140,26 @@ struct RowKernel {
         V k0 = zero, k1 = zero;  // reverse: K, Qs ; jsd: sum termP, sum termQ
         for (i = 0; i < n; i += W) {
           const int64_t m = n - i;
-          V sv = load(s, i, m, kNegInf), tv = load(t, i, m, kNegInf);
-          V lb = VO::sub(VO::mul(VO::sub(sv, vms), vinvT), vlogZs);  // log q
-          V la = VO::sub(VO::mul(VO::sub(tv, vmt), vinvT), vlogZt);  // log p
-          V q = VO::exp(lb);
-          if (p.divergence == edgekd::kReverseKL) {
+          V q = VO::mul(load(es_buf, i, m, 0.f), vinvZs);
+          V lb = VO::sub(VO::mul(VO::sub(load(s, i, m, kNegInf), vms), vinvT), vlogZs);  // log q
+          if (rev) {
+            V tv = load(t, i, m, kNegInf);
+            V la = VO::sub(VO::mul(VO::sub(tv, vmt), vinvT), vlogZt);  // log p
             V keep = VO::gt(tv, vneginf);
             k0 = VO::add(k0, VO::select(keep, VO::mul(q, VO::sub(lb, la)), zero));
             k1 = VO::add(k1, VO::select(keep, q, zero));
           } else {
-            V pp = VO::exp(la);
+            V pp = VO::mul(load(et_buf, i, m, 0.f), vinvZt);
+            V la = VO::sub(VO::mul(VO::sub(load(t, i, m, kNegInf), vmt), vinvT), vlogZt);
             V mm = VO::add(VO::mul(vbeta, pp), VO::mul(v1mbeta, q));
-            V lm = VO::log(VO::select(VO::gt(mm, zero), mm, VO::set1(1.f)));
+            V lm = VO::log(VO::select(VO::gt(mm, zero), mm, one));
             k0 = VO::add(k0, VO::select(VO::gt(pp, zero), VO::mul(pp, VO::sub(la, lm)), zero));
             k1 = VO::add(k1, VO::select(VO::gt(q, zero), VO::mul(q, VO::sub(lb, lm)), zero));
+            if (need_grad) store(et_buf, i, m, lm);  // pass 4 needs log m, no longer p
           }
         }
         const double s0 = VO::hsum(k0), s1 = VO::hsum(k1);
-        if (p.divergence == edgekd::kReverseKL) {
+        if (rev) {
           D = s0;
           G = s0 + s1;
         } else {
@@ -140,37 +173,35 @@ struct RowKernel {
     const float loss = (float)((need_kd ? alpha * (double)T * T * D : 0.0) + (need_ce ? (1.0 - alpha) * ce : 0.0));
 
     if (!need_grad) return loss;
-    // Pass 4: gradient of the row loss, times grad_scale.
+    // Pass 4: gradient of the row loss, times grad_scale; no exps, only the scratch rows.
     const float gs = p.grad_scale;
     const V kd_scale = VO::set1(need_kd ? gs * alpha * T : 0.f);
     const V ce_scale = VO::set1(need_ce ? gs * (1.f - alpha) : 0.f);
-    const V vG = VO::set1((float)G), vlogZ1 = VO::set1(logZ1), one = VO::set1(1.f);
+    const V vG = VO::set1((float)G);
     for (i = 0; i < n; i += W) {
       const int64_t m = n - i;
-      V sv = load(s, i, m, kNegInf);
-      V lb = VO::sub(VO::mul(VO::sub(sv, vms), vinvT), vlogZs);
-      V q = VO::exp(lb);
+      V q = VO::mul(load(es_buf, i, m, 0.f), vinvZs);
       V out = zero;
       if (need_kd) {
-        V tv = load(t, i, m, kNegInf);
-        V la = VO::sub(VO::mul(VO::sub(tv, vmt), vinvT), vlogZt);
         V gd;
         if (fwd) {
-          gd = VO::sub(q, VO::exp(la));
-        } else if (p.divergence == edgekd::kReverseKL) {
-          V gj = VO::select(VO::gt(tv, vneginf), VO::add(VO::sub(lb, la), one), zero);
-          gd = VO::select(VO::gt(q, zero), VO::mul(q, VO::sub(gj, vG)), zero);
+          gd = VO::sub(q, VO::mul(load(et_buf, i, m, 0.f), vinvZt));
         } else {
-          V pp = VO::exp(la);
-          V mm = VO::add(VO::mul(vbeta, pp), VO::mul(v1mbeta, q));
-          V lm = VO::log(VO::select(VO::gt(mm, zero), mm, VO::set1(1.f)));
-          V gj = VO::mul(v1mbeta, VO::sub(lb, lm));
+          V lb = VO::sub(VO::mul(VO::sub(load(s, i, m, kNegInf), vms), vinvT), vlogZs);
+          V gj;
+          if (rev) {
+            V tv = load(t, i, m, kNegInf);
+            V la = VO::sub(VO::mul(VO::sub(tv, vmt), vinvT), vlogZt);
+            gj = VO::select(VO::gt(tv, vneginf), VO::add(VO::sub(lb, la), one), zero);
+          } else {
+            gj = VO::mul(v1mbeta, VO::sub(lb, load(et_buf, i, m, 0.f)));
+          }
           gd = VO::select(VO::gt(q, zero), VO::mul(q, VO::sub(gj, vG)), zero);
         }
         out = VO::mul(kd_scale, gd);
       }
       if (need_ce) {
-        V sm = t_is_one ? q : VO::exp(VO::sub(VO::sub(sv, vms), vlogZ1));
+        V sm = z1_separate ? VO::mul(load(e1_buf, i, m, 0.f), vinvZ1) : q;
         out = VO::fmadd(ce_scale, sm, out);
       }
       store(g, i, m, out);
@@ -187,6 +218,7 @@ struct RowKernel {
 #pragma omp parallel num_threads(nt)
     {
       std::vector<float> sbuf(s_f32 ? 0 : n), tbuf(t_f32 || !need_t ? 0 : n);
+      std::vector<float> scratch(3 * (size_t)n);  // es, et, e1 rows
 #pragma omp for schedule(static)
       for (int64_t r = 0; r < p.rows; ++r) {
         int64_t label = 0;
@@ -220,7 +252,7 @@ struct RowKernel {
         }
         float* g = nullptr;
         if (p.grad) g = s_f32 ? static_cast<float*>(p.grad) + r * p.g_stride : sbuf.data();  // in place over s
-        p.loss[r] = row(p, s, t, g, label, has_label);
+        p.loss[r] = row(p, s, t, scratch.data(), scratch.data() + n, scratch.data() + 2 * n, g, label, has_label);
         if (p.grad && !s_f32)
           VO::from_float(sbuf.data(), static_cast<uint16_t*>(p.grad) + r * p.g_stride, n, p.s_dtype);
       }

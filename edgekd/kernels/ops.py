@@ -87,7 +87,13 @@ def _kd_rows_fake(student, teacher, labels, temperature, alpha, divergence, beta
 
 def _kd_rows_setup(ctx, inputs, output):
     ctx.grad_scale = inputs[8]
-    ctx.save_for_backward(output[1])
+    ctx.set_materialize_grads(False)  # else autograd fills a zero rows × vocab grad for the second output
+    # Held as a plain (detached) attribute, not saved: backward hands the buffer itself to autograd,
+    # which can then adopt it as .grad instead of copying rows × vocab (saved tensors pin it).
+    ctx.kernel_grad = output[1].detach()
+    # The inputs are kept (no copies) so a second backward through a retained graph can recompute.
+    ctx.args = inputs[3:9]
+    ctx.save_for_backward(*inputs[:3])
 
 
 def _row_scale(grad_loss: Tensor, grad_scale: float) -> Optional[Tensor]:
@@ -99,7 +105,15 @@ def _row_scale(grad_loss: Tensor, grad_scale: float) -> Optional[Tensor]:
 
 
 def _kd_rows_backward(ctx, grad_loss, _grad_grad):
-    (grad,) = ctx.saved_tensors
+    grad = ctx.kernel_grad
+    ctx.kernel_grad = None
+    if grad_loss is None:
+        return (None,) * 10
+    if grad is None:  # the buffer went to an earlier backward (retain_graph): compute it again
+        student, teacher, labels = ctx.saved_tensors
+        grad = torch.empty(student.shape, dtype=student.dtype, device=student.device)
+        loss = torch.empty(student.shape[0], dtype=torch.float32, device=student.device)
+        _launch(student, teacher, labels, *ctx.args, loss, grad)
     if grad.numel() == 0:
         return (None,) * 10
     scale = _row_scale(grad_loss, ctx.grad_scale)
@@ -224,13 +238,14 @@ def _linear_kd_rows_fake(student_hidden, student_weight, student_bias, teacher_h
 
 def _linear_setup(ctx, inputs, output):
     ctx.inputs = inputs
+    ctx.set_materialize_grads(False)
     ctx.save_for_backward(*inputs[:7], output[1], output[2], output[3])
 
 
 def _linear_backward(ctx, grad_loss, *_):
     hs, ws, bs, ht, wt, bt, labels, gh, gw, gb = ctx.saved_tensors
     (_, _, _, _, _, _, _, temperature, alpha, divergence, beta, ignore_index, grad_scale, chunk, compute) = ctx.inputs
-    if not compute:
+    if not compute or grad_loss is None:
         return (None,) * 15
     scale = grad_loss / grad_scale
     uniform = None if torch.compiler.is_compiling() else bool((scale == scale[:1]).all()) if scale.numel() else True

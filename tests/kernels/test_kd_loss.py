@@ -304,3 +304,28 @@ def test_int64_offsets_beyond_2_pow_31():
     ref_last = kd_loss_reference(last_s[None], last_t[None], temperature=2.0, reduction="none")
     assert abs(float(out[0]) - float(ref_first[0])) < 1e-4 * abs(float(ref_first[0]))
     assert abs(float(out[-1]) - float(ref_last[0])) < 1e-4 * abs(float(ref_last[0]))
+
+
+def test_backward_twice_with_retained_graph():
+    s, t, lab = _inputs(8, 1271)
+    s.requires_grad_(True)
+    loss = kd_loss(s, t, lab, temperature=2.0, alpha=0.5)
+    (g1,) = torch.autograd.grad(loss, s, retain_graph=True)
+    (g2,) = torch.autograd.grad(loss, s, grad_outputs=torch.tensor(2.0))
+    assert rel_err(g2, 2 * g1) < 1e-6
+
+
+def test_gradient_buffer_is_the_only_rows_by_vocab_allocation():
+    """Autograd adopts the kernel's buffer as .grad (no copy, no zero-filled grad for the second output)."""
+    from edgekd.kernels.bench import PeakMemory
+
+    s, t, lab = _inputs(256, 32000)
+    s.requires_grad_(True)
+    kd_loss(s, t, lab, temperature=2.0, alpha=0.5).backward()  # warm-up
+    s.grad = None
+    with PeakMemory(torch.device("cpu")) as mem:
+        kd_loss(s, t, lab, temperature=2.0, alpha=0.5).backward()
+    if mem.extra_bytes is None:
+        pytest.skip("no /proc/self/clear_refs here")
+    grad_bytes = s.numel() * 4
+    assert mem.extra_bytes < grad_bytes + 8 * 2**20, mem.extra_bytes / 2**20

@@ -1,0 +1,211 @@
+"""Kernel benchmark: eager PyTorch, torch.compile and the fused kernel on KD+CE forward+backward.
+
+Everything is measured in one run, so the ratios hold even on a noisy machine: median time of
+repeats, extra peak memory over the inputs, and the memory floor (one read of both inputs and one
+write of the gradient at a copy bandwidth measured in the same run).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+
+from edgekd.io import write_json
+from edgekd.kernels import backend, kd_loss
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+T, ALPHA = 2.0, 0.5
+
+
+def eager_kd_ce(s: torch.Tensor, t: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The loss as people write it in eager PyTorch (the baseline to beat)."""
+    import torch.nn.functional as F
+
+    log_q = F.log_softmax(s / T, dim=-1)
+    p = F.softmax(t / T, dim=-1)
+    kd = F.kl_div(log_q, p, reduction="batchmean") * (T * T)
+    ce = F.cross_entropy(s, labels)
+    return ALPHA * kd + (1 - ALPHA) * ce
+
+
+def fused_kd_ce(s, t, labels):
+    return kd_loss(s, t, labels, temperature=T, alpha=ALPHA)
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _rss_kb(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field):
+                return int(line.split()[1])
+    return 0
+
+
+class PeakMemory:
+    """Extra peak memory of a block: CUDA allocator stats, or VmHWM after resetting it (Linux)."""
+
+    def __init__(self, device):
+        self.device = device
+        self.extra_bytes: Optional[int] = None
+
+    def __enter__(self):
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+            self.base = torch.cuda.memory_allocated()
+        else:
+            try:
+                with open("/proc/self/clear_refs", "w") as f:
+                    f.write("5")
+                self.base = _rss_kb("VmRSS:") * 1024
+            except OSError:
+                self.base = None
+        return self
+
+    def __exit__(self, *exc):
+        if self.device.type == "cuda":
+            self.extra_bytes = torch.cuda.max_memory_allocated() - self.base
+        elif self.base is not None:
+            self.extra_bytes = _rss_kb("VmHWM:") * 1024 - self.base
+
+
+def copy_bandwidth(device, nbytes: int = 1 << 30, repeats: int = 5) -> float:
+    """Bytes read + written per second by a large tensor copy: the machine's memory ceiling."""
+    n = nbytes // 4
+    src = torch.randn(n, device=device)
+    dst = torch.empty_like(src)
+    times = []
+    for _ in range(repeats + 1):
+        _sync(device)
+        t0 = time.perf_counter()
+        dst.copy_(src)
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return 2 * n * 4 / statistics.median(times[1:])
+
+
+def time_fwd_bwd(fn: Callable, s0, t, labels, repeats: int):
+    """Median seconds of forward+backward, the extra peak memory of one step, and the loss value."""
+    device = s0.device
+    s = s0.detach().clone().requires_grad_(True)
+    loss = fn(s, t, labels)  # warm-up (and compilation)
+    loss.backward()
+    value = float(loss.detach())
+    s.grad = None
+    with PeakMemory(device) as mem:
+        loss = fn(s, t, labels)
+        loss.backward()
+        _sync(device)
+    s.grad = None
+    del loss
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        t0 = time.perf_counter()
+        loss = fn(s, t, labels)
+        loss.backward()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+        s.grad = None
+        del loss
+    return statistics.median(times), mem.extra_bytes, value
+
+
+def bench_case(rows: int, vocab: int, dtype: torch.dtype, device, repeats: int, use_compile: bool, bw: float):
+    g = torch.Generator(device="cpu").manual_seed(0)
+    s = (torch.randn(rows, vocab, generator=g) * 2).to(dtype).to(device)
+    t = (torch.randn(rows, vocab, generator=g) * 2).to(dtype).to(device)
+    labels = torch.randint(0, vocab, (rows,), generator=g).to(device)
+    esize = s.element_size()
+    grad_bytes = rows * vocab * esize
+    floor_bytes = rows * vocab * (esize + t.element_size() + esize)
+    floor_s = floor_bytes / bw
+    variants = [("eager", eager_kd_ce)]
+    if use_compile:
+        variants.append(("torch.compile", torch.compile(eager_kd_ce, dynamic=False)))
+    variants.append(("fused", fused_kd_ce))
+    results = []
+    for name, fn in variants:
+        try:
+            sec, extra, value = time_fwd_bwd(fn, s, t, labels, repeats)
+        except Exception as e:  # torch.compile may not work everywhere
+            results.append({"variant": name, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"})
+            continue
+        results.append({
+            "variant": name, "seconds": sec, "loss": value,
+            "peak_extra_mb": None if extra is None else extra / 2**20,
+            "beyond_grad_mb": None if extra is None else (extra - grad_bytes) / 2**20,
+            "floor_ratio": sec / floor_s,
+        })
+    eager_s = results[0].get("seconds")
+    for r in results:
+        if "seconds" in r and eager_s:
+            r["speedup_vs_eager"] = eager_s / r["seconds"]
+    return {"rows": rows, "vocab": vocab, "dtype": str(dtype).replace("torch.", ""),
+            "floor_ms": floor_s * 1e3, "grad_mb": grad_bytes / 2**20, "results": results}
+
+
+def main(rows=None, vocab=None, dtype=None, device="cpu", repeats=5, use_compile=True, out=None):
+    """Run the benchmark grid, print a table and write JSON; returns the JSON object."""
+    from rich.console import Console
+    from rich.table import Table
+
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        from edgekd.errors import EdgekdError
+
+        raise EdgekdError("--device cuda: no CUDA GPU is visible; run on a GPU machine or use --device cpu")
+    if dtype is not None and dtype not in DTYPES:
+        from edgekd.errors import EdgekdError
+
+        raise EdgekdError(f"--dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
+    rows_list = [rows] if rows else [2048]
+    vocabs = [vocab] if vocab else [32000, 128256]
+    dtypes = [DTYPES[dtype]] if dtype else [torch.float32, torch.bfloat16]
+    console = Console()
+    bw = copy_bandwidth(dev)
+    console.print(f"[bold]edgekd kernel bench[/] on {device} ({platform.processor() or platform.machine()}, "
+                  f"{torch.get_num_threads()} threads) — backend {backend(dev.type)}, copy bandwidth "
+                  f"{bw / 1e9:.1f} GB/s (read+write)")
+    cases = []
+    for r in rows_list:
+        for v in vocabs:
+            for dt in dtypes:
+                console.print(f"  measuring {r} × {v} {str(dt).replace('torch.', '')} ...")
+                cases.append(bench_case(r, v, dt, dev, repeats, use_compile, bw))
+    table = Table(title="KD + CE forward+backward (median of repeats)")
+    for col in ("rows × vocab", "dtype", "variant", "ms", "× eager", "floor ms", "× floor", "extra MB",
+                "beyond grad MB"):
+        table.add_column(col, justify="right")
+    for c in cases:
+        for r in c["results"]:
+            if "error" in r:
+                table.add_row(f"{c['rows']}×{c['vocab']}", c["dtype"], r["variant"], "failed", "", "", "", "",
+                              r["error"][:40])
+                continue
+            fmt = lambda x, f="{:.1f}": "-" if x is None else f.format(x)  # noqa: E731
+            table.add_row(f"{c['rows']}×{c['vocab']}", c["dtype"], r["variant"], fmt(r["seconds"] * 1e3),
+                          fmt(r.get("speedup_vs_eager"), "{:.2f}"), fmt(c["floor_ms"]), fmt(r["floor_ratio"], "{:.2f}"),
+                          fmt(r["peak_extra_mb"]), fmt(r["beyond_grad_mb"]))
+    console.print(table)
+    result = {
+        "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
+                    "threads": torch.get_num_threads(), "torch": torch.__version__, "device": device,
+                    "gpu": torch.cuda.get_device_name() if dev.type == "cuda" else None},
+        "backend": backend(dev.type), "copy_bandwidth_gbs": bw / 1e9, "temperature": T, "alpha": ALPHA,
+        "repeats": repeats, "cases": cases,
+    }
+    out_path = Path(out) if out else Path("benchmarks") / f"kernel_bench_{device}.json"
+    write_json(out_path, result)
+    console.print(f"wrote {out_path}")
+    return result
