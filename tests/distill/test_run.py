@@ -1,0 +1,120 @@
+"""End to end on a tiny teacher: the run directory, the report keys, resume, and the CLI's errors."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from edgekd.distill import DistillConfig, run
+from edgekd.errors import EdgekdError
+
+ROOT = Path(__file__).parents[2]
+REPORT_KEYS = {"target", "latency_budget_ms", "teacher", "student", "scratch", "latency", "exports"}
+
+
+def _cfg(teacher_dir, text_dir, out, **kw):
+    base = dict(teacher=str(teacher_dir), data=str(text_dir), out=str(out), steps=6, seq_len=32, batch_size=4,
+                eval_blocks=6, checkpoint_every=2, quiet=True, threads=1)
+    base.update(kw)
+    return DistillConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(teacher_dir, text_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "run"
+    return run(_cfg(teacher_dir, text_dir, out, temperature="auto", target="android-arm64", latency_budget_ms=20.0))
+
+
+def test_run_directory_and_report(tiny_run):
+    out = tiny_run
+    for f in ("config.json", "report.json", "report.md", "plots/loss_curves.png", "plots/temperature.png",
+              "student/config.json", "student/model.safetensors", "student/tokenizer.json"):
+        assert (out / f).is_file(), f
+    assert any((out / "checkpoints" / "distill").glob("step_*"))
+    rep = json.loads((out / "report.json").read_text())
+    assert REPORT_KEYS <= rep.keys()
+    for who in ("teacher", "student", "scratch"):
+        for k in ("params", "eval_loss"):
+            assert isinstance(rep[who][k], (int, float)) and rep[who][k] > 0, (who, k)
+    assert rep["teacher"]["top1_agreement"] == 1.0 and 0 <= rep["student"]["top1_agreement"] <= 1
+    assert rep["student"]["params"] == rep["scratch"]["params"] < rep["teacher"]["params"]
+    assert rep["target"] == "android-arm64" and rep["latency_budget_ms"] == 20.0
+    cfg = json.loads((out / "config.json").read_text())
+    # auto temperature: log2(teacher/student params) + 1
+    import math
+
+    assert cfg["temperature"] == pytest.approx(math.log2(rep["teacher"]["params"] / rep["student"]["params"]) + 1)
+    md = (out / "report.md").read_text()
+    assert "scratch baseline" in md and f"{rep['student']['eval_loss']:.4f}" in md
+    # the student directory loads as a Hugging Face model with its tokenizer
+    from edgekd.models.loading import load_model
+
+    m, tok, _ = load_model(out / "student")
+    assert m.config.num_hidden_layers == rep["student"]["config"]["num_hidden_layers"] and len(tok) == m.config.vocab_size
+
+
+def test_interrupted_run_resumes_to_the_same_student(teacher_dir, text_dir, tmp_path, tiny_run, monkeypatch):
+    """An exception injected mid-distillation, then resume: the same weights as the uninterrupted run."""
+    from edgekd.distill import trainer as trainer_mod
+
+    orig = trainer_mod.Trainer.train_step
+    seen = {"n": 0}
+
+    def boom(self):
+        seen["n"] += 1
+        if self.label == "distill" and self.step == 5:
+            raise KeyboardInterrupt("injected")
+        return orig(self)
+
+    out = tmp_path / "r"
+    cfg = _cfg(teacher_dir, text_dir, out, temperature="auto", target="android-arm64", latency_budget_ms=20.0)
+    monkeypatch.setattr(trainer_mod.Trainer, "train_step", boom)
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg)
+    assert not (out / "report.json").exists() and not (out / "student").exists()
+    monkeypatch.setattr(trainer_mod.Trainer, "train_step", orig)
+    run(DistillConfig(out=str(out), resume=True, quiet=True))
+    a = load_file(tiny_run / "student" / "model.safetensors")
+    b = load_file(out / "student" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_existing_run_dir_needs_resume(teacher_dir, text_dir, tiny_run):
+    with pytest.raises(EdgekdError, match="--resume"):
+        run(_cfg(teacher_dir, text_dir, tiny_run))
+
+
+def _cli(*args):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.run([sys.executable, "-m", "edgekd.cli", *args], capture_output=True, text=True, env=env,
+                          timeout=300, cwd=ROOT)
+
+
+@pytest.mark.parametrize("make_args, match", [
+    (lambda t, d, p: ["--teacher", str(p / "nope")], "does not exist"),
+    (lambda t, d, p: ["--teacher", str(t), "--data", str(p / "nodata")], "does not exist"),
+    (lambda t, d, p: ["--teacher", str(t), "--temperature", "0"], "temperature"),
+    (lambda t, d, p: ["--teacher", str(t), "--temperature", "hot"], "temperature"),
+    (lambda t, d, p: ["--teacher", str(t), "--alpha", "1.5"], "alpha"),
+    (lambda t, d, p: ["--teacher", str(t), "--scheme", "telepathy"], "scheme"),
+    (lambda t, d, p: ["--teacher", str(t), "--data", str(d), "--loss", "nonsense"], "loss"),
+    (lambda t, d, p: ["--teacher", str(p / "corrupt")], "safetensors"),
+    (lambda t, d, p: ["--teacher", str(t), "--data", str(p / "empty.txt")], "empty"),
+])
+def test_cli_bad_input_exits_2_with_one_line(teacher_dir, text_dir, tmp_path, make_args, match):
+    shutil.copytree(teacher_dir, tmp_path / "corrupt")
+    (tmp_path / "corrupt" / "model.safetensors").write_bytes(b"garbage!" * 8)
+    (tmp_path / "empty.txt").write_text("\n\n")
+    r = _cli("distill", "--quiet", "--steps", "2", "--seq-len", "32", "--out", str(tmp_path / "run"),
+             *make_args(teacher_dir, text_dir, tmp_path))
+    assert r.returncode == 2, r.stderr[-2000:]
+    lines = [l for l in r.stderr.splitlines() if l.startswith("edgekd: error")]
+    assert len(lines) == 1 and match in lines[0], r.stderr[-2000:]
+    assert "Traceback" not in r.stderr
+    assert not (tmp_path / "run" / "report.json").exists()

@@ -1,0 +1,38 @@
+import json
+
+from edgekd.report import build_report, render_markdown, write_run_report
+
+
+def _hist(base):
+    return [{"step": i, "loss": base - 0.01 * i, "ce": base - 0.01 * i, "tokens": 64} for i in range(30)]
+
+
+def test_report_files_hold_the_design_keys_and_the_verdict(tmp_path):
+    evals = {"teacher": {"eval_loss": 2.0, "perplexity": 7.39, "top1_agreement": 1.0},
+             "student": {"eval_loss": 2.5, "perplexity": 12.2, "top1_agreement": 0.6},
+             "scratch": {"eval_loss": 3.1, "perplexity": 22.2, "top1_agreement": 0.3}}
+    sizes = {"teacher": {"params": 1000, "size_mb": 0.004}, "student": {"params": 300, "size_mb": 0.0012},
+             "scratch": {"params": 300, "size_mb": 0.0012}}
+    hist = {"distilled": _hist(3.0), "scratch": _hist(3.5)}
+    hist["scratch"][4]["skipped"] = True
+    temps = [{"position": 3, "context": "def f", "tokens": ["a", "b", "c"],
+              "probs": {"1.0": [0.7, 0.2, 0.1], "4.0": [0.4, 0.3, 0.3]}, "entropy": {"1.0": 0.8, "4.0": 1.1}}]
+    rep = build_report(config={"target": "rpi5", "latency_budget_ms": 12.5, "temperature": 2.0, "alpha": 0.5,
+                               "scheme": "offline", "steps": 30}, evals=evals, sizes=sizes, histories=hist,
+                       temperature_examples=temps, init_info={"method": "teacher", "layers": [0, 2]},
+                       student_config={"hidden_size": 8})
+    write_run_report(tmp_path, rep, hist, temps)
+    loaded = json.loads((tmp_path / "report.json").read_text())
+    assert {"target", "latency_budget_ms", "teacher", "student", "scratch", "latency", "exports"} <= loaded.keys()
+    assert loaded["student"]["config"] == {"hidden_size": 8} and loaded["scratch"]["top1_agreement"] == 0.3
+    assert loaded["distillation"]["student_beats_scratch"] is True
+    assert loaded["distillation"]["skipped_steps"]["scratch"] == [4]
+    md = (tmp_path / "report.md").read_text()
+    assert "is below the scratch" in md and "| distilled student | 300 |" in md and "[4]" in md
+    for png in ("loss_curves.png", "temperature.png"):
+        assert (tmp_path / "plots" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_markdown_says_when_distillation_lost():
+    rep = {"teacher": {}, "student": {"eval_loss": 3.0}, "scratch": {"eval_loss": 2.0}, "distillation": {}}
+    assert "NOT below" in render_markdown(rep)
