@@ -329,3 +329,24 @@ def test_gradient_buffer_is_the_only_rows_by_vocab_allocation():
         pytest.skip("no /proc/self/clear_refs here")
     grad_bytes = s.numel() * 4
     assert mem.extra_bytes < grad_bytes + 8 * 2**20, mem.extra_bytes / 2**20
+
+
+def test_bench_prints_table_and_writes_json(tmp_path):
+    """A small run of `edgekd kernel bench`: every variant ran, the JSON holds the ratios."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from edgekd.cli import app
+
+    out = tmp_path / "bench.json"
+    res = CliRunner().invoke(app, ["kernel", "bench", "--rows", "64", "--vocab", "3000", "--dtype", "float32",
+                                   "--repeats", "2", "--no-compile", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "fused" in res.output and "eager" in res.output
+    data = json.loads(out.read_text())
+    (case,) = data["cases"]
+    fused = [r for r in case["results"] if r["variant"] == "fused"][0]
+    eager = [r for r in case["results"] if r["variant"] == "eager"][0]
+    assert fused["floor_ratio"] > 0 and fused["speedup_vs_eager"] > 0
+    assert abs(fused["loss"] - eager["loss"]) < 1e-4 * abs(eager["loss"])
