@@ -5,6 +5,7 @@
     scheme.after_step(student, step)                           # after each optimizer step
     scheme.extra_parameters()                                  # the trainer optimises these too
     scheme.state_dict() / load_state_dict()                    # checkpointed beside the trainer's state
+    scheme.teacher_config                                      # build the loss against this (the EMA for "self")
 
 The teacher is run with whatever the student output carries (hidden states, attentions, or the
 fused-linear fields of `forward_for_loss`), unless `loss_fn=` is given, whose needs_* then rule.
@@ -80,6 +81,11 @@ class Scheme:
     @property
     def teacher(self) -> nn.Module:
         return self.teachers[0]
+
+    @property
+    def teacher_config(self):
+        """Config of the model whose outputs teacher_outputs returns: build the loss against it."""
+        return getattr(unwrap(self.teacher), "config", None) if self.teachers else None
 
     def _one_teacher(self) -> None:
         if len(self.teachers) != 1:
@@ -429,6 +435,10 @@ class SelfScheme(Scheme):
             raise EdgekdError(f"scheme 'self': decay must lie in [0, 1], got {decay!r}")
         self.decay = float(decay)
         self.ema = freeze(copy.deepcopy(unwrap(student)))
+
+    @property
+    def teacher_config(self):
+        return getattr(self.ema, "config", None)
 
     def teacher_outputs(self, batch, student_out):
         return self._run(self.ema, batch, _needs(student_out, self.loss_fn))

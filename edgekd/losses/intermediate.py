@@ -58,7 +58,12 @@ class FeatureLoss(LossTerm):
         for s, t in self.layer_map.items():
             hs = _layer(shs, s, "student", self.name)
             ht = _layer(ths, t, "teacher", self.name).detach().to(hs.device).float()
-            p = self.proj[str(s)](hs.to(self.proj[str(s)].weight.dtype)).float()
+            proj = self.proj[str(s)]
+            if (hs.shape[-1], ht.shape[-1]) != (proj.in_features, proj.out_features):
+                raise EdgekdError(f"loss 'feature' was built for hidden sizes {proj.in_features}->{proj.out_features} "
+                                  f"but got {hs.shape[-1]}->{ht.shape[-1]}: build the loss with the config of the "
+                                  f"model that answers as teacher (scheme.teacher_config)")
+            p = proj(hs.to(proj.weight.dtype)).float()
             if self.distance == "mse":
                 d = (p - ht).pow(2).mean(-1)
             else:

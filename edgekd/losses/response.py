@@ -53,9 +53,9 @@ class KDLoss(LossTerm):
 
     A TopKLogits teacher is expanded to full-vocabulary logits that are −inf off the kept entries:
     the teacher distribution is renormalised over its top-k, the student's log-softmax still runs
-    over the whole vocabulary. For forward KL this is exact on the kept entries and drops the
-    teacher's tail mass (at most the probability outside the top-k); for reverse KL and JSD the
-    student's mass outside the top-k is not penalised.
+    over the whole vocabulary. Forward KL is then exact on the kept entries and ignores the
+    teacher's tail (its probability outside the top-k); reverse KL does not penalise the student's
+    mass outside the top-k (those terms are dropped); JSD treats the teacher's tail as zero.
     """
 
     needs_logits = True

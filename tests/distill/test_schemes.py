@@ -161,6 +161,11 @@ def test_self_scheme_ema_update_math_and_state():
     assert not any(p.requires_grad for p in scheme.ema.parameters())
     out = scheme.teacher_outputs(batch, LossInputs(logits=torch.zeros(1)))
     torch.testing.assert_close(out.logits, scheme.ema(input_ids=batch["input_ids"]).logits)
+    assert scheme.teacher_config is scheme.ema.config and scheme.teacher_config.hidden_size == s.config.hidden_size
+    wrong = build_loss([{"name": "feature"}], s.config, llama(2, 24).config)  # built against another teacher
+    s_out = s(input_ids=batch["input_ids"], output_hidden_states=True)
+    with pytest.raises(EdgekdError, match="scheme.teacher_config"):
+        wrong(s_out, scheme.teacher_outputs(batch, s_out), batch["labels"])
     fresh = build_scheme("self", teachers=[], student=llama(seed=7))
     fresh.load_state_dict(scheme.state_dict())
     assert all(torch.equal(a, b) for a, b in zip(fresh.ema.state_dict().values(), scheme.ema.state_dict().values()))
@@ -303,3 +308,19 @@ def test_cache_for_a_classifier_serves_padded_rows(tmp_path):
     assert top.values.shape == (2, 3)
     torch.testing.assert_close(top.values, live.topk(3, -1).values)
     assert torch.equal(top.indices, live.topk(3, -1).indices)
+
+
+@pytest.mark.parametrize("scheme,loss,cfg", [
+    ("online", None, {}),
+    ("self", '[{"name": "kd"}, {"name": "mse_logits", "weight": 0.1}]', {"decay": 0.5}),
+    ("offline", '[{"name": "kd_fused_linear"}, {"name": "feature", "weight": 0.1}, {"name": "attention", "weight": 0.1}]', {}),
+    ("multi_teacher", '[{"name": "kd", "divergence": "jsd"}, {"name": "relation", "weight": 0.1}]', {"weights": [3, 1]}),
+])
+def test_schemes_and_losses_run_in_the_engine(teacher_dir, text_dir, tmp_path, scheme, loss, cfg):
+    from edgekd.distill import run
+
+    out = run({"teacher": str(teacher_dir), "data": str(text_dir), "steps": 2, "out": str(tmp_path / "run"),
+               "scheme": scheme, "scheme_config": cfg, "loss": loss, "scratch": False, "quiet": True, "seq_len": 32,
+               "batch_size": 2, "eval_blocks": 2, "teachers": [str(teacher_dir)] if scheme == "multi_teacher" else []})
+    report = json.loads((out / "report.json").read_text())
+    assert report["student"]["eval_loss"] > 0
