@@ -113,6 +113,12 @@ def test_cache_for_other_data_or_teacher_is_rejected(tmp_path):
         cache.lookup(lm_batch(blocks(1, seed=5)))
     with pytest.raises(EdgekdError, match="no index.json"):
         TeacherCache.open(tmp_path / "missing")
+    (tmp_path / "c" / "shard-00000.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(EdgekdError, match="unreadable"):
+        TeacherCache.open(tmp_path / "c").lookup(lm_batch(data[:1]))
+    (tmp_path / "c" / "shard-00000.safetensors").unlink()
+    with pytest.raises(EdgekdError, match="lacks shard"):
+        TeacherCache.open(tmp_path / "c")
     scheme = build_scheme("offline", teachers=[t], student=llama(), cache=cache)
     with pytest.raises(EdgekdError, match="only logits"):
         scheme.teacher_outputs(lm_batch(data[:1]), LossInputs(logits=torch.zeros(1), hidden_states=(torch.zeros(1),)))
