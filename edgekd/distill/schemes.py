@@ -117,8 +117,13 @@ def _examples(data) -> list[torch.Tensor]:
     """A data set as a list of 1-D int64 token tensors (the real tokens only).
 
     Accepts a [N,L] tensor of blocks, {"input_ids": [N,L], "attention_mask": [N,L]} (padded rows),
-    or a sequence of tensors, lists, or dicts with input_ids (and optionally attention_mask).
+    or a sequence of tensors, lists, or dicts with input_ids (and optionally attention_mask); the
+    engine's streams (edgekd.data.batching BlockStream / ClassificationStream) are taken as their examples.
     """
+    if isinstance(getattr(data, "blocks", None), torch.Tensor):  # BlockStream
+        data = data.blocks
+    elif isinstance(getattr(data, "ids", None), torch.Tensor) and isinstance(getattr(data, "mask", None), torch.Tensor):
+        data = {"input_ids": data.ids, "attention_mask": data.mask}  # ClassificationStream
     if isinstance(data, dict):
         ids = torch.as_tensor(data["input_ids"], dtype=torch.long)
         mask = data.get("attention_mask")

@@ -77,6 +77,9 @@ def test_cache_round_trip_gives_the_live_teacher_loss_on_kept_entries(tmp_path):
     want, _ = loss_fn(s_out, LossInputs(logits=restricted), batch["labels"])
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
     # ... and by data position.
+    from edgekd.data.batching import BlockStream  # the engine's stream is accepted as the cached data
+    stream = BlockStream(data.reshape(-1), seq_len=8, batch_size=2)
+    assert TeacherCache.open(tmp_path / "cache", data=stream, teacher=t).k == k
     by_pos = cache.lookup({**batch, "index": torch.tensor([5, 1, 3])})
     torch.testing.assert_close(by_pos.values, cached.values)
     assert torch.equal(by_pos.indices, cached.indices)
