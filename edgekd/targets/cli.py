@@ -8,7 +8,7 @@ from rich.table import Table
 from edgekd.targets.spec import list_targets, load_target
 
 
-def _console() -> Console:
+def wide_console() -> Console:
     """Piped output gets a wide console so the table is not squeezed to 80 columns."""
     c = Console()
     return c if c.is_terminal else Console(width=160)
@@ -26,12 +26,12 @@ def print_targets() -> None:
                     f"{cpu['peak_gflops_fp32']:g}", f"{cpu['peak_gops_int8']:g}", f"{mem['bandwidth_gbs']:g}",
                     str(mem["ram_mb"]), f"{rt['preferred_format']}/{rt['runtime']}", str(rt["default_threads"]),
                     f"{t.budget['latency_ms']:g}", t.access["method"])
-    _console().print(tab)
+    wide_console().print(tab)
 
 
 def print_target(name: str) -> None:
     t = load_target(name)
-    console = _console()
+    console = wide_console()
     console.print(f"[bold]{t.name}[/bold]: {t.description}")
     console.print(f"file: {t.path}")
     measured = set(t.measured)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import platform
+import sys
 import time
 import tomllib
 from pathlib import Path
@@ -127,6 +128,7 @@ def host_facts(refresh: bool = False) -> dict[str, Any]:
                 return out
         except (tomllib.TOMLDecodeError, OSError):
             pass  # a corrupt cache is measured again
+    print(f"edgekd: measuring this machine for the 'host' target (once; cached in {path})", file=sys.stderr)
     facts = measure_host()
     try:
         write_text(path, _to_toml(facts))

@@ -193,7 +193,10 @@ def default_calibration(target: Target | str, fmt: str | None = None) -> Calibra
     t = load_target(target)
     fmt = fmt or t.runtime["preferred_format"]
     rt = runtime_for(fmt)
-    return Calibration(device=t.key, fmt=fmt, eff_compute=dict(DEFAULT_EFF_COMPUTE), eff_mem=dict(DEFAULT_EFF_MEM),
+    eff_compute = dict(DEFAULT_EFF_COMPUTE)
+    if "cpu.peak_gflops_fp32" in t.measured:  # a measured peak is already what a GEMM achieves there
+        eff_compute.update(matmul=1.0, matmul_int8=1.0)
+    return Calibration(device=t.key, fmt=fmt, eff_compute=eff_compute, eff_mem=dict(DEFAULT_EFF_MEM),
                        overhead_us=DEFAULT_OVERHEAD_US[rt], call_overhead_us=DEFAULT_CALL_OVERHEAD_US[rt],
                        facts=_facts(t, None))
 

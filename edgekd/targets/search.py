@@ -156,8 +156,9 @@ COLUMNS = ["num_hidden_layers", "hidden_size", "num_attention_heads", "num_key_v
 
 def print_table(result: SearchResult, max_rows: int = 24) -> None:
     """The candidates nearest the choice (by parameters), printed with rich."""
-    from rich.console import Console
     from rich.table import Table
+
+    from edgekd.targets.cli import wide_console
 
     rows = result.table
     i = next(k for k, r in enumerate(rows) if r["chosen"])
@@ -174,7 +175,7 @@ def print_table(result: SearchResult, max_rows: int = 24) -> None:
                     f"{r['params'] / 1e6:.2f}M", f"{r['predicted_ms']:.2f}", f"{r['size_mb']:.1f}",
                     f"{r['peak_mem_mb']:.0f}", ("CHOSEN" if r["chosen"] else "yes") if r["fits"] else f"no ({r['fails']})",
                     style=style)
-    console = Console()
+    console = wide_console()
     console.print(tab)
     if len(rows) > len(shown):
         console.print(f"({len(rows) - len(shown)} more candidates in candidates.csv)")
