@@ -44,6 +44,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from edgekd.targets import latency as lat  # noqa: E402
+from edgekd.targets.hostbench import cpu_model_name  # noqa: E402
 from edgekd.targets.spec import load_target  # noqa: E402
 
 TEACHER = dict(vocab_size=4096, hidden_size=256, intermediate_size=688, num_hidden_layers=4,
@@ -61,8 +62,8 @@ def student_config(layers: int, hidden: int, heads: int, ffn: int) -> dict:
                 num_key_value_heads=heads, intermediate_size=ffn)
 
 
-def export_onnx(cfg: dict, path: Path) -> None:
-    """ONNX with a dynamic sequence axis (the dynamo exporter; the TorchScript one lacks aten::diff)."""
+def logits_model(cfg: dict):
+    """A randomly initialised student (latency does not depend on the weights) returning logits only."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -77,9 +78,16 @@ def export_onnx(cfg: dict, path: Path) -> None:
         def forward(self, ids):
             return self.m(input_ids=ids, use_cache=False).logits
 
+    return Logits(model)
+
+
+def export_onnx(cfg: dict, path: Path) -> None:
+    """ONNX with a dynamic sequence axis (the dynamo exporter; the TorchScript one lacks aten::diff)."""
+    import torch
+
     ids = torch.randint(0, cfg["vocab_size"], (1, 64))
     seq = torch.export.Dim("seq", min=2, max=1024)
-    prog = torch.onnx.export(Logits(model), (ids,), input_names=["input_ids"], output_names=["logits"],
+    prog = torch.onnx.export(logits_model(cfg), (ids,), input_names=["input_ids"], output_names=["logits"],
                              dynamic_shapes=({1: seq},), dynamo=True, verbose=False)
     prog.save(str(path))
 
@@ -88,6 +96,64 @@ def quantize_int8(src: Path, dst: Path) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
+
+
+def onnx_runners(students, work: Path, threads: int, t0: float) -> dict:
+    """One session per (config, precision), run at every seq_len (the axis is dynamic)."""
+    import onnxruntime as ort
+
+    runners = {}
+    for i, (L, H, NH, F) in enumerate(students):
+        cfg = student_config(L, H, NH, F)
+        tag = f"L{L}-H{H}-nh{NH}-F{F}-V{cfg['vocab_size']}"
+        f32, q8 = work / f"{tag}.onnx", work / f"{tag}.int8.onnx"
+        if not f32.is_file():
+            export_onnx(cfg, f32.with_suffix(".tmp.onnx"))
+            f32.with_suffix(".tmp.onnx").rename(f32)
+        if not q8.is_file():
+            quantize_int8(f32, q8.with_suffix(".tmp.onnx"))
+            q8.with_suffix(".tmp.onnx").rename(q8)
+        for prec, path in (("float32", f32), ("int8", q8)):
+            so = ort.SessionOptions()
+            so.intra_op_num_threads = threads
+            so.inter_op_num_threads = 1
+            sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+            for s in SEQ_LENS:
+                feed = {"input_ids": np.random.default_rng(s).integers(0, TEACHER["vocab_size"], (1, s), dtype=np.int64)}
+                runners[(i, s, prec)] = (lambda sess=sess, feed=feed: sess.run(None, feed))
+        print(f"  exported {i + 1}/{len(students)} L={L} H={H} heads={NH} F={F} ({time.time() - t0:.0f}s)", flush=True)
+    return runners
+
+
+def tflite_runners(students, work: Path, threads: int, t0: float) -> dict:
+    """One fixed-shape file per (config, seq_len), converted with edgekd's TFLite exporter."""
+    import torch
+    from ai_edge_litert.interpreter import Interpreter
+
+    from edgekd.export.tflite_export import export_tflite, quantize_tflite
+
+    runners = {}
+    for i, (L, H, NH, F) in enumerate(students):
+        cfg = student_config(L, H, NH, F)
+        for s in SEQ_LENS:
+            tag = f"L{L}-H{H}-nh{NH}-F{F}-V{cfg['vocab_size']}-S{s}"
+            f32, q8 = work / f"{tag}.tflite", work / f"{tag}.int8.tflite"
+            if not f32.is_file():
+                tmp = f32.with_suffix(".tmp.tflite")
+                export_tflite(logits_model(cfg), torch.randint(0, cfg["vocab_size"], (1, s)), tmp)
+                tmp.rename(f32)
+            if not q8.is_file():
+                tmp = q8.with_suffix(".tmp.tflite")
+                quantize_tflite(f32, tmp, "int8-dynamic", None)
+                tmp.rename(q8)
+            for prec, path in (("float32", f32), ("int8", q8)):
+                it = Interpreter(model_path=str(path), num_threads=threads)
+                it.allocate_tensors()
+                d = it.get_input_details()[0]
+                it.set_tensor(d["index"], np.random.default_rng(s).integers(0, TEACHER["vocab_size"], d["shape"]).astype(d["dtype"]))
+                runners[(i, s, prec)] = it.invoke
+        print(f"  exported {i + 1}/{len(students)} L={L} H={H} heads={NH} F={F} ({time.time() - t0:.0f}s)", flush=True)
+    return runners
 
 
 def main() -> None:
@@ -99,14 +165,20 @@ def main() -> None:
                     help="primary measurement: the inference thread's CPU time (robust to load) or wall time")
     ap.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "edgekd-latbench"),
                     help="where exported models are kept and reused between runs")
-    ap.add_argument("--out", default=str(Path(__file__).with_name("latency_model_bench.json")))
+    ap.add_argument("--format", choices=("onnx", "tflite"), default="onnx",
+                    help="onnx: ONNX Runtime (dynamic int8 via onnxruntime.quantization); tflite: LiteRT with "
+                         "XNNPACK (int8 via ai-edge-quantizer dynamic_wi8_afp32), one fixed-shape file per seq_len")
+    ap.add_argument("--configs", type=int, default=None, help="use only the first N student configs")
+    ap.add_argument("--out", default=None, help="default: benchmarks/latency_model_bench[_tflite].json")
     ap.add_argument("--no-save-calibration", action="store_true")
     args = ap.parse_args()
+    if args.out is None:
+        suffix = "" if args.format == "onnx" else f"_{args.format}"
+        args.out = str(Path(__file__).with_name(f"latency_model_bench{suffix}.json"))
     warnings.filterwarnings("ignore")
     logging.disable(logging.WARNING)
 
-    import onnxruntime as ort
-
+    fmt = args.format
     target = load_target("host")
     threads = args.threads
     if args.clock == "thread" and threads != 1:
@@ -117,32 +189,13 @@ def main() -> None:
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    sessions = {}
+    students = STUDENTS[:args.configs] if args.configs else STUDENTS
+    keys = [(i, s, p) for i in range(len(students)) for s in SEQ_LENS for p in PRECISIONS]
     t0 = time.time()
-    for i, (L, H, NH, F) in enumerate(STUDENTS):
-        cfg = student_config(L, H, NH, F)
-        tag = f"L{L}-H{H}-nh{NH}-F{F}-V{cfg['vocab_size']}"
-        f32 = work / f"{tag}.onnx"
-        q8 = work / f"{tag}.int8.onnx"
-        if not f32.is_file():
-            export_onnx(cfg, f32.with_suffix(".tmp.onnx"))
-            f32.with_suffix(".tmp.onnx").rename(f32)
-        if not q8.is_file():
-            quantize_int8(f32, q8.with_suffix(".tmp.onnx"))
-            q8.with_suffix(".tmp.onnx").rename(q8)
-        for prec, path in (("float32", f32), ("int8", q8)):
-            so = ort.SessionOptions()
-            so.intra_op_num_threads = threads
-            so.inter_op_num_threads = 1
-            sessions[(i, prec)] = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-        print(f"  exported {i + 1}/{len(STUDENTS)} L={L} H={H} heads={NH} F={F} ({time.time() - t0:.0f}s)", flush=True)
-
-    keys = [(i, s, p) for i in range(len(STUDENTS)) for s in SEQ_LENS for p in PRECISIONS]
-    feeds = {s: {"input_ids": np.random.default_rng(s).integers(0, TEACHER["vocab_size"], (1, s), dtype=np.int64)}
-             for s in SEQ_LENS}
-    for (i, s, p) in keys:  # warm-up: first runs allocate and plan
+    runners = (onnx_runners if fmt == "onnx" else tflite_runners)(students, work, threads, t0)
+    for k in keys:  # warm-up: first runs allocate and plan
         for _ in range(3):
-            sessions[(i, p)].run(None, feeds[s])
+            runners[k]()
     per_round: dict[tuple, list[float]] = {k: [] for k in keys}
     per_round_wall: dict[tuple, list[float]] = {k: [] for k in keys}
     rng = random.Random(0)
@@ -151,11 +204,11 @@ def main() -> None:
         rng.shuffle(order)
         for k in order:
             i, s, p = k
-            sess, feed = sessions[k[0], k[2]], feeds[s]
+            run = runners[k]
             ts, tw = [], []
             for _ in range(args.iters):
                 c, a = time.thread_time_ns(), time.perf_counter_ns()
-                sess.run(None, feed)
+                run()
                 tw.append((time.perf_counter_ns() - a) / 1e6)
                 ts.append((time.thread_time_ns() - c) / 1e6)
             per_round_wall[k].append(statistics.median(tw))
@@ -174,10 +227,10 @@ def main() -> None:
         for (i, s, p) in keys:
             rounds = per_round[(i, s, p)]
             v = stats[stat](rounds)
-            out.append({"idx": i, "config": student_config(*STUDENTS[i]), "seq_len": s, "precision": p,
+            out.append({"idx": i, "config": student_config(*students[i]), "seq_len": s, "precision": p,
                         "threads": threads, "measured_ms": v, "wall_ms": statistics.median(per_round_wall[(i, s, p)]),
                         "spread": (max(rounds) - min(rounds)) / statistics.median(rounds),
-                        "params": lat.param_count(student_config(*STUDENTS[i]))})
+                        "params": lat.param_count(student_config(*students[i]))})
         return out
 
     def score(preds, meas):
@@ -191,17 +244,17 @@ def main() -> None:
     def loco_predictions(meas: list[dict]) -> list[float]:
         """Each config predicted by a calibration fitted without any of its measurements."""
         out = [0.0] * len(meas)
-        for i in range(len(STUDENTS)):
-            cal = lat.calibrate([strip(m) for m in meas if m["idx"] != i], target, fmt="onnx")
+        for i in range(len(students)):
+            cal = lat.calibrate([strip(m) for m in meas if m["idx"] != i], target, fmt=fmt)
             for j, m in enumerate(meas):
                 if m["idx"] == i:
-                    out[j] = lat.predict(m["config"], target, m["seq_len"], m["precision"], "onnx", cal, threads).total_ms
+                    out[j] = lat.predict(m["config"], target, m["seq_len"], m["precision"], fmt, cal, threads).total_ms
         return out
 
     meas = measurements(primary)
-    uncal = [lat.predict(m["config"], target, m["seq_len"], m["precision"], "onnx", threads=threads).total_ms for m in meas]
-    cal_all = lat.calibrate([strip(m) for m in meas], target, fmt="onnx")
-    insample = [lat.predict(m["config"], target, m["seq_len"], m["precision"], "onnx", cal_all, threads).total_ms
+    uncal = [lat.predict(m["config"], target, m["seq_len"], m["precision"], fmt, threads=threads).total_ms for m in meas]
+    cal_all = lat.calibrate([strip(m) for m in meas], target, fmt=fmt)
+    insample = [lat.predict(m["config"], target, m["seq_len"], m["precision"], fmt, cal_all, threads).total_ms
                 for m in meas]
     loco = loco_predictions(meas)
     e_unc, s_unc = score(uncal, meas)
@@ -217,7 +270,7 @@ def main() -> None:
     print("\n" + hdr)
     rows = []
     for m, pu, eu, pl, el, pin in zip(meas, uncal, e_unc, loco, e_lo, insample):
-        L, H, NH, F = STUDENTS[m["idx"]]
+        L, H, NH, F = students[m["idx"]]
         print(f"{L:>2} {H:>4} {NH:>2} {F:>4} {m['params']:>8} {m['seq_len']:>4} {m['precision']:>7} "
               f"{m['measured_ms']:>8.3f} {m['spread']:>6.0%} {m['wall_ms']:>8.3f} {pu:>8.3f} {eu:>6.0%} {pl:>8.3f} {el:>6.1%}")
         rows.append({"layers": L, "hidden": H, "heads": NH, "ffn": F, "params": m["params"], "seq_len": m["seq_len"],
@@ -237,37 +290,27 @@ def main() -> None:
     saved = None
     if not args.no_save_calibration:
         saved = str(cal_all.save())
-        print(f"saved the calibration for host/onnx to {saved}")
+        print(f"saved the calibration for host/{fmt} to {saved}")
     import onnxruntime
 
     result = {
-        "machine": {"cpu": platform.processor() or _cpu_model(), "cores": target.cpu["cores"],
+        "machine": {"cpu": cpu_model_name(), "cores": target.cpu["cores"],
                     "python": platform.python_version(), "onnxruntime": onnxruntime.__version__,
                     "host_facts": {k: target[k] for k in ("cpu.peak_gflops_fp32", "cpu.peak_gops_int8", "memory.bandwidth_gbs")},
                     "load_average_end": os.getloadavg()},
         "threads": threads, "clock": args.clock, "rounds": args.rounds, "iters": args.iters, "seq_lens": list(SEQ_LENS),
-        "teacher": TEACHER, "n_configs": len(STUDENTS), "n_measurements": len(meas),
+        "teacher": TEACHER, "format": fmt, "n_configs": len(students), "n_measurements": len(meas),
         "summary": {"uncalibrated": s_unc, "calibrated_insample": s_in, "calibrated_leave_one_config_out": s_lo,
                     "loco_by_precision": by_prec, "primary_statistic": primary,
                     "loco_by_statistic": sensitivity},
         "calibration_all": cal_all.to_dict(), "calibration_saved_to": saved, "rows": rows,
     }
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    plot(rows, Path(args.out).with_suffix(".png"))
+    plot(rows, Path(args.out).with_suffix(".png"), fmt)
     print(f"wrote {args.out} and {Path(args.out).with_suffix('.png')}")
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.machine()
-
-
-def plot(rows: list[dict], path: Path) -> None:
+def plot(rows: list[dict], path: Path, fmt: str = "onnx") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -286,9 +329,9 @@ def plot(rows: list[dict], path: Path) -> None:
     ax.fill_between(xs, xs * 0.9, xs * 1.1, color="gray", alpha=0.2, label="±10%")
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_xlabel("measured latency (ms, ONNX Runtime, host)")
+    ax.set_xlabel("measured latency (ms, host, thread CPU time)")
     ax.set_ylabel("predicted latency (ms, leave-one-config-out calibration)")
-    ax.set_title("edgekd latency model on host")
+    ax.set_title(f"edgekd latency model on host ({'ONNX Runtime' if fmt == 'onnx' else 'LiteRT/XNNPACK'})")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -35,6 +35,18 @@ def _best(fn, repeats: int) -> float:
     return best
 
 
+def cpu_model_name() -> str:
+    """The CPU's marketing name, for benchmark records ("AMD EPYC", "Cortex-A76" boards say less)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key = line.split(":", 1)[0].strip()
+            if key in ("model name", "Model", "Hardware"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def _cpu_info() -> dict[str, Any]:
     try:
         cores = len(os.sched_getaffinity(0))

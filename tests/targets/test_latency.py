@@ -114,3 +114,16 @@ def test_calibration_save_load_roundtrip(tmp_path):
     p = lat.predict(meas[0]["config"], target, 32, calibration=back).total_ms
     assert p == pytest.approx(1.5, rel=0.02)
     assert lat.load_calibration("raspberry-pi-4", "tflite") is None
+
+
+def test_measurement_from_profile_feeds_calibration():
+    prof = {"device": "local", "format": "onnx", "p50_ms": 2.5, "mean_ms": 2.7, "seq_len": 32, "threads": 1, "ops": []}
+    m = lat.measurement_from_profile(prof, TINY, "int8-dynamic")
+    assert m["measured_ms"] == 2.5 and m["seq_len"] == 32 and m["precision"] == "int8" and m["threads"] == 1
+    cal = lat.calibrate([m], "raspberry-pi-5")
+    p = lat.predict(TINY, "raspberry-pi-5", 32, "int8", calibration=cal, threads=1).total_ms
+    assert p == pytest.approx(2.5, rel=0.02)
+    with pytest.raises(lat.EdgekdError, match="seq_len"):
+        lat.measurement_from_profile({"p50_ms": 1.0}, TINY, "float32")
+    with pytest.raises(lat.EdgekdError, match="precision"):
+        lat.normalize_precision("int4")
