@@ -54,6 +54,7 @@ class DistillConfig:
     loss_impl: str = "fused"                       # "eager": plain PyTorch loss (benchmarks)
     bf16: Optional[bool] = None
     threads: Optional[int] = None
+    export: bool = False                           # export + profile the student into RUN/export, RUN/profile
     quiet: bool = False
 
     @classmethod
@@ -146,8 +147,12 @@ class _Data:
             self.val_blocks = vs.ids[:4]
             self.train_tokens = int(vs.mask.sum())
         else:
-            train = encode_texts(corpus.train, tokenizer)
-            val = encode_texts(corpus.validation, tokenizer)
+            from edgekd.data.cache import cached_tokens
+            from edgekd.data.tokenizer import tokenizer_hash
+
+            key = f"{corpus.digest[:16]}-{tokenizer_hash(tokenizer)[:16]}"
+            train = cached_tokens(key + "-train", lambda: encode_texts(corpus.train, tokenizer))
+            val = cached_tokens(key + "-validation", lambda: encode_texts(corpus.validation, tokenizer))
             if int(train.max()) >= len(tokenizer) or int(val.max()) >= len(tokenizer):
                 raise EdgekdError("the tokenizer produced ids outside its vocabulary: the teacher's tokenizer is corrupt")
             self.train_tokens = train.numel()
@@ -241,10 +246,13 @@ def run(config: DistillConfig | dict) -> Path:
 
     # --- distill ---
     causal = kind == "lm"
-    loss_fn = build_response_loss(loss_spec, s_cfg, teacher.config, temperature=temperature, alpha=cfg.alpha,
+    scheme = _build_scheme(cfg, teacher, student, device)
+    t_cfg = getattr(scheme, "teacher_config", None) or teacher.config
+    loss_fn = build_response_loss(loss_spec, s_cfg, t_cfg, temperature=temperature, alpha=cfg.alpha,
                                   impl=cfg.loss_impl, causal=causal, student_params=s_params,
                                   teacher_params=t_params).to(device)
-    scheme = _build_scheme(cfg, teacher, student, device)
+    if scheme is not None and hasattr(scheme, "loss_fn"):
+        scheme.loss_fn = loss_fn  # the teacher then produces exactly what the loss reads
     needs_h = bool(getattr(loss_fn, "needs_hidden_states", False))
     needs_a = bool(getattr(loss_fn, "needs_attentions", False))
     trainer_box: dict = {}
@@ -314,6 +322,14 @@ def run(config: DistillConfig | dict) -> Path:
     rep = build_report(config=resolved, evals=evals, sizes=sizes, histories=histories, temperature_examples=temps,
                        init_info=init_info, student_config=s_cfg.to_dict(), timings=timings)
     rep["kind"] = kind
+    if cfg.export:
+        t0 = time.time()
+        from edgekd.export import export_and_profile_run
+
+        ex = export_and_profile_run(out, seq_len=min(data.seq_len, 64), device=cfg.device)
+        rep["exports"] = ex.get("exports", {})
+        rep["latency"]["measured"] = ex.get("measured", [])
+        timings["export_and_profile"] = time.time() - t0
     write_run_report(out, rep, histories, temps, kind)
     if not cfg.quiet:
         s, b = evals["student"], evals.get("scratch")

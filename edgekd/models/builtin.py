@@ -28,7 +28,7 @@ RECIPE = {
         "tie_word_embeddings": False, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
     },
     "seed": 1234,
-    "steps": 700,
+    "steps": 500,
     "seq_len": 256,
     "batch_size": 8,
     "lr": 2e-3,
@@ -36,7 +36,7 @@ RECIPE = {
     "warmup_steps": 50,
     "weight_decay": 0.1,
     "grad_clip": 1.0,
-    "threads": 2,
+    "threads": 1,
     "dtype": "float32",
     "eval_blocks": 64,
 }
