@@ -1,0 +1,389 @@
+"""The fused CUDA kernel against the float64 reference.
+
+Two parts:
+- GPU tests (skipped without a CUDA device): `kernels.kd_loss` on CUDA tensors, which dispatches to the
+  fused CUDA kernel, against `kernels.kd_loss_reference` (float64) and against eager PyTorch in the
+  inputs' own dtype -- every divergence and reduction, T, alpha, ignore_index, -inf teacher entries,
+  strided rows, each dtype pair, rows x V > 2^31.
+- Emulated-kernel tests (need only g++ with C++20): the same device code (csrc/cuda/kd_cuda_kernel.cuh)
+  compiled for the host through csrc/cuda/emu/, each block's threads as OS threads, so its indexing,
+  alignment paths, reductions and barriers are exercised on every machine, GPU or not.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import itertools
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from edgekd import kernels
+from edgekd.kernels import kd_loss, kd_loss_reference
+
+from ._kdtest import eager_loss, rel_err
+
+ROOT = Path(__file__).resolve().parents[2]
+DIVS = ["forward_kl", "reverse_kl", "jsd"]
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+HAS_CUDA = torch.cuda.is_available()
+
+
+def cuda(fn):
+    """GPU test: marked `cuda`, skipped without a device."""
+    return pytest.mark.cuda(pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device")(fn))
+
+
+# --- helpers -------------------------------------------------------------------------------------
+
+def _inputs(rows, V, dtype=torch.float32, tdtype=None, scale=3.0, seed=0, labels=True, ignore_frac=0.2,
+            device="cuda"):
+    g = torch.Generator().manual_seed(seed)
+    s = (torch.randn(rows, V, generator=g) * scale).to(dtype)
+    t = (torch.randn(rows, V, generator=g) * scale).to(tdtype or dtype)
+    lab = None
+    if labels:
+        lab = torch.randint(0, V, (rows,), generator=g)
+        lab[torch.rand(rows, generator=g) < ignore_frac] = -100
+        lab = lab.to(device)
+    return s.to(device), t.to(device), lab
+
+
+def run(fn, s, t, labels, grad_out, **kw):
+    s = s.detach().clone().requires_grad_(True)
+    out = fn(s, t, labels, **kw)
+    go = grad_out if torch.is_tensor(grad_out) else torch.as_tensor(grad_out, device=out.device)
+    out.backward(go.to(out.dtype).expand(out.shape) if out.dim() else go.to(out.dtype))
+    assert s.grad.dtype == s.dtype
+    return out.detach().double(), s.grad.double()
+
+
+FLOORS = {torch.float32: (2e-5, 2e-5), torch.bfloat16: (1e-5, 8e-3), torch.float16: (1e-5, 1e-3)}
+
+
+def check(s, t, labels=None, grad_out=1.0, **kw):
+    """Fused CUDA vs float64 reference; no worse than eager PyTorch in the student's dtype."""
+    lf, gf = FLOORS[s.dtype]
+    if kw.get("reduction") == "none" and not torch.is_tensor(grad_out):
+        grad_out = torch.full(s.shape[:-1], float(grad_out), device=s.device)
+    ref_l, ref_g = run(kd_loss_reference, s, t, labels, grad_out, **kw)
+    out_l, out_g = run(kd_loss, s, t, labels, grad_out, **kw)
+    eag_l, eag_g = run(eager_loss, s, t, labels, grad_out, **kw)
+    el, eg = rel_err(out_l, ref_l), rel_err(out_g, ref_g)
+    eager_el = rel_err(eag_l, ref_l) if torch.isfinite(eag_l).all() else float("inf")
+    eager_eg = rel_err(eag_g, ref_g) if torch.isfinite(eag_g).all() else float("inf")
+    assert el <= max(lf, 2 * eager_el), f"loss error {el:.3g} (eager {eager_el:.3g})"
+    assert eg <= max(gf, 2 * eager_eg), f"grad error {eg:.3g} (eager {eager_eg:.3g})"
+    return el, eg
+
+
+# --- GPU tests -----------------------------------------------------------------------------------
+
+@cuda
+def test_backend_is_fused_cuda():
+    assert kernels.backend("cuda") == "fused-cuda", "CUDA is present but the extension has no CUDA kernels"
+
+
+@cuda
+@pytest.mark.parametrize("V", [1271, 3200, 32003, 128256])
+@pytest.mark.parametrize("divergence", DIVS)
+@pytest.mark.parametrize("alpha", [0.0, 0.3, 1.0])
+def test_vocab_divergence_alpha(V, divergence, alpha):
+    s, t, lab = _inputs(17, V, seed=V)
+    check(s, t, lab, temperature=2.0, alpha=alpha, divergence=divergence)
+
+
+@cuda
+@pytest.mark.parametrize("T", [0.1, 0.5, 1.0, 2.0, 8.0])
+@pytest.mark.parametrize("divergence", DIVS)
+@pytest.mark.parametrize("V", [3200, 32003])
+def test_temperatures(T, divergence, V):
+    s, t, lab = _inputs(33, V, seed=int(T * 10))
+    check(s, t, lab, temperature=T, alpha=0.3, divergence=divergence, beta=0.3)
+
+
+@cuda
+@pytest.mark.parametrize("rows", [1, 2, 7, 64, 1000, 4096])
+@pytest.mark.parametrize("V", [1271, 32003])
+def test_rows(rows, V):
+    if rows * V > 40_000_000:
+        rows = 40_000_000 // V
+    s, t, lab = _inputs(rows, V, seed=rows)
+    check(s, t, lab, temperature=2.0, alpha=0.5)
+
+
+@cuda
+@pytest.mark.parametrize("scale", [1e-3, 10.0, 1e2, 1e4])
+@pytest.mark.parametrize("T", [0.1, 1.0, 8.0])
+@pytest.mark.parametrize("divergence", DIVS)
+def test_large_logits(scale, T, divergence):
+    s, t, lab = _inputs(9, 3203, scale=scale, seed=3)
+    check(s, t, lab, temperature=T, alpha=0.3, divergence=divergence)
+
+
+@cuda
+@pytest.mark.parametrize("reduction", ["batchmean", "sum", "none"])
+@pytest.mark.parametrize("grad_out", [1.0, 0.37, -2.5])
+@pytest.mark.parametrize("divergence", DIVS)
+def test_reductions_and_grad_output(reduction, grad_out, divergence):
+    s, t, lab = _inputs(4 * 5, 1271, seed=11)
+    s, t, lab = s.view(4, 5, -1), t.view(4, 5, -1), lab.view(4, 5)
+    check(s, t, lab, grad_out=grad_out, temperature=2.0, alpha=0.3, divergence=divergence, reduction=reduction)
+
+
+@cuda
+def test_per_row_grad_output_for_reduction_none():
+    s, t, lab = _inputs(12, 32003, seed=5)
+    go = torch.linspace(-1, 2, 12, device="cuda")
+    check(s, t, lab, grad_out=go, temperature=2.0, alpha=0.3, reduction="none")
+
+
+@cuda
+@pytest.mark.parametrize("divergence", DIVS)
+def test_no_labels(divergence):
+    s, t, _ = _inputs(12, 3200, labels=False)
+    check(s, t, None, temperature=2.0, alpha=0.5, divergence=divergence)
+    check(s, t, None, temperature=2.0, alpha=1.0, divergence=divergence, reduction="sum")
+
+
+@cuda
+def test_alpha_zero_without_labels_is_zero():
+    s, t, _ = _inputs(5, 1271, labels=False)
+    out, grad = run(kd_loss, s, t, None, 1.0, temperature=2.0, alpha=0.0)
+    assert float(out) == 0.0 and torch.all(grad == 0)
+
+
+@cuda
+@pytest.mark.parametrize("reduction", ["batchmean", "sum", "none"])
+@pytest.mark.parametrize("V", [1271, 32003])
+def test_every_row_ignored(reduction, V):
+    s, t, _ = _inputs(6, V)
+    lab = torch.full((6,), -100, device="cuda")
+    go = 1.0 if reduction != "none" else torch.ones(6, device="cuda")
+    out, grad = run(kd_loss, s, t, lab, go, temperature=2.0, alpha=0.5, reduction=reduction)
+    assert torch.all(out == 0) and torch.all(grad == 0)
+
+
+@cuda
+def test_custom_ignore_index_rows_get_zero_gradient():
+    s, t, lab = _inputs(10, 3203, ignore_frac=0.0)
+    lab[[1, 4]] = 7
+    out, grad = run(kd_loss, s, t, lab, 1.0, temperature=2.0, alpha=0.5, ignore_index=7)
+    assert torch.all(grad[[1, 4]] == 0) and grad[0].abs().sum() > 0
+    check(s, t, lab, temperature=2.0, alpha=0.5, ignore_index=7)
+
+
+@cuda
+@pytest.mark.parametrize("divergence", DIVS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("V", [3200, 32003])
+def test_neg_inf_teacher_entries(divergence, dtype, V):
+    s, t, lab = _inputs(16, V, dtype=dtype, seed=7)
+    mask = torch.rand(16, V, generator=torch.Generator().manual_seed(1)) < 0.3
+    mask[:, :40] = True           # a masked run at the start of each row (the online max starts at -inf)
+    mask[3, :] = True
+    mask[3, V // 2] = False       # one row with a single finite teacher entry
+    t = t.masked_fill(mask.cuda(), float("-inf"))
+    out, grad = run(kd_loss, s, t, lab, 1.0, temperature=2.0, alpha=0.5, divergence=divergence)
+    assert torch.isfinite(out).all() and torch.isfinite(grad).all()
+    check(s, t, lab, temperature=2.0, alpha=0.5, divergence=divergence)
+
+
+@cuda
+@pytest.mark.parametrize("V", [1271, 32003])
+def test_non_contiguous_inputs(V):
+    base_s, base_t, lab = _inputs(24, V + 5, seed=9)
+    for off_s, off_t in [(0, 0), (1, 3), (2, 2), (5, 0)]:
+        s, t = base_s[:, off_s:off_s + V], base_t[:, off_t:off_t + V]   # row stride V + 5, shifted starts
+        assert not s.is_contiguous()
+        check(s, t, lab.clamp(max=V - 1), temperature=2.0, alpha=0.3)
+    s3 = base_s.view(4, 6, -1)[:, ::2, 1:V + 1]
+    t3 = base_t.view(4, 6, -1)[:, ::2, :V]
+    check(s3, t3, None, temperature=2.0, alpha=1.0, divergence="reverse_kl")
+    s4 = base_s[:, :V].t().contiguous().t()  # column-major: copied by the API, same answer
+    check(s4, base_t[:, :V], lab.clamp(max=V - 1), temperature=2.0, alpha=0.3)
+
+
+@cuda
+@pytest.mark.parametrize("sdt,tdt", list(itertools.product(DTYPES, DTYPES)))
+@pytest.mark.parametrize("divergence", DIVS)
+def test_dtype_pairs(sdt, tdt, divergence):
+    s, t, lab = _inputs(19, 32003, dtype=sdt, tdtype=tdt, seed=13)
+    check(s, t, lab, grad_out=0.5, temperature=2.0, alpha=0.3, divergence=divergence)
+
+
+@cuda
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("divergence", DIVS)
+@pytest.mark.parametrize("V", [1271, 128256])
+def test_low_precision_dtypes(dtype, divergence, V):
+    s, t, lab = _inputs(7, V, dtype=dtype, seed=13)
+    check(s, t, lab, grad_out=0.5, temperature=2.0, alpha=0.3, divergence=divergence)
+
+
+@cuda
+@pytest.mark.parametrize("beta", [0.0, 0.1, 0.5, 0.9, 1.0])
+def test_jsd_beta(beta):
+    s, t, lab = _inputs(8, 3200, seed=2)
+    check(s, t, lab, temperature=1.5, alpha=0.6, divergence="jsd", beta=beta)
+
+
+@cuda
+@pytest.mark.parametrize("divergence", DIVS)
+def test_no_grad_forward_only(divergence):
+    s, t, lab = _inputs(64, 32003, seed=4)
+    with torch.no_grad():
+        out = kd_loss(s, t, lab, temperature=2.0, alpha=0.5, divergence=divergence, reduction="none")
+    ref = kd_loss_reference(s, t, lab, temperature=2.0, alpha=0.5, divergence=divergence, reduction="none")
+    assert rel_err(out, ref) < 2e-5
+
+
+@cuda
+def test_deterministic_and_matches_cpu_kernel():
+    s, t, lab = _inputs(300, 32003, seed=8)
+    a_l, a_g = run(kd_loss, s, t, lab, 1.0, temperature=2.0, alpha=0.3, divergence="jsd")
+    b_l, b_g = run(kd_loss, s, t, lab, 1.0, temperature=2.0, alpha=0.3, divergence="jsd")
+    assert torch.equal(a_l, b_l) and torch.equal(a_g, b_g)  # no races: bit-identical reruns
+    if kernels.backend("cpu") == "fused-cpu":
+        c_l, c_g = run(kd_loss, s.cpu(), t.cpu(), lab.cpu(), 1.0, temperature=2.0, alpha=0.3, divergence="jsd")
+        assert rel_err(a_l.cpu(), c_l) < 2e-5 and rel_err(a_g.cpu(), c_g) < 2e-5
+
+
+@cuda
+def test_side_stream():
+    s, t, lab = _inputs(256, 32003, seed=6)
+    ref_l, ref_g = run(kd_loss_reference, s, t, lab, 1.0, temperature=2.0, alpha=0.3)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        out_l, out_g = run(kd_loss, s, t, lab, 1.0, temperature=2.0, alpha=0.3)
+    torch.cuda.current_stream().wait_stream(stream)
+    assert rel_err(out_l, ref_l) < 2e-5 and rel_err(out_g, ref_g) < 2e-5
+
+
+@cuda
+@pytest.mark.slow
+def test_int64_offsets_beyond_2_pow_31():
+    """rows x V > 2^31 elements: a 32-bit offset would read and write the wrong rows at the end."""
+    V = 32003
+    rows = (2**31) // V + 3
+    need = 3 * rows * V * 2 + (1 << 30)  # bf16 student, teacher, gradient, and slack
+    free, _ = torch.cuda.mem_get_info()
+    if free < need:
+        pytest.skip(f"needs {need / 2**30:.1f} GiB of free GPU memory")
+    g = torch.Generator().manual_seed(0)
+    row_s, row_t = torch.randn(V, generator=g), torch.randn(V, generator=g)
+    last_s, last_t = torch.randn(V, generator=g) * 2, torch.randn(V, generator=g)
+    s = row_s.to(torch.bfloat16).cuda().expand(rows, V).contiguous()
+    t = row_t.to(torch.bfloat16).cuda().expand(rows, V).contiguous()
+    s[-1], t[-1] = last_s.to(torch.bfloat16).cuda(), last_t.to(torch.bfloat16).cuda()
+    lab = torch.zeros(rows, dtype=torch.int64, device="cuda")
+    lab[-1] = V - 1
+    s.requires_grad_(True)
+    out = kd_loss(s, t, lab, temperature=2.0, alpha=0.7, reduction="none")
+    out.backward(torch.ones_like(out))
+    kw = dict(temperature=2.0, alpha=0.7, reduction="none")
+    for i in (0, rows // 2, rows - 1):
+        x = s.detach()[i:i + 1].double().requires_grad_(True)
+        ref = kd_loss_reference(x, t[i:i + 1], lab[i:i + 1], **kw)
+        ref.double().sum().backward()
+        assert abs(float(out[i]) - float(ref[0])) < 2e-5 * abs(float(ref[0])), i
+        assert rel_err(s.grad[i].double(), x.grad[0]) < 8e-3, i
+    del s, t, out
+
+
+# --- the device code, emulated on the host -------------------------------------------------------
+
+_EMU_DT = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
+
+
+@pytest.fixture(scope="module")
+def emu_lib(tmp_path_factory):
+    cxx = shutil.which(os.environ.get("CXX", "g++")) or shutil.which("g++")
+    if cxx is None:
+        pytest.skip("no C++ compiler for the emulated kernel")
+    out = tmp_path_factory.mktemp("kd_emu") / "kd_cuda_emu.so"
+    cmd = [cxx, "-std=c++20", "-O1", "-shared", "-fPIC", "-pthread", "-Wno-unknown-pragmas",
+           f"-I{ROOT / 'csrc'}", str(ROOT / "csrc/cuda/emu/kd_cuda_emu.cpp"), "-o", str(out)]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-4000:]
+    lib = ctypes.CDLL(str(out))
+    f = lib.kd_forward_emu
+    f.restype = ctypes.c_int
+    f.argtypes = [ctypes.c_size_t, ctypes.c_int, ctypes.c_int64, ctypes.c_size_t, ctypes.c_int, ctypes.c_int64,
+                  ctypes.c_size_t, ctypes.c_int64, ctypes.c_int64, ctypes.c_float, ctypes.c_float, ctypes.c_int,
+                  ctypes.c_float, ctypes.c_int64, ctypes.c_float, ctypes.c_size_t, ctypes.c_size_t,
+                  ctypes.c_int64, ctypes.c_int]
+    return f
+
+
+def _emu_case(f, rows, V, sd=torch.float32, td=torch.float32, divergence="forward_kl", alpha=0.5, T=2.0,
+              beta=0.5, labels=True, pad=0, off_s=0, off_t=0, neginf=0.0, grad=True, scale=3.0, grad_scale=1.0,
+              seed=0, grid=3, ignore_frac=0.3):
+    g = torch.Generator().manual_seed(seed)
+    width = V + pad + max(off_s, off_t)
+    s = (torch.randn(rows, width, generator=g) * scale).to(sd)[:, off_s:off_s + V]
+    t = (torch.randn(rows, width, generator=g) * scale).to(td)[:, off_t:off_t + V]
+    if neginf:
+        m = torch.rand(rows, V, generator=g) < neginf
+        m[:, :37] = True
+        t = t.masked_fill(m, float("-inf"))
+    lab = None
+    if labels:
+        lab = torch.randint(0, V, (rows,), generator=g)
+        lab[torch.rand(rows, generator=g) < ignore_frac] = -100
+    loss = torch.full((rows,), float("nan"))
+    gbuf = torch.full((rows, V), float("nan"), dtype=sd) if grad else None
+    rc = f(s.data_ptr(), _EMU_DT[sd], s.stride(0), t.data_ptr(), _EMU_DT[td], t.stride(0),
+           lab.data_ptr() if lab is not None else 0, rows, V, T, alpha, DIVS.index(divergence), beta, -100,
+           grad_scale, loss.data_ptr(), gbuf.data_ptr() if grad else 0, gbuf.stride(0) if grad else 0, grid)
+    assert rc == 0
+    x = s.double().requires_grad_(True)
+    ref = kd_loss_reference(x, t, lab, temperature=T, alpha=alpha, divergence=divergence, beta=beta,
+                            reduction="none")
+    ref.double().sum().backward()
+    assert rel_err(loss, ref.detach()) < 2e-5
+    if grad:
+        assert not torch.isnan(gbuf).any(), "gradient entries left unwritten"
+        assert rel_err(gbuf.double() / grad_scale, x.grad) < (2e-5 if sd == torch.float32 else 8e-3)
+
+
+@pytest.mark.parametrize("V", [1271, 3200])
+@pytest.mark.parametrize("divergence", DIVS)
+@pytest.mark.parametrize("alpha", [0.0, 0.3, 1.0])
+def test_emulated_kernel_vocab_divergence_alpha(emu_lib, V, divergence, alpha):
+    _emu_case(emu_lib, 4, V, divergence=divergence, alpha=alpha, seed=V)
+
+
+@pytest.mark.parametrize("divergence", DIVS)
+def test_emulated_kernel_512_threads(emu_lib, divergence):
+    _emu_case(emu_lib, 3, 32003, divergence=divergence, alpha=0.3, seed=1, grid=2)
+
+
+@pytest.mark.parametrize("T", [0.1, 0.5, 8.0])
+@pytest.mark.parametrize("divergence", DIVS)
+@pytest.mark.parametrize("scale", [3.0, 1e4])
+def test_emulated_kernel_temperature_and_scale(emu_lib, T, divergence, scale):
+    _emu_case(emu_lib, 3, 1271, divergence=divergence, T=T, scale=scale, alpha=0.3, beta=0.3)
+
+
+@pytest.mark.parametrize("sd,td", list(itertools.product(DTYPES, DTYPES)))
+@pytest.mark.parametrize("layout", [dict(), dict(pad=3, off_s=1, off_t=1), dict(pad=4, off_s=2, off_t=0)])
+def test_emulated_kernel_dtypes_and_alignment(emu_lib, sd, td, layout):
+    _emu_case(emu_lib, 5, 1271, sd=sd, td=td, **layout)
+
+
+@pytest.mark.parametrize("divergence", DIVS)
+@pytest.mark.parametrize("case", [
+    dict(V=3200, neginf=0.3), dict(V=3203, neginf=0.3, off_s=2, off_t=2, sd=torch.bfloat16, td=torch.bfloat16),
+    dict(V=1271, grad=False), dict(V=1271, labels=False, grad_scale=0.25), dict(V=5), dict(V=3),
+    dict(V=1271, ignore_frac=1.0, grid=2),
+    dict(V=40000, rows=3, grid=2, off_s=3, off_t=3, pad=1, neginf=0.1, sd=torch.bfloat16, td=torch.float16),
+])
+def test_emulated_kernel_edge_cases(emu_lib, divergence, case):
+    case = dict(case)
+    _emu_case(emu_lib, case.pop("rows", 7), case.pop("V"), divergence=divergence, **case)
