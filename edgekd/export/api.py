@@ -17,7 +17,7 @@ from edgekd.io import write_json
 
 FORMATS = {"onnx": ".onnx", "tflite": ".tflite"}
 QUANTIZE = ("none", "int8-dynamic", "int8")
-PARITY_ROWS = 8
+PARITY_ROWS = 16
 
 
 def default_out(model_dir: Path, fmt: str, quantize: str) -> Path:

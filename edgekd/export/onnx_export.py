@@ -75,8 +75,19 @@ def quantize_onnx(float_path: Path, out_path: Path, mode: str, calib_rows: np.nd
             quantize_dynamic(str(float_path), str(out_path), weight_type=QuantType.QInt8)
             return {"method": "onnxruntime quantize_dynamic (int8 weights, dynamic int8 activations)"}
         reader = type("Reader", (_Batches, CalibrationDataReader), {})(calib_rows.astype(np.int64))
+        head = _output_projection(float_path)
         quantize_static(str(float_path), str(out_path), reader, quant_format=QuantFormat.QDQ,
                         activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True,
-                        op_types_to_quantize=["MatMul", "Gemm"])
+                        op_types_to_quantize=["MatMul", "Gemm"], nodes_to_exclude=head)
         return {"method": "onnxruntime quantize_static QDQ on MatMul/Gemm (per-channel int8 weights, int8 activations, "
-                          "min-max calibration)", "calib_rows": int(calib_rows.shape[0])}
+                          "min-max calibration; output projection kept float)", "calib_rows": int(calib_rows.shape[0]),
+                "float_nodes": head}
+
+
+def _output_projection(path: Path) -> list[str]:
+    """The MatMul/Gemm that writes the logits: int8 there flips near-tied top-1 tokens, so it stays float."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    outputs = {o.name for o in model.graph.output}
+    return [n.name for n in model.graph.node if n.op_type in ("MatMul", "Gemm") and set(n.output) & outputs]
