@@ -39,6 +39,11 @@ class SearchResult:
     def choice_row(self) -> dict:
         return next(r for r in self.table if r["chosen"])
 
+    def student_config(self, teacher_config: Any) -> dict:
+        """The teacher's config dict with the choice applied: `LlamaConfig(**result.student_config(t))`."""
+        base = dict(teacher_config) if isinstance(teacher_config, Mapping) else teacher_config.to_dict()
+        return {**base, **{k: v for k, v in self.choice.items() if k != "precision"}}
+
 
 def _spread(lo: int, hi: int, n: int) -> list[int]:
     """Up to n integers from lo to hi, evenly spaced, always including both ends."""

@@ -48,7 +48,8 @@ def test_search_picks_largest_under_budget(tmp_path):
     assert sum(r["chosen"] for r in res.table) == 1
     assert any(r["params"] > best for r in res.table)  # the budget really excluded bigger ones
     # the choice applies to the teacher's config and predicts what the table says
-    cfg = {**TEACHER, **{k: v for k, v in res.choice.items() if k != "precision"}}
+    cfg = res.student_config(TEACHER)
+    assert "precision" not in cfg and cfg["vocab_size"] == TEACHER["vocab_size"]
     assert lat.predict(cfg, target, 64, res.choice["precision"]).total_ms == pytest.approx(row["predicted_ms"], rel=1e-3)
     # saved artefacts
     assert (tmp_path / "search.png").stat().st_size > 1000
