@@ -43,7 +43,8 @@ def profile_model(model_file: str | Path, device: str = "local", runs: int = 50,
         stats = profile_adb(path, parse_adb_device(device), runs, warmup, threads, benchmark_binary, timeout)
     else:
         raise EdgekdError(f"unknown device {device!r}: use local, ssh://USER@HOST[:PORT] or adb[:SERIAL]")
-    stats.setdefault("size_mb", path.stat().st_size / 1e6)
+    if stats.get("size_mb") is None:
+        stats["size_mb"] = path.stat().st_size / 1e6
     stats["model"] = str(path)
     return {k: stats.get(k) for k in STAT_KEYS} | {k: v for k, v in stats.items() if k not in STAT_KEYS}
 

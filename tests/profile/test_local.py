@@ -94,3 +94,14 @@ def test_summary_statistics_against_numpy():
     assert s["mean_ms"] == pytest.approx(np.mean(xs)) and s["std_ms"] == pytest.approx(np.std(xs))
     assert s["p50_ms"] == pytest.approx(3.5) and s["min_ms"] == 1.0 and s["max_ms"] == 10.0
     assert s["p90_ms"] == pytest.approx(np.percentile(xs, 90)) and s["p99_ms"] == pytest.approx(np.percentile(xs, 99))
+
+
+def test_target_supplies_device_and_threads():
+    from edgekd.profile import target_defaults
+
+    assert target_defaults(None, None, None) == ("local", None)
+    assert target_defaults("android-arm64", None, None) == ("adb", 4)
+    assert target_defaults("android-arm64", "adb:SER", 2) == ("adb:SER", 2)
+    with pytest.raises(EdgekdError, match="--device ssh://"):
+        target_defaults("raspberry-pi-5", None, None)
+    assert target_defaults("raspberry-pi-5", "ssh://pi@rpi", None)[0] == "ssh://pi@rpi"
