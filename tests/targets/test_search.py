@@ -93,3 +93,13 @@ def test_saved_calibration_is_used_by_default():
     cal = search_student(TEACHER, target, 1e9, show=False)
     assert cal.calibrated and not uncal.calibrated
     assert cal.predicted_ms > uncal.predicted_ms
+
+
+def test_ram_limit_applies():
+    target = load_target("raspberry-pi-5")
+    # room for the runtime and a few MB of weights only
+    small = type(target)(target.name, target.description, target.path,
+                         {**target.data, "memory": {**target.memory, "ram_mb": 2 * 22.0}})
+    res = search_student(TEACHER, small, latency_budget_ms=1e9, calibration=False, show=False)
+    assert res.choice_row["peak_mem_mb"] <= 22.0
+    assert any("ram" in r["fails"] for r in res.table)

@@ -105,3 +105,22 @@ def test_cli_list_and_show_and_unknown():
     assert r.returncode == 2 and "unknown target 'nope'" in r.stderr and "Traceback" not in r.stderr
     r = run("list")
     assert r.returncode == 0 and "raspberry-pi-4" in r.stdout
+
+
+def test_host_measurement_is_cached(tmp_path, monkeypatch):
+    """Measured once, then read back from $XDG_CACHE_HOME/edgekd/host.toml; a corrupt cache re-measures."""
+    from edgekd.targets import hostbench
+
+    monkeypatch.undo()  # the real host_facts, with a fake microbenchmark
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    calls = []
+    fake = {"cpu.cores": 4, "cpu.big_cores": 4, "cpu.clock_ghz": 3.0, "cpu.arch": "x86_64", "cpu.simd_width_bits": 256,
+            "cpu.peak_gflops_fp32": 123.0, "cpu.peak_gops_int8": 456.0, "memory.bandwidth_gbs": 7.5,
+            "memory.ram_mb": 1024, "runtime.default_threads": 4}
+    monkeypatch.setattr(hostbench, "measure_host", lambda: calls.append(1) or dict(fake))
+    assert hostbench.host_facts()["cpu.peak_gflops_fp32"] == 123.0
+    assert hostbench.host_cache_file().is_file() and len(calls) == 1
+    t = load_target("host")
+    assert t["cpu.peak_gops_int8"] == 456.0 and t["cpu.arch"] == "x86_64" and len(calls) == 1
+    hostbench.host_cache_file().write_text("this is [not toml")
+    assert hostbench.host_facts()["memory.bandwidth_gbs"] == 7.5 and len(calls) == 2
