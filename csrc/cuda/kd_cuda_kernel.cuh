@@ -9,6 +9,7 @@
 // part most likely still in L2). Nothing of size rows x V is allocated; the gradient is the only such
 // output. Row offsets (r * stride) are int64, so rows * V may exceed 2^31; indices inside a row are
 // int (the host rejects V > 2^30). Arithmetic is float32 (per-row constants in double).
+// The gradient buffer must not alias the inputs (the CE term reads s[y] while pass 3 writes).
 //
 // The includer provides the CUDA types and intrinsics (cuda_runtime.h, cuda_bf16.h, cuda_fp16.h) --
 // or, for the host emulation in csrc/cuda/emu/, a stand-in for them.
