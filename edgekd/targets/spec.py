@@ -74,7 +74,8 @@ def targets_dirs() -> list[Path]:
     if env:
         dirs.append(Path(env))
     pkg = Path(__file__).resolve().parent.parent  # edgekd/
-    dirs.append(pkg.parent / "targets")  # running from a checkout
+    if (pkg.parent / "pyproject.toml").is_file():  # running from a checkout, not site-packages
+        dirs.append(pkg.parent / "targets")
     dirs.append(pkg / "targets_data")  # installed wheel (CMakeLists installs targets/*.toml here)
     return [d for d in dirs if d.is_dir()]
 
