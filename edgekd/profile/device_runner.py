@@ -261,6 +261,18 @@ def _onnx_ops(path: str, threads: int, feeds: dict, runs: int) -> list[dict]:
 
 
 def _peak_rss_mb() -> float:
+    """This process's own high-water RSS.
+
+    Linux carries ru_maxrss over execve from the process that forked us (a parent holding PyTorch
+    and the model would be counted), so VmHWM of the post-exec address space is read first.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except (OSError, ValueError, IndexError):
+        pass
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / 1024.0 / 1024.0 if sys.platform == "darwin" else rss / 1024.0
 
