@@ -63,6 +63,18 @@ def _launch(student: Tensor, teacher: Tensor, labels: Optional[Tensor], temperat
         _C.kd_forward_cpu(*args, torch.get_num_threads())
 
 
+_HUGE_MIN_BYTES = 8 << 20
+
+
+def _new_grad_buffer(like: Tensor) -> Tensor:
+    """An uninitialised gradient buffer; on CPU backed by huge pages where the OS allows it."""
+    buf = torch.empty(like.shape, dtype=like.dtype, device=like.device)
+    nbytes = buf.numel() * buf.element_size()
+    if buf.device.type == "cpu" and nbytes >= _HUGE_MIN_BYTES:
+        _C.advise_hugepages(buf.data_ptr(), nbytes)
+    return buf
+
+
 @torch.library.custom_op("edgekd::kd_rows", mutates_args=())
 def kd_rows(student: Tensor, teacher: Tensor, labels: Optional[Tensor], temperature: float, alpha: float,
             divergence: int, beta: float, ignore_index: int, grad_scale: float,
@@ -70,8 +82,7 @@ def kd_rows(student: Tensor, teacher: Tensor, labels: Optional[Tensor], temperat
     """Per-row KD(+CE) loss [rows] (float32) and grad_scale · d(row loss)/d(student) [rows, V] (or empty)."""
     rows = student.shape[0]
     loss = torch.empty(rows, dtype=torch.float32, device=student.device)
-    grad = torch.empty(student.shape, dtype=student.dtype, device=student.device) if compute_grad else \
-        student.new_empty(0)
+    grad = _new_grad_buffer(student) if compute_grad else student.new_empty(0)
     _launch(student, teacher, labels, temperature, alpha, divergence, beta, ignore_index, grad_scale, loss,
             grad if compute_grad else None)
     return loss, grad

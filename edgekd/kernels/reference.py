@@ -63,9 +63,17 @@ def divergence_rows(s: torch.Tensor, t: torch.Tensor, temperature: float, diverg
         d = term.sum(-1)
     else:
         # log m through logaddexp: m = βp + (1−β)q can underflow where p and q are tiny but not zero.
-        lb, l1b = math.log(beta) if beta > 0 else -math.inf, math.log1p(-beta) if beta < 1 else -math.inf
-        log_m = torch.logaddexp(log_p + lb, log_q + l1b)
-        d = beta * _xlogy_ratio(p, log_p, log_m).sum(-1) + (1.0 - beta) * _xlogy_ratio(q, log_q, log_m).sum(-1)
+        if beta == 1.0:
+            log_m = log_p
+        elif beta == 0.0:
+            log_m = log_q
+        else:
+            log_m = torch.logaddexp(log_p + math.log(beta), log_q + math.log1p(-beta))
+        d = torch.zeros_like(p[..., 0])
+        if beta > 0:  # terms with weight 0 are left out, not multiplied by 0 (0 · inf would be NaN)
+            d = d + beta * _xlogy_ratio(p, log_p, log_m).sum(-1)
+        if beta < 1:
+            d = d + (1.0 - beta) * _xlogy_ratio(q, log_q, log_m).sum(-1)
     return d * (temperature * temperature)
 
 

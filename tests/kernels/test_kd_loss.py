@@ -350,3 +350,12 @@ def test_bench_prints_table_and_writes_json(tmp_path):
     eager = [r for r in case["results"] if r["variant"] == "eager"][0]
     assert fused["floor_ratio"] > 0 and fused["speedup_vs_eager"] > 0
     assert abs(fused["loss"] - eager["loss"]) < 1e-4 * abs(eager["loss"])
+
+
+@pytest.mark.parametrize("beta", [0.0, 1.0])
+def test_jsd_edge_betas_with_masked_teacher(beta):
+    s, t, lab = _inputs(6, 300, seed=2)
+    t[:, ::5] = float("-inf")
+    ref = kd_loss_reference(s, t, lab, temperature=2.0, alpha=0.5, divergence="jsd", beta=beta)
+    assert torch.isfinite(ref)
+    check_against_reference(s, t, lab, temperature=2.0, alpha=0.5, divergence="jsd", beta=beta)
