@@ -174,6 +174,9 @@ def _save_student(student, tokenizer, path: Path) -> None:
         student.save_pretrained(str(tmp), safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp))
+        from edgekd.models.builtin import _make_readable
+
+        _make_readable(Path(tmp))
 
 
 def run(config: DistillConfig | dict) -> Path:

@@ -1,8 +1,10 @@
 """The built-in teacher: a small Llama trained by edgekd on the stdlib corpus from a fixed recipe.
 
 The package ships the result in edgekd/models/builtin_teacher/; `edgekd teacher train` reproduces it.
-Bitwise equality holds on the same machine with the same torch version and thread count (float
-reductions on CPU depend on how work is split across threads); elsewhere the result matches closely.
+The recipe trains on CPU with one thread: bitwise equality holds for the same torch version, thread
+count and CPU kind (float reductions depend on how work is split and vectorised); elsewhere the
+result matches to float tolerance. Validation loss and the hashes of data and tokenizer are recorded
+in recipe.json so a reproduction can be checked.
 """
 
 from __future__ import annotations
@@ -40,6 +42,13 @@ RECIPE = {
     "dtype": "float32",
     "eval_blocks": 64,
 }
+
+
+def _make_readable(d: Path) -> None:
+    """Temporary files are created private; a shipped model must be readable by everyone."""
+    d.chmod(0o755)
+    for f in d.iterdir():
+        f.chmod(0o644)
 
 
 def builtin_teacher_dir() -> Path:
@@ -142,6 +151,7 @@ def train_builtin_teacher(out: str | os.PathLike = BUILTIN_DIR, steps: Optional[
         model.save_pretrained(str(tmp), safe_serialization=True)
         tokenizer.save_pretrained(str(tmp))
         write_json(Path(tmp) / "recipe.json", recipe)
+        _make_readable(Path(tmp))
     if not quiet:
         print(f"built-in teacher written to {out}: validation loss {val_loss:.4f} "
               f"(perplexity {math.exp(val_loss):.1f}) after {r['steps']} steps")
