@@ -43,6 +43,14 @@ def cpu_mask(cores: list[int]) -> str:
     return format(sum(1 << c for c in cores), "x")
 
 
+def default_threads(freqs: dict[int, int]) -> int:
+    """Every core faster than the little cluster (prime + performance cores); all cores if uniform."""
+    if not freqs:
+        return 4
+    little = min(freqs.values())
+    return sum(1 for f in freqs.values() if f > little) or len(freqs)
+
+
 def benchmark_args(binary: str, graph: str, threads: int, runs: int, warmup: int) -> list[str]:
     return [binary, f"--graph={graph}", f"--num_threads={threads}", f"--num_runs={runs}",
             f"--warmup_runs={warmup}", "--enable_op_profiling=true"]
@@ -168,7 +176,7 @@ def profile_adb(model_file: Path, serial: str | None, runs: int, warmup: int, th
                           f"android_aarch64_benchmark_model and pass its path")
     label = f"adb:{serial}" if serial else "adb"
     freqs = parse_cpu_freqs(_adb([*adb_base(serial), "shell", FREQ_SCRIPT], 30).stdout)
-    n = threads or max(1, sum(1 for f in freqs.values() if f == max(freqs.values(), default=0)))
+    n = threads or default_threads(freqs)
     cores = pick_big_cores(freqs, n) if freqs else list(range(n))
     cmds = build_commands(str(model_file), serial, cpu_mask(cores), n, runs, warmup, benchmark_binary)
     try:

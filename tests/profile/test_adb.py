@@ -30,6 +30,10 @@ def test_big_core_mask_from_sysfs_listing():
     from edgekd.profile.device_runner import pick_big_cores
 
     assert cpu_mask(pick_big_cores(freqs, 4)) == "f0"
+    from edgekd.profile.adb import default_threads
+
+    assert default_threads(freqs) == 4  # 3 performance + 1 prime core, not the 4 little ones
+    assert default_threads({0: 1000, 1: 1000}) == 2
     assert cpu_mask([0]) == "1" and cpu_mask([0, 1, 2, 3, 4, 5, 6, 7]) == "ff"
 
 
