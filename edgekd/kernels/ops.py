@@ -166,18 +166,30 @@ def kd_loss(student_logits: Tensor, teacher_logits: Tensor, labels: Optional[Ten
     rows = s.shape[0]
     lab = _prepare_labels(labels, rows, V, ignore_index)
     compute_grad = torch.is_grad_enabled() and student_logits.requires_grad
-    count = None
-    grad_scale = 1.0
-    if reduction == "batchmean":
-        if lab is None:
-            count = rows
-        elif not torch.compiler.is_compiling():
-            count = int((lab != ignore_index).sum())
-        if count is not None:
-            grad_scale = 1.0 / max(count, 1)
+    count, grad_scale = _batchmean_scale(lab, rows, ignore_index, reduction)
     row_loss, _ = torch.ops.edgekd.kd_rows(s, t, lab, float(temperature), float(alpha),
                                            _DIVERGENCES[divergence], float(beta), int(ignore_index),
                                            grad_scale, compute_grad)
+    return _reduce(row_loss, lead, reduction, count, grad_scale, lab, ignore_index)
+
+
+def _batchmean_scale(lab: Optional[Tensor], rows: int, ignore_index: int, reduction: str):
+    """(counted rows, 1/count) for batchmean, so the kernel writes the final gradient; (None, 1) otherwise.
+
+    Under torch.compile the count stays a tensor (no graph break) and backward does the scaling.
+    """
+    if reduction != "batchmean":
+        return None, 1.0
+    if lab is None:
+        count = rows
+    elif torch.compiler.is_compiling():
+        return None, 1.0
+    else:
+        count = int((lab != ignore_index).sum())
+    return count, 1.0 / max(count, 1)
+
+
+def _reduce(row_loss: Tensor, lead, reduction: str, count, grad_scale: float, lab, ignore_index: int) -> Tensor:
     if reduction == "none":
         return row_loss.reshape(lead)
     if reduction == "sum":
@@ -309,21 +321,10 @@ def fused_linear_kd_loss(student_hidden: Tensor, student_weight: Tensor, teacher
     lab = _prepare_labels(labels, rows, V, ignore_index)
     compute_grad = torch.is_grad_enabled() and any(
         x is not None and x.requires_grad for x in (student_hidden, student_weight, student_bias))
-    count, grad_scale = None, 1.0
-    if reduction == "batchmean":
-        count = rows if lab is None else (None if torch.compiler.is_compiling()
-                                          else int((lab != ignore_index).sum()))
-        if count is not None:
-            grad_scale = 1.0 / max(count, 1)
+    count, grad_scale = _batchmean_scale(lab, rows, ignore_index, reduction)
     chunk = int(chunk_size) if chunk_size else _default_chunk(rows, V)
     row_loss = torch.ops.edgekd.linear_kd_rows(
         hs, student_weight, student_bias, ht, teacher_weight.detach(),
         None if teacher_bias is None else teacher_bias.detach(), lab, float(temperature), float(alpha),
         _DIVERGENCES[divergence], float(beta), int(ignore_index), grad_scale, chunk, compute_grad)[0]
-    if reduction == "none":
-        return row_loss.reshape(lead)
-    if reduction == "sum":
-        return row_loss.sum()
-    if count is not None:
-        return row_loss.sum() * grad_scale
-    return row_loss.sum() / (lab != ignore_index).sum().clamp(min=1)
+    return _reduce(row_loss, lead, reduction, count, grad_scale, lab, ignore_index)
