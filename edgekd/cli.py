@@ -88,6 +88,8 @@ def distill(
 ) -> None:
     """Distill the teacher into a student, train the scratch baseline, evaluate both, write the run."""
     from edgekd.distill import DistillConfig, run
+    if target and student is None:  # the one-command job: search -> distill -> export -> profile -> report
+        from edgekd.pipeline import distill_for_target as run
 
     temp = temperature if temperature == "auto" else _float_option("--temperature", temperature)
     run(DistillConfig(teacher=teacher, data=data, student=student, steps=steps, out=out, resume=resume,
