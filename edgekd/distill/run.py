@@ -183,7 +183,7 @@ def run(config: DistillConfig | dict) -> Path:
     """Run a distillation job and return its run directory (complete only when this returns)."""
     from edgekd.distill.evaluate import evaluate, temperature_examples
     from edgekd.distill.objective import build_response_loss, ce_loss, scratch_objective
-    from edgekd.distill.trainer import TrainConfig, Trainer
+    from edgekd.distill.trainer import Trainer
     from edgekd.models.loading import load_model
     from edgekd.models.students import (build_student, check_tokenizers_agree, count_params, size_mb,
                                         student_config_from)
@@ -236,54 +236,112 @@ def run(config: DistillConfig | dict) -> Path:
         temperature = math.log2(max(t_params / s_params, 1.0)) + 1.0
     temperature = float(temperature)
     steps = cfg.steps or DEFAULT_STEPS
-    train_cfg = TrainConfig(steps=steps, batch_size=cfg.batch_size, micro_batch_size=cfg.micro_batch_size,
-                            lr=cfg.lr, warmup_steps=cfg.warmup_steps if cfg.warmup_steps is not None else max(1, steps // 10),
-                            checkpoint_every=cfg.checkpoint_every or max(1, steps // 4), seed=cfg.seed, bf16=cfg.bf16)
+    train_cfg = _train_config(cfg, steps)
+    scheme_kw, run_opts = _split_scheme_config(cfg)
+    train_stream = data.stream_factory()
+    sequence_info = None
+    if cfg.scheme == "sequence":
+        train_stream, sequence_info = _sequence_stream(cfg, run_opts, teacher, tokenizer, kind, data, out, rank, world)
+    stage_cfgs = [s_cfg]
+    if cfg.scheme == "progressive":
+        stage_cfgs = _progressive_configs(run_opts.get("sizes"), teacher, s_cfg)
+        if steps < len(stage_cfgs):
+            raise EdgekdError(f"scheme 'progressive' has {len(stage_cfgs)} stages but only {steps} steps: "
+                              f"give at least one step per stage")
+    stage_steps = [steps // len(stage_cfgs)] * len(stage_cfgs)
+    stage_steps[-1] += steps - sum(stage_steps)
     resolved = asdict(cfg)
     resolved.update({"out": str(out), "steps": steps, "temperature": temperature, "temperature_requested": cfg.temperature,
                      "loss": loss_spec, "kind": kind, "seq_len": data.seq_len, "world_size": world,
                      "student_config": s_cfg.to_dict(), "train": asdict(train_cfg), "data_hash": data.digest,
                      "teacher_params": t_params, "student_params": s_params, "resume": False})
+    if cfg.scheme == "progressive":
+        resolved["progressive"] = {"stages": [{"config": _arch(c), "steps": n} for c, n in zip(stage_cfgs, stage_steps)]}
+    if sequence_info is not None:
+        resolved["sequence"] = sequence_info
+    if "cache" in scheme_kw:
+        resolved["teacher_cache"] = {"path": str(scheme_kw["cache"]),
+                                     "built": not (Path(scheme_kw["cache"]) / "index.json").is_file()}
     if rank == 0 and not cfg.resume:
         write_json(out / "config.json", resolved)
 
-    # --- distill ---
+    # --- distill: one stage, or a progressive chain of stages each taught by the previous model ---
     causal = kind == "lm"
-    scheme = _build_scheme(cfg, teacher, student, device)
-    t_cfg = getattr(scheme, "teacher_config", None) or teacher.config
-    loss_fn = build_response_loss(loss_spec, s_cfg, t_cfg, temperature=temperature, alpha=cfg.alpha,
-                                  impl=cfg.loss_impl, causal=causal, student_params=s_params,
-                                  teacher_params=t_params).to(device)
-    if scheme is not None and hasattr(scheme, "loss_fn"):
-        scheme.loss_fn = loss_fn  # the teacher then produces exactly what the loss reads
-    needs_h = bool(getattr(loss_fn, "needs_hidden_states", False))
-    needs_a = bool(getattr(loss_fn, "needs_attentions", False))
-    trainer_box: dict = {}
-
-    def distill_objective(batch):
-        s_out = _forward(trainer_box["t"].ddp_model, batch, loss_fn, needs_h, needs_a)
-        with torch.no_grad():
-            t_out = scheme.teacher_outputs(batch, s_out) if scheme is not None else \
-                _forward(teacher, batch, loss_fn, needs_h, needs_a)
-        total, parts = loss_fn(s_out, t_out, batch["labels"], attention_mask=batch.get("attention_mask"))
-        parts = dict(parts or {})
-        if getattr(s_out, "logits", None) is not None:
-            parts["ce"] = ce_loss(s_out.logits.detach(), batch["labels"], causal)
-        return total, parts
-
-    extra = list(loss_fn.parameters())
-    if scheme is not None and hasattr(scheme, "extra_parameters"):
-        extra += list(scheme.extra_parameters())
     ckpts = out / "checkpoints"
+    trainers: list = []
+
+    def distill_stage(stage_teacher, stage_student, stage_cfg, n_steps, stream, ckpt_dir, label, options):
+        if "cache" in options:
+            options = {**options, "cache_data": stream}  # built from this stream where missing, else checked
+        cache_sync = "cache" in options and world > 1
+        if cache_sync and rank != 0:
+            _barrier()  # rank 0 builds the teacher cache first
+        scheme = _build_scheme(cfg, stage_teacher, stage_student, device, options)
+        if cache_sync and rank == 0:
+            _barrier()
+        t_cfg = getattr(scheme, "teacher_config", None) or stage_teacher.config
+        loss_fn = build_response_loss(loss_spec, stage_cfg, t_cfg, temperature=temperature, alpha=cfg.alpha,
+                                      impl=cfg.loss_impl, causal=causal, student_params=count_params(stage_student),
+                                      teacher_params=count_params(stage_teacher)).to(device)
+        if scheme is not None and hasattr(scheme, "loss_fn"):
+            scheme.loss_fn = loss_fn  # the teacher then produces exactly what the loss reads
+        needs_h = bool(getattr(loss_fn, "needs_hidden_states", False))
+        needs_a = bool(getattr(loss_fn, "needs_attentions", False))
+        box: dict = {}
+
+        def distill_objective(batch):
+            s_out = _forward(box["t"].ddp_model, batch, loss_fn, needs_h, needs_a)
+            with torch.no_grad():
+                t_out = scheme.teacher_outputs(batch, s_out) if scheme is not None else \
+                    _forward(stage_teacher, batch, loss_fn, needs_h, needs_a)
+            total, parts = loss_fn(s_out, t_out, batch["labels"], attention_mask=batch.get("attention_mask"))
+            parts = dict(parts or {})
+            if getattr(s_out, "logits", None) is not None:
+                parts["ce"] = ce_loss(s_out.logits.detach(), batch["labels"], causal)
+            return total, parts
+
+        extra = list(loss_fn.parameters())
+        if scheme is not None and hasattr(scheme, "extra_parameters"):
+            extra += list(scheme.extra_parameters())
+        tr = Trainer(stage_student, distill_objective, stream, _train_config(cfg, n_steps), ckpt_dir, kind=kind,
+                     extra_params=extra, scheme=scheme, label=label, quiet=cfg.quiet, device=device)
+        box["t"] = tr
+        if cfg.resume:
+            tr.resume()
+        tr.train()
+        trainers.append(tr)
+        return tr
+
     t0 = time.time()
-    tr = Trainer(student, distill_objective, data.stream_factory(), train_cfg, ckpts / "distill", kind=kind,
-                 extra_params=extra, scheme=scheme, label="distill", quiet=cfg.quiet, device=device)
-    trainer_box["t"] = tr
-    if cfg.resume:
-        tr.resume()
-    tr.train()
+    if cfg.scheme == "progressive":
+        from edgekd.distill.schemes import progressive_chain
+
+        n_stages, init_box = len(stage_cfgs), []
+
+        def train_stage(stage_teacher, stage_cfg):
+            i = len(trainers)
+            last = i == n_stages - 1
+            m, info = build_student(stage_teacher, stage_cfg, calib, init=cfg.student_init, seed=cfg.seed)
+            m.to(device)
+            # the chain walks the training stream on, so over all stages it sees the scratch baseline's batches
+            stream = data.stream_factory(sum(stage_steps[:i]))
+            ckpt_dir = ckpts / ("distill" if last else f"distill-stage{i + 1}")
+            distill_stage(stage_teacher, m, stage_cfg, stage_steps[i], stream, ckpt_dir, f"distill {i + 1}/{n_stages}",
+                          scheme_kw if i == 0 else {})  # a teacher cache serves the first stage, the real teacher's
+            init_box.append(info)
+            return m
+
+        chain = progressive_chain(teacher, [c.to_dict() for c in stage_cfgs], train_stage)
+        student, init_info = chain[-1], init_box[-1]
+        history, offset = [], 0
+        for i, tr in enumerate(trainers):
+            history += [{**h, "step": h["step"] + offset, "stage": i + 1} for h in tr.history]
+            offset += tr.cfg.steps
+    else:
+        chain = [student]
+        history = distill_stage(teacher, student, s_cfg, steps, train_stream, ckpts / "distill", "distill", scheme_kw).history
     timings["distill"] = time.time() - t0
-    histories = {"distilled": tr.history}
+    histories = {"distilled": history}
     if rank == 0:
         _save_student(student, tokenizer, out / "student")
 
@@ -314,6 +372,7 @@ def run(config: DistillConfig | dict) -> Path:
     models = {"student": student}
     if scratch is not None:
         models["scratch"] = scratch
+    models.update({f"stage{i + 1}": m for i, m in enumerate(chain[:-1])})
     evals = evaluate(models, teacher, data.eval_batches, kind, device)
     timings["eval"] = time.time() - t0
     temps = temperature_examples(teacher, data.val_blocks.to(device), tokenizer) if kind == "lm" else []
@@ -325,6 +384,15 @@ def run(config: DistillConfig | dict) -> Path:
     rep = build_report(config=resolved, evals=evals, sizes=sizes, histories=histories, temperature_examples=temps,
                        init_info=init_info, student_config=s_cfg.to_dict(), timings=timings)
     rep["kind"] = kind
+    if cfg.scheme == "progressive":
+        rep["distillation"]["stages"] = [
+            {"stage": i + 1, "config": _arch(m.config), "params": count_params(m), "steps": tr.cfg.steps,
+             "eval_loss": evals["student" if m is student else f"stage{i + 1}"]["eval_loss"],
+             "final_train_loss": tr.history[-1]["loss"] if tr.history else None}
+            for i, (m, tr) in enumerate(zip(chain, trainers))]
+    for key in ("sequence", "teacher_cache"):
+        if key in resolved:
+            rep["distillation"][key] = resolved[key]
     if cfg.export:
         t0 = time.time()
         from edgekd.export import export_and_profile_run
@@ -375,7 +443,7 @@ class _Offline:
         return []
 
 
-def _build_scheme(cfg: DistillConfig, teacher, student, device):
+def _build_scheme(cfg: DistillConfig, teacher, student, device, options: Optional[dict] = None):
     try:
         from edgekd.distill.schemes import build_scheme
     except ImportError:
@@ -390,4 +458,132 @@ def _build_scheme(cfg: DistillConfig, teacher, student, device):
 
         m, _, _ = load_model(extra)
         teachers.append(m.to(device).eval())
-    return build_scheme(cfg.scheme, teachers=teachers, student=student, **(cfg.scheme_config or {}))
+    return build_scheme(cfg.scheme, teachers=teachers, student=student,
+                        **((cfg.scheme_config or {}) if options is None else options))
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    dist.barrier()
+
+
+def _train_config(cfg: DistillConfig, steps: int):
+    from edgekd.distill.trainer import TrainConfig
+
+    return TrainConfig(steps=steps, batch_size=cfg.batch_size, micro_batch_size=cfg.micro_batch_size, lr=cfg.lr,
+                       warmup_steps=cfg.warmup_steps if cfg.warmup_steps is not None else max(1, steps // 10),
+                       checkpoint_every=cfg.checkpoint_every or max(1, steps // 4), seed=cfg.seed, bf16=cfg.bf16)
+
+
+# scheme_config keys the run itself reads (the rest go to the scheme: e.g. offline's cache, cache_k)
+RUN_OPTIONS = {"progressive": ("sizes",),
+               "sequence": ("num_prompts", "prompt_len", "max_new_tokens", "do_sample", "seed")}
+
+
+def _split_scheme_config(cfg: DistillConfig) -> tuple[dict, dict]:
+    """(options for the scheme object, options the run reads)."""
+    kw = dict(cfg.scheme_config or {})
+    if "cache_data" in kw:
+        raise EdgekdError("scheme option 'cache_data' is set by the run (its training data): give only 'cache' and 'cache_k'")
+    run_opts = {k: kw.pop(k) for k in RUN_OPTIONS.get(cfg.scheme, ()) if k in kw}
+    return kw, run_opts
+
+
+_ARCH_KEYS = ("num_hidden_layers", "hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads",
+              "head_dim")
+
+
+def _arch(config) -> dict:
+    return {k: getattr(config, k) for k in _ARCH_KEYS if getattr(config, k, None) is not None}
+
+
+def _progressive_configs(sizes, teacher, student_config) -> list:
+    """The chain's stage configs: the intermediate `sizes` (config overrides, each applied to the previous
+    stage's config; default: one stage halfway between teacher and student), then the run's student.
+    Checked before any training: every stage has fewer parameters and no more layers than the one before."""
+    from edgekd.distill.schemes import _params_of, halfway_sizes, shrunk_config
+
+    teacher_config = teacher.config
+    if sizes is None:
+        sizes = halfway_sizes(teacher, student_config)
+    if not isinstance(sizes, list) or not all(isinstance(o, dict) for o in sizes):
+        raise EdgekdError(f"scheme 'progressive': sizes must be a list of config overrides, one per intermediate "
+                          f"stage (e.g. [{{\"num_hidden_layers\": 3}}]), got {sizes!r}")
+    configs, prev = [], teacher_config
+    for overrides in sizes:
+        prev = shrunk_config(prev, overrides)
+        configs.append(prev)
+    configs.append(student_config)
+    prev = teacher_config
+    for n, c in enumerate(configs, 1):
+        have, want = _params_of(type(teacher), prev), _params_of(type(teacher), c)
+        if want >= have or c.num_hidden_layers > prev.num_hidden_layers:
+            raise EdgekdError(f"scheme 'progressive': stage {n} ({want} parameters, {c.num_hidden_layers} layers) is "
+                              f"not smaller than the model before it ({have}, {prev.num_hidden_layers} layers): "
+                              f"each stage must shrink (the last stage is the run's student)")
+        prev = c
+    return configs
+
+
+def _positive_int(name: str, v) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise EdgekdError(f"scheme 'sequence': {name} must be a positive integer, got {v!r}")
+    return v
+
+
+def _sequence_stream(cfg: DistillConfig, opts: dict, teacher, tokenizer, kind: str, data: "_Data", out: Path,
+                     rank: int, world: int):
+    """Sequence-level KD data (Kim & Rush, 2016): the teacher's continuations (greedy, or seeded sampling) of
+    `num_prompts` prompts of `prompt_len` tokens cut from random training blocks, joined with EOS into the
+    BlockStream the student trains on (labels on every token: the prompts are real training text).
+
+    The student keeps the run's loss on those blocks: with the default 'kd' loss that is word-level KD
+    against the teacher's logits on the generated text on top of the sequence-level data, and with
+    alpha = 0 it is the hard-label CE on the generations alone (pure sequence-level KD). The scratch
+    baseline trains on the original corpus: what one gets without the teacher. The sequences are saved
+    to RUN/sequences.safetensors (tokens, offsets, prompt_lengths) and read back from there on --resume."""
+    from safetensors.torch import load_file, save_file
+
+    from edgekd.data.batching import BlockStream
+    from edgekd.distill.schemes import SequenceData, generate_sequence_data
+    from edgekd.io import atomic_path
+
+    if kind != "lm":
+        raise EdgekdError("scheme 'sequence' trains on the teacher's generations: it needs a causal LM teacher, "
+                          "not a classifier")
+    num = _positive_int("num_prompts", opts.get("num_prompts", 64))
+    plen = _positive_int("prompt_len", opts.get("prompt_len", min(32, max(1, data.seq_len // 2))))
+    new = _positive_int("max_new_tokens", opts.get("max_new_tokens", 64))
+    do_sample = bool(opts.get("do_sample", False))
+    seed = int(opts.get("seed", cfg.seed))
+    blocks = data.stream_factory().blocks
+    plen = min(plen, blocks.shape[1])
+    path = out / "sequences.safetensors"
+    if cfg.resume and path.is_file():
+        saved = load_file(str(path))
+        offsets = saved["offsets"].tolist()
+        seqs = SequenceData([saved["tokens"][a:b] for a, b in zip(offsets, offsets[1:])],
+                            saved["prompt_lengths"].tolist())
+    else:
+        g = torch.Generator().manual_seed(seed)
+        pick = torch.randperm(blocks.shape[0], generator=g)[:num]
+        seqs = generate_sequence_data(teacher, [blocks[i, :plen] for i in pick.tolist()], max_new_tokens=new,
+                                      do_sample=do_sample, seed=seed)
+        if rank == 0:
+            lengths = torch.tensor([0] + [len(x) for x in seqs.sequences], dtype=torch.int64)
+            with atomic_path(path) as tmp:
+                save_file({"tokens": torch.cat(seqs.sequences).contiguous(), "offsets": lengths.cumsum(0),
+                           "prompt_lengths": torch.tensor(seqs.prompt_lengths, dtype=torch.int64)}, str(tmp))
+    eos = tokenizer.eos_token_id if tokenizer is not None and tokenizer.eos_token_id is not None else \
+        teacher.config.eos_token_id
+    if isinstance(eos, (list, tuple)):
+        eos = eos[0]
+    tokens = seqs.tokens(int(eos))
+    if tokens.numel() < data.seq_len:
+        raise EdgekdError(f"scheme 'sequence': the teacher generated {tokens.numel()} tokens, fewer than one block of "
+                          f"{data.seq_len}: raise num_prompts or max_new_tokens, or lower --seq-len")
+    info = {"num_sequences": len(seqs), "prompt_len": plen, "max_new_tokens": new, "do_sample": do_sample,
+            "seed": seed, "generated_tokens": sum(len(seqs.continuation(i)) for i in range(len(seqs))),
+            "train_tokens": int(tokens.numel()), "path": str(path)}
+    return BlockStream(tokens, data.seq_len, cfg.batch_size, cfg.seed, rank, world), info

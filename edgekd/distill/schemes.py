@@ -560,6 +560,37 @@ def progressive_chain(teacher: nn.Module, sizes: list[dict],
     return chain
 
 
+def halfway_sizes(teacher: nn.Module, student_config) -> list[dict]:
+    """The default intermediate stage of a progressive chain: depth (rounded up), heads, FFN and hidden
+    size halfway between teacher and student, as config overrides of the teacher's config; [] where
+    that model does not lie strictly between the two in parameters."""
+    t, s = unwrap(teacher).config, student_config
+    mid = lambda a, b: (a + b) // 2  # noqa: E731
+    o = {"num_hidden_layers": mid(t.num_hidden_layers + 1, s.num_hidden_layers)}
+    if hasattr(t, "intermediate_size"):
+        o["intermediate_size"] = mid(t.intermediate_size, s.intermediate_size)
+    heads = getattr(t, "num_attention_heads", None)
+    if heads:
+        h = mid(heads, s.num_attention_heads)
+        o["num_attention_heads"] = h
+        if getattr(t, "num_key_value_heads", None):
+            kv = max(1, mid(t.num_key_value_heads, getattr(s, "num_key_value_heads", None) or s.num_attention_heads))
+            while h % kv:
+                kv -= 1
+            o["num_key_value_heads"] = kv
+        t_hd = getattr(t, "head_dim", None) or t.hidden_size // heads
+        s_hd = getattr(s, "head_dim", None) or s.hidden_size // s.num_attention_heads
+        if t_hd == s_hd:  # keep the head size, so heads copy over from the previous stage
+            o["hidden_size"] = h * t_hd
+        else:
+            o["hidden_size"] = max(h, mid(t.hidden_size, s.hidden_size) // h * h)
+    else:
+        o["hidden_size"] = mid(t.hidden_size, s.hidden_size)
+    cls = type(unwrap(teacher))
+    sizes = [_params_of(cls, c) for c in (t, shrunk_config(t, o), s)]
+    return [o] if sizes[0] > sizes[1] > sizes[2] else []
+
+
 @register_scheme("progressive")
 class ProgressiveScheme(OfflineScheme):
     """One stage of a progressive chain is an offline distillation; `chain` drives the whole chain."""
