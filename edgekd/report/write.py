@@ -122,6 +122,24 @@ def render_markdown(rep: dict, kind: str = "lm") -> str:
     if init.get("method") == "teacher":
         lines += [f"The student was initialised from the teacher: layers {init.get('layers')} (every k-th), "
                   f"{init.get('hidden_kept')} hidden channels kept by measured activation magnitude.", ""]
+    if d.get("stages"):
+        lines += ["## Progressive stages", "", "Each stage was distilled from the one before it (the first from the "
+                  "teacher); the last is the student.", "",
+                  "| stage | layers | hidden | FFN | params | steps | held-out loss |", "|---:|---:|---:|---:|---:|---:|---:|"]
+        for st in d["stages"]:
+            c = st.get("config", {})
+            lines.append(f"| {st.get('stage')} | {_fmt(c.get('num_hidden_layers'))} | {_fmt(c.get('hidden_size'))} | "
+                         f"{_fmt(c.get('intermediate_size'))} | {st.get('params', 0):,} | {st.get('steps')} | "
+                         f"{_fmt(st.get('eval_loss'))} |")
+        lines.append("")
+    seq = d.get("sequence")
+    if seq:
+        lines += [f"Sequence-level KD: the student trained on the teacher's continuations of {seq.get('num_sequences')} "
+                  f"training prompts ({seq.get('generated_tokens')} generated tokens, {seq.get('train_tokens')} "
+                  f"training tokens with the prompts).", ""]
+    cache = d.get("teacher_cache")
+    if cache:
+        lines += [f"Teacher top-k cache: `{cache.get('path')}` ({'built by this run' if cache.get('built') else 'reused'}).", ""]
     lat = rep.get("latency") or {}
     if lat.get("measured"):
         lines += ["## Latency", "", "| device | format | p50 (ms) | p90 (ms) |", "|---|---|---:|---:|"]

@@ -42,6 +42,7 @@ def test_progressive_run_is_a_chain_of_shrinking_students(teacher_dir, text_dir,
         assert getattr(m.config, k) == v and stages[-1]["config"][k] == v
     assert [s["config"] for s in cfg["progressive"]["stages"]] == [s["config"] for s in stages]
     assert (out / "checkpoints" / "distill-stage1").is_dir() and (out / "checkpoints" / "distill").is_dir()
+    assert "## Progressive stages" in (out / "report.md").read_text()
 
 
 def test_progressive_explicit_sizes_and_bad_sizes(teacher_dir, text_dir, tmp_path):
@@ -90,6 +91,7 @@ def test_sequence_run_trains_on_the_teacher_generations(teacher_dir, text_dir, t
     rep, cfg = _report(out)
     info = rep["distillation"]["sequence"]
     assert info == cfg["sequence"] and info["num_sequences"] == 4 and 0 < info["generated_tokens"] <= 4 * 12
+    assert f"{info['generated_tokens']} generated tokens" in (out / "report.md").read_text()
     saved = load_file(out / "sequences.safetensors")
     offsets = saved["offsets"].tolist()
     seqs = [saved["tokens"][a:b] for a, b in zip(offsets, offsets[1:])]
@@ -125,3 +127,25 @@ def test_offline_cache_is_built_by_the_first_run_and_reused_by_the_next(teacher_
     h2 = json.loads(sorted((out2 / "checkpoints" / "distill").glob("step_*"))[-1].joinpath("trainer.json").read_text())
     assert [h["loss"] for h in h1["history"]] == [h["loss"] for h in h2["history"]]
     assert rep1["student"]["eval_loss"] == rep2["student"]["eval_loss"]
+
+
+def test_progressive_run_resumes_mid_chain_to_the_same_student(teacher_dir, text_dir, tmp_path, monkeypatch):
+    from edgekd.distill import trainer as trainer_mod
+
+    kw = dict(steps=4, scheme="progressive", scratch=False, checkpoint_every=1)
+    whole = run(_cfg(teacher_dir, text_dir, tmp_path / "whole", **kw))
+    orig = trainer_mod.Trainer.train_step
+
+    def boom(self):
+        if self.label == "distill 2/2" and self.step == 1:
+            raise KeyboardInterrupt("injected")
+        return orig(self)
+
+    monkeypatch.setattr(trainer_mod.Trainer, "train_step", boom)
+    with pytest.raises(KeyboardInterrupt):
+        run(_cfg(teacher_dir, text_dir, tmp_path / "cut", **kw))
+    monkeypatch.setattr(trainer_mod.Trainer, "train_step", orig)
+    cut = run(DistillConfig(out=str(tmp_path / "cut"), resume=True, quiet=True))
+    a, b = load_file(whole / "student" / "model.safetensors"), load_file(cut / "student" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert _report(whole)[0]["distillation"]["stages"] == _report(cut)[0]["distillation"]["stages"]
