@@ -77,6 +77,10 @@ def distill(
     alpha: float = typer.Option(0.5, help="Weight of the distillation term against hard-label CE, in [0, 1]."),
     loss: Optional[str] = typer.Option(None, help="Loss spec: JSON list, path to a .json, or names joined by '+'."),
     scheme: str = typer.Option("offline", help="offline | online | self | multi_teacher | progressive | sequence"),
+    scheme_config: Optional[str] = typer.Option(
+        None, "--scheme-config",
+        help='Scheme options as JSON or a .json file, e.g. \'{"cache": "teacher-cache", "cache_k": 32}\' (offline), '
+             '\'{"sizes": [{"num_hidden_layers": 3}]}\' (progressive), \'{"num_prompts": 256}\' (sequence).'),
     seed: int = typer.Option(0, help="Random seed."),
     target: Optional[str] = typer.Option(None, help="Edge target name (see `edgekd targets list`)."),
     latency_budget: Optional[float] = typer.Option(None, "--latency-budget", help="Latency budget in ms."),
@@ -95,7 +99,23 @@ def distill(
     run(DistillConfig(teacher=teacher, data=data, student=student, steps=steps, out=out, resume=resume,
                       temperature=temp, alpha=alpha, loss=loss, scheme=scheme, seed=seed, target=target,
                       latency_budget_ms=latency_budget, device=device, batch_size=batch_size, seq_len=seq_len,
-                      lr=lr, quiet=quiet))
+                      lr=lr, quiet=quiet, scheme_config=_json_option("--scheme-config", scheme_config)))
+
+
+def _json_option(name: str, value: Optional[str]) -> dict:
+    import json
+    from pathlib import Path
+
+    if not value:
+        return {}
+    text = Path(value).read_text() if value.endswith(".json") and Path(value).is_file() else value
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise EdgekdError(f"{name}: not valid JSON ({e.msg} at column {e.colno}); give an object or a .json file") from None
+    if not isinstance(obj, dict):
+        raise EdgekdError(f"{name}: expected a JSON object, got {type(obj).__name__}")
+    return obj
 
 
 def _float_option(name: str, value: str) -> float:
