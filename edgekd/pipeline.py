@@ -23,6 +23,8 @@ from edgekd.io import write_json, write_text
 
 # Defaults of the job, tuned so `edgekd distill --target android-arm64` ends within ~8 minutes on an
 # idle 2-core machine (see the report's timings_s.job for the CPU seconds of each phase).
+# 150 steps: on an idle 2 cores a distill step takes ~0.45 s and a scratch step ~0.26 s, so training is
+# ~2 min and the whole job ~3; the engine's 300 would be ~4.5 min, too close to 10 on a slower box.
 JOB_STEPS = 150          # training steps, for the distilled student and again for the scratch baseline
 EXPORT_SEQ_LEN = 64      # the exported (static) sequence length = the one the latency budget is for
 PROFILE_RUNS = 20        # timed runs per exported file
