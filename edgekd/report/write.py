@@ -142,9 +142,11 @@ def render_markdown(rep: dict, kind: str = "lm") -> str:
         lines += [f"Teacher top-k cache: `{cache.get('path')}` ({'built by this run' if cache.get('built') else 'reused'}).", ""]
     lat = rep.get("latency") or {}
     if lat.get("measured"):
-        lines += ["## Latency", "", "| device | format | p50 (ms) | p90 (ms) |", "|---|---|---:|---:|"]
+        lines += ["## Latency", "", "| device | format | precision | p50 (ms) | p90 (ms) |", "|---|---|---|---:|---:|"]
         for m in lat["measured"]:
-            lines.append(f"| {m.get('device')} | {m.get('format')} | {_fmt(m.get('p50_ms'), 2)} | {_fmt(m.get('p90_ms'), 2)} |")
+            q = m.get("quantize") or "none"
+            lines.append(f"| {m.get('device')} | {m.get('format')} | {'float32' if q == 'none' else q} | "
+                         f"{_fmt(m.get('p50_ms'), 2)} | {_fmt(m.get('p90_ms'), 2)} |")
         lines.append("")
     if rep.get("exports"):
         lines += ["## Exports", "", "| format | path | max abs diff | top-1 agreement |", "|---|---|---:|---:|"]
