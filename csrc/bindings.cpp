@@ -14,32 +14,6 @@
 namespace py = pybind11;
 using edgekd::KDParams;
 
-static KDParams make_params(uintptr_t student, int s_dtype, int64_t s_stride, uintptr_t teacher, int t_dtype,
-                            int64_t t_stride, uintptr_t labels, int64_t rows, int64_t V, float temperature,
-                            float alpha, int divergence, float beta, int64_t ignore_index, float grad_scale,
-                            uintptr_t loss, uintptr_t grad, int64_t g_stride, int num_threads) {
-  KDParams p;
-  p.student = reinterpret_cast<const void*>(student);
-  p.s_dtype = s_dtype;
-  p.s_stride = s_stride;
-  p.teacher = reinterpret_cast<const void*>(teacher);
-  p.t_dtype = t_dtype;
-  p.t_stride = t_stride;
-  p.labels = reinterpret_cast<const int64_t*>(labels);
-  p.rows = rows;
-  p.V = V;
-  p.temperature = temperature;
-  p.alpha = alpha;
-  p.divergence = divergence;
-  p.beta = beta;
-  p.ignore_index = ignore_index;
-  p.grad_scale = grad_scale;
-  p.loss = reinterpret_cast<float*>(loss);
-  p.grad = reinterpret_cast<void*>(grad);
-  p.g_stride = g_stride;
-  p.num_threads = num_threads;
-  return p;
-}
 
 // Ask the kernel to back a fresh buffer with transparent huge pages before anything touches it:
 // a new rows x vocab gradient otherwise costs as much in 4 KB page faults as the kernel itself.
@@ -74,7 +48,7 @@ PYBIND11_MODULE(_C, m) {
          uintptr_t labels, int64_t rows, int64_t V, float temperature, float alpha, int divergence, float beta,
          int64_t ignore_index, float grad_scale, uintptr_t loss, uintptr_t grad, int64_t g_stride,
          int num_threads) {
-        KDParams p = make_params(student, s_dtype, s_stride, teacher, t_dtype, t_stride, labels, rows, V,
+        KDParams p = edgekd::params_from_raw(student, s_dtype, s_stride, teacher, t_dtype, t_stride, labels, rows, V,
                                  temperature, alpha, divergence, beta, ignore_index, grad_scale, loss, grad,
                                  g_stride, num_threads);
         py::gil_scoped_release release;
@@ -88,7 +62,7 @@ PYBIND11_MODULE(_C, m) {
          uintptr_t labels, int64_t rows, int64_t V, float temperature, float alpha, int divergence, float beta,
          int64_t ignore_index, float grad_scale, uintptr_t loss, uintptr_t grad, int64_t g_stride,
          uintptr_t stream) {
-        KDParams p = make_params(student, s_dtype, s_stride, teacher, t_dtype, t_stride, labels, rows, V,
+        KDParams p = edgekd::params_from_raw(student, s_dtype, s_stride, teacher, t_dtype, t_stride, labels, rows, V,
                                  temperature, alpha, divergence, beta, ignore_index, grad_scale, loss, grad,
                                  g_stride, 0);
         int err;

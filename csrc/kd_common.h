@@ -44,6 +44,34 @@ struct KDParams {
   int num_threads = 0;  // CPU only; 0 = OpenMP default
 };
 
+// Fills KDParams from the integers a Python binding receives (pointers as uintptr_t).
+inline KDParams params_from_raw(uintptr_t student, int s_dtype, int64_t s_stride, uintptr_t teacher, int t_dtype,
+                            int64_t t_stride, uintptr_t labels, int64_t rows, int64_t V, float temperature,
+                            float alpha, int divergence, float beta, int64_t ignore_index, float grad_scale,
+                            uintptr_t loss, uintptr_t grad, int64_t g_stride, int num_threads) {
+  KDParams p;
+  p.student = reinterpret_cast<const void*>(student);
+  p.s_dtype = s_dtype;
+  p.s_stride = s_stride;
+  p.teacher = reinterpret_cast<const void*>(teacher);
+  p.t_dtype = t_dtype;
+  p.t_stride = t_stride;
+  p.labels = reinterpret_cast<const int64_t*>(labels);
+  p.rows = rows;
+  p.V = V;
+  p.temperature = temperature;
+  p.alpha = alpha;
+  p.divergence = divergence;
+  p.beta = beta;
+  p.ignore_index = ignore_index;
+  p.grad_scale = grad_scale;
+  p.loss = reinterpret_cast<float*>(loss);
+  p.grad = reinterpret_cast<void*>(grad);
+  p.g_stride = g_stride;
+  p.num_threads = num_threads;
+  return p;
+}
+
 // CPU: OpenMP across rows, AVX2/FMA (x86, chosen at run time), NEON (aarch64) or scalar.
 void kd_forward_cpu(const KDParams& p);
 const char* cpu_isa();

@@ -66,25 +66,9 @@ extern "C" int kd_forward_emu(uintptr_t student, int s_dtype, int64_t s_stride, 
                               int64_t t_stride, uintptr_t labels, int64_t rows, int64_t V, float temperature,
                               float alpha, int divergence, float beta, int64_t ignore_index, float grad_scale,
                               uintptr_t loss, uintptr_t grad, int64_t g_stride, int grid) {
-  edgekd::KDParams p;
-  p.student = reinterpret_cast<const void*>(student);
-  p.s_dtype = s_dtype;
-  p.s_stride = s_stride;
-  p.teacher = reinterpret_cast<const void*>(teacher);
-  p.t_dtype = t_dtype;
-  p.t_stride = t_stride;
-  p.labels = reinterpret_cast<const int64_t*>(labels);
-  p.rows = rows;
-  p.V = V;
-  p.temperature = temperature;
-  p.alpha = alpha;
-  p.divergence = divergence;
-  p.beta = beta;
-  p.ignore_index = ignore_index;
-  p.grad_scale = grad_scale;
-  p.loss = reinterpret_cast<float*>(loss);
-  p.grad = reinterpret_cast<void*>(grad);
-  p.g_stride = g_stride;
+  const edgekd::KDParams p = edgekd::params_from_raw(student, s_dtype, s_stride, teacher, t_dtype, t_stride, labels,
+                                                     rows, V, temperature, alpha, divergence, beta, ignore_index,
+                                                     grad_scale, loss, grad, g_stride, 0);
   if (rows <= 0) return 0;
   Args a;
   bool multi_pass = false;
