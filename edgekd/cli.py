@@ -18,17 +18,47 @@ app.add_typer(kernel_app, name="kernel")
 app.add_typer(targets_app, name="targets")
 app.add_typer(teacher_app, name="teacher")
 
-_state = {"debug": False}
+_state = {"debug": False, "verbose": False}
+
+
+def _work(fn):
+    """A command that does real work: from its start, third-party output goes to the log (not --verbose)."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*a, **kw):
+        from edgekd import console
+
+        console.capture()
+        return fn(*a, **kw)
+
+    return wrapper
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from edgekd import __version__
+        from edgekd.console import echo
+
+        echo(f"edgekd {__version__}")
+        raise typer.Exit()
 
 
 @app.callback()
-def _root(debug: bool = typer.Option(False, "--debug", help="Show tracebacks instead of one-line errors.")) -> None:
-    _state["debug"] = debug
+def _root(
+    debug: bool = typer.Option(False, "--debug", help="On an error, show the full chain of causes (traceback)."),
+    verbose: bool = typer.Option(False, "--verbose", help="Show third-party warnings, logs and progress bars "
+                                                          "(by default they go to the run's edgekd.log)."),
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                 help="Print the version and exit."),
+) -> None:
+    """--debug and --verbose are also accepted after the command (main() takes them off the line)."""
 
 
 # --- kernel -------------------------------------------------------------------------------------
 
 @kernel_app.command("bench")
+@_work
 def kernel_bench(
     rows: Optional[int] = typer.Option(None, help="Rows (tokens); default: the issue's sizes."),
     vocab: Optional[int] = typer.Option(None, help="Vocabulary size; default: 32000 and 128256."),
@@ -66,6 +96,7 @@ def targets_show(name: str = typer.Argument(..., help="Target name, e.g. android
 # --- distill / teacher (engine) -------------------------------------------------------------------
 
 @app.command("distill")
+@_work
 def distill(
     teacher: str = typer.Option("builtin", help="Teacher: a local Hugging Face model directory, or 'builtin'."),
     data: str = typer.Option("builtin", help="Data: a text file, a directory of .txt, a .jsonl, a saved data set, or 'builtin'."),
@@ -96,10 +127,20 @@ def distill(
         from edgekd.pipeline import distill_for_target as run
 
     temp = temperature if temperature == "auto" else _float_option("--temperature", temperature)
-    run(DistillConfig(teacher=teacher, data=data, student=student, steps=steps, out=out, resume=resume,
+    run(DistillConfig(teacher=_path(teacher), data=_path(data), student=_path(student), steps=steps,
+                      out=_path(out), resume=resume,
                       temperature=temp, alpha=alpha, loss=loss, scheme=scheme, seed=seed, target=target,
                       latency_budget_ms=latency_budget, device=device, batch_size=batch_size, seq_len=seq_len,
                       lr=lr, quiet=quiet, scheme_config=_json_option("--scheme-config", scheme_config)))
+
+
+def _path(value: Optional[str], keep: tuple = ("builtin",)) -> Optional[str]:
+    """A user's path made absolute once, here at the edge: nothing below depends on the current directory."""
+    import os
+
+    if value is None or value in keep:
+        return value
+    return os.path.abspath(os.path.expanduser(value))
 
 
 def _json_option(name: str, value: Optional[str]) -> dict:
@@ -112,7 +153,7 @@ def _json_option(name: str, value: Optional[str]) -> dict:
     try:
         obj = json.loads(text)
     except json.JSONDecodeError as e:
-        raise EdgekdError(f"{name}: not valid JSON ({e.msg} at column {e.colno}); give an object or a .json file") from None
+        raise EdgekdError(f"{name}: not valid JSON ({e.msg} at column {e.colno}); give an object or a .json file") from e
     if not isinstance(obj, dict):
         raise EdgekdError(f"{name}: expected a JSON object, got {type(obj).__name__}")
     return obj
@@ -121,11 +162,12 @@ def _json_option(name: str, value: Optional[str]) -> dict:
 def _float_option(name: str, value: str) -> float:
     try:
         return float(value)
-    except ValueError:
-        raise EdgekdError(f"{name} must be a number or 'auto', got {value!r}") from None
+    except ValueError as e:
+        raise EdgekdError(f"{name} must be a number or 'auto', got {value!r}") from e
 
 
 @teacher_app.command("train")
+@_work
 def teacher_train(
     out: Optional[str] = typer.Option(None, help="Where to write the teacher (default: the packaged built-in dir)."),
     steps: Optional[int] = typer.Option(None, help="Training steps (default: the recipe's)."),
@@ -134,12 +176,13 @@ def teacher_train(
     """Train the built-in teacher from its recipe on the built-in corpus (reproduces the shipped one)."""
     from edgekd.models.builtin import BUILTIN_DIR, train_builtin_teacher
 
-    train_builtin_teacher(out or BUILTIN_DIR, steps=steps, seed=seed)
+    train_builtin_teacher(_path(out) or BUILTIN_DIR, steps=steps, seed=seed)
 
 
 # --- export / profile -----------------------------------------------------------------------------
 
 @app.command("export")
+@_work
 def export(
     model_dir: str = typer.Argument(..., help="Hugging Face model directory (config.json + model.safetensors)."),
     format: str = typer.Option(..., "--format", help="onnx | tflite"),
@@ -151,12 +194,15 @@ def export(
     """Export to ONNX or TFLite, check against PyTorch, write FILE and its parity record FILE.json."""
     from edgekd.export import export_model
 
-    rec = export_model(model_dir, fmt=format, quantize=quantize, seq_len=seq_len, out=out, min_top1=min_top1)
-    typer.echo(f"wrote {rec['path']} ({rec['size_mb']:.2f} MB): max abs diff {rec['max_abs_diff']:.3g}, "
+    rec = export_model(_path(model_dir), fmt=format, quantize=quantize, seq_len=seq_len, out=_path(out), min_top1=min_top1)
+    from edgekd.console import echo
+
+    echo(f"wrote {rec['path']} ({rec['size_mb']:.2f} MB): max abs diff {rec['max_abs_diff']:.3g}, "
                f"top-1 agreement {rec['top1_agreement']:.4f}; parity record {rec['path']}.json")
 
 
 @app.command("profile")
+@_work
 def profile(
     model_file: str = typer.Argument(..., help="An exported .onnx or .tflite file."),
     target: Optional[str] = typer.Option(None, help="Target name: its default device and threads."),
@@ -178,11 +224,13 @@ def profile(
     from edgekd.profile import profile_model, target_defaults
 
     device, threads = target_defaults(target, device, threads)
-    stats = profile_model(model_file, device=device, runs=runs, warmup=warmup, threads=threads, seq_len=seq_len,
-                          remote_python=remote_python, identity_file=identity_file, known_hosts=known_hosts,
-                          insecure_host_key=insecure_host_key, benchmark_binary=benchmark_binary)
+    stats = profile_model(_path(model_file), device=device, runs=runs, warmup=warmup, threads=threads, seq_len=seq_len,
+                          remote_python=remote_python, identity_file=_path(identity_file), known_hosts=_path(known_hosts),
+                          insecure_host_key=insecure_host_key, benchmark_binary=_path(benchmark_binary))
     if json_out:
-        typer.echo(json.dumps(stats))
+        from edgekd.console import echo
+
+        echo(json.dumps(stats))
     else:
         from edgekd.profile.table import print_profile
 
@@ -191,32 +239,104 @@ def profile(
 
 # --- entry point --------------------------------------------------------------------------------
 
-def main() -> None:
-    """Run the app; a user's mistake becomes one line on stderr and exit code 2."""
-    debug = "--debug" in sys.argv
-    try:
-        app(standalone_mode=False)
-    except EdgekdError as e:
-        if debug:
-            raise
-        typer.echo(f"edgekd: error: {e}", err=True)
-        sys.exit(2)
-    except (typer.Exit, SystemExit) as e:
-        code = getattr(e, "exit_code", getattr(e, "code", 0))
-        sys.exit(code if code is not None else 0)
-    except typer.Abort:
-        typer.echo("edgekd: aborted", err=True)
-        sys.exit(130)
-    except Exception as e:  # click's usage errors
-        import click
+_GLOBAL_FLAGS = ("--debug", "--verbose")
 
-        if isinstance(e, click.exceptions.UsageError):
-            e.show()
-            sys.exit(2)
-        if isinstance(e, click.exceptions.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
-        raise
+
+def _click_kind(e: BaseException) -> str:
+    """'usage', 'click', 'exit', 'abort' or '' for an exception of any click, or of typer's vendored copy."""
+    names = {c.__name__ for c in type(e).__mro__}
+    if "NoArgsIsHelpError" in names:
+        return "help"
+    if "UsageError" in names:
+        return "usage"
+    if "ClickException" in names:
+        return "click"
+    if "Exit" in names and hasattr(e, "exit_code"):
+        return "exit"
+    if "Abort" in names:
+        return "abort"
+    return ""
+
+
+def _one_line(text: str) -> str:
+    return "; ".join(line.strip() for line in str(text).strip().splitlines() if line.strip())
+
+
+def _usage_line(e: BaseException) -> str:
+    ctx = getattr(e, "ctx", None)
+    where = f"`{ctx.command_path} --help`" if ctx is not None else "`edgekd --help`"
+    msg = _one_line(e.format_message() if hasattr(e, "format_message") else str(e))
+    return f"{msg.rstrip('.')}: see {where}"
+
+
+def _os_error_line(e: OSError) -> str:
+    import errno
+
+    what = f" {e.filename}" if getattr(e, "filename", None) else ""
+    if e.errno == errno.ENOSPC:
+        return f"no space left on the device writing{what}: free some space or choose another --out"
+    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"cannot write{what} ({e.strerror}): choose a writable place (--out)"
+    return f"{e.strerror or type(e).__name__}:{what} (check the path)"
+
+
+def main(argv: Optional[list] = None) -> None:
+    """Run the app: one line and exit 2 for a user's mistake, 1 for a failed job, 130 when interrupted."""
+    import errno
+    import traceback
+
+    from edgekd import console
+    from edgekd.errors import JobFailed
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug, verbose = "--debug" in args, "--verbose" in args
+    args = [a for a in args if a not in _GLOBAL_FLAGS]  # accepted anywhere on the line
+    _state.update(debug=debug, verbose=verbose)
+    console.start(verbose)
+
+    def fail(line: str, code: int, exc: Optional[BaseException] = None) -> int:
+        err = console.err()  # the real stderr, also while third-party output is captured
+        if debug and exc is not None:
+            err.print("".join(traceback.format_exception(exc)), markup=False, highlight=False, end="")
+        err.print(f"edgekd: error: {line}", markup=False, highlight=False, soft_wrap=True)
+        return code
+
+    code = 0
+    try:
+        res = app(args=args, prog_name="edgekd", standalone_mode=False)
+        code = res if isinstance(res, int) else 0
+    except (EdgekdError, JobFailed) as e:
+        code = fail(_one_line(str(e)), e.exit_code, e)
+    except KeyboardInterrupt as e:
+        code = fail("interrupted", 130, e)
+    except OSError as e:
+        code = fail(_os_error_line(e), 2 if e.errno in (errno.ENOSPC, errno.EACCES, errno.EPERM, errno.EROFS,
+                                                         errno.ENOENT, errno.EISDIR, errno.ENOTDIR) else 1, e)
+    except BaseException as e:  # noqa: BLE001 - the one place that turns any exception into an exit code
+        kind = _click_kind(e)
+        if kind == "help":
+            ctx = getattr(e, "ctx", None)
+            text = ctx.get_help() if ctx is not None else ""  # typer's rich help prints itself, returns ""
+            if text:
+                console.out().print(text, markup=False, highlight=False)
+            code = 0
+        elif kind == "usage":
+            code = fail(_usage_line(e), 2, e)
+        elif kind == "click":
+            code = fail(_one_line(e.format_message()), int(getattr(e, "exit_code", 1) or 1), e)
+        elif kind == "exit":
+            code = int(getattr(e, "exit_code", 0) or 0)
+        elif kind == "abort":
+            code = fail("interrupted", 130, e)
+        elif isinstance(e, SystemExit):
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else fail(str(e.code), 1))
+        else:
+            log = console.log_path()
+            code = fail(f"internal error: {type(e).__name__}: {_one_line(str(e))[:300]} (a bug in edgekd: rerun "
+                        f"with --debug for the traceback{f'; log {log}' if log else ''})", 1, e)
+    finally:
+        console.stop()
+    sys.exit(code)
 
 
 if __name__ == "__main__":

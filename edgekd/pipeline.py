@@ -18,7 +18,8 @@ from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any, Optional
 
-from edgekd.errors import EdgekdError
+from edgekd.errors import EdgekdError, JobFailed
+from edgekd.console import echo
 from edgekd.io import write_json, write_text
 
 # Defaults of the job, tuned so `edgekd distill --target android-arm64` ends within ~8 minutes on an
@@ -152,7 +153,7 @@ def _saved_search(d: Path):
                             files={x: str(d / f) for x, f in (("csv", "candidates.csv"), ("json", "candidates.json"),
                                                               ("plot", "search.png"))})
     except (json.JSONDecodeError, KeyError) as e:
-        raise EdgekdError(f"{d / 'candidates.json'} is corrupt ({type(e).__name__}): start a new run with another --out") from None
+        raise EdgekdError(f"{d / 'candidates.json'} is corrupt ({type(e).__name__}): start a new run with another --out") from e
 
 
 def _park_attempt(run_dir: Path, k: int) -> Path:
@@ -289,7 +290,7 @@ def distill_for_target(config: Any, *, export_seq_len: int = EXPORT_SEQ_LEN, pro
                 shrink_note = str(err)
                 break
         if not cfg.quiet:
-            print(f"measured {attempt['measured_ms']:.3f} ms on {measure_device} > budget {res.latency_budget_ms:g} ms: "
+            echo(f"measured {attempt['measured_ms']:.3f} ms on {measure_device} > budget {res.latency_budget_ms:g} ms: "
                   f"recalibrated the latency model; distilling a smaller student ({k + 1}/{max_shrinks})")
         _park_attempt(out, k)
         cal.save(out / "search" / "calibration.json")
@@ -329,9 +330,9 @@ def distill_for_target(config: Any, *, export_seq_len: int = EXPORT_SEQ_LEN, pro
     if not cfg.quiet:
         _print_summary(out, rep)
     if device_error:
-        raise EdgekdError(f"{device_error} (run {out} holds the local results)")
+        raise JobFailed(f"{device_error} (run {out} holds the local results)")
     if failed:
-        raise EdgekdError(f"export parity failed ({'; '.join(failed)}); the run {out} records the numbers")
+        raise JobFailed(f"export parity failed ({'; '.join(failed)}); the run {out} records the numbers")
     return out
 
 
@@ -393,10 +394,10 @@ def _print_summary(out: Path, rep: dict) -> None:
             f"(budget {rep['latency_budget_ms']:g} ms)")
     if lat["measured_on_target_ms"] is not None:
         line += f", measured {lat['measured_on_target_ms']:.2f} ms on the device"
-    print(line)
+    echo(line)
     if "eval_loss" in s and "eval_loss" in b:
-        print(f"held-out loss: distilled {s['eval_loss']:.4f} vs scratch {b['eval_loss']:.4f}")
-    print(f"job written to {out} (report.md, report.json, student/, export/, profile/, search/)")
+        echo(f"held-out loss: distilled {s['eval_loss']:.4f} vs scratch {b['eval_loss']:.4f}")
+    echo(f"job written to {out} (report.md, report.json, student/, export/, profile/, search/)")
 
 
 __all__ = ["distill_for_target", "render_target_section", "JOB_STEPS", "EXPORT_SEQ_LEN"]

@@ -9,11 +9,7 @@ from typing import Callable
 import torch
 
 from edgekd.io import atomic_path
-
-
-def cache_dir() -> Path:
-    base = os.environ.get("EDGEKD_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME", str(Path.home() / ".cache")), "edgekd")
-    return Path(base)
+from edgekd.settings import cache_dir
 
 
 def cached_tokens(key: str, compute: Callable[[], torch.Tensor]) -> torch.Tensor:

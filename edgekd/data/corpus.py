@@ -84,9 +84,9 @@ def _read_text_file(path: Path) -> str:
     try:
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
-        raise EdgekdError(f"{path} is not UTF-8 text ({e.reason}): convert it to UTF-8") from None
+        raise EdgekdError(f"{path} is not UTF-8 text ({e.reason}): convert it to UTF-8") from e
     except OSError as e:
-        raise EdgekdError(f"cannot read {path}: {e.strerror}") from None
+        raise EdgekdError(f"cannot read {path}: {e.strerror}") from e
 
 
 def _read_jsonl(path: Path) -> list[tuple[str, object]]:
@@ -97,7 +97,7 @@ def _read_jsonl(path: Path) -> list[tuple[str, object]]:
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
-            raise EdgekdError(f"{path}:{n} is not valid JSON ({e.msg}): each line must be an object with a 'text' key") from None
+            raise EdgekdError(f"{path}:{n} is not valid JSON ({e.msg}): each line must be an object with a 'text' key") from e
         if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
             raise EdgekdError(f"{path}:{n} has no string 'text' field: each line must be an object with a 'text' key")
         rows.append((obj["text"], obj.get("label")))
@@ -107,12 +107,12 @@ def _read_jsonl(path: Path) -> list[tuple[str, object]]:
 def _read_saved_dataset(path: Path) -> list[tuple[str, object]]:
     try:
         import datasets
-    except ImportError:
-        raise EdgekdError(f"{path} looks like a saved data set but the 'datasets' package is missing: pip install datasets") from None
+    except ImportError as e:
+        raise EdgekdError(f"{path} looks like a saved data set but the 'datasets' package is missing: pip install datasets") from e
     try:
         ds = datasets.load_from_disk(str(path))
     except Exception as e:  # datasets raises many types for corrupt dirs
-        raise EdgekdError(f"cannot load the data set saved at {path} ({type(e).__name__}): re-save it with datasets.save_to_disk") from None
+        raise EdgekdError(f"cannot load the data set saved at {path} ({type(e).__name__}): re-save it with datasets.save_to_disk") from e
     if isinstance(ds, datasets.DatasetDict):
         parts = [(k, ds[k]) for k in ds]
     else:

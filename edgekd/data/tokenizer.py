@@ -50,11 +50,11 @@ def load_tokenizer(directory: str | os.PathLike):
 
             return wrap(Tokenizer.from_file(str(d / "tokenizer.json")))
         except Exception as e:
-            raise EdgekdError(f"{d / 'tokenizer.json'} is corrupt ({type(e).__name__}): re-save the tokenizer") from None
+            raise EdgekdError(f"{d / 'tokenizer.json'} is corrupt ({type(e).__name__}): re-save the tokenizer") from e
     try:
         return AutoTokenizer.from_pretrained(str(d), local_files_only=True)
     except Exception as e:
-        raise EdgekdError(f"cannot load a tokenizer from {d} ({type(e).__name__}): save one there with tokenizer.save_pretrained") from None
+        raise EdgekdError(f"cannot load a tokenizer from {d} ({type(e).__name__}): save one there with tokenizer.save_pretrained") from e
 
 
 def tokenizer_hash(tokenizer) -> str:

@@ -74,7 +74,7 @@ def parse_loss_spec(loss) -> Optional[list]:
         try:
             v = json.loads(s)
         except json.JSONDecodeError as e:
-            raise EdgekdError(f"--loss is not valid JSON ({e.msg}): pass e.g. '[{{\"name\": \"kd\", \"weight\": 1}}]'") from None
+            raise EdgekdError(f"--loss is not valid JSON ({e.msg}): pass e.g. '[{{\"name\": \"kd\", \"weight\": 1}}]'") from e
         return v if isinstance(v, list) else [v]
     p = Path(s)
     if p.suffix == ".json":
@@ -83,7 +83,7 @@ def parse_loss_spec(loss) -> Optional[list]:
         try:
             v = json.loads(p.read_text())
         except json.JSONDecodeError as e:
-            raise EdgekdError(f"loss spec file {p} is not valid JSON ({e.msg})") from None
+            raise EdgekdError(f"loss spec file {p} is not valid JSON ({e.msg})") from e
         return v if isinstance(v, list) else [v]
     return [{"name": n.strip(), "weight": 1.0} for n in s.split("+")]
 
@@ -93,8 +93,8 @@ def validate(cfg: DistillConfig) -> None:
     if not (isinstance(t, str) and t == "auto"):
         try:
             t = float(t)
-        except (TypeError, ValueError):
-            raise EdgekdError(f"--temperature must be a positive number or 'auto', got {cfg.temperature!r}") from None
+        except (TypeError, ValueError) as e:
+            raise EdgekdError(f"--temperature must be a positive number or 'auto', got {cfg.temperature!r}") from e
         if not (t > 0 and math.isfinite(t)):
             raise EdgekdError(f"--temperature must be > 0, got {t}")
     if not (0.0 <= float(cfg.alpha) <= 1.0):
@@ -164,9 +164,10 @@ class _Data:
 
 
 def _resolve_out(cfg: DistillConfig) -> Path:
+    """Absolute: nothing downstream may depend on the current directory."""
     if cfg.out:
-        return Path(cfg.out)
-    return Path("runs") / time.strftime("distill-%Y%m%d-%H%M%S")
+        return Path(cfg.out).expanduser().absolute()
+    return Path.cwd() / "runs" / time.strftime("distill-%Y%m%d-%H%M%S")
 
 
 def _save_student(student, tokenizer, path: Path) -> None:
@@ -197,8 +198,8 @@ def run(config: DistillConfig | dict) -> Path:
             raise EdgekdError(f"nothing to resume in {out} (no config.json): start a run there without --resume")
         try:
             resolved = json.loads(saved.read_text())
-        except json.JSONDecodeError:
-            raise EdgekdError(f"{saved} is corrupt: start a new run with another --out") from None
+        except json.JSONDecodeError as e:
+            raise EdgekdError(f"{saved} is corrupt: start a new run with another --out") from e
         keep_quiet = cfg.quiet
         cfg = DistillConfig.from_dict(resolved)
         cfg.resume, cfg.quiet, cfg.out = True, keep_quiet, str(out)
@@ -407,8 +408,10 @@ def run(config: DistillConfig | dict) -> Path:
         line = f"held-out loss: teacher {evals['teacher']['eval_loss']:.4f}, distilled {s['eval_loss']:.4f}"
         if b:
             line += f", scratch {b['eval_loss']:.4f}"
-        print(line)
-        print(f"run written to {out} (report.md, report.json, student/)")
+        from edgekd.console import echo
+
+        echo(line)
+        echo(f"run written to {out} (report.md, report.json, student/)")
     return out
 
 

@@ -257,11 +257,11 @@ class TeacherCache:
         path = Path(path)
         try:
             index = json.loads((path / "index.json").read_text())
-        except FileNotFoundError:
+        except FileNotFoundError as e:
             raise EdgekdError(f"teacher cache {path} has no index.json: it is missing or was never completed; "
-                              f"rebuild it") from None
+                              f"rebuild it") from e
         except (OSError, json.JSONDecodeError) as e:
-            raise EdgekdError(f"teacher cache {path}/index.json is unreadable ({e}): rebuild the cache") from None
+            raise EdgekdError(f"teacher cache {path}/index.json is unreadable ({e}): rebuild the cache") from e
         if not isinstance(index, dict) or index.get("format") != cls.FORMAT:
             raise EdgekdError(f"{path} is not an edgekd teacher cache (index.json format)")
         for s in index["shards"]:
@@ -295,7 +295,7 @@ class TeacherCache:
                 self._handles[j] = safe_open(str(self.path / self.index["shards"][j]["file"]), framework="pt")
             except Exception as e:  # noqa: BLE001 - any read failure is a corrupt cache
                 raise EdgekdError(f"teacher cache shard {self.index['shards'][j]['file']} is unreadable ({e}): "
-                                  f"rebuild the cache") from None
+                                  f"rebuild the cache") from e
         return self._handles[j]
 
     def example(self, i: int) -> TopKLogits:
@@ -523,7 +523,7 @@ def shrunk_config(config, overrides: dict):
     try:
         return type(config)(**d)
     except (TypeError, ValueError) as e:
-        raise EdgekdError(f"progressive: the overrides {overrides} give an invalid config ({e})") from None
+        raise EdgekdError(f"progressive: the overrides {overrides} give an invalid config ({e})") from e
 
 
 def _params_of(model_cls, config) -> int:

@@ -175,7 +175,7 @@ class Trainer:
                 self.scheme.load_state_dict(torch.load(path / "scheme.pt", weights_only=True))
             meta = json.loads((path / "trainer.json").read_text())
         except (OSError, RuntimeError, KeyError, ValueError) as e:
-            raise EdgekdError(f"checkpoint {path} is unreadable ({type(e).__name__}): delete it to resume from an earlier one") from None
+            raise EdgekdError(f"checkpoint {path} is unreadable ({type(e).__name__}): delete it to resume from an earlier one") from e
         py = meta["python_rng"]
         random.setstate((py[0], tuple(py[1]), py[2]))
         self.step = int(meta["step"])
@@ -249,7 +249,9 @@ class Trainer:
             rec["skipped"] = True
             self.skipped.append(self.step)
             if not self.quiet:
-                print(f"[{self.label}] step {self.step}: non-finite loss or gradient ({step_loss}, norm {float(gnorm)}); step skipped")
+                from edgekd.console import note
+
+                note(f"[{self.label}] step {self.step}: non-finite loss or gradient ({step_loss}, norm {float(gnorm)}); step skipped")
         else:
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from edgekd.errors import EdgekdError
+from edgekd.errors import EdgekdError, JobFailed
 from edgekd.export import parity
 from edgekd.export.hf import load_for_export
 from edgekd.io import write_json
@@ -100,17 +100,17 @@ def export_model(model_dir, fmt: str = "onnx", quantize: str = "none", seq_len: 
                 final = Path(tmp) / f"quant{FORMATS[fmt]}"
                 try:
                     info |= quantize_fn(float_path, final, quantize, calib_rows.numpy())
-                except EdgekdError:
+                except (EdgekdError, JobFailed):
                     raise
                 except Exception as e:
-                    raise EdgekdError(f"{quantize} quantisation of {out.name} failed: "
-                                      f"{(str(e).strip().splitlines() or [type(e).__name__])[0][:300]}") from None
+                    raise JobFailed(f"{quantize} quantisation of {out.name} failed: "
+                                      f"{(str(e).strip().splitlines() or [type(e).__name__])[0][:300]}") from e
             step("parity")
             ref = parity.reference_logits(loaded.module, check_rows)
             try:
                 got = parity.exported_logits(str(final), check_rows)
             except Exception as e:
-                raise EdgekdError(f"the exported {out.name} does not run: {str(e).splitlines()[0][:300]}") from None
+                raise JobFailed(f"the exported {out.name} does not run: {str(e).splitlines()[0][:300]}") from e
             check = parity.compare(ref, got, quantized, min_top1)
             record = {"path": str(out), "format": fmt, "quantize": quantize, "seq_len": seq_len,
                       "size_mb": final.stat().st_size / 1e6, "float_size_mb": float_path.stat().st_size / 1e6,
@@ -124,7 +124,7 @@ def export_model(model_dir, fmt: str = "onnx", quantize: str = "none", seq_len: 
                 out.unlink(missing_ok=True)
     write_json(out.with_name(out.name + ".json"), record)
     if not record["passed"]:
-        raise EdgekdError(_failure_line(record))
+        raise JobFailed(_failure_line(record))
     return record
 
 

@@ -52,7 +52,7 @@ def export_onnx(module: torch.nn.Module, sample: torch.Tensor, path: Path, max_l
         with quiet():
             torch.onnx.export(module, (sample,), str(path), **kw)
     except Exception as e:
-        raise conversion_error(e, "torch.onnx (dynamo)", module, (sample,)) from None
+        raise conversion_error(e, "torch.onnx (dynamo)", module, (sample,)) from e
     return {"dynamic_seq": False}
 
 
@@ -70,6 +70,8 @@ def quantize_onnx(float_path: Path, out_path: Path, mode: str, calib_rows: np.nd
     from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic,
                                           quantize_static)
 
+    # Absolute paths: the quantiser runs inside its scratch folder, where relative ones do not resolve.
+    float_path, out_path = Path(float_path).absolute(), Path(out_path).absolute()
     with tempfile.TemporaryDirectory(dir=out_path.parent) as scratch, _in_dir(Path(scratch)), quiet():
         if mode == "int8-dynamic":
             quantize_dynamic(str(float_path), str(out_path), weight_type=QuantType.QInt8)

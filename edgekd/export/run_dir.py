@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edgekd.errors import EdgekdError
+from edgekd.errors import EdgekdError, JobFailed
 from edgekd.export.api import export_model
 from edgekd.io import write_json
 
@@ -39,7 +39,7 @@ def export_and_profile_run(run_dir, seq_len: int = 64, calib_inputs=None, device
         try:
             rec = export_model(student, fmt, quant, seq_len=seq_len, out=out, calib_inputs=calib_inputs,
                                min_top1=min_top1)
-        except EdgekdError as e:
+        except (EdgekdError, JobFailed) as e:
             exports[key] = {"path": rel, "quantize": quant, "passed": False, "error": str(e)}
             summary["files"][key] = exports[key]
             continue

@@ -24,7 +24,7 @@ def export_tflite(module: torch.nn.Module, sample: torch.Tensor, path: Path) -> 
             edge = litert_torch.convert(module, (sample,))
             edge.export(str(path))
     except Exception as e:
-        raise conversion_error(e, "litert-torch", module, (sample,)) from None
+        raise conversion_error(e, "litert-torch", module, (sample,)) from e
     return {"dynamic_seq": False}
 
 

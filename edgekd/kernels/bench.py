@@ -163,7 +163,6 @@ def bench_case(rows: int, vocab: int, dtype: torch.dtype, device, repeats: int, 
 
 def main(rows=None, vocab=None, dtype=None, device="cpu", repeats=5, use_compile=True, out=None):
     """Run the benchmark grid, print a table and write JSON; returns the JSON object."""
-    from rich.console import Console
     from rich.table import Table
 
     dev = torch.device(device)
@@ -178,7 +177,9 @@ def main(rows=None, vocab=None, dtype=None, device="cpu", repeats=5, use_compile
     rows_list = [rows] if rows else [2048]
     vocabs = [vocab] if vocab else [32000, 128256]
     dtypes = [DTYPES[dtype]] if dtype else [torch.float32, torch.bfloat16]
-    console = Console(width=160)
+    from edgekd.console import out
+
+    console = out()
     bw = copy_bandwidth(dev)
     console.print(f"[bold]edgekd kernel bench[/] on {device} ({platform.processor() or platform.machine()}, "
                   f"{torch.get_num_threads()} threads) — backend {backend(dev.type)}, copy bandwidth "

@@ -216,7 +216,7 @@ def parse_layer_map(layer_map, default: dict[int, int], n_student: int, n_teache
             out[s] = t
     except (TypeError, ValueError) as e:
         raise EdgekdError(f"loss {loss!r}: layer_map must map student to teacher indices, "
-                          f"like {{\"1\": 3}}; got {layer_map!r} ({e})") from None
+                          f"like {{\"1\": 3}}; got {layer_map!r} ({e})") from e
     if not out:
         raise EdgekdError(f"loss {loss!r}: layer_map is empty")
     return out

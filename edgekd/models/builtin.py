@@ -153,6 +153,8 @@ def train_builtin_teacher(out: str | os.PathLike = BUILTIN_DIR, steps: Optional[
         write_json(Path(tmp) / "recipe.json", recipe)
         _make_readable(Path(tmp))
     if not quiet:
-        print(f"built-in teacher written to {out}: validation loss {val_loss:.4f} "
+        from edgekd.console import echo
+
+        echo(f"built-in teacher written to {out}: validation loss {val_loss:.4f} "
               f"(perplexity {math.exp(val_loss):.1f}) after {r['steps']} steps")
     return Path(out)

@@ -28,7 +28,7 @@ def read_config_dict(d: Path) -> dict:
     try:
         cfg = json.loads(cfg_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise EdgekdError(f"{cfg_path} is corrupt ({type(e).__name__}): re-save the model with save_pretrained") from None
+        raise EdgekdError(f"{cfg_path} is corrupt ({type(e).__name__}): re-save the model with save_pretrained") from e
     if not isinstance(cfg, dict) or "model_type" not in cfg:
         raise EdgekdError(f"{cfg_path} has no model_type: re-save the model with save_pretrained")
     return cfg
@@ -47,7 +47,7 @@ def _check_weights(d: Path) -> None:
                 for k in list(h.keys())[:1]:
                     h.get_slice(k)
         except Exception as e:
-            raise EdgekdError(f"{f} is not a readable safetensors file ({type(e).__name__}): re-save the model or re-download it") from None
+            raise EdgekdError(f"{f} is not a readable safetensors file ({type(e).__name__}): re-save the model or re-download it") from e
 
 
 def is_classifier(cfg: dict) -> bool:
@@ -70,7 +70,7 @@ def load_model(path: str | os.PathLike, *, with_tokenizer: bool = True, what: st
         raise
     except Exception as e:
         msg = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
-        raise EdgekdError(f"cannot load the {what} from {d}: {msg}") from None
+        raise EdgekdError(f"cannot load the {what} from {d}: {msg}") from e
     model.eval()
     tok = None
     if with_tokenizer:

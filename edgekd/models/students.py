@@ -60,7 +60,7 @@ def student_config_from(spec, teacher_config):
         try:
             overrides = json.loads(p.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise EdgekdError(f"student config {p} is not valid JSON ({type(e).__name__}): fix the file") from None
+            raise EdgekdError(f"student config {p} is not valid JSON ({type(e).__name__}): fix the file") from e
         if not isinstance(overrides, dict):
             raise EdgekdError(f"student config {p} must be a JSON object of config fields")
     mt = overrides.get("model_type")

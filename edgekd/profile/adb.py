@@ -154,8 +154,8 @@ def parse_benchmark_output(text: str) -> dict:
 def _adb(cmd: list[str], timeout: float) -> subprocess.CompletedProcess:
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired:
-        raise EdgekdError(f"adb did not answer within {timeout:.0f}s ({' '.join(cmd[:4])}...): check the phone") from None
+    except subprocess.TimeoutExpired as e:
+        raise EdgekdError(f"adb did not answer within {timeout:.0f}s ({' '.join(cmd[:4])}...): check the phone") from e
     if proc.returncode != 0:
         err = (proc.stderr.strip() or proc.stdout.strip() or "no output").splitlines()[-1]
         if "no devices" in err or "not found" in err or "offline" in err or "unauthorized" in err:

@@ -42,8 +42,8 @@ def parse_runner_json(stdout: str, device: str, model_file: Path) -> dict:
         raise EdgekdError(f"profiling {model_file.name} on {device} printed no result: rerun with --debug")
     try:
         obj = json.loads(line)
-    except ValueError:
-        raise EdgekdError(f"profiling {model_file.name} on {device} printed malformed JSON") from None
+    except ValueError as e:
+        raise EdgekdError(f"profiling {model_file.name} on {device} printed malformed JSON") from e
     if "error" in obj:
         kind = obj.get("kind")
         if kind == "no-runtime":

@@ -34,7 +34,7 @@ def detect_format(path: str) -> str:
         with open(path, "rb") as f:
             head = f.read(8)
     except OSError as e:
-        raise RunnerError("bad-model", f"cannot read model file {path}: {e.strerror}") from None
+        raise RunnerError("bad-model", f"cannot read model file {path}: {e.strerror}") from e
     if len(head) >= 8 and head[4:8] == b"TFL3":
         return "tflite"
     if path.endswith(".onnx"):
@@ -67,8 +67,8 @@ def pick_big_cores(freqs: dict[int, int], n: int | None) -> list[int]:
 def _np():
     try:
         import numpy as np
-    except ImportError:
-        raise RunnerError("no-runtime", "python3 on the device has no numpy: pip install numpy") from None
+    except ImportError as e:
+        raise RunnerError("no-runtime", "python3 on the device has no numpy: pip install numpy") from e
     return np
 
 
@@ -78,8 +78,8 @@ class _OnnxModel:
     def __init__(self, path: str, threads: int | None, profile_prefix: str | None = None):
         try:
             import onnxruntime as ort
-        except ImportError:
-            raise RunnerError("no-runtime", "python3 on the device has no onnxruntime: pip install onnxruntime") from None
+        except ImportError as e:
+            raise RunnerError("no-runtime", "python3 on the device has no onnxruntime: pip install onnxruntime") from e
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = threads
@@ -92,7 +92,7 @@ class _OnnxModel:
         try:
             self.sess = ort.InferenceSession(path, sess_options=opts, providers=["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime raises its own Fail/InvalidProtobuf types
-            raise RunnerError("bad-model", f"onnxruntime cannot load {path}: {_first_line(e)}") from None
+            raise RunnerError("bad-model", f"onnxruntime cannot load {path}: {_first_line(e)}") from e
         self.runtime = f"onnxruntime {ort.__version__}"
         np = _np()
         types = {"tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(float)": np.float32,
@@ -112,7 +112,7 @@ class _TfliteModel:
             self.it = Interpreter(model_path=path, num_threads=threads)
             self.it.allocate_tensors()
         except Exception as e:
-            raise RunnerError("bad-model", f"LiteRT cannot load {path}: {_first_line(e)}") from None
+            raise RunnerError("bad-model", f"LiteRT cannot load {path}: {_first_line(e)}") from e
         self.in_details = self.it.get_input_details()
         self.out_details = self.it.get_output_details()
         self.inputs = [(d["name"], [int(x) for x in d["shape"]], d["dtype"]) for d in self.in_details]
@@ -145,9 +145,9 @@ def _tflite_interpreter():
         import tflite_runtime
 
         return Interpreter, f"tflite_runtime {getattr(tflite_runtime, '__version__', '')}".strip()
-    except ImportError:
+    except ImportError as e:
         raise RunnerError("no-runtime", "python3 on the device has neither ai_edge_litert nor tflite_runtime: "
-                          "pip install ai-edge-litert") from None
+                          "pip install ai-edge-litert") from e
 
 
 def _first_line(e: BaseException) -> str:
@@ -229,7 +229,7 @@ def profile(path: str, runs: int = 50, warmup: int = 5, threads: int | None = No
     try:
         model.run(feeds)
     except Exception as e:
-        raise RunnerError("bad-model", f"{path} loads but fails to run: {_first_line(e)}") from None
+        raise RunnerError("bad-model", f"{path} loads but fails to run: {_first_line(e)}") from e
     for _ in range(warmup):
         model.run(feeds)
     times = []

@@ -26,8 +26,8 @@ def profile_local(model_file: Path, runs: int, warmup: int, threads: int | None,
     cmd = [sys.executable, str(RUNNER), str(model_file), *runner_args(runs, warmup, threads, seq_len, vocab)]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        raise EdgekdError(f"profiling {model_file.name} locally took over {timeout:.0f}s: use fewer --runs") from None
+    except subprocess.TimeoutExpired as e:
+        raise EdgekdError(f"profiling {model_file.name} locally took over {timeout:.0f}s: use fewer --runs") from e
     if proc.returncode not in (0, 3, 4):
         tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         raise EdgekdError(f"local profiling of {model_file.name} crashed (exit {proc.returncode}): {tail}")

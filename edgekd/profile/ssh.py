@@ -101,8 +101,8 @@ def _run(cmd: list[str], target: SshTarget, timeout: float, upload: Path | None 
             with open(upload, "rb") as f:
                 proc = subprocess.run(cmd, capture_output=True, timeout=timeout, stdin=f)
             proc.stdout, proc.stderr = proc.stdout.decode(errors="replace"), proc.stderr.decode(errors="replace")
-    except subprocess.TimeoutExpired:
-        raise EdgekdError(f"{target.label}: no answer within {timeout:.0f}s: check the device and network") from None
+    except subprocess.TimeoutExpired as e:
+        raise EdgekdError(f"{target.label}: no answer within {timeout:.0f}s: check the device and network") from e
     if proc.returncode == 255:
         raise _ssh_failure(target, proc.stderr)
     return proc

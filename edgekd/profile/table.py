@@ -11,7 +11,9 @@ def _fmt(v) -> str:
 
 
 def print_profile(stats: dict, console: Console | None = None, top: int = 12) -> None:
-    console = console or Console()
+    from edgekd import console as _c
+
+    console = console or _c.out()
     t = Table(title=f"{stats.get('model', '')} on {stats['device']} ({stats['format']}, "
                     f"{stats.get('runtime', '')}, {stats['threads']} threads, {stats['runs']} runs)")
     for col in ("mean", "p50", "p90", "p99", "std", "min", "max", "init"):

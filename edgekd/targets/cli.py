@@ -9,9 +9,9 @@ from edgekd.targets.spec import list_targets, load_target
 
 
 def wide_console() -> Console:
-    """Piped output gets a wide console so the table is not squeezed to 80 columns."""
-    c = Console()
-    return c if c.is_terminal else Console(width=160)
+    from edgekd.console import out
+
+    return out()
 
 
 def print_targets() -> None:

@@ -5,19 +5,13 @@ from __future__ import annotations
 
 import os
 import platform
-import sys
 import time
 import tomllib
 from pathlib import Path
 from typing import Any
 
 from edgekd.io import write_text
-
-
-def cache_dir() -> Path:
-    """$XDG_CACHE_HOME/edgekd (default ~/.cache/edgekd): measured host facts and calibrations."""
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "edgekd"
+from edgekd.settings import cache_dir
 
 
 def host_cache_file() -> Path:
@@ -140,7 +134,9 @@ def host_facts(refresh: bool = False) -> dict[str, Any]:
                 return out
         except (tomllib.TOMLDecodeError, OSError):
             pass  # a corrupt cache is measured again
-    print(f"edgekd: measuring this machine for the 'host' target (once; cached in {path})", file=sys.stderr)
+    from edgekd.console import note
+
+    note(f"edgekd: measuring this machine for the 'host' target (once; cached in {path})")
     facts = measure_host()
     try:
         write_text(path, _to_toml(facts))

@@ -172,7 +172,7 @@ class Calibration:
 
 
 def calibration_path(device: str, fmt: str) -> Path:
-    from edgekd.targets.hostbench import cache_dir
+    from edgekd.settings import cache_dir
 
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in f"{device}-{fmt}")
     return cache_dir() / "calibration" / f"{safe}.json"
@@ -186,7 +186,7 @@ def load_calibration(device: str, fmt: str, path: str | os.PathLike | None = Non
     try:
         return Calibration.from_dict(json.loads(p.read_text()))
     except (json.JSONDecodeError, TypeError, KeyError) as e:
-        raise EdgekdError(f"{p}: corrupt calibration file ({e}); delete it to recalibrate") from None
+        raise EdgekdError(f"{p}: corrupt calibration file ({e}); delete it to recalibrate") from e
 
 
 def default_calibration(target: Target | str, fmt: str | None = None) -> Calibration:

@@ -164,10 +164,10 @@ def parse_target(path: str | os.PathLike, measure: bool = True) -> Target:
     where = str(path)
     try:
         data = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise EdgekdError(f"{where}: target file not found") from None
+    except FileNotFoundError as e:
+        raise EdgekdError(f"{where}: target file not found") from e
     except tomllib.TOMLDecodeError as e:
-        raise EdgekdError(f"{where}: not valid TOML ({e})") from None
+        raise EdgekdError(f"{where}: not valid TOML ({e})") from e
     measured = data.get("measured", [])
     if measured and isinstance(measured, list):
         if measure:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from edgekd.errors import EdgekdError
+from edgekd.errors import EdgekdError, JobFailed
 from edgekd.export.hf import load_for_export
 from edgekd.profile import device_runner
 from tests.export.conftest import SEQ
@@ -73,7 +73,7 @@ def test_parity_failure_gives_numbers_and_leaves_no_file(llama_dir, tmp_path):
     from edgekd.export import export_model
 
     out = tmp_path / "strict.int8.onnx"
-    with pytest.raises(EdgekdError) as e:
+    with pytest.raises(JobFailed) as e:
         export_model(llama_dir, "onnx", "int8-dynamic", seq_len=SEQ, out=out, min_top1=1.0, show_progress=False)
     msg = str(e.value)
     assert "top-1 agreement" in msg and "< 1.0" in msg and "\n" not in msg
