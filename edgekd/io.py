@@ -55,3 +55,46 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+_held_locks: dict[str, int] = {}
+
+
+@contextmanager
+def run_lock(run_dir: str | os.PathLike) -> Iterator[None]:
+    """Hold RUN/.lock for the block: a second edgekd on the same run directory is refused, not mixed in.
+
+    flock dies with the process (SIGKILL included), so a killed run never leaves a stale lock. Re-entrant
+    within one process (the job holds it while the engine it calls takes it again).
+    """
+    import fcntl
+
+    from edgekd.errors import EdgekdError
+
+    d = Path(run_dir).absolute()
+    key = str(d)
+    if key in _held_locks:
+        yield
+        return
+    created = not d.exists()
+    d.mkdir(parents=True, exist_ok=True)
+    fd = os.open(d / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError as e:
+        other = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise EdgekdError(f"run directory {d} is in use by another edgekd (pid {other}): wait for it to finish "
+                          f"or choose another --out") from e
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    _held_locks[key] = fd
+    try:
+        yield
+    except BaseException:
+        if created and {p.name for p in d.iterdir()} <= {".lock"}:
+            shutil.rmtree(d, ignore_errors=True)  # a run that failed before it began leaves nothing
+        raise
+    finally:
+        del _held_locks[key]
+        os.close(fd)
