@@ -512,18 +512,19 @@ class MultiTeacherScheme(Scheme):
 # ---- progressive --------------------------------------------------------------------------------
 
 def shrunk_config(config, overrides: dict):
-    """`config` with `overrides` applied, derived fields (head_dim) recomputed; unknown keys are an error."""
+    """`config` with `overrides` (canonical names or the family's own) applied through edgekd.models.arch,
+    so per-layer lists shrink with the layers; a derived head_dim is recomputed; unknown keys are an error."""
+    from edgekd.models.arch import ARCH_KEYS, config_from
+
     d = config.to_dict()
     for key in overrides:
-        if key not in d and not hasattr(config, key):
+        if key not in d and not hasattr(config, key) and key not in ARCH_KEYS:
             raise EdgekdError(f"progressive: unknown config field {key!r} for {type(config).__name__}")
-    if ("hidden_size" in overrides or "num_attention_heads" in overrides) and "head_dim" not in overrides:
-        d.pop("head_dim", None)
-    d.update(overrides)
-    try:
-        return type(config)(**d)
-    except (TypeError, ValueError) as e:
-        raise EdgekdError(f"progressive: the overrides {overrides} give an invalid config ({e})") from e
+    field = getattr(type(config), "__dataclass_fields__", {}).get("head_dim")
+    derived = field is None or field.default is None  # Llama's is hidden / heads; Gemma's, Qwen3's their own
+    drop = ("head_dim",) if derived and "head_dim" not in overrides and \
+        ("hidden_size" in overrides or "num_attention_heads" in overrides) else ()
+    return config_from(config, overrides, drop=drop, what="progressive: ")
 
 
 def _params_of(model_cls, config) -> int:
@@ -564,28 +565,23 @@ def halfway_sizes(teacher: nn.Module, student_config) -> list[dict]:
     """The default intermediate stage of a progressive chain: depth (rounded up), heads, FFN and hidden
     size halfway between teacher and student, as config overrides of the teacher's config; [] where
     that model does not lie strictly between the two in parameters."""
+    from edgekd.models.arch import arch_of
+
     t, s = unwrap(teacher).config, student_config
+    ta, sa = arch_of(t), arch_of(s)
     mid = lambda a, b: (a + b) // 2  # noqa: E731
-    o = {"num_hidden_layers": mid(t.num_hidden_layers + 1, s.num_hidden_layers)}
-    if hasattr(t, "intermediate_size"):
-        o["intermediate_size"] = mid(t.intermediate_size, s.intermediate_size)
-    heads = getattr(t, "num_attention_heads", None)
-    if heads:
-        h = mid(heads, s.num_attention_heads)
-        o["num_attention_heads"] = h
-        if getattr(t, "num_key_value_heads", None):
-            kv = max(1, mid(t.num_key_value_heads, getattr(s, "num_key_value_heads", None) or s.num_attention_heads))
-            while h % kv:
-                kv -= 1
-            o["num_key_value_heads"] = kv
-        t_hd = getattr(t, "head_dim", None) or t.hidden_size // heads
-        s_hd = getattr(s, "head_dim", None) or s.hidden_size // s.num_attention_heads
-        if t_hd == s_hd:  # keep the head size, so heads copy over from the previous stage
-            o["hidden_size"] = h * t_hd
-        else:
-            o["hidden_size"] = max(h, mid(t.hidden_size, s.hidden_size) // h * h)
+    o = {"num_hidden_layers": mid(ta["num_hidden_layers"] + 1, sa["num_hidden_layers"]),
+         "intermediate_size": mid(ta["intermediate_size"], sa["intermediate_size"])}
+    h = mid(ta["num_attention_heads"], sa["num_attention_heads"])
+    o["num_attention_heads"] = h
+    kv = max(1, mid(ta["num_key_value_heads"], sa["num_key_value_heads"]))
+    while h % kv:
+        kv -= 1
+    o["num_key_value_heads"] = kv
+    if ta["head_dim"] == sa["head_dim"]:  # keep the head size, so heads copy over from the previous stage
+        o["hidden_size"], o["head_dim"] = h * ta["head_dim"], ta["head_dim"]
     else:
-        o["hidden_size"] = mid(t.hidden_size, s.hidden_size)
+        o["hidden_size"] = max(h, mid(ta["hidden_size"], sa["hidden_size"]) // h * h)
     cls = type(unwrap(teacher))
     sizes = [_params_of(cls, c) for c in (t, shrunk_config(t, o), s)]
     return [o] if sizes[0] > sizes[1] > sizes[2] else []

@@ -1,7 +1,17 @@
-"""Teachers (local Hugging Face dirs or the built-in one) and students initialised from them."""
+"""Teachers (local Hugging Face dirs or the built-in one) and students initialised from them.
 
-from edgekd.models.loading import load_model, load_teacher
-from edgekd.models.students import build_student, default_student_config, select_layers, student_config_from
+Imported lazily, so that reading configs (edgekd.models.arch) does not import torch."""
 
-__all__ = ["load_model", "load_teacher", "build_student", "default_student_config", "select_layers",
-           "student_config_from"]
+_EXPORTS = {"load_model": "loading", "load_teacher": "loading", "build_student": "students",
+            "default_student_config": "students", "select_layers": "students", "student_config_from": "students",
+            "arch_of": "arch"}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(f"edgekd.models.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'edgekd.models' has no attribute {name!r}")

@@ -59,8 +59,11 @@ def load_model(path: str | os.PathLike, *, with_tokenizer: bool = True, what: st
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
+    from edgekd.models.arch import check_supported
+
     d = resolve_model_dir(path)
     cfg = read_config_dict(d)
+    check_supported(cfg)  # before the weights: an unsupported family is one line, not a load report
     _check_weights(d)
     kind = "classification" if is_classifier(cfg) else "lm"
     cls = AutoModelForSequenceClassification if kind == "classification" else AutoModelForCausalLM

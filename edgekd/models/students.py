@@ -3,50 +3,47 @@
 Depth: the student keeps every k-th teacher layer (DistilBERT). Width: heads, FFN channels and
 hidden channels are ranked by their mean activation magnitude on calibration batches and the
 strongest are kept (Minitron). Both keep the teacher's knowledge instead of starting from noise.
+Every supported family (Llama, Mistral, Qwen2/3, Gemma/2/3, Phi-3, GPT-2, OPT, BERT, DistilBERT) is
+initialised this way; edgekd.models.arch reads and writes their configs.
 """
 
 from __future__ import annotations
 
-import copy
 import json
-import os
+import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Optional
 
 import torch
 
 from edgekd.errors import EdgekdError
-
-_WIDTH_KEYS = ("hidden_size", "num_attention_heads", "num_key_value_heads", "intermediate_size",
-               "num_hidden_layers", "head_dim")
+from edgekd.models.arch import arch_of, model_type_of, select_layers, with_arch
 
 
 def default_student_config(teacher_config):
-    """About half the teacher's depth and width, keeping the head size (so heads can be copied)."""
-    cfg = copy.deepcopy(teacher_config)
-    t = teacher_config
-    heads = getattr(t, "num_attention_heads", None)
-    hidden = t.hidden_size
-    head_dim = getattr(t, "head_dim", None) or hidden // heads
-    kv = getattr(t, "num_key_value_heads", None) or heads
+    """About half the teacher's depth and width, keeping the head size (so heads can be copied) and the
+    teacher's query/key-value grouping; per-layer config lists follow the kept layers."""
+    a = arch_of(teacher_config)
+    heads, hidden, head_dim, kv = (a["num_attention_heads"], a["hidden_size"], a["head_dim"],
+                                   a["num_key_value_heads"])
     s_heads = max(1, heads // 2)
     s_kv = max(1, kv // 2) if kv > 1 else 1
     while s_heads % s_kv:
         s_kv -= 1
-    cfg.num_hidden_layers = max(1, (t.num_hidden_layers + 1) // 2)
-    cfg.num_attention_heads = s_heads
-    if hasattr(t, "num_key_value_heads"):
-        cfg.num_key_value_heads = s_kv
-    cfg.hidden_size = s_heads * head_dim if head_dim * heads == hidden else max(8, hidden // 2)
-    if getattr(t, "head_dim", None) is not None:
-        cfg.head_dim = head_dim
-    if hasattr(t, "intermediate_size"):
-        cfg.intermediate_size = max(8, t.intermediate_size // 2)
-    return cfg
+    overrides = {"num_hidden_layers": max(1, (a["num_hidden_layers"] + 1) // 2), "num_attention_heads": s_heads,
+                 "num_key_value_heads": s_kv, "head_dim": head_dim,
+                 "hidden_size": s_heads * head_dim if head_dim * heads == hidden else max(8, hidden // 2),
+                 "intermediate_size": max(8, a["intermediate_size"] // 2)}
+    return with_arch(teacher_config, overrides)
+
+
+_NOT_CONFIG_FIELDS = ("architectures", "transformers_version", "model_type")
 
 
 def student_config_from(spec, teacher_config):
-    """An explicit student config: a JSON file, a model directory, or a dict of overrides."""
+    """An explicit student config: a JSON file, a model directory, or a dict of overrides (canonical
+    names such as hidden_size, or the family's own such as n_embd)."""
     if spec is None:
         return default_student_config(teacher_config)
     if isinstance(spec, dict):
@@ -69,26 +66,58 @@ def student_config_from(spec, teacher_config):
 
         cfg = AutoConfig.for_model(**overrides)
     else:
-        cfg = copy.deepcopy(teacher_config)
-        for k, v in overrides.items():
-            if k in ("architectures", "transformers_version", "model_type"):
-                continue
-            setattr(cfg, k, v)
-    if getattr(cfg, "vocab_size", None) != teacher_config.vocab_size:
-        raise EdgekdError(f"student vocab_size {getattr(cfg, 'vocab_size', None)} differs from the teacher's "
+        cfg = with_arch(teacher_config, {k: v for k, v in overrides.items() if k not in _NOT_CONFIG_FIELDS})
+    a = arch_of(cfg)
+    if a["vocab_size"] != teacher_config.vocab_size:
+        raise EdgekdError(f"student vocab_size {a['vocab_size']} differs from the teacher's "
                           f"{teacher_config.vocab_size}: the student must use the teacher's tokenizer")
-    heads = getattr(cfg, "num_attention_heads", None)
-    if heads and getattr(cfg, "head_dim", None) is None and cfg.hidden_size % heads:
-        raise EdgekdError(f"student hidden_size {cfg.hidden_size} is not divisible by num_attention_heads {heads}: fix the student config")
+    heads = a["num_attention_heads"]
+    if heads and getattr(cfg, "head_dim", None) is None and a["hidden_size"] % heads:
+        raise EdgekdError(f"student hidden_size {a['hidden_size']} is not divisible by num_attention_heads {heads}: "
+                          f"fix the student config")
     return cfg
 
 
-def select_layers(n_teacher: int, n_student: int) -> list[int]:
-    """Every k-th teacher layer, k = n_teacher // n_student, starting at 0 (DistilBERT)."""
-    if n_student > n_teacher:
-        raise EdgekdError(f"the student has {n_student} layers, more than the teacher's {n_teacher}: use fewer layers")
-    k = n_teacher // n_student
-    return [i * k for i in range(n_student)]
+# --- initialising a student from its teacher ------------------------------------------------------
+#
+# Depth: every parameter outside the layer stack is copied, and student layer i gets teacher layer
+# select_layers(...)[i]. Width: each parameter axis is an index space: "h" hidden channels, "q" query
+# rows (kept heads x head size), "kv" key/value rows, "f" FFN channels, "qkv"/"ff2" the fused
+# [q|k|v] and [gate|up] matrices; an axis not named by a family rule is "h" where it has the hidden
+# size and is kept whole where teacher and student agree. Channels are ranked by mean |activation| on
+# calibration batches: heads at the attention output projection's input, FFN channels at the down
+# projection's input, hidden channels at every norm's output (Minitron).
+
+
+@dataclass(frozen=True)
+class PruneSpec:
+    rules: tuple  # (regex on the layer-relative parameter name, spaces of the weight's axes)
+    attn_out: str  # layer-relative module whose input is the concatenated heads
+    ffn_out: str  # layer-relative module whose input is the FFN channels
+    transposed: bool = False  # GPT-2's Conv1D: weight [in, out], so a bias lies on the last axis
+
+
+_LLAMA = PruneSpec(rules=((r"self_attn\.q_proj\.", ("q", "h")), (r"self_attn\.[kv]_proj\.", ("kv", "h")),
+                          (r"self_attn\.qkv_proj\.", ("qkv", "h")), (r"self_attn\.o_proj\.", ("h", "q")),
+                          (r"mlp\.(gate|up)_proj\.", ("f", "h")), (r"mlp\.gate_up_proj\.", ("ff2", "h")),
+                          (r"mlp\.down_proj\.", ("h", "f"))),
+                   attn_out="self_attn.o_proj", ffn_out="mlp.down_proj")
+PRUNE_SPECS = {
+    **{mt: _LLAMA for mt in ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3")},
+    "gpt2": PruneSpec(rules=((r"attn\.c_attn\.", ("h", "qkv")), (r"attn\.c_proj\.", ("q", "h")),
+                             (r"mlp\.c_fc\.", ("h", "f")), (r"mlp\.c_proj\.", ("f", "h"))),
+                      attn_out="attn.c_proj", ffn_out="mlp.c_proj", transposed=True),
+    "opt": PruneSpec(rules=((r"self_attn\.[qkv]_proj\.", ("q", "h")), (r"self_attn\.out_proj\.", ("h", "q")),
+                            (r"fc1\.", ("f", "h")), (r"fc2\.", ("h", "f"))),
+                     attn_out="self_attn.out_proj", ffn_out="fc2"),
+    "bert": PruneSpec(rules=((r"attention\.self\.(query|key|value)\.", ("q", "h")),
+                             (r"attention\.output\.dense\.", ("h", "q")), (r"intermediate\.dense\.", ("f", "h")),
+                             (r"output\.dense\.", ("h", "f"))),
+                      attn_out="attention.output.dense", ffn_out="output.dense"),
+    "distilbert": PruneSpec(rules=((r"attention\.[qkv]_lin\.", ("q", "h")), (r"attention\.out_lin\.", ("h", "q")),
+                                   (r"ffn\.lin1\.", ("f", "h")), (r"ffn\.lin2\.", ("h", "f"))),
+                            attn_out="attention.out_lin", ffn_out="ffn.lin2"),
+}
 
 
 def _llama_like(model) -> bool:
@@ -102,41 +131,60 @@ def _llama_like(model) -> bool:
         all(hasattr(l0.mlp, a) for a in ("gate_proj", "up_proj", "down_proj"))
 
 
-def _head_dim(cfg) -> int:
-    return getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+def prune_spec(model) -> Optional[PruneSpec]:
+    """How the family's parameters are pruned in width; None where edgekd does not know the family."""
+    spec = PRUNE_SPECS.get(model_type_of(model.config))
+    return spec if spec is not None else (_LLAMA if _llama_like(model) else None)
+
+
+def layer_stack(model) -> Optional[tuple[str, torch.nn.ModuleList]]:
+    """(name, ModuleList) of the model's transformer layers: the outermost list with one entry per layer."""
+    n = arch_of(model.config)["num_hidden_layers"]
+    for name, mod in model.named_modules():
+        if isinstance(mod, torch.nn.ModuleList) and len(mod) == n:
+            return name, mod
+    return None
+
+
+def _is_norm(name: str, mod) -> bool:
+    return "norm" in type(mod).__name__.lower() and not name.endswith(("q_norm", "k_norm"))
 
 
 @torch.no_grad()
 def measure_importance(teacher, batches: Iterable[dict]) -> dict:
-    """Mean |activation| per head (o_proj input), per FFN channel (down_proj input) and per hidden
-    channel (input of every RMSNorm-normalised sublayer), on calibration batches."""
-    cfg = teacher.config
-    hd = _head_dim(cfg)
-    layers = teacher.model.layers
-    imp = {"heads": [torch.zeros(cfg.num_attention_heads) for _ in layers],
-           "ffn": [torch.zeros(cfg.intermediate_size) for _ in layers],
-           "hidden": torch.zeros(cfg.hidden_size)}
+    """Mean |activation| per head (input of the attention output projection), per FFN channel (input of
+    the down projection) and per hidden channel (output of every norm), on calibration batches."""
+    a = arch_of(teacher.config)
+    spec, stack = prune_spec(teacher), layer_stack(teacher)
+    if spec is None or stack is None:
+        raise EdgekdError(f"width pruning does not know the {a['model_type']} family: give a student of the "
+                          f"teacher's widths (fewer layers only), or init 'random'")
+    hd, nh, h = a["head_dim"], a["num_attention_heads"], a["hidden_size"]
+    layers = stack[1]
+    imp = {"heads": [torch.zeros(nh) for _ in layers], "ffn": [torch.zeros(a["intermediate_size"]) for _ in layers],
+           "hidden": torch.zeros(h)}
     hooks = []
 
     def pre_hook(key, i):
         def f(mod, args):
             x = args[0].detach().float().abs()
             if key == "heads":
-                imp["heads"][i] += x.reshape(*x.shape[:-1], -1, hd).norm(dim=-1).reshape(-1, x.shape[-1] // hd).mean(0)
-            elif key == "ffn":
+                imp["heads"][i] += x.reshape(-1, nh, hd).norm(dim=-1).mean(0)
+            else:
                 imp["ffn"][i] += x.reshape(-1, x.shape[-1]).mean(0)
         return f
 
     def norm_hook(mod, args, out):
-        imp["hidden"] += out.detach().float().abs().reshape(-1, out.shape[-1]).mean(0)
+        out = out[0] if isinstance(out, tuple) else out
+        if out.shape[-1] == h:
+            imp["hidden"] += out.detach().float().abs().reshape(-1, h).mean(0)
 
     for i, layer in enumerate(layers):
-        hooks.append(layer.self_attn.o_proj.register_forward_pre_hook(pre_hook("heads", i)))
-        hooks.append(layer.mlp.down_proj.register_forward_pre_hook(pre_hook("ffn", i)))
-        hooks.append(layer.input_layernorm.register_forward_hook(norm_hook))
-        hooks.append(layer.post_attention_layernorm.register_forward_hook(norm_hook))
-    if hasattr(teacher.model, "norm"):
-        hooks.append(teacher.model.norm.register_forward_hook(norm_hook))
+        hooks.append(layer.get_submodule(spec.attn_out).register_forward_pre_hook(pre_hook("heads", i)))
+        hooks.append(layer.get_submodule(spec.ffn_out).register_forward_pre_hook(pre_hook("ffn", i)))
+    for name, mod in teacher.named_modules():
+        if _is_norm(name, mod):
+            hooks.append(mod.register_forward_hook(norm_hook))
     was_training = teacher.training
     teacher.eval()
     try:
@@ -147,8 +195,8 @@ def measure_importance(teacher, batches: Iterable[dict]) -> dict:
         if n == 0:
             raise EdgekdError("no calibration batches for width pruning: the training data is empty")
     finally:
-        for h in hooks:
-            h.remove()
+        for hk in hooks:
+            hk.remove()
         teacher.train(was_training)
     return imp
 
@@ -157,84 +205,122 @@ def _topk_sorted(scores: torch.Tensor, k: int) -> torch.Tensor:
     return torch.sort(torch.topk(scores, k).indices).values
 
 
+def _rows(units: torch.Tensor, size: int) -> torch.Tensor:
+    return (units[:, None] * size + torch.arange(size)[None]).reshape(-1)
+
+
+def _narrowing_problem(ta: dict, sa: dict) -> Optional[str]:
+    if sa["num_hidden_layers"] > ta["num_hidden_layers"]:
+        return "the student has more layers than the teacher"
+    if sa["head_dim"] != ta["head_dim"]:
+        return f"its head size ({sa['head_dim']}) differs from the teacher's ({ta['head_dim']})"
+    t_group = ta["num_attention_heads"] // ta["num_key_value_heads"]
+    s_group = sa["num_attention_heads"] // sa["num_key_value_heads"]
+    if sa["num_key_value_heads"] > ta["num_key_value_heads"] or s_group > t_group or \
+            any(sa[k] > ta[k] for k in ("hidden_size", "intermediate_size", "num_attention_heads")):
+        return "it is not a narrowing of the teacher (a width, head or query-group count is larger)"
+    return None
+
+
+def _spaces(rel: str, ndim: int, spec: Optional[PruneSpec]) -> Optional[tuple]:
+    for pattern, spaces in (spec.rules if spec else ()):
+        if re.match(pattern, rel):
+            if ndim == 1:
+                return (spaces[-1] if spec.transposed else spaces[0],)
+            return spaces if ndim == len(spaces) else None
+    return None
+
+
 @torch.no_grad()
 def init_from_teacher(student, teacher, importance: Optional[dict] = None) -> dict:
-    """Copy selected layers and the most important heads/channels of the teacher into the student.
+    """Copy the selected layers and the most important heads/channels of the teacher into the student.
 
-    Returns what was chosen (layer indices, kept hidden channels, ...) for the run's config.
-    """
-    tc, sc = teacher.config, student.config
-    chosen: dict = {"method": "random"}
-    if not (_llama_like(teacher) and _llama_like(student)) or type(teacher) is not type(student):
-        return chosen
-    if _head_dim(tc) != _head_dim(sc):
-        return {"method": "random", "why": "head size differs from the teacher's"}
-    t_kv = getattr(tc, "num_key_value_heads", tc.num_attention_heads)
-    s_kv = getattr(sc, "num_key_value_heads", sc.num_attention_heads)
-    t_group, s_group = tc.num_attention_heads // t_kv, sc.num_attention_heads // s_kv
-    if t_group != s_group or s_kv > t_kv or sc.intermediate_size > tc.intermediate_size \
-            or sc.hidden_size > tc.hidden_size:
-        return {"method": "random", "why": "student is not a narrowing of the teacher"}
-    hd = _head_dim(tc)
-    layers = select_layers(tc.num_hidden_layers, sc.num_hidden_layers)
+    Returns what was chosen (method "teacher", layer indices, kept channels) for the run's config, or
+    {"method": "random", "why": ...} where the student cannot be initialised from this teacher (the
+    student is then left as it was built)."""
+    if type(teacher) is not type(student):
+        return {"method": "random", "why": f"the student's class ({type(student).__name__}) is not the "
+                                           f"teacher's ({type(teacher).__name__})"}
+    ta, sa = arch_of(teacher.config), arch_of(student.config)
+    problem = _narrowing_problem(ta, sa)
+    t_stack, s_stack = layer_stack(teacher), layer_stack(student)
+    if problem is None and (t_stack is None or s_stack is None or t_stack[0] != s_stack[0]):
+        problem = f"edgekd finds no layer stack in {type(teacher).__name__}"
+    same_width = all(ta[k] == sa[k] for k in ("hidden_size", "intermediate_size", "num_attention_heads",
+                                              "num_key_value_heads"))
+    spec = prune_spec(teacher)
+    if problem is None and not same_width and spec is None:
+        problem = (f"width pruning is not supported for the {ta['model_type']} family (only a student of the "
+                   f"teacher's widths, with fewer layers, starts from the teacher)")
+    if problem:
+        return {"method": "random", "why": f"the student cannot start from the teacher: {problem}"}
+    prefix = t_stack[0] + "."
+    layers = select_layers(ta["num_hidden_layers"], sa["num_hidden_layers"])
+    hd, t_h, t_f = ta["head_dim"], ta["hidden_size"], ta["intermediate_size"]
+    t_kv, s_kv = ta["num_key_value_heads"], sa["num_key_value_heads"]
+    t_group, s_group = ta["num_attention_heads"] // t_kv, sa["num_attention_heads"] // s_kv
     if importance is None:  # no calibration data: keep the first channels
-        importance = {"heads": [torch.arange(tc.num_attention_heads, 0, -1).float()] * tc.num_hidden_layers,
-                      "ffn": [torch.arange(tc.intermediate_size, 0, -1).float()] * tc.num_hidden_layers,
-                      "hidden": torch.arange(tc.hidden_size, 0, -1).float()}
-    hid = _topk_sorted(importance["hidden"], sc.hidden_size)
-    chosen = {"method": "teacher", "layers": layers, "hidden_kept": len(hid), "heads_kept": {}, "ffn_kept": {}}
-
-    tm, sm = teacher.model, student.model
-    sm.embed_tokens.weight.copy_(tm.embed_tokens.weight[:, hid])
-    if hasattr(tm, "norm"):
-        sm.norm.weight.copy_(tm.norm.weight[hid])
-    for head_name in ("lm_head", "score"):
-        th, sh = getattr(teacher, head_name, None), getattr(student, head_name, None)
-        if th is not None and sh is not None and th.weight.shape[0] == sh.weight.shape[0]:
-            if not (getattr(sc, "tie_word_embeddings", False) and head_name == "lm_head"):
-                sh.weight.copy_(th.weight[:, hid])
-            if getattr(th, "bias", None) is not None and getattr(sh, "bias", None) is not None:
-                sh.bias.copy_(th.bias)
+        importance = {"heads": [torch.arange(ta["num_attention_heads"], 0, -1).float()] * ta["num_hidden_layers"],
+                      "ffn": [torch.arange(t_f, 0, -1).float()] * ta["num_hidden_layers"],
+                      "hidden": torch.arange(t_h, 0, -1).float()}
+    hid = _topk_sorted(importance["hidden"], sa["hidden_size"])
+    per_layer: dict[int, dict] = {}
+    heads_kept = {}
     for si, ti in enumerate(layers):
-        tl, sl = tm.layers[ti], sm.layers[si]
-        # Heads: rank KV groups by the summed importance of their query heads.
-        h_imp = importance["heads"][ti].reshape(t_kv, t_group).sum(1)
-        kv_keep = _topk_sorted(h_imp, s_kv)
-        q_heads = (kv_keep[:, None] * t_group + torch.arange(t_group)[None]).reshape(-1)
-        q_rows = (q_heads[:, None] * hd + torch.arange(hd)[None]).reshape(-1)
-        kv_rows = (kv_keep[:, None] * hd + torch.arange(hd)[None]).reshape(-1)
-        ta, sa = tl.self_attn, sl.self_attn
-        for name, rows in (("q_proj", q_rows), ("k_proj", kv_rows), ("v_proj", kv_rows)):
-            tw, sw = getattr(ta, name), getattr(sa, name)
-            sw.weight.copy_(tw.weight[rows][:, hid])
-            if tw.bias is not None and sw.bias is not None:
-                sw.bias.copy_(tw.bias[rows])
-        sa.o_proj.weight.copy_(ta.o_proj.weight[hid][:, q_rows])
-        if ta.o_proj.bias is not None and sa.o_proj.bias is not None:
-            sa.o_proj.bias.copy_(ta.o_proj.bias[hid])
-        for nm in ("q_norm", "k_norm"):  # Qwen3-style per-head norms
-            if hasattr(ta, nm) and hasattr(sa, nm):
-                getattr(sa, nm).weight.copy_(getattr(ta, nm).weight)
-        ffn = _topk_sorted(importance["ffn"][ti], sc.intermediate_size)
-        sl.mlp.gate_proj.weight.copy_(tl.mlp.gate_proj.weight[ffn][:, hid])
-        sl.mlp.up_proj.weight.copy_(tl.mlp.up_proj.weight[ffn][:, hid])
-        sl.mlp.down_proj.weight.copy_(tl.mlp.down_proj.weight[hid][:, ffn])
-        sl.input_layernorm.weight.copy_(tl.input_layernorm.weight[hid])
-        sl.post_attention_layernorm.weight.copy_(tl.post_attention_layernorm.weight[hid])
-        chosen["heads_kept"][si] = q_heads.tolist()
-        chosen["ffn_kept"][si] = len(ffn)
-    return chosen
+        groups = importance["heads"][ti].reshape(t_kv, t_group)
+        kv_keep = _topk_sorted(groups.sum(1), s_kv)
+        q_heads = torch.cat([g * t_group + _topk_sorted(groups[g], s_group) for g in kv_keep.tolist()])
+        q, kv = _rows(q_heads, hd), _rows(kv_keep, hd)
+        f = _topk_sorted(importance["ffn"][ti], sa["intermediate_size"])
+        q_t, kv_t = ta["num_attention_heads"] * hd, t_kv * hd
+        per_layer[si] = {"h": hid, "q": q, "kv": kv, "f": f, "qkv": torch.cat([q, q_t + kv, q_t + kv_t + kv]),
+                         "ff2": torch.cat([f, t_f + f])}
+        heads_kept[si] = q_heads.tolist()
+    t_sd = teacher.state_dict()
+    new = {}
+    for name, s_t in student.state_dict().items():
+        rel, si, t_name = name, None, name
+        if name.startswith(prefix):
+            idx, rel = name[len(prefix):].split(".", 1)
+            si = int(idx)
+            t_name = f"{prefix}{layers[si]}.{rel}"
+        t_t = t_sd.get(t_name)
+        if t_t is None:
+            return {"method": "random", "why": f"the student cannot start from the teacher: it has no {t_name}"}
+        spaces = _spaces(rel, t_t.dim(), spec) if si is not None else None
+        if spaces is None:  # the hidden axis where widths differ, else whole
+            spaces = tuple(None if t == s else ("h" if (t, s) == (t_h, sa["hidden_size"]) else "?")
+                           for t, s in zip(t_t.shape, s_t.shape))
+        val = t_t
+        index = per_layer.get(si, {"h": hid})
+        for axis, space in enumerate(spaces):
+            if space is not None and space in index:
+                val = val.index_select(axis, index[space])
+        if val.shape != s_t.shape:
+            return {"method": "random", "why": f"the student cannot start from the teacher: {name} is "
+                                               f"{tuple(s_t.shape)}, the teacher's {tuple(t_t.shape)}"}
+        new[name] = val
+    for name, p in student.state_dict().items():
+        p.copy_(new[name])
+    return {"method": "teacher", "layers": layers, "width": "same" if same_width else "pruned",
+            "hidden_kept": int(sa["hidden_size"]), "heads_kept": heads_kept,
+            "ffn_kept": {si: int(sa["intermediate_size"]) for si in per_layer}}
 
 
 def build_student(teacher, student_config=None, calibration: Optional[Iterable[dict]] = None,
                   init: str = "teacher", seed: int = 0):
-    """(student, init_info): the student model of the teacher's class, initialised from the teacher."""
+    """(student, init_info): the student model of the teacher's class, initialised from the teacher.
+
+    Where it cannot start from the teacher, init_info says why ({"method": "random", "why": ...}) and
+    one line on the console says so."""
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     cfg = student_config if student_config is not None else default_student_config(teacher.config)
     if getattr(cfg, "vocab_size", None) != teacher.config.vocab_size:
         raise EdgekdError(f"student vocab_size {getattr(cfg, 'vocab_size', None)} differs from the teacher's "
                           f"{teacher.config.vocab_size}: the student must use the teacher's tokenizer")
+    if init not in ("teacher", "random"):
+        raise EdgekdError(f"unknown student init {init!r}: use 'teacher' or 'random'")
     torch.manual_seed(seed)
     if cfg.model_type == teacher.config.model_type:
         student = type(teacher)(cfg)
@@ -244,10 +330,17 @@ def build_student(teacher, student_config=None, calibration: Optional[Iterable[d
         student = auto.from_config(cfg)
     info = {"method": "random"}
     if init == "teacher":
-        imp = measure_importance(teacher, calibration) if calibration is not None and _llama_like(teacher) else None
+        imp = None
+        ta, sa = arch_of(teacher.config), arch_of(cfg)
+        narrower = any(ta[k] != sa[k] for k in ("hidden_size", "intermediate_size", "num_attention_heads"))
+        if calibration is not None and narrower and prune_spec(teacher) is not None and layer_stack(teacher) \
+                and type(student) is type(teacher) and _narrowing_problem(ta, sa) is None:
+            imp = measure_importance(teacher, calibration)
         info = init_from_teacher(student, teacher, imp)
-    elif init != "random":
-        raise EdgekdError(f"unknown student init {init!r}: use 'teacher' or 'random'")
+        if info["method"] != "teacher":
+            from edgekd.console import note
+
+            note(f"edgekd: note: {info['why']}; it starts from random weights")
     return student, info
 
 

@@ -122,6 +122,8 @@ def render_markdown(rep: dict, kind: str = "lm") -> str:
     if init.get("method") == "teacher":
         lines += [f"The student was initialised from the teacher: layers {init.get('layers')} (every k-th), "
                   f"{init.get('hidden_kept')} hidden channels kept by measured activation magnitude.", ""]
+    elif init.get("why"):
+        lines += [f"**The student started from random weights**: {init['why']}.", ""]
     if d.get("stages"):
         lines += ["## Progressive stages", "", "Each stage was distilled from the one before it (the first from the "
                   "teacher); the last is the student.", "",

@@ -24,6 +24,7 @@ import numpy as np
 
 from edgekd.errors import EdgekdError
 from edgekd.io import write_json
+from edgekd.models import arch as _arch
 from edgekd.targets.spec import Target, load_target
 
 KINDS = ("gather", "norm", "matmul", "matmul_int8", "quantize", "attention", "softmax", "elementwise")
@@ -50,25 +51,13 @@ def normalize_precision(precision: str) -> str:
 # --- the graph ----------------------------------------------------------------------------------
 
 def arch_of(config: Any) -> dict[str, int | bool]:
-    """The few numbers the cost model needs, from an HF config object or a plain dict."""
-    get = (lambda k, d=None: config.get(k, d)) if isinstance(config, Mapping) else \
-        (lambda k, d=None: getattr(config, k, d))
-    h = int(get("hidden_size"))
-    nh = int(get("num_attention_heads"))
-    nkv = int(get("num_key_value_heads") or nh)
-    hd = get("head_dim") or h // nh
-    return {"vocab_size": int(get("vocab_size")), "hidden_size": h,
-            "intermediate_size": int(get("intermediate_size")), "num_hidden_layers": int(get("num_hidden_layers")),
-            "num_attention_heads": nh, "num_key_value_heads": nkv, "head_dim": int(hd),
-            "tie_word_embeddings": bool(get("tie_word_embeddings", False))}
+    """The few numbers the cost model needs, from an HF config object or a plain dict of any supported
+    family (GPT-2's n_embd, OPT's ffn_dim, ...): edgekd.models.arch, the one normaliser."""
+    return _arch.arch_of(config)
 
 
 def param_count(config: Any) -> int:
-    a = arch_of(config)
-    h, f, v, hd = a["hidden_size"], a["intermediate_size"], a["vocab_size"], a["head_dim"]
-    q, kv = a["num_attention_heads"] * hd, a["num_key_value_heads"] * hd
-    layer = h * q + 2 * h * kv + q * h + 3 * h * f + 2 * h
-    return v * h + a["num_hidden_layers"] * layer + h + (0 if a["tie_word_embeddings"] else v * h)
+    return _arch.param_count(config)
 
 
 @dataclass
@@ -116,8 +105,12 @@ def graph_ops(config: Any, seq_len: int, precision: str = "float32") -> list[Op]
     ops += mm("o_proj", q, h, L)
     ops.append(Op("residual_add", "elementwise", 2.0 * s * h, 2 * 12.0 * s * h, L))  # two adds per layer
     ops.append(norm("post_attention_layernorm"))
-    ops += mm("gate_proj", h, f, L) + mm("up_proj", h, f, L, True)
-    ops.append(Op("silu_mul", "elementwise", 5.0 * s * f, 12.0 * s * f, L))
+    if a["gated_mlp"]:
+        ops += mm("gate_proj", h, f, L) + mm("up_proj", h, f, L, True)
+        ops.append(Op("silu_mul", "elementwise", 5.0 * s * f, 12.0 * s * f, L))
+    else:  # GPT-2, OPT, BERT: up, activation, down
+        ops += mm("up_proj", h, f, L)
+        ops.append(Op("activation", "elementwise", 8.0 * s * f, 8.0 * s * f, L))
     ops += mm("down_proj", f, h, L)
     ops.append(Op("final_norm", "norm", 4.0 * s * h, 8.0 * s * h + 4.0 * h))
     ops += mm("lm_head", h, v, 1)

@@ -40,9 +40,12 @@ class SearchResult:
         return next(r for r in self.table if r["chosen"])
 
     def student_config(self, teacher_config: Any) -> dict:
-        """The teacher's config dict with the choice applied: `LlamaConfig(**result.student_config(t))`."""
+        """The teacher's config dict with the choice applied in the family's own field names, per-layer
+        lists cut to the chosen depth (edgekd.models.arch): `LlamaConfig(**result.student_config(t))`."""
+        from edgekd.models.arch import with_arch
+
         base = dict(teacher_config) if isinstance(teacher_config, Mapping) else teacher_config.to_dict()
-        return {**base, **{k: v for k, v in self.choice.items() if k != "precision"}}
+        return with_arch(base, {k: v for k, v in self.choice.items() if k != "precision"})
 
 
 def _spread(lo: int, hi: int, n: int) -> list[int]:

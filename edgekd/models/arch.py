@@ -1,0 +1,206 @@
+"""One reading of a model config for every supported family, and one way to write a smaller one.
+
+Families name the same numbers differently (GPT-2: n_embd, n_layer, n_head, n_inner; OPT: ffn_dim;
+DistilBERT: dim, hidden_dim, n_layers, n_heads). `arch_of` reads any of them (an HF config object,
+its dict, or an earlier `arch_of` result) into the canonical Llama-style names; `with_arch` writes
+canonical overrides back into the family's own fields and shrinks every per-layer list
+(`layer_types`, ...) with the layers, keeping the same every-k-th layers the student copies from
+the teacher (`select_layers`). Every path that builds a smaller config goes through `with_arch`.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Mapping
+
+from edgekd.errors import EdgekdError
+
+ARCH_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+             "num_key_value_heads", "head_dim")
+
+# canonical name -> the family's own field, where it differs
+NATIVE: dict[str, dict[str, str]] = {
+    "gpt2": {"hidden_size": "n_embd", "num_hidden_layers": "n_layer", "num_attention_heads": "n_head",
+             "intermediate_size": "n_inner", "max_position_embeddings": "n_positions"},
+    "opt": {"intermediate_size": "ffn_dim"},
+    "distilbert": {"hidden_size": "dim", "intermediate_size": "hidden_dim", "num_hidden_layers": "n_layers",
+                   "num_attention_heads": "n_heads"},
+}
+# Families whose attention has one key/value head per query head (no num_key_value_heads field) and
+# whose head size is always hidden_size / heads (no head_dim field).
+MHA_ONLY = {"gpt2", "opt", "bert", "distilbert"}
+# Plain two-matrix MLP (up, down) instead of the gated three (gate, up, down).
+UNGATED_MLP = {"gpt2", "opt", "bert", "distilbert"}
+LEARNED_POSITIONS = {"gpt2", "opt", "bert", "distilbert"}
+# Tied input and output embeddings unless the config says otherwise.
+TIED_BY_DEFAULT = {"gpt2", "opt", "gemma", "gemma2", "gemma3", "gemma3_text", "bert", "distilbert"}
+SUPPORTED = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3", "gpt2", "opt", "bert",
+             "distilbert")
+ENCODER_DECODER = {"bart", "mbart", "marian", "t5", "mt5", "umt5", "pegasus", "pegasus_x", "blenderbot",
+                   "blenderbot-small", "fsmt", "prophetnet", "led", "longt5", "m2m_100", "nllb-moe", "plbart",
+                   "switch_transformers", "bigbird_pegasus", "encoder-decoder", "whisper", "seamless_m4t"}
+
+
+def select_layers(n_teacher: int, n_student: int) -> list[int]:
+    """Every k-th teacher layer, k = n_teacher // n_student, starting at 0 (DistilBERT): the layers a
+    student copies from its teacher, and whose entries of per-layer config lists it keeps."""
+    if n_student > n_teacher:
+        raise EdgekdError(f"the student has {n_student} layers, more than the teacher's {n_teacher}: use fewer layers")
+    if n_student < 1:
+        raise EdgekdError(f"the student needs at least one layer, got {n_student}")
+    k = n_teacher // n_student
+    return [i * k for i in range(n_student)]
+
+
+def _getter(config: Any):
+    if isinstance(config, Mapping):
+        return lambda k, d=None: config.get(k, d)
+    return lambda k, d=None: getattr(config, k, d)
+
+
+def model_type_of(config: Any) -> str:
+    return str(_getter(config)("model_type", "") or "")
+
+
+def check_supported(config: Any) -> None:
+    """A one-line EdgekdError for teachers edgekd cannot distill yet (encoder-decoder models)."""
+    get = _getter(config)
+    mt = model_type_of(config)
+    if get("is_encoder_decoder") or mt in ENCODER_DECODER:
+        raise EdgekdError(f"encoder-decoder teachers ({mt or 'unknown'}) are not supported yet: edgekd distills "
+                          f"decoder-only LMs and encoder classifiers ({', '.join(SUPPORTED)})")
+
+
+def _read(config: Any, key: str, default=None):
+    """A canonical field: its canonical name first (HF attribute maps, earlier arch_of dicts), then the
+    family's own field."""
+    get = _getter(config)
+    v = get(key)
+    if v is None:
+        native = NATIVE.get(model_type_of(config), {}).get(key)
+        if native is not None:
+            v = get(native)
+    return default if v is None else v
+
+
+def arch_of(config: Any) -> dict:
+    """The canonical numbers of a config (object, dict or an earlier arch_of result):
+    vocab_size, hidden_size, intermediate_size, num_hidden_layers, num_attention_heads,
+    num_key_value_heads, head_dim, max_position_embeddings, tie_word_embeddings, plus model_type and
+    the family's shape facts (gated_mlp, learned_positions) that parameter counts depend on."""
+    check_supported(config)
+    mt = model_type_of(config)
+    missing = [k for k in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads")
+               if _read(config, k) is None]
+    if missing:
+        raise EdgekdError(f"the {mt or 'model'} config has no {', '.join(missing)} (nor the family's own name for "
+                          f"it): edgekd supports {', '.join(SUPPORTED)}")
+    h, nh = int(_read(config, "hidden_size")), int(_read(config, "num_attention_heads"))
+    f = _read(config, "intermediate_size")
+    if f is None:
+        f = 4 * h  # GPT-2's n_inner=None
+    kv = nh if mt in MHA_ONLY else int(_read(config, "num_key_value_heads", nh))
+    hd = (None if mt in MHA_ONLY else _read(config, "head_dim")) or h // nh
+    tie = _read(config, "tie_word_embeddings")
+    get = _getter(config)
+    return {"model_type": mt, "vocab_size": int(_read(config, "vocab_size")), "hidden_size": h,
+            "intermediate_size": int(f), "num_hidden_layers": int(_read(config, "num_hidden_layers")),
+            "num_attention_heads": nh, "num_key_value_heads": int(kv), "head_dim": int(hd),
+            "max_position_embeddings": int(_read(config, "max_position_embeddings", 0) or 0),
+            "tie_word_embeddings": bool(mt in TIED_BY_DEFAULT if tie is None else tie),
+            "gated_mlp": bool(get("gated_mlp", mt not in UNGATED_MLP)),
+            "learned_positions": bool(get("learned_positions", mt in LEARNED_POSITIONS))}
+
+
+def param_count(config: Any) -> int:
+    """Parameters of the family's graph from the config alone (the latency model weighs hundreds of
+    candidates, too many to build): embeddings (and learned positions), per layer the attention, the
+    MLP (gated: three matrices, else two) and norms, biases where the family has them, the head."""
+    a = arch_of(config)
+    h, f, v, hd = a["hidden_size"], a["intermediate_size"], a["vocab_size"], a["head_dim"]
+    q, kv = a["num_attention_heads"] * hd, a["num_key_value_heads"] * hd
+    mlp = (3 if a["gated_mlp"] else 2) * h * f
+    layer = h * q + 2 * h * kv + q * h + mlp + 2 * h
+    head = h
+    if not a["gated_mlp"]:  # the GPT-2/OPT/BERT families: biases on every linear layer and LayerNorm
+        layer += q + 2 * kv + h + f + h + 2 * h
+        head += h
+    pos = a["max_position_embeddings"] * h if a["learned_positions"] else 0
+    return v * h + pos + a["num_hidden_layers"] * layer + head + (0 if a["tie_word_embeddings"] else v * h)
+
+
+def native_overrides(config: Any, overrides: Mapping[str, Any]) -> dict:
+    """Canonical overrides in the family's own field names (native names pass through as they are)."""
+    mt = model_type_of(config)
+    names = NATIVE.get(mt, {})
+    out: dict = {}
+    for k, v in overrides.items():
+        if mt in MHA_ONLY and k in ("num_key_value_heads", "head_dim"):
+            continue  # implied: one KV head per query head, head size hidden / heads
+        out[names.get(k, k)] = v
+    if mt == "opt" and "hidden_size" in overrides and "word_embed_proj_dim" not in overrides:
+        get = _getter(config)
+        if get("word_embed_proj_dim") in (None, get("hidden_size")):  # no projection in the teacher: none here
+            out["word_embed_proj_dim"] = overrides["hidden_size"]
+    return out
+
+
+def _per_layer(key: str, value: Any, n: int) -> bool:
+    """A list with one entry per layer (layer_types, mlp_layer_types, no_rope_layers, ...)."""
+    return isinstance(value, (list, tuple)) and len(value) == n and "layer" in key and \
+        all(isinstance(x, (str, int, float, bool)) or x is None for x in value)
+
+
+def _layer_index_list(key: str, value: Any, n: int) -> bool:
+    """A list of layer indices (mlp_only_layers, moe_layers, ...), shorter than the layer count."""
+    return isinstance(value, (list, tuple)) and "layer" in key and len(value) != n and \
+        all(isinstance(x, int) and not isinstance(x, bool) and 0 <= x < n for x in value)
+
+
+def shrink_layer_lists(d: dict, n_teacher: int, n_student: int) -> dict:
+    """Per-layer lists of a config dict cut to the student's layers: the every-k-th teacher layers
+    the student keeps (`select_layers`), so each student layer keeps its teacher layer's type; lists of
+    layer indices keep the kept layers, renumbered."""
+    if n_teacher == n_student:
+        return d
+    keep = select_layers(n_teacher, n_student)
+    where = {t: s for s, t in enumerate(keep)}
+    for k, v in list(d.items()):
+        if _per_layer(k, v, n_teacher):
+            d[k] = type(v)(v[i] for i in keep)
+        elif _layer_index_list(k, v, n_teacher):
+            d[k] = type(v)(where[i] for i in v if i in where)
+    return d
+
+
+def with_arch(config: Any, overrides: Mapping[str, Any]) -> Any:
+    """`config` (an HF config object or a dict) with `overrides` (canonical or the family's own names)
+    applied and per-layer lists shrunk with the layers; the same kind of object back."""
+    native = native_overrides(config, overrides)
+    n_teacher = int(_read(config, "num_hidden_layers"))
+    layers_key = NATIVE.get(model_type_of(config), {}).get("num_hidden_layers", "num_hidden_layers")
+    n_student = int(native.get(layers_key, n_teacher))
+    if isinstance(config, Mapping):
+        d = {**copy.deepcopy(dict(config)), **native}
+        return shrink_layer_lists(d, n_teacher, n_student)
+    cfg = copy.deepcopy(config)
+    for k, v in native.items():
+        setattr(cfg, k, v)
+    lists = shrink_layer_lists({k: getattr(cfg, k) for k in cfg.to_dict() if hasattr(cfg, k)}, n_teacher, n_student)
+    for k, v in lists.items():
+        if v is not getattr(cfg, k):
+            setattr(cfg, k, v)
+    return cfg
+
+
+def config_from(config: Any, overrides: Mapping[str, Any], drop: tuple = (), what: str = ""):
+    """A new, validated config object of the same class: `with_arch` on its dict (less the `drop` keys,
+    which the class then derives again), then the class's own checks; an invalid combination is an
+    EdgekdError naming the overrides."""
+    d = {k: v for k, v in config.to_dict().items() if k not in drop}
+    d = with_arch(d, overrides)
+    try:
+        return type(config)(**d)
+    except (TypeError, ValueError) as e:
+        raise EdgekdError(f"{what}the overrides {dict(overrides)} give an invalid {type(config).__name__} "
+                          f"({str(e).splitlines()[0][:200]})") from e
