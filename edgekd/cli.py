@@ -99,7 +99,11 @@ def targets_show(name: str = typer.Argument(..., help="Target name, e.g. android
 @_work
 def distill(
     teacher: str = typer.Option("builtin", help="Teacher: a local Hugging Face model directory, or 'builtin'."),
-    data: str = typer.Option("builtin", help="Data: a text file, a directory of .txt, a .jsonl, a saved data set, or 'builtin'."),
+    data: str = typer.Option("builtin", help="Data: a text file, a directory of .txt, a .jsonl, .csv or .parquet file, a saved data set, or 'builtin'."),
+    text_column: Optional[str] = typer.Option(
+        None, "--text-column", help="Tables (.csv, .parquet, .jsonl, saved data sets): the text column (default: text, sentence, content, ...)."),
+    label_column: Optional[str] = typer.Option(
+        None, "--label-column", help="Tables: the label column of classification data (default: label or labels)."),
     student: Optional[str] = typer.Option(None, help="Student config: a JSON file of config fields or a model directory."),
     steps: Optional[int] = typer.Option(None, help="Training steps (default: the built-in default)."),
     out: Optional[str] = typer.Option(None, help="Run directory (default: runs/distill-TIMESTAMP)."),
@@ -123,11 +127,12 @@ def distill(
 ) -> None:
     """Distill the teacher into a student, train the scratch baseline, evaluate both, write the run."""
     from edgekd.distill import DistillConfig, run
-    if target and student is None:  # the one-command job: search -> distill -> export -> profile -> report
+    if target:  # the one-command job: search -> distill -> export -> profile -> report (it refuses --student)
         from edgekd.pipeline import distill_for_target as run
 
     temp = temperature if temperature == "auto" else _float_option("--temperature", temperature)
-    run(DistillConfig(teacher=_path(teacher), data=_path(data), student=_path(student), steps=steps,
+    run(DistillConfig(teacher=_path(teacher), data=_path(data), text_column=text_column, label_column=label_column,
+                      student=_path(student), steps=steps,
                       out=_path(out), resume=resume,
                       temperature=temp, alpha=alpha, loss=loss, scheme=scheme, seed=seed, target=target,
                       latency_budget_ms=latency_budget, device=device, batch_size=batch_size, seq_len=seq_len,

@@ -100,18 +100,16 @@ def _heldout_rows(cfg, run_dir: Path, seq_len: int, n: int = 16):
     """Held-out token rows for the exports' parity checks (the engine's cached validation tokens);
     None (random ids) for classifiers or when the data cannot be re-read."""
     try:
-        from edgekd.data.batching import encode_texts, eval_blocks
-        from edgekd.data.cache import cached_tokens
+        from edgekd.data.batching import eval_blocks
+        from edgekd.data.cache import split_tokens
         from edgekd.data.corpus import load_corpus
-        from edgekd.data.tokenizer import load_tokenizer, tokenizer_hash
+        from edgekd.data.tokenizer import load_tokenizer
 
-        corpus = load_corpus(cfg.data)
+        corpus = load_corpus(cfg.data, cfg.text_column, cfg.label_column)
         if corpus.is_classification:
             return None
         tok = load_tokenizer(run_dir / "student")
-        key = f"{corpus.digest[:16]}-{tokenizer_hash(tok)[:16]}-validation"
-        val = cached_tokens(key, lambda: encode_texts(corpus.validation, tok))
-        return eval_blocks(val, seq_len, n)
+        return eval_blocks(split_tokens(corpus, "validation", tok), seq_len, n)
     except EdgekdError:
         return None
 

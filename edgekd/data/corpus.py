@@ -89,7 +89,85 @@ def _read_text_file(path: Path) -> str:
         raise EdgekdError(f"cannot read {path}: {e.strerror}") from e
 
 
-def _read_jsonl(path: Path) -> list[tuple[str, object]]:
+TEXT_COLUMNS = ("text", "sentence", "content", "document", "review", "body")  # tried in order
+LABEL_COLUMNS = ("label", "labels")
+
+
+def _pick(names, wanted: Optional[str], fallbacks: tuple, where: str, what: str, option: str,
+          required: bool = True) -> Optional[str]:
+    """The column to read: `wanted` (an error naming the columns there are when it is missing), else the
+    first fallback present; None where none is and it is not required."""
+    names = list(names)
+    if wanted is not None:
+        if wanted not in names:
+            raise EdgekdError(f"{where} has no column {wanted!r} (it has {', '.join(map(str, names)) or 'none'}): "
+                              f"pass the right {option}")
+        return wanted
+    for c in fallbacks:
+        if c in names:
+            return c
+    if required:
+        nor = f" (nor {', '.join(fallbacks[1:])})" if len(fallbacks) > 1 else ""
+        raise EdgekdError(f"{where} has no {fallbacks[0]!r} {what} column{nor}; it has "
+                          f"{', '.join(map(str, names)) or 'none'}: pass {option} NAME")
+    return None
+
+
+def _table_records(columns: dict, where: str, text_column: Optional[str], label_column: Optional[str],
+                   split: Optional[str] = None) -> list[tuple[str, object, Optional[str]]]:
+    """(text, label, split) rows of a column table (csv, parquet, a saved data set)."""
+    tc = _pick(columns, text_column, TEXT_COLUMNS, where, "text", "--text-column")
+    lc = _pick(columns, label_column, LABEL_COLUMNS, where, "label", "--label-column", required=label_column is not None)
+    texts = columns[tc]
+    labels = columns[lc] if lc else [None] * len(texts)
+    bad = next((i for i, t in enumerate(texts) if t is not None and not isinstance(t, str)), None)
+    if bad is not None:
+        raise EdgekdError(f"{where}: column {tc!r} holds {type(texts[bad]).__name__}, not text (row {bad + 1}): "
+                          f"pass the text column with --text-column")
+    return [(t or "", l, split) for t, l in zip(texts, labels)]
+
+
+def _int_labels(labels: list) -> list:
+    """CSV cells are strings: labels that are all integers ("0", "1", ...) become ints."""
+    try:
+        return [None if l in (None, "") else int(l) for l in labels]
+    except (TypeError, ValueError):
+        return [None if l == "" else l for l in labels]
+
+
+def _read_csv(path: Path, text_column: Optional[str], label_column: Optional[str]) -> list:
+    import csv
+    import io
+
+    text = _read_text_file(path)
+    try:
+        reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if path.suffix == ".tsv" else ",")
+        rows = list(reader)
+    except csv.Error as e:
+        raise EdgekdError(f"{path} is not valid CSV ({e}): quote fields that hold the delimiter or newlines") from e
+    if not reader.fieldnames:
+        raise EdgekdError(f"{path} has no header row: the first line must name the columns (e.g. text,label)")
+    columns = {c: [r.get(c) for r in rows] for c in reader.fieldnames}
+    recs = _table_records(columns, str(path), text_column, label_column)
+    if any(l is not None for _, l, _ in recs):
+        recs = [(t, l, s) for (t, _, s), l in zip(recs, _int_labels([l for _, l, _ in recs]))]
+    return recs
+
+
+def _read_parquet(path: Path, text_column: Optional[str], label_column: Optional[str]) -> list:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError as e:
+        raise EdgekdError(f"reading {path} needs the 'pyarrow' package: pip install pyarrow") from e
+    try:
+        table = pq.read_table(str(path))
+    except Exception as e:  # pyarrow raises ArrowInvalid, OSError, ...
+        raise EdgekdError(f"{path} is not a readable Parquet file ({type(e).__name__}): re-write it") from e
+    return _table_records({c: table.column(c).to_pylist() for c in table.column_names}, str(path),
+                          text_column, label_column)
+
+
+def _read_jsonl(path: Path, text_column: Optional[str] = None, label_column: Optional[str] = None) -> list:
     rows = []
     for n, line in enumerate(_read_text_file(path).splitlines(), 1):
         if not line.strip():
@@ -98,13 +176,17 @@ def _read_jsonl(path: Path) -> list[tuple[str, object]]:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
             raise EdgekdError(f"{path}:{n} is not valid JSON ({e.msg}): each line must be an object with a 'text' key") from e
-        if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
-            raise EdgekdError(f"{path}:{n} has no string 'text' field: each line must be an object with a 'text' key")
-        rows.append((obj["text"], obj.get("label")))
+        if not isinstance(obj, dict):
+            raise EdgekdError(f"{path}:{n} is not a JSON object: each line must be an object with a 'text' key")
+        tc = _pick(obj, text_column, TEXT_COLUMNS, f"{path}:{n}", "text", "--text-column")
+        if not isinstance(obj[tc], str):
+            raise EdgekdError(f"{path}:{n} has no string {tc!r} field: each line must be an object with a {tc!r} key")
+        lc = _pick(obj, label_column, LABEL_COLUMNS, f"{path}:{n}", "label", "--label-column", required=False)
+        rows.append((obj[tc], obj.get(lc) if lc else None))
     return rows
 
 
-def _read_saved_dataset(path: Path) -> list[tuple[str, object]]:
+def _read_saved_dataset(path: Path, text_column: Optional[str] = None, label_column: Optional[str] = None) -> list:
     try:
         import datasets
     except ImportError as e:
@@ -116,37 +198,53 @@ def _read_saved_dataset(path: Path) -> list[tuple[str, object]]:
     if isinstance(ds, datasets.DatasetDict):
         parts = [(k, ds[k]) for k in ds]
     else:
-        parts = [("train", ds)]
+        parts = [(None, ds)]  # one split: held out by hash, like any other file
     rows = []
     for split, d in parts:
-        if "text" not in d.column_names:
-            raise EdgekdError(f"the data set at {path} (split {split}) has no 'text' column: rename its text column to 'text'")
-        labels = d["label"] if "label" in d.column_names else [None] * len(d)
-        rows.extend((t, l, split) for t, l in zip(d["text"], labels))
+        where = f"the data set at {path}" + (f" (split {split})" if split else "")
+        wanted = (text_column, label_column, *TEXT_COLUMNS, *LABEL_COLUMNS)  # read only the columns that may be used
+        cols = {c: list(d[c]) if c in wanted else None for c in d.column_names}
+        rows.extend(_table_records(cols, where, text_column, label_column, split))
     return rows
 
 
-def load_user(path: str | os.PathLike) -> Corpus:
-    """A text file, a directory of .txt/.jsonl files, a JSONL file, or a datasets.save_to_disk dir."""
+TABLE_SUFFIXES = (".jsonl", ".csv", ".tsv", ".parquet")
+
+
+def _read_table(path: Path, text_column: Optional[str], label_column: Optional[str]) -> list:
+    """(text, label, split=None) records of a .jsonl, .csv/.tsv or .parquet file."""
+    if path.suffix == ".jsonl":
+        return [(t, l, None) for t, l in _read_jsonl(path, text_column, label_column)]
+    if path.suffix == ".parquet":
+        return _read_parquet(path, text_column, label_column)
+    return _read_csv(path, text_column, label_column)
+
+
+def load_user(path: str | os.PathLike, text_column: Optional[str] = None, label_column: Optional[str] = None) -> Corpus:
+    """A text file, a directory of text/table files, a .jsonl, .csv/.tsv or .parquet file, or a
+    datasets.save_to_disk dir. Tables take their text from `text_column` (default: the first of
+    TEXT_COLUMNS there) and their labels from `label_column` (default: 'label' or 'labels', if any)."""
     p = Path(path)
     if not p.exists():
-        raise EdgekdError(f"data path {p} does not exist: pass a text file, a directory of .txt files, a .jsonl file, or a saved data set")
+        raise EdgekdError(f"data path {p} does not exist: pass a text file, a directory of .txt files, a .jsonl, "
+                          f".csv or .parquet file, or a saved data set")
     records: list[tuple[str, object, Optional[str]]] = []  # (text, label, split or None)
     if p.is_dir() and ((p / "dataset_info.json").exists() or (p / "dataset_dict.json").exists()
                        or (p / "state.json").exists()):
-        records = _read_saved_dataset(p)
+        records = _read_saved_dataset(p, text_column, label_column)
     elif p.is_dir():
-        files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix in (".txt", ".jsonl", ".md", ".py"))
+        files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix in (".txt", ".md", ".py", *TABLE_SUFFIXES))
         if not files:
-            raise EdgekdError(f"data directory {p} holds no .txt or .jsonl files: add some or pass another path")
+            raise EdgekdError(f"data directory {p} holds no .txt, .jsonl, .csv or .parquet files: add some or pass "
+                              f"another path")
         for f in files:
             rel = f.relative_to(p).as_posix()
-            if f.suffix == ".jsonl":
-                records.extend((t, l, None) for t, l in _read_jsonl(f))
+            if f.suffix in TABLE_SUFFIXES:
+                records.extend(_read_table(f, text_column, label_column))
             else:
                 records.append((_read_text_file(f), None, "validation" if _is_validation(rel) else "train"))
-    elif p.suffix == ".jsonl":
-        records = [(t, l, None) for t, l in _read_jsonl(p)]
+    elif p.suffix in TABLE_SUFFIXES:
+        records = _read_table(p, text_column, label_column)
     else:
         text = _read_text_file(p)
         # One text file: paragraphs are the documents.
@@ -197,7 +295,8 @@ def load_user(path: str | os.PathLike) -> Corpus:
                   digest=h.hexdigest(), label_names=label_names)
 
 
-def load_corpus(data: str | os.PathLike | None) -> Corpus:
+def load_corpus(data: str | os.PathLike | None, text_column: Optional[str] = None,
+                label_column: Optional[str] = None) -> Corpus:
     if data is None or str(data) == "builtin":
         return load_builtin()
-    return load_user(data)
+    return load_user(data, text_column, label_column)

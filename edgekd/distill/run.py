@@ -26,6 +26,8 @@ class DistillConfig:
 
     teacher: str = "builtin"
     data: str = "builtin"
+    text_column: Optional[str] = None              # tables (.csv, .parquet, .jsonl, saved data sets); None: text, sentence, ...
+    label_column: Optional[str] = None             # None: label or labels, where there is one
     student: Optional[Union[str, dict]] = None
     steps: Optional[int] = None
     out: Optional[str] = None
@@ -127,10 +129,10 @@ class _Data:
     """The corpus encoded with the teacher's tokenizer: a training stream and held-out batches."""
 
     def __init__(self, cfg: DistillConfig, tokenizer, kind: str, rank: int, world: int, max_positions: int):
-        from edgekd.data.batching import BlockStream, ClassificationStream, encode_texts, eval_blocks
+        from edgekd.data.batching import BlockStream, ClassificationStream, eval_blocks
         from edgekd.data.corpus import load_corpus
 
-        corpus = load_corpus(cfg.data)
+        corpus = load_corpus(cfg.data, cfg.text_column, cfg.label_column)
         self.digest = corpus.digest
         seq = min(cfg.seq_len, max_positions or cfg.seq_len)
         self.seq_len = seq
@@ -147,12 +149,10 @@ class _Data:
             self.val_blocks = vs.ids[:4]
             self.train_tokens = int(vs.mask.sum())
         else:
-            from edgekd.data.cache import cached_tokens
-            from edgekd.data.tokenizer import tokenizer_hash
+            from edgekd.data.cache import split_tokens
 
-            key = f"{corpus.digest[:16]}-{tokenizer_hash(tokenizer)[:16]}"
-            train = cached_tokens(key + "-train", lambda: encode_texts(corpus.train, tokenizer))
-            val = cached_tokens(key + "-validation", lambda: encode_texts(corpus.validation, tokenizer))
+            train = split_tokens(corpus, "train", tokenizer)
+            val = split_tokens(corpus, "validation", tokenizer)
             if int(train.max()) >= len(tokenizer) or int(val.max()) >= len(tokenizer):
                 raise EdgekdError("the tokenizer produced ids outside its vocabulary: the teacher's tokenizer is corrupt")
             self.train_tokens = train.numel()
@@ -455,14 +455,31 @@ def _build_scheme(cfg: DistillConfig, teacher, student, device, options: Optiona
         if cfg.scheme != "offline":
             raise EdgekdError(f"scheme {cfg.scheme!r} is not available in this build: use --scheme offline")
         return None
-    teachers = [teacher]
-    for extra in cfg.teachers:
-        from edgekd.models.loading import load_model
+    teachers = [teacher] + [m.to(device).eval() for m in _extra_teachers(cfg, teacher)]
+    if options is None:
+        options = _split_scheme_config(cfg)[0]
+    return build_scheme(cfg.scheme, teachers=teachers, student=student, **options)
 
-        m, _, _ = load_model(extra)
-        teachers.append(m.to(device).eval())
-    return build_scheme(cfg.scheme, teachers=teachers, student=student,
-                        **((cfg.scheme_config or {}) if options is None else options))
+
+def _extra_teachers(cfg: DistillConfig, teacher) -> list:
+    """The multi_teacher scheme's other teachers: DistillConfig.teachers and scheme-config "teachers"
+    (paths to Hugging Face model directories, or "builtin"), loaded like the first; each must share
+    the first teacher's vocabulary."""
+    from edgekd.models.loading import load_model
+
+    given = (cfg.scheme_config or {}).get("teachers", []) if cfg.scheme == "multi_teacher" else []
+    if not isinstance(given, list) or not all(isinstance(t, str) for t in given):
+        raise EdgekdError(f"scheme 'multi_teacher': teachers must be a list of model directories (or \"builtin\"), "
+                          f"got {given!r}")
+    out = []
+    for path in list(cfg.teachers) + given:
+        m, _, _ = load_model(path, with_tokenizer=False)
+        v, v0 = getattr(m.config, "vocab_size", None), getattr(teacher.config, "vocab_size", None)
+        if v != v0:
+            raise EdgekdError(f"scheme 'multi_teacher': teacher {path} has a vocabulary of {v} tokens, the first "
+                              f"teacher's {v0}: all teachers must share one tokenizer")
+        out.append(m)
+    return out
 
 
 def _barrier() -> None:
@@ -480,7 +497,7 @@ def _train_config(cfg: DistillConfig, steps: int):
 
 
 # scheme_config keys the run itself reads (the rest go to the scheme: e.g. offline's cache, cache_k)
-RUN_OPTIONS = {"progressive": ("sizes",),
+RUN_OPTIONS = {"progressive": ("sizes",), "multi_teacher": ("teachers",),
                "sequence": ("num_prompts", "prompt_len", "max_new_tokens", "do_sample", "seed")}
 
 
@@ -493,12 +510,11 @@ def _split_scheme_config(cfg: DistillConfig) -> tuple[dict, dict]:
     return kw, run_opts
 
 
-_ARCH_KEYS = ("num_hidden_layers", "hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads",
-              "head_dim")
-
-
 def _arch(config) -> dict:
-    return {k: getattr(config, k) for k in _ARCH_KEYS if getattr(config, k, None) is not None}
+    from edgekd.models.arch import ARCH_KEYS, arch_of
+
+    a = arch_of(config)
+    return {k: a[k] for k in ARCH_KEYS if k != "vocab_size"}
 
 
 def _progressive_configs(sizes, teacher, student_config) -> list:
