@@ -6,6 +6,7 @@ line naming the file, the key and the problem instead of a wrong latency predict
 
 from __future__ import annotations
 
+import math
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -128,8 +129,8 @@ def validate(data: dict, where: str, skip: set[str] = frozenset()) -> None:
             if bad_bool or not isinstance(value, typ):
                 raise EdgekdError(f"{where}: key '{dotted}' must be a {_type_name(typ)}, "
                                   f"got {type(value).__name__} {value!r}")
-            if rule == "pos" and not value > 0:
-                raise EdgekdError(f"{where}: key '{dotted}' must be positive, got {value!r}")
+            if rule == "pos" and not (value > 0 and math.isfinite(value)):
+                raise EdgekdError(f"{where}: key '{dotted}' must be a finite positive number, got {value!r}")
             if rule == "str" and not value.strip():
                 raise EdgekdError(f"{where}: key '{dotted}' must not be empty")
             if rule == "list[str]" and (not value or not all(isinstance(v, str) for v in value)):
@@ -162,10 +163,12 @@ def parse_target(path: str | os.PathLike, measure: bool = True) -> Target:
     """Read and validate one file; keys listed under `measured` come from the host microbenchmark."""
     path = Path(path)
     where = str(path)
+    if not path.exists():
+        raise EdgekdError(f"{where}: target file not found (see `edgekd targets list`)")
+    from edgekd.checks import text_file
+
     try:
-        data = tomllib.loads(path.read_text())
-    except FileNotFoundError as e:
-        raise EdgekdError(f"{where}: target file not found") from e
+        data = tomllib.loads(text_file(path, "target file"))
     except tomllib.TOMLDecodeError as e:
         raise EdgekdError(f"{where}: not valid TOML ({e})") from e
     measured = data.get("measured", [])
@@ -189,7 +192,7 @@ def load_target(target: "str | Target") -> Target:
     if isinstance(target, Target):
         return target
     p = Path(str(target))
-    if p.suffix == ".toml" and p.is_file():
+    if p.suffix == ".toml" or os.sep in str(target):  # a path, not a name
         return parse_target(p)
     return parse_target(target_path(str(target)))
 
