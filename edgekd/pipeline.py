@@ -76,20 +76,11 @@ def _teacher_config(teacher: str) -> dict:
     return read_config_dict(resolve_model_dir(teacher))
 
 
-def _check_device(device: str) -> None:
-    """A malformed --device is a one-line error before minutes of training, not after."""
-    if device == "local":
-        return
-    if device.startswith("ssh://"):
-        from edgekd.profile.ssh import parse_ssh_url
+def _check_device(device: str, **profile_kw) -> None:
+    """A malformed or unreachable --device is a one-line error before minutes of training, not after."""
+    from edgekd.profile import check_device
 
-        parse_ssh_url(device)
-    elif device == "adb" or device.startswith("adb:"):
-        from edgekd.profile.adb import parse_adb_device
-
-        parse_adb_device(device)
-    else:
-        raise EdgekdError(f"unknown device {device!r}: use local, ssh://USER@HOST[:PORT] or adb[:SERIAL]")
+    check_device(device, **profile_kw)
 
 
 def _export_key(fmt: str, precision: str) -> str:
@@ -205,7 +196,7 @@ def distill_for_target(config: Any, *, export_seq_len: int = EXPORT_SEQ_LEN, pro
     if cfg.student is not None:
         raise EdgekdError("--student and --target together: the target's search chooses the student; drop one")
     t = load_target(cfg.target)
-    _check_device(cfg.device)
+    _check_device(cfg.device, **profile_kw)
     if cfg.steps is None:
         cfg.steps = JOB_STEPS
     if "export" in {f.name for f in fields(cfg)}:

@@ -9,6 +9,7 @@ import subprocess
 from pathlib import Path
 
 from edgekd.errors import EdgekdError
+from edgekd.profile.common import run_child
 from edgekd.profile.device_runner import pick_big_cores
 
 REMOTE_ROOT = "/data/local/tmp/edgekd"
@@ -153,7 +154,7 @@ def parse_benchmark_output(text: str) -> dict:
 
 def _adb(cmd: list[str], timeout: float) -> subprocess.CompletedProcess:
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+        proc = run_child(cmd, timeout, capture_output=True, text=True, stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired as e:
         raise EdgekdError(f"adb did not answer within {timeout:.0f}s ({' '.join(cmd[:4])}...): check the phone") from e
     if proc.returncode != 0:
@@ -162,6 +163,16 @@ def _adb(cmd: list[str], timeout: float) -> subprocess.CompletedProcess:
             raise EdgekdError(f"adb: {err}: connect the phone, enable USB debugging and accept the key")
         raise EdgekdError(f"adb command failed ({' '.join(cmd[1:4])}...): {err}")
     return proc
+
+
+def probe_adb(serial: str | None) -> None:
+    """`adb get-state`: the phone is connected, authorised and online now, not after minutes of work."""
+    if shutil.which("adb") is None:
+        raise EdgekdError(f"adb not found on PATH: {INSTALL_HINT}")
+    state = _adb([*adb_base(serial), "get-state"], 15).stdout.strip()
+    if state != "device":
+        raise EdgekdError(f"adb{':' + serial if serial else ''}: the phone is {state or 'not ready'}: connect it, "
+                          f"enable USB debugging and accept the key")
 
 
 def profile_adb(model_file: Path, serial: str | None, runs: int, warmup: int, threads: int | None,
@@ -176,6 +187,10 @@ def profile_adb(model_file: Path, serial: str | None, runs: int, warmup: int, th
                           f"android_aarch64_benchmark_model and pass its path")
     label = f"adb:{serial}" if serial else "adb"
     freqs = parse_cpu_freqs(_adb([*adb_base(serial), "shell", FREQ_SCRIPT], 30).stdout)
+    if threads is not None and freqs:
+        from edgekd.checks import thread_count
+
+        thread_count("--threads", threads, len(freqs), where=label)
     n = threads or default_threads(freqs)
     cores = pick_big_cores(freqs, n) if freqs else list(range(n))
     cmds = build_commands(str(model_file), serial, cpu_mask(cores), n, runs, warmup, benchmark_binary)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 from edgekd.errors import EdgekdError
@@ -32,7 +34,7 @@ def sidecar(model_file: Path) -> dict:
 
 def input_shape_args(model_file: Path, seq_len: int | None) -> tuple[int, int | None]:
     meta = sidecar(model_file)
-    return int(seq_len or meta.get("seq_len") or 64), meta.get("vocab_size")
+    return int(seq_len if seq_len is not None else (meta.get("seq_len") or 64)), meta.get("vocab_size")
 
 
 def parse_runner_json(stdout: str, device: str, model_file: Path) -> dict:
@@ -51,3 +53,36 @@ def parse_runner_json(stdout: str, device: str, model_file: Path) -> dict:
         raise EdgekdError(f"device {device} could not run {model_file.name}: {obj['error']}")
     obj["device"] = device
     return obj
+
+
+def _die_with_parent():
+    """A preexec_fn that has the kernel kill the child when edgekd dies, however it dies (Linux); None
+    where prctl is not there. Resolved here in the parent: the child only makes the call."""
+    import os
+
+    try:
+        import ctypes
+        import signal
+
+        prctl, sig = ctypes.CDLL(None, use_errno=True).prctl, int(signal.SIGKILL)
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def arm() -> None:
+        prctl(1, sig, 0, 0, 0)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # edgekd died before the call
+            os._exit(1)
+
+    return arm
+
+
+def run_child(cmd: list[str], timeout: float, **kw) -> subprocess.CompletedProcess:
+    """subprocess.run for the runners' children (device_runner, ssh, adb): a child never outlives edgekd.
+
+    subprocess.run kills it on a timeout or an exception here (Ctrl-C); PR_SET_PDEATHSIG covers a
+    SIGTERM or SIGKILL of edgekd itself, where no Python code runs.
+    """
+    if sys.platform.startswith("linux") and "preexec_fn" not in kw:
+        kw["preexec_fn"] = _die_with_parent()
+    return subprocess.run(cmd, timeout=timeout, **kw)

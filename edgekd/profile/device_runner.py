@@ -216,7 +216,13 @@ def profile(path: str, runs: int = 50, warmup: int = 5, threads: int | None = No
     """Warmup then timed runs on cores pinned to the fastest ones; init, RSS and per-op rows too."""
     if runs < 1 or warmup < 0:
         raise RunnerError("bad-args", f"runs must be >= 1 and warmup >= 0 (got runs={runs}, warmup={warmup})")
+    if seq_len < 1:
+        raise RunnerError("bad-args", f"seq_len must be >= 1 (got {seq_len})")
     cores = big_cores(threads)
+    allowed = len(big_cores())
+    if threads is not None and not 1 <= threads <= allowed:
+        raise RunnerError("bad-args", f"--threads must be in [1, {allowed}], got {threads}: the device has "
+                                      f"{allowed} core{'s' if allowed != 1 else ''} available")
     if pin and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, cores)
     threads = threads or len(cores)

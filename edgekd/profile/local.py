@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from edgekd.errors import EdgekdError
-from edgekd.profile.common import parse_runner_json
+from edgekd.profile.common import parse_runner_json, run_child
 
 RUNNER = Path(__file__).with_name("device_runner.py")
 
@@ -25,7 +25,7 @@ def profile_local(model_file: Path, runs: int, warmup: int, threads: int | None,
                   vocab: int | None, timeout: float = 1800.0) -> dict:
     cmd = [sys.executable, str(RUNNER), str(model_file), *runner_args(runs, warmup, threads, seq_len, vocab)]
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        proc = run_child(cmd, timeout, capture_output=True, text=True)
     except subprocess.TimeoutExpired as e:
         raise EdgekdError(f"profiling {model_file.name} locally took over {timeout:.0f}s: use fewer --runs") from e
     if proc.returncode not in (0, 3, 4):

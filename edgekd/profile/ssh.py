@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgekd.errors import EdgekdError
-from edgekd.profile.common import parse_runner_json
+from edgekd.profile.common import parse_runner_json, run_child
 from edgekd.profile.local import RUNNER, runner_args
 
 _URL = re.compile(r"^ssh://(?:(?P<user>[^@/:]+)@)?(?P<host>\[[^\]]+\]|[^:/@]+)(?::(?P<port>\d+))?/?$")
@@ -42,9 +42,9 @@ class SshTarget:
         else:
             opts += ["-o", "StrictHostKeyChecking=yes"]
             if self.known_hosts:
-                opts += ["-o", f"UserKnownHostsFile={self.known_hosts}"]
+                opts += ["-o", f"UserKnownHostsFile={ssh_path(self.known_hosts)}"]
         if self.identity_file:
-            opts += ["-i", self.identity_file, "-o", "IdentitiesOnly=yes"]
+            opts += ["-o", f"IdentityFile={ssh_path(self.identity_file)}", "-o", "IdentitiesOnly=yes"]
         return opts + self.extra_options
 
     @property
@@ -53,23 +53,71 @@ class SshTarget:
         return f"{self.user}@{host}" if self.user else host
 
     def ssh_cmd(self, remote: str) -> list[str]:
-        return ["ssh", *self.options(), "-p", str(self.port), self.dest, remote]
+        """`--` ends ssh's options: nothing in the destination can be read as one."""
+        return ["ssh", *self.options(), "-p", str(self.port), "--", self.dest, remote]
 
     def upload_cmd(self, remote_path: str) -> list[str]:
         """Stream a file through `cat`: works where sshd has no sftp subsystem (scp's default now)."""
         return self.ssh_cmd(f"cat > {shlex.quote(remote_path)}")
 
 
+def ssh_path(path: str) -> str:
+    """A file path as one ssh config value: quoted (ssh splits UserKnownHostsFile on spaces), with its
+    quotes, backslashes and '%' (ssh's tokens) escaped."""
+    if "${" in path:
+        raise EdgekdError(f"ssh would expand '${{...}}' in {path}: copy the file to a path without it")
+    return '"' + path.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%") + '"'
+
+
 def parse_ssh_url(device: str, **kw) -> SshTarget:
+    """An ssh:// device and its options; explicit options win over the EDGEKD_SSH_* environment."""
     m = _URL.match(device)
     if not m:
         raise EdgekdError(f"bad device {device!r}: write ssh://USER@HOST[:PORT]")
+    user, host = m.group("user"), m.group("host")
+    if host.strip("[]").startswith("-") or (user or "").startswith("-"):
+        raise EdgekdError(f"bad device {device!r}: a user or host name cannot start with '-'")
+    port = int(m.group("port") or 22)
+    if not 1 <= port <= 65535:
+        raise EdgekdError(f"bad device {device!r}: the port must be within 1-65535, got {port}")
+    if kw.get("known_hosts") and kw.get("insecure_host_key"):
+        raise EdgekdError("--known-hosts and --insecure-host-key contradict each other: give one")
     env_insecure = os.environ.get("EDGEKD_SSH_INSECURE_HOST_KEY", "") in ("1", "true", "yes")
-    kw.setdefault("identity_file", os.environ.get("EDGEKD_SSH_KEY"))
-    kw.setdefault("known_hosts", os.environ.get("EDGEKD_SSH_KNOWN_HOSTS"))
-    kw["insecure_host_key"] = bool(kw.get("insecure_host_key")) or env_insecure
-    return SshTarget(host=m.group("host"), user=m.group("user"), port=int(m.group("port") or 22),
-                     **{k: v for k, v in kw.items() if v is not None})
+    kh_from = "--known-hosts" if kw.get("known_hosts") else "EDGEKD_SSH_KNOWN_HOSTS"
+    key_from = "--identity-file" if kw.get("identity_file") else "EDGEKD_SSH_KEY"
+    if kw.get("known_hosts") is None:
+        kw["known_hosts"] = os.environ.get("EDGEKD_SSH_KNOWN_HOSTS") or None
+        kw["insecure_host_key"] = bool(kw.get("insecure_host_key")) or (env_insecure and kw["known_hosts"] is None)
+    elif env_insecure:
+        from edgekd.console import note
+
+        note("edgekd: note: --known-hosts given, so EDGEKD_SSH_INSECURE_HOST_KEY is ignored: the host key is checked")
+    if kw.get("identity_file") is None:
+        kw["identity_file"] = os.environ.get("EDGEKD_SSH_KEY") or None
+    from edgekd.checks import input_file
+
+    input_file(kw["known_hosts"], kh_from)
+    input_file(kw["identity_file"], key_from)
+    return SshTarget(host=host, user=user, port=port, **{k: v for k, v in kw.items() if v is not None})
+
+
+_probed: set = set()
+
+
+def probe_ssh(target: SshTarget, timeout: float | None = None) -> None:
+    """One trivial command on the device (key auth only, short connect timeout): unreachable, refused or
+    unknown is one line now, not after minutes of work. A success is remembered for this process."""
+    key = tuple(target.ssh_cmd("true"))
+    if key in _probed:
+        return
+    if shutil.which("ssh") is None:
+        raise EdgekdError("ssh not found on PATH: install the OpenSSH client (apt-get install openssh-client)")
+    probe = SshTarget(**{**target.__dict__, "connect_timeout": min(target.connect_timeout, 5)})
+    proc = _run(probe.ssh_cmd("true"), target, timeout or probe.connect_timeout + 10)
+    if proc.returncode != 0:
+        raise EdgekdError(f"{target.label}: the device answered but `true` failed (exit {proc.returncode}): "
+                          f"{(proc.stderr.strip().splitlines() or ['no output'])[-1][:200]}")
+    _probed.add(key)
 
 
 def _ssh_failure(target: SshTarget, stderr: str) -> EdgekdError:
@@ -81,7 +129,7 @@ def _ssh_failure(target: SshTarget, stderr: str) -> EdgekdError:
                            f"{target.host} >> ~/.ssh/known_hosts) or pass --insecure-host-key")
     if "permission denied" in s:
         return EdgekdError(f"{where}: key refused (Permission denied): install your public key in the device's "
-                           f"authorized_keys or pass the right key with EDGEKD_SSH_KEY")
+                           f"authorized_keys or pass the right key with --identity-file (or EDGEKD_SSH_KEY)")
     if "connection refused" in s:
         return EdgekdError(f"{where}: connection refused: is sshd running and is the port right?")
     if "timed out" in s or "no route to host" in s or "network is unreachable" in s:
@@ -96,10 +144,10 @@ def _ssh_failure(target: SshTarget, stderr: str) -> EdgekdError:
 def _run(cmd: list[str], target: SshTarget, timeout: float, upload: Path | None = None) -> subprocess.CompletedProcess:
     try:
         if upload is None:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+            proc = run_child(cmd, timeout, capture_output=True, text=True, stdin=subprocess.DEVNULL)
         else:
             with open(upload, "rb") as f:
-                proc = subprocess.run(cmd, capture_output=True, timeout=timeout, stdin=f)
+                proc = run_child(cmd, timeout, capture_output=True, stdin=f)
             proc.stdout, proc.stderr = proc.stdout.decode(errors="replace"), proc.stderr.decode(errors="replace")
     except subprocess.TimeoutExpired as e:
         raise EdgekdError(f"{target.label}: no answer within {timeout:.0f}s: check the device and network") from e

@@ -58,7 +58,7 @@ def test_cli_profile_table(tiny_onnx):
 @pytest.mark.parametrize("args,needle", [
     (["/nonexistent/model.onnx"], "does not exist"),
     (["{onnx}", "--device", "bluetooth://x"], "unknown device"),
-    (["{onnx}", "--runs", "0"], "--runs must be at least 1"),
+    (["{onnx}", "--runs", "0"], "--runs must be an integer >= 1"),
     (["{corrupt}"], "could not run corrupt.onnx"),
 ])
 def test_cli_profile_errors_exit_2_with_one_line(tiny_onnx, corrupt_onnx, args, needle):

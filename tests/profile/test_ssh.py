@@ -181,3 +181,26 @@ def test_unroutable_host_is_bounded(sshd, tiny_onnx):
 def test_corrupt_model_over_ssh(sshd, corrupt_onnx):
     _expect("could not run corrupt.onnx", model_file=corrupt_onnx, device=sshd["url"], runs=2,
             remote_python=sys.executable, identity_file=sshd["key"], known_hosts=sshd["known_hosts"])
+
+
+def test_odd_key_and_known_hosts_paths_work(sshd, tmp_path):
+    """Spaces, quotes, '%' and shell metacharacters in --known-hosts / --identity-file reach ssh whole."""
+    from edgekd.profile import check_device
+
+    odd = tmp_path / "keys 'q' \"dq\" %h $HOME; &"
+    odd.mkdir()
+    kh, key = odd / "known hosts", odd / "id key"
+    shutil.copy(sshd["known_hosts"], kh)
+    shutil.copy(sshd["key"], key)
+    key.chmod(0o600)
+    check_device(sshd["url"], identity_file=str(key), known_hosts=str(kh))  # the probe: `true` on the device
+
+
+def test_explicit_known_hosts_wins_over_the_insecure_environment(sshd, monkeypatch):
+    """EDGEKD_SSH_INSECURE_HOST_KEY=1 does not switch off the check of an explicit --known-hosts."""
+    from edgekd.profile import check_device
+
+    monkeypatch.setenv("EDGEKD_SSH_INSECURE_HOST_KEY", "1")
+    with pytest.raises(EdgekdError, match="host key"):
+        check_device(sshd["url"], identity_file=sshd["key"], known_hosts=str(sshd["dir"] / "empty_known_hosts"))
+    check_device(sshd["url"], identity_file=sshd["key"])  # no explicit file: the environment's opt-out holds
