@@ -10,13 +10,13 @@ from pathlib import Path
 import torch
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
+from edgekd.checks import EXPORT_FORMATS as FORMATS, EXPORT_QUANTIZE as QUANTIZE, export_args, output_file
+from edgekd.checks import model_dir as check_model_dir
 from edgekd.errors import EdgekdError, JobFailed
 from edgekd.export import parity
 from edgekd.export.hf import load_for_export
 from edgekd.io import write_json
 
-FORMATS = {"onnx": ".onnx", "tflite": ".tflite"}
-QUANTIZE = ("none", "int8-dynamic", "int8")
 PARITY_ROWS = 16
 
 
@@ -39,17 +39,6 @@ def _token_rows(calib_inputs, seq_len: int, vocab: int, n: int) -> tuple[torch.T
     return rows.long(), "calib_inputs"
 
 
-def _check_args(fmt: str, quantize: str, seq_len: int, min_top1: float) -> None:
-    if fmt not in FORMATS:
-        raise EdgekdError(f"unknown format {fmt!r}: use onnx or tflite")
-    if quantize not in QUANTIZE:
-        raise EdgekdError(f"unknown quantisation {quantize!r}: use none, int8-dynamic or int8")
-    if seq_len < 2:
-        raise EdgekdError(f"--seq-len must be at least 2 (got {seq_len})")
-    if not 0.0 < min_top1 <= 1.0:
-        raise EdgekdError(f"min_top1 must be in (0, 1] (got {min_top1})")
-
-
 def export_model(model_dir, fmt: str = "onnx", quantize: str = "none", seq_len: int = 64, out=None,
                  calib_inputs=None, min_top1: float = 0.9, *, show_progress: bool = True) -> dict:
     """Export MODEL_DIR to FILE and write its parity record FILE.json; return the record.
@@ -59,11 +48,9 @@ def export_model(model_dir, fmt: str = "onnx", quantize: str = "none", seq_len: 
     rows the calibration never saw. A failed check leaves no FILE, writes FILE.json with passed=false,
     and raises EdgekdError with the numbers.
     """
-    _check_args(fmt, quantize, seq_len, min_top1)
-    model_dir = Path(model_dir)
-    out = Path(out) if out else default_out(model_dir, fmt, quantize)
-    if out.suffix != FORMATS[fmt]:
-        raise EdgekdError(f"output file {out} must end in {FORMATS[fmt]} for --format {fmt}")
+    export_args(fmt, quantize, seq_len, min_top1, out)
+    model_dir = check_model_dir(model_dir, "model directory")
+    out = output_file(out or default_out(model_dir, fmt, quantize))
     quantized = quantize != "none"
     steps = ["load", "convert"] + (["quantize"] if quantized else []) + ["parity"]
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),

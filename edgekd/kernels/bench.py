@@ -165,6 +165,11 @@ def main(rows=None, vocab=None, dtype=None, device="cpu", repeats=5, use_compile
     """Run the benchmark grid, print a table and write JSON; returns the JSON object."""
     from rich.table import Table
 
+    from edgekd.checks import kernel_bench_args, output_file
+    from edgekd.console import out as console_out
+
+    kernel_bench_args(rows, vocab, repeats, device, out)
+    out_path = output_file(Path(out) if out else Path("benchmarks") / f"kernel_bench_{device}.json")
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         from edgekd.errors import EdgekdError
@@ -174,12 +179,10 @@ def main(rows=None, vocab=None, dtype=None, device="cpu", repeats=5, use_compile
         from edgekd.errors import EdgekdError
 
         raise EdgekdError(f"--dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
-    rows_list = [rows] if rows else [2048]
-    vocabs = [vocab] if vocab else [32000, 128256]
+    rows_list = [rows] if rows is not None else [2048]
+    vocabs = [vocab] if vocab is not None else [32000, 128256]
     dtypes = [DTYPES[dtype]] if dtype else [torch.float32, torch.bfloat16]
-    from edgekd.console import out
-
-    console = out()
+    console = console_out()
     bw = copy_bandwidth(dev)
     console.print(f"[bold]edgekd kernel bench[/] on {device} ({platform.processor() or platform.machine()}, "
                   f"{torch.get_num_threads()} threads) — backend {backend(dev.type)}, copy bandwidth "
@@ -213,7 +216,6 @@ def main(rows=None, vocab=None, dtype=None, device="cpu", repeats=5, use_compile
         "backend": backend(dev.type), "copy_bandwidth_gbs": bw / 1e9, "temperature": T, "alpha": ALPHA,
         "repeats": repeats, "cases": cases,
     }
-    out_path = Path(out) if out else Path("benchmarks") / f"kernel_bench_{device}.json"
     write_json(out_path, result)
     console.print(f"wrote {out_path}")
     return result
