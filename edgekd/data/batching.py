@@ -12,7 +12,7 @@ from edgekd.errors import EdgekdError
 def encode_texts(texts: list[str], tokenizer) -> torch.Tensor:
     """All texts tokenised and joined with EOS into one 1-D int64 tensor."""
     eos = tokenizer.eos_token_id
-    ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    ids = tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []  # a tokenizer fails on []
     flat: list[int] = []
     for seq in ids:
         flat.extend(seq)

@@ -67,3 +67,26 @@ def tokenizer_hash(tokenizer) -> str:
 def vocab_signature(tokenizer) -> str:
     """Hash of the token->id map only: tokenizers differing in settings but not ids still agree."""
     return hashlib.sha256(repr(sorted(tokenizer.get_vocab().items())).encode()).hexdigest()
+
+
+def max_token_id(tokenizer) -> int:
+    """The largest id `tokenizer` can produce: its vocabulary and added tokens (not len(), which can
+    undercount when ids have gaps)."""
+    ids = list(tokenizer.get_vocab().values())
+    return max(ids) if ids else -1
+
+
+def check_fits_embedding(tokenizer, model, what: str = "teacher") -> None:
+    """Every id the tokenizer can produce has a row in the model's input embedding, else one line now
+    (the alternative is an IndexError deep in the first forward pass)."""
+    if tokenizer is None:
+        return
+    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    rows = getattr(emb, "num_embeddings", None)
+    if rows is None:
+        return
+    top = max_token_id(tokenizer)
+    if top >= rows:
+        raise EdgekdError(f"the {what}'s tokenizer produces token ids up to {top} but its embedding has {rows} rows "
+                          f"(vocab_size {getattr(model.config, 'vocab_size', rows)}): the tokenizer does not belong "
+                          f"to this model; save the model's own tokenizer with it")

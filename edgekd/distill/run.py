@@ -91,24 +91,16 @@ def parse_loss_spec(loss) -> Optional[list]:
 
 
 def validate(cfg: DistillConfig) -> None:
-    t = cfg.temperature
-    if not (isinstance(t, str) and t == "auto"):
-        try:
-            t = float(t)
-        except (TypeError, ValueError) as e:
-            raise EdgekdError(f"--temperature must be a positive number or 'auto', got {cfg.temperature!r}") from e
-        if not (t > 0 and math.isfinite(t)):
-            raise EdgekdError(f"--temperature must be > 0, got {t}")
-    if not (0.0 <= float(cfg.alpha) <= 1.0):
-        raise EdgekdError(f"--alpha must be within [0, 1], got {cfg.alpha}")
-    if cfg.steps is not None and cfg.steps < 1:
-        raise EdgekdError(f"--steps must be at least 1, got {cfg.steps}")
+    """Every option of the run, checked before anything is loaded or written (edgekd.checks)."""
+    from edgekd import checks
+    from edgekd.models.loading import read_config_dict, resolve_model_dir
+
     if cfg.scheme not in SCHEMES:
         raise EdgekdError(f"unknown scheme {cfg.scheme!r}: choose one of {', '.join(SCHEMES)}")
-    if cfg.batch_size < 1 or cfg.seq_len < 2:
-        raise EdgekdError("batch size must be >= 1 and sequence length >= 2")
     if cfg.loss_impl not in ("fused", "eager"):
         raise EdgekdError(f"unknown loss implementation {cfg.loss_impl!r}: use 'fused' or 'eager'")
+    teacher_config = read_config_dict(resolve_model_dir(cfg.teacher)) if cfg.teacher == "builtin" else None
+    checks.distill_inputs(asdict(cfg), teacher_config)
 
 
 def _init_distributed():
@@ -153,7 +145,7 @@ class _Data:
 
             train = split_tokens(corpus, "train", tokenizer)
             val = split_tokens(corpus, "validation", tokenizer)
-            if int(train.max()) >= len(tokenizer) or int(val.max()) >= len(tokenizer):
+            if any(t.numel() and int(t.max()) >= len(tokenizer) for t in (train, val)):  # none: too little data
                 raise EdgekdError("the tokenizer produced ids outside its vocabulary: the teacher's tokenizer is corrupt")
             self.train_tokens = train.numel()
             self.stream_factory = lambda pos=0, seed=cfg.seed: BlockStream(train, seq, cfg.batch_size, seed, rank, world, pos)
@@ -188,6 +180,7 @@ def run(config: DistillConfig | dict) -> Path:
     from edgekd.models.loading import load_model
     from edgekd.models.students import (build_student, check_tokenizers_agree, count_params, size_mb,
                                         student_config_from)
+    from edgekd.data.tokenizer import check_fits_embedding
     from edgekd.report import build_report, write_run_report
 
     cfg = DistillConfig.from_dict(config) if isinstance(config, dict) else config
@@ -215,6 +208,7 @@ def run(config: DistillConfig | dict) -> Path:
     t_start = time.time()
 
     teacher, tokenizer, kind = load_model(cfg.teacher)
+    check_fits_embedding(tokenizer, teacher)
     teacher.to(device)
     for p in teacher.parameters():
         p.requires_grad_(False)
