@@ -69,10 +69,13 @@ def kernel_bench(
     out: Optional[str] = typer.Option(None, help="Where to write the JSON (default: benchmarks/kernel_bench.json)."),
 ) -> None:
     """Time eager PyTorch, torch.compile and the fused kernel on KD+CE forward and backward."""
+    from edgekd.checks import kernel_bench_args
+
+    kernel_bench_args(rows, vocab, repeats, device, _path(out))  # before the heavy imports
     from edgekd.kernels import bench
 
     bench.main(rows=rows, vocab=vocab, dtype=dtype, device=device, repeats=repeats,
-               use_compile=compile, out=out)
+               use_compile=compile, out=_path(out))
 
 
 # --- targets ------------------------------------------------------------------------------------
@@ -120,17 +123,38 @@ def distill(
     target: Optional[str] = typer.Option(None, help="Edge target name (see `edgekd targets list`)."),
     latency_budget: Optional[float] = typer.Option(None, "--latency-budget", help="Latency budget in ms."),
     device: str = typer.Option("local", help="Where to profile: local | ssh://USER@HOST[:PORT] | adb[:SERIAL]."),
+    identity_file: Optional[str] = typer.Option(None, help="ssh: private key (default: ssh's, or EDGEKD_SSH_KEY)."),
+    known_hosts: Optional[str] = typer.Option(None, help="ssh: known_hosts file to check the host key against."),
+    insecure_host_key: bool = typer.Option(False, "--insecure-host-key", help="ssh: do not check the host key."),
+    remote_python: str = typer.Option("python3", help="ssh: the python on the device."),
     batch_size: int = typer.Option(8, help="Sequences per optimiser step."),
     seq_len: int = typer.Option(256, help="Tokens per sequence."),
     lr: float = typer.Option(2e-3, help="Peak learning rate."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ) -> None:
     """Distill the teacher into a student, train the scratch baseline, evaluate both, write the run."""
+    import functools
+
+    from edgekd.checks import distill_inputs
+    from edgekd.profile import check_device
+
+    # Checked before the heavy imports and before anything is written: a bad value costs no run directory.
+    temp = temperature if temperature == "auto" else _float_option("--temperature", temperature)
+    distill_inputs(dict(teacher=_path(teacher), data=_path(data), student=_path(student), steps=steps, out=_path(out),
+                        temperature=temp, alpha=alpha, latency_budget_ms=latency_budget, batch_size=batch_size,
+                        seq_len=seq_len, lr=lr, seed=seed))
+    profile_kw = dict(identity_file=_path(identity_file), known_hosts=_path(known_hosts),
+                      insecure_host_key=insecure_host_key, remote_python=remote_python)
+    if target:
+        from edgekd.targets.spec import load_target
+
+        load_target(_path(target) if target.endswith(".toml") else target)
+    check_device(device, probe=bool(target), **profile_kw)  # the job profiles on it: reachable now, not after training
     from edgekd.distill import DistillConfig, run
     if target:  # the one-command job: search -> distill -> export -> profile -> report (it refuses --student)
         from edgekd.pipeline import distill_for_target as run
 
-    temp = temperature if temperature == "auto" else _float_option("--temperature", temperature)
+        run = functools.partial(run, **profile_kw)
     run(DistillConfig(teacher=_path(teacher), data=_path(data), text_column=text_column, label_column=label_column,
                       student=_path(student), steps=steps,
                       out=_path(out), resume=resume,
@@ -179,6 +203,9 @@ def teacher_train(
     seed: Optional[int] = typer.Option(None, help="Seed (default: the recipe's)."),
 ) -> None:
     """Train the built-in teacher from its recipe on the built-in corpus (reproduces the shipped one)."""
+    from edgekd.checks import teacher_train_args
+
+    teacher_train_args(steps, seed, _path(out))
     from edgekd.models.builtin import BUILTIN_DIR, train_builtin_teacher
 
     train_builtin_teacher(_path(out) or BUILTIN_DIR, steps=steps, seed=seed)
@@ -197,6 +224,10 @@ def export(
     min_top1: float = typer.Option(0.9, help="int8 parity: least top-1 agreement with PyTorch."),
 ) -> None:
     """Export to ONNX or TFLite, check against PyTorch, write FILE and its parity record FILE.json."""
+    from edgekd.checks import export_args, model_dir as check_model_dir
+
+    export_args(format, quantize, seq_len, min_top1, _path(out))  # before the heavy imports
+    check_model_dir(_path(model_dir), "MODEL_DIR")
     from edgekd.export import export_model
 
     rec = export_model(_path(model_dir), fmt=format, quantize=quantize, seq_len=seq_len, out=_path(out), min_top1=min_top1)
@@ -278,11 +309,30 @@ def _os_error_line(e: OSError) -> str:
     import errno
 
     what = f" {e.filename}" if getattr(e, "filename", None) else ""
-    if e.errno == errno.ENOSPC:
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
         return f"no space left on the device writing{what}: free some space or choose another --out"
     if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return f"cannot write{what} ({e.strerror}): choose a writable place (--out)"
     return f"{e.strerror or type(e).__name__}:{what} (check the path)"
+
+
+def _full_disk_line(e: BaseException) -> Optional[str]:
+    """The line for a full disk that a library reported in its own words (PyTorch's zip writer raises a
+    RuntimeError, 'unexpected pos ...' or 'file write failed', with no errno), else None."""
+    import errno
+
+    seen, x = set(), e
+    while x is not None and id(x) not in seen:
+        seen.add(id(x))
+        if isinstance(x, OSError) and x.errno in (errno.ENOSPC, errno.EDQUOT):
+            return _os_error_line(x)
+        text = str(x)
+        if "No space left on device" in text or ("inline_container" in text and "unexpected pos" in text) \
+                or "file write failed" in text:
+            return ("writing a file failed, most likely no space left on the device: free some space or "
+                    "choose another --out (a run continues with --resume)")
+        x = x.__cause__ or x.__context__
+    return None
 
 
 def main(argv: Optional[list] = None) -> None:
@@ -315,8 +365,9 @@ def main(argv: Optional[list] = None) -> None:
     except KeyboardInterrupt as e:
         code = fail("interrupted", 130, e)
     except OSError as e:
-        code = fail(_os_error_line(e), 2 if e.errno in (errno.ENOSPC, errno.EACCES, errno.EPERM, errno.EROFS,
-                                                         errno.ENOENT, errno.EISDIR, errno.ENOTDIR) else 1, e)
+        code = fail(_os_error_line(e), 2 if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM,
+                                                         errno.EROFS, errno.ENOENT, errno.EISDIR, errno.ENOTDIR,
+                                                         errno.EEXIST, errno.ENAMETOOLONG) else 1, e)
     except BaseException as e:  # noqa: BLE001 - the one place that turns any exception into an exit code
         kind = _click_kind(e)
         if kind == "help":
@@ -335,6 +386,8 @@ def main(argv: Optional[list] = None) -> None:
             code = fail("interrupted", 130, e)
         elif isinstance(e, SystemExit):
             code = e.code if isinstance(e.code, int) else (0 if e.code is None else fail(str(e.code), 1))
+        elif _full_disk_line(e):
+            code = fail(_full_disk_line(e), 2, e)
         else:
             log = console.log_path()
             code = fail(f"internal error: {type(e).__name__}: {_one_line(str(e))[:300]} (a bug in edgekd: rerun "
