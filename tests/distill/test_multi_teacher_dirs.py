@@ -3,20 +3,30 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.distill.helpers import tiny_teacher
-
 EDGEKD = str(Path(sys.executable).parent / "edgekd")
 
 
 @pytest.fixture(scope="module")
-def second_teacher(tmp_path_factory):
-    return tiny_teacher(tmp_path_factory.mktemp("t2") / "t", train_steps=0, seed=1)
+def second_teacher(teacher_dir, tmp_path_factory):
+    """Another teacher with the first one's config and tokenizer, other (random) weights."""
+    import shutil
+
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    d = tmp_path_factory.mktemp("t2") / "t"
+    torch.manual_seed(1)
+    AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(teacher_dir)).save_pretrained(str(d))
+    for f in Path(teacher_dir).glob("tokenizer*"):
+        shutil.copy(f, d / f.name)
+    return d
 
 
 @pytest.mark.slow
@@ -44,20 +54,32 @@ def test_teachers_from_scheme_config_are_loaded_and_mixed(teacher_dir, second_te
 
 @pytest.mark.slow
 def test_teacher_with_another_vocabulary_is_one_line_exit_2(teacher_dir, text_dir, tmp_path):
-    from edgekd.models.tiny import make_tiny_teacher
-    from tests.distill.helpers import small_texts
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
 
-    other = make_tiny_teacher(tmp_path / "other", small_texts(), vocab_size=320, train_steps=0)
-    cfg = json.dumps({"teachers": [str(other)]})
+    torch.manual_seed(0)
+    other = tmp_path / "other"
+    LlamaForCausalLM(LlamaConfig(vocab_size=320, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                 intermediate_size=32, max_position_embeddings=64)).save_pretrained(str(other))
     res = subprocess.run([EDGEKD, "distill", "--teacher", str(teacher_dir), "--data", str(text_dir), "--scheme",
-                          "multi_teacher", "--scheme-config", cfg, "--steps", "2", "--seq-len", "16", "--batch-size",
-                          "4", "--out", str(tmp_path / "run")], capture_output=True, text=True, timeout=300,
-                         env={**__import__("os").environ, "EDGEKD_CACHE": str(tmp_path / "cache")})
+                          "multi_teacher", "--scheme-config", json.dumps({"teachers": [str(other)]}), "--steps", "2",
+                          "--seq-len", "16", "--batch-size", "4", "--out", str(tmp_path / "run")],
+                         capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "EDGEKD_CACHE": str(tmp_path / "cache")})
     assert res.returncode == 2, res.stderr[-2000:]
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in res.stderr, res.stderr[-2000:]
-    assert "vocabulary" in lines[0] and "share one tokenizer" in lines[0]
-    bad = subprocess.run([EDGEKD, "distill", "--teacher", str(teacher_dir), "--data", str(text_dir), "--scheme",
-                          "multi_teacher", "--scheme-config", '{"teachers": "x"}', "--steps", "2", "--out",
-                          str(tmp_path / "run2")], capture_output=True, text=True, timeout=300)
-    assert bad.returncode == 2 and "teachers must be a list" in bad.stderr and "Traceback" not in bad.stderr
+    assert "vocabulary of 320 tokens" in lines[0] and "share one tokenizer" in lines[0]
+
+
+def test_teachers_must_be_a_list_of_directories(teacher_dir):
+    from edgekd.distill.run import DistillConfig, _extra_teachers
+    from edgekd.errors import EdgekdError
+    from edgekd.models.loading import load_model
+
+    t, _, _ = load_model(teacher_dir, with_tokenizer=False)
+    cfg = DistillConfig(scheme="multi_teacher", scheme_config={"teachers": "x"})
+    with pytest.raises(EdgekdError, match="teachers must be a list"):
+        _extra_teachers(cfg, t)
+    assert len(_extra_teachers(DistillConfig(scheme="multi_teacher", scheme_config={"teachers": [str(teacher_dir)]}),
+                               t)) == 1
