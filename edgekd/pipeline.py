@@ -11,16 +11,16 @@ from __future__ import annotations
 
 import json
 import os
-import resource
-import time
-from contextlib import contextmanager
 from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any, Optional
 
 from edgekd.errors import EdgekdError, JobFailed
+from edgekd import faults
 from edgekd.console import echo
-from edgekd.io import write_json, write_text
+from edgekd.io import run_lock, write_json, write_text
+from edgekd.report import mark_status, render_markdown
+from edgekd.timing import PhaseTimer
 
 # Defaults of the job, tuned so `edgekd distill --target android-arm64` ends within ~8 minutes on an
 # idle 2-core machine (see the report's timings_s.job for the CPU seconds of each phase).
@@ -33,34 +33,6 @@ PROFILE_WARMUP = 3
 MAX_SHRINKS = 2          # recalibrate-and-shrink rounds after a measured miss on the device
 ATTEMPT_ENTRIES = ("config.json", "student", "checkpoints", "export", "profile", "report.json", "report.md",
                    "plots", "search")
-
-
-def _cpu_s() -> float:
-    """CPU seconds of this process and its finished children (profiling runs in a child process)."""
-    s, c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return s.ru_utime + s.ru_stime + c.ru_utime + c.ru_stime
-
-
-class _Timer:
-    """Wall and CPU seconds per phase: wall time lies on a shared machine, CPU time much less."""
-
-    def __init__(self):
-        self.phases: dict[str, dict[str, float]] = {}
-
-    @contextmanager
-    def __call__(self, name: str):
-        w, c = time.time(), _cpu_s()
-        try:
-            yield
-        finally:
-            p = self.phases.setdefault(name, {"wall_s": 0.0, "cpu_s": 0.0})
-            p["wall_s"] = round(p["wall_s"] + time.time() - w, 2)
-            p["cpu_s"] = round(p["cpu_s"] + _cpu_s() - c, 2)
-
-    def summary(self) -> dict:
-        out = dict(self.phases)
-        out["total"] = {k: round(sum(p[k] for p in self.phases.values()), 2) for k in ("wall_s", "cpu_s")}
-        return out
 
 
 def _resolve_out(cfg) -> Path:
@@ -125,6 +97,7 @@ def _search(teacher_cfg: dict, target, budget, seq_len: int, out_dir: Optional[P
         res.predicted_ms = best["predicted_ms"]
     if not quiet:
         print_table(res)
+    faults.point("search")
     if out_dir is not None:
         res.files = save_search(res, out_dir)
     return res
@@ -182,13 +155,8 @@ def distill_for_target(config: Any, *, export_seq_len: int = EXPORT_SEQ_LEN, pro
     it). `calibration`: the latency model's starting calibration (None: the device's saved one).
     `profile_kw`: extra keywords for profile_model on the device (identity_file, benchmark_binary...).
     """
-    from edgekd.distill import DistillConfig, run
-    from edgekd.export import export_and_profile_run
-    from edgekd.report import render_markdown
+    from edgekd.distill import DistillConfig
     from edgekd.targets import load_target
-    from edgekd.targets.latency import (calibrate, default_calibration, load_calibration,
-                                        measurement_from_profile, runtime_for)
-    from edgekd.targets.search import save_search
 
     cfg = DistillConfig.from_dict(config) if isinstance(config, dict) else replace(config)
     if not cfg.target:
@@ -203,9 +171,30 @@ def distill_for_target(config: Any, *, export_seq_len: int = EXPORT_SEQ_LEN, pro
         cfg.export = False  # the job exports and profiles itself (own seq len, runs, device)
     out = _resolve_out(cfg)
     cfg.out = str(out)
-    if (out / "config.json").exists() and not cfg.resume:
-        raise EdgekdError(f"run directory {out} already holds a run: pass --resume to continue it or another --out")
-    timer = _Timer()
+    with run_lock(out):
+        if (out / "config.json").exists() and not cfg.resume:
+            raise EdgekdError(f"run directory {out} already holds a run: pass --resume to continue it or another --out")
+        try:
+            return _job(cfg, t, out, export_seq_len, profile_runs, profile_warmup, max_shrinks, calibration, profile_kw)
+        except BaseException as e:
+            if (out / "config.json").is_file():  # the job had begun: its report says how it ended
+                interrupted = isinstance(e, KeyboardInterrupt)
+                mark_status(out, "interrupted" if interrupted else "failed",
+                            "interrupted (Ctrl-C): rerun with --resume to finish it" if interrupted else
+                            f"{str(e).splitlines()[0] if str(e) else type(e).__name__}")
+            raise
+
+
+def _job(cfg, t, out: Path, export_seq_len: int, profile_runs: int, profile_warmup: int, max_shrinks: int,
+         calibration: Any, profile_kw: dict) -> Path:
+    """distill_for_target's work, with RUN/.lock held."""
+    from edgekd.distill import run
+    from edgekd.export import export_and_profile_run
+    from edgekd.targets.latency import (calibrate, default_calibration, load_calibration,
+                                        measurement_from_profile, runtime_for)
+    from edgekd.targets.search import save_search
+
+    timer = PhaseTimer(out / "checkpoints" / "job_timings.json", resume=cfg.resume)
     teacher_cfg = _teacher_config(cfg.teacher)
     seq_len = min(export_seq_len, cfg.seq_len, int(teacher_cfg.get("max_position_embeddings") or export_seq_len))
     fmt = t.runtime["preferred_format"]
@@ -229,7 +218,7 @@ def distill_for_target(config: Any, *, export_seq_len: int = EXPORT_SEQ_LEN, pro
         with timer("distill+scratch+eval"):
             if not (cfg.resume and (out / "report.json").is_file() and (out / "student").is_dir()):
                 run(replace(cfg, student=choice, latency_budget_ms=res.latency_budget_ms,
-                            resume=cfg.resume and (out / "config.json").is_file()))
+                            resume=cfg.resume and (out / "config.json").is_file()), status="incomplete")
         cfg.resume = False
         # --- export four ways with parity, profile each locally ---
         with timer("export+parity+local_profile"):
@@ -313,68 +302,26 @@ def distill_for_target(config: Any, *, export_seq_len: int = EXPORT_SEQ_LEN, pro
                      "calibrated": res.calibrated, "candidates": len(res.table), "attempts": attempts}
     rep.setdefault("timings_s", {})["job"] = timer.summary()
     rep["student"]["precision_deployed"] = precision
-    write_json(out / "report.json", rep)
-    write_text(out / "report.md", render_markdown(rep, kind) + "\n" + render_target_section(rep))
     failed = [f"{name}: {e.get('error', 'failed')}" for name, e in ex["exports"].items() if not e.get("passed")]
+    missed = None
+    if rep["latency"]["meets_budget_measured"] is False:
+        missed = (f"the device missed the budget: {final['measured_ms']:.3f} ms measured > {res.latency_budget_ms:g} ms "
+                  f"after {len(attempts) - 1} recalibrate-and-shrink round(s)")
+    problem = device_error or (f"export parity failed ({'; '.join(failed)})" if failed else None) or missed
+    rep["status"] = "failed" if problem else "complete"
+    if problem:
+        rep["error"] = problem
+    write_json(out / "report.json", rep)
+    write_text(out / "report.md", render_markdown(rep, kind) + "\n")
     if not cfg.quiet:
         _print_summary(out, rep)
+    if missed and not (device_error or failed):
+        raise JobFailed(f"{missed}; the run {out} records the numbers")
     if device_error:
         raise JobFailed(f"{device_error} (run {out} holds the local results)")
     if failed:
         raise JobFailed(f"export parity failed ({'; '.join(failed)}); the run {out} records the numbers")
     return out
-
-
-def render_target_section(rep: dict) -> str:
-    """report.md's job part: the choice, latency predicted against measured, the search plot."""
-    lat, s = rep["latency"], rep["search"]
-    budget = rep["latency_budget_ms"]
-    c = s["choice"]
-    lines = ["## Student chosen for the target", "",
-             f"Target **{rep['target']}**, budget **{budget:g} ms** for one {lat['seq_len']}-token prefill "
-             f"({lat['format']} on {lat['runtime']}, {lat['threads']} threads). The search weighed "
-             f"{s['candidates']} candidates ([table]({s['table']})) with the "
-             f"{'calibrated' if lat['calibrated'] else 'uncalibrated (datasheet priors)'} latency model and chose the "
-             f"largest that fits: {c['num_hidden_layers']} layers, hidden {c['hidden_size']}, "
-             f"{c['num_attention_heads']} heads, FFN {c['intermediate_size']}, {c['precision']} "
-             f"({s['params']:,} parameters).", "",
-             "| | latency (ms) | within budget |", "|---|---:|---|",
-             f"| predicted on {rep['target']} | {lat['predicted_ms']:.3f} | "
-             f"{'yes' if lat['meets_budget_predicted'] else 'NO'} |"]
-    for m in lat["measured"]:
-        same = m["format"] == lat["format"] and (m.get("quantize", "none") != "none") == (lat["precision"] == "int8")
-        where = f"measured on {m['device']}" + (" (the target)" if m.get("on_target") else "")
-        mark = ("yes" if m["p50_ms"] <= budget else "NO") if m.get("on_target") else "(not the target)"
-        lines.append(f"| {where}: {m['format']} {'int8' if m.get('quantize', 'none') != 'none' else 'float32'}"
-                     f"{' (deployed)' if same else ''}, p50 / p90 | {m['p50_ms']:.3f} / {m['p90_ms']:.3f} | {mark} |")
-    lines.append("")
-    if lat.get("device_error"):
-        lines += [f"The device could not be measured: {lat['device_error']}", ""]
-    if lat.get("meets_budget_measured") is False:
-        lines += [f"**The deployed file misses the budget on the device** ({lat['measured_on_target_ms']:.3f} ms)"
-                  + (f": {lat['shrink_stopped']}" if lat.get("shrink_stopped") else
-                     f" after {len(s['attempts']) - 1} recalibrate-and-shrink round(s)") + ".", ""]
-    if len(s["attempts"]) > 1:
-        lines += ["Measured misses on the device recalibrated the latency model and shrank the student:", "",
-                  "| attempt | params | predicted (ms) | measured (ms) |", "|---:|---:|---:|---:|"]
-        for a in s["attempts"]:
-            m = "—" if a["measured_ms"] is None else f"{a['measured_ms']:.3f}"
-            lines.append(f"| {a['attempt']} | {a['params']:,} | {a['predicted_ms']:.3f} | {m} |")
-        lines += ["", "Earlier attempts are kept in attempts/N/.", ""]
-    ex = rep.get("exports", {})
-    bad = [k for k, e in ex.items() if not e.get("passed")]
-    lines += [f"Exports: {len(ex) - len(bad)} of {len(ex)} pass parity against PyTorch"
-              + (f"; failed: {', '.join(bad)}" if bad else "") + ".", ""]
-    lines += ["![student search](" + s["plot"] + ")", "",
-              "Predicted latency against parameters for every candidate; the dashed line is the budget, the star "
-              "the choice.", ""]
-    job = rep.get("timings_s", {}).get("job")
-    if job:
-        lines += ["| phase | wall (s) | CPU (s) |", "|---|---:|---:|"]
-        for name, p in job.items():
-            lines.append(f"| {name} | {p['wall_s']:.1f} | {p['cpu_s']:.1f} |")
-        lines.append("")
-    return "\n".join(lines)
 
 
 def _print_summary(out: Path, rep: dict) -> None:
@@ -389,4 +336,4 @@ def _print_summary(out: Path, rep: dict) -> None:
     echo(f"job written to {out} (report.md, report.json, student/, export/, profile/, search/)")
 
 
-__all__ = ["distill_for_target", "render_target_section", "JOB_STEPS", "EXPORT_SEQ_LEN"]
+__all__ = ["distill_for_target", "JOB_STEPS", "EXPORT_SEQ_LEN"]

@@ -14,7 +14,7 @@ from typing import Any, Optional, Union
 import torch
 
 from edgekd.errors import EdgekdError
-from edgekd.io import atomic_dir, write_json
+from edgekd.io import atomic_dir, run_lock, write_json
 
 SCHEMES = ("offline", "online", "self", "multi_teacher", "progressive", "sequence")
 DEFAULT_STEPS = 300
@@ -172,8 +172,20 @@ def _save_student(student, tokenizer, path: Path) -> None:
         _make_readable(Path(tmp))
 
 
-def run(config: DistillConfig | dict) -> Path:
-    """Run a distillation job and return its run directory (complete only when this returns)."""
+def run(config: DistillConfig | dict, *, status: str = "complete") -> Path:
+    """Run a distillation job and return its run directory (complete only when this returns).
+
+    `status` is what report.json says when this returns: the one-command job passes "incomplete",
+    since its export and profile phases come after. Holds RUN/.lock throughout.
+    """
+    cfg = DistillConfig.from_dict(config) if isinstance(config, dict) else config
+    out = _resolve_out(cfg)
+    with run_lock(out):
+        return _run(cfg, out, status)
+
+
+def _run(cfg: DistillConfig, out: Path, status: str) -> Path:
+    from edgekd import console
     from edgekd.distill.evaluate import evaluate, temperature_examples
     from edgekd.distill.objective import build_response_loss, ce_loss, scratch_objective
     from edgekd.distill.trainer import Trainer
@@ -182,9 +194,8 @@ def run(config: DistillConfig | dict) -> Path:
                                         student_config_from)
     from edgekd.data.tokenizer import check_fits_embedding
     from edgekd.report import build_report, write_run_report
+    from edgekd.timing import PhaseTimer
 
-    cfg = DistillConfig.from_dict(config) if isinstance(config, dict) else config
-    out = _resolve_out(cfg)
     if cfg.resume:
         saved = out / "config.json"
         if not saved.is_file():
@@ -204,7 +215,7 @@ def run(config: DistillConfig | dict) -> Path:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = torch.device(cfg.compute or ("cuda" if torch.cuda.is_available() else "cpu"))
-    timings: dict = {}
+    timer = PhaseTimer(out / "checkpoints" / "timings.json", resume=cfg.resume)
     t_start = time.time()
 
     teacher, tokenizer, kind = load_model(cfg.teacher)
@@ -259,6 +270,8 @@ def run(config: DistillConfig | dict) -> Path:
                                      "built": not (Path(scheme_kw["cache"]) / "index.json").is_file()}
     if rank == 0 and not cfg.resume:
         write_json(out / "config.json", resolved)
+    if rank == 0:
+        console.log_into(out / "edgekd.log")
 
     # --- distill: one stage, or a progressive chain of stages each taught by the previous model ---
     causal = kind == "lm"
@@ -335,7 +348,7 @@ def run(config: DistillConfig | dict) -> Path:
     else:
         chain = [student]
         history = distill_stage(teacher, student, s_cfg, steps, train_stream, ckpts / "distill", "distill", scheme_kw).history
-    timings["distill"] = time.time() - t0
+    timer.add("distill", time.time() - t0, 0.0)
     histories = {"distilled": history}
     if rank == 0:
         _save_student(student, tokenizer, out / "student")
@@ -352,7 +365,7 @@ def run(config: DistillConfig | dict) -> Path:
         if cfg.resume:
             str_.resume()
         str_.train()
-        timings["scratch"] = time.time() - t0
+        timer.add("scratch", time.time() - t0, 0.0)
         histories["scratch"] = str_.history
 
     if world > 1:
@@ -369,16 +382,18 @@ def run(config: DistillConfig | dict) -> Path:
         models["scratch"] = scratch
     models.update({f"stage{i + 1}": m for i, m in enumerate(chain[:-1])})
     evals = evaluate(models, teacher, data.eval_batches, kind, device)
-    timings["eval"] = time.time() - t0
+    timer.add("eval", time.time() - t0, 0.0)
     temps = temperature_examples(teacher, data.val_blocks.to(device), tokenizer) if kind == "lm" else []
     sizes = {"teacher": {"params": t_params, "size_mb": size_mb(teacher)},
              "student": {"params": s_params, "size_mb": size_mb(student)}}
     if scratch is not None:
         sizes["scratch"] = {"params": count_params(scratch), "size_mb": size_mb(scratch)}
-    timings["total"] = time.time() - t_start
+    timer.add("total", time.time() - t_start, 0.0)  # every invocation's, from loading to the report
+    timings = {k: v["wall_s"] for k, v in timer.phases.items()} | {"invocations": timer.invocations}
     rep = build_report(config=resolved, evals=evals, sizes=sizes, histories=histories, temperature_examples=temps,
                        init_info=init_info, student_config=s_cfg.to_dict(), timings=timings)
     rep["kind"] = kind
+    rep["status"] = status
     if cfg.scheme == "progressive":
         rep["distillation"]["stages"] = [
             {"stage": i + 1, "config": _arch(m.config), "params": count_params(m), "steps": tr.cfg.steps,

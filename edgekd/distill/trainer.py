@@ -19,6 +19,7 @@ from typing import Callable, Optional
 import torch
 import torch.distributed as dist
 
+from edgekd import faults
 from edgekd.errors import EdgekdError
 from edgekd.io import atomic_dir, write_json
 
@@ -280,6 +281,7 @@ class Trainer:
                     self.save_checkpoint()
                     if self.world > 1:
                         dist.barrier()
+                    faults.point(self.label)
                 if self.on_step is not None:
                     self.on_step(self.step, self)
         return self.history

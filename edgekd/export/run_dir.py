@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from edgekd import faults
 from edgekd.errors import EdgekdError, JobFailed
 from edgekd.export.api import export_model
 from edgekd.io import write_json
@@ -46,10 +47,12 @@ def export_and_profile_run(run_dir, seq_len: int = 64, calib_inputs=None, device
         exports[key] = {"path": rel, "format": fmt, "quantize": quant, "max_abs_diff": rec["max_abs_diff"],
                         "top1_agreement": rec["top1_agreement"], "size_mb": rec["size_mb"], "passed": True}
         summary["files"][key] = exports[key] | {"record": rel + ".json"}
+        faults.point("export")
         stats = profile_model(out, device=device, runs=runs, warmup=warmup, threads=threads, **profile_kw)
         stats["quantize"] = quant
         prof = run / "profile" / f"{fmt}-{'int8' if quant != 'none' else 'float'}-{_device_tag(device)}.json"
         write_json(prof, stats)
+        faults.point("profile")
         measured.append({"device": stats["device"], "format": fmt, "quantize": quant,
                          "p50_ms": stats["p50_ms"], "p90_ms": stats["p90_ms"], "mean_ms": stats["mean_ms"],
                          "peak_rss_mb": stats["peak_rss_mb"], "size_mb": stats["size_mb"],

@@ -21,6 +21,7 @@ def build_report(*, config: dict, evals: dict, sizes: dict, histories: dict, tem
     student["config"] = student_config
     student["init"] = init_info
     rep = {
+        "status": "complete",
         "target": config.get("target"),
         "latency_budget_ms": config.get("latency_budget_ms"),
         "teacher": entry("teacher"),
@@ -103,7 +104,7 @@ def _fmt(v, nd=4):
 def render_markdown(rep: dict, kind: str = "lm") -> str:
     t, s, b = rep["teacher"], rep["student"], rep["scratch"]
     metric = "perplexity" if kind == "lm" else "accuracy"
-    lines = ["# edgekd run report", ""]
+    lines = ["# edgekd run report", ""] + status_banner(rep)
     d = rep["distillation"]
     lines += [f"Target: **{rep.get('target') or 'none'}**, latency budget: **{_fmt(rep.get('latency_budget_ms'), 1)} ms**. "
               f"Scheme `{d.get('scheme')}`, loss `{d.get('loss') or 'kd'}`, T = {_fmt(d.get('temperature'), 3)}, "
@@ -162,7 +163,48 @@ def render_markdown(rep: dict, kind: str = "lm") -> str:
               "![temperature](plots/temperature.png)", "",
               "Higher temperatures flatten the teacher's distribution, exposing how it ranks the wrong answers "
               "(the 'dark knowledge' the student learns from).", ""]
+    if rep.get("search"):
+        from edgekd.report.job import render_target_section
+
+        lines += ["", render_target_section(rep)]
     return "\n".join(lines)
+
+
+STATUS_WORDS = {"incomplete": "INCOMPLETE", "failed": "FAILED", "interrupted": "INTERRUPTED"}
+
+
+def status_banner(rep: dict) -> list[str]:
+    """report.md's first lines for a run that did not finish: nothing half-done may look complete."""
+    st = rep.get("status", "complete")
+    if st == "complete":
+        return []
+    why = rep.get("error") or "the job stopped before its last phase; rerun with --resume to finish it"
+    return [f"> **{STATUS_WORDS.get(st, st.upper())}**: {why}", ""]
+
+
+def mark_status(run_dir: Path, status: str, error: Optional[str] = None, rep: Optional[dict] = None) -> None:
+    """Say at the top of report.json and report.md that the run failed or was interrupted.
+
+    `rep`: the report in memory, if the caller has one; else the run's report.json, else a stub.
+    """
+    import json
+
+    run_dir = Path(run_dir)
+    if rep is None:
+        try:
+            rep = json.loads((run_dir / "report.json").read_text())
+        except (OSError, ValueError):
+            rep = None
+    if not isinstance(rep, dict):
+        rep = {}
+    rep = {"status": status, **({"error": error} if error else {}),
+           **{k: v for k, v in rep.items() if k not in ("status", "error")}}
+    write_json(run_dir / "report.json", rep)
+    if "distillation" in rep and "teacher" in rep:
+        text = render_markdown(rep, rep.get("kind", "lm"))
+    else:
+        text = "\n".join(["# edgekd run report", ""] + status_banner(rep))
+    write_text(run_dir / "report.md", text + "\n")
 
 
 def write_run_report(run_dir: Path, rep: dict, histories: dict, temperature_examples: list, kind: str = "lm") -> None:
