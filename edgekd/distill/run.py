@@ -272,6 +272,7 @@ def _run(cfg: DistillConfig, out: Path, status: str) -> Path:
         write_json(out / "config.json", resolved)
     if rank == 0:
         console.log_into(out / "edgekd.log")
+        timer.save()
 
     # --- distill: one stage, or a progressive chain of stages each taught by the previous model ---
     causal = kind == "lm"
@@ -473,20 +474,28 @@ def _build_scheme(cfg: DistillConfig, teacher, student, device, options: Optiona
 def _extra_teachers(cfg: DistillConfig, teacher) -> list:
     """The multi_teacher scheme's other teachers: DistillConfig.teachers and scheme-config "teachers"
     (paths to Hugging Face model directories, or "builtin"), loaded like the first; each must share
-    the first teacher's vocabulary."""
-    from edgekd.models.loading import load_model
+    the first teacher's vocabulary (size, and token -> id map where both directories hold a tokenizer)."""
+    from edgekd.data.tokenizer import load_tokenizer
+    from edgekd.models.loading import load_model, resolve_model_dir
+    from edgekd.models.students import check_tokenizers_agree
+
+    def tokenizer_of(path):
+        d = resolve_model_dir(path)
+        return load_tokenizer(d) if any((d / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")) else None
 
     given = (cfg.scheme_config or {}).get("teachers", []) if cfg.scheme == "multi_teacher" else []
     if not isinstance(given, list) or not all(isinstance(t, str) for t in given):
         raise EdgekdError(f"scheme 'multi_teacher': teachers must be a list of model directories (or \"builtin\"), "
                           f"got {given!r}")
-    out = []
+    out, first_tok = [], None
     for path in list(cfg.teachers) + given:
         m, _, _ = load_model(path, with_tokenizer=False)
         v, v0 = getattr(m.config, "vocab_size", None), getattr(teacher.config, "vocab_size", None)
         if v != v0:
             raise EdgekdError(f"scheme 'multi_teacher': teacher {path} has a vocabulary of {v} tokens, the first "
                               f"teacher's {v0}: all teachers must share one tokenizer")
+        first_tok = first_tok or tokenizer_of(cfg.teacher)
+        check_tokenizers_agree(first_tok, tokenizer_of(path), where=f"multi_teacher teacher {path}")
         out.append(m)
     return out
 

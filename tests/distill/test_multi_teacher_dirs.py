@@ -81,5 +81,26 @@ def test_teachers_must_be_a_list_of_directories(teacher_dir):
     cfg = DistillConfig(scheme="multi_teacher", scheme_config={"teachers": "x"})
     with pytest.raises(EdgekdError, match="teachers must be a list"):
         _extra_teachers(cfg, t)
-    assert len(_extra_teachers(DistillConfig(scheme="multi_teacher", scheme_config={"teachers": [str(teacher_dir)]}),
-                               t)) == 1
+    same = DistillConfig(teacher=str(teacher_dir), scheme="multi_teacher", scheme_config={"teachers": [str(teacher_dir)]})
+    assert len(_extra_teachers(same, t)) == 1
+
+
+def test_teacher_with_another_token_map_is_an_error(teacher_dir, second_teacher, tmp_path):
+    """Same vocabulary size, different token -> id map: the teachers' logits mean different tokens."""
+    import shutil
+
+    from edgekd.distill.run import DistillConfig, _extra_teachers
+    from edgekd.errors import EdgekdError
+    from edgekd.models.loading import load_model
+
+    other = tmp_path / "swapped"
+    shutil.copytree(second_teacher, other)
+    tj = json.loads((other / "tokenizer.json").read_text())
+    vocab = tj["model"]["vocab"]
+    a, b = sorted(vocab, key=vocab.get)[300:302]
+    vocab[a], vocab[b] = vocab[b], vocab[a]
+    (other / "tokenizer.json").write_text(json.dumps(tj))
+    t, _, _ = load_model(teacher_dir, with_tokenizer=False)
+    cfg = DistillConfig(teacher=str(teacher_dir), scheme="multi_teacher", scheme_config={"teachers": [str(other)]})
+    with pytest.raises(EdgekdError, match="tokenizer differs"):
+        _extra_teachers(cfg, t)
