@@ -61,7 +61,8 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-def thread_count(name: str, value: Optional[int], cores: Optional[int] = None, where: str = "this machine") -> Optional[int]:
+def thread_count(name: str, value: Optional[int], cores: Optional[int] = None,
+                 where: str = "this machine") -> Optional[int]:
     """A thread count from 1 to the cores available (None: the runtime's default)."""
     if value is None:
         return None
@@ -132,7 +133,12 @@ def export_args(fmt: str, quantize: str, seq_len: Any, min_top1: Any, out: Optio
         output_file(out)
 
 
-def kernel_bench_args(rows=None, vocab=None, repeats=5, device="cpu", out=None) -> None:
+KERNEL_DTYPES = ("float32", "bfloat16", "float16")
+
+
+def kernel_bench_args(rows=None, vocab=None, repeats=5, device="cpu", out=None, dtype=None) -> None:
+    if dtype is not None and dtype not in KERNEL_DTYPES:
+        raise EdgekdError(f"--dtype {dtype!r}: choose one of {', '.join(KERNEL_DTYPES)}")
     optional_number("--rows", rows, low=1, integer=True)
     optional_number("--vocab", vocab, low=2, integer=True)
     number("--repeats", repeats, low=1, integer=True)

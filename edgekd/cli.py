@@ -71,7 +71,7 @@ def kernel_bench(
     """Time eager PyTorch, torch.compile and the fused kernel on KD+CE forward and backward."""
     from edgekd.checks import kernel_bench_args
 
-    kernel_bench_args(rows, vocab, repeats, device, _path(out))  # before the heavy imports
+    kernel_bench_args(rows, vocab, repeats, device, _path(out), dtype)  # before the heavy imports
     from edgekd.kernels import bench
 
     bench.main(rows=rows, vocab=vocab, dtype=dtype, device=device, repeats=repeats,

@@ -87,6 +87,7 @@ def check_fits_embedding(tokenizer, model, what: str = "teacher") -> None:
         return
     top = max_token_id(tokenizer)
     if top >= rows:
+        vocab = getattr(model.config, "vocab_size", rows)
         raise EdgekdError(f"the {what}'s tokenizer produces token ids up to {top} but its embedding has {rows} rows "
-                          f"(vocab_size {getattr(model.config, 'vocab_size', rows)}): the tokenizer does not belong "
-                          f"to this model; save the model's own tokenizer with it")
+                          f"(vocab_size {vocab}): the tokenizer does not belong to this model; save the model's own "
+                          f"tokenizer with it")

@@ -17,10 +17,11 @@ from typing import Callable, Optional
 
 import torch
 
+from edgekd.checks import KERNEL_DTYPES
 from edgekd.io import write_json
 from edgekd.kernels import backend, kd_loss
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = {name: getattr(torch, name) for name in KERNEL_DTYPES}
 T, ALPHA = 2.0, 0.5
 
 
@@ -168,17 +169,13 @@ def main(rows=None, vocab=None, dtype=None, device="cpu", repeats=5, use_compile
     from edgekd.checks import kernel_bench_args, output_file
     from edgekd.console import out as console_out
 
-    kernel_bench_args(rows, vocab, repeats, device, out)
+    kernel_bench_args(rows, vocab, repeats, device, out, dtype)
     out_path = output_file(Path(out) if out else Path("benchmarks") / f"kernel_bench_{device}.json")
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         from edgekd.errors import EdgekdError
 
         raise EdgekdError("--device cuda: no CUDA GPU is visible; run on a GPU machine or use --device cpu")
-    if dtype is not None and dtype not in DTYPES:
-        from edgekd.errors import EdgekdError
-
-        raise EdgekdError(f"--dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
     rows_list = [rows] if rows is not None else [2048]
     vocabs = [vocab] if vocab is not None else [32000, 128256]
     dtypes = [DTYPES[dtype]] if dtype else [torch.float32, torch.bfloat16]
