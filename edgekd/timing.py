@@ -50,6 +50,10 @@ class PhaseTimer:
         p = self.phases.setdefault(name, {"wall_s": 0.0, "cpu_s": 0.0})
         p["wall_s"] = round(p["wall_s"] + wall_s, 2)
         p["cpu_s"] = round(p["cpu_s"] + cpu, 2)
+        self.save()
+
+    def save(self) -> None:
+        """Record this invocation (also before its first phase ends, so a kill mid-phase still counts)."""
         if self.path is not None:
             write_json(self.path, {"phases": self.phases, "invocations": self.invocations})
 
