@@ -148,7 +148,8 @@ def distill(
     if target:
         from edgekd.targets.spec import load_target
 
-        load_target(_path(target) if target.endswith(".toml") else target)
+        target = _path(target) if target.endswith(".toml") else target
+        load_target(target)
     check_device(device, probe=bool(target), **profile_kw)  # the job profiles on it: reachable now, not after training
     from edgekd.distill import DistillConfig, run
     if target:  # the one-command job: search -> distill -> export -> profile -> report (it refuses --student)
@@ -160,7 +161,16 @@ def distill(
                       out=_path(out), resume=resume,
                       temperature=temp, alpha=alpha, loss=loss, scheme=scheme, seed=seed, target=target,
                       latency_budget_ms=latency_budget, device=device, batch_size=batch_size, seq_len=seq_len,
-                      lr=lr, quiet=quiet, scheme_config=_json_option("--scheme-config", scheme_config)))
+                      lr=lr, quiet=quiet, scheme_config=_scheme_paths(_json_option("--scheme-config", scheme_config))))
+
+
+def _scheme_paths(opts: dict) -> dict:
+    """The paths inside --scheme-config (extra teachers, a teacher cache) made absolute like every other."""
+    if isinstance(opts.get("teachers"), list):
+        opts["teachers"] = [_path(t) if isinstance(t, str) else t for t in opts["teachers"]]
+    if isinstance(opts.get("cache"), str):
+        opts["cache"] = _path(opts["cache"])
+    return opts
 
 
 def _path(value: Optional[str], keep: tuple = ("builtin",)) -> Optional[str]:
