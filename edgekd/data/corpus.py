@@ -81,12 +81,9 @@ def load_builtin() -> Corpus:
 
 
 def _read_text_file(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise EdgekdError(f"{path} is not UTF-8 text ({e.reason}): convert it to UTF-8") from e
-    except OSError as e:
-        raise EdgekdError(f"cannot read {path}: {e.strerror}") from e
+    from edgekd.checks import text_file
+
+    return text_file(path, "data file")
 
 
 TEXT_COLUMNS = ("text", "sentence", "content", "document", "review", "body")  # tried in order
