@@ -324,7 +324,10 @@ def student_shape(overrides: Optional[dict], teacher: Optional[dict]) -> None:
         if k in overrides and overrides[k] is not None:
             number(f"student {k}", overrides[k], low=1, integer=True)
     hidden, heads, kv = c.get("hidden_size"), c.get("num_attention_heads"), c.get("num_key_value_heads")
-    if isinstance(hidden, int) and isinstance(heads, int) and heads > 0 and not c.get("head_dim") and hidden % heads:
+    t = teacher or {}
+    own_head_dim = "head_dim" in overrides or (  # Gemma-style: head_dim is its own number, not hidden / heads
+        bool(t.get("head_dim")) and t.get("head_dim") * (t.get("num_attention_heads") or 0) != t.get("hidden_size"))
+    if isinstance(hidden, int) and isinstance(heads, int) and heads > 0 and not own_head_dim and hidden % heads:
         raise EdgekdError(f"student hidden_size {hidden} is not a multiple of num_attention_heads {heads}: "
                           f"fix the student config")
     if isinstance(heads, int) and isinstance(kv, int) and kv > 0 and heads % kv:

@@ -1,6 +1,7 @@
 """The CLI's own parsing: options reach the Python API unchanged; bad ones exit 2 with one line."""
 
 import json
+import os
 
 from typer.testing import CliRunner
 
@@ -17,7 +18,7 @@ def test_scheme_config_reaches_the_run(monkeypatch, tmp_path):
     assert res.exit_code == 0, res.output
     assert seen["cfg"].scheme_config == {"sizes": [{"num_hidden_layers": 3}]}
     res = CliRunner().invoke(app, ["distill", "--scheme-config", '{"cache": "c", "cache_k": 8}'])
-    assert seen["cfg"].scheme_config == {"cache": "c", "cache_k": 8}
+    assert seen["cfg"].scheme_config == {"cache": os.path.abspath("c"), "cache_k": 8}  # paths resolved at the edge
 
 
 def test_bad_scheme_config_is_one_line_exit_2():
