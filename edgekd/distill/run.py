@@ -413,7 +413,7 @@ def _run(cfg: DistillConfig, out: Path, status: str) -> Path:
         rep["latency"]["measured"] = ex.get("measured", [])
         timings["export_and_profile"] = time.time() - t0
     write_run_report(out, rep, histories, temps, kind)
-    if not cfg.quiet:
+    if not cfg.quiet and status == "complete":  # inside the job, the job prints the summary
         s, b = evals["student"], evals.get("scratch")
         line = f"held-out loss: teacher {evals['teacher']['eval_loss']:.4f}, distilled {s['eval_loss']:.4f}"
         if b:

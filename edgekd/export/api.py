@@ -12,6 +12,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from edgekd.checks import EXPORT_FORMATS as FORMATS, EXPORT_QUANTIZE as QUANTIZE, export_args, output_file
 from edgekd.checks import model_dir as check_model_dir
+from edgekd.console import err
 from edgekd.errors import EdgekdError, JobFailed
 from edgekd.export import parity
 from edgekd.export.hf import load_for_export
@@ -54,7 +55,7 @@ def export_model(model_dir, fmt: str = "onnx", quantize: str = "none", seq_len: 
     quantized = quantize != "none"
     steps = ["load", "convert"] + (["quantize"] if quantized else []) + ["parity"]
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
-                  transient=True, disable=not show_progress) as bar:
+                  transient=True, disable=not (show_progress and err().is_terminal)) as bar:  # a spinner in a pipe is blank lines
         task = bar.add_task(f"export {model_dir.name} -> {out.name}: load", total=len(steps))
 
         def step(name: str) -> None:
