@@ -18,9 +18,6 @@ app.add_typer(kernel_app, name="kernel")
 app.add_typer(targets_app, name="targets")
 app.add_typer(teacher_app, name="teacher")
 
-_state = {"debug": False, "verbose": False}
-
-
 def _work(fn):
     """A command that does real work: from its start, third-party output goes to the log (not --verbose)."""
     import functools
@@ -356,7 +353,6 @@ def main(argv: Optional[list] = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     debug, verbose = "--debug" in args, "--verbose" in args
     args = [a for a in args if a not in _GLOBAL_FLAGS]  # accepted anywhere on the line
-    _state.update(debug=debug, verbose=verbose)
     console.start(verbose)
 
     def fail(line: str, code: int, exc: Optional[BaseException] = None) -> int:
