@@ -279,7 +279,7 @@ def _job(cfg, t, out: Path, export_seq_len: int, profile_runs: int, profile_warm
 
     # --- report ---
     rep = json.loads((out / "report.json").read_text())
-    kind = rep.get("kind", "lm")
+    kind = rep.get("kind", "causal-lm")
     final = attempts[-1]
     rep["target"] = t.name
     rep["latency_budget_ms"] = res.latency_budget_ms

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 
 @torch.no_grad()
-def evaluate(models: dict, teacher, batches: list[dict], kind: str = "lm", device=None) -> dict:
+def evaluate(models: dict, teacher, batches: list[dict], kind: str = "causal-lm", device=None) -> dict:
     """{name: {eval_loss, perplexity|accuracy, top1_agreement}} for each model in `models` and the teacher."""
     names = ["teacher", *models]
     mods = {"teacher": teacher, **models}
@@ -31,7 +31,7 @@ def evaluate(models: dict, teacher, batches: list[dict], kind: str = "lm", devic
             for n in names:
                 logits = mods[n](**kw).logits.float()
                 labels = b["labels"]
-                if kind == "lm":
+                if kind == "causal-lm":
                     logits, labels = logits[:, :-1], labels[:, 1:]
                     keep = (labels != -100)
                     if b.get("attention_mask") is not None:
@@ -56,12 +56,12 @@ def evaluate(models: dict, teacher, batches: list[dict], kind: str = "lm", devic
     for n in names:
         loss = acc[n]["loss"] / max(1, count)
         r = {"eval_loss": loss, "top1_agreement": acc[n]["agree"] / max(1, count)}
-        if kind == "lm":
+        if kind == "causal-lm":
             r["perplexity"] = math.exp(min(loss, 80.0))
             r["next_token_accuracy"] = acc[n]["correct"] / max(1, count)
         else:
             r["accuracy"] = acc[n]["correct"] / max(1, count)
-        r["eval_tokens" if kind == "lm" else "eval_examples"] = count
+        r["eval_tokens" if kind == "causal-lm" else "eval_examples"] = count
         out[n] = r
     return out
 

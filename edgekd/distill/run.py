@@ -128,7 +128,7 @@ class _Data:
         self.digest = corpus.digest
         seq = min(cfg.seq_len, max_positions or cfg.seq_len)
         self.seq_len = seq
-        if kind == "classification":
+        if kind == "classifier":
             if not corpus.is_classification:
                 raise EdgekdError(f"the teacher is a classifier but data {cfg.data} has no labels: give JSONL or a data set with a 'label' field")
             mk = lambda pos=0, seed=cfg.seed: ClassificationStream(corpus.train, corpus.train_labels, tokenizer, seq,
@@ -275,7 +275,7 @@ def _run(cfg: DistillConfig, out: Path, status: str) -> Path:
         timer.save()
 
     # --- distill: one stage, or a progressive chain of stages each taught by the previous model ---
-    causal = kind == "lm"
+    causal = kind == "causal-lm"
     ckpts = out / "checkpoints"
     trainers: list = []
 
@@ -384,7 +384,7 @@ def _run(cfg: DistillConfig, out: Path, status: str) -> Path:
     models.update({f"stage{i + 1}": m for i, m in enumerate(chain[:-1])})
     evals = evaluate(models, teacher, data.eval_batches, kind, device)
     timer.add("eval", time.time() - t0, 0.0)
-    temps = temperature_examples(teacher, data.val_blocks.to(device), tokenizer) if kind == "lm" else []
+    temps = temperature_examples(teacher, data.val_blocks.to(device), tokenizer) if kind == "causal-lm" else []
     sizes = {"teacher": {"params": t_params, "size_mb": size_mb(teacher)},
              "student": {"params": s_params, "size_mb": size_mb(student)}}
     if scratch is not None:
@@ -586,7 +586,7 @@ def _sequence_stream(cfg: DistillConfig, opts: dict, teacher, tokenizer, kind: s
     from edgekd.distill.schemes import SequenceData, generate_sequence_data
     from edgekd.io import atomic_path
 
-    if kind != "lm":
+    if kind != "causal-lm":
         raise EdgekdError("scheme 'sequence' trains on the teacher's generations: it needs a causal LM teacher, "
                           "not a classifier")
     num = _positive_int("num_prompts", opts.get("num_prompts", 64))

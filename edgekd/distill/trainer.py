@@ -59,7 +59,7 @@ def dist_info() -> tuple[int, int]:
 def counted_tokens(batch: dict, kind: str) -> int:
     """Rows the loss averages over: shifted LM labels that are not ignored, or one per sequence."""
     labels = batch["labels"]
-    if kind == "classification":
+    if kind == "classifier":
         return int(labels.shape[0])
     lab = labels[:, 1:]
     mask = lab != -100
@@ -80,7 +80,7 @@ class Trainer:
     """
 
     def __init__(self, model: torch.nn.Module, objective: Objective, stream, cfg: TrainConfig,
-                 ckpt_dir: Optional[str | os.PathLike] = None, *, kind: str = "lm",
+                 ckpt_dir: Optional[str | os.PathLike] = None, *, kind: str = "causal-lm",
                  extra_params: Optional[list] = None, scheme=None, label: str = "train",
                  quiet: bool = False, on_step: Optional[Callable[[int, "Trainer"], None]] = None,
                  device: Optional[torch.device] = None):

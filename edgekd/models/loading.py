@@ -50,12 +50,22 @@ def _check_weights(d: Path) -> None:
             raise EdgekdError(f"{f} is not a readable safetensors file ({type(e).__name__}): re-save the model or re-download it") from e
 
 
+# The two kinds of model edgekd distils and exports: one name each, used everywhere (report.json's "kind").
+CAUSAL_LM = "causal-lm"
+CLASSIFIER = "classifier"
+
+
 def is_classifier(cfg: dict) -> bool:
     return any(a.endswith("ForSequenceClassification") for a in (cfg.get("architectures") or []))
 
 
+def model_kind(cfg: dict) -> str:
+    """CLASSIFIER for a *ForSequenceClassification config, else CAUSAL_LM."""
+    return CLASSIFIER if is_classifier(cfg) else CAUSAL_LM
+
+
 def load_model(path: str | os.PathLike, *, with_tokenizer: bool = True, what: str = "teacher"):
-    """(model, tokenizer or None, kind) where kind is 'lm' or 'classification'; model in eval mode, float32."""
+    """(model, tokenizer or None, kind) where kind is CAUSAL_LM or CLASSIFIER; model in eval mode, float32."""
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
@@ -65,8 +75,8 @@ def load_model(path: str | os.PathLike, *, with_tokenizer: bool = True, what: st
     cfg = read_config_dict(d)
     check_supported(cfg)  # before the weights: an unsupported family is one line, not a load report
     _check_weights(d)
-    kind = "classification" if is_classifier(cfg) else "lm"
-    cls = AutoModelForSequenceClassification if kind == "classification" else AutoModelForCausalLM
+    kind = model_kind(cfg)
+    cls = AutoModelForSequenceClassification if kind == CLASSIFIER else AutoModelForCausalLM
     try:
         model = cls.from_pretrained(str(d), local_files_only=True, dtype=torch.float32)
     except EdgekdError:

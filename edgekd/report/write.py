@@ -101,9 +101,9 @@ def _fmt(v, nd=4):
     return str(v)
 
 
-def render_markdown(rep: dict, kind: str = "lm") -> str:
+def render_markdown(rep: dict, kind: str = "causal-lm") -> str:
     t, s, b = rep["teacher"], rep["student"], rep["scratch"]
-    metric = "perplexity" if kind == "lm" else "accuracy"
+    metric = "perplexity" if kind == "causal-lm" else "accuracy"
     lines = ["# edgekd run report", ""] + status_banner(rep)
     d = rep["distillation"]
     lines += [f"Target: **{rep.get('target') or 'none'}**, latency budget: **{_fmt(rep.get('latency_budget_ms'), 1)} ms**. "
@@ -201,13 +201,13 @@ def mark_status(run_dir: Path, status: str, error: Optional[str] = None, rep: Op
            **{k: v for k, v in rep.items() if k not in ("status", "error")}}
     write_json(run_dir / "report.json", rep)
     if "distillation" in rep and "teacher" in rep:
-        text = render_markdown(rep, rep.get("kind", "lm"))
+        text = render_markdown(rep, rep.get("kind", "causal-lm"))
     else:
         text = "\n".join(["# edgekd run report", ""] + status_banner(rep))
     write_text(run_dir / "report.md", text + "\n")
 
 
-def write_run_report(run_dir: Path, rep: dict, histories: dict, temperature_examples: list, kind: str = "lm") -> None:
+def write_run_report(run_dir: Path, rep: dict, histories: dict, temperature_examples: list, kind: str = "causal-lm") -> None:
     run_dir = Path(run_dir)
     plots = run_dir / "plots"
     plots.mkdir(parents=True, exist_ok=True)

@@ -34,7 +34,7 @@ def test_shipped_teacher_loads_and_is_small():
     from edgekd.models.loading import load_model
 
     m, tok, kind = load_model("builtin")
-    assert kind == "lm" and len(tok) == m.config.vocab_size == RECIPE["config"]["vocab_size"]
+    assert kind == "causal-lm" and len(tok) == m.config.vocab_size == RECIPE["config"]["vocab_size"]
     size = sum(f.stat().st_size for f in BUILTIN_DIR.iterdir())
     assert size < 25e6
     r = json.loads((BUILTIN_DIR / "recipe.json").read_text())

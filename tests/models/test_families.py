@@ -89,7 +89,7 @@ def test_family_distills_exports_and_predicts(model_type, tmp_path, tokenizer, c
     assert init["method"] == "teacher", init
     student, _, kind = load_model(out / "student")
     t_arch, s_arch = arch_of(AutoConfig.from_pretrained(teacher)), arch_of(student.config)
-    assert kind == ("classification" if classifier else "lm")
+    assert kind == ("classifier" if classifier else "causal-lm")
     assert s_arch["num_hidden_layers"] == 1 and s_arch["hidden_size"] < t_arch["hidden_size"]
     assert init["layers"] == select_layers(2, 1) and init["width"] == "pruned"
     for key in ("layer_types",):

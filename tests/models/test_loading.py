@@ -8,7 +8,7 @@ from edgekd.models.loading import load_model
 
 def test_loads_teacher_and_tokenizer(teacher_dir):
     m, tok, kind = load_model(teacher_dir)
-    assert kind == "lm" and len(tok) == m.config.vocab_size and not m.training
+    assert kind == "causal-lm" and len(tok) == m.config.vocab_size and not m.training
 
 
 def test_classifier_config_loads_sequence_classification(tmp_path):
@@ -16,7 +16,7 @@ def test_classifier_config_loads_sequence_classification(tmp_path):
 
     d = tiny_teacher(tmp_path / "clf", classifier_labels=3, train_steps=0)
     m, _, kind = load_model(d)
-    assert kind == "classification" and type(m).__name__.endswith("ForSequenceClassification")
+    assert kind == "classifier" and type(m).__name__.endswith("ForSequenceClassification")
 
 
 @pytest.mark.parametrize("damage, match", [
