@@ -10,13 +10,14 @@ from pathlib import Path
 import torch
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from edgekd.checks import EXPORT_FORMATS as FORMATS, EXPORT_QUANTIZE as QUANTIZE, export_args, output_file
+from edgekd.checks import EXPORT_FORMATS as FORMATS, export_args, output_file
 from edgekd.checks import model_dir as check_model_dir
 from edgekd.console import err
 from edgekd.errors import EdgekdError, JobFailed
 from edgekd.export import parity
 from edgekd.export.hf import load_for_export
 from edgekd.io import write_json
+from edgekd.precision import precision_of
 
 PARITY_ROWS = 16
 
@@ -100,7 +101,8 @@ def export_model(model_dir, fmt: str = "onnx", quantize: str = "none", seq_len: 
             except Exception as e:
                 raise JobFailed(f"the exported {out.name} does not run: {str(e).splitlines()[0][:300]}") from e
             check = parity.compare(ref, got, quantized, min_top1)
-            record = {"path": str(out), "format": fmt, "quantize": quantize, "seq_len": seq_len,
+            record = {"path": str(out), "format": fmt, "quantize": quantize, "precision": precision_of(quantize),
+                      "seq_len": seq_len,
                       "size_mb": final.stat().st_size / 1e6, "float_size_mb": float_path.stat().st_size / 1e6,
                       **check, "parity_inputs": {"source": source, "rows": int(check_rows.shape[0])},
                       "model_dir": str(model_dir), "kind": loaded.kind, "architecture": loaded.architecture,

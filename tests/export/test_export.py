@@ -42,6 +42,7 @@ def test_export_passes_parity(exported, llama_dir, bert_dir, model, fmt, quant):
     on_disk = json.loads(path.with_name(path.name + ".json").read_text())
     assert on_disk == json.loads(json.dumps(rec))
     assert rec["passed"] and rec["format"] == fmt and rec["quantize"] == quant and rec["seq_len"] == SEQ
+    assert rec["precision"] == ("float32" if quant == "none" else "int8")
     for key in ("path", "size_mb", "max_abs_diff", "top1_agreement", "logits_scale", "threshold"):
         assert key in rec
     g = torch.Generator().manual_seed(123)
