@@ -80,7 +80,7 @@ def kernel_bench(
 @targets_app.command("list")
 def targets_list() -> None:
     """Every known target: cores, throughput, bandwidth, format and default budget."""
-    from edgekd.targets.cli import print_targets
+    from edgekd.targets.show import print_targets
 
     print_targets()
 
@@ -88,7 +88,7 @@ def targets_list() -> None:
 @targets_app.command("show")
 def targets_show(name: str = typer.Argument(..., help="Target name, e.g. android-arm64.")) -> None:
     """All facts of one target, and its sources."""
-    from edgekd.targets.cli import print_target
+    from edgekd.targets.show import print_target
 
     print_target(name)
 

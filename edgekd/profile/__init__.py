@@ -6,6 +6,7 @@ from pathlib import Path
 
 from edgekd.errors import EdgekdError
 from edgekd.profile.common import STAT_KEYS, check_model_file, input_shape_args
+from edgekd.settings import Settings
 
 __all__ = ["check_device", "profile_model", "target_defaults", "STAT_KEYS"]
 
@@ -14,7 +15,8 @@ def profile_model(model_file: str | Path, device: str = "local", runs: int = 50,
                   threads: int | None = None, *, seq_len: int | None = None, remote_python: str = "python3",
                   identity_file: str | None = None, known_hosts: str | None = None,
                   insecure_host_key: bool = False, connect_timeout: int = 10,
-                  benchmark_binary: str | None = None, timeout: float = 1800.0) -> dict:
+                  benchmark_binary: str | None = None, timeout: float = 1800.0,
+                  settings: Settings | None = None) -> dict:
     """Time `model_file` on `device` ("local", "ssh://USER@HOST[:PORT]", "adb[:SERIAL]").
 
     Returns DESIGN.md's keys (device, format, runs, threads, mean/p50/p90/p99/std/min/max_ms, init_ms,
@@ -31,7 +33,7 @@ def profile_model(model_file: str | Path, device: str = "local", runs: int = 50,
         thread_count("--threads", threads)
     where = check_device(device, probe=False, identity_file=identity_file, known_hosts=known_hosts,
                          insecure_host_key=insecure_host_key, connect_timeout=connect_timeout,
-                         benchmark_binary=benchmark_binary)
+                         benchmark_binary=benchmark_binary, settings=settings)
     path = check_model_file(model_file)
     length, vocab = input_shape_args(path, seq_len)
     if device == "local":
@@ -54,7 +56,7 @@ def profile_model(model_file: str | Path, device: str = "local", runs: int = 50,
 
 def check_device(device: str, *, probe: bool = True, identity_file: str | None = None,
                  known_hosts: str | None = None, insecure_host_key: bool = False, connect_timeout: int = 10,
-                 benchmark_binary: str | None = None, **_other):
+                 benchmark_binary: str | None = None, settings: Settings | None = None, **_other):
     """A --device edgekd can use: well formed and (`probe`) answering now (ssh: `true` over BatchMode with a
     short connect timeout; adb: `adb get-state`), so a typo or a switched-off board is one line before any work.
 
@@ -65,7 +67,7 @@ def check_device(device: str, *, probe: bool = True, identity_file: str | None =
     if device.startswith("ssh://"):
         from edgekd.profile.ssh import parse_ssh_url, probe_ssh
 
-        target = parse_ssh_url(device, identity_file=identity_file, known_hosts=known_hosts,
+        target = parse_ssh_url(device, settings, identity_file=identity_file, known_hosts=known_hosts,
                                insecure_host_key=insecure_host_key, connect_timeout=connect_timeout)
         if probe:
             probe_ssh(target)

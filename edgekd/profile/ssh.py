@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import shlex
 import shutil
@@ -12,6 +11,7 @@ from pathlib import Path
 
 from edgekd.errors import EdgekdError
 from edgekd.profile.common import parse_runner_json, run_child
+from edgekd.settings import Settings
 from edgekd.profile.local import RUNNER, runner_args
 
 _URL = re.compile(r"^ssh://(?:(?P<user>[^@/:]+)@)?(?P<host>\[[^\]]+\]|[^:/@]+)(?::(?P<port>\d+))?/?$")
@@ -69,8 +69,10 @@ def ssh_path(path: str) -> str:
     return '"' + path.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%") + '"'
 
 
-def parse_ssh_url(device: str, **kw) -> SshTarget:
-    """An ssh:// device and its options; explicit options win over the EDGEKD_SSH_* environment."""
+def parse_ssh_url(device: str, settings: Settings | None = None, **kw) -> SshTarget:
+    """An ssh:// device and its options; explicit options win over the EDGEKD_SSH_* settings
+    (`settings`: the CLI's, else read from the environment now)."""
+    settings = settings or Settings.from_env()
     m = _URL.match(device)
     if not m:
         raise EdgekdError(f"bad device {device!r}: write ssh://USER@HOST[:PORT]")
@@ -82,18 +84,18 @@ def parse_ssh_url(device: str, **kw) -> SshTarget:
         raise EdgekdError(f"bad device {device!r}: the port must be within 1-65535, got {port}")
     if kw.get("known_hosts") and kw.get("insecure_host_key"):
         raise EdgekdError("--known-hosts and --insecure-host-key contradict each other: give one")
-    env_insecure = os.environ.get("EDGEKD_SSH_INSECURE_HOST_KEY", "") in ("1", "true", "yes")
+    env_insecure = settings.ssh_insecure_host_key
     kh_from = "--known-hosts" if kw.get("known_hosts") else "EDGEKD_SSH_KNOWN_HOSTS"
     key_from = "--identity-file" if kw.get("identity_file") else "EDGEKD_SSH_KEY"
     if kw.get("known_hosts") is None:
-        kw["known_hosts"] = os.environ.get("EDGEKD_SSH_KNOWN_HOSTS") or None
+        kw["known_hosts"] = settings.ssh_known_hosts
         kw["insecure_host_key"] = bool(kw.get("insecure_host_key")) or (env_insecure and kw["known_hosts"] is None)
     elif env_insecure:
         from edgekd.console import note
 
         note("edgekd: note: --known-hosts given, so EDGEKD_SSH_INSECURE_HOST_KEY is ignored: the host key is checked")
     if kw.get("identity_file") is None:
-        kw["identity_file"] = os.environ.get("EDGEKD_SSH_KEY") or None
+        kw["identity_file"] = settings.ssh_key
     from edgekd.checks import input_file
 
     input_file(kw["known_hosts"], kh_from)

@@ -1,5 +1,6 @@
 """The `host` target's numbers: measured here once (about a second) and cached, since no datasheet
-describes whatever machine edgekd happens to run on."""
+describes whatever machine edgekd happens to run on. Measuring is an explicit step
+(`measure_target`), taken by the job and by `edgekd targets list|show`; parsing a file never measures."""
 
 from __future__ import annotations
 
@@ -11,11 +12,12 @@ from pathlib import Path
 from typing import Any
 
 from edgekd.io import write_text
-from edgekd.settings import cache_dir
+from edgekd.settings import Settings
+from edgekd.targets.spec import Target, merge_facts, validate
 
 
-def host_cache_file() -> Path:
-    return cache_dir() / "host.toml"
+def host_cache_file(settings: Settings | None = None) -> Path:
+    return (settings or Settings.from_env()).cache_dir / "host.toml"
 
 
 def _best(fn, repeats: int) -> float:
@@ -123,9 +125,9 @@ def _to_toml(facts: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def host_facts(refresh: bool = False) -> dict[str, Any]:
+def host_facts(refresh: bool = False, settings: Settings | None = None) -> dict[str, Any]:
     """The cached measurements, measuring (and caching) them on first use or when `refresh`."""
-    path = host_cache_file()
+    path = host_cache_file(settings)
     if path.is_file() and not refresh:
         try:
             data = tomllib.loads(path.read_text())
@@ -143,3 +145,14 @@ def host_facts(refresh: bool = False) -> dict[str, Any]:
     except OSError:
         pass  # a read-only home still gets numbers, just not cached
     return facts
+
+
+def measure_target(target: Target, refresh: bool = False, settings: Settings | None = None) -> Target:
+    """`target` with its `measured` keys filled from this machine (cached, else a microbenchmark now);
+    a datasheet target comes back as it is."""
+    if not target.measured or (not target.unmeasured and not refresh):
+        return target
+    facts = host_facts(refresh, settings)
+    data = merge_facts(target.data, {k: v for k, v in facts.items() if k in target.measured})
+    validate(data, target.path)
+    return Target(name=target.name, description=target.description, path=target.path, data=data)

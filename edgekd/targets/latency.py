@@ -22,9 +22,11 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
+from edgekd import precision as _precision
 from edgekd.errors import EdgekdError
 from edgekd.io import write_json
 from edgekd.models import arch as _arch
+from edgekd.settings import Settings
 from edgekd.targets.spec import Target, load_target
 
 KINDS = ("gather", "norm", "matmul", "matmul_int8", "quantize", "attention", "softmax", "elementwise")
@@ -40,12 +42,17 @@ RUNTIME_BASE_MB = {"onnxruntime": 30.0, "litert": 10.0}  # the runtime's own res
 
 
 def normalize_precision(precision: str) -> str:
-    p = str(precision).lower().replace("_", "-")
-    if p in ("float32", "fp32", "float", "none"):
-        return "float32"
-    if p in ("int8", "int8-dynamic", "dynamic-int8", "qint8"):
-        return "int8"
-    raise EdgekdError(f"unknown precision {precision!r}; expected float32 or int8 (int8-dynamic)")
+    """edgekd.precision's word for PRECISION, limited to what the cost model knows (float32, int8)."""
+    return _precision.normalize_precision(precision, supported=PRECISIONS)
+
+
+def _target(target: Target | str) -> Target:
+    """load_target, refusing a target whose measured facts (the host's) were never filled in."""
+    t = load_target(target)
+    if t.unmeasured:
+        raise EdgekdError(f"target {t.name}: its measured facts ({', '.join(t.unmeasured)}) are not filled in: "
+                          f"pass edgekd.targets.measure_target(load_target({t.name!r}))")
+    return t
 
 
 # --- the graph ----------------------------------------------------------------------------------
@@ -164,11 +171,10 @@ class Calibration:
         return path
 
 
-def calibration_path(device: str, fmt: str) -> Path:
-    from edgekd.settings import cache_dir
-
+def calibration_path(device: str, fmt: str, settings: Settings | None = None) -> Path:
+    """The device's saved calibration in the cache (read and written only when the user asks)."""
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in f"{device}-{fmt}")
-    return cache_dir() / "calibration" / f"{safe}.json"
+    return (settings or Settings.from_env()).cache_dir / "calibration" / f"{safe}.json"
 
 
 def load_calibration(device: str, fmt: str, path: str | os.PathLike | None = None) -> Calibration | None:
@@ -183,7 +189,7 @@ def load_calibration(device: str, fmt: str, path: str | os.PathLike | None = Non
 
 
 def default_calibration(target: Target | str, fmt: str | None = None) -> Calibration:
-    t = load_target(target)
+    t = _target(target)
     fmt = fmt or t.runtime["preferred_format"]
     rt = runtime_for(fmt)
     eff_compute = dict(DEFAULT_EFF_COMPUTE)
@@ -247,7 +253,7 @@ def op_time_s(op: Op, peak_fp32: float, peak_int8: float, bw: float, eff_c: floa
 def predict(config: Any, target: Target | str, seq_len: int = 64, precision: str = "float32",
             fmt: str | None = None, calibration: Calibration | None = None, threads: int | None = None) -> Prediction:
     """Predicted latency of one inference of `config` on `target` (calibrated when given one)."""
-    t = load_target(target)
+    t = _target(target)
     fmt = fmt or t.runtime["preferred_format"]
     precision = normalize_precision(precision)
     cal = calibration or default_calibration(t, fmt)
@@ -319,7 +325,7 @@ def calibrate(measurements: Iterable[dict], target: Target | str, fmt: str | Non
     measurements = list(measurements)
     if not measurements:
         raise EdgekdError("calibrate: no measurements given")
-    t = load_target(target)
+    t = _target(target)
     fmt = fmt or t.runtime["preferred_format"]
     prior = prior or default_calibration(t, fmt)
     facts = _facts(t, None)

@@ -1,17 +1,12 @@
-"""What `edgekd targets list|show` print (kept here so cli.py stays a thin parser)."""
+"""What `edgekd targets list|show` print: display code, used only by the CLI (cli.py stays a parser)."""
 
 from __future__ import annotations
 
-from rich.console import Console
 from rich.table import Table
 
+from edgekd.console import out as wide_console
+from edgekd.targets.hostbench import measure_target
 from edgekd.targets.spec import list_targets, load_target
-
-
-def wide_console() -> Console:
-    from edgekd.console import out
-
-    return out()
 
 
 def print_targets() -> None:
@@ -19,7 +14,7 @@ def print_targets() -> None:
     for c in ("name", "cores (big)", "GHz", "fp32 GFLOP/s", "int8 GOP/s", "GB/s", "RAM MB", "format", "threads",
               "budget ms", "access"):
         tab.add_column(c, justify="left" if c in ("name", "format", "access") else "right")
-    for t in list_targets():
+    for t in map(measure_target, list_targets()):  # the host's numbers: measured (once) for the table
         cpu, mem, rt = t.cpu, t.memory, t.runtime
         name = t.name + (" (measured)" if t.measured else "")
         tab.add_row(name, f"{cpu['cores']} ({cpu['big_cores']})", f"{cpu['clock_ghz']:g}",
@@ -30,7 +25,7 @@ def print_targets() -> None:
 
 
 def print_target(name: str) -> None:
-    t = load_target(name)
+    t = measure_target(load_target(name))  # `targets show host` measures this machine (once, cached)
     console = wide_console()
     console.print(f"[bold]{t.name}[/bold]: {t.description}")
     console.print(f"file: {t.path}")

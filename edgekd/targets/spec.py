@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from edgekd.errors import EdgekdError
+from edgekd.settings import Settings
 
 # key -> (type, rule). Rules: "pos" (> 0), "enum:a|b", "str", "list[str]".
 SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], str]]] = {
@@ -61,6 +62,11 @@ class Target:
         return list(self.data.get("measured", []))
 
     @property
+    def unmeasured(self) -> list[str]:
+        """The `measured` keys not filled in yet: `edgekd.targets.measure_target` fills them."""
+        return [k for k in self.measured if not _has(self.data, k)]
+
+    @property
     def key(self) -> str:
         """A file-name-safe key for per-device caches (calibration files)."""
         return self.name
@@ -68,12 +74,12 @@ class Target:
 
 # --- locating files ---------------------------------------------------------------------------
 
-def targets_dirs() -> list[Path]:
+def targets_dirs(settings: Settings | None = None) -> list[Path]:
     """Where target files live: $EDGEKD_TARGETS_DIR, the checkout's targets/, the wheel's targets_data/."""
     dirs = []
-    env = os.environ.get("EDGEKD_TARGETS_DIR")
+    env = (settings or Settings.from_env()).targets_dir
     if env:
-        dirs.append(Path(env))
+        dirs.append(env)
     pkg = Path(__file__).resolve().parent.parent  # edgekd/
     if (pkg.parent / "pyproject.toml").is_file():  # running from a checkout, not site-packages
         dirs.append(pkg.parent / "targets")
@@ -141,7 +147,7 @@ def validate(data: dict, where: str, skip: set[str] = frozenset()) -> None:
                     raise EdgekdError(f"{where}: key '{dotted}' has unknown value {value!r}; "
                                       f"expected one of {', '.join(allowed)}")
     cpu = data["cpu"]
-    if "big_cores" not in skip and "cores" not in skip and cpu["big_cores"] > cpu["cores"]:
+    if not {"cpu.big_cores", "cpu.cores"} & skip and cpu["big_cores"] > cpu["cores"]:
         raise EdgekdError(f"{where}: key 'cpu.big_cores' ({cpu['big_cores']}) exceeds 'cpu.cores' ({cpu['cores']})")
     for t in OPTIONAL_TABLES:
         if t in data and not isinstance(data[t], dict):
@@ -151,7 +157,14 @@ def validate(data: dict, where: str, skip: set[str] = frozenset()) -> None:
         raise EdgekdError(f"{where}: key 'measured' must be a list of dotted key names")
 
 
-def _merge(data: dict, values: dict[str, Any]) -> dict:
+def _has(data: dict, dotted: str) -> bool:
+    table, _, key = dotted.rpartition(".")
+    node = data.get(table, {}) if table else data
+    return isinstance(node, dict) and key in node
+
+
+def merge_facts(data: dict, values: dict[str, Any]) -> dict:
+    """A copy of a target file's tables with dotted `values` ("cpu.cores": 4) set in them."""
     out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
     for dotted, value in values.items():
         table, _, key = dotted.rpartition(".")
@@ -159,8 +172,9 @@ def _merge(data: dict, values: dict[str, Any]) -> dict:
     return out
 
 
-def parse_target(path: str | os.PathLike, measure: bool = True) -> Target:
-    """Read and validate one file; keys listed under `measured` come from the host microbenchmark."""
+def parse_target(path: str | os.PathLike) -> Target:
+    """Read and validate one file. Keys listed under `measured` (the host's) are left out until
+    `measure_target` fills them: parsing never benchmarks the machine."""
     path = Path(path)
     where = str(path)
     if not path.exists():
@@ -172,16 +186,7 @@ def parse_target(path: str | os.PathLike, measure: bool = True) -> Target:
     except tomllib.TOMLDecodeError as e:
         raise EdgekdError(f"{where}: not valid TOML ({e})") from e
     measured = data.get("measured", [])
-    if measured and isinstance(measured, list):
-        if measure:
-            from edgekd.targets.hostbench import host_facts
-
-            data = _merge(data, {k: v for k, v in host_facts().items() if k in measured})
-            validate(data, where)
-        else:
-            validate(data, where, skip=set(measured))
-    else:
-        validate(data, where)
+    validate(data, where, skip={k for k in measured if not _has(data, k)} if isinstance(measured, list) else set())
     if data["name"] != path.stem:
         raise EdgekdError(f"{where}: key 'name' is {data['name']!r} but the file is named {path.stem!r}")
     return Target(name=data["name"], description=data["description"], path=where, data=data)
@@ -198,5 +203,5 @@ def load_target(target: "str | Target") -> Target:
 
 
 def list_targets() -> list[Target]:
-    """Every shipped target, validated (the host's measured numbers are filled in)."""
+    """Every shipped target, validated (the host's measured numbers not filled in: see measure_target)."""
     return [load_target(n) for n in known_targets()]

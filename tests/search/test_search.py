@@ -10,7 +10,7 @@ import pytest
 
 from edgekd.errors import EdgekdError
 from edgekd.targets import latency as lat
-from edgekd.targets.search import RAM_FRACTION, candidates, search_student
+from edgekd.search import RAM_FRACTION, SearchResult, candidates, print_table, search_student
 from edgekd.targets.spec import load_target
 
 TEACHER = dict(vocab_size=4096, hidden_size=256, intermediate_size=688, num_hidden_layers=4, num_attention_heads=4,
@@ -36,10 +36,11 @@ def test_candidates_respect_the_family():
 
 def test_search_picks_largest_under_budget(tmp_path):
     target = load_target("raspberry-pi-5")
-    all_ms = sorted(r["predicted_ms"] for r in search_student(TEACHER, target, 1e9, calibration=False,
-                                                              show=False).table)
+    all_ms = sorted(r["predicted_ms"] for r in search_student(TEACHER, target, 1e9).table)
     budget = all_ms[len(all_ms) // 2]  # about half the candidates fit
-    res = search_student(TEACHER, target, latency_budget_ms=budget, calibration=False, out_dir=tmp_path, show=True)
+    res = search_student(TEACHER, target, latency_budget_ms=budget)
+    print_table(res)
+    files = res.save(tmp_path)
     fitting = [r for r in res.table if r["predicted_ms"] <= budget and r["size_mb"] <= target.budget["max_model_mb"]
                and r["peak_mem_mb"] <= target.memory["ram_mb"] * RAM_FRACTION]
     best = max(r["params"] for r in fitting)
@@ -58,39 +59,62 @@ def test_search_picks_largest_under_budget(tmp_path):
     assert len(rows) == len(res.table)
     saved = json.loads((tmp_path / "candidates.json").read_text())
     assert saved["choice"] == res.choice and saved["latency_budget_ms"] == budget
+    assert files == {"csv": tmp_path / "candidates.csv", "json": tmp_path / "candidates.json",
+                     "plot": tmp_path / "search.png"}
+    assert SearchResult.load(tmp_path) == res
+
+
+def test_load_of_a_corrupt_search_is_one_line(tmp_path):
+    (tmp_path / "candidates.json").write_text("{not json")
+    with pytest.raises(EdgekdError, match="corrupt"):
+        SearchResult.load(tmp_path)
+
+
+def test_max_params_asks_for_a_strictly_smaller_student():
+    target = load_target("raspberry-pi-5")
+    first = search_student(TEACHER, target, 1e9)
+    smaller = search_student(TEACHER, target, 1e9, max_params=first.choice_row["params"])
+    assert smaller.choice_row["params"] < first.choice_row["params"]
+    assert all("max_params" in r["fails"] for r in smaller.table if r["params"] >= first.choice_row["params"])
+    tiniest = min(r["params"] for r in first.table)
+    with pytest.raises(EdgekdError, match="no student smaller than"):
+        search_student(TEACHER, target, 1e9, max_params=tiniest)
 
 
 def test_budget_defaults_to_target_and_size_limit_applies():
     target = load_target("raspberry-pi-5")
-    res = search_student(TEACHER, target, calibration=False, show=False)
+    res = search_student(TEACHER, target)
     assert res.latency_budget_ms == target.budget["latency_ms"]
     # a tiny max_model_mb rules out float32 students bigger than it
     small = type(target)(target.name, target.description, target.path,
                          {**target.data, "budget": {**target.budget, "max_model_mb": 3.0}})
-    res = search_student(TEACHER, small, latency_budget_ms=1e9, calibration=False, show=False)
+    res = search_student(TEACHER, small, latency_budget_ms=1e9)
     assert res.choice_row["size_mb"] <= 3.0
     assert any(r["fails"] == "size" for r in res.table)
 
 
 def test_nothing_fits_names_the_smallest_prediction():
     target = load_target("raspberry-pi-5")
-    table = search_student(TEACHER, target, 1e9, calibration=False, show=False).table
+    table = search_student(TEACHER, target, 1e9).table
     smallest = min(table, key=lambda r: (r["params"], r["predicted_ms"]))
     with pytest.raises(EdgekdError) as e:
-        search_student(TEACHER, target, latency_budget_ms=0.001, calibration=False, show=False)
+        search_student(TEACHER, target, latency_budget_ms=0.001)
     msg = str(e.value)
     assert "raspberry-pi-5" in msg and "0.001 ms" in msg
     assert f"{smallest['predicted_ms']:.2f} ms" in msg
     assert re.search(rf"smallest candidate \(1 layers, hidden {smallest['hidden_size']},", msg)
 
 
-def test_saved_calibration_is_used_by_default():
+def test_calibration_is_an_explicit_input():
+    """A calibration saved in the cache is not used unless passed: None means the datasheet priors."""
     target = load_target("raspberry-pi-5")
-    uncal = search_student(TEACHER, target, 1e9, calibration=False, show=False)
+    uncal = search_student(TEACHER, target, 1e9)
     cfg = {**TEACHER, "num_hidden_layers": 1}
     p = lat.predict(cfg, target, 64).total_ms
-    lat.calibrate([{"config": cfg, "seq_len": 64, "precision": "float32", "measured_ms": 3 * p}], target).save()
-    cal = search_student(TEACHER, target, 1e9, show=False)
+    saved = lat.calibrate([{"config": cfg, "seq_len": 64, "precision": "float32", "measured_ms": 3 * p}], target)
+    saved.save()
+    assert search_student(TEACHER, target, 1e9) == uncal
+    cal = search_student(TEACHER, target, 1e9, calibration=saved)
     assert cal.calibrated and not uncal.calibrated
     assert cal.predicted_ms > uncal.predicted_ms
 
@@ -100,6 +124,6 @@ def test_ram_limit_applies():
     # room for the runtime and a few MB of weights only
     small = type(target)(target.name, target.description, target.path,
                          {**target.data, "memory": {**target.memory, "ram_mb": 2 * 22.0}})
-    res = search_student(TEACHER, small, latency_budget_ms=1e9, calibration=False, show=False)
+    res = search_student(TEACHER, small, latency_budget_ms=1e9)
     assert res.choice_row["peak_mem_mb"] <= 22.0
     assert any("ram" in r["fails"] for r in res.table)

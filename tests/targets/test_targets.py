@@ -11,6 +11,7 @@ import pytest
 
 from edgekd.errors import EdgekdError
 from edgekd.targets import spec
+from edgekd.targets import measure_target
 from edgekd.targets.spec import known_targets, load_target, parse_target
 
 REPO = Path(__file__).resolve().parents[2]
@@ -23,7 +24,7 @@ def _fake_host(monkeypatch):
     fake = {"cpu.cores": 2, "cpu.big_cores": 2, "cpu.clock_ghz": 2.5, "cpu.arch": "x86_64", "cpu.simd_width_bits": 256,
             "cpu.peak_gflops_fp32": 50.0, "cpu.peak_gops_int8": 100.0, "memory.bandwidth_gbs": 20.0,
             "memory.ram_mb": 8192, "runtime.default_threads": 2}
-    monkeypatch.setattr("edgekd.targets.hostbench.host_facts", lambda refresh=False: dict(fake))
+    monkeypatch.setattr("edgekd.targets.hostbench.host_facts", lambda refresh=False, settings=None: dict(fake))
 
 
 def write(tmp_path: Path, text: str, name: str = "raspberry-pi-5") -> Path:
@@ -37,7 +38,7 @@ def test_shipped_targets_all_validate():
     for required in ("android-arm64", "android-arm64-low", "raspberry-pi-5", "raspberry-pi-4", "jetson-orin-nano", "host"):
         assert required in names
     for n in names:
-        t = load_target(n)
+        t = measure_target(load_target(n))
         assert t.cpu["peak_gflops_fp32"] > 0 and t.memory["bandwidth_gbs"] > 0
         assert t.data["sources"], f"{n} names no sources"
     assert "gpu" in load_target("jetson-orin-nano").data
@@ -46,8 +47,11 @@ def test_shipped_targets_all_validate():
 def test_host_declares_measured_numbers():
     raw = tomllib.loads((REPO / "targets" / "host.toml").read_text())
     assert "cpu.peak_gflops_fp32" in raw["measured"] and "memory.bandwidth_gbs" in raw["measured"]
-    t = load_target("host")
-    assert t["cpu.peak_gflops_fp32"] == 50.0 and t.access["method"] == "local"
+    t = load_target("host")  # parsing never measures: the measured keys wait for measure_target
+    assert "cpu.peak_gflops_fp32" in t.unmeasured and "peak_gflops_fp32" not in t.cpu
+    t = measure_target(t)
+    assert not t.unmeasured and t["cpu.peak_gflops_fp32"] == 50.0 and t.access["method"] == "local"
+    assert measure_target(load_target("raspberry-pi-5")) == load_target("raspberry-pi-5")
 
 
 @pytest.mark.parametrize("edit, key, problem", [
@@ -118,9 +122,10 @@ def test_host_measurement_is_cached(tmp_path, monkeypatch):
             "cpu.peak_gflops_fp32": 123.0, "cpu.peak_gops_int8": 456.0, "memory.bandwidth_gbs": 7.5,
             "memory.ram_mb": 1024, "runtime.default_threads": 4}
     monkeypatch.setattr(hostbench, "measure_host", lambda: calls.append(1) or dict(fake))
+    assert load_target("host").unmeasured and not calls  # parsing the file measures nothing
     assert hostbench.host_facts()["cpu.peak_gflops_fp32"] == 123.0
     assert hostbench.host_cache_file().is_file() and len(calls) == 1
-    t = load_target("host")
+    t = measure_target(load_target("host"))
     assert t["cpu.peak_gops_int8"] == 456.0 and t["cpu.arch"] == "x86_64" and len(calls) == 1
     hostbench.host_cache_file().write_text("this is [not toml")
     assert hostbench.host_facts()["memory.bandwidth_gbs"] == 7.5 and len(calls) == 2

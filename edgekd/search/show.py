@@ -1,0 +1,70 @@
+"""The search for people: the candidates table on the console and the search plot (search.png)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from edgekd.io import atomic_path
+
+if TYPE_CHECKING:
+    from edgekd.search.student import SearchResult
+
+
+def print_table(result: "SearchResult", max_rows: int = 24) -> None:
+    """The candidates nearest the choice (by parameters), printed with rich."""
+    from rich.table import Table
+
+    from edgekd.console import out
+
+    rows = result.table
+    i = next(k for k, r in enumerate(rows) if r["chosen"])
+    lo = max(0, min(i - max_rows // 2, len(rows) - max_rows))
+    shown = rows[lo:lo + max_rows]
+    cal = "calibrated" if result.calibrated else "uncalibrated (datasheet priors)"
+    tab = Table(title=f"student candidates for {result.target}: budget {result.latency_budget_ms:g} ms, {cal}")
+    for c in ("layers", "hidden", "heads", "kv", "ffn", "precision", "params", "pred ms", "MB", "peak MB", "fits"):
+        tab.add_column(c, justify="right")
+    for r in shown:
+        style = "bold green" if r["chosen"] else (None if r["fits"] else "dim")
+        tab.add_row(str(r["num_hidden_layers"]), str(r["hidden_size"]), str(r["num_attention_heads"]),
+                    str(r["num_key_value_heads"]), str(r["intermediate_size"]), r["precision"],
+                    f"{r['params'] / 1e6:.2f}M", f"{r['predicted_ms']:.2f}", f"{r['size_mb']:.1f}",
+                    f"{r['peak_mem_mb']:.0f}", ("CHOSEN" if r["chosen"] else "yes") if r["fits"] else f"no ({r['fails']})",
+                    style=style)
+    console = out()
+    console.print(tab)
+    if len(rows) > len(shown):
+        console.print(f"({len(rows) - len(shown)} more candidates in candidates.csv)")
+
+
+def plot_search(result: "SearchResult", path: str | Path) -> None:
+    """Predicted latency against parameters, the budget line and the choice: the search at a glance."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for prec, color in (("float32", "tab:blue"), ("int8", "tab:orange")):
+        ok = [r for r in result.table if r["precision"] == prec and r["fits"]]
+        bad = [r for r in result.table if r["precision"] == prec and not r["fits"]]
+        ax.scatter([r["params"] for r in ok], [r["predicted_ms"] for r in ok], s=14, color=color,
+                   label=f"{prec}, fits")
+        ax.scatter([r["params"] for r in bad], [r["predicted_ms"] for r in bad], s=14, facecolors="none",
+                   edgecolors=color, alpha=0.5, label=f"{prec}, does not fit")
+    ax.axhline(result.latency_budget_ms, color="red", ls="--", lw=1, label=f"budget {result.latency_budget_ms:g} ms")
+    c = result.choice_row
+    ax.scatter([c["params"]], [c["predicted_ms"]], marker="*", s=250, color="gold", edgecolors="black", zorder=5,
+               label=f"choice: {c['num_hidden_layers']}L h{c['hidden_size']} {c['precision']}")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("parameters")
+    ax.set_ylabel("predicted latency (ms)")
+    cal = "calibrated" if result.calibrated else "uncalibrated"
+    ax.set_title(f"student search on {result.target} ({cal})")
+    ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
