@@ -110,7 +110,7 @@ def test_family_configs_read_and_shrink(model_type):
     from transformers import AutoConfig
 
     from edgekd.models.students import default_student_config
-    from edgekd.targets.search import candidates
+    from edgekd.search import candidates
 
     fields, _ = FAMILIES[model_type]
     cfg = AutoConfig.for_model(model_type, vocab_size=300, pad_token_id=0, **fields)
@@ -122,9 +122,9 @@ def test_family_configs_read_and_shrink(model_type):
     assert sa["num_hidden_layers"] == 2 and sa["hidden_size"] == 16 and sa["num_attention_heads"] == 2
     assert type(s)(**s.to_dict()).to_dict()  # validates (layer_types length) like save_pretrained does
     from edgekd.models.students import student_config_from
-    from edgekd.targets.search import search_student
+    from edgekd.search import search_student
 
-    res = search_student(cfg.to_dict(), "android-arm64", 50.0, seq_len=SEQ, calibration=False, show=False)
+    res = search_student(cfg.to_dict(), "android-arm64", 50.0, seq_len=SEQ)
     chosen = student_config_from({k: v for k, v in res.choice.items() if k != "precision"}, cfg)
     assert arch_of(chosen)["num_hidden_layers"] == res.choice["num_hidden_layers"]
     for c in candidates(cfg, ("float32",))[:40]:
@@ -152,7 +152,7 @@ def test_progressive_and_search_shrink_layer_lists():
     from transformers import Gemma3TextConfig
 
     from edgekd.distill.schemes import shrunk_config
-    from edgekd.targets.search import SearchResult
+    from edgekd.search import SearchResult
 
     cfg = Gemma3TextConfig(vocab_size=300, num_hidden_layers=4, hidden_size=32, num_attention_heads=4,
                            num_key_value_heads=2, head_dim=8, intermediate_size=64)
