@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from edgekd.errors import EdgekdError
+from edgekd.models.loading import CAUSAL_LM, load_model, model_kind, read_config_dict
 
 
 GQA_ATTENTION = "edgekd_gqa"
 
 
-def _gqa_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, softcap=None, **kwargs):
+def gqa_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, softcap=None, **kwargs):
     """Eager attention with grouped-query attention computed per key/value group, without repeating K and V.
 
     litert-torch miscompiles the usual `repeat_kv` (expand/reshape, or repeat/repeat_interleave) of a single
@@ -39,7 +39,7 @@ def _gqa_attention(module, query, key, value, attention_mask, dropout=0.0, scali
 
 
 def use_gqa_attention(model: torch.nn.Module) -> bool:
-    """Route a model with fewer key/value heads than query heads through `_gqa_attention`; False where the
+    """Route a model with fewer key/value heads than query heads through `gqa_attention`; False where the
     model does not dispatch through transformers' attention interface (it is then left as it is)."""
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface, eager_mask
@@ -48,7 +48,7 @@ def use_gqa_attention(model: torch.nn.Module) -> bool:
     heads, kv = getattr(cfg, "num_attention_heads", None), getattr(cfg, "num_key_value_heads", None)
     if not heads or not kv or kv >= heads or not getattr(model, "_can_set_attn_implementation", lambda: False)():
         return False
-    AttentionInterface.register(GQA_ATTENTION, _gqa_attention)
+    AttentionInterface.register(GQA_ATTENTION, gqa_attention)
     AttentionMaskInterface.register(GQA_ATTENTION, eager_mask)
     model.set_attn_implementation(GQA_ATTENTION)
     return model.config._attn_implementation == GQA_ATTENTION
@@ -69,44 +69,30 @@ class LogitsOnly(torch.nn.Module):
 @dataclass
 class LoadedModel:
     module: LogitsOnly
-    kind: str  # "causal-lm" | "classifier"
+    kind: str  # models.loading.CAUSAL_LM | CLASSIFIER
     vocab_size: int
     max_len: int
     architecture: str
 
 
+def _check_exportable(d: Path, cfg: dict) -> None:
+    """The logits graph exists only for causal LMs and sequence classifiers (not e.g. *ForMaskedLM)."""
+    archs = cfg.get("architectures") or []
+    if model_kind(cfg) == CAUSAL_LM and archs and not any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs):
+        raise EdgekdError(f"{d}: architecture {archs[0]} is neither a causal LM nor a sequence classifier: "
+                          f"edgekd exports only those")
+
+
 def load_for_export(model_dir: str | Path) -> LoadedModel:
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
+    """MODEL_DIR's model as token ids -> logits, read and checked the way every edgekd model is (models.loading)."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-
     d = Path(model_dir)
-    if not d.is_dir():
-        raise EdgekdError(f"model directory {d} does not exist: give a Hugging Face model directory "
-                          f"(config.json + model.safetensors)")
-    if not (d / "config.json").is_file():
-        raise EdgekdError(f"{d} has no config.json: it is not a Hugging Face model directory")
-    try:
-        json.loads((d / "config.json").read_text())
-        cfg = AutoConfig.from_pretrained(d)
-    except (ValueError, OSError, KeyError) as e:
-        raise EdgekdError(f"{d}/config.json cannot be read ({str(e).splitlines()[0][:200]}): "
-                          f"re-save the model with save_pretrained") from e
-    archs = cfg.architectures or []
-    if any(a.endswith("ForSequenceClassification") for a in archs):
-        kind, auto = "classifier", AutoModelForSequenceClassification
-    elif any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs) or not archs:
-        kind, auto = "causal-lm", AutoModelForCausalLM
-    else:
-        raise EdgekdError(f"{d}: architecture {archs[0]} is neither a causal LM nor a sequence classifier: "
-                          f"edgekd exports only those")
-    try:
-        model = auto.from_pretrained(d, dtype=torch.float32)
-    except (OSError, ValueError, RuntimeError) as e:
-        raise EdgekdError(f"cannot load weights from {d} ({str(e).splitlines()[0][:200]}): check "
-                          f"model.safetensors is complete") from e
-    model.eval()
+    cfg = read_config_dict(d)
+    _check_exportable(d, cfg)
+    model, _, kind = load_model(d, with_tokenizer=False, what="model")
     use_gqa_attention(model)
-    max_len = int(getattr(cfg, "max_position_embeddings", 0) or 2048)
-    return LoadedModel(LogitsOnly(model).eval(), kind, int(cfg.vocab_size), max_len, archs[0] if archs else "")
+    max_len = int(getattr(model.config, "max_position_embeddings", 0) or 2048)
+    archs = cfg.get("architectures") or []
+    return LoadedModel(LogitsOnly(model).eval(), kind, int(model.config.vocab_size), max_len, archs[0] if archs else "")

@@ -28,7 +28,7 @@ def test_one_kv_head_passes_float_parity(tmp_path, fmt="tflite"):  # ONNX: the f
 def test_grouped_attention_equals_eager_with_repeated_heads():
     from transformers.models.llama.modeling_llama import eager_attention_forward
 
-    from edgekd.export.hf import _gqa_attention
+    from edgekd.export.hf import gqa_attention
 
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(2, h, 5, 8, generator=g) for h in (4, 1, 1))
@@ -38,7 +38,7 @@ def test_grouped_attention_equals_eager_with_repeated_heads():
         num_key_value_groups, training = 4, False
 
     ref, _ = eager_attention_forward(M(), q, k, v, mask, scaling=0.3)
-    got, _ = _gqa_attention(M(), q, k, v, mask, scaling=0.3)
+    got, _ = gqa_attention(M(), q, k, v, mask, scaling=0.3)
     assert torch.allclose(ref, got, atol=1e-6)
-    got_bool, _ = _gqa_attention(M(), q, k, v, mask == 0, scaling=0.3, softcap=None)
+    got_bool, _ = gqa_attention(M(), q, k, v, mask == 0, scaling=0.3, softcap=None)
     assert torch.allclose(ref, got_bool, atol=1e-6)
