@@ -1,4 +1,4 @@
-"""`edgekd export` on the command line, and the run-directory step the distill job calls."""
+"""`edgekd export` on the command line, and the run-directory steps the distill job calls (export, then profile)."""
 
 from __future__ import annotations
 
@@ -40,24 +40,27 @@ def test_cli_export_errors_exit_2(bert_dir, tmp_path, args, needle):
 
 @pytest.mark.slow
 def test_run_directory_gets_exports_records_and_profiles(llama_dir, tmp_path):
-    from edgekd.export import export_and_profile_run
+    from edgekd.export import export_run
+    from edgekd.profile.exports import profile_exports
 
     run = tmp_path / "run"
     shutil.copytree(llama_dir, run / "student")
-    res = export_and_profile_run(run, seq_len=16, runs=5, warmup=1)
-    exports = res["exports"]
+    exports = export_run(run, seq_len=16)
+    assert not (run / "profile").exists()  # export only: profiling is profile/'s step
+    measured = profile_exports(run, exports, runs=5, warmup=1)
     assert set(exports) == {"onnx", "onnx-int8", "tflite", "tflite-int8"}
     for key, name in [("onnx", "student.onnx"), ("onnx-int8", "student.int8.onnx"), ("tflite", "student.tflite"),
                       ("tflite-int8", "student.int8.tflite")]:
         e = exports[key]
         assert e["passed"] and e["path"] == f"export/{name}"
+        assert e["precision"] == ("float32" if e["quantize"] == "none" else "int8")
         assert (run / e["path"]).is_file()
         assert json.loads((run / (e["path"] + ".json")).read_text())["passed"]
         assert 0 <= e["max_abs_diff"] and 0.9 <= e["top1_agreement"] <= 1.0
     summary = json.loads((run / "export" / "export.json").read_text())
     assert set(summary["files"]) == set(exports)
-    assert len(res["measured"]) == 4
-    for m in res["measured"]:
+    assert len(measured) == 4
+    for m in measured:
         prof = json.loads((run / m["profile"]).read_text())
         assert set(STAT_KEYS) <= set(prof) and prof["device"] == "local" == m["device"]
         assert m["p50_ms"] <= m["p90_ms"] and m["format"] in ("onnx", "tflite")

@@ -1,0 +1,52 @@
+"""A run's exported files timed on a device, and the one writer of RUN/profile records.
+
+Takes export records (edgekd.export.export_run's) and returns report.json's `latency.measured`
+entries; the full statistics of each measurement land in RUN/profile/FORMAT-PRECISION-DEVICE.json.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+from edgekd import faults
+from edgekd.io import write_json
+
+
+def device_tag(device: str) -> str:
+    """A device string as a file-name part: "ssh://pi@board:22" -> "ssh-pi_board_22"."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in device.replace("ssh://", "ssh-"))
+
+
+def write_profile(run_dir: Path, export: dict, stats: dict) -> dict:
+    """Write one measurement of one exported file to RUN/profile and return its `latency.measured` entry."""
+    run_dir = Path(run_dir)
+    fmt, precision = export["format"], export["precision"]
+    stats = stats | {"quantize": export["quantize"], "precision": precision}
+    prof = run_dir / "profile" / f"{fmt}-{'float' if precision == 'float32' else precision}-{device_tag(stats['device'])}.json"
+    write_json(prof, stats)
+    return {"device": stats["device"], "format": fmt, "quantize": export["quantize"], "precision": precision,
+            "p50_ms": stats["p50_ms"], "p90_ms": stats["p90_ms"], "mean_ms": stats["mean_ms"],
+            "peak_rss_mb": stats.get("peak_rss_mb"), "size_mb": stats.get("size_mb"), "threads": stats.get("threads"),
+            "profile": str(prof.relative_to(run_dir))}
+
+
+def profile_export(run_dir, export: dict, device: str = "local", runs: int = 20, warmup: int = 3,
+                   threads: Optional[int] = None, **profile_kw) -> dict:
+    """Time one exported file (an export record) on `device`; its measured entry."""
+    from edgekd.profile import profile_model
+
+    stats = profile_model(Path(run_dir) / export["path"], device=device, runs=runs, warmup=warmup, threads=threads,
+                          **profile_kw)
+    return write_profile(run_dir, export, stats)
+
+
+def profile_exports(run_dir, exports: dict, device: str = "local", runs: int = 20, warmup: int = 3,
+                    threads: Optional[int] = None, **profile_kw) -> list[dict]:
+    """Time every export that passed parity on `device`, in order; their measured entries."""
+    measured = []
+    for rec in exports.values():
+        if rec.get("passed"):
+            measured.append(profile_export(run_dir, rec, device, runs, warmup, threads, **profile_kw))
+            faults.point("profile")
+    return measured
