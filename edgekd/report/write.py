@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import Optional
 
 from edgekd.io import atomic_path, write_json, write_text
+from edgekd.report.job import measured_precision, render_target_section
+from edgekd.report.schema import SCHEMA_VERSION
 
 
 def build_report(*, config: dict, evals: dict, sizes: dict, histories: dict, temperature_examples: list,
@@ -21,6 +23,7 @@ def build_report(*, config: dict, evals: dict, sizes: dict, histories: dict, tem
     student["config"] = student_config
     student["init"] = init_info
     rep = {
+        "schema_version": SCHEMA_VERSION,
         "status": "complete",
         "target": config.get("target"),
         "latency_budget_ms": config.get("latency_budget_ms"),
@@ -147,8 +150,7 @@ def render_markdown(rep: dict, kind: str = "causal-lm") -> str:
     if lat.get("measured"):
         lines += ["## Latency", "", "| device | format | precision | p50 (ms) | p90 (ms) |", "|---|---|---|---:|---:|"]
         for m in lat["measured"]:
-            q = m.get("quantize") or "none"
-            lines.append(f"| {m.get('device')} | {m.get('format')} | {'float32' if q == 'none' else q} | "
+            lines.append(f"| {m.get('device')} | {m.get('format')} | {measured_precision(m)} | "
                          f"{_fmt(m.get('p50_ms'), 2)} | {_fmt(m.get('p90_ms'), 2)} |")
         lines.append("")
     if rep.get("exports"):
@@ -164,8 +166,6 @@ def render_markdown(rep: dict, kind: str = "causal-lm") -> str:
               "Higher temperatures flatten the teacher's distribution, exposing how it ranks the wrong answers "
               "(the 'dark knowledge' the student learns from).", ""]
     if rep.get("search"):
-        from edgekd.report.job import render_target_section
-
         lines += ["", render_target_section(rep)]
     return "\n".join(lines)
 

@@ -1,6 +1,6 @@
 import json
 
-from edgekd.report import build_report, render_markdown, write_run_report
+from edgekd.report import ENGINE_KEYS, SCHEMA_VERSION, build_report, missing_keys, render_markdown, write_run_report
 
 
 def _hist(base):
@@ -24,6 +24,8 @@ def test_report_files_hold_the_design_keys_and_the_verdict(tmp_path):
     write_run_report(tmp_path, rep, hist, temps)
     loaded = json.loads((tmp_path / "report.json").read_text())
     assert {"target", "latency_budget_ms", "teacher", "student", "scratch", "latency", "exports"} <= loaded.keys()
+    assert loaded["schema_version"] == SCHEMA_VERSION
+    assert missing_keys(loaded, ENGINE_KEYS) == ["kind"]  # the engine sets kind after build_report
     assert loaded["student"]["config"] == {"hidden_size": 8} and loaded["scratch"]["top1_agreement"] == 0.3
     assert loaded["distillation"]["student_beats_scratch"] is True
     assert loaded["distillation"]["skipped_steps"]["scratch"] == [4]

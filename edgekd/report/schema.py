@@ -1,0 +1,56 @@
+"""report.json's keys, written down in code: DESIGN.md's contract and what edgekd adds to it.
+
+`SCHEMA_VERSION` goes into every report.json; raise it when a key changes meaning or goes (adding a
+key does not). The nested dicts name each key's own keys; None is a leaf (a number, a string, a list).
+`missing_keys` lets tests and readers check a report against this without copying the list.
+"""
+
+from __future__ import annotations
+
+SCHEMA_VERSION = 1
+
+_MODEL = {"params": None, "eval_loss": None, "size_mb": None, "top1_agreement": None}
+
+# What the engine (`edgekd distill` without --target) writes.
+ENGINE_KEYS: dict = {
+    "schema_version": None,
+    "status": None,                      # complete | incomplete | failed | interrupted
+    "kind": None,                        # causal-lm | classifier
+    "target": None,                      # None without --target
+    "latency_budget_ms": None,
+    "teacher": _MODEL,
+    "student": {**_MODEL, "config": None, "init": None},
+    "scratch": _MODEL,
+    "latency": {"predicted_ms": None, "measured": None},
+    "exports": None,                     # {} from the engine alone
+    "distillation": {"loss": None, "temperature": None, "alpha": None, "scheme": None, "steps": None,
+                     "skipped_steps": None, "student_beats_scratch": None},
+    "timings_s": None,
+}
+
+# What the one-command job (`edgekd distill --target`) adds or fills in.
+JOB_KEYS: dict = {
+    "student": {"precision_deployed": None},
+    "latency": {"predicted_ms": None, "format": None, "runtime": None, "precision": None, "seq_len": None,
+                "threads": None, "calibrated": None, "meets_budget_predicted": None, "measured_on_target_ms": None,
+                "meets_budget_measured": None, "measured": None},  # optional: device_error, shrink_stopped
+    "exports": None,                     # onnx, onnx-int8, tflite, tflite-int8: path, format, quantize, precision, ...
+    "search": {"table": None, "json": None, "plot": None, "choice": None, "predicted_ms": None, "params": None,
+               "calibrated": None, "candidates": None, "attempts": None},
+    "calibration": {"source": None, "path": None, "values": None},   # which calibration the search started from
+    "target_facts": {"name": None, "path": None, "facts": None, "measured": None},  # the device facts used
+    "timings_s": {"job": None},
+}
+# Present only in some reports: "error" (failed/interrupted), latency.device_error, latency.shrink_stopped,
+# distillation.stages (progressive), distillation.sequence, distillation.teacher_cache.
+
+
+def missing_keys(rep: dict, schema: dict) -> list[str]:
+    """The dotted keys of `schema` that `rep` lacks (nested dicts checked where the report has a dict)."""
+    out = []
+    for k, sub in schema.items():
+        if k not in rep:
+            out.append(k)
+        elif isinstance(sub, dict) and isinstance(rep[k], dict):
+            out += [f"{k}.{m}" for m in missing_keys(rep[k], sub)]
+    return out
