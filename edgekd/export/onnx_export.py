@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from edgekd.export.convert_errors import conversion_error
+from edgekd.models.students import size_mb
 
 _TWO_GB = 2 * 1024**3 - 64 * 1024**2
 
@@ -38,7 +39,7 @@ def _in_dir(path: Path):
 
 def export_onnx(module: torch.nn.Module, sample: torch.Tensor, path: Path, max_len: int) -> dict:
     """Float ONNX with a dynamic sequence axis when the graph allows it, else the sample's static shape."""
-    big = sum(p.numel() * p.element_size() for p in module.parameters()) > _TWO_GB
+    big = size_mb(module) * 1e6 > _TWO_GB
     kw = dict(dynamo=True, input_names=["input_ids"], output_names=["logits"], verbose=False,
               external_data=big, optimize=True)
     seq = torch.export.Dim("seq", min=2, max=max(max_len, sample.shape[1]))

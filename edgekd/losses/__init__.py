@@ -7,7 +7,7 @@ Labels are the UNshifted HF labels (input ids, -100 on padding; [B] for classifi
 are shifted inside. See `outputs` for what the model outputs must carry.
 """
 
-from edgekd.losses.base import (LOSSES, LossTerm, LossView, Setup, auto_temperature, count_params,
+from edgekd.losses.base import (LOSSES, LossTerm, LossView, Setup, auto_temperature,
                                 hard_label_loss, is_causal, register_loss)
 from edgekd.losses.outputs import (LossInputs, Needs, TeacherMixture, TopKLogits, forward_for_loss, get_field,
                                    mixture_logits, unwrap)
@@ -15,5 +15,5 @@ from edgekd.losses import response as _response, intermediate as _intermediate  
 from edgekd.losses.combine import DEFAULT_SPEC, LossSum, build_loss
 
 __all__ = ["LOSSES", "register_loss", "build_loss", "LossSum", "LossTerm", "LossView", "Setup", "TopKLogits",
-           "LossInputs", "Needs", "TeacherMixture", "mixture_logits", "get_field", "forward_for_loss", "unwrap", "auto_temperature", "count_params",
+           "LossInputs", "Needs", "TeacherMixture", "mixture_logits", "get_field", "forward_for_loss", "unwrap", "auto_temperature",
            "hard_label_loss", "is_causal", "DEFAULT_SPEC"]

@@ -170,30 +170,13 @@ def is_causal(config) -> bool:
     return mt in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and mt not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
 
-def count_params(config) -> int:
-    """Parameters of the model a config describes, built on the meta device (no memory, no weights)."""
-    from transformers import AutoModel, AutoModelForCausalLM
-    errors = []
-    for auto in (AutoModelForCausalLM, AutoModel):
-        try:
-            with torch.device("meta"):
-                model = auto.from_config(config)
-            return sum(p.numel() for p in model.parameters())
-        except Exception as e:  # noqa: BLE001 - any failure means "try the next class"
-            errors.append(e)
-    raise EdgekdError(f"cannot count the parameters of a {type(config).__name__}: pass them explicitly ({errors[-1]})")
-
-
 def auto_temperature(teacher_params: int, student_params: int) -> float:
-    """T = log2(teacher / student) + 1: a larger capacity gap wants softer teacher targets."""
+    """T = log2(teacher / student) + 1, at least 1: a larger capacity gap wants softer teacher targets
+    (the one "auto" rule). A student as large as its teacher (self-distillation) gets T = 1."""
     if not (teacher_params > 0 and student_params > 0):
         raise EdgekdError(f"temperature 'auto' needs positive parameter counts, got teacher={teacher_params}, "
                           f"student={student_params}")
-    t = math.log2(teacher_params / student_params) + 1.0
-    if t <= 0:
-        raise EdgekdError(f"temperature 'auto' gives {t:.3f} <= 0 for a student {student_params / teacher_params:.1f}x "
-                          f"the teacher's size: set the temperature explicitly")
-    return t
+    return math.log2(max(teacher_params / student_params, 1.0)) + 1.0
 
 
 # ---- layer maps -----------------------------------------------------------------------------------

@@ -11,7 +11,8 @@ from torch import nn
 
 from edgekd.errors import EdgekdError
 from edgekd.losses.outputs import get_field
-from edgekd.losses.base import LOSSES, LossView, Setup, auto_temperature, count_params, is_causal
+from edgekd.losses.base import LOSSES, LossView, Setup, auto_temperature, is_causal
+from edgekd.models.arch import param_count
 
 DEFAULT_SPEC = [{"name": "kd", "weight": 1.0, "divergence": "forward_kl", "temperature": 2.0, "alpha": 0.5}]
 
@@ -58,9 +59,8 @@ def _resolve_temperature(entry: dict, student_config, teacher_config, params: tu
     if entry.get("temperature") != "auto":
         return
     tp, sp = params
-    if tp is None or sp is None:
-        tp = tp if tp is not None else count_params(teacher_config)
-        sp = sp if sp is not None else count_params(student_config)
+    tp = tp if tp is not None else param_count(teacher_config)
+    sp = sp if sp is not None else param_count(student_config)
     entry["temperature"] = auto_temperature(tp, sp)
 
 

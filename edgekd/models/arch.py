@@ -33,6 +33,12 @@ MHA_ONLY = {"gpt2", "opt", "bert", "distilbert"}
 UNGATED_MLP = {"gpt2", "opt", "bert", "distilbert"}
 LEARNED_POSITIONS = {"gpt2", "opt", "bert", "distilbert"}
 # Tied input and output embeddings unless the config says otherwise.
+# Per layer: Gemma 2/3 norm before and after both attention and MLP; Qwen3, Gemma 3 norm q and k per head;
+# Qwen2 has biases on q, k and v (not o). Encoders: a pooler (or MLM transform) on top.
+FOUR_NORMS = {"gemma2", "gemma3", "gemma3_text"}
+QK_NORM = {"qwen3", "gemma3", "gemma3_text"}
+QKV_BIAS = {"qwen2"}
+ENCODERS = {"bert", "distilbert"}
 TIED_BY_DEFAULT = {"gpt2", "opt", "gemma", "gemma2", "gemma3", "gemma3_text", "bert", "distilbert"}
 SUPPORTED = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3", "gpt2", "opt", "bert",
              "distilbert")
@@ -87,7 +93,8 @@ def arch_of(config: Any) -> dict:
     """The canonical numbers of a config (object, dict or an earlier arch_of result):
     vocab_size, hidden_size, intermediate_size, num_hidden_layers, num_attention_heads,
     num_key_value_heads, head_dim, max_position_embeddings, tie_word_embeddings, plus model_type and
-    the family's shape facts (gated_mlp, learned_positions) that parameter counts depend on."""
+    the shape facts that parameter counts depend on (gated_mlp, learned_positions, attention_bias,
+    mlp_bias, word_embed_proj_dim: None unless OPT projects, num_labels: 0 for an LM head)."""
     check_supported(config)
     mt = model_type_of(config)
     missing = [k for k in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads")
@@ -103,30 +110,67 @@ def arch_of(config: Any) -> dict:
     hd = (None if mt in MHA_ONLY else _read(config, "head_dim")) or h // nh
     tie = _read(config, "tie_word_embeddings")
     get = _getter(config)
+    proj = get("word_embed_proj_dim") if mt == "opt" else None
     return {"model_type": mt, "vocab_size": int(_read(config, "vocab_size")), "hidden_size": h,
             "intermediate_size": int(f), "num_hidden_layers": int(_read(config, "num_hidden_layers")),
             "num_attention_heads": nh, "num_key_value_heads": int(kv), "head_dim": int(hd),
             "max_position_embeddings": int(_read(config, "max_position_embeddings", 0) or 0),
             "tie_word_embeddings": bool(mt in TIED_BY_DEFAULT if tie is None else tie),
             "gated_mlp": bool(get("gated_mlp", mt not in UNGATED_MLP)),
-            "learned_positions": bool(get("learned_positions", mt in LEARNED_POSITIONS))}
+            "learned_positions": bool(get("learned_positions", mt in LEARNED_POSITIONS)),
+            "attention_bias": bool(get("attention_bias", False)), "mlp_bias": bool(get("mlp_bias", False)),
+            "word_embed_proj_dim": proj if proj not in (None, h) else None, "num_labels": _num_labels(config)}
+
+
+def _num_labels(config: Any) -> int:
+    """Classes of a *ForSequenceClassification config (its head replaces the LM head), else 0. An arch_of
+    dict carries it as num_labels; a config object always has num_labels, so there only the
+    architectures say."""
+    get = _getter(config)
+    archs = get("architectures")
+    if not archs:
+        return int(get("num_labels", 0) or 0) if isinstance(config, Mapping) else 0
+    if not any(str(a).endswith("ForSequenceClassification") for a in archs):
+        return 0
+    return len(get("id2label") or {}) or int(get("num_labels", 0) or 2)
+
+
+def _layer_params(a: Mapping[str, Any]) -> int:
+    """One decoder/encoder layer: attention, MLP, norms and whatever biases the family has."""
+    h, f, hd, mt = a["hidden_size"], a["intermediate_size"], a["head_dim"], a["model_type"]
+    q, kv = a["num_attention_heads"] * hd, a["num_key_value_heads"] * hd
+    n = h * q + 2 * h * kv + q * h + (3 if a["gated_mlp"] else 2) * h * f
+    if not a["gated_mlp"]:  # the GPT-2/OPT/BERT families: biases on every linear layer, LayerNorm with a bias
+        return n + q + 2 * kv + h + f + h + 4 * h
+    n += (4 if mt in FOUR_NORMS else 2) * h + (2 * hd if mt in QK_NORM else 0)
+    if a["attention_bias"] or mt in QKV_BIAS:
+        n += q + 2 * kv + (h if a["attention_bias"] else 0)  # Qwen2: q/k/v only; attention_bias: o as well
+    return n + (2 * f + h if a["mlp_bias"] else 0)
+
+
+def _outside_layers(a: Mapping[str, Any]) -> int:
+    """Embeddings, final norm and the head: the LM head (unless tied) or the classifier's."""
+    h, v, mt, labels = a["hidden_size"], a["vocab_size"], a["model_type"], a["num_labels"]
+    e = a["word_embed_proj_dim"] or h  # OPT's projected embeddings
+    n = v * e + (2 * h * e if e != h else 0)
+    if a["learned_positions"]:
+        n += (a["max_position_embeddings"] + (2 if mt == "opt" else 0)) * h  # OPT's positions start at 2
+    n += (2 if not a["gated_mlp"] else 1) * h  # final norm (BERT's: the embeddings' LayerNorm)
+    if mt == "bert":
+        n += 2 * h  # token type embeddings
+    if mt in ENCODERS:  # BERT's pooler / DistilBERT's pre-classifier; or the MLM transform and vocab bias
+        return n + h * h + h + (h * labels + labels if labels else 2 * h + v)
+    if labels:
+        return n + e * labels
+    return n + (0 if a["tie_word_embeddings"] else v * e)
 
 
 def param_count(config: Any) -> int:
-    """Parameters of the family's graph from the config alone (the latency model weighs hundreds of
-    candidates, too many to build): embeddings (and learned positions), per layer the attention, the
-    MLP (gated: three matrices, else two) and norms, biases where the family has them, the head."""
+    """Parameters of the model a config describes (an HF config, its dict, or an arch_of result), from
+    the config alone: the latency model weighs hundreds of candidates, too many to build. Exact for the
+    supported families (tests/models/test_families.py checks it against the built model)."""
     a = arch_of(config)
-    h, f, v, hd = a["hidden_size"], a["intermediate_size"], a["vocab_size"], a["head_dim"]
-    q, kv = a["num_attention_heads"] * hd, a["num_key_value_heads"] * hd
-    mlp = (3 if a["gated_mlp"] else 2) * h * f
-    layer = h * q + 2 * h * kv + q * h + mlp + 2 * h
-    head = h
-    if not a["gated_mlp"]:  # the GPT-2/OPT/BERT families: biases on every linear layer and LayerNorm
-        layer += q + 2 * kv + h + f + h + 2 * h
-        head += h
-    pos = a["max_position_embeddings"] * h if a["learned_positions"] else 0
-    return v * h + pos + a["num_hidden_layers"] * layer + head + (0 if a["tie_word_embeddings"] else v * h)
+    return a["num_hidden_layers"] * _layer_params(a) + _outside_layers(a)
 
 
 def native_overrides(config: Any, overrides: Mapping[str, Any]) -> dict:

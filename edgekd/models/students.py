@@ -356,8 +356,10 @@ def check_tokenizers_agree(teacher_tok, student_tok, where: str = "student") -> 
 
 
 def count_params(model) -> int:
+    """Parameters of a built module (the one count of a module; `arch.param_count` counts a config)."""
     return sum(p.numel() for p in model.parameters())
 
 
 def size_mb(model) -> float:
+    """Its weights' bytes in memory, in MB."""
     return sum(p.numel() * p.element_size() for p in model.parameters()) / 1e6

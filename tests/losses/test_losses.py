@@ -250,6 +250,9 @@ def test_fused_linear_matches_kd_on_full_logits(pair, batch):
 def test_auto_temperature():
     assert auto_temperature(4000, 1000) == pytest.approx(3.0)
     assert auto_temperature(1000, 1000) == pytest.approx(1.0)
+    assert auto_temperature(1000, 4000) == 1.0  # a student not smaller (self-distillation): T = 1, no error
+    with pytest.raises(EdgekdError, match="positive parameter counts"):
+        auto_temperature(0, 1000)
     s, t = llama(2, 16), llama(4, 32, heads=4)
     n_s, n_t = (sum(p.numel() for p in m.parameters()) for m in (s, t))
     loss_fn = build_loss([{"name": "kd", "temperature": "auto"}], s.config, t.config)

@@ -83,7 +83,7 @@ def test_family_distills_exports_and_predicts(model_type, tmp_path, tokenizer, c
     classifier = FAMILIES[model_type][1]
     out = run(DistillConfig(teacher=str(teacher), data=str(class_data if classifier else text_dir), steps=2,
                             seq_len=SEQ, batch_size=4, out=str(tmp_path / "run"), scratch=False, eval_blocks=4,
-                            calibration_batches=1, quiet=True, compute="cpu"))
+                            init_batches=1, quiet=True, torch_device="cpu")).out
     rep = json.loads((out / "report.json").read_text())
     init = rep["student"]["init"]
     assert init["method"] == "teacher", init
@@ -96,7 +96,7 @@ def test_family_distills_exports_and_predicts(model_type, tmp_path, tokenizer, c
         if getattr(student.config, key, None) is not None:
             teacher_list = getattr(AutoConfig.from_pretrained(teacher), key)
             assert list(getattr(student.config, key)) == [teacher_list[i] for i in init["layers"]]
-    assert param_count(student.config) == pytest.approx(sum(p.numel() for p in student.parameters()), rel=0.05)
+    assert param_count(student.config) == sum(p.numel() for p in student.parameters())
     assert predict(json.loads((out / "student" / "config.json").read_text()), "android-arm64", SEQ).total_ms > 0
     for fmt in ("onnx", "tflite"):
         rec = export_model(out / "student", fmt=fmt, seq_len=SEQ, out=tmp_path / f"student.{fmt}", show_progress=False)
@@ -230,3 +230,34 @@ def test_encoder_decoder_teacher_is_one_line_error_before_weights(tmp_path):
         load_model(d)
     with pytest.raises(EdgekdError, match="encoder-decoder"):
         arch_of(json.loads((d / "config.json").read_text()))
+
+
+_IDS = dict(vocab_size=300, pad_token_id=0, bos_token_id=1, eos_token_id=1)
+_HEADS = {"bert": "BertForSequenceClassification", "distilbert": "DistilBertForSequenceClassification"}
+# Beyond the matrix: config flags and heads that change the count.
+_EXTRA = [("gemma", {**_W, "num_key_value_heads": 2, "head_dim": 8}, None),
+          ("llama", {**_W, "attention_bias": True, "mlp_bias": True}, None),
+          ("opt", {**FAMILIES["opt"][0], "word_embed_proj_dim": 16}, None),
+          ("qwen2", {**_W, "num_key_value_heads": 2}, "Qwen2ForSequenceClassification"),
+          ("gpt2", FAMILIES["gpt2"][0], "GPT2ForSequenceClassification"),
+          ("bert", dict(_W), None),  # BertLMHeadModel: the MLM transform and vocabulary bias, no pooler
+          ("bert", {**_W, "num_labels": 5}, "BertForSequenceClassification")]
+_COUNT_CASES = [(mt, f, _HEADS.get(mt) if cls else None) for mt, (f, cls) in FAMILIES.items()] + _EXTRA
+
+
+@pytest.mark.parametrize("model_type,fields,head", _COUNT_CASES,
+                         ids=[f"{c[0]}-{c[2] or 'lm'}-{i}" for i, c in enumerate(_COUNT_CASES)])
+def test_param_count_is_exact(model_type, fields, head):
+    """The analytic count from the config equals the built model's, from the config object, its dict and
+    its arch_of reading."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    from edgekd.models.arch import param_count
+    from edgekd.models.students import count_params
+
+    cfg = AutoConfig.for_model(model_type, **_IDS, **fields)
+    if head:
+        cfg.architectures = [head]
+    with torch.device("meta"):
+        model = (AutoModelForSequenceClassification if head else AutoModelForCausalLM).from_config(cfg)
+    assert param_count(cfg) == param_count(cfg.to_dict()) == param_count(arch_of(cfg)) == count_params(model)
