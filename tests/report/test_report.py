@@ -38,3 +38,27 @@ def test_report_files_hold_the_design_keys_and_the_verdict(tmp_path):
 def test_markdown_says_when_distillation_lost():
     rep = {"teacher": {}, "student": {"eval_loss": 3.0}, "scratch": {"eval_loss": 2.0}, "distillation": {}}
     assert "NOT below" in render_markdown(rep)
+
+
+def test_job_report_fills_every_job_key_and_says_why_it_failed(tmp_path):
+    from edgekd.report import JOB_KEYS, JobFacts, build_job_report, failure_message
+    from edgekd.search import SearchResult
+
+    row = {"num_hidden_layers": 1, "hidden_size": 8, "num_attention_heads": 2, "num_key_value_heads": 2,
+           "head_dim": 4, "intermediate_size": 16, "precision": "int8", "params": 300, "predicted_ms": 1.5,
+           "chosen": True, "fits": True}
+    res = SearchResult(choice={k: row[k] for k in ("num_hidden_layers", "hidden_size", "precision")}, table=[row],
+                       target="rpi5", latency_budget_ms=2.0, predicted_ms=1.5, calibrated=False)
+    engine = {"student": {"params": 300}, "scratch": {}, "timings_s": {"distill": 1.0}, "status": "incomplete"}
+    exports = {"tflite": {"path": "export/student.tflite", "passed": True},
+               "tflite-int8": {"path": "export/student.int8.tflite", "passed": False, "error": "top-1 0.5"}}
+    facts = JobFacts(target="rpi5", search=res, attempts=[{"attempt": 0, "params": 300, "measured_ms": None}],
+                     fmt="tflite", runtime="litert", seq_len=64, threads=4, exports=exports, measured=[],
+                     timings={"search": {"wall_s": 1, "cpu_s": 1}}, calibration={"source": "priors", "path": None,
+                     "values": None}, target_facts={"name": "rpi5", "path": "x", "facts": {}, "measured": {}})
+    rep = build_job_report(engine, facts)
+    assert missing_keys(rep, JOB_KEYS) == []
+    assert rep["timings_s"] == {"distill": 1.0, "job": facts.timings} and rep["student"]["precision_deployed"] == "int8"
+    assert rep["status"] == "failed" and "tflite-int8: top-1 0.5" in rep["error"]
+    assert "records the numbers" in failure_message(rep, tmp_path) and "status" not in engine or engine["status"] == "incomplete"
+    assert failure_message(build_job_report(engine, facts.__class__(**{**facts.__dict__, "exports": {}})), tmp_path) is None
