@@ -80,17 +80,19 @@ def kernel_bench(
 @targets_app.command("list")
 def targets_list() -> None:
     """Every known target: cores, throughput, bandwidth, format and default budget."""
+    from edgekd.settings import Settings
     from edgekd.targets.show import print_targets
 
-    print_targets()
+    print_targets(Settings.from_env())
 
 
 @targets_app.command("show")
 def targets_show(name: str = typer.Argument(..., help="Target name, e.g. android-arm64.")) -> None:
     """All facts of one target, and its sources."""
+    from edgekd.settings import Settings
     from edgekd.targets.show import print_target
 
-    print_target(name)
+    print_target(name, Settings.from_env())
 
 
 # --- distill / teacher (engine) -------------------------------------------------------------------
@@ -130,8 +132,6 @@ def distill(
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ) -> None:
     """Distill the teacher into a student, train the scratch baseline, evaluate both, write the run."""
-    import functools
-
     from edgekd.checks import distill_inputs
     from edgekd.profile import check_device
 
@@ -149,16 +149,19 @@ def distill(
         load_target(target)
     check_device(device, probe=bool(target), **profile_kw)  # the job profiles on it: reachable now, not after training
     from edgekd.distill import DistillConfig, run
-    if target:  # the one-command job: search -> distill -> export -> profile -> report (it refuses --student)
-        from edgekd.pipeline import distill_for_target as run
 
-        run = functools.partial(run, **profile_kw)
-    run(DistillConfig(teacher=_path(teacher), data=_path(data), text_column=text_column, label_column=label_column,
-                      student=_path(student), steps=steps,
-                      out=_path(out), resume=resume,
-                      temperature=temp, alpha=alpha, loss=loss, scheme=scheme, seed=seed, target=target,
-                      latency_budget_ms=latency_budget, device=device, batch_size=batch_size, seq_len=seq_len,
-                      lr=lr, quiet=quiet, scheme_config=_scheme_paths(_json_option("--scheme-config", scheme_config))))
+    engine = DistillConfig(teacher=_path(teacher), data=_path(data), text_column=text_column,
+                           label_column=label_column, student=_path(student), steps=steps, out=_path(out),
+                           resume=resume, temperature=temp, alpha=alpha, loss=loss, scheme=scheme, seed=seed,
+                           batch_size=batch_size, seq_len=seq_len, lr=lr, quiet=quiet,
+                           scheme_config=_scheme_paths(_json_option("--scheme-config", scheme_config)))
+    if target:  # the one-command job: search -> distill -> export -> profile -> report (it refuses --student)
+        from edgekd.pipeline import JobConfig, distill_for_target
+
+        distill_for_target(JobConfig(engine=engine, target=target, latency_budget_ms=latency_budget, device=device),
+                           **profile_kw)
+    else:
+        run(engine)
 
 
 def _scheme_paths(opts: dict) -> dict:
@@ -213,7 +216,8 @@ def teacher_train(
     from edgekd.checks import teacher_train_args
 
     teacher_train_args(steps, seed, _path(out))
-    from edgekd.models.builtin import BUILTIN_DIR, train_builtin_teacher
+    from edgekd.distill.teacher import train_builtin_teacher
+    from edgekd.models.builtin import BUILTIN_DIR
 
     train_builtin_teacher(_path(out) or BUILTIN_DIR, steps=steps, seed=seed)
 
@@ -265,11 +269,14 @@ def profile(
     import json
 
     from edgekd.profile import profile_model, target_defaults
+    from edgekd.settings import Settings
 
-    device, threads = target_defaults(target, device, threads)
+    settings = Settings.from_env()
+    device, threads = target_defaults(target, device, threads, settings)
     stats = profile_model(_path(model_file), device=device, runs=runs, warmup=warmup, threads=threads, seq_len=seq_len,
                           remote_python=remote_python, identity_file=_path(identity_file), known_hosts=_path(known_hosts),
-                          insecure_host_key=insecure_host_key, benchmark_binary=_path(benchmark_binary))
+                          insecure_host_key=insecure_host_key, benchmark_binary=_path(benchmark_binary),
+                          settings=settings)
     if json_out:
         from edgekd.console import echo
 

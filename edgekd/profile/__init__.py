@@ -84,13 +84,15 @@ def check_device(device: str, *, probe: bool = True, identity_file: str | None =
     raise EdgekdError(f"unknown device {device!r}: use local, ssh://USER@HOST[:PORT] or adb[:SERIAL]")
 
 
-def target_defaults(target: str | None, device: str | None, threads: int | None) -> tuple[str, int | None]:
-    """A target file supplies the device kind and thread count the user did not give."""
+def target_defaults(target: str | None, device: str | None, threads: int | None,
+                    settings: Settings | None = None) -> tuple[str, int | None]:
+    """A target file supplies the device kind and thread count the user did not give (the host's
+    measured thread count is not measured for this: all allowed cores, as without --threads)."""
     if target is None:
         return device or "local", threads
     from edgekd.targets import load_target
 
-    t = load_target(target)
+    t = load_target(target, settings)
     method = t.access.get("method", "local")
     if device is None:
         if method == "ssh":

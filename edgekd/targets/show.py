@@ -5,16 +5,18 @@ from __future__ import annotations
 from rich.table import Table
 
 from edgekd.console import out as wide_console
+from edgekd.settings import Settings
 from edgekd.targets.hostbench import measure_target
 from edgekd.targets.spec import list_targets, load_target
 
 
-def print_targets() -> None:
+def print_targets(settings: Settings | None = None) -> None:
     tab = Table(title="edgekd targets")
     for c in ("name", "cores (big)", "GHz", "fp32 GFLOP/s", "int8 GOP/s", "GB/s", "RAM MB", "format", "threads",
               "budget ms", "access"):
         tab.add_column(c, justify="left" if c in ("name", "format", "access") else "right")
-    for t in map(measure_target, list_targets()):  # the host's numbers: measured (once) for the table
+    for t in list_targets(settings):
+        t = measure_target(t, settings=settings)  # the host's numbers: measured (once, cached) for the table
         cpu, mem, rt = t.cpu, t.memory, t.runtime
         name = t.name + (" (measured)" if t.measured else "")
         tab.add_row(name, f"{cpu['cores']} ({cpu['big_cores']})", f"{cpu['clock_ghz']:g}",
@@ -24,8 +26,8 @@ def print_targets() -> None:
     wide_console().print(tab)
 
 
-def print_target(name: str) -> None:
-    t = measure_target(load_target(name))  # `targets show host` measures this machine (once, cached)
+def print_target(name: str, settings: Settings | None = None) -> None:
+    t = measure_target(load_target(name, settings), settings=settings)  # `targets show host` measures this machine (once, cached)
     console = wide_console()
     console.print(f"[bold]{t.name}[/bold]: {t.description}")
     console.print(f"file: {t.path}")

@@ -87,21 +87,21 @@ def targets_dirs(settings: Settings | None = None) -> list[Path]:
     return [d for d in dirs if d.is_dir()]
 
 
-def known_targets() -> list[str]:
+def known_targets(settings: Settings | None = None) -> list[str]:
     names: list[str] = []
-    for d in targets_dirs():
+    for d in targets_dirs(settings):
         for p in sorted(d.glob("*.toml")):
             if p.stem not in names:
                 names.append(p.stem)
     return sorted(names)
 
 
-def target_path(name: str) -> Path:
-    for d in targets_dirs():
+def target_path(name: str, settings: Settings | None = None) -> Path:
+    for d in targets_dirs(settings):
         p = d / f"{name}.toml"
         if p.is_file():
             return p
-    known = ", ".join(known_targets()) or "(none found)"
+    known = ", ".join(known_targets(settings)) or "(none found)"
     raise EdgekdError(f"unknown target '{name}'; known targets: {known}")
 
 
@@ -192,16 +192,16 @@ def parse_target(path: str | os.PathLike) -> Target:
     return Target(name=data["name"], description=data["description"], path=where, data=data)
 
 
-def load_target(target: "str | Target") -> Target:
+def load_target(target: "str | Target", settings: Settings | None = None) -> Target:
     """A target by name (or a Target passed through); unknown names list the known ones."""
     if isinstance(target, Target):
         return target
     p = Path(str(target))
     if p.suffix == ".toml" or os.sep in str(target):  # a path, not a name
         return parse_target(p)
-    return parse_target(target_path(str(target)))
+    return parse_target(target_path(str(target), settings))
 
 
-def list_targets() -> list[Target]:
+def list_targets(settings: Settings | None = None) -> list[Target]:
     """Every shipped target, validated (the host's measured numbers not filled in: see measure_target)."""
-    return [load_target(n) for n in known_targets()]
+    return [load_target(n, settings) for n in known_targets(settings)]
