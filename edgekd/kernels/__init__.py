@@ -1,10 +1,11 @@
 """Fused distillation losses: the C++/CUDA kernels behind one Python API (see DESIGN.md).
 
 `kd_loss` and `fused_linear_kd_loss` use the fused kernels where the extension has them and the
-float64 reference otherwise; `backend(device_type)` says which.
+float64 reference otherwise; `backend(device_type)` says which. `eager_kd_loss` is the same loss
+unfused, as people write it: the baseline the benchmarks measure against.
 """
 
-from edgekd.kernels.reference import kd_loss_reference
+from edgekd.kernels.reference import eager_kd_loss, kd_loss_reference
 from edgekd.kernels.ops import backend, fused_linear_kd_loss, kd_loss
 
-__all__ = ["kd_loss", "kd_loss_reference", "fused_linear_kd_loss", "backend"]
+__all__ = ["kd_loss", "kd_loss_reference", "eager_kd_loss", "fused_linear_kd_loss", "backend"]

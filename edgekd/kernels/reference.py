@@ -1,10 +1,12 @@
-"""Plain PyTorch in float64: the oracle the fused kernels are tested against, and their fallback."""
+"""Plain PyTorch: the float64 oracle the fused kernels are tested against (and their fallback), and the
+unfused eager loss the benchmarks and `loss_impl="eager"` measure them against."""
 
 from __future__ import annotations
 
 import math
 
 import torch
+import torch.nn.functional as F
 
 DIVERGENCES = ("forward_kl", "reverse_kl", "jsd")
 REDUCTIONS = ("batchmean", "sum", "none")
@@ -86,13 +88,18 @@ def kd_loss_reference(student_logits, teacher_logits, labels=None, *, temperatur
 
 
 def kd_loss_reference64(student_logits, teacher_logits, labels=None, *, temperature=1.0, alpha=1.0,
-                        divergence="forward_kl", beta=0.5, ignore_index=-100, reduction="batchmean"):
-    """kd_loss_reference without the final cast: float64 end to end, for gradcheck."""
+                        divergence="forward_kl", beta=0.5, ignore_index=-100, reduction="batchmean",
+                        dtype: torch.dtype | None = torch.float64):
+    """kd_loss_reference without the final cast: float64 end to end, for gradcheck. `dtype=None` runs the
+    same formula in the inputs' own dtype: the error any in-dtype computation makes, which is the bar the
+    kernel tests hold the fused kernels to."""
     check_args(student_logits, teacher_logits, labels, temperature, alpha, divergence, beta, reduction)
     lead = student_logits.shape[:-1]
     V = student_logits.shape[-1]
-    s = student_logits.reshape(-1, V).double()
-    t = teacher_logits.detach().reshape(-1, V).double()
+    s = student_logits.reshape(-1, V)
+    t = teacher_logits.detach().reshape(-1, V)
+    if dtype is not None:
+        s, t = s.to(dtype), t.to(dtype)
     row = alpha * divergence_rows(s, t, temperature, divergence, beta) if alpha > 0 else s.new_zeros(s.shape[0])
     counted = torch.ones(s.shape[0], dtype=torch.bool, device=s.device)
     if labels is not None:
@@ -110,3 +117,32 @@ def kd_loss_reference64(student_logits, teacher_logits, labels=None, *, temperat
     else:
         out = row.sum() / counted.sum().clamp(min=1)
     return out
+
+
+def eager_kd_loss(s, t, labels, *, temperature, alpha, divergence="forward_kl", beta=0.5, ignore_index=-100,
+                  dtype: torch.dtype | None = torch.float32):
+    """The DESIGN.md loss as people write it in plain PyTorch autograd, in `dtype` (None: the inputs' own):
+    the unfused baseline of the kernel benchmarks and of `loss_impl="eager"`. Unlike the reference it
+    does not mask −inf teacher entries (they give NaN): the unfused loss as it is usually written."""
+    V = s.shape[-1]
+    s, t = s.reshape(-1, V), t.reshape(-1, V)
+    if dtype is not None:
+        s, t = s.to(dtype), t.to(dtype)
+    ls = F.log_softmax(s / temperature, -1)
+    lt = F.log_softmax(t / temperature, -1)
+    if divergence == "forward_kl":
+        d = (lt.exp() * (lt - ls)).sum(-1)
+    elif divergence == "reverse_kl":
+        d = (ls.exp() * (ls - lt)).sum(-1)
+    else:
+        p, q = lt.exp(), ls.exp()
+        m = (beta * p + (1 - beta) * q).clamp_min(1e-30).log()
+        d = beta * (p * (lt - m)).sum(-1) + (1 - beta) * (q * (ls - m)).sum(-1)
+    d = d * temperature ** 2
+    if labels is None:
+        return (alpha * d).mean()
+    lab = labels.reshape(-1)
+    keep = lab != ignore_index
+    ce = F.cross_entropy(s, lab.clamp_min(0), reduction="none")
+    row = alpha * d + (1 - alpha) * ce
+    return (row * keep).sum() / keep.sum().clamp_min(1)
