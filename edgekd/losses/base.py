@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -21,10 +22,25 @@ def register_loss(name: str):
     def deco(cls):
         if name in LOSSES:
             raise ValueError(f"loss {name!r} is registered twice")
+        params = inspect.signature(cls.__init__).parameters
+        if getattr(cls, "takes_temperature", False) and not {"temperature", "alpha"} <= set(params):
+            raise ValueError(f"loss {name!r} sets takes_temperature but its __init__ takes no temperature and alpha")
         cls.name = name
         LOSSES[name] = cls
         return cls
     return deco
+
+
+def takes_run_temperature(name: str) -> bool:
+    """Whether the registered loss NAME is a response loss that takes the run's temperature and alpha
+    (its class sets `takes_temperature = True`), so a new response loss gets them without a list to edit."""
+    cls = LOSSES.get(name)
+    return bool(cls is not None and getattr(cls, "takes_temperature", False))
+
+
+def response_loss_names() -> tuple[str, ...]:
+    """The registered losses that take the run's temperature and alpha, in registration order."""
+    return tuple(n for n in LOSSES if takes_run_temperature(n))
 
 
 @dataclass
@@ -40,6 +56,7 @@ class LossTerm(nn.Module):
     """One unweighted loss term; forward(view) -> scalar float32 tensor."""
 
     name = ""
+    takes_temperature = False  # a response loss: True, and it takes `temperature` and `alpha` (the run's by default)
     needs_teacher = True
     needs_logits = False
     needs_hidden_states = False

@@ -58,6 +58,7 @@ class KDLoss(LossTerm):
     mass outside the top-k (those terms are dropped); JSD treats the teacher's tail as zero.
     """
 
+    takes_temperature = True
     needs_logits = True
 
     def __init__(self, setup: Setup, temperature: float = 2.0, alpha: float = 0.5,
@@ -85,6 +86,7 @@ class MSELogitsLoss(LossTerm):
     can set T for every response loss. With a TopKLogits teacher the MSE runs over the kept entries.
     """
 
+    takes_temperature = True
     needs_logits = True
 
     def __init__(self, setup: Setup, temperature: float = 2.0, alpha: float = 0.5):
@@ -120,6 +122,7 @@ class FusedLinearKDLoss(LossTerm):
     cannot feed it (it needs the teacher's hidden states).
     """
 
+    takes_temperature = True
     needs_logits = False
     needs_last_hidden = True
 

@@ -247,6 +247,29 @@ def test_fused_linear_matches_kd_on_full_logits(pair, batch):
     s_model.zero_grad()
 
 
+def test_response_losses_declare_the_run_temperature():
+    from edgekd.losses import LossTerm, response_loss_names, takes_run_temperature
+
+    assert set(response_loss_names()) == {"kd", "mse_logits", "kd_fused_linear"}
+    assert not takes_run_temperature("ce") and not takes_run_temperature("no_such_loss")
+    try:
+        @register_loss("_test_response")
+        class _Resp(LossTerm):
+            takes_temperature = True
+
+            def __init__(self, setup, temperature=2.0, alpha=0.5):
+                super().__init__()
+
+        assert takes_run_temperature("_test_response") and "_test_response" in response_loss_names()
+        with pytest.raises(ValueError, match="takes no temperature"):
+            @register_loss("_test_bad_response")
+            class _Bad(LossTerm):
+                takes_temperature = True
+    finally:
+        LOSSES.pop("_test_response", None)
+        LOSSES.pop("_test_bad_response", None)
+
+
 def test_auto_temperature():
     assert auto_temperature(4000, 1000) == pytest.approx(3.0)
     assert auto_temperature(1000, 1000) == pytest.approx(1.0)
