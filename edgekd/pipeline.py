@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import fields, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Optional
 
@@ -35,11 +35,24 @@ ATTEMPT_ENTRIES = ("config.json", "student", "checkpoints", "export", "profile",
                    "plots", "search")
 
 
-def _resolve_out(cfg) -> Path:
-    """The engine's default run directory, so `--target` runs land where plain runs do."""
-    import importlib
+@dataclass
+class JobConfig:
+    """The one-command job: the engine's config nested, plus what only the job needs."""
 
-    return Path(importlib.import_module("edgekd.distill.run")._resolve_out(cfg))
+    engine: Any                       # edgekd.distill.DistillConfig (its `student` is the search's)
+    target: Optional[str] = None
+    latency_budget_ms: Optional[float] = None
+    device: str = "local"             # where the exported student is profiled
+
+    JOB_FIELDS = ("target", "latency_budget_ms", "device")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "JobConfig":
+        """The job's fields and the engine's, flat (the Python API's dict form)."""
+        from edgekd.distill import DistillConfig
+
+        job = {k: d[k] for k in cls.JOB_FIELDS if k in d}
+        return cls(engine=DistillConfig.from_dict({k: v for k, v in d.items() if k not in cls.JOB_FIELDS}), **job)
 
 
 def _teacher_config(teacher: str) -> dict:
@@ -155,27 +168,26 @@ def distill_for_target(config: Any, *, export_seq_len: int = EXPORT_SEQ_LEN, pro
     it). `calibration`: the latency model's starting calibration (None: the device's saved one).
     `profile_kw`: extra keywords for profile_model on the device (identity_file, benchmark_binary...).
     """
-    from edgekd.distill import DistillConfig
+    from edgekd.distill import resolve_out
     from edgekd.targets import load_target
 
-    cfg = DistillConfig.from_dict(config) if isinstance(config, dict) else replace(config)
-    if not cfg.target:
+    job = JobConfig.from_dict(config) if isinstance(config, dict) else replace(config, engine=replace(config.engine))
+    cfg = job.engine
+    if not job.target:
         raise EdgekdError("distill_for_target needs a target: pass --target NAME (see `edgekd targets list`)")
     if cfg.student is not None:
         raise EdgekdError("--student and --target together: the target's search chooses the student; drop one")
-    t = load_target(cfg.target)
-    _check_device(cfg.device, **profile_kw)
+    t = load_target(job.target)
+    _check_device(job.device, **profile_kw)
     if cfg.steps is None:
         cfg.steps = JOB_STEPS
-    if "export" in {f.name for f in fields(cfg)}:
-        cfg.export = False  # the job exports and profiles itself (own seq len, runs, device)
-    out = _resolve_out(cfg)
+    out = resolve_out(cfg)
     cfg.out = str(out)
     with run_lock(out):
         if (out / "config.json").exists() and not cfg.resume:
             raise EdgekdError(f"run directory {out} already holds a run: pass --resume to continue it or another --out")
         try:
-            return _job(cfg, t, out, export_seq_len, profile_runs, profile_warmup, max_shrinks, calibration, profile_kw)
+            return _job(job, t, out, export_seq_len, profile_runs, profile_warmup, max_shrinks, calibration, profile_kw)
         except BaseException as e:
             if (out / "config.json").is_file():  # the job had begun: its report says how it ended
                 interrupted = isinstance(e, KeyboardInterrupt)
@@ -185,7 +197,7 @@ def distill_for_target(config: Any, *, export_seq_len: int = EXPORT_SEQ_LEN, pro
             raise
 
 
-def _job(cfg, t, out: Path, export_seq_len: int, profile_runs: int, profile_warmup: int, max_shrinks: int,
+def _job(job, t, out: Path, export_seq_len: int, profile_runs: int, profile_warmup: int, max_shrinks: int,
          calibration: Any, profile_kw: dict) -> Path:
     """distill_for_target's work, with RUN/.lock held."""
     from edgekd.distill import run
@@ -194,13 +206,14 @@ def _job(cfg, t, out: Path, export_seq_len: int, profile_runs: int, profile_warm
                                         measurement_from_profile, runtime_for)
     from edgekd.targets.search import save_search
 
+    cfg = job.engine
     timer = PhaseTimer(out / "checkpoints" / "job_timings.json", resume=cfg.resume)
     teacher_cfg = _teacher_config(cfg.teacher)
     seq_len = min(export_seq_len, cfg.seq_len, int(teacher_cfg.get("max_position_embeddings") or export_seq_len))
     fmt = t.runtime["preferred_format"]
     threads = int(t.runtime.get("default_threads") or 0) or None
     on_target_local = t.access.get("method") == "local"  # `host`: this machine is the device
-    measure_device = cfg.device if cfg.device != "local" else ("local" if on_target_local else None)
+    measure_device = job.device if job.device != "local" else ("local" if on_target_local else None)
     cal = calibration if calibration is not None else load_calibration(t.key, fmt)
 
     attempts: list[dict] = []
@@ -210,15 +223,15 @@ def _job(cfg, t, out: Path, export_seq_len: int, profile_runs: int, profile_warm
         if cfg.resume and (out / "search" / "candidates.json").is_file():
             res = _saved_search(out / "search")
         else:
-            res = _search(teacher_cfg, t, cfg.latency_budget_ms, seq_len, out / "search", cal, cfg.quiet)
+            res = _search(teacher_cfg, t, job.latency_budget_ms, seq_len, out / "search", cal, cfg.quiet)
     for k in range(max_shrinks + 1):
         choice = dict(res.choice)
         precision = choice.pop("precision")
         # --- distill, scratch baseline, evaluation (the engine) ---
         with timer("distill+scratch+eval"):
             if not (cfg.resume and (out / "report.json").is_file() and (out / "student").is_dir()):
-                run(replace(cfg, student=choice, latency_budget_ms=res.latency_budget_ms,
-                            resume=cfg.resume and (out / "config.json").is_file()), status="incomplete")
+                run(replace(cfg, student=choice, resume=cfg.resume and (out / "config.json").is_file()),
+                    status="incomplete")
         cfg.resume = False
         # --- export four ways with parity, profile each locally ---
         with timer("export+parity+local_profile"):
@@ -282,6 +295,7 @@ def _job(cfg, t, out: Path, export_seq_len: int, profile_runs: int, profile_warm
     kind = rep.get("kind", "causal-lm")
     final = attempts[-1]
     rep["target"] = t.name
+    rep["config"].update(target=job.target, latency_budget_ms=res.latency_budget_ms, device=job.device)
     rep["latency_budget_ms"] = res.latency_budget_ms
     rep["latency"] = {
         "predicted_ms": res.predicted_ms, "format": fmt, "runtime": runtime_for(fmt), "precision": precision,

@@ -1,5 +1,7 @@
-"""The distillation engine: `run(DistillConfig) -> Path` drives a whole job; `Trainer` is the loop."""
+"""The distillation engine: `run(DistillConfig) -> RunResult` drives one run; `Trainer` is the loop;
+`schemes` say what a run's stages are and where their teacher outputs come from."""
 
-from edgekd.distill.run import DEFAULT_STEPS, DistillConfig, run
+from edgekd.distill.config import DEFAULT_STEPS, DistillConfig
+from edgekd.distill.run import RunResult, resolve_out, run
 
-__all__ = ["DistillConfig", "run", "DEFAULT_STEPS"]
+__all__ = ["DistillConfig", "RunResult", "run", "resolve_out", "DEFAULT_STEPS"]

@@ -1,7 +1,7 @@
-"""Objectives the trainer optimises: distillation via the losses registry, and the scratch baseline.
+"""Objectives the trainer optimises, each `(model, batch) -> (mean loss, {part: value})`: distillation
+through the losses registry and a scheme's teacher, and hard labels alone (the baselines).
 
-Until (or where) `edgekd.losses.build_loss` is unavailable, `ResponseKD` computes the response loss
-through `kernels.kd_loss` with the same call shape, so the trainer never changes.
+The trainer passes the model it trains (DDP-wrapped where distributed), so an objective never holds one.
 """
 
 from __future__ import annotations
@@ -11,62 +11,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from edgekd import kernels
 from edgekd.errors import EdgekdError
-
-
-def shift_for_lm(student_logits, teacher_logits, labels):
-    """Causal LM: position t predicts token t+1, so drop the last position and the first label."""
-    return student_logits[:, :-1], teacher_logits[:, :-1], labels[:, 1:]
-
-
-def eager_kd_loss(s, t, labels, *, temperature, alpha, divergence="forward_kl", beta=0.5, ignore_index=-100):
-    """The DESIGN.md loss in plain PyTorch autograd (float32): the benchmark's unfused comparison."""
-    V = s.shape[-1]
-    s = s.reshape(-1, V).float()
-    t = t.reshape(-1, V).float()
-    lab = labels.reshape(-1) if labels is not None else None
-    ls = F.log_softmax(s / temperature, -1)
-    lt = F.log_softmax(t / temperature, -1)
-    if divergence == "forward_kl":
-        d = (lt.exp() * (lt - ls)).sum(-1)
-    elif divergence == "reverse_kl":
-        d = (ls.exp() * (ls - lt)).sum(-1)
-    else:
-        p, q = lt.exp(), ls.exp()
-        m = (beta * p + (1 - beta) * q).clamp_min(1e-30).log()
-        d = beta * (p * (lt - m)).sum(-1) + (1 - beta) * (q * (ls - m)).sum(-1)
-    d = d * temperature ** 2
-    if lab is None:
-        return (alpha * d).mean()
-    keep = lab != ignore_index
-    ce = F.cross_entropy(s, lab.clamp_min(0), reduction="none")
-    row = alpha * d + (1 - alpha) * ce
-    return (row * keep).sum() / keep.sum().clamp_min(1)
-
-
-class ResponseKD(torch.nn.Module):
-    """α·T²·KL(teacher‖student at T) + (1−α)·CE, through the fused kernel (or eager PyTorch)."""
-
-    needs_hidden_states = False
-    needs_attentions = False
-
-    def __init__(self, temperature: float = 2.0, alpha: float = 0.5, divergence: str = "forward_kl",
-                 beta: float = 0.5, impl: str = "fused", causal: bool = True):
-        super().__init__()
-        self.temperature, self.alpha, self.divergence, self.beta = temperature, alpha, divergence, beta
-        self.impl, self.causal = impl, causal
-
-    def forward(self, student_out, teacher_out, labels, attention_mask=None):
-        s, t = student_out.logits, teacher_out.logits
-        if self.causal and s.dim() == 3:
-            s, t, labels = shift_for_lm(s, t, labels)
-        kw = dict(temperature=self.temperature, alpha=self.alpha, divergence=self.divergence, beta=self.beta)
-        if self.impl == "eager":
-            loss = eager_kd_loss(s, t.detach(), labels, **kw)
-        else:
-            loss = kernels.kd_loss(s, t.detach(), labels, **kw)
-        return loss, {"kd": loss.detach()}
 
 
 def ce_loss(logits: torch.Tensor, labels: torch.Tensor, causal: bool) -> torch.Tensor:
@@ -75,43 +20,73 @@ def ce_loss(logits: torch.Tensor, labels: torch.Tensor, causal: bool) -> torch.T
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=-100)
 
 
-def scratch_objective(model, causal: bool):
-    """Hard-label cross-entropy only: the baseline distillation has to beat."""
-    def objective(batch):
+def hard_label_objective(causal: bool):
+    """Hard-label cross-entropy only: what a baseline (or the built-in teacher) trains on."""
+    def objective(model, batch):
         out = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"))
         loss = ce_loss(out.logits, batch["labels"], causal)
         return loss, {"ce": loss.detach()}
     return objective
 
 
+class DistillObjective:
+    """The student's forward (producing what the loss reads), the scheme's teacher outputs, the loss;
+    the hard-label CE is logged beside the loss's own parts."""
+
+    def __init__(self, loss_fn, scheme, causal: bool):
+        self.loss_fn, self.scheme, self.causal = loss_fn, scheme, causal
+
+    def __call__(self, model, batch):
+        from edgekd.losses import forward_for_loss
+
+        s_out = forward_for_loss(model, batch, self.loss_fn)
+        with torch.no_grad():
+            t_out = self.scheme.teacher_outputs(batch, s_out)
+        total, parts = self.loss_fn(s_out, t_out, batch["labels"], attention_mask=batch.get("attention_mask"))
+        parts = dict(parts or {})
+        if getattr(s_out, "logits", None) is not None:
+            parts["ce"] = ce_loss(s_out.logits.detach(), batch["labels"], self.causal)
+        return total, parts
+
+
+class EagerKD(torch.nn.Module):
+    """α·T²·KL + (1−α)·CE in plain PyTorch (`loss_impl="eager"`): the trainer benchmark's unfused loss."""
+
+    def __init__(self, temperature: float, alpha: float, divergence: str = "forward_kl", beta: float = 0.5,
+                 causal: bool = True):
+        super().__init__()
+        self.temperature, self.alpha, self.divergence, self.beta, self.causal = temperature, alpha, divergence, beta, causal
+
+    def forward(self, student_out, teacher_out, labels, attention_mask=None):
+        s, t = student_out.logits, teacher_out.logits
+        if self.causal and s.dim() == 3:
+            s, t, labels = s[:, :-1], t[:, :-1], labels[:, 1:]
+        from edgekd.kernels.reference import eager_kd_loss
+
+        loss = eager_kd_loss(s, t.detach(), labels, temperature=self.temperature, alpha=self.alpha,
+                             divergence=self.divergence, beta=self.beta)
+        return loss, {"kd": loss.detach()}
+
+
+RESPONSE_LOSSES = ("kd", "mse_logits", "kd_fused_linear")
+
+
 def build_response_loss(spec: Optional[list], student_config, teacher_config, *, temperature: float,
                         alpha: float, impl: str = "fused", causal: bool = True,
                         student_params: Optional[int] = None, teacher_params: Optional[int] = None):
-    """The losses registry's loss (response terms get the run's T and alpha unless the spec sets them);
-    the built-in `ResponseKD` when the registry is absent or the eager loss is asked for."""
-    try:
-        from edgekd.losses import build_loss
-    except ImportError:
-        build_loss = None
-    if build_loss is not None and impl == "fused":
-        if spec is None:
-            spec = [{"name": "kd", "weight": 1.0, "temperature": temperature, "alpha": alpha}]
-        else:
-            filled = []
-            for item in spec:
-                item = {"name": item} if isinstance(item, str) else dict(item)
-                if item.get("name") in ("kd", "mse_logits", "kd_fused_linear"):
-                    item.setdefault("temperature", temperature)
-                    item.setdefault("alpha", alpha)
-                filled.append(item)
-            spec = filled
-        return build_loss(spec, student_config, teacher_config, causal=causal,
-                          student_params=student_params, teacher_params=teacher_params)
-    if spec:
-        for item in spec:
-            if item.get("name") not in ("kd", "response"):
-                raise EdgekdError(f"unknown loss {item.get('name')!r}: without the losses registry only 'kd' is known")
-        item = spec[0]
-        return ResponseKD(item.get("temperature", temperature), item.get("alpha", alpha),
-                          item.get("divergence", "forward_kl"), item.get("beta", 0.5), impl, causal)
-    return ResponseKD(temperature, alpha, impl=impl, causal=causal)
+    """The losses registry's loss for `spec` (its response terms get the run's T and α unless the spec
+    sets them); `impl="eager"`: the plain-PyTorch KD loss (one 'kd' term only)."""
+    from edgekd.losses import build_loss
+
+    items = [{"name": i} if isinstance(i, str) else dict(i) for i in (spec or [{"name": "kd", "weight": 1.0}])]
+    for item in items:
+        if item.get("name") in RESPONSE_LOSSES:
+            item.setdefault("temperature", temperature)
+            item.setdefault("alpha", alpha)
+    if impl == "eager":
+        if len(items) != 1 or items[0].get("name") != "kd":
+            raise EdgekdError("loss_impl 'eager' computes the 'kd' loss alone: drop --loss or use the fused loss")
+        it = items[0]
+        return EagerKD(it["temperature"], it["alpha"], it.get("divergence", "forward_kl"), it.get("beta", 0.5), causal)
+    return build_loss(items, student_config, teacher_config, causal=causal,
+                      student_params=student_params, teacher_params=teacher_params)

@@ -68,8 +68,9 @@ def counted_tokens(batch: dict, kind: str) -> int:
     return int(mask.sum())
 
 
-# An objective maps a micro-batch to (mean loss over its counted rows, dict of float parts).
-Objective = Callable[[dict], tuple]
+# An objective maps (the model being trained, a micro-batch) to (mean loss over its counted rows, dict of
+# float parts): the trainer passes its (DDP-wrapped) model, so no objective holds a reference to one.
+Objective = Callable[[torch.nn.Module, dict], tuple]
 
 
 class Trainer:
@@ -224,7 +225,7 @@ class Trainer:
             ctx = self.ddp_model.no_sync() if (not sync and self.world > 1) else _null()
             with ctx:
                 with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-                    loss, parts = self.objective(m)
+                    loss, parts = self.objective(self.ddp_model, m)
                 # mean over this micro-batch -> its share of the step's global mean; DDP averages
                 # gradients over processes, so multiply back by the world size.
                 scaled = loss.float() * (n / total) * self.world

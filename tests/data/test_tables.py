@@ -93,7 +93,8 @@ def test_dataset_split_gets_its_own_token_cache(tmp_path, monkeypatch):
     from edgekd.data.batching import encode_texts
     from edgekd.data.cache import split_tokens
     from edgekd.data.tokenizer import train_tokenizer
-    from edgekd.distill.run import DistillConfig, _Data
+    from edgekd.distill.config import DistillConfig
+    from edgekd.distill.data import RunData
 
     monkeypatch.setenv("EDGEKD_CACHE", str(tmp_path / "cache"))
     texts = [f"record number {i} says {'abc'[i % 3] * (i % 7 + 1)}" for i in range(200)]
@@ -106,8 +107,8 @@ def test_dataset_split_gets_its_own_token_cache(tmp_path, monkeypatch):
     assert a.digest == b.digest and a.validation != b.validation  # what the old key saw as the same data
     split_tokens(a, "validation", tok), split_tokens(a, "train", tok)  # fill the cache with a's splits first
     assert split_tokens(b, "validation", tok).tolist() == encode_texts(texts[150:], tok).tolist()
-    data = _Data(DistillConfig(data=str(tmp_path / "dd"), seq_len=8, eval_blocks=1000), tok, "causal-lm", 0, 1, 64)
+    data = RunData(DistillConfig(data=str(tmp_path / "dd"), seq_len=8, eval_blocks=1000), tok, "causal-lm", 0, 1, 64)
     held_out = encode_texts(texts[150:], tok)
     n = held_out.numel() // 8 * 8
-    assert data.val_blocks.reshape(-1).tolist() == held_out[:n].tolist()
+    assert data.heldout_ids.reshape(-1).tolist() == held_out[:n].tolist()
     assert len(list((tmp_path / "cache" / "tokens").glob("validation-*.safetensors"))) == 2

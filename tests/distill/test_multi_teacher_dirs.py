@@ -47,7 +47,7 @@ def test_teachers_from_scheme_config_are_loaded_and_mixed(teacher_dir, second_te
     out = run(DistillConfig(teacher=str(teacher_dir), data=str(text_dir), scheme="multi_teacher",
                             scheme_config={"teachers": [str(second_teacher)], "weights": [3, 1]}, steps=2, seq_len=16,
                             batch_size=4, out=str(tmp_path / "run"), scratch=False, eval_blocks=2,
-                            calibration_batches=1, quiet=True, compute="cpu"))
+                            init_batches=1, quiet=True, torch_device="cpu")).out
     assert len(seen["teachers"]) == 2 and seen["kw"] == {"weights": [3, 1]}
     assert json.loads((out / "config.json").read_text())["scheme_config"]["teachers"] == [str(second_teacher)]
 
@@ -73,23 +73,25 @@ def test_teacher_with_another_vocabulary_is_one_line_exit_2(teacher_dir, text_di
 
 
 def test_teachers_must_be_a_list_of_directories(teacher_dir):
-    from edgekd.distill.run import DistillConfig, _extra_teachers
+    from edgekd.distill import DistillConfig
+    from edgekd.distill.schemes import MultiTeacherScheme
     from edgekd.errors import EdgekdError
     from edgekd.models.loading import load_model
 
     t, _, _ = load_model(teacher_dir, with_tokenizer=False)
-    cfg = DistillConfig(scheme="multi_teacher", scheme_config={"teachers": "x"})
+    cfg = DistillConfig(scheme="multi_teacher")
     with pytest.raises(EdgekdError, match="teachers must be a list"):
-        _extra_teachers(cfg, t)
-    same = DistillConfig(teacher=str(teacher_dir), scheme="multi_teacher", scheme_config={"teachers": [str(teacher_dir)]})
-    assert len(_extra_teachers(same, t)) == 1
+        MultiTeacherScheme.extra_teachers(cfg, t, "x")
+    same = DistillConfig(teacher=str(teacher_dir), scheme="multi_teacher")
+    assert len(MultiTeacherScheme.extra_teachers(same, t, [str(teacher_dir)])) == 1
 
 
 def test_teacher_with_another_token_map_is_an_error(teacher_dir, second_teacher, tmp_path):
     """Same vocabulary size, different token -> id map: the teachers' logits mean different tokens."""
     import shutil
 
-    from edgekd.distill.run import DistillConfig, _extra_teachers
+    from edgekd.distill import DistillConfig
+    from edgekd.distill.schemes import MultiTeacherScheme
     from edgekd.errors import EdgekdError
     from edgekd.models.loading import load_model
 
@@ -101,6 +103,6 @@ def test_teacher_with_another_token_map_is_an_error(teacher_dir, second_teacher,
     vocab[a], vocab[b] = vocab[b], vocab[a]
     (other / "tokenizer.json").write_text(json.dumps(tj))
     t, _, _ = load_model(teacher_dir, with_tokenizer=False)
-    cfg = DistillConfig(teacher=str(teacher_dir), scheme="multi_teacher", scheme_config={"teachers": [str(other)]})
+    cfg = DistillConfig(teacher=str(teacher_dir), scheme="multi_teacher")
     with pytest.raises(EdgekdError, match="tokenizer differs"):
-        _extra_teachers(cfg, t)
+        MultiTeacherScheme.extra_teachers(cfg, t, [str(other)])

@@ -28,7 +28,7 @@ def _cfg(teacher_dir, text_dir, out, **kw):
 @pytest.fixture(scope="module")
 def tiny_run(teacher_dir, text_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "run"
-    return run(_cfg(teacher_dir, text_dir, out, temperature="auto", target="android-arm64", latency_budget_ms=20.0))
+    return run(_cfg(teacher_dir, text_dir, out, temperature="auto")).out
 
 
 def test_run_directory_and_report(tiny_run):
@@ -44,7 +44,7 @@ def test_run_directory_and_report(tiny_run):
             assert isinstance(rep[who][k], (int, float)) and rep[who][k] > 0, (who, k)
     assert rep["teacher"]["top1_agreement"] == 1.0 and 0 <= rep["student"]["top1_agreement"] <= 1
     assert rep["student"]["params"] == rep["scratch"]["params"] < rep["teacher"]["params"]
-    assert rep["target"] == "android-arm64" and rep["latency_budget_ms"] == 20.0
+    assert rep["target"] is None and rep["latency_budget_ms"] is None  # the job's: the engine has no target
     cfg = json.loads((out / "config.json").read_text())
     # auto temperature: log2(teacher/student params) + 1
     import math
@@ -73,7 +73,7 @@ def test_interrupted_run_resumes_to_the_same_student(teacher_dir, text_dir, tmp_
         return orig(self)
 
     out = tmp_path / "r"
-    cfg = _cfg(teacher_dir, text_dir, out, temperature="auto", target="android-arm64", latency_budget_ms=20.0)
+    cfg = _cfg(teacher_dir, text_dir, out, temperature="auto")
     monkeypatch.setattr(trainer_mod.Trainer, "train_step", boom)
     with pytest.raises(KeyboardInterrupt):
         run(cfg)

@@ -23,7 +23,7 @@ def _report(out):
 def test_progressive_run_is_a_chain_of_shrinking_students(teacher_dir, text_dir, tmp_path):
     student = {"num_hidden_layers": 1, "hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2,
                "num_key_value_heads": 2}
-    out = run(_cfg(teacher_dir, text_dir, tmp_path / "run", steps=5, scheme="progressive", student=student))
+    out = run(_cfg(teacher_dir, text_dir, tmp_path / "run", steps=5, scheme="progressive", student=student)).out
     rep, cfg = _report(out)
     stages = rep["distillation"]["stages"]
     assert len(stages) >= 2
@@ -50,7 +50,7 @@ def test_progressive_explicit_sizes_and_bad_sizes(teacher_dir, text_dir, tmp_pat
 
     sizes = [{"num_hidden_layers": 3}, {"num_hidden_layers": 2, "intermediate_size": 96}]
     out = run(_cfg(teacher_dir, text_dir, tmp_path / "run", steps=3, scheme="progressive", scratch=False,
-                   scheme_config={"sizes": sizes}))
+                   scheme_config={"sizes": sizes})).out
     stages = _report(out)[0]["distillation"]["stages"]
     assert [s["config"]["num_hidden_layers"] for s in stages] == [3, 2, 2]
     assert stages[1]["config"]["intermediate_size"] == 96 and [s["steps"] for s in stages] == [1, 1, 1]
@@ -85,7 +85,7 @@ def test_sequence_run_trains_on_the_teacher_generations(teacher_dir, text_dir, t
     trainer_mod.Trainer.train_step = spy
     try:
         out = run(_cfg(teacher_dir, text_dir, tmp_path / "run", steps=3, scheme="sequence", scratch=False,
-                       scheme_config={"num_prompts": 4, "prompt_len": 8, "max_new_tokens": 12}))
+                       scheme_config={"num_prompts": 4, "prompt_len": 8, "max_new_tokens": 12})).out
     finally:
         trainer_mod.Trainer.train_step = orig
     rep, cfg = _report(out)
@@ -111,7 +111,7 @@ def test_sequence_run_trains_on_the_teacher_generations(teacher_dir, text_dir, t
 def test_offline_cache_is_built_by_the_first_run_and_reused_by_the_next(teacher_dir, text_dir, tmp_path):
     cache = tmp_path / "cache"
     sc = {"cache": str(cache), "cache_k": 8}
-    out1 = run(_cfg(teacher_dir, text_dir, tmp_path / "r1", scratch=False, scheme_config=sc))
+    out1 = run(_cfg(teacher_dir, text_dir, tmp_path / "r1", scratch=False, scheme_config=sc)).out
     index = json.loads((cache / "index.json").read_text())
     shards = sorted(cache.glob("shard-*.safetensors"))
     assert shards and index["k"] == 8 and index["num_examples"] > 0
@@ -119,7 +119,7 @@ def test_offline_cache_is_built_by_the_first_run_and_reused_by_the_next(teacher_
     rep1, cfg1 = _report(out1)
     assert cfg1["teacher_cache"] == {"path": str(cache), "built": True}
 
-    out2 = run(_cfg(teacher_dir, text_dir, tmp_path / "r2", scratch=False, scheme_config=sc))
+    out2 = run(_cfg(teacher_dir, text_dir, tmp_path / "r2", scratch=False, scheme_config=sc)).out
     rep2, cfg2 = _report(out2)
     assert cfg2["teacher_cache"]["built"] is False and rep2["distillation"]["teacher_cache"]["built"] is False
     assert {p.name: (p.stat().st_mtime_ns, p.stat().st_ino) for p in [cache / "index.json", *shards]} == stamps
@@ -133,7 +133,7 @@ def test_progressive_run_resumes_mid_chain_to_the_same_student(teacher_dir, text
     from edgekd.distill import trainer as trainer_mod
 
     kw = dict(steps=4, scheme="progressive", scratch=False, checkpoint_every=1)
-    whole = run(_cfg(teacher_dir, text_dir, tmp_path / "whole", **kw))
+    whole = run(_cfg(teacher_dir, text_dir, tmp_path / "whole", **kw)).out
     orig = trainer_mod.Trainer.train_step
 
     def boom(self):
@@ -145,7 +145,7 @@ def test_progressive_run_resumes_mid_chain_to_the_same_student(teacher_dir, text
     with pytest.raises(KeyboardInterrupt):
         run(_cfg(teacher_dir, text_dir, tmp_path / "cut", **kw))
     monkeypatch.setattr(trainer_mod.Trainer, "train_step", orig)
-    cut = run(DistillConfig(out=str(tmp_path / "cut"), resume=True, quiet=True))
+    cut = run(DistillConfig(out=str(tmp_path / "cut"), resume=True, quiet=True)).out
     a, b = load_file(whole / "student" / "model.safetensors"), load_file(cut / "student" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert _report(whole)[0]["distillation"]["stages"] == _report(cut)[0]["distillation"]["stages"]

@@ -6,8 +6,9 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from edgekd.distill.schemes import (SCHEMES, SequenceData, TeacherCache, build_scheme, ema_update,
-                                    generate_sequence_data, progressive_chain)
+from edgekd.data.teacher_cache import TeacherCache
+from edgekd.distill.schemes import (SCHEMES, SequenceData, build_scheme, ema_update, generate_sequence_data,
+                                    stage_configs)
 from edgekd.errors import EdgekdError
 from edgekd.losses import LossInputs, build_loss, forward_for_loss
 
@@ -223,47 +224,25 @@ def test_online_student_loss_does_not_move_the_teacher():
     assert all(p.grad is None or p.grad.abs().sum() == 0 for p in t.parameters())
 
 
-def _tiny_train_fn(calls):
-    """Really distill: a few AdamW steps of the default KD loss on fixed blocks."""
-    def train_fn(teacher, config):
-        torch.manual_seed(len(calls))
-        student = LlamaForCausalLM(config)
-        loss_fn = build_loss(None, config, teacher.config)
-        batch = lm_batch(blocks(4, 10, seed=3))
-        opt = torch.optim.AdamW(student.parameters(), lr=1e-2)
-        losses = []
-        for _ in range(8):
-            with torch.no_grad():
-                t_out = teacher(input_ids=batch["input_ids"])
-            total, _ = loss_fn(student(input_ids=batch["input_ids"]), t_out, batch["labels"])
-            opt.zero_grad()
-            total.backward()
-            opt.step()
-            losses.append(total.item())
-        calls.append({"teacher": teacher, "student": student, "losses": losses})
-        return student
-    return train_fn
+def test_progressive_stage_configs_shrink_each_stage():
+    """The plan's chain: each stage smaller than the one before, derived fields recomputed, bad sizes refused
+    before any training (that each stage is taught by the previous one is test_run_schemes' progressive run)."""
+    from edgekd.distill.schemes import params_of, shrunk_config
 
-
-def test_progressive_chain_shrinks_each_stage_taught_by_the_previous():
     teacher = llama(4, 32, heads=4, seed=1)
-    calls = []
-    chain = progressive_chain(teacher, [{"num_hidden_layers": 3, "hidden_size": 24, "intermediate_size": 48},
-                                        {"num_hidden_layers": 2, "hidden_size": 16, "intermediate_size": 32,
-                                         "num_attention_heads": 2, "num_key_value_heads": 2}],
-                              _tiny_train_fn(calls))
-    sizes = [sum(p.numel() for p in m.parameters()) for m in [teacher] + chain]
-    assert sizes == sorted(sizes, reverse=True) and len(set(sizes)) == 3
-    assert calls[0]["teacher"] is teacher and calls[1]["teacher"] is chain[0]
-    assert [c["student"] for c in calls] == chain
-    assert chain[0].config.num_hidden_layers == 3 and chain[1].config.hidden_size == 16
-    assert chain[1].config.head_dim == 8  # derived fields recomputed
-    for c in calls:
-        assert c["losses"][-1] < c["losses"][0]
+    sizes = [{"num_hidden_layers": 3, "hidden_size": 24, "intermediate_size": 48},
+             {"num_hidden_layers": 2, "hidden_size": 16, "intermediate_size": 32, "num_attention_heads": 2,
+              "num_key_value_heads": 2}]
+    student = shrunk_config(shrunk_config(shrunk_config(teacher.config, sizes[0]), sizes[1]), {"num_hidden_layers": 1})
+    configs = stage_configs(sizes, teacher, student)
+    params = [params_of(LlamaForCausalLM, c) for c in [teacher.config] + configs]
+    assert params == sorted(params, reverse=True) and len(set(params)) == 4
+    assert configs[0].num_hidden_layers == 3 and configs[1].hidden_size == 16 and configs[-1] is student
+    assert configs[1].head_dim == 8  # derived fields recomputed
     with pytest.raises(EdgekdError, match="not smaller"):
-        progressive_chain(teacher, [{"num_hidden_layers": 4}], _tiny_train_fn([]))
+        stage_configs([{"num_hidden_layers": 4}], teacher, student)
     with pytest.raises(EdgekdError, match="unknown config field"):
-        progressive_chain(teacher, [{"num_layerz": 2}], _tiny_train_fn([]))
+        stage_configs([{"num_layerz": 2}], teacher, student)
 
 
 def test_sequence_level_returns_the_teacher_generations():
@@ -330,6 +309,6 @@ def test_schemes_and_losses_run_in_the_engine(teacher_dir, text_dir, tmp_path, s
 
     out = run({"teacher": str(teacher_dir), "data": str(text_dir), "steps": 2, "out": str(tmp_path / "run"),
                "scheme": scheme, "scheme_config": cfg, "loss": loss, "scratch": False, "quiet": True, "seq_len": 32,
-               "batch_size": 2, "eval_blocks": 2, "teachers": [str(teacher_dir)] if scheme == "multi_teacher" else []})
+               "batch_size": 2, "eval_blocks": 2, "teachers": [str(teacher_dir)] if scheme == "multi_teacher" else []}).out
     report = json.loads((out / "report.json").read_text())
     assert report["student"]["eval_loss"] > 0

@@ -82,8 +82,8 @@ def test_nan_guard_skips_and_reports_the_step(capsys):
     stream = BlockStream(torch.randint(0, 64, (2000,)), 16, 4, seed=0)
     calls = {"n": 0}
 
-    def objective(batch):
-        loss = ce_loss(model(input_ids=batch["input_ids"]).logits, batch["labels"], True)
+    def objective(m, batch):
+        loss = ce_loss(m(input_ids=batch["input_ids"]).logits, batch["labels"], True)
         calls["n"] += 1
         if calls["n"] == 3:  # step 2 produces a NaN
             loss = loss * float("nan")

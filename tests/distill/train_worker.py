@@ -50,8 +50,8 @@ def main():
     cls = MaskedStream if "--mask-some" in args else BlockStream
     stream = cls(tokens, 16, 4, seed=2, rank=rank, world=world)
 
-    def objective(batch):
-        out_ = trainer.ddp_model(input_ids=batch["input_ids"])
+    def objective(m, batch):
+        out_ = m(input_ids=batch["input_ids"])
         loss = ce_loss(out_.logits, batch["labels"], True)
         return loss, {"ce": loss.detach()}
 

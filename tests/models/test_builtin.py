@@ -6,7 +6,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from edgekd.models.builtin import BUILTIN_DIR, RECIPE, train_builtin_teacher
+from edgekd.distill.teacher import train_builtin_teacher
+from edgekd.models.builtin import BUILTIN_DIR, RECIPE
 
 
 @pytest.mark.slow

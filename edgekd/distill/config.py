@@ -1,0 +1,150 @@
+"""The engine's configuration: what one distillation run depends on (RUN/config.json is it, resolved).
+
+The job's fields (target, budget, where to profile) are not here: they live in the job's config
+(`edgekd.pipeline.JobConfig`), which nests this one.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Optional, Union
+
+from edgekd.errors import EdgekdError
+
+DEFAULT_STEPS = 300
+
+
+@dataclass
+class DistillConfig:
+    """Everything a run depends on; RUN/config.json is this, fully resolved."""
+
+    teacher: str = "builtin"
+    data: str = "builtin"
+    text_column: Optional[str] = None              # tables (.csv, .parquet, .jsonl, saved data sets); None: text, sentence, ...
+    label_column: Optional[str] = None             # None: label or labels, where there is one
+    student: Optional[Union[str, dict]] = None
+    steps: Optional[int] = None
+    out: Optional[str] = None
+    resume: bool = False
+    temperature: Union[float, str] = 2.0          # or "auto": log2(teacher/student params) + 1
+    alpha: float = 0.5
+    loss: Optional[Union[str, list]] = None       # JSON list, path to one, or a loss name
+    scheme: str = "offline"
+    scheme_config: dict = field(default_factory=dict)
+    teachers: list = field(default_factory=list)  # extra teachers (multi_teacher)
+    seed: int = 0
+    torch_device: Optional[str] = None             # torch device to train on; None: cuda if present
+    batch_size: int = 8
+    micro_batch_size: Optional[int] = None
+    seq_len: int = 256
+    lr: float = 2e-3
+    warmup_steps: Optional[int] = None
+    checkpoint_every: Optional[int] = None
+    eval_blocks: int = 48
+    scratch: bool = True
+    student_init: str = "teacher"
+    init_batches: int = 4                          # batches the student's initialisation may look at
+    loss_impl: str = "fused"                       # "eager": plain PyTorch loss (benchmarks)
+    bf16: Optional[bool] = None
+    threads: Optional[int] = None
+    quiet: bool = False
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DistillConfig":
+        """Unknown keys are an error naming them (a typo must not be silently ignored)."""
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise EdgekdError(f"unknown distill option(s) {', '.join(unknown)}: the engine takes {', '.join(sorted(names))}")
+        return cls(**d)
+
+
+# Fields that may differ on --resume: they change how a run is watched, not what it computes.
+RESUME_FREE = ("resume", "quiet", "out", "threads")
+
+
+def changed_fields(given: dict, saved: dict, defaults: dict, free: tuple = RESUME_FREE) -> list[str]:
+    """The options a --resume was given that disagree with the saved run: set (not at their default)
+    and different from what the run saved. The saved config may hold resolved values (steps, a loss
+    spec), so an option left at its default never counts as changed."""
+    out = []
+    for k, v in given.items():
+        if k in free or k not in saved or v == defaults.get(k) or _same(v, saved[k]):
+            continue
+        out.append(k)
+    return out
+
+
+def _same(a, b) -> bool:
+    return json.loads(json.dumps(a, default=str)) == json.loads(json.dumps(b, default=str))
+
+
+def resume_config(cfg: DistillConfig, out: Path) -> DistillConfig:
+    """The saved config of the run in `out`, for --resume; flags that disagree with it are an error."""
+    saved_path = out / "config.json"
+    if not saved_path.is_file():
+        raise EdgekdError(f"nothing to resume in {out} (no config.json): start a run there without --resume")
+    saved = _read_json(saved_path, "is corrupt: start a new run with another --out")
+    saved["temperature"] = saved.get("temperature_requested", saved.get("temperature"))
+    changed = changed_fields(asdict(cfg), saved, asdict(DistillConfig()))
+    if changed:
+        what = ", ".join(f"{k} (given {getattr(cfg, k)!r}, the run has {saved[k]!r})" for k in changed)
+        raise EdgekdError(f"--resume continues the run as it was configured; these options differ: {what}. "
+                          f"Drop them, or start a new run with another --out")
+    names = {f.name for f in fields(DistillConfig)}
+    resumed = DistillConfig(**{k: v for k, v in saved.items() if k in names})
+    resumed.resume, resumed.quiet, resumed.out, resumed.threads = True, cfg.quiet, str(out), cfg.threads or resumed.threads
+    return resumed
+
+
+def _read_json(path: Path, problem: str):
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise EdgekdError(f"{path} {problem} ({getattr(e, 'msg', type(e).__name__)})") from e
+
+
+def resolve_out(cfg: DistillConfig) -> Path:
+    """Absolute: nothing downstream may depend on the current directory."""
+    if cfg.out:
+        return Path(cfg.out).expanduser().absolute()
+    return Path.cwd() / "runs" / time.strftime("distill-%Y%m%d-%H%M%S")
+
+
+def parse_loss_spec(loss) -> Optional[list]:
+    """--loss: a JSON list, a path to a JSON file, or a bare loss name."""
+    if loss is None or isinstance(loss, list):
+        return loss
+    if isinstance(loss, dict):
+        return [loss]
+    s = str(loss).strip()
+    if s.startswith("[") or s.startswith("{"):
+        try:
+            v = json.loads(s)
+        except json.JSONDecodeError as e:
+            raise EdgekdError(f"--loss is not valid JSON ({e.msg}): pass e.g. '[{{\"name\": \"kd\", \"weight\": 1}}]'") from e
+        return v if isinstance(v, list) else [v]
+    p = Path(s)
+    if p.suffix == ".json":
+        if not p.is_file():
+            raise EdgekdError(f"loss spec file {p} does not exist")
+        v = _read_json(p, "is not valid JSON: fix the loss spec")
+        return v if isinstance(v, list) else [v]
+    return [{"name": n.strip(), "weight": 1.0} for n in s.split("+")]
+
+
+def validate(cfg: DistillConfig) -> None:
+    """Every option of the run, checked before anything is loaded or written (edgekd.checks)."""
+    from edgekd import checks
+    from edgekd.distill.schemes import SCHEMES
+    from edgekd.models.loading import read_config_dict, resolve_model_dir
+
+    if cfg.scheme not in SCHEMES:
+        raise EdgekdError(f"unknown scheme {cfg.scheme!r}: choose one of {', '.join(SCHEMES)}")
+    if cfg.loss_impl not in ("fused", "eager"):
+        raise EdgekdError(f"unknown loss implementation {cfg.loss_impl!r}: use 'fused' or 'eager'")
+    teacher_config = read_config_dict(resolve_model_dir(cfg.teacher)) if cfg.teacher == "builtin" else None
+    checks.distill_inputs(asdict(cfg), teacher_config)

@@ -1,0 +1,62 @@
+"""A run's data: the corpus encoded with the teacher's tokenizer, as a resumable training stream
+and fixed held-out batches (the same for every model the run evaluates)."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from edgekd.errors import EdgekdError
+from edgekd.models.loading import CLASSIFIER
+
+EVAL_BATCH_LM, EVAL_BATCH_CLASSIFIER = 8, 16
+
+
+class RunData:
+    """`stream(position, seed)` gives the training stream from a batch position; `eval_batches` are the
+    held-out batches; `heldout_ids` the held-out token rows ([n, seq_len], causal LMs; None for classifiers)."""
+
+    def __init__(self, cfg, tokenizer, kind: str, rank: int, world: int, max_positions: Optional[int]):
+        from edgekd.data.corpus import load_corpus
+
+        corpus = load_corpus(cfg.data, cfg.text_column, cfg.label_column)
+        self.digest = corpus.digest
+        self.seq_len = min(cfg.seq_len, max_positions or cfg.seq_len)
+        self.batch_size, self.seed, self.rank, self.world = cfg.batch_size, cfg.seed, rank, world
+        if kind == CLASSIFIER:
+            self._classifier(cfg, corpus, tokenizer)
+        else:
+            self._causal_lm(cfg, corpus, tokenizer)
+
+    def _classifier(self, cfg, corpus, tokenizer) -> None:
+        from edgekd.data.batching import ClassificationStream
+
+        if not corpus.is_classification:
+            raise EdgekdError(f"the teacher is a classifier but data {cfg.data} has no labels: give JSONL or a data "
+                              f"set with a 'label' field")
+        self._make = lambda pos, seed: ClassificationStream(corpus.train, corpus.train_labels, tokenizer, self.seq_len,
+                                                            self.batch_size, seed, self.rank, self.world, pos)
+        n, b = min(len(corpus.validation), cfg.eval_blocks * 4), EVAL_BATCH_CLASSIFIER
+        vs = ClassificationStream(corpus.validation, corpus.validation_labels, tokenizer, self.seq_len, b, 0)
+        self.eval_batches = [{"input_ids": vs.ids[i:i + b], "attention_mask": vs.mask[i:i + b],
+                              "labels": vs.labels[i:i + b]} for i in range(0, n, b)]
+        self.example_ids, self.heldout_ids = vs.ids[:4], None
+
+    def _causal_lm(self, cfg, corpus, tokenizer) -> None:
+        from edgekd.data.batching import BlockStream, eval_blocks
+        from edgekd.data.cache import split_tokens
+
+        train = split_tokens(corpus, "train", tokenizer)
+        val = split_tokens(corpus, "validation", tokenizer)
+        if any(t.numel() and int(t.max()) >= len(tokenizer) for t in (train, val)):  # none: too little data
+            raise EdgekdError("the tokenizer produced ids outside its vocabulary: the teacher's tokenizer is corrupt")
+        self._make = lambda pos, seed: BlockStream(train, self.seq_len, self.batch_size, seed, self.rank, self.world, pos)
+        vb, b = eval_blocks(val, self.seq_len, cfg.eval_blocks), EVAL_BATCH_LM
+        self.eval_batches = [{"input_ids": vb[i:i + b], "attention_mask": torch.ones_like(vb[i:i + b]),
+                              "labels": vb[i:i + b]} for i in range(0, len(vb), b)]
+        self.example_ids, self.heldout_ids = vb, vb
+
+    def stream(self, position: int = 0, seed: Optional[int] = None):
+        """The training stream from global batch `position` (seed: the run's unless given)."""
+        return self._make(position, self.seed if seed is None else seed)

@@ -1,0 +1,86 @@
+"""`edgekd teacher train`: the built-in teacher trained from its recipe (edgekd.models.builtin.RECIPE)
+by the same trainer and hard-label objective as every other model edgekd trains.
+
+The recipe trains on CPU with one thread: bitwise equality holds for the same torch version, thread
+count and CPU kind (float reductions depend on how work is split and vectorised); elsewhere the
+result matches to float tolerance. Validation loss and the hashes of data and tokenizer are recorded
+in recipe.json so a reproduction can be checked.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from edgekd.errors import EdgekdError
+from edgekd.io import atomic_dir, write_json
+from edgekd.models.builtin import BUILTIN_DIR, RECIPE, make_readable
+
+
+def _recipe(steps: Optional[int], seed: Optional[int], threads: Optional[int]) -> dict:
+    r = dict(RECIPE)
+    if steps is not None:
+        if steps < 1:
+            raise EdgekdError(f"--steps must be at least 1, got {steps}")
+        r["steps"] = steps
+    r["seed"] = r["seed"] if seed is None else seed
+    r["threads"] = r["threads"] if threads is None else threads
+    return r
+
+
+def train_builtin_teacher(out: str | os.PathLike = BUILTIN_DIR, steps: Optional[int] = None,
+                          seed: Optional[int] = None, threads: Optional[int] = None, quiet: bool = False) -> Path:
+    """Train the built-in teacher from its recipe and write it (atomically) to `out`."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from edgekd.data.batching import BlockStream, encode_texts, eval_blocks
+    from edgekd.data.corpus import load_builtin
+    from edgekd.data.tokenizer import tokenizer_hash, train_tokenizer
+    from edgekd.distill.evaluate import evaluate
+    from edgekd.distill.objective import hard_label_objective
+    from edgekd.distill.trainer import TrainConfig, Trainer
+    from edgekd.models.loading import CAUSAL_LM
+
+    r = _recipe(steps, seed, threads)
+    torch.set_num_threads(r["threads"])
+    torch.manual_seed(r["seed"])
+    corpus = load_builtin()
+    tokenizer = train_tokenizer(corpus.train, vocab_size=r["config"]["vocab_size"])
+    val = eval_blocks(encode_texts(corpus.validation, tokenizer), r["seq_len"], r["eval_blocks"])
+    model = LlamaForCausalLM(LlamaConfig(**r["config"], bos_token_id=tokenizer.eos_token_id,
+                                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id))
+    stream = BlockStream(encode_texts(corpus.train, tokenizer), r["seq_len"], r["batch_size"], seed=r["seed"])
+    tc = TrainConfig(steps=r["steps"], batch_size=r["batch_size"], lr=r["lr"], min_lr_ratio=r["min_lr_ratio"],
+                     warmup_steps=r["warmup_steps"], weight_decay=r["weight_decay"], grad_clip=r["grad_clip"],
+                     checkpoint_every=0, seed=r["seed"], bf16=False)
+    t0 = time.time()
+    trainer = Trainer(model, hard_label_objective(causal=True), stream, tc, None, kind=CAUSAL_LM, label="teacher",
+                      quiet=quiet, device=torch.device("cpu"))
+    losses = [h["loss"] for h in trainer.train()]
+    batches = [{"input_ids": val[i:i + 16], "attention_mask": torch.ones_like(val[i:i + 16]), "labels": val[i:i + 16]}
+               for i in range(0, len(val), 16)]
+    val_loss = evaluate({}, model, batches, CAUSAL_LM)["teacher"]["eval_loss"]
+    recipe = r | {
+        "data": "builtin (Python standard library sources)", "data_hash": corpus.digest,
+        "python": platform.python_version(), "tokenizer_hash": tokenizer_hash(tokenizer),
+        "torch_version": torch.__version__, "train_tokens": r["steps"] * r["seq_len"] * r["batch_size"],
+        "final_train_loss": sum(losses[-20:]) / len(losses[-20:]), "final_validation_loss": val_loss,
+        "train_seconds": time.time() - t0,
+        "reproducibility": "bitwise equal for the same torch version, thread count and machine"}
+    with atomic_dir(out) as tmp:
+        model.save_pretrained(str(tmp), safe_serialization=True)
+        tokenizer.save_pretrained(str(tmp))
+        write_json(Path(tmp) / "recipe.json", recipe)
+        make_readable(Path(tmp))
+    if not quiet:
+        from edgekd.console import echo
+
+        echo(f"built-in teacher written to {out}: validation loss {val_loss:.4f} "
+             f"(perplexity {math.exp(val_loss):.1f}) after {r['steps']} steps")
+    return Path(out)
