@@ -85,6 +85,66 @@ def peak_mb(fn, base_bytes):
     return (torch.cuda.max_memory_allocated() - base_bytes) / 2**20
 
 
+def _methods(sweep_blocks: bool, no_eager: bool) -> list:
+    """(name, environment for the fused kernel, or None for eager)."""
+    methods = [("fused", {})]
+    if sweep_blocks:
+        methods += [(f"fused bps={k}", {"EDGEKD_CUDA_BLOCKS_PER_SM": str(k)}) for k in (1, 2, 3, 4)]
+    if not no_eager:
+        methods.append(("eager", None))
+    return methods
+
+
+def _time_method(env, s, t, lab, repeats, base):
+    """(ms, peak MB) of one method; NaN for both when it runs out of memory."""
+    if env is None:
+        fn = fwd_bwd(eager_step, s, t, lab)
+    else:
+        old = os.environ.pop("EDGEKD_CUDA_BLOCKS_PER_SM", None)
+        os.environ.update(env)
+        fn = fwd_bwd(fused_step, s, t, lab)
+    try:
+        return time_cuda(fn, repeats), peak_mb(fn, base)
+    except torch.OutOfMemoryError:
+        return float("nan"), float("nan")
+    finally:
+        if env is not None:
+            os.environ.pop("EDGEKD_CUDA_BLOCKS_PER_SM", None)
+            if old is not None:
+                os.environ["EDGEKD_CUDA_BLOCKS_PER_SM"] = old
+
+
+def bench_case(rows, V, dname, methods, repeats, bw) -> list[dict]:
+    """Every method on one (rows x V, dtype), printed against the HBM floor."""
+    dtype = DTYPES[dname]
+    g = torch.Generator(device="cuda").manual_seed(0)
+    s = torch.randn(rows, V, device="cuda", generator=g).to(dtype)
+    t = torch.randn(rows, V, device="cuda", generator=g).to(dtype)
+    lab = torch.randint(0, V, (rows,), device="cuda", generator=g)
+    esz = s.element_size()
+    floor_bytes = rows * V * (2 * esz + esz)  # read s and t, write the gradient
+    floor_ms = floor_bytes / bw * 1e3
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    eager_ms = None
+    rows_out = []
+    for name, env in methods:
+        ms, mb = _time_method(env, s, t, lab, repeats, base)
+        if env is None:
+            eager_ms = ms
+        rows_out.append(dict(rows=rows, vocab=V, dtype=dname, method=name, ms=ms,
+                             ratio_to_floor=ms / floor_ms, peak_mb=mb, floor_ms=floor_ms))
+    for r in rows_out:
+        r["speedup_vs_eager"] = (eager_ms / r["ms"]) if eager_ms else None
+        sp = f"{r['speedup_vs_eager']:.2f}" if r["speedup_vs_eager"] else "-"
+        print(f"{rows:>6} x {V:<6} {dname:>9} {r['method']:>16} {r['ms']:>9.3f} "
+              f"{r['ratio_to_floor']:>8.2f} {r['peak_mb']:>9.1f} {sp:>8}")
+    print(f"{'':>14} {'':>9} {'HBM floor':>16} {floor_ms:>9.3f} {1.0:>8.2f}")
+    del s, t, lab
+    torch.cuda.empty_cache()
+    return rows_out
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", default="2048x32000,2048x128256")
@@ -108,60 +168,15 @@ def main(argv=None):
     bw = copy_bandwidth()
     print(f"device: {dev.name} ({dev.multi_processor_count} SMs, {dev.total_memory / 2**30:.0f} GiB), "
           f"torch {torch.__version__}, copy bandwidth {bw / 1e9:.0f} GB/s")
-    results = []
     header = f"{'rows x V':>14} {'dtype':>9} {'method':>16} {'ms':>9} {'x floor':>8} {'peak MB':>9} {'speedup':>8}"
     print(header)
     print("-" * len(header))
+    methods = _methods(args.sweep_blocks, args.no_eager)
+    results = []
     for size in args.sizes.split(","):
         rows, V = (int(x) for x in size.lower().split("x"))
         for dname in args.dtypes.split(","):
-            dtype = DTYPES[dname]
-            g = torch.Generator(device="cuda").manual_seed(0)
-            s = torch.randn(rows, V, device="cuda", generator=g).to(dtype)
-            t = torch.randn(rows, V, device="cuda", generator=g).to(dtype)
-            lab = torch.randint(0, V, (rows,), device="cuda", generator=g)
-            esz = s.element_size()
-            floor_bytes = rows * V * (2 * esz + esz)  # read s and t, write the gradient
-            floor_ms = floor_bytes / bw * 1e3
-            torch.cuda.synchronize()
-            base = torch.cuda.memory_allocated()
-            methods = [("fused", {})]
-            if args.sweep_blocks:
-                methods += [(f"fused bps={k}", {"EDGEKD_CUDA_BLOCKS_PER_SM": str(k)}) for k in (1, 2, 3, 4)]
-            if not args.no_eager:
-                methods.append(("eager", None))
-            eager_ms = None
-            rows_out = []
-            for name, env in methods:
-                if env is None:
-                    fn = fwd_bwd(eager_step, s, t, lab)
-                else:
-                    old = os.environ.pop("EDGEKD_CUDA_BLOCKS_PER_SM", None)
-                    os.environ.update(env)
-                    fn = fwd_bwd(fused_step, s, t, lab)
-                try:
-                    ms = time_cuda(fn, args.repeats)
-                    mb = peak_mb(fn, base)
-                except torch.OutOfMemoryError:
-                    ms, mb = float("nan"), float("nan")
-                finally:
-                    if env is not None:
-                        os.environ.pop("EDGEKD_CUDA_BLOCKS_PER_SM", None)
-                        if old is not None:
-                            os.environ["EDGEKD_CUDA_BLOCKS_PER_SM"] = old
-                if env is None:
-                    eager_ms = ms
-                rows_out.append(dict(rows=rows, vocab=V, dtype=dname, method=name, ms=ms,
-                                     ratio_to_floor=ms / floor_ms, peak_mb=mb, floor_ms=floor_ms))
-            for r in rows_out:
-                r["speedup_vs_eager"] = (eager_ms / r["ms"]) if eager_ms else None
-                sp = f"{r['speedup_vs_eager']:.2f}" if r["speedup_vs_eager"] else "-"
-                print(f"{rows:>6} x {V:<6} {dname:>9} {r['method']:>16} {r['ms']:>9.3f} "
-                      f"{r['ratio_to_floor']:>8.2f} {r['peak_mb']:>9.1f} {sp:>8}")
-            print(f"{'':>14} {'':>9} {'HBM floor':>16} {floor_ms:>9.3f} {1.0:>8.2f}")
-            results += rows_out
-            del s, t, lab
-            torch.cuda.empty_cache()
+            results += bench_case(rows, V, dname, methods, args.repeats, bw)
 
     out = dict(machine=dict(gpu=dev.name, sms=dev.multi_processor_count, memory_gib=dev.total_memory / 2**30,
                             host=platform.node(), torch=torch.__version__, cuda=torch.version.cuda),

@@ -44,7 +44,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from edgekd.targets import latency as lat  # noqa: E402
-from edgekd.targets.hostbench import cpu_model_name  # noqa: E402
+from edgekd.targets.hostbench import cpu_model_name, measure_target  # noqa: E402
 from edgekd.targets.spec import load_target  # noqa: E402
 
 TEACHER = dict(vocab_size=4096, hidden_size=256, intermediate_size=688, num_hidden_layers=4,
@@ -67,18 +67,10 @@ def logits_model(cfg: dict):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
+    from edgekd.export.hf import LogitsOnly
+
     torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(**cfg)).eval()
-
-    class Logits(torch.nn.Module):
-        def __init__(self, m):
-            super().__init__()
-            self.m = m
-
-        def forward(self, ids):
-            return self.m(input_ids=ids, use_cache=False).logits
-
-    return Logits(model)
+    return LogitsOnly(LlamaForCausalLM(LlamaConfig(**cfg)).eval())
 
 
 def export_onnx(cfg: dict, path: Path) -> None:
@@ -92,15 +84,11 @@ def export_onnx(cfg: dict, path: Path) -> None:
     prog.save(str(path))
 
 
-def quantize_int8(src: Path, dst: Path) -> None:
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
-
-
 def onnx_runners(students, work: Path, threads: int, t0: float) -> dict:
     """One session per (config, precision), run at every seq_len (the axis is dynamic)."""
     import onnxruntime as ort
+
+    from edgekd.export.onnx_export import quantize_onnx
 
     runners = {}
     for i, (L, H, NH, F) in enumerate(students):
@@ -111,7 +99,7 @@ def onnx_runners(students, work: Path, threads: int, t0: float) -> dict:
             export_onnx(cfg, f32.with_suffix(".tmp.onnx"))
             f32.with_suffix(".tmp.onnx").rename(f32)
         if not q8.is_file():
-            quantize_int8(f32, q8.with_suffix(".tmp.onnx"))
+            quantize_onnx(f32, q8.with_suffix(".tmp.onnx"), "int8-dynamic", None)
             q8.with_suffix(".tmp.onnx").rename(q8)
         for prec, path in (("float32", f32), ("int8", q8)):
             so = ort.SessionOptions()
@@ -156,7 +144,7 @@ def tflite_runners(students, work: Path, threads: int, t0: float) -> dict:
     return runners
 
 
-def main() -> None:
+def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--iters", type=int, default=10, help="timed runs per model per round")
@@ -171,42 +159,30 @@ def main() -> None:
     ap.add_argument("--configs", type=int, default=None, help="use only the first N student configs")
     ap.add_argument("--out", default=None, help="default: benchmarks/latency_model_bench[_tflite].json")
     ap.add_argument("--no-save-calibration", action="store_true")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     if args.out is None:
         suffix = "" if args.format == "onnx" else f"_{args.format}"
         args.out = str(Path(__file__).with_name(f"latency_model_bench{suffix}.json"))
-    warnings.filterwarnings("ignore")
-    logging.disable(logging.WARNING)
-
-    fmt = args.format
-    target = load_target("host")
-    threads = args.threads
-    if args.clock == "thread" and threads != 1:
+    if args.clock == "thread" and args.threads != 1:
         ap.error("--clock thread measures the calling thread only: use it with --threads 1")
-    print(f"host: {target.cpu['cores']} cores, fp32 {target.cpu['peak_gflops_fp32']} GFLOP/s, "
-          f"int8 {target.cpu['peak_gops_int8']} GOP/s, {target.memory['bandwidth_gbs']} GB/s (cached microbenchmark); "
-          f"threads={threads}", flush=True)
+    return args
 
-    work = Path(args.work)
-    work.mkdir(parents=True, exist_ok=True)
-    students = STUDENTS[:args.configs] if args.configs else STUDENTS
-    keys = [(i, s, p) for i in range(len(students)) for s in SEQ_LENS for p in PRECISIONS]
-    t0 = time.time()
-    runners = (onnx_runners if fmt == "onnx" else tflite_runners)(students, work, threads, t0)
+
+def time_rounds(runners: dict, keys: list, rounds: int, iters: int, clock: str, t0: float) -> tuple[dict, dict]:
+    """Per key, one number per round (primary clock) and the wall-time medians, in shuffled interleaved rounds."""
     for k in keys:  # warm-up: first runs allocate and plan
         for _ in range(3):
             runners[k]()
     per_round: dict[tuple, list[float]] = {k: [] for k in keys}
     per_round_wall: dict[tuple, list[float]] = {k: [] for k in keys}
     rng = random.Random(0)
-    for r in range(args.rounds):
+    for r in range(rounds):
         order = keys[:]
         rng.shuffle(order)
         for k in order:
-            i, s, p = k
             run = runners[k]
             ts, tw = [], []
-            for _ in range(args.iters):
+            for _ in range(iters):
                 c, a = time.thread_time_ns(), time.perf_counter_ns()
                 run()
                 tw.append((time.perf_counter_ns() - a) / 1e6)
@@ -214,62 +190,57 @@ def main() -> None:
             per_round_wall[k].append(statistics.median(tw))
             # CPU time only grows with interference (cache and TLB pollution from whoever else runs),
             # so the fastest run of a round is its best estimate; wall time keeps the median.
-            per_round[k].append(min(ts) if args.clock == "thread" else statistics.median(tw))
-        print(f"  round {r + 1}/{args.rounds} done ({time.time() - t0:.0f}s)", flush=True)
+            per_round[k].append(min(ts) if clock == "thread" else statistics.median(tw))
+        print(f"  round {r + 1}/{rounds} done ({time.time() - t0:.0f}s)", flush=True)
+    return per_round, per_round_wall
 
-    # Across rounds: for CPU time the minimum (interference only ever adds time), for wall time the
-    # median. The other statistics are scored too (as "sensitivity") so the choice is visible.
-    stats = {"min": min, "p25": lambda xs: sorted(xs)[len(xs) // 4], "median": statistics.median}
-    primary = "min" if args.clock == "thread" else "median"
 
-    def measurements(stat: str) -> list[dict]:
-        out = []
-        for (i, s, p) in keys:
-            rounds = per_round[(i, s, p)]
-            v = stats[stat](rounds)
-            out.append({"idx": i, "config": student_config(*students[i]), "seq_len": s, "precision": p,
-                        "threads": threads, "measured_ms": v, "wall_ms": statistics.median(per_round_wall[(i, s, p)]),
-                        "spread": (max(rounds) - min(rounds)) / statistics.median(rounds),
-                        "params": lat.param_count(student_config(*students[i]))})
-        return out
+# Across rounds: for CPU time the minimum (interference only ever adds time), for wall time the
+# median. The other statistics are scored too (as "sensitivity") so the choice is visible.
+STATS = {"min": min, "p25": lambda xs: sorted(xs)[len(xs) // 4], "median": statistics.median}
+FIT_COLS = ("config", "seq_len", "precision", "measured_ms", "threads")
 
-    def score(preds, meas):
-        errs = [abs(pr - m["measured_ms"]) / m["measured_ms"] for pr, m in zip(preds, meas)]
-        return errs, {"median_abs_err": statistics.median(errs), "max_abs_err": max(errs),
-                      "mean_abs_err": statistics.mean(errs)}
 
-    fit_cols = ["config", "seq_len", "precision", "measured_ms", "threads"]
-    strip = lambda m: {k: m[k] for k in fit_cols}  # noqa: E731
+def measurements(stat: str, keys: list, students: list, per_round: dict, per_round_wall: dict, threads: int) -> list[dict]:
+    out = []
+    for (i, s, p) in keys:
+        rounds = per_round[(i, s, p)]
+        out.append({"idx": i, "config": student_config(*students[i]), "seq_len": s, "precision": p,
+                    "threads": threads, "measured_ms": STATS[stat](rounds),
+                    "wall_ms": statistics.median(per_round_wall[(i, s, p)]),
+                    "spread": (max(rounds) - min(rounds)) / statistics.median(rounds),
+                    "params": lat.param_count(student_config(*students[i]))})
+    return out
 
-    def loco_predictions(meas: list[dict]) -> list[float]:
-        """Each config predicted by a calibration fitted without any of its measurements."""
-        out = [0.0] * len(meas)
-        for i in range(len(students)):
-            cal = lat.calibrate([strip(m) for m in meas if m["idx"] != i], target, fmt=fmt)
-            for j, m in enumerate(meas):
-                if m["idx"] == i:
-                    out[j] = lat.predict(m["config"], target, m["seq_len"], m["precision"], fmt, cal, threads).total_ms
-        return out
 
-    meas = measurements(primary)
-    uncal = [lat.predict(m["config"], target, m["seq_len"], m["precision"], fmt, threads=threads).total_ms for m in meas]
-    cal_all = lat.calibrate([strip(m) for m in meas], target, fmt=fmt)
-    insample = [lat.predict(m["config"], target, m["seq_len"], m["precision"], fmt, cal_all, threads).total_ms
-                for m in meas]
-    loco = loco_predictions(meas)
-    e_unc, s_unc = score(uncal, meas)
-    e_in, s_in = score(insample, meas)
-    e_lo, s_lo = score(loco, meas)
-    sensitivity = {}
-    for stat in stats:
-        other = measurements(stat)
-        sensitivity[stat] = score(loco_predictions(other), other)[1]
+def score(preds, meas):
+    errs = [abs(pr - m["measured_ms"]) / m["measured_ms"] for pr, m in zip(preds, meas)]
+    return errs, {"median_abs_err": statistics.median(errs), "max_abs_err": max(errs),
+                  "mean_abs_err": statistics.mean(errs)}
 
+
+def _fit_rows(meas: list[dict]) -> list[dict]:
+    return [{k: m[k] for k in FIT_COLS} for m in meas]
+
+
+def loco_predictions(meas: list[dict], n_configs: int, target, fmt: str, threads: int) -> list[float]:
+    """Each config predicted by a calibration fitted without any of its measurements."""
+    out = [0.0] * len(meas)
+    for i in range(n_configs):
+        cal = lat.calibrate(_fit_rows([m for m in meas if m["idx"] != i]), target, fmt=fmt)
+        for j, m in enumerate(meas):
+            if m["idx"] == i:
+                out[j] = lat.predict(m["config"], target, m["seq_len"], m["precision"], fmt, cal, threads).total_ms
+    return out
+
+
+def print_rows(meas, students, per_round, preds: dict, errs: dict) -> list[dict]:
+    """The per-measurement table, printed and returned as JSON rows."""
     hdr = f"{'L':>2} {'H':>4} {'nh':>2} {'F':>4} {'params':>8} {'seq':>4} {'prec':>7} {'meas ms':>8} {'spread':>6} " \
           f"{'wall ms':>8} {'uncal':>8} {'err':>6} {'LOCO':>8} {'err':>6}"
     print("\n" + hdr)
     rows = []
-    for m, pu, eu, pl, el, pin in zip(meas, uncal, e_unc, loco, e_lo, insample):
+    for m, pu, eu, pl, el, pin in zip(meas, preds["uncal"], errs["uncal"], preds["loco"], errs["loco"], preds["insample"]):
         L, H, NH, F = students[m["idx"]]
         print(f"{L:>2} {H:>4} {NH:>2} {F:>4} {m['params']:>8} {m['seq_len']:>4} {m['precision']:>7} "
               f"{m['measured_ms']:>8.3f} {m['spread']:>6.0%} {m['wall_ms']:>8.3f} {pu:>8.3f} {eu:>6.0%} {pl:>8.3f} {el:>6.1%}")
@@ -278,15 +249,57 @@ def main() -> None:
                      "rounds_ms": per_round[(m["idx"], m["seq_len"], m["precision"])], "wall_ms": m["wall_ms"],
                      "predicted_uncalibrated_ms": pu, "predicted_insample_ms": pin, "predicted_loco_ms": pl,
                      "err_uncalibrated": eu, "err_loco": el})
-    print(f"\nuncalibrated:               median {s_unc['median_abs_err']:.1%}  worst {s_unc['max_abs_err']:.1%}")
-    print(f"calibrated, in-sample:      median {s_in['median_abs_err']:.1%}  worst {s_in['max_abs_err']:.1%}")
-    print(f"calibrated, leave-one-config-out: median {s_lo['median_abs_err']:.1%}  worst {s_lo['max_abs_err']:.1%}")
+    return rows
+
+
+def summarise(meas: list[dict], loco_errs: list[float], scores: dict, sensitivity: dict, primary: str) -> dict:
+    """Print the three scores; the LOCO error by precision."""
+    print()
+    for label, key in (("uncalibrated:              ", "uncalibrated"),
+                       ("calibrated, in-sample:     ", "calibrated_insample"),
+                       ("calibrated, leave-one-config-out:", "calibrated_leave_one_config_out")):
+        s = scores[key]
+        print(f"{label} median {s['median_abs_err']:.1%}  worst {s['max_abs_err']:.1%}")
     print("LOCO by across-rounds statistic:", {k: f"median {v['median_abs_err']:.1%} worst {v['max_abs_err']:.1%}"
                                               for k, v in sensitivity.items()}, f"(primary: {primary})")
-    by_prec = {p: {"median_abs_err": statistics.median([e for e, m in zip(e_lo, meas) if m["precision"] == p]),
-                   "max_abs_err": max(e for e, m in zip(e_lo, meas) if m["precision"] == p)} for p in PRECISIONS}
+    by_prec = {p: {"median_abs_err": statistics.median([e for e, m in zip(loco_errs, meas) if m["precision"] == p]),
+                   "max_abs_err": max(e for e, m in zip(loco_errs, meas) if m["precision"] == p)} for p in PRECISIONS}
     print("LOCO by precision:", {p: f"median {v['median_abs_err']:.1%} worst {v['max_abs_err']:.1%}" for p, v in by_prec.items()})
+    return by_prec
 
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    warnings.filterwarnings("ignore")
+    logging.disable(logging.WARNING)
+    fmt, threads = args.format, args.threads
+    target = measure_target(load_target("host"))  # the host's facts: cached, else measured now
+    print(f"host: {target.cpu['cores']} cores, fp32 {target.cpu['peak_gflops_fp32']} GFLOP/s, "
+          f"int8 {target.cpu['peak_gops_int8']} GOP/s, {target.memory['bandwidth_gbs']} GB/s (cached microbenchmark); "
+          f"threads={threads}", flush=True)
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    students = STUDENTS[:args.configs] if args.configs else STUDENTS
+    keys = [(i, s, p) for i in range(len(students)) for s in SEQ_LENS for p in PRECISIONS]
+    t0 = time.time()
+    runners = (onnx_runners if fmt == "onnx" else tflite_runners)(students, work, threads, t0)
+    per_round, per_round_wall = time_rounds(runners, keys, args.rounds, args.iters, args.clock, t0)
+    primary = "min" if args.clock == "thread" else "median"
+    meas = measurements(primary, keys, students, per_round, per_round_wall, threads)
+    cal_all = lat.calibrate(_fit_rows(meas), target, fmt=fmt)
+    preds = {"uncal": [lat.predict(m["config"], target, m["seq_len"], m["precision"], fmt, threads=threads).total_ms
+                       for m in meas],
+             "insample": [lat.predict(m["config"], target, m["seq_len"], m["precision"], fmt, cal_all, threads).total_ms
+                          for m in meas],
+             "loco": loco_predictions(meas, len(students), target, fmt, threads)}
+    (e_unc, s_unc), (_, s_in), (e_lo, s_lo) = (score(preds[k], meas) for k in ("uncal", "insample", "loco"))
+    sensitivity = {}
+    for stat in STATS:
+        other = measurements(stat, keys, students, per_round, per_round_wall, threads)
+        sensitivity[stat] = score(loco_predictions(other, len(students), target, fmt, threads), other)[1]
+    rows = print_rows(meas, students, per_round, preds, {"uncal": e_unc, "loco": e_lo})
+    scores = {"uncalibrated": s_unc, "calibrated_insample": s_in, "calibrated_leave_one_config_out": s_lo}
+    by_prec = summarise(meas, e_lo, scores, sensitivity, primary)
     saved = None
     if not args.no_save_calibration:
         saved = str(cal_all.save())
@@ -300,9 +313,7 @@ def main() -> None:
                     "load_average_end": os.getloadavg()},
         "threads": threads, "clock": args.clock, "rounds": args.rounds, "iters": args.iters, "seq_lens": list(SEQ_LENS),
         "teacher": TEACHER, "format": fmt, "n_configs": len(students), "n_measurements": len(meas),
-        "summary": {"uncalibrated": s_unc, "calibrated_insample": s_in, "calibrated_leave_one_config_out": s_lo,
-                    "loco_by_precision": by_prec, "primary_statistic": primary,
-                    "loco_by_statistic": sensitivity},
+        "summary": {**scores, "loco_by_precision": by_prec, "primary_statistic": primary, "loco_by_statistic": sensitivity},
         "calibration_all": cal_all.to_dict(), "calibration_saved_to": saved, "rows": rows,
     }
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
