@@ -68,19 +68,16 @@ class EagerKD(torch.nn.Module):
         return loss, {"kd": loss.detach()}
 
 
-RESPONSE_LOSSES = ("kd", "mse_logits", "kd_fused_linear")
-
-
 def build_response_loss(spec: Optional[list], student_config, teacher_config, *, temperature: float,
                         alpha: float, impl: str = "fused", causal: bool = True,
                         student_params: Optional[int] = None, teacher_params: Optional[int] = None):
     """The losses registry's loss for `spec` (its response terms get the run's T and α unless the spec
     sets them); `impl="eager"`: the plain-PyTorch KD loss (one 'kd' term only)."""
-    from edgekd.losses import build_loss
+    from edgekd.losses import build_loss, takes_run_temperature
 
     items = [{"name": i} if isinstance(i, str) else dict(i) for i in (spec or [{"name": "kd", "weight": 1.0}])]
     for item in items:
-        if item.get("name") in RESPONSE_LOSSES:
+        if takes_run_temperature(item.get("name")):
             item.setdefault("temperature", temperature)
             item.setdefault("alpha", alpha)
     if impl == "eager":
