@@ -35,10 +35,6 @@ def wrap(tok):
                                    pad_token=PAD, model_max_length=1 << 30)
 
 
-def save_tokenizer(tokenizer, directory: str | os.PathLike) -> None:
-    tokenizer.save_pretrained(str(directory))
-
-
 def load_tokenizer(directory: str | os.PathLike):
     """The tokenizer saved in a model directory; EdgekdError when there is none or it is corrupt."""
     from transformers import AutoTokenizer, PreTrainedTokenizerFast

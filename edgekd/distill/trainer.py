@@ -195,10 +195,6 @@ class Trainer:
         self.load_checkpoint(cks[-1])
         return True
 
-    @property
-    def done(self) -> bool:
-        return self.step >= self.cfg.steps
-
     # --- the loop ------------------------------------------------------------------------------
 
     def _micro_batches(self, batch: dict) -> list[dict]:
