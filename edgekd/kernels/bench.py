@@ -7,7 +7,6 @@ write of the gradient at a copy bandwidth measured in the same run).
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import statistics

@@ -8,7 +8,6 @@ scaling pass otherwise. Nothing of size rows × vocab is allocated besides that 
 
 from __future__ import annotations
 
-import math
 import os
 from typing import Optional
 

@@ -13,10 +13,29 @@ def eager_loss(s, t, labels=None, **kw):
     return kd_loss_reference64(s, t, labels, dtype=None, **kw)
 
 
+def inputs(rows, V, dtype=torch.float32, tdtype=None, scale=3.0, seed=0, labels=True, ignore_frac=0.2,
+           device="cpu"):
+    """Student and teacher logits [rows, V] (the teacher in `tdtype`, default the student's) and labels with
+    about `ignore_frac` of them ignored, drawn on the CPU (the same numbers on every device)."""
+    g = torch.Generator().manual_seed(seed)
+    s = (torch.randn(rows, V, generator=g) * scale).to(dtype)
+    t = (torch.randn(rows, V, generator=g) * scale).to(tdtype or dtype)
+    lab = None
+    if labels:
+        lab = torch.randint(0, V, (rows,), generator=g)
+        lab[torch.rand(rows, generator=g) < ignore_frac] = -100
+        lab = lab.to(device)
+    return s.to(device), t.to(device), lab
+
+
 def run(fn, s, t, labels, grad_out, **kw):
+    """(loss, gradient) of fn, both float64, after backward with `grad_out` (a number or a tensor)."""
     s = s.detach().clone().requires_grad_(True)
     out = fn(s, t, labels, **kw)
-    out.backward(grad_out if out.dim() else torch.as_tensor(grad_out, dtype=out.dtype))
+    go = grad_out if torch.is_tensor(grad_out) else torch.as_tensor(grad_out, device=out.device)
+    go = go.to(device=out.device, dtype=out.dtype)
+    out.backward(go.expand(out.shape) if out.dim() else go)
+    assert s.grad.dtype == s.dtype  # the gradient has the student's dtype
     return out.detach().double(), s.grad.double()
 
 
@@ -27,22 +46,23 @@ def rel_err(x, ref):
     return float((x - ref).abs().max() / scale)
 
 
+FLOORS = {torch.float32: (2e-5, 2e-5), torch.bfloat16: (1e-5, 8e-3), torch.float16: (1e-5, 1e-3)}
+
+
 def check_against_reference(s, t, labels=None, grad_out=1.0, floor=None, **kw):
-    """Fused vs float64 reference; the error must be no worse than eager PyTorch's in the same dtype."""
+    """Fused (on the inputs' device) vs float64 reference; the error must be no worse than eager
+    PyTorch's in the same dtype."""
     from edgekd.kernels import kd_loss
 
-    floors = {torch.float32: (2e-5, 2e-5), torch.bfloat16: (1e-5, 8e-3), torch.float16: (1e-5, 1e-3)}
-    lf, gf = floor or floors[s.dtype]
-    go = grad_out
+    lf, gf = floor or FLOORS[s.dtype]
     if kw.get("reduction") == "none" and not torch.is_tensor(grad_out):
-        go = torch.full(s.shape[:-1], float(grad_out))
-    ref_l, ref_g = run(kd_loss_reference, s, t, labels, go, **kw)
-    out_l, out_g = run(kd_loss, s, t, labels, go, **kw)
-    eag_l, eag_g = run(eager_loss, s, t, labels, go.to(s.dtype) if torch.is_tensor(go) else go, **kw)
+        grad_out = torch.full(s.shape[:-1], float(grad_out), device=s.device)
+    ref_l, ref_g = run(kd_loss_reference, s, t, labels, grad_out, **kw)
+    out_l, out_g = run(kd_loss, s, t, labels, grad_out, **kw)
+    eag_l, eag_g = run(eager_loss, s, t, labels, grad_out, **kw)
     el, eg = rel_err(out_l, ref_l), rel_err(out_g, ref_g)
-    eager_el = rel_err(eag_l, ref_l) if not torch.isnan(eag_l).any() else float("inf")
-    eager_eg = rel_err(eag_g, ref_g) if not torch.isnan(eag_g).any() else float("inf")
+    eager_el = rel_err(eag_l, ref_l) if torch.isfinite(eag_l).all() else float("inf")
+    eager_eg = rel_err(eag_g, ref_g) if torch.isfinite(eag_g).all() else float("inf")
     assert el <= max(lf, 2 * eager_el), f"loss error {el:.3g} (eager {eager_el:.3g}) loss={out_l} ref={ref_l}"
     assert eg <= max(gf, 2 * eager_eg), f"grad error {eg:.3g} (eager {eager_eg:.3g})"
-    assert out_g.dtype == torch.float64  # (converted above) the gradient had the student's dtype
     return el, eg

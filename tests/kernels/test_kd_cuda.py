@@ -25,7 +25,7 @@ import torch
 from edgekd import kernels
 from edgekd.kernels import kd_loss, kd_loss_reference
 
-from ._kdtest import eager_loss, rel_err
+from ._kdtest import check_against_reference, inputs, rel_err, run
 
 ROOT = Path(__file__).resolve().parents[2]
 DIVS = ["forward_kl", "reverse_kl", "jsd"]
@@ -40,45 +40,8 @@ def cuda(fn):
 
 # --- helpers -------------------------------------------------------------------------------------
 
-def _inputs(rows, V, dtype=torch.float32, tdtype=None, scale=3.0, seed=0, labels=True, ignore_frac=0.2,
-            device="cuda"):
-    g = torch.Generator().manual_seed(seed)
-    s = (torch.randn(rows, V, generator=g) * scale).to(dtype)
-    t = (torch.randn(rows, V, generator=g) * scale).to(tdtype or dtype)
-    lab = None
-    if labels:
-        lab = torch.randint(0, V, (rows,), generator=g)
-        lab[torch.rand(rows, generator=g) < ignore_frac] = -100
-        lab = lab.to(device)
-    return s.to(device), t.to(device), lab
-
-
-def run(fn, s, t, labels, grad_out, **kw):
-    s = s.detach().clone().requires_grad_(True)
-    out = fn(s, t, labels, **kw)
-    go = grad_out if torch.is_tensor(grad_out) else torch.as_tensor(grad_out, device=out.device)
-    out.backward(go.to(out.dtype).expand(out.shape) if out.dim() else go.to(out.dtype))
-    assert s.grad.dtype == s.dtype
-    return out.detach().double(), s.grad.double()
-
-
-FLOORS = {torch.float32: (2e-5, 2e-5), torch.bfloat16: (1e-5, 8e-3), torch.float16: (1e-5, 1e-3)}
-
-
-def check(s, t, labels=None, grad_out=1.0, **kw):
-    """Fused CUDA vs float64 reference; no worse than eager PyTorch in the student's dtype."""
-    lf, gf = FLOORS[s.dtype]
-    if kw.get("reduction") == "none" and not torch.is_tensor(grad_out):
-        grad_out = torch.full(s.shape[:-1], float(grad_out), device=s.device)
-    ref_l, ref_g = run(kd_loss_reference, s, t, labels, grad_out, **kw)
-    out_l, out_g = run(kd_loss, s, t, labels, grad_out, **kw)
-    eag_l, eag_g = run(eager_loss, s, t, labels, grad_out, **kw)
-    el, eg = rel_err(out_l, ref_l), rel_err(out_g, ref_g)
-    eager_el = rel_err(eag_l, ref_l) if torch.isfinite(eag_l).all() else float("inf")
-    eager_eg = rel_err(eag_g, ref_g) if torch.isfinite(eag_g).all() else float("inf")
-    assert el <= max(lf, 2 * eager_el), f"loss error {el:.3g} (eager {eager_el:.3g})"
-    assert eg <= max(gf, 2 * eager_eg), f"grad error {eg:.3g} (eager {eager_eg:.3g})"
-    return el, eg
+def cuda_inputs(rows, V, **kw):
+    return inputs(rows, V, device="cuda", **kw)
 
 
 # --- GPU tests -----------------------------------------------------------------------------------
@@ -93,8 +56,8 @@ def test_backend_is_fused_cuda():
 @pytest.mark.parametrize("divergence", DIVS)
 @pytest.mark.parametrize("alpha", [0.0, 0.3, 1.0])
 def test_vocab_divergence_alpha(V, divergence, alpha):
-    s, t, lab = _inputs(17, V, seed=V)
-    check(s, t, lab, temperature=2.0, alpha=alpha, divergence=divergence)
+    s, t, lab = cuda_inputs(17, V, seed=V)
+    check_against_reference(s, t, lab, temperature=2.0, alpha=alpha, divergence=divergence)
 
 
 @cuda
@@ -102,8 +65,8 @@ def test_vocab_divergence_alpha(V, divergence, alpha):
 @pytest.mark.parametrize("divergence", DIVS)
 @pytest.mark.parametrize("V", [3200, 32003])
 def test_temperatures(T, divergence, V):
-    s, t, lab = _inputs(33, V, seed=int(T * 10))
-    check(s, t, lab, temperature=T, alpha=0.3, divergence=divergence, beta=0.3)
+    s, t, lab = cuda_inputs(33, V, seed=int(T * 10))
+    check_against_reference(s, t, lab, temperature=T, alpha=0.3, divergence=divergence, beta=0.3)
 
 
 @cuda
@@ -112,8 +75,8 @@ def test_temperatures(T, divergence, V):
 def test_rows(rows, V):
     if rows * V > 40_000_000:
         rows = 40_000_000 // V
-    s, t, lab = _inputs(rows, V, seed=rows)
-    check(s, t, lab, temperature=2.0, alpha=0.5)
+    s, t, lab = cuda_inputs(rows, V, seed=rows)
+    check_against_reference(s, t, lab, temperature=2.0, alpha=0.5)
 
 
 @cuda
@@ -121,8 +84,8 @@ def test_rows(rows, V):
 @pytest.mark.parametrize("T", [0.1, 1.0, 8.0])
 @pytest.mark.parametrize("divergence", DIVS)
 def test_large_logits(scale, T, divergence):
-    s, t, lab = _inputs(9, 3203, scale=scale, seed=3)
-    check(s, t, lab, temperature=T, alpha=0.3, divergence=divergence)
+    s, t, lab = cuda_inputs(9, 3203, scale=scale, seed=3)
+    check_against_reference(s, t, lab, temperature=T, alpha=0.3, divergence=divergence)
 
 
 @cuda
@@ -130,29 +93,29 @@ def test_large_logits(scale, T, divergence):
 @pytest.mark.parametrize("grad_out", [1.0, 0.37, -2.5])
 @pytest.mark.parametrize("divergence", DIVS)
 def test_reductions_and_grad_output(reduction, grad_out, divergence):
-    s, t, lab = _inputs(4 * 5, 1271, seed=11)
+    s, t, lab = cuda_inputs(4 * 5, 1271, seed=11)
     s, t, lab = s.view(4, 5, -1), t.view(4, 5, -1), lab.view(4, 5)
-    check(s, t, lab, grad_out=grad_out, temperature=2.0, alpha=0.3, divergence=divergence, reduction=reduction)
+    check_against_reference(s, t, lab, grad_out=grad_out, temperature=2.0, alpha=0.3, divergence=divergence, reduction=reduction)
 
 
 @cuda
 def test_per_row_grad_output_for_reduction_none():
-    s, t, lab = _inputs(12, 32003, seed=5)
+    s, t, lab = cuda_inputs(12, 32003, seed=5)
     go = torch.linspace(-1, 2, 12, device="cuda")
-    check(s, t, lab, grad_out=go, temperature=2.0, alpha=0.3, reduction="none")
+    check_against_reference(s, t, lab, grad_out=go, temperature=2.0, alpha=0.3, reduction="none")
 
 
 @cuda
 @pytest.mark.parametrize("divergence", DIVS)
 def test_no_labels(divergence):
-    s, t, _ = _inputs(12, 3200, labels=False)
-    check(s, t, None, temperature=2.0, alpha=0.5, divergence=divergence)
-    check(s, t, None, temperature=2.0, alpha=1.0, divergence=divergence, reduction="sum")
+    s, t, _ = cuda_inputs(12, 3200, labels=False)
+    check_against_reference(s, t, None, temperature=2.0, alpha=0.5, divergence=divergence)
+    check_against_reference(s, t, None, temperature=2.0, alpha=1.0, divergence=divergence, reduction="sum")
 
 
 @cuda
 def test_alpha_zero_without_labels_is_zero():
-    s, t, _ = _inputs(5, 1271, labels=False)
+    s, t, _ = cuda_inputs(5, 1271, labels=False)
     out, grad = run(kd_loss, s, t, None, 1.0, temperature=2.0, alpha=0.0)
     assert float(out) == 0.0 and torch.all(grad == 0)
 
@@ -161,7 +124,7 @@ def test_alpha_zero_without_labels_is_zero():
 @pytest.mark.parametrize("reduction", ["batchmean", "sum", "none"])
 @pytest.mark.parametrize("V", [1271, 32003])
 def test_every_row_ignored(reduction, V):
-    s, t, _ = _inputs(6, V)
+    s, t, _ = cuda_inputs(6, V)
     lab = torch.full((6,), -100, device="cuda")
     go = 1.0 if reduction != "none" else torch.ones(6, device="cuda")
     out, grad = run(kd_loss, s, t, lab, go, temperature=2.0, alpha=0.5, reduction=reduction)
@@ -170,11 +133,11 @@ def test_every_row_ignored(reduction, V):
 
 @cuda
 def test_custom_ignore_index_rows_get_zero_gradient():
-    s, t, lab = _inputs(10, 3203, ignore_frac=0.0)
+    s, t, lab = cuda_inputs(10, 3203, ignore_frac=0.0)
     lab[[1, 4]] = 7
     out, grad = run(kd_loss, s, t, lab, 1.0, temperature=2.0, alpha=0.5, ignore_index=7)
     assert torch.all(grad[[1, 4]] == 0) and grad[0].abs().sum() > 0
-    check(s, t, lab, temperature=2.0, alpha=0.5, ignore_index=7)
+    check_against_reference(s, t, lab, temperature=2.0, alpha=0.5, ignore_index=7)
 
 
 @cuda
@@ -182,7 +145,7 @@ def test_custom_ignore_index_rows_get_zero_gradient():
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("V", [3200, 32003])
 def test_neg_inf_teacher_entries(divergence, dtype, V):
-    s, t, lab = _inputs(16, V, dtype=dtype, seed=7)
+    s, t, lab = cuda_inputs(16, V, dtype=dtype, seed=7)
     mask = torch.rand(16, V, generator=torch.Generator().manual_seed(1)) < 0.3
     mask[:, :40] = True           # a masked run at the start of each row (the online max starts at -inf)
     mask[3, :] = True
@@ -190,30 +153,30 @@ def test_neg_inf_teacher_entries(divergence, dtype, V):
     t = t.masked_fill(mask.cuda(), float("-inf"))
     out, grad = run(kd_loss, s, t, lab, 1.0, temperature=2.0, alpha=0.5, divergence=divergence)
     assert torch.isfinite(out).all() and torch.isfinite(grad).all()
-    check(s, t, lab, temperature=2.0, alpha=0.5, divergence=divergence)
+    check_against_reference(s, t, lab, temperature=2.0, alpha=0.5, divergence=divergence)
 
 
 @cuda
 @pytest.mark.parametrize("V", [1271, 32003])
 def test_non_contiguous_inputs(V):
-    base_s, base_t, lab = _inputs(24, V + 5, seed=9)
+    base_s, base_t, lab = cuda_inputs(24, V + 5, seed=9)
     for off_s, off_t in [(0, 0), (1, 3), (2, 2), (5, 0)]:
         s, t = base_s[:, off_s:off_s + V], base_t[:, off_t:off_t + V]   # row stride V + 5, shifted starts
         assert not s.is_contiguous()
-        check(s, t, lab.clamp(max=V - 1), temperature=2.0, alpha=0.3)
+        check_against_reference(s, t, lab.clamp(max=V - 1), temperature=2.0, alpha=0.3)
     s3 = base_s.view(4, 6, -1)[:, ::2, 1:V + 1]
     t3 = base_t.view(4, 6, -1)[:, ::2, :V]
-    check(s3, t3, None, temperature=2.0, alpha=1.0, divergence="reverse_kl")
+    check_against_reference(s3, t3, None, temperature=2.0, alpha=1.0, divergence="reverse_kl")
     s4 = base_s[:, :V].t().contiguous().t()  # column-major: copied by the API, same answer
-    check(s4, base_t[:, :V], lab.clamp(max=V - 1), temperature=2.0, alpha=0.3)
+    check_against_reference(s4, base_t[:, :V], lab.clamp(max=V - 1), temperature=2.0, alpha=0.3)
 
 
 @cuda
 @pytest.mark.parametrize("sdt,tdt", list(itertools.product(DTYPES, DTYPES)))
 @pytest.mark.parametrize("divergence", DIVS)
 def test_dtype_pairs(sdt, tdt, divergence):
-    s, t, lab = _inputs(19, 32003, dtype=sdt, tdtype=tdt, seed=13)
-    check(s, t, lab, grad_out=0.5, temperature=2.0, alpha=0.3, divergence=divergence)
+    s, t, lab = cuda_inputs(19, 32003, dtype=sdt, tdtype=tdt, seed=13)
+    check_against_reference(s, t, lab, grad_out=0.5, temperature=2.0, alpha=0.3, divergence=divergence)
 
 
 @cuda
@@ -221,21 +184,21 @@ def test_dtype_pairs(sdt, tdt, divergence):
 @pytest.mark.parametrize("divergence", DIVS)
 @pytest.mark.parametrize("V", [1271, 128256])
 def test_low_precision_dtypes(dtype, divergence, V):
-    s, t, lab = _inputs(7, V, dtype=dtype, seed=13)
-    check(s, t, lab, grad_out=0.5, temperature=2.0, alpha=0.3, divergence=divergence)
+    s, t, lab = cuda_inputs(7, V, dtype=dtype, seed=13)
+    check_against_reference(s, t, lab, grad_out=0.5, temperature=2.0, alpha=0.3, divergence=divergence)
 
 
 @cuda
 @pytest.mark.parametrize("beta", [0.0, 0.1, 0.5, 0.9, 1.0])
 def test_jsd_beta(beta):
-    s, t, lab = _inputs(8, 3200, seed=2)
-    check(s, t, lab, temperature=1.5, alpha=0.6, divergence="jsd", beta=beta)
+    s, t, lab = cuda_inputs(8, 3200, seed=2)
+    check_against_reference(s, t, lab, temperature=1.5, alpha=0.6, divergence="jsd", beta=beta)
 
 
 @cuda
 @pytest.mark.parametrize("divergence", DIVS)
 def test_no_grad_forward_only(divergence):
-    s, t, lab = _inputs(64, 32003, seed=4)
+    s, t, lab = cuda_inputs(64, 32003, seed=4)
     with torch.no_grad():
         out = kd_loss(s, t, lab, temperature=2.0, alpha=0.5, divergence=divergence, reduction="none")
     ref = kd_loss_reference(s, t, lab, temperature=2.0, alpha=0.5, divergence=divergence, reduction="none")
@@ -244,7 +207,7 @@ def test_no_grad_forward_only(divergence):
 
 @cuda
 def test_deterministic_and_matches_cpu_kernel():
-    s, t, lab = _inputs(300, 32003, seed=8)
+    s, t, lab = cuda_inputs(300, 32003, seed=8)
     a_l, a_g = run(kd_loss, s, t, lab, 1.0, temperature=2.0, alpha=0.3, divergence="jsd")
     b_l, b_g = run(kd_loss, s, t, lab, 1.0, temperature=2.0, alpha=0.3, divergence="jsd")
     assert torch.equal(a_l, b_l) and torch.equal(a_g, b_g)  # no races: bit-identical reruns
@@ -255,7 +218,7 @@ def test_deterministic_and_matches_cpu_kernel():
 
 @cuda
 def test_side_stream():
-    s, t, lab = _inputs(256, 32003, seed=6)
+    s, t, lab = cuda_inputs(256, 32003, seed=6)
     ref_l, ref_g = run(kd_loss_reference, s, t, lab, 1.0, temperature=2.0, alpha=0.3)
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())

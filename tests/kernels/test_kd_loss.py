@@ -11,42 +11,31 @@ from edgekd import kernels
 from edgekd.kernels import kd_loss, kd_loss_reference
 from edgekd.kernels.reference import kd_loss_reference64
 
-from ._kdtest import check_against_reference, rel_err, run
+from ._kdtest import check_against_reference, inputs, rel_err, run
 
 pytestmark = pytest.mark.skipif(kernels.backend("cpu") != "fused-cpu", reason="extension not built")
 
 DIVS = ["forward_kl", "reverse_kl", "jsd"]
 
 
-def _inputs(rows, V, dtype=torch.float32, scale=3.0, seed=0, labels=True, ignore_frac=0.2):
-    g = torch.Generator().manual_seed(seed)
-    s = (torch.randn(rows, V, generator=g) * scale).to(dtype)
-    t = (torch.randn(rows, V, generator=g) * scale).to(dtype)
-    lab = None
-    if labels:
-        lab = torch.randint(0, V, (rows,), generator=g)
-        lab[torch.rand(rows, generator=g) < ignore_frac] = -100
-    return s, t, lab
-
-
 @pytest.mark.parametrize("V", [1271, 3200, 32003])
 @pytest.mark.parametrize("divergence", DIVS)
 @pytest.mark.parametrize("alpha", [0.0, 0.3, 1.0])
 def test_vocab_divergence_alpha(V, divergence, alpha):
-    s, t, lab = _inputs(17, V, seed=V)
+    s, t, lab = inputs(17, V, seed=V)
     check_against_reference(s, t, lab, temperature=2.0, alpha=alpha, divergence=divergence)
 
 
 @pytest.mark.parametrize("T", [0.1, 0.5, 1.0, 2.0, 8.0])
 @pytest.mark.parametrize("divergence", DIVS)
 def test_temperatures(T, divergence):
-    s, t, lab = _inputs(33, 3200, seed=int(T * 10))
+    s, t, lab = inputs(33, 3200, seed=int(T * 10))
     check_against_reference(s, t, lab, temperature=T, alpha=0.3, divergence=divergence, beta=0.3)
 
 
 @pytest.mark.parametrize("rows", [1, 2, 7, 64, 3001])
 def test_rows(rows):
-    s, t, lab = _inputs(rows, 1271, seed=rows)
+    s, t, lab = inputs(rows, 1271, seed=rows)
     check_against_reference(s, t, lab, temperature=2.0, alpha=0.5)
 
 
@@ -54,7 +43,7 @@ def test_rows(rows):
 @pytest.mark.parametrize("T", [0.1, 1.0, 8.0])
 @pytest.mark.parametrize("divergence", DIVS)
 def test_large_logits(scale, T, divergence):
-    s, t, lab = _inputs(9, 1271, scale=scale, seed=3)
+    s, t, lab = inputs(9, 1271, scale=scale, seed=3)
     check_against_reference(s, t, lab, temperature=T, alpha=0.3, divergence=divergence)
 
 
@@ -62,27 +51,27 @@ def test_large_logits(scale, T, divergence):
 @pytest.mark.parametrize("grad_out", [1.0, 0.37, -2.5])
 @pytest.mark.parametrize("divergence", DIVS)
 def test_reductions_and_grad_output(reduction, grad_out, divergence):
-    s, t, lab = _inputs(4 * 5, 1271, seed=11)
+    s, t, lab = inputs(4 * 5, 1271, seed=11)
     s, t, lab = s.view(4, 5, -1), t.view(4, 5, -1), lab.view(4, 5)
     check_against_reference(s, t, lab, grad_out=grad_out, temperature=2.0, alpha=0.3, divergence=divergence,
                             reduction=reduction)
 
 
 def test_per_row_grad_output_for_reduction_none():
-    s, t, lab = _inputs(12, 1271, seed=5)
+    s, t, lab = inputs(12, 1271, seed=5)
     go = torch.linspace(-1, 2, 12)
     check_against_reference(s, t, lab, grad_out=go, temperature=2.0, alpha=0.3, reduction="none")
 
 
 def test_no_labels():
-    s, t, _ = _inputs(12, 3200, labels=False)
+    s, t, _ = inputs(12, 3200, labels=False)
     for div in DIVS:
         check_against_reference(s, t, None, temperature=2.0, alpha=0.5, divergence=div)
 
 
 @pytest.mark.parametrize("reduction", ["batchmean", "sum", "none"])
 def test_every_row_ignored(reduction):
-    s, t, _ = _inputs(6, 1271)
+    s, t, _ = inputs(6, 1271)
     lab = torch.full((6,), -100)
     out, grad = run(kd_loss, s, t, lab, 1.0 if reduction != "none" else torch.ones(6), temperature=2.0,
                     alpha=0.5, reduction=reduction)
@@ -90,7 +79,7 @@ def test_every_row_ignored(reduction):
 
 
 def test_custom_ignore_index_rows_get_zero_gradient():
-    s, t, lab = _inputs(10, 1271, ignore_frac=0.0)
+    s, t, lab = inputs(10, 1271, ignore_frac=0.0)
     lab[[1, 4]] = 7  # ignore_index=7: those rows count for nothing
     out, grad = run(kd_loss, s, t, lab, 1.0, temperature=2.0, alpha=0.5, ignore_index=7)
     assert torch.all(grad[[1, 4]] == 0) and grad[0].abs().sum() > 0
@@ -100,7 +89,7 @@ def test_custom_ignore_index_rows_get_zero_gradient():
 @pytest.mark.parametrize("divergence", DIVS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_neg_inf_teacher_entries(divergence, dtype):
-    s, t, lab = _inputs(16, 3200, dtype=dtype, seed=7)
+    s, t, lab = inputs(16, 3200, dtype=dtype, seed=7)
     mask = torch.rand(16, 3200, generator=torch.Generator().manual_seed(1)) < 0.3
     t = t.masked_fill(mask, float("-inf"))
     out, grad = run(kd_loss, s, t, lab, 1.0, temperature=2.0, alpha=0.5, divergence=divergence)
@@ -109,7 +98,7 @@ def test_neg_inf_teacher_entries(divergence, dtype):
 
 
 def test_non_contiguous_inputs():
-    base_s, base_t, lab = _inputs(24, 2 * 1271, seed=9)
+    base_s, base_t, lab = inputs(24, 2 * 1271, seed=9)
     s = base_s[:, ::2]  # stride 2 along the vocabulary
     t = base_t.t().contiguous().t()[:, 1271:]  # column-major slice
     lab = lab.clamp(min=-100, max=1270)
@@ -123,12 +112,12 @@ def test_non_contiguous_inputs():
 @pytest.mark.parametrize("divergence", DIVS)
 @pytest.mark.parametrize("V", [1271, 32003])
 def test_low_precision_dtypes(dtype, divergence, V):
-    s, t, lab = _inputs(19, V, dtype=dtype, seed=13)
+    s, t, lab = inputs(19, V, dtype=dtype, seed=13)
     check_against_reference(s, t, lab, grad_out=0.5, temperature=2.0, alpha=0.3, divergence=divergence)
 
 
 def test_mixed_dtypes_and_output_dtypes():
-    s, t, lab = _inputs(8, 1271, dtype=torch.bfloat16)
+    s, t, lab = inputs(8, 1271, dtype=torch.bfloat16)
     t = t.float()
     loss, grad = run(kd_loss, s, t, lab, 1.0, temperature=2.0, alpha=0.5)
     s_ = s.detach().clone().requires_grad_()
@@ -139,7 +128,7 @@ def test_mixed_dtypes_and_output_dtypes():
 
 
 def test_teacher_gets_no_gradient_and_no_grad_mode_skips_it():
-    s, t, lab = _inputs(8, 1271)
+    s, t, lab = inputs(8, 1271)
     t.requires_grad_(True)
     s.requires_grad_(True)
     kd_loss(s, t, lab, temperature=2.0, alpha=0.5).backward()
@@ -239,7 +228,7 @@ def test_fused_linear_default_chunk_and_no_bias():
     (dict(reduction="mean"), "reduction"), (dict(divergence="jsd", beta=2.0), "beta"),
 ])
 def test_bad_arguments_name_the_argument(kwargs, name):
-    s, t, lab = _inputs(4, 50)
+    s, t, lab = inputs(4, 50)
     with pytest.raises(ValueError, match=name):
         kd_loss(s, t, lab, **kwargs)
     with pytest.raises(ValueError, match=name):
@@ -248,7 +237,7 @@ def test_bad_arguments_name_the_argument(kwargs, name):
 
 
 def test_bad_shapes_and_labels():
-    s, t, lab = _inputs(4, 50)
+    s, t, lab = inputs(4, 50)
     with pytest.raises(ValueError, match="teacher_logits"):
         kd_loss(s, t[:, :49], lab)
     with pytest.raises(ValueError, match="labels"):
@@ -265,7 +254,7 @@ def test_backend_names():
 
 
 def test_torch_compile_sees_through_the_op():
-    s, t, lab = _inputs(16, 1271)
+    s, t, lab = inputs(16, 1271)
     f = torch.compile(lambda a, b, c: kd_loss(a, b, c, temperature=2.0, alpha=0.5), backend="aot_eager",
                       fullgraph=False)
     out_c, grad_c = run(lambda a, b, c: f(a, b, c), s, t, lab, 1.0)
@@ -278,7 +267,7 @@ def test_torch_export_captures_the_op():
         def forward(self, s, t):
             return kd_loss(s, t, temperature=2.0, alpha=1.0)
 
-    s, t, _ = _inputs(8, 300, labels=False)
+    s, t, _ = inputs(8, 300, labels=False)
     ep = torch.export.export(M(), (s, t))
     assert any("edgekd" in str(n.target) for n in ep.graph.nodes)
     assert abs(float(ep.module()(s, t)) - float(kd_loss_reference(s, t, temperature=2.0))) < 1e-5
@@ -307,7 +296,7 @@ def test_int64_offsets_beyond_2_pow_31():
 
 
 def test_backward_twice_with_retained_graph():
-    s, t, lab = _inputs(8, 1271)
+    s, t, lab = inputs(8, 1271)
     s.requires_grad_(True)
     loss = kd_loss(s, t, lab, temperature=2.0, alpha=0.5)
     (g1,) = torch.autograd.grad(loss, s, retain_graph=True)
@@ -319,7 +308,7 @@ def test_gradient_buffer_is_the_only_rows_by_vocab_allocation():
     """Autograd adopts the kernel's buffer as .grad (no copy, no zero-filled grad for the second output)."""
     from edgekd.kernels.bench import PeakMemory
 
-    s, t, lab = _inputs(256, 32000)
+    s, t, lab = inputs(256, 32000)
     s.requires_grad_(True)
     kd_loss(s, t, lab, temperature=2.0, alpha=0.5).backward()  # warm-up
     s.grad = None
@@ -354,7 +343,7 @@ def test_bench_prints_table_and_writes_json(tmp_path):
 
 @pytest.mark.parametrize("beta", [0.0, 1.0])
 def test_jsd_edge_betas_with_masked_teacher(beta):
-    s, t, lab = _inputs(6, 300, seed=2)
+    s, t, lab = inputs(6, 300, seed=2)
     t[:, ::5] = float("-inf")
     ref = kd_loss_reference(s, t, lab, temperature=2.0, alpha=0.5, divergence="jsd", beta=beta)
     assert torch.isfinite(ref)
