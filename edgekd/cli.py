@@ -122,6 +122,12 @@ def distill(
     target: Optional[str] = typer.Option(None, help="Edge target name (see `edgekd targets list`)."),
     latency_budget: Optional[float] = typer.Option(None, "--latency-budget", help="Latency budget in ms."),
     device: str = typer.Option("local", help="Where to profile: local | ssh://USER@HOST[:PORT] | adb[:SERIAL]."),
+    calibration: Optional[str] = typer.Option(
+        None, "--calibration", help="--target: the latency model's starting calibration: a calibration .json "
+                                    "(a run's search/calibration.json) or 'saved' (the device's, saved with "
+                                    "--save-calibration); default: the target file's datasheet priors."),
+    save_calibration: bool = typer.Option(False, "--save-calibration",
+                                          help="--target: save the calibration measured on the device in the cache."),
     identity_file: Optional[str] = typer.Option(None, help="ssh: private key (default: ssh's, or EDGEKD_SSH_KEY)."),
     known_hosts: Optional[str] = typer.Option(None, help="ssh: known_hosts file to check the host key against."),
     insecure_host_key: bool = typer.Option(False, "--insecure-host-key", help="ssh: do not check the host key."),
@@ -132,22 +138,29 @@ def distill(
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ) -> None:
     """Distill the teacher into a student, train the scratch baseline, evaluate both, write the run."""
-    from edgekd.checks import distill_inputs
+    from edgekd.checks import distill_inputs, input_file
     from edgekd.profile import check_device
+    from edgekd.settings import Settings
 
     # Checked before the heavy imports and before anything is written: a bad value costs no run directory.
+    settings = Settings.from_env()
     temp = temperature if temperature == "auto" else _float_option("--temperature", temperature)
     distill_inputs(dict(teacher=_path(teacher), data=_path(data), student=_path(student), steps=steps, out=_path(out),
                         temperature=temp, alpha=alpha, latency_budget_ms=latency_budget, batch_size=batch_size,
                         seq_len=seq_len, lr=lr, seed=seed))
     profile_kw = dict(identity_file=_path(identity_file), known_hosts=_path(known_hosts),
                       insecure_host_key=insecure_host_key, remote_python=remote_python)
+    if (calibration or save_calibration) and not target:
+        raise EdgekdError("--calibration and --save-calibration go with --target (the job's latency model)")
+    calibration = _path(calibration, keep=("saved",))
+    if calibration != "saved":
+        input_file(calibration, "--calibration")
     if target:
         from edgekd.targets.spec import load_target
 
         target = _path(target) if target.endswith(".toml") else target
-        load_target(target)
-    check_device(device, probe=bool(target), **profile_kw)  # the job profiles on it: reachable now, not after training
+        load_target(target, settings)
+    check_device(device, probe=bool(target), settings=settings, **profile_kw)  # reachable now, not after training
     from edgekd.distill import DistillConfig, run
 
     engine = DistillConfig(teacher=_path(teacher), data=_path(data), text_column=text_column,
@@ -158,8 +171,9 @@ def distill(
     if target:  # the one-command job: search -> distill -> export -> profile -> report (it refuses --student)
         from edgekd.pipeline import JobConfig, distill_for_target
 
-        distill_for_target(JobConfig(engine=engine, target=target, latency_budget_ms=latency_budget, device=device),
-                           **profile_kw)
+        distill_for_target(JobConfig(engine=engine, target=target, latency_budget_ms=latency_budget, device=device,
+                                     calibration=calibration, save_calibration=save_calibration, profile=profile_kw),
+                           settings=settings)
     else:
         run(engine)
 

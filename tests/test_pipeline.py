@@ -113,6 +113,11 @@ def test_job_report_has_every_design_key(job):
     job_t = rep["timings_s"]["job"]
     for phase in ("search", "distill+scratch+eval", "export+parity+local_profile", "total"):
         assert job_t[phase]["cpu_s"] >= 0, phase
+    assert rep["schema_version"] >= 1 and rep["calibration"]["source"] == "priors"
+    from edgekd.report import ENGINE_KEYS, JOB_KEYS, missing_keys
+
+    assert missing_keys(rep, ENGINE_KEYS) == [] and missing_keys(rep, JOB_KEYS) == []
+    assert (job / "search" / "calibration.json").is_file() and (job / "job.json").is_file()
     md = (job / "report.md").read_text()
     assert "2 ms" in md and "scratch baseline" in md and "search/search.png" in md
     assert f"{lat['predicted_ms']:.3f}" in md and "export/student.tflite" in md
@@ -142,10 +147,11 @@ def test_measured_miss_recalibrates_and_shrinks(teacher, data, tmp_path):
     it is picks the largest student; the measured miss (no ONNX Runtime call of a 4-layer model takes
     50 us) recalibrates the model from the measurement, and the job distills a strictly smaller one."""
     from edgekd.distill import DistillConfig
-    from edgekd.pipeline import distill_for_target
+    from edgekd.pipeline import JobConfig, distill_for_target
+    from edgekd.targets import load_target, measure_target
     from edgekd.targets.latency import KINDS, Calibration, default_calibration
 
-    base = default_calibration("host", "onnx")
+    base = default_calibration(measure_target(load_target("host")), "onnx")
     optimistic = Calibration(device="host", fmt="onnx", eff_compute={k: 1e4 for k in KINDS} | {"matmul": 30.0,
                              "matmul_int8": 30.0}, eff_mem={k: 1e4 for k in KINDS}, overhead_us=1e-4,
                              call_overhead_us=1e-3, facts=base.facts)
@@ -153,10 +159,10 @@ def test_measured_miss_recalibrates_and_shrinks(teacher, data, tmp_path):
 
     out = tmp_path / "run"
     try:
-        distill_for_target(DistillConfig(teacher=str(teacher), data=str(data), out=str(out),
-                                         target="host", latency_budget_ms=0.05, steps=4, seq_len=32,
-                                         batch_size=4, eval_blocks=4, quiet=True, threads=1),
-                           calibration=optimistic, max_shrinks=1, profile_runs=10)
+        distill_for_target(JobConfig(DistillConfig(teacher=str(teacher), data=str(data), out=str(out), steps=4,
+                                                   seq_len=32, batch_size=4, eval_blocks=4, quiet=True, threads=1),
+                                     target="host", latency_budget_ms=0.05, calibration=optimistic, max_shrinks=1,
+                                     profile_runs=10))
         missed = False
     except JobFailed as e:  # still over 0.05 ms after the shrink: the job failed (exit 1), the report says why
         assert "missed the budget" in str(e)
@@ -178,3 +184,25 @@ def test_measured_miss_recalibrates_and_shrinks(teacher, data, tmp_path):
     assert rep["latency"]["meets_budget_measured"] is (second["measured_ms"] <= 0.05)
     assert "attempts/N/" in (out / "report.md").read_text()
     assert Path(rep["exports"]["onnx"]["path"]) == Path("export/student.onnx")
+    assert rep["calibration"]["source"] == "given" and "recalibrated" in rep["calibration"]
+    assert rep["target_facts"]["name"] == "host" and "cpu.peak_gflops_fp32" in rep["target_facts"]["measured"]
+
+
+def test_resume_with_other_job_flags_is_one_line(job, teacher, data, monkeypatch, capsys):
+    """--resume continues the job as configured: a different budget or device is named, exit 2, no work."""
+    before = (job / "report.json").read_text()
+    code, _, err = cli(monkeypatch, capsys, "distill", "--target", "android-arm64", "--teacher", teacher, "--data", data,
+                       "--out", job, "--resume", "--latency-budget", "7", *JOB)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "latency_budget_ms" in lines[0] and "7" in lines[0], err
+    assert (job / "report.json").read_text() == before
+
+
+def test_calibration_is_explicit(teacher, data, tmp_path, monkeypatch, capsys):
+    """--calibration saved without a saved one is a one-line error before any work; a path that is not there too."""
+    for value, needle in (("saved", "no saved calibration"), (str(tmp_path / "none.json"), "does not exist")):
+        code, _, err = cli(monkeypatch, capsys, "distill", "--target", "android-arm64", "--teacher", teacher,
+                           "--data", data, "--out", tmp_path / "run", "--calibration", value, *JOB)
+        assert code == 2 and needle in err and len(err.strip().splitlines()) == 1, err
+        assert not (tmp_path / "run" / "config.json").exists()
