@@ -9,14 +9,13 @@ initialised this way; edgekd.models.arch reads and writes their configs.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Iterable, Optional
 
 import torch
 
+from edgekd.checks import student_overrides
 from edgekd.errors import EdgekdError
 from edgekd.models.arch import arch_of, model_type_of, select_layers, with_arch
 
@@ -46,20 +45,7 @@ def student_config_from(spec, teacher_config):
     names such as hidden_size, or the family's own such as n_embd)."""
     if spec is None:
         return default_student_config(teacher_config)
-    if isinstance(spec, dict):
-        overrides = spec
-    else:
-        p = Path(spec)
-        if p.is_dir():
-            p = p / "config.json"
-        if not p.is_file():
-            raise EdgekdError(f"student config {spec} does not exist: pass a JSON file of config fields or a model directory")
-        try:
-            overrides = json.loads(p.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise EdgekdError(f"student config {p} is not valid JSON ({type(e).__name__}): fix the file") from e
-        if not isinstance(overrides, dict):
-            raise EdgekdError(f"student config {p} must be a JSON object of config fields")
+    overrides = student_overrides(spec)  # the one reader of --student (checks.py), so the CLI and the API agree
     mt = overrides.get("model_type")
     if mt and mt != teacher_config.model_type:
         from transformers import AutoConfig
