@@ -4,7 +4,7 @@ Imported lazily, so that reading configs (edgekd.models.arch) does not import to
 
 _EXPORTS = {"load_model": "loading", "load_teacher": "loading", "build_student": "students",
             "default_student_config": "students", "select_layers": "students", "student_config_from": "students",
-            "arch_of": "arch"}
+            "arch_of": "arch", "param_count": "arch", "count_params": "students"}
 
 __all__ = list(_EXPORTS)
 
