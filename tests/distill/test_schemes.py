@@ -227,7 +227,8 @@ def test_online_student_loss_does_not_move_the_teacher():
 def test_progressive_stage_configs_shrink_each_stage():
     """The plan's chain: each stage smaller than the one before, derived fields recomputed, bad sizes refused
     before any training (that each stage is taught by the previous one is test_run_schemes' progressive run)."""
-    from edgekd.distill.schemes import params_of, shrunk_config
+    from edgekd.distill.schemes import shrunk_config
+    from edgekd.models.students import count_params
 
     teacher = llama(4, 32, heads=4, seed=1)
     sizes = [{"num_hidden_layers": 3, "hidden_size": 24, "intermediate_size": 48},
@@ -235,7 +236,7 @@ def test_progressive_stage_configs_shrink_each_stage():
               "num_key_value_heads": 2}]
     student = shrunk_config(shrunk_config(shrunk_config(teacher.config, sizes[0]), sizes[1]), {"num_hidden_layers": 1})
     configs = stage_configs(sizes, teacher, student)
-    params = [params_of(LlamaForCausalLM, c) for c in [teacher.config] + configs]
+    params = [count_params(LlamaForCausalLM(c)) for c in [teacher.config] + configs]  # built, not the formula
     assert params == sorted(params, reverse=True) and len(set(params)) == 4
     assert configs[0].num_hidden_layers == 3 and configs[1].hidden_size == 16 and configs[-1] is student
     assert configs[1].head_dim == 8  # derived fields recomputed

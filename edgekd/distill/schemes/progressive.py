@@ -3,12 +3,11 @@ first by the run's teacher); the last is the run's student (cf. TA-KD, Mirzadeh 
 
 from __future__ import annotations
 
-import torch
-
 from edgekd.distill.schemes.base import Plan, Stage, register_scheme, split_options
 from edgekd.distill.schemes.offline import OfflineScheme, with_cache_data
 from edgekd.errors import EdgekdError
 from edgekd.losses import unwrap
+from edgekd.models.arch import param_count
 
 
 def shrunk_config(config, overrides: dict):
@@ -27,12 +26,6 @@ def shrunk_config(config, overrides: dict):
     return config_from(config, overrides, drop=drop, what="progressive: ")
 
 
-def params_of(model_cls, config) -> int:
-    """Exact parameter count of `model_cls(config)`, instantiated on the meta device (no memory)."""
-    with torch.device("meta"):
-        return sum(p.numel() for p in model_cls(config).parameters())
-
-
 def stage_configs(sizes, teacher, student_config) -> list:
     """The chain's stage configs: the intermediate `sizes` (config overrides, each applied to the previous
     stage's config; default: one stage halfway between teacher and student), then the run's student.
@@ -49,7 +42,7 @@ def stage_configs(sizes, teacher, student_config) -> list:
     configs.append(student_config)
     prev = teacher.config
     for n, c in enumerate(configs, 1):
-        have, want = params_of(type(teacher), prev), params_of(type(teacher), c)
+        have, want = param_count(prev), param_count(c)
         if want >= have or c.num_hidden_layers > prev.num_hidden_layers:
             raise EdgekdError(f"scheme 'progressive': stage {n} ({want} parameters, {c.num_hidden_layers} layers) is "
                               f"not smaller than the model before it ({have}, {prev.num_hidden_layers} layers): "
@@ -87,8 +80,7 @@ def halfway_sizes(teacher: nn.Module, student_config) -> list[dict]:
         o["hidden_size"], o["head_dim"] = h * ta["head_dim"], ta["head_dim"]
     else:
         o["hidden_size"] = max(h, mid(ta["hidden_size"], sa["hidden_size"]) // h * h)
-    cls = type(unwrap(teacher))
-    sizes = [params_of(cls, c) for c in (t, shrunk_config(t, o), s)]
+    sizes = [param_count(c) for c in (t, shrunk_config(t, o), s)]
     return [o] if sizes[0] > sizes[1] > sizes[2] else []
 
 
