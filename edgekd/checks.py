@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from edgekd.errors import EdgekdError
+from edgekd.precision import QUANTIZE
 
 MIN_FREE_BYTES = 64 << 10  # an output place with less free space than this is full for our purposes
 MAX_SEED = 2**32 - 1      # numpy's and torch's common range
@@ -115,7 +116,7 @@ def distill_inputs(values: dict, teacher_config: Optional[dict] = None) -> None:
 
 
 EXPORT_FORMATS = {"onnx": ".onnx", "tflite": ".tflite"}
-EXPORT_QUANTIZE = ("none", "int8-dynamic", "int8")
+EXPORT_QUANTIZE = tuple(q for q in QUANTIZE if q != "int4")  # int4: the generative formats' (not yet)
 
 
 def export_args(fmt: str, quantize: str, seq_len: Any, min_top1: Any, out: Optional[str | os.PathLike] = None) -> None:

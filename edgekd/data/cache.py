@@ -2,23 +2,23 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Callable
 
 import torch
 
 from edgekd.io import atomic_path
-from edgekd.settings import cache_dir
+from edgekd.settings import Settings
 
 
 def cached_tokens(key: str, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
     """`compute()` once per key (a hash of data and tokenizer); later calls read the safetensors file."""
     from safetensors.torch import load_file, save_file
 
-    if os.environ.get("EDGEKD_NO_CACHE"):
+    settings = Settings.from_env()  # a pure speed-up: whether it is used never changes a result
+    if settings.no_cache:
         return compute()
-    path = cache_dir() / "tokens" / f"{key}.safetensors"
+    path = settings.cache_dir / "tokens" / f"{key}.safetensors"
     if path.is_file():
         try:
             return load_file(str(path))["tokens"]

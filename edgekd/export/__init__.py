@@ -1,6 +1,15 @@
-"""Export students to ONNX and TFLite (float and int8) and prove each file matches PyTorch."""
+"""Export students to ONNX and TFLite (float and int8) and prove each file matches PyTorch.
 
-from edgekd.export.api import export_model
-from edgekd.export.run_dir import VARIANTS, export_key, export_run
+Imported lazily, so that `export.runtime` (the standalone runner the profilers ship) does not import torch."""
 
-__all__ = ["VARIANTS", "export_key", "export_model", "export_run"]
+_EXPORTS = {"export_model": "api", "VARIANTS": "run_dir", "export_key": "run_dir", "export_run": "run_dir"}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(f"edgekd.export.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'edgekd.export' has no attribute {name!r}")

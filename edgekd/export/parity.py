@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from edgekd.profile import device_runner
+from edgekd.export import runtime
 
 
 def reference_logits(module: torch.nn.Module, rows: torch.Tensor) -> list[np.ndarray]:
@@ -14,7 +14,7 @@ def reference_logits(module: torch.nn.Module, rows: torch.Tensor) -> list[np.nda
 
 
 def exported_logits(path: str, rows: torch.Tensor) -> list[np.ndarray]:
-    model = device_runner.load(path)
+    model = runtime.load(path)
     (name, _shape, dtype), = model.inputs
     return [model.run({name: rows[i:i + 1].numpy().astype(dtype)})[0] for i in range(rows.shape[0])]
 

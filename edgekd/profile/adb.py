@@ -10,7 +10,7 @@ from pathlib import Path
 
 from edgekd.errors import EdgekdError
 from edgekd.profile.common import run_child
-from edgekd.profile.device_runner import pick_big_cores
+from edgekd.export.runtime import pick_big_cores
 
 REMOTE_ROOT = "/data/local/tmp/edgekd"
 DEVICE_BENCHMARK = "/data/local/tmp/benchmark_model"

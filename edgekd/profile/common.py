@@ -78,7 +78,7 @@ def _die_with_parent():
 
 
 def run_child(cmd: list[str], timeout: float, **kw) -> subprocess.CompletedProcess:
-    """subprocess.run for the runners' children (device_runner, ssh, adb): a child never outlives edgekd.
+    """subprocess.run for the runners' children (export/runtime.py, ssh, adb): a child never outlives edgekd.
 
     subprocess.run kills it on a timeout or an exception here (Ctrl-C); PR_SET_PDEATHSIG covers a
     SIGTERM or SIGKILL of edgekd itself, where no Python code runs.

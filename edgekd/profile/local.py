@@ -7,9 +7,10 @@ import sys
 from pathlib import Path
 
 from edgekd.errors import EdgekdError
+from edgekd.export import runtime
 from edgekd.profile.common import parse_runner_json, run_child
 
-RUNNER = Path(__file__).with_name("device_runner.py")
+RUNNER = Path(runtime.__file__)  # a standalone script: shipped to boards and phones as it is
 
 
 def runner_args(runs: int, warmup: int, threads: int | None, seq_len: int, vocab: int | None) -> list[str]:

@@ -10,7 +10,7 @@ import torch
 
 from edgekd.errors import EdgekdError, JobFailed
 from edgekd.export.hf import load_for_export
-from edgekd.profile import device_runner
+from edgekd.export import runtime as device_runner
 from tests.export.conftest import SEQ
 
 # Static int8 is checked on the classifier: on a randomly initialised causal LM its top-1 agreement sits

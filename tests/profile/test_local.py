@@ -9,7 +9,8 @@ import sys
 import pytest
 
 from edgekd.errors import EdgekdError
-from edgekd.profile import STAT_KEYS, device_runner, profile_model
+from edgekd.export import runtime as device_runner
+from edgekd.profile import STAT_KEYS, profile_model
 
 
 def _sane(stats: dict, fmt: str, runs: int) -> None:
