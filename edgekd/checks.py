@@ -223,12 +223,17 @@ def text_file(path: Path, what: str) -> str:
 
 def json_object(path: Path, what: str, fix: str) -> dict:
     """The JSON object in `path` (UTF-8), or one line naming the file, the problem and `fix`."""
+    return parse_json_object(text_file(path, what), f"{what} {path}", fix)
+
+
+def parse_json_object(text: str, where: str, fix: str) -> dict:
+    """`text` as a JSON object, or one line: `where` (a file, a file:line, an option), the problem, `fix`."""
     try:
-        obj = json.loads(text_file(path, what))
+        obj = json.loads(text)
     except json.JSONDecodeError as e:
-        raise EdgekdError(f"{what} {path} is not valid JSON ({e.msg}, line {e.lineno}): {fix}") from e
+        raise EdgekdError(f"{where} is not valid JSON ({e.msg}, line {e.lineno} column {e.colno}): {fix}") from e
     if not isinstance(obj, dict):
-        raise EdgekdError(f"{what} {path} must be a JSON object, not {type(obj).__name__}: {fix}")
+        raise EdgekdError(f"{where} must be a JSON object, not {type(obj).__name__}: {fix}")
     return obj
 
 

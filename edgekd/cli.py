@@ -197,19 +197,14 @@ def _path(value: Optional[str], keep: tuple = ("builtin",)) -> Optional[str]:
 
 
 def _json_option(name: str, value: Optional[str]) -> dict:
-    import json
     from pathlib import Path
+
+    from edgekd.checks import parse_json_object
 
     if not value:
         return {}
     text = Path(value).read_text() if value.endswith(".json") and Path(value).is_file() else value
-    try:
-        obj = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise EdgekdError(f"{name}: not valid JSON ({e.msg} at column {e.colno}); give an object or a .json file") from e
-    if not isinstance(obj, dict):
-        raise EdgekdError(f"{name}: expected a JSON object, got {type(obj).__name__}")
-    return obj
+    return parse_json_object(text, name, "give an object or a .json file")
 
 
 def _float_option(name: str, value: str) -> float:

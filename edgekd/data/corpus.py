@@ -7,13 +7,13 @@ present wherever edgekd runs, so the default job needs no download.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import sysconfig
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from edgekd.checks import parse_json_object
 from edgekd.errors import EdgekdError
 
 _EXCLUDED_DIRS = {"test", "tests", "site-packages", "dist-packages", "__pycache__", "idlelib",
@@ -169,12 +169,7 @@ def _read_jsonl(path: Path, text_column: Optional[str] = None, label_column: Opt
     for n, line in enumerate(_read_text_file(path).splitlines(), 1):
         if not line.strip():
             continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise EdgekdError(f"{path}:{n} is not valid JSON ({e.msg}): each line must be an object with a 'text' key") from e
-        if not isinstance(obj, dict):
-            raise EdgekdError(f"{path}:{n} is not a JSON object: each line must be an object with a 'text' key")
+        obj = parse_json_object(line, f"{path}:{n}", "each line must be an object with a 'text' key")
         tc = _pick(obj, text_column, TEXT_COLUMNS, f"{path}:{n}", "text", "--text-column")
         if not isinstance(obj[tc], str):
             raise EdgekdError(f"{path}:{n} has no string {tc!r} field: each line must be an object with a {tc!r} key")
