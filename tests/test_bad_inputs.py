@@ -89,7 +89,7 @@ def fx(tmp_path_factory):
     from tests.distill.helpers import small_texts, write_text_dir
 
     from edgekd.data.tokenizer import train_tokenizer
-    from edgekd.models.tiny import make_tiny_teacher
+    from edgekd.distill.teacher import make_tiny_teacher
 
     root = tmp_path_factory.mktemp("bad-inputs")
     p: dict[str, Path | str] = {"root": root}

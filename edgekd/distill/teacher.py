@@ -1,5 +1,6 @@
-"""`edgekd teacher train`: the built-in teacher trained from its recipe (edgekd.models.builtin.RECIPE)
-by the same trainer and hard-label objective as every other model edgekd trains.
+"""The teachers edgekd trains itself, with the same trainer and hard-label objective as every other model:
+the built-in one (`edgekd teacher train`, from edgekd.models.builtin.RECIPE) and tiny ones built in
+seconds from local text (tests, trying edgekd offline).
 
 The recipe trains on CPU with one thread: bitwise equality holds for the same torch version, thread
 count and CPU kind (float reductions depend on how work is split and vectorised); elsewhere the
@@ -84,3 +85,45 @@ def train_builtin_teacher(out: str | os.PathLike = BUILTIN_DIR, steps: Optional[
         echo(f"built-in teacher written to {out}: validation loss {val_loss:.4f} "
              f"(perplexity {math.exp(val_loss):.1f}) after {r['steps']} steps")
     return Path(out)
+
+
+def make_tiny_teacher(out: str | os.PathLike, texts: Optional[list[str]] = None, *, vocab_size: int = 384,
+                      hidden_size: int = 64, layers: int = 4, heads: int = 4, kv_heads: Optional[int] = None,
+                      intermediate_size: int = 128, max_positions: int = 128, train_steps: int = 40,
+                      seq_len: int = 32, seed: int = 0, classifier_labels: Optional[int] = None) -> Path:
+    """A byte-level BPE trained on `texts` (default: a few stdlib files) and a small Llama trained briefly on
+    them at a constant learning rate (a classifier head is left untrained)."""
+    from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
+
+    from edgekd.data.batching import BlockStream, encode_texts
+    from edgekd.data.corpus import builtin_files
+    from edgekd.data.tokenizer import train_tokenizer
+    from edgekd.distill.objective import hard_label_objective
+    from edgekd.distill.trainer import TrainConfig, Trainer
+    from edgekd.models.loading import CAUSAL_LM
+
+    if texts is None:
+        texts = [p.read_text(encoding="utf-8", errors="replace") for _, p in builtin_files()[:12]]
+    tok = train_tokenizer(texts, vocab_size=vocab_size)
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=hidden_size, num_hidden_layers=layers,
+                      num_attention_heads=heads, num_key_value_heads=kv_heads or heads,
+                      intermediate_size=intermediate_size, max_position_embeddings=max_positions,
+                      tie_word_embeddings=False, bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id,
+                      pad_token_id=tok.pad_token_id)
+    if classifier_labels:
+        cfg.num_labels = classifier_labels
+        model = LlamaForSequenceClassification(cfg)
+    else:
+        model = LlamaForCausalLM(cfg)
+        if train_steps:
+            stream = BlockStream(encode_texts(texts, tok), seq_len, 8, seed=seed)
+            tc = TrainConfig(steps=train_steps, batch_size=8, lr=3e-3, min_lr_ratio=1.0, warmup_steps=0,
+                             weight_decay=0.01, betas=(0.9, 0.999), grad_clip=0.0, checkpoint_every=0, bf16=False)
+            Trainer(model, hard_label_objective(causal=True), stream, tc, None, kind=CAUSAL_LM, label="tiny teacher",
+                    quiet=True, device=torch.device("cpu")).train()
+    model.eval()
+    out = Path(out)
+    model.save_pretrained(str(out), safe_serialization=True)
+    tok.save_pretrained(str(out))
+    return out

@@ -19,7 +19,7 @@ def write_text_dir(d: Path, n: int = 10) -> Path:
 
 
 def tiny_teacher(d: Path, **kw) -> Path:
-    from edgekd.models.tiny import make_tiny_teacher
+    from edgekd.distill.teacher import make_tiny_teacher
 
     kw.setdefault("train_steps", 20)
     return make_tiny_teacher(d, small_texts(), **kw)
