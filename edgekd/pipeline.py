@@ -13,7 +13,6 @@ DistillConfig nested in it.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -21,7 +20,7 @@ from typing import Any, Optional, Union
 
 from edgekd import faults
 from edgekd.console import echo
-from edgekd.distill.config import DistillConfig, changed_fields, resolve_out, resume_config
+from edgekd.distill.config import DistillConfig, read_saved_json, refuse_changes, resolve_out, resume_config
 from edgekd.errors import EdgekdError, JobFailed
 from edgekd.io import run_lock, write_json
 from edgekd.report import JobFacts, build_job_report, failure_message, mark_status, print_summary, write_job_report
@@ -132,16 +131,7 @@ def _check_resume(job: JobConfig, out: Path) -> None:
     path = out / JOB_FILE
     if not path.is_file():
         return  # killed before the job wrote it: nothing to hold the flags against
-    try:
-        saved = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise EdgekdError(f"{path} is corrupt: start a new run with another --out") from e
-    given = job.saved_fields()
-    changed = changed_fields(given, saved, JobConfig().saved_fields(), free=RESUME_FREE)
-    if changed:
-        what = ", ".join(f"{k} (given {given[k]!r}, the run has {saved[k]!r})" for k in changed)
-        raise EdgekdError(f"--resume continues the job as it was configured; these options differ: {what}. "
-                          f"Drop them, or start a new run with another --out")
+    refuse_changes(job.saved_fields(), read_saved_json(path), JobConfig().saved_fields(), "job", free=RESUME_FREE)
 
 
 def _start_calibration(job: JobConfig, t, fmt: str, settings: Settings):

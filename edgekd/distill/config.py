@@ -87,17 +87,27 @@ def resume_config(cfg: DistillConfig, out: Path) -> DistillConfig:
     saved_path = out / "config.json"
     if not saved_path.is_file():
         raise EdgekdError(f"nothing to resume in {out} (no config.json): start a run there without --resume")
-    saved = _read_json(saved_path, "is corrupt: start a new run with another --out")
+    saved = read_saved_json(saved_path)
     saved["temperature"] = saved.get("temperature_requested", saved.get("temperature"))
-    changed = changed_fields(asdict(cfg), saved, asdict(DistillConfig()))
-    if changed:
-        what = ", ".join(f"{k} (given {getattr(cfg, k)!r}, the run has {saved[k]!r})" for k in changed)
-        raise EdgekdError(f"--resume continues the run as it was configured; these options differ: {what}. "
-                          f"Drop them, or start a new run with another --out")
+    refuse_changes(asdict(cfg), saved, asdict(DistillConfig()), "run")
     names = {f.name for f in fields(DistillConfig)}
     resumed = DistillConfig(**{k: v for k, v in saved.items() if k in names})
     resumed.resume, resumed.quiet, resumed.out, resumed.threads = True, cfg.quiet, str(out), cfg.threads or resumed.threads
     return resumed
+
+
+def refuse_changes(given: dict, saved: dict, defaults: dict, what: str, free: tuple = RESUME_FREE) -> None:
+    """One line naming every option a --resume was given that the saved `what` (run, job) disagrees with."""
+    changed = changed_fields(given, saved, defaults, free)
+    if changed:
+        listed = ", ".join(f"{k} (given {given[k]!r}, the run has {saved[k]!r})" for k in changed)
+        raise EdgekdError(f"--resume continues the {what} as it was configured; these options differ: {listed}. "
+                          f"Drop them, or start a new run with another --out")
+
+
+def read_saved_json(path: Path):
+    """A file a run saved for --resume (config.json, job.json); corrupt is one line."""
+    return _read_json(path, "is corrupt: start a new run with another --out")
 
 
 def _read_json(path: Path, problem: str):
