@@ -130,10 +130,10 @@ def eager_kd_loss(s, t, labels, *, temperature, alpha, divergence="forward_kl", 
         s, t = s.to(dtype), t.to(dtype)
     ls = F.log_softmax(s / temperature, -1)
     lt = F.log_softmax(t / temperature, -1)
-    if divergence == "forward_kl":
-        d = (lt.exp() * (lt - ls)).sum(-1)
+    if divergence == "forward_kl":  # F.kl_div, as people write it
+        d = F.kl_div(ls, lt, reduction="none", log_target=True).sum(-1)
     elif divergence == "reverse_kl":
-        d = (ls.exp() * (ls - lt)).sum(-1)
+        d = F.kl_div(lt, ls, reduction="none", log_target=True).sum(-1)
     else:
         p, q = lt.exp(), ls.exp()
         m = (beta * p + (1 - beta) * q).clamp_min(1e-30).log()
