@@ -313,6 +313,33 @@ def profile(
         print_profile(stats)
 
 
+@app.command("predict")
+def predict(
+    model: str = typer.Argument(..., help="A model directory (config.json inside), a config.json, or 'builtin'."),
+    target: str = typer.Option(..., "--target", help="Target name (see `edgekd targets list`)."),
+    precision: str = typer.Option(..., "--precision", help="float32 | int8 | int4"),
+    prompt_len: Optional[int] = typer.Option(None, "--prompt-len", help="Prompt tokens (default: the target's budget's)."),
+    decode_len: Optional[int] = typer.Option(None, "--decode-len", help="Generated tokens (default: the target's budget's)."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
+) -> None:
+    """Predict time to first token, prefill and decode tokens/s, peak RSS and size of generating on a target."""
+    from edgekd.settings import Settings
+    from edgekd.targets.generation import predict_model
+
+    pred = predict_model(_path(model), _path(target) if target.endswith(".toml") else target, precision,
+                         prompt_len, decode_len, Settings.from_env()).to_dict()
+    if json_out:
+        import json
+
+        from edgekd.console import echo
+
+        echo(json.dumps(pred))
+    else:
+        from edgekd.targets.show import print_generation
+
+        print_generation(pred)
+
+
 # --- entry point --------------------------------------------------------------------------------
 
 _GLOBAL_FLAGS = ("--debug", "--verbose")

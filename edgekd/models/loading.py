@@ -95,3 +95,17 @@ def load_model(path: str | os.PathLike, *, with_tokenizer: bool = True, what: st
 
 def load_teacher(path: str | os.PathLike):
     return load_model(path, what="teacher")
+
+
+def read_model_config(path: str | os.PathLike) -> dict:
+    """The config dict of a model directory ('builtin' included) or of a config.json file: what a cost
+    model needs, without loading any weights."""
+    p = resolve_model_dir(path)
+    if p.is_dir() or not p.exists():
+        return read_config_dict(p)
+    from edgekd.checks import parse_json_object, text_file
+
+    cfg = parse_json_object(text_file(p, "config file"), str(p), "pass a model's config.json or its directory")
+    if "model_type" not in cfg:
+        raise EdgekdError(f"{p} has no model_type: pass a model's config.json (save_pretrained writes one)")
+    return cfg

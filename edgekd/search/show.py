@@ -22,14 +22,18 @@ def print_table(result: "SearchResult", max_rows: int = 24) -> None:
     lo = max(0, min(i - max_rows // 2, len(rows) - max_rows))
     shown = rows[lo:lo + max_rows]
     cal = "calibrated" if result.calibrated else "uncalibrated (datasheet priors)"
-    tab = Table(title=f"student candidates for {result.target}: budget {result.latency_budget_ms:g} ms, {cal}")
-    for c in ("layers", "hidden", "heads", "kv", "ffn", "precision", "params", "pred ms", "MB", "peak MB", "fits"):
+    gen = result.generation
+    budget = (_gen_budget_words(gen["budget"]) + f", {gen['format']}") if gen else f"{result.latency_budget_ms:g} ms"
+    tab = Table(title=f"student candidates for {result.target}: budget {budget}, {cal}")
+    speed = ("decode tok/s", "TTFT ms") if gen else ("pred ms",)
+    for c in ("layers", "hidden", "heads", "kv", "ffn", "precision", "params", *speed, "MB", "peak MB", "fits"):
         tab.add_column(c, justify="right")
     for r in shown:
         style = "bold green" if r["chosen"] else (None if r["fits"] else "dim")
+        pred = (f"{r['decode_tok_s']:.0f}", f"{r['ttft_ms']:.2f}") if gen else (f"{r['predicted_ms']:.2f}",)
         tab.add_row(str(r["num_hidden_layers"]), str(r["hidden_size"]), str(r["num_attention_heads"]),
                     str(r["num_key_value_heads"]), str(r["intermediate_size"]), r["precision"],
-                    f"{r['params'] / 1e6:.2f}M", f"{r['predicted_ms']:.2f}", f"{r['size_mb']:.1f}",
+                    f"{r['params'] / 1e6:.2f}M", *pred, f"{r['size_mb']:.1f}",
                     f"{r['peak_mem_mb']:.0f}", ("CHOSEN" if r["chosen"] else "yes") if r["fits"] else f"no ({r['fails']})",
                     style=style)
     console = out()
@@ -38,29 +42,41 @@ def print_table(result: "SearchResult", max_rows: int = 24) -> None:
         console.print(f"({len(rows) - len(shown)} more candidates in candidates.csv)")
 
 
+def _gen_budget_words(b: dict) -> str:
+    parts = ([f">= {b['decode_tok_s']:g} tok/s"] if b.get("decode_tok_s") is not None else []) + \
+            ([f"TTFT <= {b['ttft_ms']:g} ms"] if b.get("ttft_ms") is not None else [])
+    return f"{', '.join(parts)} at prompt {b['prompt_len']}"
+
+
 def plot_search(result: "SearchResult", path: str | Path) -> None:
-    """Predicted latency against parameters, the budget line and the choice: the search at a glance."""
+    """Predicted latency (a generative search: decode tokens/s) against parameters, the budget line and
+    the choice: the search at a glance."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    gen = result.generation
+    y, line = ("decode_tok_s", gen["budget"].get("decode_tok_s")) if gen else ("predicted_ms", result.latency_budget_ms)
+    unit = "tok/s" if gen else "ms"
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for prec, color in (("float32", "tab:blue"), ("int8", "tab:orange")):
+    for prec, color in (("float32", "tab:blue"), ("int8", "tab:orange"), ("int4", "tab:green")):
         ok = [r for r in result.table if r["precision"] == prec and r["fits"]]
         bad = [r for r in result.table if r["precision"] == prec and not r["fits"]]
-        ax.scatter([r["params"] for r in ok], [r["predicted_ms"] for r in ok], s=14, color=color,
-                   label=f"{prec}, fits")
-        ax.scatter([r["params"] for r in bad], [r["predicted_ms"] for r in bad], s=14, facecolors="none",
+        if not ok and not bad:
+            continue
+        ax.scatter([r["params"] for r in ok], [r[y] for r in ok], s=14, color=color, label=f"{prec}, fits")
+        ax.scatter([r["params"] for r in bad], [r[y] for r in bad], s=14, facecolors="none",
                    edgecolors=color, alpha=0.5, label=f"{prec}, does not fit")
-    ax.axhline(result.latency_budget_ms, color="red", ls="--", lw=1, label=f"budget {result.latency_budget_ms:g} ms")
+    if line is not None:
+        ax.axhline(line, color="red", ls="--", lw=1, label=f"budget {line:g} {unit}")
     c = result.choice_row
-    ax.scatter([c["params"]], [c["predicted_ms"]], marker="*", s=250, color="gold", edgecolors="black", zorder=5,
+    ax.scatter([c["params"]], [c[y]], marker="*", s=250, color="gold", edgecolors="black", zorder=5,
                label=f"choice: {c['num_hidden_layers']}L h{c['hidden_size']} {c['precision']}")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("parameters")
-    ax.set_ylabel("predicted latency (ms)")
+    ax.set_ylabel("predicted decode (tokens/s)" if gen else "predicted latency (ms)")
     cal = "calibrated" if result.calibrated else "uncalibrated"
     ax.set_title(f"student search on {result.target} ({cal})")
     ax.legend(fontsize=7, loc="upper left")

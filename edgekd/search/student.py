@@ -1,9 +1,11 @@
 """Student search: the largest student of the teacher's family that the target can run in budget.
 
-Candidates vary depth, width (a multiple of the head size), heads and FFN size, in float32 and int8;
-each gets a predicted latency (the calibrated cost model for the target), a size and a peak memory.
-The choice is the candidate with the most parameters that meets every constraint; the constraints
-(budget, calibration, `max_params`) are arguments, so the caller never edits a result afterwards.
+Candidates vary depth, width (a multiple of the head size), heads and FFN size, in float32 and int8
+(and int4 for generation); each gets a prediction (the calibrated cost model for the target), a size
+and a peak memory. Two budgets, one candidate list: the logits graph's latency (`latency.py`), or
+LLM generation (`generation=`: decode tokens/s and time to first token, `generation.py`). The choice
+is the candidate with the most parameters that meets every constraint; the constraints (budget,
+calibration, `max_params`) are arguments, so the caller never edits a result afterwards.
 """
 
 from __future__ import annotations
@@ -11,32 +13,40 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
 from edgekd.errors import EdgekdError
+from edgekd.precision import PRECISIONS, normalize_precision
 from edgekd.io import write_json, write_text
+from edgekd.targets import generation as gen
 from edgekd.targets import latency as lat
-from edgekd.targets.spec import Target, load_target
+from edgekd.targets.spec import GENERATION_BUDGET, GENERATION_LENGTHS, Target, load_target
 
 RAM_FRACTION = 0.5  # an app may use about half the device's RAM for one model
 OVERRIDE_KEYS = ("num_hidden_layers", "hidden_size", "num_attention_heads", "num_key_value_heads", "head_dim",
                  "intermediate_size")
 COLUMNS = [*OVERRIDE_KEYS, "precision", "params", "predicted_ms", "size_mb", "peak_mem_mb", "fits", "fails", "chosen"]
+GEN_COLUMNS = ["decode_tok_s", "ttft_ms", "prefill_tok_s"]  # generative rows add these; predicted_ms is None
 FILES = {"csv": "candidates.csv", "json": "candidates.json", "plot": "search.png"}  # SearchResult.save's files
 
 
 @dataclass(frozen=True)
 class SearchResult:
-    """`choice`: config overrides for the teacher's config plus "precision"; `table`: every candidate."""
+    """`choice`: config overrides for the teacher's config plus "precision"; `table`: every candidate.
+    `generation` (a generative search only, else None): {"budget": {decode_tok_s, ttft_ms, prompt_len,
+    decode_len}, "format": ..., "predicted": the chosen row's GenerationPrediction.to_dict()}; there the
+    logits latency is not searched on and `predicted_ms` is None."""
 
     choice: dict
     table: list
     target: str
     latency_budget_ms: float
-    predicted_ms: float
+    predicted_ms: Optional[float]
     calibrated: bool
+    generation: Optional[dict] = None
 
     @property
     def choice_row(self) -> dict:
@@ -65,14 +75,16 @@ class SearchResult:
 
         out = Path(out_dir)
         buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=COLUMNS)
+        columns = COLUMNS + (GEN_COLUMNS if self.generation else [])
+        w = csv.DictWriter(buf, fieldnames=columns)
         w.writeheader()
         for r in self.table:
-            w.writerow({k: r[k] for k in COLUMNS})
+            w.writerow({k: r[k] for k in columns})
         write_text(out / FILES["csv"], buf.getvalue())
         write_json(out / FILES["json"], {"target": self.target, "latency_budget_ms": self.latency_budget_ms,
                                          "calibrated": self.calibrated, "choice": self.choice,
-                                         "predicted_ms": self.predicted_ms, "candidates": self.table})
+                                         "predicted_ms": self.predicted_ms, "generation": self.generation,
+                                         "candidates": self.table})
         plot_search(self, out / FILES["plot"])
         return {k: out / f for k, f in FILES.items()}
 
@@ -84,7 +96,7 @@ class SearchResult:
             saved = json.loads(path.read_text())
             return cls(choice=saved["choice"], table=saved["candidates"], target=saved["target"],
                        latency_budget_ms=saved["latency_budget_ms"], predicted_ms=saved["predicted_ms"],
-                       calibrated=saved["calibrated"])
+                       calibrated=saved["calibrated"], generation=saved.get("generation"))
         except OSError as e:
             raise EdgekdError(f"{path}: cannot read the saved search ({e.strerror}): start a new run with another "
                               f"--out") from e
@@ -130,7 +142,7 @@ def candidates(teacher_config: Any, precisions: tuple[str, ...] = ("float32", "i
                     if key in seen or lat.param_count({**a, **arch}) >= teacher_params:  # a student is smaller
                         continue
                     seen.add(key)
-                    out += [arch | {"precision": lat.normalize_precision(p)} for p in precisions]
+                    out += [arch | {"precision": normalize_precision(p)} for p in precisions]
     return out
 
 
@@ -142,12 +154,73 @@ def _row(c: dict, teacher: dict, t: Target, seq_len: int, fmt: str, cal, threads
     size = lat.model_size_mb(cfg, c["precision"])
     peak = lat.peak_memory_mb(cfg, seq_len, c["precision"], lat.runtime_for(fmt))
     params = lat.param_count(cfg)
-    limits = (("latency", pred.total_ms > budget), ("size", size > float(t.budget["max_model_mb"])),
-              ("ram", peak > float(t.memory["ram_mb"]) * RAM_FRACTION),
-              ("max_params", max_params is not None and params >= max_params))
-    fails = [why for why, bad in limits if bad]
+    fails = [why for why, bad in (("latency", pred.total_ms > budget),) if bad] + _fails(t, size, peak, params,
+                                                                                         max_params)
     return {**c, "params": params, "predicted_ms": round(pred.total_ms, 4), "size_mb": round(size, 3),
             "peak_mem_mb": round(peak, 2), "fits": not fails, "fails": ",".join(fails), "chosen": False}
+
+
+def _fails(t: Target, size_mb: float, peak_mb: float, params: int, max_params: Optional[int]) -> list[str]:
+    """The limits every candidate meets whatever it is budgeted on: file size, RAM, max_params."""
+    limits = (("size", size_mb > float(t.budget["max_model_mb"])),
+              ("ram", peak_mb > float(t.memory["ram_mb"]) * RAM_FRACTION),
+              ("max_params", max_params is not None and params >= max_params))
+    return [why for why, bad in limits if bad]
+
+
+def generation_budget(t: Target, overrides: Optional[Mapping] = None) -> dict:
+    """The generation budget: the target file's `[budget]` keys with `overrides` (None values ignored)
+    on top; at least one of decode_tok_s, ttft_ms, with the prompt and decode lengths they hold at."""
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    unknown = set(overrides) - {*GENERATION_BUDGET, *GENERATION_LENGTHS}
+    if unknown:
+        raise EdgekdError(f"unknown generation budget key(s) {', '.join(sorted(unknown))}: use "
+                          f"{', '.join((*GENERATION_BUDGET, *GENERATION_LENGTHS))}")
+    b = {**(t.generation_budget or {k: None for k in (*GENERATION_BUDGET, *GENERATION_LENGTHS)}), **overrides}
+    if b.get("prompt_len") is None:
+        b["prompt_len"] = 64
+    if b.get("decode_len") is None:
+        b["decode_len"] = 128
+    if b.get("decode_tok_s") is None and b.get("ttft_ms") is None:
+        raise EdgekdError(f"target {t.name} states no generation budget: pass --decode-tok-s and/or --ttft-ms")
+    for k, v in b.items():
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0):
+            raise EdgekdError(f"generation budget {k} must be a positive number, got {v!r}")
+    return b
+
+
+def _gen_row(c: dict, teacher: dict, t: Target, fmt: str, cal, threads, budget: Mapping,
+             max_params: Optional[int]) -> dict:
+    """One candidate with its predicted generation, size, peak RSS and the budgets it misses."""
+    cfg = {**teacher, **{k: c[k] for k in OVERRIDE_KEYS}}
+    p = gen.predict_generation(cfg, t, c["precision"], budget["prompt_len"], budget["decode_len"], cal, threads, fmt)
+    params = lat.param_count(cfg)
+    limits = (("decode_tok_s", budget["decode_tok_s"] is not None and p.decode_tok_s < budget["decode_tok_s"]),
+              ("ttft_ms", budget["ttft_ms"] is not None and p.ttft_ms > budget["ttft_ms"]))
+    fails = [why for why, bad in limits if bad] + _fails(t, p.size_mb, p.peak_rss_mb, params, max_params)
+    return {**c, "params": params, "predicted_ms": None, "size_mb": round(p.size_mb, 3),
+            "peak_mem_mb": round(p.peak_rss_mb, 2), "decode_tok_s": round(p.decode_tok_s, 2),
+            "ttft_ms": round(p.ttft_ms, 4), "prefill_tok_s": round(p.prefill_tok_s, 1), "fits": not fails,
+            "fails": ",".join(fails), "chosen": False}
+
+
+def _budget_words(b: Mapping) -> str:
+    parts = ([f"decode >= {b['decode_tok_s']:g} tok/s"] if b.get("decode_tok_s") is not None else []) + \
+            ([f"TTFT <= {b['ttft_ms']:g} ms"] if b.get("ttft_ms") is not None else [])
+    return f"{' and '.join(parts)} (prompt {b['prompt_len']}, decode {b['decode_len']} tokens)"
+
+
+def _nothing_fits_generation(table: list[dict], target: str, b: Mapping) -> EdgekdError:
+    """The one line when no candidate meets the generation budget: the nearest candidate's numbers."""
+    def slack(r):  # the worst budget ratio (>= 1 meets it)
+        return min((r["decode_tok_s"] / b["decode_tok_s"]) if b.get("decode_tok_s") else math.inf,
+                   (b["ttft_ms"] / r["ttft_ms"]) if b.get("ttft_ms") else math.inf)
+    best = max(table, key=slack)
+    other = sorted({f for r in table for f in r["fails"].split(",") if f in ("size", "ram", "max_params")})
+    limits = f"; also over the target's {'/'.join(other)} limit for some" if other else ""
+    return EdgekdError(f"no student meets {target}'s generation budget {_budget_words(b)}: the nearest, "
+                       f"{describe(best)}, is predicted at {best['decode_tok_s']:.1f} tok/s decode and "
+                       f"{best['ttft_ms']:.1f} ms TTFT{limits}; relax --decode-tok-s/--ttft-ms or pick a faster target")
 
 
 def _nothing_fits(table: list[dict], target: str, budget: float, max_params: Optional[int]) -> EdgekdError:
@@ -167,30 +240,66 @@ def _nothing_fits(table: list[dict], target: str, budget: float, max_params: Opt
 
 
 def search_student(teacher_config: Any, target: Target | str, latency_budget_ms: float | None = None, *,
-                   seq_len: int = 64, calibration: Optional[lat.Calibration] = None,
-                   max_params: Optional[int] = None, fmt: str | None = None,
-                   precisions: tuple[str, ...] = ("float32", "int8"), threads: int | None = None) -> SearchResult:
+                   seq_len: int = 64, calibration: Any = None, max_params: Optional[int] = None,
+                   fmt: str | None = None, precisions: tuple[str, ...] | None = None, threads: int | None = None,
+                   generation: Optional[Mapping] = None) -> SearchResult:
     """Choose the student: the most parameters within the latency budget (default: the target's), the
     target's max model size and RAM, and fewer than `max_params` parameters when given (the job's
     strictly smaller student after a recalibration). `calibration`: the latency model's Calibration,
-    or None for the datasheet priors. Raises EdgekdError when nothing fits."""
+    or None for the datasheet priors. Raises EdgekdError when nothing fits.
+
+    `generation` (a dict, {} for the target's budget): search on LLM generation instead, the budget
+    keys decode_tok_s, ttft_ms, prompt_len, decode_len overriding the target file's; `calibration` is
+    then a GenerationCalibration, `fmt` a generative format, precisions default to float32/int8/int4."""
+    t = load_target(target)
+    teacher = lat.arch_of(teacher_config)
+    if generation is not None:
+        return _search_generation(teacher_config, teacher, t, generation, calibration, max_params, fmt,
+                                  precisions or PRECISIONS, threads, latency_budget_ms)
     if calibration is not None and not isinstance(calibration, lat.Calibration):
         raise TypeError(f"calibration must be a Calibration or None, got {type(calibration).__name__}")
-    t = load_target(target)
     fmt = fmt or t.runtime["preferred_format"]
     budget = float(latency_budget_ms if latency_budget_ms is not None else t.budget["latency_ms"])
     if budget <= 0:
         raise EdgekdError(f"--latency-budget must be positive, got {budget}")
-    teacher = lat.arch_of(teacher_config)
     table = [_row(c, teacher, t, seq_len, fmt, calibration, threads, budget, max_params)
-             for c in candidates(teacher_config, precisions)]
+             for c in candidates(teacher_config, precisions or ("float32", "int8"))]
     table.sort(key=lambda r: (-r["params"], r["predicted_ms"]))
     fitting = [r for r in table if r["fits"]]
     if not fitting:
         raise _nothing_fits(table, t.name, budget, max_params)
-    # Most parameters; among equals float32 before int8 (more accurate), then the faster.
-    best = max(fitting, key=lambda r: (r["params"], r["precision"] == "float32", -r["predicted_ms"]))
-    best["chosen"] = True
+    best = _choose(fitting, lambda r: -r["predicted_ms"])
     return SearchResult(choice={k: best[k] for k in OVERRIDE_KEYS} | {"precision": best["precision"]}, table=table,
                         target=t.name, latency_budget_ms=budget, predicted_ms=best["predicted_ms"],
                         calibrated=calibration is not None)
+
+
+def _choose(fitting: list[dict], speed) -> dict:
+    """Most parameters; among equals the more accurate precision (float32, int8, int4), then the faster."""
+    best = max(fitting, key=lambda r: (r["params"], -PRECISIONS.index(r["precision"]), speed(r)))
+    best["chosen"] = True
+    return best
+
+
+def _search_generation(teacher_config: Any, teacher: dict, t: Target, overrides: Mapping, calibration,
+                       max_params: Optional[int], fmt: str | None, precisions, threads,
+                       latency_budget_ms: float | None) -> SearchResult:
+    """search_student on the generation budget: the same candidates, rows from the generation model."""
+    if calibration is not None and not isinstance(calibration, gen.GenerationCalibration):
+        raise TypeError(f"a generative search takes a GenerationCalibration or None, got {type(calibration).__name__}")
+    b = generation_budget(t, overrides)
+    fmt = gen.check_format(fmt or (calibration.fmt if calibration else gen.target_format(t)))
+    table = [_gen_row(c, teacher, t, fmt, calibration, threads, b, max_params)
+             for c in candidates(teacher_config, tuple(precisions))]
+    table.sort(key=lambda r: (-r["params"], -r["decode_tok_s"]))
+    fitting = [r for r in table if r["fits"]]
+    if not fitting:
+        raise _nothing_fits_generation(table, t.name, b)
+    best = _choose(fitting, lambda r: r["decode_tok_s"])
+    cfg = {**teacher, **{k: best[k] for k in OVERRIDE_KEYS}}
+    pred = gen.predict_generation(cfg, t, best["precision"], b["prompt_len"], b["decode_len"], calibration,
+                                  threads, fmt)
+    return SearchResult(choice={k: best[k] for k in OVERRIDE_KEYS} | {"precision": best["precision"]}, table=table,
+                        target=t.name, latency_budget_ms=float(latency_budget_ms or t.budget["latency_ms"]),
+                        predicted_ms=None, calibrated=calibration is not None,
+                        generation={"budget": b, "format": fmt, "predicted": pred.to_dict()})

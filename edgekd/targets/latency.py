@@ -144,8 +144,25 @@ def peak_memory_mb(config: Any, seq_len: int, precision: str = "float32", runtim
 
 # --- calibration state ----------------------------------------------------------------------------
 
+class SavedCalibration:
+    """to_dict/from_dict/save of a calibration dataclass with `device` and `fmt` fields (the logits
+    model's Calibration, the generation model's GenerationCalibration): one file per (device, format)."""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict):
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+
+    def save(self, path: str | os.PathLike | None = None) -> Path:
+        path = Path(path) if path else calibration_path(self.device, self.fmt)
+        write_json(path, self.to_dict())
+        return path
+
+
 @dataclass
-class Calibration:
+class Calibration(SavedCalibration):
     """Per-device efficiency factors (and the device facts they were fitted against)."""
 
     device: str
@@ -158,17 +175,6 @@ class Calibration:
     n_measurements: int = 0
     fit: dict[str, float] = field(default_factory=dict)  # errors on the measurements it was fitted on
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "Calibration":
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
-
-    def save(self, path: str | os.PathLike | None = None) -> Path:
-        path = Path(path) if path else calibration_path(self.device, self.fmt)
-        write_json(path, self.to_dict())
-        return path
 
 
 def calibration_path(device: str, fmt: str, settings: Settings | None = None) -> Path:
@@ -312,6 +318,36 @@ def _predict_obs(theta: np.ndarray, obs) -> np.ndarray:
     return out
 
 
+
+def levenberg_marquardt(resid, theta0: np.ndarray, free: np.ndarray, iterations: int = 100) -> np.ndarray:
+    """Minimise |resid(theta)|^2 over the entries `free` of theta (numeric Jacobian, steps clipped to
+    +-2 in log space): the one fitter of the latency and the generation models' calibrations."""
+    theta, mu = np.array(theta0, dtype=float), 1e-2
+    r = resid(theta)
+    cost = float(r @ r)
+    for _ in range(iterations):
+        J = np.empty((len(r), len(free)))
+        for j, p in enumerate(free):
+            d = np.zeros_like(theta)
+            d[p] = 1e-4
+            J[:, j] = (resid(theta + d) - r) / 1e-4
+        A, g = J.T @ J, J.T @ r
+        improved = False
+        for _ in range(10):
+            step = np.linalg.solve(A + mu * np.diag(np.diag(A) + 1e-9), -g)
+            cand = theta.copy()
+            cand[free] += np.clip(step, -2.0, 2.0)
+            rc = resid(cand)
+            cc = float(rc @ rc)
+            if cc < cost:
+                theta, r, cost, mu, improved = cand, rc, cc, max(mu / 3, 1e-7), True
+                break
+            mu *= 4
+        if not improved or np.max(np.abs(step)) < 1e-6:
+            break
+    return theta
+
+
 def calibrate(measurements: Iterable[dict], target: Target | str, fmt: str | None = None,
               prior: Calibration | None = None, strength: float = 1e-3, iterations: int = 100) -> Calibration:
     """Fit efficiency factors and overheads to measured latencies on `target` (a device).
@@ -344,30 +380,7 @@ def calibrate(measurements: Iterable[dict], target: Target | str, fmt: str | Non
     def resid(th: np.ndarray) -> np.ndarray:
         return np.concatenate([np.log(_predict_obs(th, obs)) - np.log(meas), lam * (th - theta0)])
 
-    theta, mu = theta0.copy(), 1e-2
-    r = resid(theta)
-    cost = float(r @ r)
-    idx = np.flatnonzero(used)
-    for _ in range(iterations):  # Levenberg-Marquardt, numeric Jacobian in log space
-        J = np.empty((len(r), len(idx)))
-        for j, p in enumerate(idx):
-            d = np.zeros_like(theta)
-            d[p] = 1e-4
-            J[:, j] = (resid(theta + d) - r) / 1e-4
-        A, g = J.T @ J, J.T @ r
-        improved = False
-        for _ in range(10):
-            step = np.linalg.solve(A + mu * np.diag(np.diag(A) + 1e-9), -g)
-            cand = theta.copy()
-            cand[idx] += np.clip(step, -2.0, 2.0)
-            rc = resid(cand)
-            cc = float(rc @ rc)
-            if cc < cost:
-                theta, r, cost, mu, improved = cand, rc, cc, max(mu / 3, 1e-7), True
-                break
-            mu *= 4
-        if not improved or np.max(np.abs(step)) < 1e-6:
-            break
+    theta = levenberg_marquardt(resid, theta0, np.flatnonzero(used), iterations)
     pred = _predict_obs(theta, obs)
     rel = np.abs(pred - meas) / meas
     return Calibration(device=t.key, fmt=fmt,

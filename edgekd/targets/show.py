@@ -45,3 +45,20 @@ def print_target(name: str, settings: Settings | None = None) -> None:
     console.print("sources:")
     for s in t.data.get("sources", []):
         console.print(f"  - {s}")
+
+
+def print_generation(pred: dict) -> None:
+    """`edgekd predict`'s table: the generation keys, predicted."""
+    tab = Table(title=f"predicted generation on {pred['device']} ({pred['format']}, {pred['precision']}, "
+                      f"{pred['threads']} threads{', calibrated' if pred['calibrated'] else ', uncalibrated'})",
+                show_header=False, title_justify="left")
+    tab.add_column("key")
+    tab.add_column("value", justify="right")
+    rows = [("prompt / decode tokens", f"{pred['prompt_len']} / {pred['decode_len']}"),
+            ("time to first token", f"{pred['ttft_ms']:.2f} ms"), ("prefill", f"{pred['prefill_tok_s']:,.0f} tok/s"),
+            ("decode", f"{pred['decode_tok_s']:,.1f} tok/s ({pred['bound']}-bound)"),
+            ("init", f"{pred['init_ms']:.1f} ms"), ("peak RSS", f"{pred['peak_rss_mb']:.1f} MB"),
+            ("size", f"{pred['size_mb']:.2f} MB"), ("KV cache at prompt+decode", f"{pred['kv_cache_mb']:.2f} MB")]
+    for k, v in rows:
+        tab.add_row(k, v)
+    wide_console().print(tab)

@@ -28,11 +28,20 @@ SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], str]]] = {
     "runtime": {
         "preferred_format": (str, "enum:tflite|onnx"), "runtime": (str, "enum:litert|onnxruntime"),
         "default_threads": (int, "pos"),
+        "generative_format": (str, "enum:litert-lm|onnx-genai"),
     },
-    "budget": {"latency_ms": ((int, float), "pos"), "max_model_mb": ((int, float), "pos")},
+    "budget": {"latency_ms": ((int, float), "pos"), "max_model_mb": ((int, float), "pos"),
+               "decode_tok_s": ((int, float), "pos"), "ttft_ms": ((int, float), "pos"),
+               "prompt_len": (int, "pos"), "decode_len": (int, "pos")},
     "access": {"method": (str, "enum:adb|ssh|local")},
 }
 OPTIONAL_TABLES = {"gpu"}  # described for later, not validated beyond being a table
+# Keys a target file may leave out (files written before LLM generation budgets); every shipped file has them.
+# A generation budget (decode_tok_s, ttft_ms) is stated at a prompt and decode length, so it needs both.
+OPTIONAL_KEYS = {"runtime.generative_format", "budget.decode_tok_s", "budget.ttft_ms", "budget.prompt_len",
+                 "budget.decode_len"}
+GENERATION_BUDGET = ("decode_tok_s", "ttft_ms")
+GENERATION_LENGTHS = ("prompt_len", "decode_len")
 
 
 @dataclass(frozen=True)
@@ -56,6 +65,15 @@ class Target:
     runtime = property(lambda self: self.data["runtime"])
     budget = property(lambda self: self.data["budget"])
     access = property(lambda self: self.data["access"])
+
+    @property
+    def generation_budget(self) -> dict | None:
+        """{decode_tok_s, ttft_ms, prompt_len, decode_len} as the file states them (a bound it leaves
+        out is None), or None for a file with no generation budget."""
+        b = self.budget
+        if not any(k in b for k in GENERATION_BUDGET):
+            return None
+        return {k: b.get(k) for k in (*GENERATION_BUDGET, *GENERATION_LENGTHS)}
 
     @property
     def measured(self) -> list[str]:
@@ -129,6 +147,8 @@ def validate(data: dict, where: str, skip: set[str] = frozenset()) -> None:
             if dotted in skip:
                 continue
             if key not in node:
+                if dotted in OPTIONAL_KEYS:
+                    continue
                 raise EdgekdError(f"{where}: missing key '{dotted}'")
             value = node[key]
             bad_bool = isinstance(value, bool)
@@ -149,6 +169,12 @@ def validate(data: dict, where: str, skip: set[str] = frozenset()) -> None:
     cpu = data["cpu"]
     if not {"cpu.big_cores", "cpu.cores"} & skip and cpu["big_cores"] > cpu["cores"]:
         raise EdgekdError(f"{where}: key 'cpu.big_cores' ({cpu['big_cores']}) exceeds 'cpu.cores' ({cpu['cores']})")
+    budget = data["budget"]
+    if any(k in budget for k in GENERATION_BUDGET):
+        for k in GENERATION_LENGTHS:
+            if k not in budget:
+                raise EdgekdError(f"{where}: missing key 'budget.{k}': a generation budget (decode_tok_s, ttft_ms) "
+                                  f"is stated at a prompt_len and decode_len")
     for t in OPTIONAL_TABLES:
         if t in data and not isinstance(data[t], dict):
             raise EdgekdError(f"{where}: key '{t}' must be a table")

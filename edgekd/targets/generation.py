@@ -1,0 +1,376 @@
+"""The generation cost model: time to first token, prefill and decode tokens/s, peak memory of an LLM
+generating on a target, for a Llama-family config (any family `edgekd.models.arch.arch_of` reads).
+
+Why a second model beside `latency.py` (one logits forward): an LLM user budgets generation, whose
+two phases sit on opposite sides of the roofline. Batch 1, prompt of P tokens, N generated tokens:
+
+- prefill is compute-bound: FLOPs of P tokens through every weight matmul (the LM head over all P
+  positions for onnx-genai, whose graph returns logits for every input position; over the last one
+  for litert-lm, whose prefill signature only fills the KV cache) plus causal attention over the
+  growing context (4 * heads * head_dim * P(P+1)/2 per layer), against the target's float32 peak
+  (float32) or int8 peak (int8, int4: weight-only quantisation with dynamically quantised int8
+  activations, as XNNPACK's qd8 kernels and ORT's MatMulNBits at accuracy level 4 compute them)
+  times `eff_prefill[precision]`; max'ed with reading the weights once from memory;
+- decode is memory-bound: every step reads all matmul weights at the precision plus one embedding
+  row plus the KV cache at the mean context P + N/2, against the memory bandwidth times `eff_mem`,
+  max'ed with the step's FLOPs at `eff_decode_compute` of the peak;
+- fixed costs: `layer_overhead_us` per layer per forward (the runtime's per-node cost),
+  `token_overhead_us` per generated token (sampling, the runtime's step), `call_overhead_ms` per
+  generate call (tokens handed in, generator state set up).
+
+Convention (the same as the profiler's): `ttft_ms` is the time from the prompt being handed in to the
+first generated token = call overhead + prefill + one token step's fixed cost (the first token is
+sampled from the prefill's last logits, as onnxruntime-genai and LiteRT-LM both do: no decode forward
+before it). `prefill_tok_s` = P / prefill time; `decode_tok_s` = 1 / mean decode step.
+
+Weights as the runtimes store them: float32 at 4 B; int8 per output channel (1 B + a float32 scale
+per column); int4 blockwise, 0.5 B + a float32 scale per block of 32 (MatMulNBits' default block,
+symmetric: no zero points; LiteRT's int4 block-32 recipe). The embedding table: onnx-genai keeps it
+float32 (only MatMul nodes are quantised), litert-lm quantises it like the weights but never below
+int8. Norms and biases stay float32. The KV cache is float32 on the CPU in both runtimes.
+
+Priors (before calibration) from public measurements:
+- llama.cpp reaches 60-80 % of DRAM bandwidth decoding 1-8B models on phones and the Raspberry Pi 5
+  (e.g. https://github.com/ggml-org/llama.cpp/discussions/4167 Apple/ARM tables;
+  https://github.com/ggml-org/llama.cpp/issues/11474 Pi 5 numbers): eff_mem 0.6;
+- prefill GEMMs reach 30-60 % of the fp32 FMA peak (XNNPACK, MLAS) and less of the int8 dot-product
+  peak (activation quantisation, packing): eff_prefill float32 0.5, int8 0.3, int4 0.25;
+- LiteRT-LM's Gemma 3 1B on a Samsung S24 Ultra CPU: 322 prefill / 47 decode tok/s at int4
+  (https://huggingface.co/litert-community/Gemma3-1B-IT); benchmarks/generation_model_bench.py
+  checks the priors against such published numbers.
+Calibration (`calibrate_generation`) fits the factors to edgekd's own generation profiles.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+
+from edgekd import precision as _precision
+from edgekd.errors import EdgekdError
+from edgekd.models.arch import arch_of, param_count
+from edgekd.targets.latency import SavedCalibration, _facts, _peaks, _target, levenberg_marquardt
+from edgekd.targets.spec import Target
+
+PRECISIONS = ("float32", "int8", "int4")
+FORMATS = ("onnx-genai", "litert-lm")
+RUNTIME_OF = {"onnx-genai": "onnxruntime-genai", "litert-lm": "litert-lm"}
+INT4_BLOCK = 32
+SCALE_BYTES = 4.0
+KV_BYTES = 4.0
+WEIGHT_BYTES = {"float32": 4.0, "int8": 1.0, "int4": 0.5}
+DEFAULT_EFF_PREFILL = {"float32": 0.5, "int8": 0.3, "int4": 0.25}
+DEFAULTS = {  # per format: eff_mem, eff_decode_compute, overheads, the runtime's own resident memory
+    "onnx-genai": {"eff_mem": 0.6, "eff_decode_compute": 0.25, "layer_overhead_us": 20.0, "token_overhead_us": 100.0,
+                   "call_overhead_ms": 1.0, "init_ms": 50.0, "base_mb": 60.0},
+    "litert-lm": {"eff_mem": 0.6, "eff_decode_compute": 0.25, "layer_overhead_us": 10.0, "token_overhead_us": 100.0,
+                  "call_overhead_ms": 2.0, "init_ms": 100.0, "base_mb": 40.0},
+}
+SCALARS = ("eff_mem", "eff_decode_compute", "layer_overhead_us", "token_overhead_us", "call_overhead_ms")
+
+
+def normalize_precision(precision: str) -> str:
+    return _precision.normalize_precision(precision, supported=PRECISIONS)
+
+
+def check_format(fmt: str) -> str:
+    if fmt not in FORMATS:
+        raise EdgekdError(f"unknown generative format {fmt!r}; expected {' or '.join(FORMATS)}")
+    return fmt
+
+
+def target_format(t: Target) -> str:
+    """The target's generative format (`[runtime] generative_format`; onnx-genai for an ONNX target file
+    that names none, litert-lm for a TFLite one)."""
+    rt = t.runtime
+    return check_format(rt.get("generative_format") or ("onnx-genai" if rt["preferred_format"] == "onnx"
+                                                       else "litert-lm"))
+
+
+# --- work: FLOPs and bytes ----------------------------------------------------------------------
+
+def _matmul_bytes(n_weights: float, k: int, precision: str) -> float:
+    """Bytes of a k-input weight matrix of n_weights entries as the runtime stores it."""
+    if precision == "float32":
+        return 4.0 * n_weights
+    if precision == "int8":  # per output channel: n / k columns, one scale each
+        return n_weights + SCALE_BYTES * n_weights / k
+    return 0.5 * n_weights + SCALE_BYTES * n_weights / INT4_BLOCK
+
+
+@dataclass(frozen=True)
+class Work:
+    """What one generation costs, independent of the device: FLOPs, bytes, layers."""
+
+    prefill_flops: float
+    decode_flops: float        # one step at the mean context P + N/2
+    decode_bytes: float        # one step at the mean context
+    weights_bytes: float       # matmul weights at the precision (read once per forward)
+    size_bytes: float          # the file: every weight as stored
+    kv_bytes_full: float       # the KV cache at P + N
+    act_bytes: float           # the largest live activations (prefill)
+    layers: int
+    precision: str
+
+
+def generation_work(config: Any, precision: str = "float32", prompt_len: int = 64, decode_len: int = 128,
+                    fmt: str = "onnx-genai") -> Work:
+    """FLOPs and bytes of prefilling `prompt_len` tokens and decoding `decode_len`, batch 1."""
+    precision, fmt = normalize_precision(precision), check_format(fmt)
+    a = arch_of(config)
+    P, N = int(prompt_len), int(decode_len)
+    h, f, v, L = a["hidden_size"], a["intermediate_size"], a["vocab_size"], a["num_hidden_layers"]
+    q, kv = a["num_attention_heads"] * a["head_dim"], a["num_key_value_heads"] * a["head_dim"]
+    nffn = 3 if a["gated_mlp"] else 2
+    layer_w = 2.0 * h * q + 2.0 * h * kv + nffn * h * f  # q, o; k, v; the MLP
+    head_w = float(h * v)
+    wbytes = L * (_matmul_bytes(h * q, h, precision) + _matmul_bytes(q * h, q, precision)  # q_proj, o_proj
+                  + 2 * _matmul_bytes(h * kv, h, precision)  # k_proj, v_proj
+                  + (nffn - 1) * _matmul_bytes(h * f, h, precision) + _matmul_bytes(f * h, f, precision))
+    wbytes += _matmul_bytes(head_w, h, precision)
+    emb_prec = "float32" if fmt == "onnx-genai" or precision == "float32" else "int8"
+    emb_bytes = _matmul_bytes(float(v * h), h, emb_prec)
+    other = param_count(a) - L * layer_w - head_w - (0 if a["tie_word_embeddings"] else v * h)
+    tied_shared = a["tie_word_embeddings"] and precision == "float32" and emb_prec == "float32"
+    size = wbytes + (0.0 if tied_shared else emb_bytes) + 4.0 * max(other, 0.0)
+    ctx = P + N / 2.0
+    kv_per_tok = 2.0 * L * kv * KV_BYTES
+    attn_prefill = L * 4.0 * q * P * (P + 1) / 2.0  # QK^T and PV over the causal context
+    logits_rows = P if fmt == "onnx-genai" else 1
+    prefill = 2.0 * P * L * layer_w + 2.0 * logits_rows * head_w + attn_prefill
+    decode_flops = 2.0 * (L * layer_w + head_w) + L * 4.0 * q * ctx
+    decode_bytes = wbytes + emb_bytes / v + 4.0 * (2 * L + 1) * h + kv_per_tok * (ctx + 1) + 4.0 * v
+    acts = 4.0 * (logits_rows * v + P * (4 * h + 2 * f) + a["num_attention_heads"] * P * P)
+    return Work(prefill_flops=prefill, decode_flops=decode_flops, decode_bytes=decode_bytes, weights_bytes=wbytes,
+                size_bytes=size, kv_bytes_full=kv_per_tok * (P + N), act_bytes=acts, layers=L, precision=precision)
+
+
+# --- calibration state ----------------------------------------------------------------------------
+
+@dataclass
+class GenerationCalibration(SavedCalibration):
+    """Per (device, generative format) factors of the generation model and the facts they were fitted
+    against; saved beside the logits model's calibrations (`latency.calibration_path(device, fmt)`)."""
+
+    device: str
+    fmt: str
+    eff_prefill: dict[str, float]
+    eff_mem: float
+    eff_decode_compute: float
+    layer_overhead_us: float
+    token_overhead_us: float
+    call_overhead_ms: float
+    init_ms: float
+    base_mb: float
+    facts: dict[str, float] = field(default_factory=dict)
+    n_measurements: int = 0
+    fit: dict[str, float] = field(default_factory=dict)
+
+
+def default_generation_calibration(target: Target | str, fmt: str | None = None) -> GenerationCalibration:
+    """The priors: DEFAULT_EFF_PREFILL and DEFAULTS[fmt]; a measured peak (the host's GEMM benchmark) is
+    already what a GEMM reaches, so its prefill factors start at 1 less the int4 unpacking."""
+    t = _target(target)
+    fmt = check_format(fmt or target_format(t))
+    eff = dict(DEFAULT_EFF_PREFILL)
+    if "cpu.peak_gflops_fp32" in t.measured:
+        eff = {"float32": 1.0, "int8": 1.0, "int4": 0.8}
+    return GenerationCalibration(device=t.key, fmt=fmt, eff_prefill=eff, **DEFAULTS[fmt], facts=_facts(t, None))
+
+
+# --- prediction --------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class GenerationPrediction:
+    device: str
+    runtime: str
+    format: str
+    precision: str
+    prompt_len: int
+    decode_len: int
+    threads: int
+    ttft_ms: float
+    prefill_tok_s: float
+    decode_tok_s: float
+    init_ms: float
+    peak_rss_mb: float
+    size_mb: float
+    prefill_ms: float
+    decode_ms_per_token: float
+    bound: str                 # decode: "memory" or "compute"
+    kv_cache_mb: float
+    weights_mb: float
+    calibrated: bool
+    runs: int = 0              # a prediction, not a measurement
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _times(w: Work, P: int, cal: Mapping[str, Any], peaks: tuple[float, float, float]) -> tuple[float, float, float, str]:
+    """(prefill s, decode step s, ttft s, decode bound) of `w` under the factors `cal`: the one formula
+    that prediction and calibration share."""
+    p32, p8, bw = peaks
+    peak = p32 if w.precision == "float32" else p8
+    layer_s = w.layers * cal["layer_overhead_us"] * 1e-6
+    prefill = max(w.prefill_flops / (peak * cal["eff_prefill"][w.precision]),
+                  w.weights_bytes / (bw * cal["eff_mem"])) + layer_s
+    tm = w.decode_bytes / (bw * cal["eff_mem"])
+    tc = w.decode_flops / (peak * cal["eff_decode_compute"])
+    tok_s = cal["token_overhead_us"] * 1e-6
+    step = max(tm, tc) + layer_s + tok_s
+    ttft = cal["call_overhead_ms"] * 1e-3 + prefill + tok_s
+    return prefill, step, ttft, ("memory" if tm >= tc else "compute")
+
+
+def _setup(target: Target | str, fmt: str | None, calibration: GenerationCalibration | None, threads: int | None):
+    """The target, format, calibration (the priors when None) and the peaks at `threads`."""
+    t = _target(target)
+    if calibration is not None and not isinstance(calibration, GenerationCalibration):
+        raise TypeError(f"calibration must be a GenerationCalibration or None, got {type(calibration).__name__}")
+    fmt = check_format(fmt or (calibration.fmt if calibration else target_format(t)))
+    cal = calibration or default_generation_calibration(t, fmt)
+    facts = dict(_facts(t, threads))
+    if calibration is not None and calibration.facts:  # the numbers the factors were fitted against
+        facts.update({k: v for k, v in calibration.facts.items() if k != "threads"})
+    return t, fmt, cal, facts
+
+
+def predict_generation(config: Any, target: Target | str, precision: str = "float32", prompt_len: int = 64,
+                       decode_len: int = 128, calibration: GenerationCalibration | None = None,
+                       threads: int | None = None, fmt: str | None = None) -> GenerationPrediction:
+    """Predicted TTFT, prefill and decode tokens/s, init, peak RSS and size of generating on `target`
+    with the target's generative format (or `fmt`, or the calibration's)."""
+    P, N = int(prompt_len), int(decode_len)
+    if P < 1 or N < 1:
+        raise EdgekdError(f"prompt and decode lengths must be at least 1, got prompt_len={P}, decode_len={N}")
+    t, fmt, cal, facts = _setup(target, fmt, calibration, threads)
+    w = generation_work(config, precision, P, N, fmt)
+    prefill, step, ttft, bound = _times(w, P, asdict(cal), _peaks(facts, threads))
+    weights_mb, kv_mb = w.size_bytes / 1e6, w.kv_bytes_full / 1e6
+    init = cal.init_ms + weights_mb / (facts["bandwidth_gbs"] * cal.eff_mem)  # MB / (GB/s) = ms
+    used = int(min(float(threads or facts["threads"]), facts["big_cores"]))
+    return GenerationPrediction(
+        device=t.name, runtime=RUNTIME_OF[fmt], format=fmt, precision=w.precision, prompt_len=P, decode_len=N,
+        threads=used, ttft_ms=ttft * 1e3, prefill_tok_s=P / prefill, decode_tok_s=1.0 / step, init_ms=init,
+        peak_rss_mb=weights_mb + kv_mb + w.act_bytes / 1e6 + cal.base_mb, size_mb=weights_mb,
+        prefill_ms=prefill * 1e3, decode_ms_per_token=step * 1e3, bound=bound, kv_cache_mb=kv_mb,
+        weights_mb=weights_mb, calibrated=calibration is not None)
+
+
+# --- calibration -----------------------------------------------------------------------------
+
+def _stat(value: Any, what: str) -> float:
+    """A profile number: plain, or the median (else mean) of a {mean, median, ...} object."""
+    if isinstance(value, Mapping):
+        value = value.get("median", value.get("mean"))
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
+        raise EdgekdError(f"generation profile: {what} must be a positive number (or an object with a median "
+                          f"or mean), got {value!r}")
+    return float(value)
+
+
+def generation_measurement(profile: Mapping[str, Any], config: Any, precision: str) -> dict:
+    """A calibration measurement from a generation profile (`edgekd.profile.profile_generation`'s keys:
+    prompt_len, decode_len, threads, ttft_ms, decode_tok_s, init_ms, peak_rss_mb, format)."""
+    for k in ("prompt_len", "decode_len", "ttft_ms", "decode_tok_s"):
+        if k not in profile:
+            raise EdgekdError(f"generation profile has no {k!r}: pass a profile_generation result")
+    m = {"config": arch_of(config), "precision": normalize_precision(precision),
+         "prompt_len": int(profile["prompt_len"]), "decode_len": int(profile["decode_len"]),
+         "threads": profile.get("threads"), "fmt": profile.get("format"),
+         "ttft_ms": _stat(profile["ttft_ms"], "ttft_ms"), "decode_tok_s": _stat(profile["decode_tok_s"], "decode_tok_s")}
+    for k in ("init_ms", "peak_rss_mb"):
+        if profile.get(k):
+            m[k] = float(profile[k])
+    return m
+
+
+def _pack(cal: GenerationCalibration) -> np.ndarray:
+    return np.log([cal.eff_prefill[p] for p in PRECISIONS] + [getattr(cal, k) for k in SCALARS])
+
+
+def _unpack(theta: np.ndarray) -> dict:
+    v = np.exp(theta)
+    return {"eff_prefill": dict(zip(PRECISIONS, v[:3])), **dict(zip(SCALARS, v[3:]))}
+
+
+def calibrate_generation(measurements: Iterable[dict], target: Target | str,
+                         prior: GenerationCalibration | None = None, strength: float = 1e-3,
+                         iterations: int = 100) -> GenerationCalibration:
+    """Fit the generation factors to measured TTFT and decode tokens/s on `target` (least squares on the
+    logs, i.e. relative error, with a weak pull `strength` toward the prior so a factor no measurement
+    sees, e.g. the int8 prefill efficiency when only float32 was measured, stays at its prior). Init time
+    and the runtime's base memory are the median residuals of the measurements that report them."""
+    ms = list(measurements)
+    if not ms:
+        raise EdgekdError("calibrate_generation: no measurements given")
+    t = _target(target)
+    fmt = check_format(prior.fmt if prior else (ms[0].get("fmt") or target_format(t)))
+    prior = prior or default_generation_calibration(t, fmt)
+    facts = _facts(t, None)
+    obs = [(generation_work(m["config"], m["precision"], m["prompt_len"], m["decode_len"], fmt),
+            int(m["prompt_len"]), _peaks(facts, m.get("threads")), m) for m in ms]
+    meas = np.log([x for *_, m in obs for x in (m["ttft_ms"] * 1e-3, 1.0 / m["decode_tok_s"])])
+    theta0, lam = _pack(prior), math.sqrt(strength)
+
+    def predicted(th: np.ndarray) -> np.ndarray:
+        cal = _unpack(th)
+        out = []
+        for w, P, pk, _ in obs:
+            _, step, ttft, _ = _times(w, P, cal, pk)
+            out += [ttft, step]
+        return np.array(out)
+
+    def resid(th: np.ndarray) -> np.ndarray:
+        return np.concatenate([np.log(predicted(th)) - meas, lam * (th - theta0)])
+
+    seen = {m["precision"] for m in ms}
+    free = np.array([i for i, p in enumerate(PRECISIONS) if p in seen] + list(range(3, 3 + len(SCALARS))))
+    theta = levenberg_marquardt(resid, theta0, free, iterations)
+    rel = np.abs(np.exp(np.log(predicted(theta)) - meas) - 1.0)
+    fitted = GenerationCalibration(device=t.key, fmt=fmt, **_unpack(theta), init_ms=prior.init_ms,
+                                   base_mb=prior.base_mb, facts=facts, n_measurements=len(ms),
+                                   fit={"median_abs_rel_err": float(np.median(rel)), "max_abs_rel_err": float(rel.max()),
+                                        "observations": int(len(meas))})
+    fitted.eff_prefill = {k: float(v) for k, v in fitted.eff_prefill.items()}
+    for k in SCALARS:
+        setattr(fitted, k, float(getattr(fitted, k)))
+    return _fit_memory_and_init(fitted, obs, t)
+
+
+def _fit_memory_and_init(cal: GenerationCalibration, obs, t: Target) -> GenerationCalibration:
+    """init_ms and base_mb: the median of (measured - predicted without them) where measured."""
+    init_r, base_r = [], []
+    for w, P, _, m in obs:
+        p = predict_generation(m["config"], t, m["precision"], P, m["decode_len"], cal, m.get("threads"), cal.fmt)
+        if m.get("init_ms"):
+            init_r.append(m["init_ms"] - (p.init_ms - cal.init_ms))
+        if m.get("peak_rss_mb"):
+            base_r.append(m["peak_rss_mb"] - (p.peak_rss_mb - cal.base_mb))
+    if init_r:
+        cal.init_ms = max(float(np.median(init_r)), 0.0)
+    if base_r:
+        cal.base_mb = max(float(np.median(base_r)), 0.0)
+    return cal
+
+
+def predict_model(model: str | Any, target: Target | str, precision: str, prompt_len: int | None = None,
+                  decode_len: int | None = None, settings: Any = None) -> GenerationPrediction:
+    """`edgekd predict`: a model directory or config.json on a target by name, the host's facts measured
+    (explicitly, as the job does), lengths defaulting to the target's generation budget's (else 64, 128)."""
+    from edgekd.models.loading import read_model_config
+    from edgekd.targets.hostbench import measure_target
+    from edgekd.targets.spec import load_target
+
+    precision = normalize_precision(precision)
+    t = measure_target(load_target(target, settings), settings=settings)
+    cfg = read_model_config(model)
+    arch_of(cfg)  # an unsupported or incomplete config: one line now
+    b = t.generation_budget or {}
+    P = prompt_len if prompt_len is not None else b.get("prompt_len") or 64
+    N = decode_len if decode_len is not None else b.get("decode_len") or 128
+    return predict_generation(cfg, t, precision, P, N)
