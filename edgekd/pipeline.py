@@ -222,6 +222,12 @@ class _Job:
 
         res = search_student(self.teacher_cfg, self.t, self.job.latency_budget_ms, seq_len=self.seq_len,
                              calibration=self.cal, max_params=max_params, generation=self.gen)
+        if res.generation:
+            b, limit = res.generation["budget"], int(self.teacher_cfg.get("max_position_embeddings") or 2048)
+            if b["prompt_len"] + b["decode_len"] > limit:
+                raise EdgekdError(f"{self.t.name}'s generation budget holds at a {b['prompt_len']}-token prompt and "
+                                  f"{b['decode_len']} generated tokens, more than the teacher's {limit} positions: "
+                                  f"use a target file with shorter prompt_len/decode_len")
         if not self.quiet:
             print_table(res)
         faults.point("search")

@@ -307,16 +307,17 @@ def _exports_lines(rep: dict) -> list[str]:
     bad = [k for k, e in ex.items() if not e.get("passed")]
     lines = [f"Exports: {len(ex) - len(bad)} of {len(ex)} pass parity against PyTorch"
              + (f"; failed: {', '.join(bad)}" if bad else "") + ".", ""]
-    gen = [(k, e) for k, e in ex.items() if e.get("generation")]
+    gen = [(k, e) for k, e in ex.items() if e.get("format") in ("litert-lm", "onnx-genai")]
     if gen:
-        lines += ["| export | recipe | greedy match (share of prompts) | mean first divergence | ppl ratio | "
-                  "token agreement | passed |", "|---|---|---:|---:|---:|---:|---|"]
+        lines += ["Generation parity on held-out prompts (greedy continuation against PyTorch's `generate`; quantised "
+                  "exports also perplexity and teacher-forced top-1 against PyTorch float):", "",
+                  "| export | recipe | prompts matched fully | mean first divergence (token) | perplexity ratio | "
+                  "top-1 agreement | size (MB) | passed |", "|---|---|---:|---:|---:|---:|---:|---|"]
         for k, e in gen:
-            q = e["generation"]
             lines.append(f"| [{k}]({e['path']}) | {e.get('recipe', e['quantize'])} | "
-                         f"{_cell(q.get('exact_match_share'), '.2f')} | {_cell(q.get('mean_first_divergence'), '.1f')} | "
-                         f"{_cell(q.get('ppl_ratio'), '.3f')} | {_cell(q.get('token_agreement'), '.3f')} | "
-                         f"{'yes' if e.get('passed') else 'NO'} |")
+                         f"{_cell(e.get('tokens_match_share'), '.2f')} | {_cell(e.get('mean_first_divergence'), '.1f')} | "
+                         f"{_cell(e.get('ppl_ratio'), '.3f')} | {_cell(e.get('top1_agreement'), '.3f')} | "
+                         f"{_cell(e.get('size_mb'), '.2f')} | {'yes' if e.get('passed') else 'NO: ' + e.get('error', '')} |")
         lines.append("")
     return lines
 

@@ -1,0 +1,150 @@
+"""The generative job (`edgekd distill --target` with a causal-LM teacher, the default): the search on
+the generation budget, litert-lm and onnx-genai exports with generation parity, generation profiles,
+report.json's `generation`, report.md's table and plot, and recalibrate-and-shrink on `host`."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+from tests.distill.helpers import tiny_teacher, write_text_dir
+
+TEACHER = dict(hidden_size=128, heads=8, layers=4, intermediate_size=256, max_positions=256, train_steps=20)
+JOB = ["--steps", "6", "--seq-len", "32", "--batch-size", "4", "--quiet"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _cache(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("XDG_CACHE_HOME", str(cache))
+        mp.setenv("EDGEKD_CACHE", str(cache / "edgekd"))
+        yield
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    return tiny_teacher(tmp_path_factory.mktemp("teacher") / "t", **TEACHER)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return write_text_dir(tmp_path_factory.mktemp("data") / "d")
+
+
+@pytest.fixture(scope="module")
+def job(teacher, data, tmp_path_factory):
+    """`edgekd distill --target android-arm64` on a causal-LM teacher, through the CLI, with the target's budget."""
+    from edgekd.cli import main
+
+    mp, out = pytest.MonkeyPatch(), tmp_path_factory.mktemp("job") / "run"
+    mp.setattr(sys, "argv", ["edgekd", "distill", "--target", "android-arm64", "--teacher", str(teacher),
+                             "--data", str(data), "--out", str(out), *JOB])
+    try:
+        main()
+    except SystemExit as e:
+        assert not e.code, e.code
+    finally:
+        mp.undo()
+    return out
+
+
+@pytest.mark.slow
+def test_generative_job_exports_profiles_and_reports(job):
+    rep = json.loads((job / "report.json").read_text())
+    gen = rep["generation"]
+    b = gen["budget"]
+    assert rep["status"] == "complete" and gen["format"] == "litert-lm" and gen["runtime"] == "litert-lm"
+    table = json.loads((job / "search" / "candidates.json").read_text())
+    chosen = [r for r in table["candidates"] if r["chosen"]]
+    assert len(chosen) == 1 and gen["predicted"]["decode_tok_s"] == pytest.approx(chosen[0]["decode_tok_s"], rel=1e-3)
+    assert gen["meets_budget_predicted"] and gen["precision"] == chosen[0]["precision"] == rep["search"]["choice"]["precision"]
+    assert rep["student"]["params"] == chosen[0]["params"] < rep["teacher"]["params"]
+    # float and the searched precision, in both runtimes, each passed generation parity
+    expected = {"litert-lm", "onnx-genai"} | ({f"litert-lm-{gen['precision']}", f"onnx-genai-{gen['precision']}"}
+                                             if gen["precision"] != "float32" else set())
+    assert set(rep["exports"]) == expected
+    for key, e in rep["exports"].items():
+        assert e["passed"], (key, e)
+        assert (job / e["path"]).exists() and e["recipe"] and e["tokens_match_share"] is not None, key
+        if e["precision"] == "float32":
+            assert e["tokens_match_share"] == 1.0, key
+        record = json.loads((job / (e["path"] + ".json")).read_text())
+        assert record["passed"] and record["run"]["new_tokens"] >= 32
+    assert (job / "export" / "student.litertlm").is_file() and (job / "export" / "student-genai" / "genai_config.json").is_file()
+    # every passing export was timed generating here, at the budget's lengths
+    assert len(gen["measured"]) == len(rep["exports"])
+    for m in gen["measured"]:
+        assert m["device"] == "local" and (m["prompt_len"], m["decode_len"]) == (b["prompt_len"], b["decode_len"])
+        assert m["decode_tok_s"] > 0 and m["ttft_ms"] > 0 and m["prefill_tok_s"] > 0
+        prof = json.loads((job / m["profile"]).read_text())
+        assert prof["decode_tok_s"]["median"] == m["decode_tok_s"] and prof["runs"] == 3
+    assert gen["measured_on_target"] is None and gen["meets_budget_measured"] is None  # adb target, --device local
+    assert rep["latency"]["metric"] == "ttft_ms" and rep["latency"]["predicted_ms"] == gen["predicted"]["ttft_ms"]
+    from edgekd.report import ENGINE_KEYS, JOB_KEYS, missing_keys
+
+    assert missing_keys(rep, ENGINE_KEYS) == [] and missing_keys(rep, JOB_KEYS) == []
+    md = (job / "report.md").read_text()
+    assert "plots/generation.png" in md and "decode (tok/s)" in md and "Generation parity" in md
+    assert (job / "plots" / "generation.png").stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_generative_flags_are_checked_before_work(teacher, data, tmp_path, monkeypatch, capsys):
+    from tests.test_pipeline import cli
+
+    for args, needle in ((["--latency-budget", "3"], "--latency-budget is the logits job's budget"),
+                         (["--decode-tok-s", "0"], "--decode-tok-s must be"),
+                         (["--logits", "--ttft-ms", "5"], "--decode-tok-s/--ttft-ms budget generation")):
+        code, _, err = cli(monkeypatch, capsys, "distill", "--target", "android-arm64", "--teacher", teacher,
+                           "--data", data, "--out", tmp_path / "run", *args, *JOB)
+        assert code == 2 and needle in err and len(err.strip().splitlines()) == 1, err
+        assert not (tmp_path / "run" / "config.json").exists()
+    code, _, err = cli(monkeypatch, capsys, "distill", "--target", "android-arm64", "--decode-tok-s", "1e9",
+                       "--teacher", teacher, "--data", data, "--out", tmp_path / "run", *JOB)
+    assert code == 2 and "no student meets" in err and "tok/s" in err, err
+
+
+@pytest.mark.slow
+def test_measured_generation_miss_recalibrates_and_shrinks(teacher, data, tmp_path):
+    """On `host` the device is this machine. A generation model that thinks it is 100x faster picks the
+    largest student; the measured decode rate misses the budget, recalibrates the model from the
+    measurement, and the job distills a strictly smaller student."""
+    from dataclasses import replace
+
+    from edgekd.distill import DistillConfig
+    from edgekd.errors import JobFailed
+    from edgekd.pipeline import JobConfig, distill_for_target
+    from edgekd.targets import load_target, measure_target
+    from edgekd.targets.generation import default_generation_calibration
+
+    base = default_generation_calibration(measure_target(load_target("host")), "onnx-genai")
+    optimistic = replace(base, eff_mem=base.eff_mem * 100, layer_overhead_us=0.01, token_overhead_us=0.01,
+                         call_overhead_ms=0.001, eff_prefill={k: v * 100 for k, v in base.eff_prefill.items()})
+    out = tmp_path / "run"
+    try:
+        distill_for_target(JobConfig(DistillConfig(teacher=str(teacher), data=str(data), out=str(out), steps=4,
+                                                   seq_len=32, batch_size=4, eval_blocks=4, quiet=True, threads=1),
+                                     target="host", decode_tok_s=50000, calibration=optimistic, max_shrinks=1))
+        missed = False
+    except JobFailed as e:
+        assert "missed the generation budget" in str(e)
+        missed = True
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["status"] == ("failed" if missed else "complete")
+    attempts = rep["search"]["attempts"]
+    first = attempts[0]
+    assert first["misses"] == ["decode_tok_s"] and first["measured"]["decode_tok_s"] < 50000
+    assert first["predicted"]["decode_tok_s"] >= 50000  # the optimistic model's choice
+    cal = json.loads((out / "search" / "calibration.json").read_text())
+    assert cal["fmt"] == "onnx-genai" and cal["n_measurements"] >= 1 and cal["eff_mem"] < optimistic.eff_mem
+    assert rep["calibration"]["source"] == "given" and "recalibrated" in rep["calibration"]
+    if len(attempts) == 2:  # the recalibrated model still found a smaller student it predicts to fit
+        second = attempts[1]
+        assert second["params"] < first["params"] and second["calibrated"]
+        assert (out / "attempts" / "0" / "export" / "student-genai" / "genai_config.json").is_file()
+        assert rep["generation"]["measured_on_target"] == second["measured"]
+    else:  # the measurement showed that nothing the family offers reaches 50k tok/s here: said, not hidden
+        assert "no student meets" in rep["latency"]["shrink_stopped"] and missed
