@@ -23,12 +23,7 @@ PROFILE_KEYS = {"device", "runtime", "format", "precision", "prompt_len", "decod
                 "prefill_tok_s", "decode_tok_s", "init_ms", "peak_rss_mb", "size_mb"}
 
 
-@pytest.fixture(autouse=True)
-def _fake_host(monkeypatch):
-    fake = {"cpu.cores": 2, "cpu.big_cores": 2, "cpu.clock_ghz": 2.5, "cpu.arch": "x86_64", "cpu.simd_width_bits": 256,
-            "cpu.peak_gflops_fp32": 50.0, "cpu.peak_gops_int8": 100.0, "memory.bandwidth_gbs": 20.0,
-            "memory.ram_mb": 8192, "runtime.default_threads": 2}
-    monkeypatch.setattr("edgekd.targets.hostbench.host_facts", lambda refresh=False, settings=None: dict(fake))
+pytestmark = pytest.mark.usefixtures("fake_host")  # tests/targets/conftest.py
 
 
 def test_small_config_flops_bytes_and_times_by_hand():
