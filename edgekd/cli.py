@@ -260,21 +260,27 @@ def export(
 @app.command("profile")
 @_work
 def profile(
-    model_file: str = typer.Argument(..., help="An exported .onnx or .tflite file."),
+    model_file: str = typer.Argument(..., help="An exported .onnx or .tflite file (with --generative: a .litertlm "
+                                               "bundle or an onnxruntime-genai folder)."),
     target: Optional[str] = typer.Option(None, help="Target name: its default device and threads."),
     device: Optional[str] = typer.Option(None, help="local | ssh://USER@HOST[:PORT] | adb[:SERIAL]"),
-    runs: int = typer.Option(50, help="Timed runs."),
-    warmup: int = typer.Option(5, help="Untimed warmup runs."),
+    runs: Optional[int] = typer.Option(None, help="Timed runs (default 50; with --generative 3)."),
+    warmup: Optional[int] = typer.Option(None, help="Untimed warmup runs (default 5; with --generative 1)."),
     threads: Optional[int] = typer.Option(None, help="Threads (default: the target's, else all allowed cores)."),
     seq_len: Optional[int] = typer.Option(None, help="Sequence length for dynamic inputs (default: the export's)."),
+    generative: bool = typer.Option(False, "--generative", help="Time generation: TTFT, prefill and decode tokens/s."),
+    prompt_len: int = typer.Option(64, help="--generative: prompt tokens (prefill)."),
+    decode_len: int = typer.Option(128, help="--generative: generated tokens (decode)."),
     remote_python: str = typer.Option("python3", help="ssh: the python on the device."),
     identity_file: Optional[str] = typer.Option(None, help="ssh: private key (default: ssh's, or EDGEKD_SSH_KEY)."),
     known_hosts: Optional[str] = typer.Option(None, help="ssh: known_hosts file to check the host key against."),
     insecure_host_key: bool = typer.Option(False, "--insecure-host-key", help="ssh: do not check the host key."),
-    benchmark_binary: Optional[str] = typer.Option(None, help="adb: local benchmark_model binary to push."),
+    benchmark_binary: Optional[str] = typer.Option(None, help="adb: local benchmark binary to push (benchmark_model; "
+                                                              "with --generative LiteRT-LM's litert_lm_main)."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
 ) -> None:
-    """Time an exported model on a device: latency percentiles, init, peak RSS, per-op breakdown."""
+    """Time an exported model on a device: latency percentiles, init, peak RSS, per-op breakdown; with
+    --generative, time to first token, prefill and decode tokens/s."""
     import json
 
     from edgekd.profile import profile_model, target_defaults
@@ -282,14 +288,25 @@ def profile(
 
     settings = Settings.from_env()
     device, threads = target_defaults(target, device, threads, settings)
-    stats = profile_model(_path(model_file), device=device, runs=runs, warmup=warmup, threads=threads, seq_len=seq_len,
-                          remote_python=remote_python, identity_file=_path(identity_file), known_hosts=_path(known_hosts),
-                          insecure_host_key=insecure_host_key, benchmark_binary=_path(benchmark_binary),
-                          settings=settings)
+    ssh = dict(remote_python=remote_python, identity_file=_path(identity_file), known_hosts=_path(known_hosts),
+               insecure_host_key=insecure_host_key, benchmark_binary=_path(benchmark_binary), settings=settings)
+    if generative:
+        from edgekd.profile.generation import profile_generation
+
+        stats = profile_generation(_path(model_file), device=device, prompt_len=prompt_len, decode_len=decode_len,
+                                   runs=3 if runs is None else runs, warmup=1 if warmup is None else warmup,
+                                   threads=threads, **ssh)
+    else:
+        stats = profile_model(_path(model_file), device=device, runs=50 if runs is None else runs,
+                              warmup=5 if warmup is None else warmup, threads=threads, seq_len=seq_len, **ssh)
     if json_out:
         from edgekd.console import echo
 
         echo(json.dumps(stats))
+    elif generative:
+        from edgekd.profile.table import print_generation
+
+        print_generation(stats)
     else:
         from edgekd.profile.table import print_profile
 

@@ -24,12 +24,17 @@ def runner_args(runs: int, warmup: int, threads: int | None, seq_len: int, vocab
 
 def profile_local(model_file: Path, runs: int, warmup: int, threads: int | None, seq_len: int,
                   vocab: int | None, timeout: float = 1800.0) -> dict:
-    cmd = [sys.executable, str(RUNNER), str(model_file), *runner_args(runs, warmup, threads, seq_len, vocab)]
+    return run_local(RUNNER, model_file, runner_args(runs, warmup, threads, seq_len, vocab), timeout)
+
+
+def run_local(script: Path, model: Path, args: list[str], timeout: float = 1800.0) -> dict:
+    """Run a runner script on MODEL in a fresh python (the ssh runner's, here) and parse its JSON."""
+    cmd = [sys.executable, str(script), str(model), *args]
     try:
         proc = run_child(cmd, timeout, capture_output=True, text=True)
     except subprocess.TimeoutExpired as e:
-        raise EdgekdError(f"profiling {model_file.name} locally took over {timeout:.0f}s: use fewer --runs") from e
+        raise EdgekdError(f"profiling {model.name} locally took over {timeout:.0f}s: use fewer --runs") from e
     if proc.returncode not in (0, 3, 4):
         tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        raise EdgekdError(f"local profiling of {model_file.name} crashed (exit {proc.returncode}): {tail}")
-    return parse_runner_json(proc.stdout, "local", model_file)
+        raise EdgekdError(f"local profiling of {model.name} crashed (exit {proc.returncode}): {tail}")
+    return parse_runner_json(proc.stdout, "local", model)

@@ -160,6 +160,31 @@ def _run(cmd: list[str], target: SshTarget, timeout: float, upload: Path | None 
 
 def profile_ssh(model_file: Path, target: SshTarget, runs: int, warmup: int, threads: int | None,
                 seq_len: int, vocab: int | None, remote_python: str = "python3", timeout: float = 1800.0) -> dict:
+    return run_remote(target, model_file, [RUNNER], runner_args(runs, warmup, threads, seq_len, vocab),
+                      remote_python, timeout)
+
+
+def _upload(target: SshTarget, local: Path, remote_dir: str, timeout: float) -> None:
+    """A file through `cat`, a folder (an onnxruntime-genai model) as a tar stream unpacked there."""
+    if local.is_dir():
+        import tarfile
+        import tempfile
+
+        with tempfile.NamedTemporaryFile(suffix=".tar") as tmp:
+            with tarfile.open(tmp.name, "w") as tar:
+                tar.add(local, arcname=local.name)
+            copied = _run(target.ssh_cmd(f"tar -xf - -C {shlex.quote(remote_dir)}"), target, timeout,
+                          upload=Path(tmp.name))
+    else:
+        copied = _run(target.upload_cmd(f"{remote_dir}/{local.name}"), target, timeout, upload=local)
+    if copied.returncode != 0:
+        raise EdgekdError(f"{target.label}: copying {local.name} failed: {copied.stderr.strip()[-300:]}")
+
+
+def run_remote(target: SshTarget, model: Path, scripts: list[Path], args: list[str], remote_python: str = "python3",
+               timeout: float = 1800.0) -> dict:
+    """Copy the model and the runner scripts to a temp dir on the board, run the last script on the model
+    with `args`, parse its JSON, and always remove the temp dir."""
     if shutil.which("ssh") is None:
         raise EdgekdError("ssh not found on PATH: install the OpenSSH client (apt-get install openssh-client)")
     step = target.connect_timeout + 20
@@ -169,21 +194,17 @@ def profile_ssh(model_file: Path, target: SshTarget, runs: int, warmup: int, thr
         raise EdgekdError(f"{target.label}: cannot make a temporary directory on the device: "
                           f"{(made.stderr.strip() or 'mktemp failed')}")
     try:
-        for local in (model_file, RUNNER):
-            copied = _run(target.upload_cmd(f"{remote_dir}/{local.name}"), target, timeout, upload=local)
-            if copied.returncode != 0:
-                raise EdgekdError(f"{target.label}: copying {local.name} failed: {copied.stderr.strip()[-300:]}")
-        remote_model = f"{remote_dir}/{model_file.name}"
-        args = [remote_python, f"{remote_dir}/{RUNNER.name}", remote_model,
-                *runner_args(runs, warmup, threads, seq_len, vocab)]
-        ran = _run(target.ssh_cmd(" ".join(shlex.quote(a) for a in args)), target, timeout)
+        for local in (model, *scripts):
+            _upload(target, local, remote_dir, timeout)
+        argv = [remote_python, f"{remote_dir}/{scripts[-1].name}", f"{remote_dir}/{model.name}", *args]
+        ran = _run(target.ssh_cmd(" ".join(shlex.quote(a) for a in argv)), target, timeout)
         if ran.returncode == 127:
             raise EdgekdError(f"{target.label}: device has no {remote_python}: install Python 3 there or pass "
                               f"--remote-python PATH")
         if ran.returncode not in (0, 3, 4):
             tail = (ran.stderr.strip().splitlines() or ["no output"])[-1]
             raise EdgekdError(f"{target.label}: runner failed (exit {ran.returncode}): {tail}")
-        stats = parse_runner_json(ran.stdout, target.label, model_file)
+        stats = parse_runner_json(ran.stdout, target.label, model)
     finally:
         try:
             _run(target.ssh_cmd(f"rm -rf {shlex.quote(remote_dir)}"), target, step)

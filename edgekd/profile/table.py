@@ -32,3 +32,24 @@ def print_profile(stats: dict, console: Console | None = None, top: int = 12) ->
         console.print(o)
     else:
         console.print("no per-op breakdown from this runtime")
+
+
+def print_generation(stats: dict, console: Console | None = None) -> None:
+    """One row per measured number: median and spread over the runs (what llama-bench users read)."""
+    from edgekd import console as _c
+    from edgekd.profile.generation import median_of
+
+    console = console or _c.out()
+    t = Table(title=f"{stats.get('model', '')} on {stats['device']} ({stats['format']}, {stats.get('runtime', '')}, "
+                    f"{stats.get('precision') or '?'}, {stats['threads']} threads, {stats['runs']} runs, "
+                    f"prompt {stats['prompt_len']}, decode {stats['decode_len']})")
+    for col in ("", "median", "min", "max"):
+        t.add_column(col, justify="left" if not col else "right")
+    for key, label in (("ttft_ms", "time to first token (ms)"), ("prefill_tok_s", "prefill (tokens/s)"),
+                       ("decode_tok_s", "decode (tokens/s)")):
+        v = stats.get(key)
+        spread = v if isinstance(v, dict) else {}
+        t.add_row(label, _fmt(median_of(v)), _fmt(spread.get("min")), _fmt(spread.get("max")))
+    console.print(t)
+    console.print(f"init {_fmt(stats.get('init_ms'))} ms, peak RSS {_fmt(stats.get('peak_rss_mb'))} MB, "
+                  f"size {_fmt(stats.get('size_mb'))} MB")

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import getpass
 import glob
 import json
-import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -18,80 +15,7 @@ from edgekd.errors import EdgekdError
 from edgekd.profile import STAT_KEYS, profile_model
 from edgekd.profile.ssh import parse_ssh_url
 
-SSHD = "/usr/sbin/sshd"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _ensure_sshd() -> None:
-    if os.path.exists(SSHD):
-        return
-    if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        pytest.skip("sshd missing and not root with apt-get: apt-get install openssh-server to run this test")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    r = subprocess.run(["apt-get", "install", "-y", "-q", "openssh-server"], env=env, capture_output=True, timeout=600)
-    if r.returncode != 0:
-        subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True, timeout=600)
-        subprocess.run(["apt-get", "install", "-y", "-q", "openssh-server"], env=env, capture_output=True,
-                       timeout=600)
-    if not os.path.exists(SSHD):
-        pytest.skip("could not install openssh-server")
-
-
-def _keygen(path) -> None:
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True)
-
-
-@pytest.fixture(scope="module")
-def sshd(tmp_path_factory):
-    _ensure_sshd()
-    d = tmp_path_factory.mktemp("sshd")
-    _keygen(d / "host_key")
-    _keygen(d / "user_key")
-    _keygen(d / "other_key")
-    (d / "authorized_keys").write_text((d / "user_key.pub").read_text())
-    port = _free_port()
-    (d / "sshd_config").write_text(f"""ListenAddress 127.0.0.1
-HostKey {d}/host_key
-PidFile {d}/sshd.pid
-AuthorizedKeysFile {d}/authorized_keys
-PubkeyAuthentication yes
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-PermitRootLogin prohibit-password
-StrictModes no
-UsePAM no
-LogLevel ERROR
-""")
-    if os.geteuid() == 0:
-        os.makedirs("/run/sshd", exist_ok=True)
-    proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(d / "sshd_config"), "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=open(d / "sshd.log", "w"))
-    deadline = time.time() + 15
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"sshd exited: {(d / 'sshd.log').read_text()}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            break
-        except OSError:
-            time.sleep(0.2)
-    host_pub = (d / "host_key.pub").read_text().split()
-    (d / "known_hosts").write_text(f"[127.0.0.1]:{port} {host_pub[0]} {host_pub[1]}\n")
-    (d / "empty_known_hosts").write_text("")
-    info = {"dir": d, "port": port, "url": f"ssh://{getpass.getuser()}@127.0.0.1:{port}",
-            "key": str(d / "user_key"), "known_hosts": str(d / "known_hosts")}
-    yield info
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-
+from tests.profile.conftest import free_port
 
 def _remote_dirs() -> set[str]:
     return set(glob.glob("/tmp/edgekd.*"))
@@ -165,7 +89,7 @@ def test_unknown_host_key(sshd, tiny_onnx):
 
 
 def test_unreachable_port_fails_fast(sshd, tiny_onnx):
-    port = _free_port()
+    port = free_port()
     took = _expect("connection refused", model_file=tiny_onnx, device=f"ssh://nobody@127.0.0.1:{port}",
                    identity_file=sshd["key"], known_hosts=sshd["known_hosts"], connect_timeout=3)
     assert took < 30
