@@ -15,13 +15,13 @@ two phases sit on opposite sides of the roofline. Batch 1, prompt of P tokens, N
   row plus the KV cache at the mean context P + N/2, against the memory bandwidth times `eff_mem`,
   max'ed with the step's FLOPs at `eff_decode_compute` of the peak;
 - fixed costs: `layer_overhead_us` per layer per forward (the runtime's per-node cost),
-  `token_overhead_us` per generated token (sampling, the runtime's step), `call_overhead_ms` per
-  generate call (tokens handed in, generator state set up).
+  `token_overhead_us` per decode step (sampling, the runtime's step), `call_overhead_ms` per
+  generate call (tokens handed in, state set up).
 
-Convention (the same as the profiler's): `ttft_ms` is the time from the prompt being handed in to the
-first generated token = call overhead + prefill + one token step's fixed cost (the first token is
-sampled from the prefill's last logits, as onnxruntime-genai and LiteRT-LM both do: no decode forward
-before it). `prefill_tok_s` = P / prefill time; `decode_tok_s` = 1 / mean decode step.
+Convention (the profiler's, edgekd/profile/genbench.py): `ttft_ms` is the time from the prompt being
+handed in to the first new token chosen = call overhead + prefill + one decode step at context P (the
+first token is chosen from the prefill's logits and run through the model); `prefill_tok_s` = P /
+prefill time; `decode_tok_s` = 1 / the mean decode step (the tokens after the first).
 
 Weights as the runtimes store them: float32 at 4 B; int8 per output channel (1 B + a float32 scale
 per column); int4 blockwise, 0.5 B + a float32 scale per block of 32 (MatMulNBits' default block,
@@ -65,7 +65,7 @@ WEIGHT_BYTES = {"float32": 4.0, "int8": 1.0, "int4": 0.5}
 DEFAULT_EFF_PREFILL = {"float32": 0.5, "int8": 0.3, "int4": 0.25}
 DEFAULTS = {  # per format: eff_mem, eff_decode_compute, overheads, the runtime's own resident memory
     "onnx-genai": {"eff_mem": 0.6, "eff_decode_compute": 0.25, "layer_overhead_us": 20.0, "token_overhead_us": 100.0,
-                   "call_overhead_ms": 1.0, "init_ms": 50.0, "base_mb": 60.0},
+                   "call_overhead_ms": 0.2, "init_ms": 50.0, "base_mb": 60.0},
     "litert-lm": {"eff_mem": 0.6, "eff_decode_compute": 0.25, "layer_overhead_us": 10.0, "token_overhead_us": 100.0,
                   "call_overhead_ms": 2.0, "init_ms": 100.0, "base_mb": 40.0},
 }
@@ -108,6 +108,8 @@ class Work:
     prefill_flops: float
     decode_flops: float        # one step at the mean context P + N/2
     decode_bytes: float        # one step at the mean context
+    first_flops: float         # the step that ends TTFT, at context P
+    first_bytes: float
     weights_bytes: float       # matmul weights at the precision (read once per forward)
     size_bytes: float          # the file: every weight as stored
     kv_bytes_full: float       # the KV cache at P + N
@@ -141,10 +143,11 @@ def generation_work(config: Any, precision: str = "float32", prompt_len: int = 6
     attn_prefill = L * 4.0 * q * P * (P + 1) / 2.0  # QK^T and PV over the causal context
     logits_rows = P if fmt == "onnx-genai" else 1
     prefill = 2.0 * P * L * layer_w + 2.0 * logits_rows * head_w + attn_prefill
-    decode_flops = 2.0 * (L * layer_w + head_w) + L * 4.0 * q * ctx
-    decode_bytes = wbytes + emb_bytes / v + 4.0 * (2 * L + 1) * h + kv_per_tok * (ctx + 1) + 4.0 * v
+    flops_at = lambda c: 2.0 * (L * layer_w + head_w) + L * 4.0 * q * c  # noqa: E731
+    bytes_at = lambda c: wbytes + emb_bytes / v + 4.0 * (2 * L + 1) * h + kv_per_tok * (c + 1) + 4.0 * v  # noqa: E731
     acts = 4.0 * (logits_rows * v + P * (4 * h + 2 * f) + a["num_attention_heads"] * P * P)
-    return Work(prefill_flops=prefill, decode_flops=decode_flops, decode_bytes=decode_bytes, weights_bytes=wbytes,
+    return Work(prefill_flops=prefill, decode_flops=flops_at(ctx), decode_bytes=bytes_at(ctx), first_flops=flops_at(P),
+                first_bytes=bytes_at(P), weights_bytes=wbytes,
                 size_bytes=size, kv_bytes_full=kv_per_tok * (P + N), act_bytes=acts, layers=L, precision=precision)
 
 
@@ -218,12 +221,11 @@ def _times(w: Work, P: int, cal: Mapping[str, Any], peaks: tuple[float, float, f
     layer_s = w.layers * cal["layer_overhead_us"] * 1e-6
     prefill = max(w.prefill_flops / (peak * cal["eff_prefill"][w.precision]),
                   w.weights_bytes / (bw * cal["eff_mem"])) + layer_s
-    tm = w.decode_bytes / (bw * cal["eff_mem"])
-    tc = w.decode_flops / (peak * cal["eff_decode_compute"])
-    tok_s = cal["token_overhead_us"] * 1e-6
-    step = max(tm, tc) + layer_s + tok_s
-    ttft = cal["call_overhead_ms"] * 1e-3 + prefill + tok_s
-    return prefill, step, ttft, ("memory" if tm >= tc else "compute")
+    fixed = layer_s + cal["token_overhead_us"] * 1e-6
+    tm, tc = w.decode_bytes / (bw * cal["eff_mem"]), w.decode_flops / (peak * cal["eff_decode_compute"])
+    first = max(w.first_bytes / (bw * cal["eff_mem"]), w.first_flops / (peak * cal["eff_decode_compute"])) + fixed
+    ttft = cal["call_overhead_ms"] * 1e-3 + prefill + first
+    return prefill, max(tm, tc) + fixed, ttft, ("memory" if tm >= tc else "compute")
 
 
 def _setup(target: Target | str, fmt: str | None, calibration: GenerationCalibration | None, threads: int | None):

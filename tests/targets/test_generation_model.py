@@ -56,7 +56,10 @@ def test_small_config_flops_bytes_and_times_by_hand():
     assert p.decode_ms_per_token == pytest.approx(step * 1e3)
     assert p.decode_tok_s == pytest.approx(1 / step)
     assert p.prefill_tok_s == pytest.approx(P / prefill)
-    assert p.ttft_ms == pytest.approx((cal.call_overhead_ms * 1e-3 + prefill + cal.token_overhead_us * 1e-6) * 1e3)
+    first = max((w.decode_bytes - kv_tok * (ctx - P)) / (17.1e9 * cal.eff_mem),
+                (w.decode_flops - 2 * 2 * 2 * 4 * 16 * (ctx - P)) / (153.6e9 * cal.eff_decode_compute)) \
+        + 2 * cal.layer_overhead_us * 1e-6 + cal.token_overhead_us * 1e-6  # the first decode step, at context P
+    assert p.ttft_ms == pytest.approx((cal.call_overhead_ms * 1e-3 + prefill + first) * 1e3)
     assert p.peak_rss_mb == pytest.approx(p.size_mb + p.kv_cache_mb + w.act_bytes / 1e6 + cal.base_mb)
     assert PROFILE_KEYS <= set(p.to_dict()) and p.to_dict()["runs"] == 0 and not p.calibrated
 
