@@ -12,8 +12,10 @@ two phases sit on opposite sides of the roofline. Batch 1, prompt of P tokens, N
   activations, as XNNPACK's qd8 kernels and ORT's MatMulNBits at accuracy level 4 compute them)
   times `eff_prefill[precision]`; max'ed with reading the weights once from memory;
 - decode is memory-bound: every step reads all matmul weights at the precision plus one embedding
-  row plus the KV cache at the mean context P + N/2, against the memory bandwidth times `eff_mem`,
-  max'ed with the step's FLOPs at `eff_decode_compute` of the peak;
+  row plus the KV cache at the mean context P + N/2, the first `cache_mb` of them from the last-level
+  cache at `cache_gbs` and the rest from DRAM at the bandwidth times `eff_mem` (a small model lives
+  in the cache: the built-in family's students are 1-20 MB), max'ed with the step's FLOPs at
+  `eff_decode_compute[precision]` of the peak (int4 GEMV unpacks nibbles: far below the peak);
 - fixed costs: `layer_overhead_us` per layer per forward (the runtime's per-node cost),
   `token_overhead_us` per decode step (sampling, the runtime's step), `call_overhead_ms` per
   generate call (tokens handed in, state set up).
@@ -30,9 +32,11 @@ float32 (only MatMul nodes are quantised), litert-lm quantises it like the weigh
 int8. Norms and biases stay float32. The KV cache is float32 on the CPU in both runtimes.
 
 Priors (before calibration) from public measurements:
-- llama.cpp reaches 60-80 % of DRAM bandwidth decoding 1-8B models on phones and the Raspberry Pi 5
-  (e.g. https://github.com/ggml-org/llama.cpp/discussions/4167 Apple/ARM tables;
-  https://github.com/ggml-org/llama.cpp/issues/11474 Pi 5 numbers): eff_mem 0.6;
+- decoding 1-8B 4-bit models, runtimes read weights at 50-75 % of the DRAM bandwidth: Llama 3.2 3B
+  Q4_K_M (1.9 GB) at 4.5 tok/s on a Raspberry Pi 5 is 8.6 of 17.1 GB/s
+  (https://github.com/geerlingguy/ai-benchmarks/issues/7); ExecuTorch's Llama 3.2 1B 4-bit at 50 tok/s
+  on a OnePlus 12 about 50 of 68 GB/s (https://github.com/pytorch/executorch/blob/main/examples/models/llama/README.md):
+  eff_mem 0.6;
 - prefill GEMMs reach 30-60 % of the fp32 FMA peak (XNNPACK, MLAS): eff_prefill float32 0.5;
 - int8/int4 prefill: ExecuTorch's Llama 3.2 1B (4-bit weights, 8-bit dynamic activations, KleidiAI)
   prefills 260 tok/s on a OnePlus 12 (Snapdragon 8 Gen 3), about 0.64 int8 TOP/s, i.e. half of the
@@ -65,13 +69,17 @@ SCALE_BYTES = 4.0
 KV_BYTES = 4.0
 WEIGHT_BYTES = {"float32": 4.0, "int8": 1.0, "int4": 0.5}
 DEFAULT_EFF_PREFILL = {"float32": 0.5, "int8": 0.5, "int4": 0.45}
-DEFAULTS = {  # per format: eff_mem, eff_decode_compute, overheads, the runtime's own resident memory
-    "onnx-genai": {"eff_mem": 0.6, "eff_decode_compute": 0.25, "layer_overhead_us": 20.0, "token_overhead_us": 100.0,
+DEFAULT_EFF_DECODE_COMPUTE = {"float32": 0.25, "int8": 0.2, "int4": 0.2}
+DEFAULTS = {  # per format: eff_mem, overheads, the runtime's own resident memory
+    "onnx-genai": {"eff_mem": 0.6, "layer_overhead_us": 20.0, "token_overhead_us": 100.0,
                    "call_overhead_ms": 0.2, "init_ms": 50.0, "base_mb": 60.0},
-    "litert-lm": {"eff_mem": 0.6, "eff_decode_compute": 0.25, "layer_overhead_us": 10.0, "token_overhead_us": 100.0,
+    "litert-lm": {"eff_mem": 0.6, "layer_overhead_us": 10.0, "token_overhead_us": 100.0,
                   "call_overhead_ms": 2.0, "init_ms": 100.0, "base_mb": 40.0},
 }
-SCALARS = ("eff_mem", "eff_decode_compute", "layer_overhead_us", "token_overhead_us", "call_overhead_ms")
+CACHE_MB_UNKNOWN = 0.5  # a target file that states no `memory.cache_mb`: assume (almost) none
+CACHE_SPEEDUP = 4.0     # last-level cache against DRAM bandwidth, the prior of cache_gbs
+PER_PRECISION = ("eff_prefill", "eff_decode_compute")
+SCALARS = ("eff_mem", "layer_overhead_us", "token_overhead_us", "call_overhead_ms", "cache_mb", "cache_gbs")
 
 
 def normalize_precision(precision: str) -> str:
@@ -163,8 +171,10 @@ class GenerationCalibration(SavedCalibration):
     device: str
     fmt: str
     eff_prefill: dict[str, float]
+    eff_decode_compute: dict[str, float]
     eff_mem: float
-    eff_decode_compute: float
+    cache_mb: float
+    cache_gbs: float
     layer_overhead_us: float
     token_overhead_us: float
     call_overhead_ms: float
@@ -176,14 +186,18 @@ class GenerationCalibration(SavedCalibration):
 
 
 def default_generation_calibration(target: Target | str, fmt: str | None = None) -> GenerationCalibration:
-    """The priors: DEFAULT_EFF_PREFILL and DEFAULTS[fmt]; a measured peak (the host's GEMM benchmark) is
-    already what a GEMM reaches, so its prefill factors start at 1 less the int4 unpacking."""
+    """The priors: DEFAULT_EFF_*, DEFAULTS[fmt] and the target's last-level cache; a measured peak (the
+    host's GEMM benchmark) is already what a GEMM reaches, so its prefill factors start at 1 less the
+    int4 unpacking."""
     t = _target(target)
     fmt = check_format(fmt or target_format(t))
     eff = dict(DEFAULT_EFF_PREFILL)
     if "cpu.peak_gflops_fp32" in t.measured:
         eff = {"float32": 1.0, "int8": 1.0, "int4": 0.8}
-    return GenerationCalibration(device=t.key, fmt=fmt, eff_prefill=eff, **DEFAULTS[fmt], facts=_facts(t, None))
+    return GenerationCalibration(device=t.key, fmt=fmt, eff_prefill=eff, eff_decode_compute=dict(DEFAULT_EFF_DECODE_COMPUTE),
+                                 cache_mb=float(t.memory.get("cache_mb", CACHE_MB_UNKNOWN)),
+                                 cache_gbs=CACHE_SPEEDUP * float(t.memory["bandwidth_gbs"]), **DEFAULTS[fmt],
+                                 facts=_facts(t, None))
 
 
 # --- prediction --------------------------------------------------------------------------------
@@ -220,12 +234,17 @@ def _times(w: Work, P: int, cal: Mapping[str, Any], peaks: tuple[float, float, f
     that prediction and calibration share."""
     p32, p8, bw = peaks
     peak = p32 if w.precision == "float32" else p8
+    cache, cache_bw = cal["cache_mb"] * 1e6, cal["cache_gbs"] * 1e9
+
+    def read(n: float) -> float:  # the first `cache` bytes from the cache, the rest from DRAM
+        return min(n, cache) / cache_bw + max(n - cache, 0.0) / (bw * cal["eff_mem"])
+
     layer_s = w.layers * cal["layer_overhead_us"] * 1e-6
-    prefill = max(w.prefill_flops / (peak * cal["eff_prefill"][w.precision]),
-                  w.weights_bytes / (bw * cal["eff_mem"])) + layer_s
+    prefill = max(w.prefill_flops / (peak * cal["eff_prefill"][w.precision]), read(w.weights_bytes)) + layer_s
     fixed = layer_s + cal["token_overhead_us"] * 1e-6
-    tm, tc = w.decode_bytes / (bw * cal["eff_mem"]), w.decode_flops / (peak * cal["eff_decode_compute"])
-    first = max(w.first_bytes / (bw * cal["eff_mem"]), w.first_flops / (peak * cal["eff_decode_compute"])) + fixed
+    dc = peak * cal["eff_decode_compute"][w.precision]
+    tm, tc = read(w.decode_bytes), w.decode_flops / dc
+    first = max(read(w.first_bytes), w.first_flops / dc) + fixed
     ttft = cal["call_overhead_ms"] * 1e-3 + prefill + first
     return prefill, max(tm, tc) + fixed, ttft, ("memory" if tm >= tc else "compute")
 
@@ -294,12 +313,15 @@ def generation_measurement(profile: Mapping[str, Any], config: Any, precision: s
 
 
 def _pack(cal: GenerationCalibration) -> np.ndarray:
-    return np.log([cal.eff_prefill[p] for p in PRECISIONS] + [getattr(cal, k) for k in SCALARS])
+    """The fitted factors in log space: the per-precision ones (PER_PRECISION x PRECISIONS), then SCALARS."""
+    return np.log([getattr(cal, k)[p] for k in PER_PRECISION for p in PRECISIONS] + [getattr(cal, k) for k in SCALARS])
 
 
 def _unpack(theta: np.ndarray) -> dict:
-    v = np.exp(theta)
-    return {"eff_prefill": dict(zip(PRECISIONS, v[:3])), **dict(zip(SCALARS, v[3:]))}
+    v = [float(x) for x in np.exp(theta)]
+    n = len(PRECISIONS)
+    out = {k: dict(zip(PRECISIONS, v[i * n:(i + 1) * n])) for i, k in enumerate(PER_PRECISION)}
+    return out | dict(zip(SCALARS, v[len(PER_PRECISION) * n:]))
 
 
 def calibrate_generation(measurements: Iterable[dict], target: Target | str,
@@ -332,17 +354,15 @@ def calibrate_generation(measurements: Iterable[dict], target: Target | str,
     def resid(th: np.ndarray) -> np.ndarray:
         return np.concatenate([np.log(predicted(th)) - meas, lam * (th - theta0)])
 
-    seen = {m["precision"] for m in ms}
-    free = np.array([i for i, p in enumerate(PRECISIONS) if p in seen] + list(range(3, 3 + len(SCALARS))))
+    seen, n = {m["precision"] for m in ms}, len(PRECISIONS)
+    free = np.array([i * n + j for i in range(len(PER_PRECISION)) for j, p in enumerate(PRECISIONS) if p in seen]
+                    + list(range(len(PER_PRECISION) * n, len(theta0))))
     theta = levenberg_marquardt(resid, theta0, free, iterations)
     rel = np.abs(np.exp(np.log(predicted(theta)) - meas) - 1.0)
     fitted = GenerationCalibration(device=t.key, fmt=fmt, **_unpack(theta), init_ms=prior.init_ms,
                                    base_mb=prior.base_mb, facts=facts, n_measurements=len(ms),
                                    fit={"median_abs_rel_err": float(np.median(rel)), "max_abs_rel_err": float(rel.max()),
                                         "observations": int(len(meas))})
-    fitted.eff_prefill = {k: float(v) for k, v in fitted.eff_prefill.items()}
-    for k in SCALARS:
-        setattr(fitted, k, float(getattr(fitted, k)))
     return _fit_memory_and_init(fitted, obs, t)
 
 
