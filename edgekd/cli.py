@@ -120,7 +120,15 @@ def distill(
              '\'{"sizes": [{"num_hidden_layers": 3}]}\' (progressive), \'{"num_prompts": 256}\' (sequence).'),
     seed: int = typer.Option(0, help="Random seed."),
     target: Optional[str] = typer.Option(None, help="Edge target name (see `edgekd targets list`)."),
-    latency_budget: Optional[float] = typer.Option(None, "--latency-budget", help="Latency budget in ms."),
+    latency_budget: Optional[float] = typer.Option(None, "--latency-budget", help="Latency budget in ms (the logits job)."),
+    decode_tok_s: Optional[float] = typer.Option(None, "--decode-tok-s",
+                                                 help="Generation budget: least decode tokens/s (default: the target's)."),
+    ttft_ms: Optional[float] = typer.Option(None, "--ttft-ms",
+                                            help="Generation budget: most ms to the first token (default: the target's)."),
+    generative: Optional[bool] = typer.Option(
+        None, "--generative/--logits",
+        help="--target with a causal-LM teacher: budget generation and export litert-lm/onnx-genai with a KV cache "
+             "(the default), or budget one logits forward and export ONNX/TFLite."),
     device: str = typer.Option("local", help="Where to profile: local | ssh://USER@HOST[:PORT] | adb[:SERIAL]."),
     calibration: Optional[str] = typer.Option(
         None, "--calibration", help="--target: the latency model's starting calibration: a calibration .json "
@@ -138,7 +146,7 @@ def distill(
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ) -> None:
     """Distill the teacher into a student, train the scratch baseline, evaluate both, write the run."""
-    from edgekd.checks import distill_inputs, input_file
+    from edgekd.checks import distill_inputs, input_file, optional_number
     from edgekd.profile import check_device
     from edgekd.settings import Settings
 
@@ -152,6 +160,10 @@ def distill(
                       insecure_host_key=insecure_host_key, remote_python=remote_python)
     if (calibration or save_calibration) and not target:
         raise EdgekdError("--calibration and --save-calibration go with --target (the job's latency model)")
+    for name, v in (("--decode-tok-s", decode_tok_s), ("--ttft-ms", ttft_ms)):
+        if v is not None and not target:
+            raise EdgekdError(f"{name} is a budget of the job: give --target NAME with it")
+        optional_number(name, v, low=0, low_open=True)
     calibration = _path(calibration, keep=("saved",))
     if calibration != "saved":
         input_file(calibration, "--calibration")
@@ -172,7 +184,8 @@ def distill(
         from edgekd.pipeline import JobConfig, distill_for_target
 
         distill_for_target(JobConfig(engine=engine, target=target, latency_budget_ms=latency_budget, device=device,
-                                     calibration=calibration, save_calibration=save_calibration, profile=profile_kw),
+                                     calibration=calibration, save_calibration=save_calibration, profile=profile_kw,
+                                     generative=generative, decode_tok_s=decode_tok_s, ttft_ms=ttft_ms),
                            settings=settings)
     else:
         run(engine)

@@ -6,6 +6,13 @@ student is searched and distilled again, at most `max_shrinks` times. Everything
 directory (DESIGN.md); each file is written atomically, and report.json gains its job keys
 (`search`, `exports`, `latency.measured`, `timings_s.job`, ...) only when the job is complete.
 
+For a causal-LM teacher the job is generative by default: the search weighs generation (decode
+tokens/s and time to first token from the target's budget, or --decode-tok-s/--ttft-ms), the student is
+exported as an LLM with a KV cache (`litert-lm`, `onnx-genai`; float and the searched precision, each
+with generation parity) and profiled generating; a measured miss of the generation budget on the
+device recalibrates the generation model. `generative=False` keeps the logits-graph job (ONNX/TFLite
+over a fixed window, the latency budget), which is also what classifiers get.
+
 The job talks to each layer through its objects: a SearchResult, the engine's RunResult, export
 records, measured entries, and report/'s JobFacts. Its own options are a JobConfig, with the engine's
 DistillConfig nested in it.
@@ -37,6 +44,8 @@ PROFILE_RUNS = 20        # timed runs per exported file
 PROFILE_WARMUP = 3
 MAX_SHRINKS = 2          # recalibrate-and-shrink rounds after a measured miss on the device
 PARITY_ROWS = 16         # held-out rows the exports are checked on
+GEN_PROMPTS, GEN_PROMPT_TOKENS = 8, 16  # held-out prompts (and their length) of the generation parity check
+GEN_PROFILE_RUNS = 3     # timed generations per generative export
 ATTEMPT_ENTRIES = ("config.json", "student", "checkpoints", "export", "profile", "report.json", "report.md",
                    "plots", "search")
 JOB_FILE = "job.json"    # the job's own options, for --resume (the engine's are config.json)
@@ -51,6 +60,8 @@ class JobConfig:
     "saved" (the device's calibration saved in the cache), or a Calibration (Python API).
     `save_calibration`: after a measurement on the device, save its calibration in the cache.
     `profile`: extra keywords for profile_model on the device (identity_file, known_hosts, ...).
+    `generative`: the LLM job (generation budget, litert-lm/onnx-genai exports) or the logits-graph job;
+    None chooses by the teacher (causal LM: generative). `decode_tok_s`, `ttft_ms`: its budget overrides.
     """
 
     engine: DistillConfig = field(default_factory=DistillConfig)
@@ -64,6 +75,9 @@ class JobConfig:
     profile_warmup: int = PROFILE_WARMUP
     max_shrinks: int = MAX_SHRINKS
     profile: dict = field(default_factory=dict)
+    generative: Optional[bool] = None   # None: generative for a causal-LM teacher, the logits job otherwise
+    decode_tok_s: Optional[float] = None  # generation budget overrides (default: the target file's)
+    ttft_ms: Optional[float] = None
 
     @classmethod
     def from_dict(cls, d: dict) -> "JobConfig":
@@ -134,17 +148,21 @@ def _check_resume(job: JobConfig, out: Path) -> None:
     refuse_changes(job.saved_fields(), read_saved_json(path), JobConfig().saved_fields(), "job", free=RESUME_FREE)
 
 
-def _start_calibration(job: JobConfig, t, fmt: str, settings: Settings):
-    """The latency model's starting calibration, and how report.json names it (source, path, values)."""
-    from edgekd.targets.latency import Calibration, calibration_path, load_calibration
+def _start_calibration(job: JobConfig, t, fmt: str, settings: Settings, cls):
+    """The cost model's starting calibration (a `cls`: the latency or the generation model's), and how
+    report.json names it (source, path, values)."""
+    from edgekd.targets.latency import calibration_path, load_calibration
 
     given = job.calibration
     if given is None:
         return None, {"source": "priors", "path": None, "values": None}
-    if isinstance(given, Calibration):
+    if isinstance(given, cls):
         return given, {"source": "given", "path": None, "values": given.to_dict()}
+    if not isinstance(given, (str, os.PathLike)):
+        raise EdgekdError(f"calibration: this job's cost model takes a {cls.__name__}, a path or 'saved', got a "
+                          f"{type(given).__name__}")
     path = calibration_path(t.key, fmt, settings) if given == "saved" else Path(given)
-    cal = load_calibration(t.key, fmt, path)
+    cal = load_calibration(t.key, fmt, path, cls)
     if cal is None:
         what = f"no saved calibration for {t.name}/{fmt} ({path})" if given == "saved" else f"{path} does not exist"
         raise EdgekdError(f"--calibration: {what}: measure the device once with --save-calibration, or drop it")
@@ -158,21 +176,42 @@ def _target_facts(t) -> dict:
 
 
 class _Job:
-    """distill_for_target's work with RUN/.lock held: the state one attempt hands to the next."""
+    """distill_for_target's work with RUN/.lock held: the state one attempt hands to the next.
+
+    `self.gen` is the generative job's state (None for the logits job): the budget overrides and the
+    lengths its exports are profiled at; the methods below branch on it where the two jobs differ.
+    """
 
     def __init__(self, job: JobConfig, t, out: Path, settings: Settings):
-        from edgekd.models.loading import read_config_dict, resolve_model_dir
+        from edgekd.models.loading import CAUSAL_LM, model_kind, read_config_dict, resolve_model_dir
 
         self.job, self.t, self.out, self.settings = job, t, out, settings
         self.timer = PhaseTimer(out / "checkpoints" / "job_timings.json", resume=job.engine.resume)
         self.teacher_cfg = read_config_dict(resolve_model_dir(job.engine.teacher))
         max_pos = int(self.teacher_cfg.get("max_position_embeddings") or job.export_seq_len)
         self.seq_len = min(job.export_seq_len, job.engine.seq_len, max_pos)
-        self.fmt = t.runtime["preferred_format"]
+        causal = model_kind(self.teacher_cfg) == CAUSAL_LM
+        generative = causal if job.generative is None else job.generative
+        if generative and not causal:
+            raise EdgekdError("--generative needs a causal-LM teacher: a classifier is exported as a logits graph")
+        if not generative and (job.decode_tok_s is not None or job.ttft_ms is not None):
+            raise EdgekdError("--decode-tok-s/--ttft-ms budget generation: drop them, or run the generative job")
+        if generative and job.latency_budget_ms is not None:
+            raise EdgekdError("--latency-budget is the logits job's budget: an LLM's is --decode-tok-s/--ttft-ms "
+                              "(or pass --logits for the logits-graph job)")
+        self.gen = {"decode_tok_s": job.decode_tok_s, "ttft_ms": job.ttft_ms} if generative else None
+        if generative:
+            from edgekd.targets.generation import GenerationCalibration, target_format
+
+            self.fmt, cls = target_format(t), GenerationCalibration
+        else:
+            from edgekd.targets.latency import Calibration
+
+            self.fmt, cls = t.runtime["preferred_format"], Calibration
         self.threads = int(t.runtime.get("default_threads") or 0) or None
         self.on_target_local = t.access.get("method") == "local"  # `host`: this machine is the device
         self.measure_device = job.device if job.device != "local" else ("local" if self.on_target_local else None)
-        self.cal, self.cal_info = _start_calibration(job, t, self.fmt, settings)
+        self.cal, self.cal_info = _start_calibration(job, t, self.fmt, settings, cls)
         self.attempts: list[dict] = []
         self.device_measurements: list[dict] = []  # calibration inputs, across attempts
         self.device_error = self.shrink_note = None
@@ -182,7 +221,7 @@ class _Job:
         from edgekd.search import print_table, search_student
 
         res = search_student(self.teacher_cfg, self.t, self.job.latency_budget_ms, seq_len=self.seq_len,
-                             calibration=self.cal, max_params=max_params)
+                             calibration=self.cal, max_params=max_params, generation=self.gen)
         if not self.quiet:
             print_table(res)
         faults.point("search")
@@ -213,34 +252,63 @@ class _Job:
         return self.finish(res, result, exports, measured)
 
     def attempt(self, res, k: int, resume: bool):
-        """One student: distill it (the engine), export it four ways, time it locally and on the device."""
+        """One student: distill it (the engine), export it, time it locally and on the device."""
         from edgekd.distill.run import run
-        from edgekd.export import export_run
-        from edgekd.profile.exports import profile_exports
 
         with self.timer("distill+scratch+eval"):
             result = run(replace(self.job.engine, student=res.arch, resume=resume and (self.out / "config.json").is_file()),
                          status="incomplete")
-        rows = None if result.heldout_ids is None else result.heldout_ids[:PARITY_ROWS, :self.seq_len]
         with self.timer("export+parity+local_profile"):
-            exports = export_run(self.out, seq_len=self.seq_len, calib_inputs=rows)
-            measured = profile_exports(self.out, exports, device="local", runs=self.job.profile_runs,
-                                       warmup=self.job.profile_warmup,
-                                       threads=self.threads if self.on_target_local else None)
+            exports, measured = (self.export_generative(res, result) if self.gen else
+                                 self.export_logits(result))
         on_dev = self.measure_on_device(res, exports, measured) if self.measure_device else {}
         self.attempts.append({"attempt": k, "choice": res.choice, "params": res.choice_row["params"],
                               "predicted_ms": res.predicted_ms, "calibrated": res.calibrated,
-                              "measured_ms": on_dev[res.precision]["p50_ms"] if res.precision in on_dev else None})
+                              "measured_ms": on_dev[res.precision]["p50_ms"] if res.precision in on_dev and not self.gen
+                              else None} | (self.generation_attempt(res, on_dev) if self.gen else {}))
         return result, exports, measured, on_dev
+
+    def export_logits(self, result):
+        """The logits graph four ways (ONNX, TFLite, float and int8), each timed here."""
+        from edgekd.export import export_run
+        from edgekd.profile.exports import profile_exports
+
+        rows = None if result.heldout_ids is None else result.heldout_ids[:PARITY_ROWS, :self.seq_len]
+        exports = export_run(self.out, seq_len=self.seq_len, calib_inputs=rows)
+        measured = profile_exports(self.out, exports, device="local", runs=self.job.profile_runs,
+                                   warmup=self.job.profile_warmup,
+                                   threads=self.threads if self.on_target_local else None)
+        return exports, measured
+
+    def export_generative(self, res, result):
+        """litert-lm and onnx-genai, float and the searched precision, each with generation parity on held-out
+        prompts, then each timed generating here at the budget's prompt and decode lengths."""
+        from edgekd.export import export_run
+        from edgekd.export.run_dir import GENERATIVE_VARIANTS
+        from edgekd.precision import precision_of
+        from edgekd.profile.exports import profile_generative_export
+
+        keep = {"float32", res.precision}
+        variants = [v for v in GENERATIVE_VARIANTS if precision_of(v[1]) in keep]
+        prompts = None if result.heldout_ids is None else [
+            [int(x) for x in row[:GEN_PROMPT_TOKENS]] for row in result.heldout_ids[:GEN_PROMPTS]]
+        exports = export_run(self.out, variants=variants, prompts=prompts)
+        b = res.generation["budget"]
+        measured = [profile_generative_export(self.out, e, "local", b["prompt_len"], b["decode_len"], GEN_PROFILE_RUNS,
+                                              1, self.threads if self.on_target_local else None)
+                    for e in exports.values() if e.get("passed")]
+        for _ in measured:
+            faults.point("profile")
+        return exports, measured
 
     def measure_on_device(self, res, exports: dict, measured: list) -> dict:
         """The deployed file and its other precision on the device (both inform a recalibration)."""
         from edgekd.export import export_key
-        from edgekd.profile.exports import profile_export
 
+        other = "int8" if res.precision == "float32" and not self.gen else "float32"
         on_dev = {}
         with self.timer("device_profile"):
-            for prec in (res.precision, "int8" if res.precision == "float32" else "float32"):
+            for prec in dict.fromkeys((res.precision, other)):
                 e = exports.get(export_key(self.fmt, prec), {})
                 if not e.get("passed"):
                     continue
@@ -248,9 +316,7 @@ class _Job:
                     m = next((m for m in measured if m["format"] == self.fmt and m["precision"] == prec), None)
                 else:
                     try:
-                        m = profile_export(self.out, e, self.measure_device, self.job.profile_runs,
-                                           self.job.profile_warmup, self.threads or 1, settings=self.settings,
-                                           **self.job.profile)
+                        m = self.profile_on_device(res, e)
                     except EdgekdError as err:
                         self.device_error = str(err)
                         break
@@ -260,20 +326,53 @@ class _Job:
                     on_dev[prec] = m
         return on_dev
 
+    def profile_on_device(self, res, export: dict) -> dict:
+        from edgekd.profile.exports import profile_export, profile_generative_export
+
+        if self.gen:
+            b = res.generation["budget"]
+            return profile_generative_export(self.out, export, self.measure_device, b["prompt_len"], b["decode_len"],
+                                             GEN_PROFILE_RUNS, 1, self.threads or 1, settings=self.settings,
+                                             **self.job.profile)
+        return profile_export(self.out, export, self.measure_device, self.job.profile_runs, self.job.profile_warmup,
+                              self.threads or 1, settings=self.settings, **self.job.profile)
+
+    def generation_attempt(self, res, on_dev: dict) -> dict:
+        """The attempt's generation numbers: predicted, measured on the device, and the budget keys it missed."""
+        pred, b = res.generation["predicted"], res.generation["budget"]
+        m = on_dev.get(res.precision)
+        misses = [] if m is None else [k for k, bad in (
+            ("decode_tok_s", b.get("decode_tok_s") is not None and m["decode_tok_s"] < b["decode_tok_s"]),
+            ("ttft_ms", b.get("ttft_ms") is not None and m["ttft_ms"] > b["ttft_ms"])) if bad]
+        return {"predicted": {k: pred[k] for k in ("decode_tok_s", "ttft_ms")},
+                "measured": None if m is None else {k: m[k] for k in ("decode_tok_s", "ttft_ms")}, "misses": misses}
+
     def shrink_wanted(self, res, k: int) -> bool:
         a = self.attempts[-1]
-        return a["measured_ms"] is not None and a["measured_ms"] > res.latency_budget_ms and k < self.job.max_shrinks
+        missed = bool(a.get("misses")) if self.gen else (a["measured_ms"] is not None and
+                                                         a["measured_ms"] > res.latency_budget_ms)
+        return missed and k < self.job.max_shrinks
 
     def recalibrate_and_search(self, res, on_dev: dict):
         """A measured miss: recalibrate on every device measurement so far, search a strictly smaller student."""
-        from edgekd.targets.latency import calibrate, default_calibration, measurement_from_profile
-
         with self.timer("recalibrate+search"):
-            for prec, m in on_dev.items():
-                self.device_measurements.append(measurement_from_profile(
-                    m | {"threads": self.threads}, {**self.teacher_cfg, **res.arch}, prec, seq_len=self.seq_len))
-            self.cal = calibrate(self.device_measurements, self.t, self.fmt,
-                                 prior=self.cal or default_calibration(self.t, self.fmt))
+            config = {**self.teacher_cfg, **res.arch}
+            if self.gen:
+                from edgekd.targets.generation import (calibrate_generation, default_generation_calibration,
+                                                       generation_measurement)
+
+                for prec, m in on_dev.items():
+                    self.device_measurements.append(generation_measurement(m, config, prec))
+                self.cal = calibrate_generation(self.device_measurements, self.t,
+                                                prior=self.cal or default_generation_calibration(self.t, self.fmt))
+            else:
+                from edgekd.targets.latency import calibrate, default_calibration, measurement_from_profile
+
+                for prec, m in on_dev.items():
+                    self.device_measurements.append(measurement_from_profile(
+                        m | {"threads": self.threads}, config, prec, seq_len=self.seq_len))
+                self.cal = calibrate(self.device_measurements, self.t, self.fmt,
+                                     prior=self.cal or default_calibration(self.t, self.fmt))
             self.cal_info = self.cal_info | {"recalibrated": self.cal.to_dict()}
             try:
                 return self.search(max_params=self.attempts[-1]["params"])
@@ -285,8 +384,11 @@ class _Job:
         """Park attempt k in RUN/attempts/k, save the new calibration and search for attempt k + 1."""
         a = self.attempts[-1]
         if not self.quiet:
-            echo(f"measured {a['measured_ms']:.3f} ms on {self.measure_device} > budget {nxt.latency_budget_ms:g} ms: "
-                 f"recalibrated the latency model; distilling a smaller student ({k + 1}/{self.job.max_shrinks})")
+            missed = (", ".join(f"{m} {a['measured'][m]:.4g}" for m in a["misses"]) + " outside the generation budget"
+                      if self.gen else f"{a['measured_ms']:.3f} ms > budget {nxt.latency_budget_ms:g} ms")
+            echo(f"measured {missed} on {self.measure_device}: recalibrated the "
+                 f"{'generation' if self.gen else 'latency'} model; distilling a smaller student "
+                 f"({k + 1}/{self.job.max_shrinks})")
         dest = self.out / "attempts" / str(k)
         dest.mkdir(parents=True, exist_ok=True)
         for name in ATTEMPT_ENTRIES:
@@ -298,16 +400,33 @@ class _Job:
 
             self.cal.save(calibration_path(self.t.key, self.fmt, self.settings))
 
+    def final_calibration(self):
+        if self.cal is not None:
+            return self.cal
+        if self.gen:
+            from edgekd.targets.generation import default_generation_calibration
+
+            return default_generation_calibration(self.t, self.fmt)
+        from edgekd.targets.latency import default_calibration
+
+        return default_calibration(self.t, self.fmt)
+
     def finish(self, res, result, exports: dict, measured: list) -> Path:
         """report.json and report.md of the job (report/ builds and renders them); JobFailed if it failed."""
-        from edgekd.targets.latency import default_calibration, runtime_for
+        self.final_calibration().save(self.out / "search" / "calibration.json")
+        if self.gen:
+            from edgekd.targets.generation import RUNTIME_OF
 
-        (self.cal or default_calibration(self.t, self.fmt)).save(self.out / "search" / "calibration.json")
-        facts = JobFacts(target=self.t.name, search=res, attempts=self.attempts, fmt=self.fmt,
-                         runtime=runtime_for(self.fmt), seq_len=self.seq_len, threads=self.threads, exports=exports,
-                         measured=measured, timings=self.timer.summary(), calibration=self.cal_info,
-                         target_facts=_target_facts(self.t), device_error=self.device_error,
-                         shrink_stopped=self.shrink_note, extra={"job": self.job.saved_fields()})
+            runtime = RUNTIME_OF[self.fmt]
+        else:
+            from edgekd.targets.latency import runtime_for
+
+            runtime = runtime_for(self.fmt)
+        facts = JobFacts(target=self.t.name, search=res, attempts=self.attempts, fmt=self.fmt, runtime=runtime,
+                         seq_len=self.seq_len, threads=self.threads, exports=exports, measured=measured,
+                         timings=self.timer.summary(), calibration=self.cal_info, target_facts=_target_facts(self.t),
+                         device_error=self.device_error, shrink_stopped=self.shrink_note,
+                         extra={"job": self.job.saved_fields()})
         rep = build_job_report(result.report, facts)
         write_job_report(self.out, rep)
         if not self.quiet:

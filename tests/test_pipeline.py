@@ -13,7 +13,7 @@ from tests.distill.helpers import tiny_teacher, write_text_dir
 
 # Wider than the engine tests' teacher so the search has a real range (hidden 16..128, 1..4 layers).
 TEACHER = dict(hidden_size=128, heads=8, layers=4, intermediate_size=256, max_positions=128, train_steps=20)
-JOB = ["--steps", "6", "--seq-len", "32", "--batch-size", "4", "--quiet"]
+JOB = ["--logits", "--steps", "6", "--seq-len", "32", "--batch-size", "4", "--quiet"]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -162,7 +162,7 @@ def test_measured_miss_recalibrates_and_shrinks(teacher, data, tmp_path):
         distill_for_target(JobConfig(DistillConfig(teacher=str(teacher), data=str(data), out=str(out), steps=4,
                                                    seq_len=32, batch_size=4, eval_blocks=4, quiet=True, threads=1),
                                      target="host", latency_budget_ms=0.05, calibration=optimistic, max_shrinks=1,
-                                     profile_runs=10))
+                                     profile_runs=10, generative=False))
         missed = False
     except JobFailed as e:  # still over 0.05 ms after the shrink: the job failed (exit 1), the report says why
         assert "missed the budget" in str(e)

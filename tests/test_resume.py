@@ -17,7 +17,7 @@ import pytest
 
 from tests.distill.helpers import tiny_teacher, write_text_dir
 
-JOB = ["--target", "android-arm64", "--steps", "8", "--seq-len", "32", "--batch-size", "4"]
+JOB = ["--target", "android-arm64", "--logits", "--steps", "8", "--seq-len", "32", "--batch-size", "4"]
 PHASES = ["search", "distill", "scratch", "export", "profile"]
 
 

@@ -1,7 +1,8 @@
 """A run's exported files timed on a device, and the one writer of RUN/profile records.
 
-Takes export records (edgekd.export.export_run's) and returns report.json's `latency.measured`
-entries; the full statistics of each measurement land in RUN/profile/FORMAT-PRECISION-DEVICE.json.
+Takes export records (edgekd.export.export_run's) and returns report.json's measured entries
+(`latency.measured`; for generative exports `generation.measured`); the full statistics of each
+measurement land in RUN/profile/FORMAT-PRECISION-DEVICE.json.
 """
 
 from __future__ import annotations
@@ -18,17 +19,32 @@ def device_tag(device: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in device.replace("ssh://", "ssh-"))
 
 
-def write_profile(run_dir: Path, export: dict, stats: dict) -> dict:
-    """Write one measurement of one exported file to RUN/profile and return its `latency.measured` entry."""
-    run_dir = Path(run_dir)
+def _write(run_dir: Path, export: dict, stats: dict) -> tuple[dict, str]:
+    """RUN/profile/FORMAT-PRECISION-DEVICE.json with the export's recipe and precision; its relative path."""
     fmt, precision = export["format"], export["precision"]
     stats = stats | {"quantize": export["quantize"], "precision": precision}
     prof = run_dir / "profile" / f"{fmt}-{'float' if precision == 'float32' else precision}-{device_tag(stats['device'])}.json"
     write_json(prof, stats)
-    return {"device": stats["device"], "format": fmt, "quantize": export["quantize"], "precision": precision,
-            "p50_ms": stats["p50_ms"], "p90_ms": stats["p90_ms"], "mean_ms": stats["mean_ms"],
-            "peak_rss_mb": stats.get("peak_rss_mb"), "size_mb": stats.get("size_mb"), "threads": stats.get("threads"),
-            "profile": str(prof.relative_to(run_dir))}
+    return stats, str(prof.relative_to(run_dir))
+
+
+def write_profile(run_dir: Path, export: dict, stats: dict) -> dict:
+    """Write one measurement of one exported file to RUN/profile and return its `latency.measured` entry."""
+    stats, rel = _write(Path(run_dir), export, stats)
+    return {"device": stats["device"], "format": stats["format"], "quantize": stats["quantize"],
+            "precision": stats["precision"], "p50_ms": stats["p50_ms"], "p90_ms": stats["p90_ms"],
+            "mean_ms": stats["mean_ms"], "peak_rss_mb": stats.get("peak_rss_mb"), "size_mb": stats.get("size_mb"),
+            "threads": stats.get("threads"), "profile": rel}
+
+
+def write_generation_profile(run_dir: Path, export: dict, stats: dict) -> dict:
+    """Write one generation profile to RUN/profile and return its `generation.measured` entry (medians)."""
+    from edgekd.profile.generation import median_of
+
+    stats, rel = _write(Path(run_dir), export, stats)
+    entry = {k: stats.get(k) for k in ("device", "format", "quantize", "precision", "runtime", "prompt_len",
+                                       "decode_len", "runs", "threads", "init_ms", "peak_rss_mb", "size_mb")}
+    return entry | {k: median_of(stats.get(k)) for k in ("ttft_ms", "prefill_tok_s", "decode_tok_s")} | {"profile": rel}
 
 
 def profile_export(run_dir, export: dict, device: str = "local", runs: int = 20, warmup: int = 3,
@@ -50,3 +66,14 @@ def profile_exports(run_dir, exports: dict, device: str = "local", runs: int = 2
             measured.append(profile_export(run_dir, rec, device, runs, warmup, threads, **profile_kw))
             faults.point("profile")
     return measured
+
+
+def profile_generative_export(run_dir, export: dict, device: str = "local", prompt_len: int = 64,
+                              decode_len: int = 128, runs: int = 3, warmup: int = 1, threads: Optional[int] = None,
+                              **profile_kw) -> dict:
+    """Time generation of one generative export (a litert-lm or onnx-genai record) on `device`; its entry."""
+    from edgekd.profile.generation import profile_generation
+
+    stats = profile_generation(Path(run_dir) / export["path"], device=device, prompt_len=prompt_len,
+                               decode_len=decode_len, runs=runs, warmup=warmup, threads=threads, **profile_kw)
+    return write_generation_profile(run_dir, export, stats)

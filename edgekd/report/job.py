@@ -53,6 +53,43 @@ def _latency(f: JobFacts) -> dict:
     return lat
 
 
+def _meets(numbers: Optional[dict], budget: dict) -> Optional[bool]:
+    """Whether generation numbers (decode_tok_s, ttft_ms) meet every stated budget; None without numbers."""
+    if numbers is None:
+        return None
+    return ((budget.get("decode_tok_s") is None or numbers["decode_tok_s"] >= budget["decode_tok_s"]) and
+            (budget.get("ttft_ms") is None or numbers["ttft_ms"] <= budget["ttft_ms"]))
+
+
+def _generation(f: JobFacts) -> dict:
+    """report.json's `generation`: the budget, the chosen student's prediction, every measurement, and
+    whether the deployed export (the searched format and precision, on the target) meets the budget."""
+    g, final = f.search.generation, f.attempts[-1]
+    on_target = next((m for m in f.measured if m.get("on_target") and m["format"] == f.fmt
+                      and measured_precision(m) == f.search.precision), None)
+    return {"budget": g["budget"], "format": f.fmt, "runtime": f.runtime, "precision": f.search.precision,
+            "threads": f.threads, "calibrated": f.search.calibrated, "predicted": g["predicted"],
+            "meets_budget_predicted": _meets(g["predicted"], g["budget"]), "measured": f.measured,
+            "measured_on_target": final.get("measured"), "meets_budget_measured": _meets(final.get("measured"),
+                                                                                       g["budget"]),
+            "on_target_profile": None if on_target is None else on_target.get("profile")}
+
+
+def _generation_latency(f: JobFacts, gen: dict) -> dict:
+    """`latency` of a generative job: time to first token, the LLM's latency, in the logits job's keys."""
+    on = gen["measured_on_target"]
+    lat = {"predicted_ms": gen["predicted"]["ttft_ms"], "metric": "ttft_ms", "format": f.fmt, "runtime": f.runtime,
+           "precision": f.search.precision, "seq_len": gen["budget"]["prompt_len"], "threads": f.threads,
+           "calibrated": f.search.calibrated, "meets_budget_predicted": gen["meets_budget_predicted"],
+           "measured_on_target_ms": None if on is None else on["ttft_ms"],
+           "meets_budget_measured": gen["meets_budget_measured"],
+           "measured": [m | {"p50_ms": m["ttft_ms"]} for m in f.measured]}
+    for k in ("device_error", "shrink_stopped"):
+        if getattr(f, k):
+            lat[k] = getattr(f, k)
+    return lat
+
+
 def _problem(rep: dict, f: JobFacts) -> Optional[str]:
     """Why the job failed (a device error, failed parity, the budget missed on the device), or None."""
     failed = [f"{name}: {e.get('error', 'failed')}" for name, e in f.exports.items() if not e.get("passed")]
@@ -61,6 +98,12 @@ def _problem(rep: dict, f: JobFacts) -> Optional[str]:
         return f.device_error
     if failed:
         return f"export parity failed ({'; '.join(failed)})"
+    gen = rep.get("generation")
+    if gen and gen["meets_budget_measured"] is False:
+        m, b = gen["measured_on_target"], gen["budget"]
+        return (f"the device missed the generation budget: {m['decode_tok_s']:.1f} tok/s decode, {m['ttft_ms']:.2f} ms "
+                f"TTFT measured against {_budget_words(b)}, after {len(f.attempts) - 1} recalibrate-and-shrink "
+                f"round(s)")
     if lat["meets_budget_measured"] is False:
         return (f"the device missed the budget: {lat['measured_on_target_ms']:.3f} ms measured > "
                 f"{f.search.latency_budget_ms:g} ms after {len(f.attempts) - 1} recalibrate-and-shrink round(s)")
@@ -72,8 +115,13 @@ def build_job_report(engine: dict, f: JobFacts) -> dict:
     res, d = f.search, f.search_dir
     rep = dict(engine)
     rep["target"] = f.target
-    rep["latency_budget_ms"] = res.latency_budget_ms
-    rep["latency"] = _latency(f)
+    if res.generation:
+        rep["generation"] = _generation(f)
+        rep["latency_budget_ms"] = res.generation["budget"].get("ttft_ms")
+        rep["latency"] = _generation_latency(f, rep["generation"])
+    else:
+        rep["latency_budget_ms"] = res.latency_budget_ms
+        rep["latency"] = _latency(f)
     rep["exports"] = f.exports
     rep["search"] = {"table": f"{d}/candidates.csv", "json": f"{d}/candidates.json", "plot": f"{d}/search.png",
                      "choice": res.choice, "predicted_ms": res.predicted_ms, "params": f.attempts[-1]["params"],
@@ -100,20 +148,43 @@ def failure_message(rep: dict, out: Path) -> Optional[str]:
 
 
 def write_job_report(out: Path, rep: dict) -> None:
-    """report.json and report.md of the finished job (plots are the engine's, already written)."""
+    """report.json and report.md of the finished job (the engine's plots are already written; a generative
+    job adds plots/generation.png)."""
     from edgekd.report.write import render_markdown
 
+    if rep.get("generation"):
+        plot_generation(rep, out / "plots" / "generation.png")
     write_json(out / "report.json", rep)
     write_text(out / "report.md", render_markdown(rep, rep.get("kind", "causal-lm")) + "\n")
 
 
+def _budget_words(b: dict) -> str:
+    parts = ([f">= {b['decode_tok_s']:g} tok/s decode"] if b.get("decode_tok_s") is not None else []) + \
+            ([f"<= {b['ttft_ms']:g} ms TTFT"] if b.get("ttft_ms") is not None else [])
+    return f"{' and '.join(parts)} at prompt {b['prompt_len']}, decode {b['decode_len']}"
+
+
+def _gen_words(n: dict) -> str:
+    return f"{n['decode_tok_s']:.1f} tok/s decode, {n['ttft_ms']:.2f} ms TTFT"
+
+
 def print_summary(out: Path, rep: dict) -> None:
     """The job's last lines on the console: the student against the budget, the losses, where it is."""
-    lat, s, b = rep["latency"], rep["student"], rep["scratch"]
-    line = (f"{rep['target']}: student {s['params']:,} params predicted {lat['predicted_ms']:.2f} ms "
-            f"(budget {rep['latency_budget_ms']:g} ms)")
-    if lat["measured_on_target_ms"] is not None:
-        line += f", measured {lat['measured_on_target_ms']:.2f} ms on the device"
+    lat, s, b, gen = rep["latency"], rep["student"], rep["scratch"], rep.get("generation")
+    if gen:
+        line = (f"{rep['target']}: student {s['params']:,} params {gen['precision']} predicted {_gen_words(gen['predicted'])} "
+                f"({gen['format']}; budget {_budget_words(gen['budget'])})")
+        if gen["measured_on_target"] is not None:
+            line += f", measured {_gen_words(gen['measured_on_target'])} on the device"
+        local = [m for m in gen["measured"] if m["device"] == "local" and m["format"] == gen["format"]
+                 and measured_precision(m) == gen["precision"]]
+        if local and gen["measured_on_target"] is None:
+            line += f"; {_gen_words(local[0])} on this machine"
+    else:
+        line = (f"{rep['target']}: student {s['params']:,} params predicted {lat['predicted_ms']:.2f} ms "
+                f"(budget {rep['latency_budget_ms']:g} ms)")
+        if lat["measured_on_target_ms"] is not None:
+            line += f", measured {lat['measured_on_target_ms']:.2f} ms on the device"
     echo(line)
     if "eval_loss" in s and "eval_loss" in b:
         echo(f"held-out loss: distilled {s['eval_loss']:.4f} vs scratch {b['eval_loss']:.4f}")
@@ -121,7 +192,9 @@ def print_summary(out: Path, rep: dict) -> None:
 
 
 def render_target_section(rep: dict) -> str:
-    """report.md's job part: the choice, latency predicted against measured, the search plot."""
+    """report.md's job part: the choice, latency (or generation) predicted against measured, the search plot."""
+    if rep.get("generation"):
+        return render_generation_section(rep)
     lat, s = rep["latency"], rep["search"]
     budget = rep["latency_budget_ms"]
     c = s["choice"]
@@ -160,21 +233,134 @@ def render_target_section(rep: dict) -> str:
             m = "—" if a["measured_ms"] is None else f"{a['measured_ms']:.3f}"
             lines.append(f"| {a['attempt']} | {a['params']:,} | {a['predicted_ms']:.3f} | {m} |")
         lines += ["", "Earlier attempts are kept in attempts/N/.", ""]
+    return _section_tail(rep, lines, "latency")
+
+
+def _choice_words(rep: dict) -> str:
+    s = rep["search"]
+    c = s["choice"]
+    return (f"{c['num_hidden_layers']} layers, hidden {c['hidden_size']}, {c['num_attention_heads']} heads, FFN "
+            f"{c['intermediate_size']}, {c['precision']} ({s['params']:,} parameters)")
+
+
+def _cell(v, fmt: str) -> str:
+    return "—" if v is None else format(v, fmt)
+
+
+def render_generation_section(rep: dict) -> str:
+    """report.md's part for a generative job: the budget, predicted and measured generation side by side."""
+    g, s = rep["generation"], rep["search"]
+    b, p = g["budget"], g["predicted"]
+    ok = lambda v: "—" if v is None else ("yes" if v else "NO")  # noqa: E731
+    lines = ["## Student chosen for the target", "",
+             f"Target **{rep['target']}**, generation budget **{_budget_words(b)}** tokens ({g['format']} on "
+             f"{g['runtime']}, {g['threads']} threads). The search weighed {s['candidates']} candidates "
+             f"([table]({s['table']})) with the {'calibrated' if g['calibrated'] else 'uncalibrated (datasheet priors)'}"
+             f" generation model and chose the largest that fits: {_choice_words(rep)}.", "",
+             "| | export | decode (tok/s) | TTFT (ms) | prefill (tok/s) | peak RSS (MB) | size (MB) | within budget |",
+             "|---|---|---:|---:|---:|---:|---:|---|",
+             f"| predicted on {rep['target']} | {g['format']} {g['precision']} | {p['decode_tok_s']:.1f} | "
+             f"{p['ttft_ms']:.2f} | {p['prefill_tok_s']:.0f} | {p['peak_rss_mb']:.1f} | {p['size_mb']:.2f} | "
+             f"{ok(g['meets_budget_predicted'])} |"]
+    for m in g["measured"]:
+        deployed = m["format"] == g["format"] and measured_precision(m) == g["precision"]
+        where = f"measured on {m['device']}" + (" (the target)" if m.get("on_target") else "")
+        mark = ok(_meets(m, b)) if m.get("on_target") else "(not the target)"
+        lines.append(f"| {where} | {m['format']} {measured_precision(m)}{' (deployed)' if deployed else ''} | "
+                     f"{m['decode_tok_s']:.1f} | {m['ttft_ms']:.2f} | {_cell(m.get('prefill_tok_s'), '.0f')} | "
+                     f"{_cell(m.get('peak_rss_mb'), '.1f')} | {_cell(m.get('size_mb'), '.2f')} | {mark} |")
+    lines += ["", "![generation: predicted and measured](plots/generation.png)", "",
+              f"Medians over the runs; prompt {b['prompt_len']} tokens, {b['decode_len']} generated.", ""]
+    cal = rep.get("calibration")
+    if cal:
+        lines += [f"Generation model: {cal['source']} calibration" + (f" (`{cal['path']}`)" if cal.get("path") else "")
+                  + ".", ""]
+    lat = rep["latency"]
+    if lat.get("device_error"):
+        lines += [f"The device could not be measured: {lat['device_error']}", ""]
+    if g["meets_budget_measured"] is False:
+        lines += [f"**The deployed export misses the generation budget on the device** "
+                  f"({_gen_words(g['measured_on_target'])})" + (f": {lat['shrink_stopped']}" if lat.get("shrink_stopped")
+                                                               else "") + ".", ""]
+    if len(s["attempts"]) > 1:
+        lines += ["Measured misses on the device recalibrated the generation model and shrank the student:", "",
+                  "| attempt | params | predicted decode (tok/s) | measured decode (tok/s) | measured TTFT (ms) |",
+                  "|---:|---:|---:|---:|---:|"]
+        for a in s["attempts"]:
+            m = a.get("measured") or {}
+            lines.append(f"| {a['attempt']} | {a['params']:,} | {a['predicted']['decode_tok_s']:.1f} | "
+                         f"{_cell(m.get('decode_tok_s'), '.1f')} | {_cell(m.get('ttft_ms'), '.2f')} |")
+        lines += ["", "Earlier attempts are kept in attempts/N/.", ""]
+    return _section_tail(rep, lines, "decode tokens/s")
+
+
+def _section_tail(rep: dict, lines: list[str], searched_on: str) -> str:
+    """What both jobs' sections end with: the exports, the search plot, the phase timings."""
+    return "\n".join(lines + _exports_lines(rep) + [
+        "![student search](" + rep["search"]["plot"] + ")", "",
+        f"Predicted {searched_on} against parameters for every candidate; the dashed line is the budget, the star "
+        "the choice.", ""] + _timings_lines(rep))
+
+
+def _exports_lines(rep: dict) -> list[str]:
     ex = rep.get("exports", {})
     bad = [k for k, e in ex.items() if not e.get("passed")]
-    lines += [f"Exports: {len(ex) - len(bad)} of {len(ex)} pass parity against PyTorch"
-              + (f"; failed: {', '.join(bad)}" if bad else "") + ".", ""]
-    lines += ["![student search](" + s["plot"] + ")", "",
-              "Predicted latency against parameters for every candidate; the dashed line is the budget, the star "
-              "the choice.", ""]
-    job = rep.get("timings_s", {}).get("job")
-    if job:
-        lines += ["| phase | wall (s) | CPU (s) |", "|---|---:|---:|"]
-        for name, p in job.items():
-            if not isinstance(p, dict):
-                continue
-            lines.append(f"| {name} | {p['wall_s']:.1f} | {p['cpu_s']:.1f} |")
+    lines = [f"Exports: {len(ex) - len(bad)} of {len(ex)} pass parity against PyTorch"
+             + (f"; failed: {', '.join(bad)}" if bad else "") + ".", ""]
+    gen = [(k, e) for k, e in ex.items() if e.get("generation")]
+    if gen:
+        lines += ["| export | recipe | greedy match (share of prompts) | mean first divergence | ppl ratio | "
+                  "token agreement | passed |", "|---|---|---:|---:|---:|---:|---|"]
+        for k, e in gen:
+            q = e["generation"]
+            lines.append(f"| [{k}]({e['path']}) | {e.get('recipe', e['quantize'])} | "
+                         f"{_cell(q.get('exact_match_share'), '.2f')} | {_cell(q.get('mean_first_divergence'), '.1f')} | "
+                         f"{_cell(q.get('ppl_ratio'), '.3f')} | {_cell(q.get('token_agreement'), '.3f')} | "
+                         f"{'yes' if e.get('passed') else 'NO'} |")
         lines.append("")
-        if job.get("invocations", 1) > 1:
-            lines += [f"The job ran in {job['invocations']} invocations (--resume); the times are their sums.", ""]
-    return "\n".join(lines)
+    return lines
+
+
+def _timings_lines(rep: dict) -> list[str]:
+    job = rep.get("timings_s", {}).get("job")
+    if not job:
+        return []
+    lines = ["| phase | wall (s) | CPU (s) |", "|---|---:|---:|"]
+    for name, p in job.items():
+        if isinstance(p, dict):
+            lines.append(f"| {name} | {p['wall_s']:.1f} | {p['cpu_s']:.1f} |")
+    lines.append("")
+    if job.get("invocations", 1) > 1:
+        lines += [f"The job ran in {job['invocations']} invocations (--resume); the times are their sums.", ""]
+    return lines
+
+
+def plot_generation(rep: dict, path: Path) -> None:
+    """Decode tokens/s and TTFT: predicted for the chosen student beside every measurement, budget lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from edgekd.io import atomic_path
+
+    g = rep["generation"]
+    rows = [("predicted", g["predicted"], "tab:gray")] + [
+        (f"{m['device']}\n{m['format']} {measured_precision(m)}", m, "tab:red" if m.get("on_target") else "tab:blue")
+        for m in g["measured"]]
+    fig, axes = plt.subplots(1, 2, figsize=(max(7, 1.4 * len(rows) + 3), 4.2))
+    for ax, key, unit, budget in ((axes[0], "decode_tok_s", "decode (tokens/s)", g["budget"].get("decode_tok_s")),
+                                  (axes[1], "ttft_ms", "time to first token (ms)", g["budget"].get("ttft_ms"))):
+        ax.bar(range(len(rows)), [r[1][key] for r in rows], color=[r[2] for r in rows])
+        ax.set_xticks(range(len(rows)), [r[0] for r in rows], fontsize=7, rotation=30, ha="right")
+        if budget is not None:
+            ax.axhline(budget, color="red", ls="--", lw=1, label=f"budget {budget:g}")
+            ax.legend(fontsize=8)
+        ax.set_ylabel(unit)
+    fig.suptitle(f"generation on {rep['target']}: prompt {g['budget']['prompt_len']}, decode {g['budget']['decode_len']} "
+                 f"(red: on the target)", fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)

@@ -183,13 +183,14 @@ def calibration_path(device: str, fmt: str, settings: Settings | None = None) ->
     return (settings or Settings.from_env()).cache_dir / "calibration" / f"{safe}.json"
 
 
-def load_calibration(device: str, fmt: str, path: str | os.PathLike | None = None) -> Calibration | None:
-    """The saved calibration for (device, format), or None when the device was never measured."""
+def load_calibration(device: str, fmt: str, path: str | os.PathLike | None = None, cls: type | None = None):
+    """The saved calibration for (device, format), or None when the device was never measured; `cls` is
+    the calibration's class (default Calibration; the generation model's GenerationCalibration)."""
     p = Path(path) if path else calibration_path(device, fmt)
     if not p.is_file():
         return None
     try:
-        return Calibration.from_dict(json.loads(p.read_text()))
+        return (cls or Calibration).from_dict(json.loads(p.read_text()))
     except (json.JSONDecodeError, TypeError, KeyError) as e:
         raise EdgekdError(f"{p}: corrupt calibration file ({e}); delete it to recalibrate") from e
 
