@@ -184,6 +184,17 @@ class GenerationCalibration(SavedCalibration):
     n_measurements: int = 0
     fit: dict[str, float] = field(default_factory=dict)
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "GenerationCalibration":
+        """A saved calibration, also one written before the cache term and the per-precision decode
+        efficiency (those read as no cache and the one efficiency for every precision)."""
+        d = dict(d)
+        if isinstance(d.get("eff_decode_compute"), (int, float)):
+            d["eff_decode_compute"] = {p: float(d["eff_decode_compute"]) for p in PRECISIONS}
+        d.setdefault("cache_mb", CACHE_MB_UNKNOWN)
+        d.setdefault("cache_gbs", CACHE_SPEEDUP * float((d.get("facts") or {}).get("bandwidth_gbs", 10.0)))
+        return super().from_dict(d)
+
 
 def default_generation_calibration(target: Target | str, fmt: str | None = None) -> GenerationCalibration:
     """The priors: DEFAULT_EFF_*, DEFAULTS[fmt] and the target's last-level cache; a measured peak (the

@@ -124,6 +124,11 @@ def test_calibration_save_and_bad_measurements(tmp_path):
     cal = gen.default_generation_calibration("android-arm64")
     path = cal.save(tmp_path / "c.json")
     assert gen.GenerationCalibration.from_dict(json.loads(path.read_text())) == cal
+    old = {k: v for k, v in cal.to_dict().items() if k not in ("cache_mb", "cache_gbs")} | {"eff_decode_compute": 0.3}
+    back = gen.GenerationCalibration.from_dict(old)  # saved before the cache term and per-precision decode
+    assert back.eff_decode_compute == {"float32": 0.3, "int8": 0.3, "int4": 0.3}
+    assert back.cache_mb == gen.CACHE_MB_UNKNOWN and back.cache_gbs == pytest.approx(4 * 51.2)
+    assert gen.predict_generation(TEACHER, "android-arm64", "int4", calibration=back).decode_tok_s > 0
     with pytest.raises(EdgekdError, match="no measurements"):
         gen.calibrate_generation([], "android-arm64")
     with pytest.raises(EdgekdError, match="decode_tok_s"):
