@@ -127,6 +127,15 @@ def target_path(name: str, settings: Settings | None = None) -> Path:
 
 # --- validation --------------------------------------------------------------------------------
 
+def generation_budget_words(b: dict | None) -> str:
+    """A generation budget in words: 'decode >= 6000 tok/s, TTFT <= 4 ms at prompt 64, decode 128' ('-': none)."""
+    if not b:
+        return "-"
+    parts = ([f"decode >= {b['decode_tok_s']:g} tok/s"] if b.get("decode_tok_s") is not None else []) + \
+            ([f"TTFT <= {b['ttft_ms']:g} ms"] if b.get("ttft_ms") is not None else [])
+    return f"{', '.join(parts)} at prompt {b['prompt_len']}, decode {b['decode_len']}"
+
+
 def _type_name(t: type | tuple[type, ...]) -> str:
     if isinstance(t, tuple):
         return "number" if float in t else " or ".join(x.__name__ for x in t)
