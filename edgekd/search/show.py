@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from edgekd.io import atomic_path
+from edgekd.targets.spec import generation_budget_words
 
 if TYPE_CHECKING:
     from edgekd.search.student import SearchResult
@@ -23,7 +24,7 @@ def print_table(result: "SearchResult", max_rows: int = 24) -> None:
     shown = rows[lo:lo + max_rows]
     cal = "calibrated" if result.calibrated else "uncalibrated (datasheet priors)"
     gen = result.generation
-    budget = (_gen_budget_words(gen["budget"]) + f", {gen['format']}") if gen else f"{result.latency_budget_ms:g} ms"
+    budget = (generation_budget_words(gen["budget"]) + f", {gen['format']}") if gen else f"{result.latency_budget_ms:g} ms"
     tab = Table(title=f"student candidates for {result.target}: budget {budget}, {cal}")
     speed = ("decode tok/s", "TTFT ms") if gen else ("pred ms",)
     for c in ("layers", "hidden", "heads", "kv", "ffn", "precision", "params", *speed, "MB", "peak MB", "fits"):
@@ -40,12 +41,6 @@ def print_table(result: "SearchResult", max_rows: int = 24) -> None:
     console.print(tab)
     if len(rows) > len(shown):
         console.print(f"({len(rows) - len(shown)} more candidates in candidates.csv)")
-
-
-def _gen_budget_words(b: dict) -> str:
-    parts = ([f">= {b['decode_tok_s']:g} tok/s"] if b.get("decode_tok_s") is not None else []) + \
-            ([f"TTFT <= {b['ttft_ms']:g} ms"] if b.get("ttft_ms") is not None else [])
-    return f"{', '.join(parts)} at prompt {b['prompt_len']}"
 
 
 def plot_search(result: "SearchResult", path: str | Path) -> None:

@@ -23,13 +23,16 @@ from edgekd.precision import PRECISIONS, normalize_precision
 from edgekd.io import write_json, write_text
 from edgekd.targets import generation as gen
 from edgekd.targets import latency as lat
-from edgekd.targets.spec import GENERATION_BUDGET, GENERATION_LENGTHS, Target, load_target
+from edgekd.targets.spec import (GENERATION_BUDGET, GENERATION_LENGTHS, Target, generation_budget_words,
+                                 load_target)
 
 RAM_FRACTION = 0.5  # an app may use about half the device's RAM for one model
 OVERRIDE_KEYS = ("num_hidden_layers", "hidden_size", "num_attention_heads", "num_key_value_heads", "head_dim",
                  "intermediate_size")
 COLUMNS = [*OVERRIDE_KEYS, "precision", "params", "predicted_ms", "size_mb", "peak_mem_mb", "fits", "fails", "chosen"]
-GEN_COLUMNS = ["decode_tok_s", "ttft_ms", "prefill_tok_s"]  # generative rows add these; predicted_ms is None
+# Generative rows add these; there predicted_ms is None and size_mb, peak_mem_mb are the generation model's
+# (the file as the generative format stores it; peak RSS with the KV cache at prompt + decode tokens).
+GEN_COLUMNS = ["decode_tok_s", "ttft_ms", "prefill_tok_s"]
 FILES = {"csv": "candidates.csv", "json": "candidates.json", "plot": "search.png"}  # SearchResult.save's files
 
 
@@ -204,12 +207,6 @@ def _gen_row(c: dict, teacher: dict, t: Target, fmt: str, cal, threads, budget: 
             "fails": ",".join(fails), "chosen": False}
 
 
-def _budget_words(b: Mapping) -> str:
-    parts = ([f"decode >= {b['decode_tok_s']:g} tok/s"] if b.get("decode_tok_s") is not None else []) + \
-            ([f"TTFT <= {b['ttft_ms']:g} ms"] if b.get("ttft_ms") is not None else [])
-    return f"{' and '.join(parts)} (prompt {b['prompt_len']}, decode {b['decode_len']} tokens)"
-
-
 def _nothing_fits_generation(table: list[dict], target: str, b: Mapping) -> EdgekdError:
     """The one line when no candidate meets the generation budget: the nearest candidate's numbers."""
     def slack(r):  # the worst budget ratio (>= 1 meets it)
@@ -218,7 +215,7 @@ def _nothing_fits_generation(table: list[dict], target: str, b: Mapping) -> Edge
     best = max(table, key=slack)
     other = sorted({f for r in table for f in r["fails"].split(",") if f in ("size", "ram", "max_params")})
     limits = f"; also over the target's {'/'.join(other)} limit for some" if other else ""
-    return EdgekdError(f"no student meets {target}'s generation budget {_budget_words(b)}: the nearest, "
+    return EdgekdError(f"no student meets {target}'s generation budget ({generation_budget_words(b)}): the nearest, "
                        f"{describe(best)}, is predicted at {best['decode_tok_s']:.1f} tok/s decode and "
                        f"{best['ttft_ms']:.1f} ms TTFT{limits}; relax --decode-tok-s/--ttft-ms or pick a faster target")
 

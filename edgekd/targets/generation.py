@@ -12,16 +12,18 @@ two phases sit on opposite sides of the roofline. Batch 1, prompt of P tokens, N
   activations, as XNNPACK's qd8 kernels and ORT's MatMulNBits at accuracy level 4 compute them)
   times `eff_prefill[precision]`; max'ed with reading the weights once from memory;
 - decode is memory-bound: every step reads all matmul weights at the precision plus one embedding
-  row plus the KV cache at the mean context P + N/2, against the memory bandwidth times `eff_mem`,
-  max'ed with the step's FLOPs at `eff_decode_compute` of the peak;
+  row plus the KV cache at the mean context P + N/2, the first `cache_mb` of them from the last-level
+  cache at `cache_gbs` and the rest from DRAM at the bandwidth times `eff_mem` (a small model lives
+  in the cache: the built-in family's students are 1-20 MB), max'ed with the step's FLOPs at
+  `eff_decode_compute[precision]` of the peak (int4 GEMV unpacks nibbles: far below the peak);
 - fixed costs: `layer_overhead_us` per layer per forward (the runtime's per-node cost),
-  `token_overhead_us` per generated token (sampling, the runtime's step), `call_overhead_ms` per
-  generate call (tokens handed in, generator state set up).
+  `token_overhead_us` per decode step (sampling, the runtime's step), `call_overhead_ms` per
+  generate call (tokens handed in, state set up).
 
-Convention (the same as the profiler's): `ttft_ms` is the time from the prompt being handed in to the
-first generated token = call overhead + prefill + one token step's fixed cost (the first token is
-sampled from the prefill's last logits, as onnxruntime-genai and LiteRT-LM both do: no decode forward
-before it). `prefill_tok_s` = P / prefill time; `decode_tok_s` = 1 / mean decode step.
+Convention (the profiler's, edgekd/profile/genbench.py): `ttft_ms` is the time from the prompt being
+handed in to the first new token chosen = call overhead + prefill + one decode step at context P (the
+first token is chosen from the prefill's logits and run through the model); `prefill_tok_s` = P /
+prefill time; `decode_tok_s` = 1 / the mean decode step (the tokens after the first).
 
 Weights as the runtimes store them: float32 at 4 B; int8 per output channel (1 B + a float32 scale
 per column); int4 blockwise, 0.5 B + a float32 scale per block of 32 (MatMulNBits' default block,
@@ -30,14 +32,18 @@ float32 (only MatMul nodes are quantised), litert-lm quantises it like the weigh
 int8. Norms and biases stay float32. The KV cache is float32 on the CPU in both runtimes.
 
 Priors (before calibration) from public measurements:
-- llama.cpp reaches 60-80 % of DRAM bandwidth decoding 1-8B models on phones and the Raspberry Pi 5
-  (e.g. https://github.com/ggml-org/llama.cpp/discussions/4167 Apple/ARM tables;
-  https://github.com/ggml-org/llama.cpp/issues/11474 Pi 5 numbers): eff_mem 0.6;
-- prefill GEMMs reach 30-60 % of the fp32 FMA peak (XNNPACK, MLAS) and less of the int8 dot-product
-  peak (activation quantisation, packing): eff_prefill float32 0.5, int8 0.3, int4 0.25;
-- LiteRT-LM's Gemma 3 1B on a Samsung S24 Ultra CPU: 322 prefill / 47 decode tok/s at int4
-  (https://huggingface.co/litert-community/Gemma3-1B-IT); benchmarks/generation_model_bench.py
-  checks the priors against such published numbers.
+- decoding 1-8B 4-bit models, runtimes read weights at 50-75 % of the DRAM bandwidth: Llama 3.2 3B
+  Q4_K_M (1.9 GB) at 4.5 tok/s on a Raspberry Pi 5 is 8.6 of 17.1 GB/s
+  (https://github.com/geerlingguy/ai-benchmarks/issues/7); ExecuTorch's Llama 3.2 1B 4-bit at 50 tok/s
+  on a OnePlus 12 about 50 of 68 GB/s (https://github.com/pytorch/executorch/blob/main/examples/models/llama/README.md):
+  eff_mem 0.6;
+- prefill GEMMs reach 30-60 % of the fp32 FMA peak (XNNPACK, MLAS): eff_prefill float32 0.5;
+- int8/int4 prefill: ExecuTorch's Llama 3.2 1B (4-bit weights, 8-bit dynamic activations, KleidiAI)
+  prefills 260 tok/s on a OnePlus 12 (Snapdragon 8 Gen 3), about 0.64 int8 TOP/s, i.e. half of the
+  SDOT peak the target files state (the i8mm instruction doubles it; packing and activation
+  quantisation take the rest) (https://github.com/pytorch/executorch/blob/main/examples/models/llama/README.md):
+  eff_prefill int8 0.5, int4 0.45 (the nibbles are unpacked first);
+- benchmarks/generation_model_bench.py compares the priors with published numbers (RESULTS.md).
 Calibration (`calibrate_generation`) fits the factors to edgekd's own generation profiles.
 """
 
@@ -62,14 +68,18 @@ INT4_BLOCK = 32
 SCALE_BYTES = 4.0
 KV_BYTES = 4.0
 WEIGHT_BYTES = {"float32": 4.0, "int8": 1.0, "int4": 0.5}
-DEFAULT_EFF_PREFILL = {"float32": 0.5, "int8": 0.3, "int4": 0.25}
-DEFAULTS = {  # per format: eff_mem, eff_decode_compute, overheads, the runtime's own resident memory
-    "onnx-genai": {"eff_mem": 0.6, "eff_decode_compute": 0.25, "layer_overhead_us": 20.0, "token_overhead_us": 100.0,
-                   "call_overhead_ms": 1.0, "init_ms": 50.0, "base_mb": 60.0},
-    "litert-lm": {"eff_mem": 0.6, "eff_decode_compute": 0.25, "layer_overhead_us": 10.0, "token_overhead_us": 100.0,
+DEFAULT_EFF_PREFILL = {"float32": 0.5, "int8": 0.5, "int4": 0.45}
+DEFAULT_EFF_DECODE_COMPUTE = {"float32": 0.25, "int8": 0.2, "int4": 0.2}
+DEFAULTS = {  # per format: eff_mem, overheads, the runtime's own resident memory
+    "onnx-genai": {"eff_mem": 0.6, "layer_overhead_us": 20.0, "token_overhead_us": 100.0,
+                   "call_overhead_ms": 0.2, "init_ms": 50.0, "base_mb": 60.0},
+    "litert-lm": {"eff_mem": 0.6, "layer_overhead_us": 10.0, "token_overhead_us": 100.0,
                   "call_overhead_ms": 2.0, "init_ms": 100.0, "base_mb": 40.0},
 }
-SCALARS = ("eff_mem", "eff_decode_compute", "layer_overhead_us", "token_overhead_us", "call_overhead_ms")
+CACHE_MB_UNKNOWN = 0.5  # a target file that states no `memory.cache_mb`: assume (almost) none
+CACHE_SPEEDUP = 4.0     # last-level cache against DRAM bandwidth, the prior of cache_gbs
+PER_PRECISION = ("eff_prefill", "eff_decode_compute")
+SCALARS = ("eff_mem", "layer_overhead_us", "token_overhead_us", "call_overhead_ms", "cache_mb", "cache_gbs")
 
 
 def normalize_precision(precision: str) -> str:
@@ -108,6 +118,8 @@ class Work:
     prefill_flops: float
     decode_flops: float        # one step at the mean context P + N/2
     decode_bytes: float        # one step at the mean context
+    first_flops: float         # the step that ends TTFT, at context P
+    first_bytes: float
     weights_bytes: float       # matmul weights at the precision (read once per forward)
     size_bytes: float          # the file: every weight as stored
     kv_bytes_full: float       # the KV cache at P + N
@@ -141,10 +153,11 @@ def generation_work(config: Any, precision: str = "float32", prompt_len: int = 6
     attn_prefill = L * 4.0 * q * P * (P + 1) / 2.0  # QK^T and PV over the causal context
     logits_rows = P if fmt == "onnx-genai" else 1
     prefill = 2.0 * P * L * layer_w + 2.0 * logits_rows * head_w + attn_prefill
-    decode_flops = 2.0 * (L * layer_w + head_w) + L * 4.0 * q * ctx
-    decode_bytes = wbytes + emb_bytes / v + 4.0 * (2 * L + 1) * h + kv_per_tok * (ctx + 1) + 4.0 * v
+    flops_at = lambda c: 2.0 * (L * layer_w + head_w) + L * 4.0 * q * c  # noqa: E731
+    bytes_at = lambda c: wbytes + emb_bytes / v + 4.0 * (2 * L + 1) * h + kv_per_tok * (c + 1) + 4.0 * v  # noqa: E731
     acts = 4.0 * (logits_rows * v + P * (4 * h + 2 * f) + a["num_attention_heads"] * P * P)
-    return Work(prefill_flops=prefill, decode_flops=decode_flops, decode_bytes=decode_bytes, weights_bytes=wbytes,
+    return Work(prefill_flops=prefill, decode_flops=flops_at(ctx), decode_bytes=bytes_at(ctx), first_flops=flops_at(P),
+                first_bytes=bytes_at(P), weights_bytes=wbytes,
                 size_bytes=size, kv_bytes_full=kv_per_tok * (P + N), act_bytes=acts, layers=L, precision=precision)
 
 
@@ -158,8 +171,10 @@ class GenerationCalibration(SavedCalibration):
     device: str
     fmt: str
     eff_prefill: dict[str, float]
+    eff_decode_compute: dict[str, float]
     eff_mem: float
-    eff_decode_compute: float
+    cache_mb: float
+    cache_gbs: float
     layer_overhead_us: float
     token_overhead_us: float
     call_overhead_ms: float
@@ -169,16 +184,31 @@ class GenerationCalibration(SavedCalibration):
     n_measurements: int = 0
     fit: dict[str, float] = field(default_factory=dict)
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "GenerationCalibration":
+        """A saved calibration, also one written before the cache term and the per-precision decode
+        efficiency (those read as no cache and the one efficiency for every precision)."""
+        d = dict(d)
+        if isinstance(d.get("eff_decode_compute"), (int, float)):
+            d["eff_decode_compute"] = {p: float(d["eff_decode_compute"]) for p in PRECISIONS}
+        d.setdefault("cache_mb", CACHE_MB_UNKNOWN)
+        d.setdefault("cache_gbs", CACHE_SPEEDUP * float((d.get("facts") or {}).get("bandwidth_gbs", 10.0)))
+        return super().from_dict(d)
+
 
 def default_generation_calibration(target: Target | str, fmt: str | None = None) -> GenerationCalibration:
-    """The priors: DEFAULT_EFF_PREFILL and DEFAULTS[fmt]; a measured peak (the host's GEMM benchmark) is
-    already what a GEMM reaches, so its prefill factors start at 1 less the int4 unpacking."""
+    """The priors: DEFAULT_EFF_*, DEFAULTS[fmt] and the target's last-level cache; a measured peak (the
+    host's GEMM benchmark) is already what a GEMM reaches, so its prefill factors start at 1 less the
+    int4 unpacking."""
     t = _target(target)
     fmt = check_format(fmt or target_format(t))
     eff = dict(DEFAULT_EFF_PREFILL)
     if "cpu.peak_gflops_fp32" in t.measured:
         eff = {"float32": 1.0, "int8": 1.0, "int4": 0.8}
-    return GenerationCalibration(device=t.key, fmt=fmt, eff_prefill=eff, **DEFAULTS[fmt], facts=_facts(t, None))
+    return GenerationCalibration(device=t.key, fmt=fmt, eff_prefill=eff, eff_decode_compute=dict(DEFAULT_EFF_DECODE_COMPUTE),
+                                 cache_mb=float(t.memory.get("cache_mb", CACHE_MB_UNKNOWN)),
+                                 cache_gbs=CACHE_SPEEDUP * float(t.memory["bandwidth_gbs"]), **DEFAULTS[fmt],
+                                 facts=_facts(t, None))
 
 
 # --- prediction --------------------------------------------------------------------------------
@@ -215,15 +245,19 @@ def _times(w: Work, P: int, cal: Mapping[str, Any], peaks: tuple[float, float, f
     that prediction and calibration share."""
     p32, p8, bw = peaks
     peak = p32 if w.precision == "float32" else p8
+    cache, cache_bw = cal["cache_mb"] * 1e6, cal["cache_gbs"] * 1e9
+
+    def read(n: float) -> float:  # the first `cache` bytes from the cache, the rest from DRAM
+        return min(n, cache) / cache_bw + max(n - cache, 0.0) / (bw * cal["eff_mem"])
+
     layer_s = w.layers * cal["layer_overhead_us"] * 1e-6
-    prefill = max(w.prefill_flops / (peak * cal["eff_prefill"][w.precision]),
-                  w.weights_bytes / (bw * cal["eff_mem"])) + layer_s
-    tm = w.decode_bytes / (bw * cal["eff_mem"])
-    tc = w.decode_flops / (peak * cal["eff_decode_compute"])
-    tok_s = cal["token_overhead_us"] * 1e-6
-    step = max(tm, tc) + layer_s + tok_s
-    ttft = cal["call_overhead_ms"] * 1e-3 + prefill + tok_s
-    return prefill, step, ttft, ("memory" if tm >= tc else "compute")
+    prefill = max(w.prefill_flops / (peak * cal["eff_prefill"][w.precision]), read(w.weights_bytes)) + layer_s
+    fixed = layer_s + cal["token_overhead_us"] * 1e-6
+    dc = peak * cal["eff_decode_compute"][w.precision]
+    tm, tc = read(w.decode_bytes), w.decode_flops / dc
+    first = max(read(w.first_bytes), w.first_flops / dc) + fixed
+    ttft = cal["call_overhead_ms"] * 1e-3 + prefill + first
+    return prefill, max(tm, tc) + fixed, ttft, ("memory" if tm >= tc else "compute")
 
 
 def _setup(target: Target | str, fmt: str | None, calibration: GenerationCalibration | None, threads: int | None):
@@ -290,12 +324,15 @@ def generation_measurement(profile: Mapping[str, Any], config: Any, precision: s
 
 
 def _pack(cal: GenerationCalibration) -> np.ndarray:
-    return np.log([cal.eff_prefill[p] for p in PRECISIONS] + [getattr(cal, k) for k in SCALARS])
+    """The fitted factors in log space: the per-precision ones (PER_PRECISION x PRECISIONS), then SCALARS."""
+    return np.log([getattr(cal, k)[p] for k in PER_PRECISION for p in PRECISIONS] + [getattr(cal, k) for k in SCALARS])
 
 
 def _unpack(theta: np.ndarray) -> dict:
-    v = np.exp(theta)
-    return {"eff_prefill": dict(zip(PRECISIONS, v[:3])), **dict(zip(SCALARS, v[3:]))}
+    v = [float(x) for x in np.exp(theta)]
+    n = len(PRECISIONS)
+    out = {k: dict(zip(PRECISIONS, v[i * n:(i + 1) * n])) for i, k in enumerate(PER_PRECISION)}
+    return out | dict(zip(SCALARS, v[len(PER_PRECISION) * n:]))
 
 
 def calibrate_generation(measurements: Iterable[dict], target: Target | str,
@@ -328,17 +365,15 @@ def calibrate_generation(measurements: Iterable[dict], target: Target | str,
     def resid(th: np.ndarray) -> np.ndarray:
         return np.concatenate([np.log(predicted(th)) - meas, lam * (th - theta0)])
 
-    seen = {m["precision"] for m in ms}
-    free = np.array([i for i, p in enumerate(PRECISIONS) if p in seen] + list(range(3, 3 + len(SCALARS))))
+    seen, n = {m["precision"] for m in ms}, len(PRECISIONS)
+    free = np.array([i * n + j for i in range(len(PER_PRECISION)) for j, p in enumerate(PRECISIONS) if p in seen]
+                    + list(range(len(PER_PRECISION) * n, len(theta0))))
     theta = levenberg_marquardt(resid, theta0, free, iterations)
     rel = np.abs(np.exp(np.log(predicted(theta)) - meas) - 1.0)
     fitted = GenerationCalibration(device=t.key, fmt=fmt, **_unpack(theta), init_ms=prior.init_ms,
                                    base_mb=prior.base_mb, facts=facts, n_measurements=len(ms),
                                    fit={"median_abs_rel_err": float(np.median(rel)), "max_abs_rel_err": float(rel.max()),
                                         "observations": int(len(meas))})
-    fitted.eff_prefill = {k: float(v) for k, v in fitted.eff_prefill.items()}
-    for k in SCALARS:
-        setattr(fitted, k, float(getattr(fitted, k)))
     return _fit_memory_and_init(fitted, obs, t)
 
 

@@ -7,13 +7,13 @@ from rich.table import Table
 from edgekd.console import out as wide_console
 from edgekd.settings import Settings
 from edgekd.targets.hostbench import measure_target
-from edgekd.targets.spec import list_targets, load_target
+from edgekd.targets.spec import generation_budget_words, list_targets, load_target
 
 
 def print_targets(settings: Settings | None = None) -> None:
     tab = Table(title="edgekd targets")
     for c in ("name", "cores (big)", "GHz", "fp32 GFLOP/s", "int8 GOP/s", "GB/s", "RAM MB", "format", "threads",
-              "budget ms", "access"):
+              "budget ms", "generation budget", "access"):
         tab.add_column(c, justify="left" if c in ("name", "format", "access") else "right")
     for t in list_targets(settings):
         t = measure_target(t, settings=settings)  # the host's numbers: measured (once, cached) for the table
@@ -22,7 +22,7 @@ def print_targets(settings: Settings | None = None) -> None:
         tab.add_row(name, f"{cpu['cores']} ({cpu['big_cores']})", f"{cpu['clock_ghz']:g}",
                     f"{cpu['peak_gflops_fp32']:g}", f"{cpu['peak_gops_int8']:g}", f"{mem['bandwidth_gbs']:g}",
                     str(mem["ram_mb"]), f"{rt['preferred_format']}/{rt['runtime']}", str(rt["default_threads"]),
-                    f"{t.budget['latency_ms']:g}", t.access["method"])
+                    f"{t.budget['latency_ms']:g}", generation_budget_words(t.generation_budget), t.access["method"])
     wide_console().print(tab)
 
 

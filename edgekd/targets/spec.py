@@ -24,7 +24,8 @@ SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], str]]] = {
         "arch": (str, "enum:arm64|x86_64"), "simd_width_bits": (int, "enum:64|128|256|512"),
         "peak_gflops_fp32": ((int, float), "pos"), "peak_gops_int8": ((int, float), "pos"),
     },
-    "memory": {"bandwidth_gbs": ((int, float), "pos"), "ram_mb": ((int, float), "pos")},
+    "memory": {"bandwidth_gbs": ((int, float), "pos"), "ram_mb": ((int, float), "pos"),
+               "cache_mb": ((int, float), "pos")},
     "runtime": {
         "preferred_format": (str, "enum:tflite|onnx"), "runtime": (str, "enum:litert|onnxruntime"),
         "default_threads": (int, "pos"),
@@ -36,9 +37,10 @@ SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], str]]] = {
     "access": {"method": (str, "enum:adb|ssh|local")},
 }
 OPTIONAL_TABLES = {"gpu"}  # described for later, not validated beyond being a table
-# Keys a target file may leave out (files written before LLM generation budgets); every shipped file has them.
+# Keys a target file may leave out (files written before LLM generation budgets; the last-level cache where
+# no datasheet states it); every shipped file has the generation keys.
 # A generation budget (decode_tok_s, ttft_ms) is stated at a prompt and decode length, so it needs both.
-OPTIONAL_KEYS = {"runtime.generative_format", "budget.decode_tok_s", "budget.ttft_ms", "budget.prompt_len",
+OPTIONAL_KEYS = {"memory.cache_mb", "runtime.generative_format", "budget.decode_tok_s", "budget.ttft_ms", "budget.prompt_len",
                  "budget.decode_len"}
 GENERATION_BUDGET = ("decode_tok_s", "ttft_ms")
 GENERATION_LENGTHS = ("prompt_len", "decode_len")
@@ -124,6 +126,15 @@ def target_path(name: str, settings: Settings | None = None) -> Path:
 
 
 # --- validation --------------------------------------------------------------------------------
+
+def generation_budget_words(b: dict | None) -> str:
+    """A generation budget in words: 'decode >= 6000 tok/s, TTFT <= 4 ms at prompt 64, decode 128' ('-': none)."""
+    if not b:
+        return "-"
+    parts = ([f"decode >= {b['decode_tok_s']:g} tok/s"] if b.get("decode_tok_s") is not None else []) + \
+            ([f"TTFT <= {b['ttft_ms']:g} ms"] if b.get("ttft_ms") is not None else [])
+    return f"{', '.join(parts)} at prompt {b['prompt_len']}, decode {b['decode_len']}"
+
 
 def _type_name(t: type | tuple[type, ...]) -> str:
     if isinstance(t, tuple):

@@ -18,13 +18,7 @@ REPO = Path(__file__).resolve().parents[2]
 GOOD = (REPO / "targets" / "raspberry-pi-5.toml").read_text()
 
 
-@pytest.fixture(autouse=True)
-def _fake_host(monkeypatch):
-    """The host's measured facts are faked so these tests stay fast and deterministic."""
-    fake = {"cpu.cores": 2, "cpu.big_cores": 2, "cpu.clock_ghz": 2.5, "cpu.arch": "x86_64", "cpu.simd_width_bits": 256,
-            "cpu.peak_gflops_fp32": 50.0, "cpu.peak_gops_int8": 100.0, "memory.bandwidth_gbs": 20.0,
-            "memory.ram_mb": 8192, "runtime.default_threads": 2}
-    monkeypatch.setattr("edgekd.targets.hostbench.host_facts", lambda refresh=False, settings=None: dict(fake))
+pytestmark = pytest.mark.usefixtures("fake_host")  # tests/targets/conftest.py
 
 
 def write(tmp_path: Path, text: str, name: str = "raspberry-pi-5") -> Path:
