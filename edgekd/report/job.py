@@ -10,6 +10,7 @@ from typing import Any, Optional
 from edgekd.console import echo
 from edgekd.io import write_json, write_text
 from edgekd.precision import precision_of
+from edgekd.targets.spec import generation_budget_words
 
 
 def measured_precision(m: dict) -> str:
@@ -102,7 +103,7 @@ def _problem(rep: dict, f: JobFacts) -> Optional[str]:
     if gen and gen["meets_budget_measured"] is False:
         m, b = gen["measured_on_target"], gen["budget"]
         return (f"the device missed the generation budget: {m['decode_tok_s']:.1f} tok/s decode, {m['ttft_ms']:.2f} ms "
-                f"TTFT measured against {_budget_words(b)}, after {len(f.attempts) - 1} recalibrate-and-shrink "
+                f"TTFT measured against {generation_budget_words(b)}, after {len(f.attempts) - 1} recalibrate-and-shrink "
                 f"round(s)")
     if lat["meets_budget_measured"] is False:
         return (f"the device missed the budget: {lat['measured_on_target_ms']:.3f} ms measured > "
@@ -158,12 +159,6 @@ def write_job_report(out: Path, rep: dict) -> None:
     write_text(out / "report.md", render_markdown(rep, rep.get("kind", "causal-lm")) + "\n")
 
 
-def _budget_words(b: dict) -> str:
-    parts = ([f">= {b['decode_tok_s']:g} tok/s decode"] if b.get("decode_tok_s") is not None else []) + \
-            ([f"<= {b['ttft_ms']:g} ms TTFT"] if b.get("ttft_ms") is not None else [])
-    return f"{' and '.join(parts)} at prompt {b['prompt_len']}, decode {b['decode_len']}"
-
-
 def _gen_words(n: dict) -> str:
     return f"{n['decode_tok_s']:.1f} tok/s decode, {n['ttft_ms']:.2f} ms TTFT"
 
@@ -173,7 +168,7 @@ def print_summary(out: Path, rep: dict) -> None:
     lat, s, b, gen = rep["latency"], rep["student"], rep["scratch"], rep.get("generation")
     if gen:
         line = (f"{rep['target']}: student {s['params']:,} params {gen['precision']} predicted {_gen_words(gen['predicted'])} "
-                f"({gen['format']}; budget {_budget_words(gen['budget'])})")
+                f"({gen['format']}; budget {generation_budget_words(gen['budget'])})")
         if gen["measured_on_target"] is not None:
             line += f", measured {_gen_words(gen['measured_on_target'])} on the device"
         local = [m for m in gen["measured"] if m["device"] == "local" and m["format"] == gen["format"]
@@ -253,7 +248,7 @@ def render_generation_section(rep: dict) -> str:
     b, p = g["budget"], g["predicted"]
     ok = lambda v: "—" if v is None else ("yes" if v else "NO")  # noqa: E731
     lines = ["## Student chosen for the target", "",
-             f"Target **{rep['target']}**, generation budget **{_budget_words(b)}** tokens ({g['format']} on "
+             f"Target **{rep['target']}**, generation budget **{generation_budget_words(b)}** tokens ({g['format']} on "
              f"{g['runtime']}, {g['threads']} threads). The search weighed {s['candidates']} candidates "
              f"([table]({s['table']})) with the {'calibrated' if g['calibrated'] else 'uncalibrated (datasheet priors)'}"
              f" generation model and chose the largest that fits: {_choice_words(rep)}.", "",
