@@ -116,22 +116,56 @@ def distill_inputs(values: dict, teacher_config: Optional[dict] = None) -> None:
 
 
 EXPORT_FORMATS = {"onnx": ".onnx", "tflite": ".tflite"}
-EXPORT_QUANTIZE = tuple(q for q in QUANTIZE if q != "int4")  # int4: the generative formats' (not yet)
+EXPORT_QUANTIZE = tuple(q for q in QUANTIZE if q != "int4")  # int4 weights exist only in the generative formats
+# The generative (KV-cache) formats: a .litertlm file, an onnx-genai folder (NAME-genai/).
+GENERATIVE_FORMATS = {"litert-lm": ".litertlm", "onnx-genai": "-genai"}
+GENERATIVE_QUANTIZE = ("none", "int8", "int4")  # their int8 already quantises activations at run time
 
 
 def export_args(fmt: str, quantize: str, seq_len: Any, min_top1: Any, out: Optional[str | os.PathLike] = None) -> None:
     """export's options; `out` (when given) ends in the format's suffix and can be written."""
+    if fmt in GENERATIVE_FORMATS:
+        raise EdgekdError(f"--format {fmt} is a generative format: export it with export_generative")
     if fmt not in EXPORT_FORMATS:
-        raise EdgekdError(f"unknown format {fmt!r}: use {' or '.join(EXPORT_FORMATS)}")
+        raise EdgekdError(f"unknown format {fmt!r}: use {', '.join([*EXPORT_FORMATS, *GENERATIVE_FORMATS])}")
+    if quantize == "int4":
+        raise EdgekdError(f"--quantize int4 is for the generative formats (litert-lm, onnx-genai), not {fmt}: "
+                          f"use {', '.join(EXPORT_QUANTIZE)}")
     if quantize not in EXPORT_QUANTIZE:
         raise EdgekdError(f"unknown quantisation {quantize!r}: use {', '.join(EXPORT_QUANTIZE[:-1])} or "
                           f"{EXPORT_QUANTIZE[-1]}")
     number("--seq-len", seq_len, low=2, integer=True)
     number("--min-top1", min_top1, low=0, high=1, low_open=True)
     if out is not None:
-        if Path(out).suffix != EXPORT_FORMATS[fmt]:
-            raise EdgekdError(f"--out {out} must end in {EXPORT_FORMATS[fmt]} for --format {fmt}")
-        output_file(out)
+        export_file(out, EXPORT_FORMATS[fmt], fmt)
+
+
+def export_file(out: str | os.PathLike, suffix: str, fmt: str) -> Path:
+    """An export's --out file: it ends in the format's suffix and can be written."""
+    if Path(out).suffix != suffix:
+        raise EdgekdError(f"--out {out} must end in {suffix} for --format {fmt}")
+    return output_file(out)
+
+
+def generative_args(fmt: str, quantize: str, new_tokens: Any, min_top1: Any = None,
+                    out: Optional[str | os.PathLike] = None) -> None:
+    """The generative export's options: litert-lm writes a .litertlm file, onnx-genai a folder."""
+    if fmt not in GENERATIVE_FORMATS:
+        raise EdgekdError(f"unknown generative format {fmt!r}: use {' or '.join(GENERATIVE_FORMATS)}")
+    if quantize == "int8-dynamic":
+        raise EdgekdError(f"--quantize int8-dynamic is for onnx/tflite: {fmt}'s int8 already quantises activations "
+                          f"at run time, use --quantize int8")
+    if quantize not in GENERATIVE_QUANTIZE:
+        raise EdgekdError(f"unknown quantisation {quantize!r} for {fmt}: use none, int8 or int4")
+    number("--new-tokens", new_tokens, low=1, high=1024, integer=True)
+    if min_top1 is not None:
+        number("--min-top1", min_top1, low=0, high=1, low_open=True)
+    if out is None:
+        return
+    if fmt == "litert-lm":
+        export_file(out, GENERATIVE_FORMATS[fmt], fmt)
+    else:
+        output_dir(out)
 
 
 KERNEL_DTYPES = ("float32", "bfloat16", "float16")

@@ -250,22 +250,39 @@ def teacher_train(
 @_work
 def export(
     model_dir: str = typer.Argument(..., help="Hugging Face model directory (config.json + model.safetensors)."),
-    format: str = typer.Option(..., "--format", help="onnx | tflite"),
-    quantize: str = typer.Option("none", help="none | int8-dynamic | int8 (static, calibrated)"),
-    seq_len: int = typer.Option(64, help="Sequence length of the exported input (TFLite is static)."),
-    out: Optional[str] = typer.Option(None, help="Output file (default: MODEL_DIR/../export/NAME[.QUANT].EXT)."),
-    min_top1: float = typer.Option(0.9, help="int8 parity: least top-1 agreement with PyTorch."),
+    format: str = typer.Option(..., "--format", help="onnx | tflite (token ids -> logits) | litert-lm | onnx-genai "
+                                                     "(generative: KV cache, incremental decode)."),
+    quantize: str = typer.Option("none", help="onnx/tflite: none | int8-dynamic | int8 (static, calibrated); "
+                                              "litert-lm/onnx-genai: none | int8 | int4."),
+    seq_len: int = typer.Option(64, help="onnx/tflite: sequence length of the exported input (TFLite is static)."),
+    out: Optional[str] = typer.Option(None, help="Output file, or folder for onnx-genai (default: "
+                                                 "MODEL_DIR/../export/NAME[.QUANT].EXT, NAME.litertlm, NAME-genai[.QUANT]/)."),
+    min_top1: Optional[float] = typer.Option(None, help="Quantised parity: least top-1 agreement with PyTorch "
+                                                        "(default 0.9; generative: 0.8, teacher-forced)."),
+    new_tokens: int = typer.Option(32, help="litert-lm/onnx-genai: greedy tokens generated per parity prompt."),
 ) -> None:
-    """Export to ONNX or TFLite, check against PyTorch, write FILE and its parity record FILE.json."""
-    from edgekd.checks import export_args, model_dir as check_model_dir
+    """Export, check against PyTorch (logits; generative formats: greedy generation), write FILE and FILE.json."""
+    from edgekd.checks import GENERATIVE_FORMATS, export_args, generative_args, model_dir as check_model_dir
+    from edgekd.console import echo
 
+    if format in GENERATIVE_FORMATS:
+        generative_args(format, quantize, new_tokens, min_top1, _path(out))  # before the heavy imports
+        check_model_dir(_path(model_dir), "MODEL_DIR")
+        from edgekd.export import export_generative
+
+        rec = export_generative(_path(model_dir), format, quantize, out=_path(out), new_tokens=new_tokens,
+                                min_top1=min_top1)
+        echo(f"wrote {rec['path']} ({rec['size_mb']:.2f} MB, {rec['recipe']}, built in {rec['convert_s']:.0f} s): "
+             f"{rec['tokens_match_share']:.0%} of {rec['run']['prompts']} prompts generate PyTorch's greedy "
+             f"{rec['run']['new_tokens']} tokens, perplexity ratio {rec['ppl_ratio']:.4f}, top-1 agreement "
+             f"{rec['top1_agreement']:.4f}; parity record {rec['path']}.json")
+        return
+    min_top1 = 0.9 if min_top1 is None else min_top1
     export_args(format, quantize, seq_len, min_top1, _path(out))  # before the heavy imports
     check_model_dir(_path(model_dir), "MODEL_DIR")
     from edgekd.export import export_model
 
     rec = export_model(_path(model_dir), fmt=format, quantize=quantize, seq_len=seq_len, out=_path(out), min_top1=min_top1)
-    from edgekd.console import echo
-
     echo(f"wrote {rec['path']} ({rec['size_mb']:.2f} MB): max abs diff {rec['max_abs_diff']:.3g}, "
                f"top-1 agreement {rec['top1_agreement']:.4f}; parity record {rec['path']}.json")
 

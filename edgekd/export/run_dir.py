@@ -1,4 +1,5 @@
-"""A run's student exported four ways (ONNX and TFLite, float and int8), each checked against PyTorch.
+"""A run's student exported four ways (ONNX and TFLite, float and int8), each checked against PyTorch, and
+generatively (GENERATIVE_VARIANTS: litert-lm and onnx-genai, float and int4), each checked by greedy generation.
 
 Export only: profiling those files is edgekd.profile.exports (a layer up), so export never imports
 profile. The records carry `quantize` (the recipe) and `precision` (what the weights are), so no
@@ -19,6 +20,11 @@ from edgekd.precision import precision_of
 # parity on causal LMs where full static int8 of the TFLite file did not.
 VARIANTS = (("onnx", "none", "student.onnx"), ("onnx", "int8-dynamic", "student.int8.onnx"),
             ("tflite", "none", "student.tflite"), ("tflite", "int8-dynamic", "student.int8.tflite"))
+# The generative (KV-cache) exports of a causal-LM student: float and int4 in each runtime. int8 is left
+# out of the job's default: it costs another full conversion (~30 s for litert-lm on 2 cores) and lies
+# between the two; export_generative(..., quantize="int8") makes it.
+GENERATIVE_VARIANTS = (("litert-lm", "none", "student.litertlm"), ("litert-lm", "int4", "student.int4.litertlm"),
+                       ("onnx-genai", "none", "student-genai"), ("onnx-genai", "int4", "student-genai.int4"))
 
 
 def export_key(fmt: str, precision: str) -> str:
@@ -26,31 +32,49 @@ def export_key(fmt: str, precision: str) -> str:
     return fmt if precision == "float32" else f"{fmt}-{precision}"
 
 
-def export_run(run_dir, seq_len: int = 64, calib_inputs=None, min_top1: float = 0.9) -> dict[str, dict]:
+def _generative_record(rec: dict) -> dict:
+    keys = ("recipe", "tokens_match_share", "mean_first_divergence", "ppl_ratio", "top1_agreement", "size_mb",
+            "convert_s", "cache_length", "prefill_lengths")
+    return {k: rec[k] for k in keys}
+
+
+def export_run(run_dir, seq_len: int = 64, calib_inputs=None, min_top1: float = 0.9, variants=VARIANTS,
+               prompts=None) -> dict[str, dict]:
     """Fill RUN/export (files, parity records, export.json); return report.json's `exports`.
 
-    Each record: path (relative to RUN), format, quantize, precision, max_abs_diff, top1_agreement,
-    size_mb, passed, and `error` when it failed. A variant that fails its parity check is recorded with
-    its error and the others go on; the caller decides what a failure means for the job.
+    `variants`: (format, quantize, name) rows of VARIANTS and GENERATIVE_VARIANTS. Each record: path
+    (relative to RUN), format, quantize, precision, size_mb, passed, the parity numbers (max_abs_diff
+    and top1_agreement; the generative ones add recipe, tokens_match_share, mean_first_divergence,
+    ppl_ratio) and `error` when it failed. A variant that fails its check is recorded with its error and
+    the others go on; the caller decides what a failure means for the job. `prompts`: the generative
+    parity's held-out token ids (default: built-in held-out text).
     """
+    from edgekd.checks import GENERATIVE_FORMATS
+
     run = Path(run_dir)
     student = run / "student"
     if not (student / "config.json").is_file():
         raise EdgekdError(f"{run} has no student/ model to export: run `edgekd distill` first")
     exports, files = {}, {}
-    for fmt, quant, name in VARIANTS:
+    for fmt, quant, name in variants:
         out = run / "export" / name
         base = {"path": str(out.relative_to(run)), "format": fmt, "quantize": quant, "precision": precision_of(quant)}
         key = export_key(fmt, base["precision"])
+        generative = fmt in GENERATIVE_FORMATS
         try:
-            rec = export_model(student, fmt, quant, seq_len=seq_len, out=out, calib_inputs=calib_inputs,
-                               min_top1=min_top1)
+            if generative:
+                from edgekd.export.generative import export_generative
+
+                rec = export_generative(student, fmt, quant, out=out, prompts=prompts)
+            else:
+                rec = export_model(student, fmt, quant, seq_len=seq_len, out=out, calib_inputs=calib_inputs,
+                                   min_top1=min_top1)
         except (EdgekdError, JobFailed) as e:
             exports[key] = base | {"passed": False, "error": str(e)}
             files[key] = exports[key]
             continue
-        exports[key] = base | {"max_abs_diff": rec["max_abs_diff"], "top1_agreement": rec["top1_agreement"],
-                               "size_mb": rec["size_mb"], "passed": True}
+        numbers = _generative_record(rec) if generative else {"max_abs_diff": rec["max_abs_diff"], "size_mb": rec["size_mb"]}
+        exports[key] = base | {"top1_agreement": rec["top1_agreement"], **numbers, "passed": True}
         files[key] = exports[key] | {"record": base["path"] + ".json"}
         faults.point("export")
     write_json(run / "export" / "export.json", {"seq_len": seq_len, "files": files})

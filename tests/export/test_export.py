@@ -105,7 +105,7 @@ def test_bad_arguments_name_the_problem(llama_dir, tmp_path):
 
     with pytest.raises(EdgekdError, match="unknown format 'pt'"):
         export_model(llama_dir, "pt")
-    with pytest.raises(EdgekdError, match="unknown quantisation 'int4'"):
+    with pytest.raises(EdgekdError, match="--quantize int4 is for the generative formats"):
         export_model(llama_dir, "onnx", "int4")
     with pytest.raises(EdgekdError, match="does not exist"):
         export_model(tmp_path / "nope", "onnx")

@@ -1,0 +1,193 @@
+"""export_generative: a KV-cache export built by the maintained builder, kept only if it generates like PyTorch.
+
+litert-lm: litert-torch's export_hf writes a .litertlm bundle (prefill/decode signatures, tokenizer,
+metadata) that the LiteRT-LM runtime loads. onnx-genai: onnxruntime-genai's model builder writes a
+folder (model.onnx with past_key_values.* in and present.* out, genai_config.json, tokenizer files).
+Both builders run in a child process whose output goes to the log, never the console.
+
+Lengths: one prefill signature of 64 tokens and a KV cache of 192 = the profiler's default prompt (64)
+plus decode (128) lengths; both are the smallest that serve that profile, since every extra prefill
+length is another signature to convert (conversion time is most of a job's export step).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+from edgekd.checks import GENERATIVE_FORMATS, generative_args, output_dir, output_file
+from edgekd.checks import model_dir as check_model_dir
+from edgekd.console import err, log_path
+from edgekd.errors import EdgekdError, JobFailed
+from edgekd.export import parity
+from edgekd.io import write_json
+from edgekd.models.loading import read_config_dict
+from edgekd.precision import precision_of
+
+PREFILL_LENGTHS = (64,)
+CACHE_LENGTH = 192
+# Families each builder converts, and whose export generates like PyTorch (tests/test_generative_export.py,
+# tiny save_pretrained models of each). onnx-genai's builder fails on Gemma3's rope config.
+SUPPORTED = {
+    "litert-lm": ("LlamaForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM", "GemmaForCausalLM",
+                  "Gemma3ForCausalLM", "Phi3ForCausalLM"),
+    "onnx-genai": ("LlamaForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM", "GemmaForCausalLM",
+                   "Phi3ForCausalLM"),
+}
+# (format, quantize) -> (builder argument, what it does). litert-lm int4 is per-channel: the blockwise
+# recipe (dynamic_wi4b32_afp32) refuses any weight whose input size is not a multiple of 32 (the
+# built-in teacher's 688-wide MLP). onnx-genai's MatMulNBits pads the last block.
+RECIPES = {
+    ("litert-lm", "none"): ("none", "float32 weights and activations"),
+    ("litert-lm", "int8"): ("dynamic_wi8_afp32", "dynamic_wi8_afp32: int8 per-channel weights, activations "
+                                                 "quantised at run time"),
+    ("litert-lm", "int4"): ("dynamic_wi4_afp32", "dynamic_wi4_afp32: int4 per-channel weights, activations "
+                                                 "quantised at run time"),
+    ("onnx-genai", "none"): ("fp32", "fp32"),
+    ("onnx-genai", "int8"): ("int8", "int8 block_size=32 MatMulNBits accuracy_level=4 (int8 activations)"),
+    ("onnx-genai", "int4"): ("int4", "int4 block_size=32 MatMulNBits accuracy_level=4 (int8 activations)"),
+}
+OG_QUANT_OPTIONS = ("block_size=32", "accuracy_level=4")
+
+
+def default_out(model_dir: Path, fmt: str, quantize: str) -> Path:
+    """Beside MODEL_DIR in export/: NAME.litertlm, NAME.int4.litertlm, NAME-genai/, NAME-genai.int4/."""
+    d = model_dir.resolve()
+    tag = "" if quantize == "none" else f".{quantize}"
+    if fmt == "litert-lm":
+        return d.parent / "export" / f"{d.name}{tag}{GENERATIVE_FORMATS[fmt]}"
+    return d.parent / "export" / f"{d.name}{GENERATIVE_FORMATS[fmt]}{tag}"
+
+
+def check_architecture(model_dir: Path, fmt: str) -> str:
+    """The config's architecture, or one EdgekdError line naming what `fmt` supports (nothing converted yet)."""
+    archs = read_config_dict(model_dir).get("architectures") or ["(none in config.json)"]
+    if archs[0] not in SUPPORTED[fmt]:
+        raise EdgekdError(f"{model_dir}: architecture {archs[0]} cannot be exported as {fmt}: supported are "
+                          f"{', '.join(SUPPORTED[fmt])}")
+    if not ((model_dir / "tokenizer.json").is_file() or (model_dir / "tokenizer.model").is_file()):
+        raise EdgekdError(f"{model_dir} has no tokenizer (tokenizer.json): the {fmt} export bundles one; save it "
+                          f"there with tokenizer.save_pretrained")
+    return archs[0]
+
+
+def _builder_command(fmt: str, quantize: str, model_dir: Path, work: Path, cache_length: int) -> tuple[list, Path]:
+    """The child process's command line and where its output lands."""
+    arg = RECIPES[(fmt, quantize)][0]
+    if fmt == "litert-lm":
+        import json
+
+        options = {"prefill_lengths": list(PREFILL_LENGTHS), "cache_length": cache_length, "quantization_recipe": arg}
+        return ([sys.executable, "-m", "edgekd.export.litert_lm_build", str(model_dir), str(work / "build"),
+                 json.dumps(options)], work / "build" / "model.litertlm")
+    cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(model_dir), "-o", str(work / "genai"),
+           "-p", arg, "-e", "cpu", "-c", str(work / "hf-cache")]
+    if quantize != "none":
+        cmd += ["--extra_options", *OG_QUANT_OPTIONS]
+    return cmd, work / "genai"
+
+
+def _run_builder(cmd: list, produced: Path, work: Path, name: str) -> float:
+    """Run the builder with its output appended to the log; its wall time, or JobFailed with its last error line."""
+    log = log_path() or work / "build.log"
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TF_CPP_MIN_LOG_LEVEL="2", TQDM_DISABLE="1")
+    start = time.perf_counter()
+    with open(log, "a") as f:
+        f.write(f"\n$ {' '.join(cmd)}\n")
+        f.flush()
+        rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env).returncode
+    seconds = time.perf_counter() - start
+    if rc != 0 or not produced.exists():
+        raise JobFailed(f"building {name} failed (exit {rc}): {_last_error(log)}; full output in {log}")
+    return seconds
+
+
+def _last_error(log: Path) -> str:
+    lines = [ln.strip() for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
+    errors = [ln for ln in lines if "Error" in ln.split(":")[0] or ln.startswith(("ValueError", "RuntimeError"))]
+    return ((errors or lines or ["no output"])[-1])[:300]
+
+
+def _size_mb(path: Path) -> float:
+    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+    return sum(p.stat().st_size for p in files) / 1e6
+
+
+def _remove(path: Path) -> None:
+    import shutil
+
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+@contextmanager
+def _steps(show: bool, title: str, names: list[str]):
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+                  transient=True, disable=not (show and err().is_terminal)) as bar:
+        task = bar.add_task(f"{title}: {names[0]}", total=len(names))
+
+        def step(name: str) -> None:
+            bar.update(task, advance=1, description=f"{title}: {name}")
+
+        yield step
+
+
+def export_generative(model_dir, fmt: str, quantize: str = "none", out=None, prompts=None, new_tokens: int = 32,
+                      min_top1: float | None = None, *, show_progress: bool = True) -> dict:
+    """Export MODEL_DIR as a generative `fmt` model at OUT, check greedy generation against PyTorch, return the record.
+
+    The record is also written to OUT.json. A failed check (or build) leaves nothing at OUT, writes
+    OUT.json with passed=false and the numbers, and raises JobFailed. `prompts`: held-out token-id lists
+    (default: windows of the built-in corpus's validation files in the model's own tokenizer).
+    `min_top1`: the quantised exports' least teacher-forced top-1 agreement (default parity.GEN_MIN_TOP1).
+    """
+    generative_args(fmt, quantize, new_tokens, min_top1, out)
+    model_dir = check_model_dir(model_dir, "model directory")
+    architecture = check_architecture(model_dir, fmt)
+    out = Path(out or default_out(model_dir, fmt, quantize))
+    out = output_file(out) if fmt == "litert-lm" else output_dir(out)
+    with _steps(show_progress, f"export {model_dir.name} -> {out.name}", ["load", "build", "parity"]) as step:
+        reference = parity.GenerationReference.load(model_dir, prompts, new_tokens)
+        cache_length = min(CACHE_LENGTH, reference.max_len)
+        limit = cache_length if fmt == "litert-lm" else reference.max_len
+        longest = max(len(p) for p in reference.prompts) + new_tokens
+        if longest > limit:
+            raise EdgekdError(f"the longest prompt plus {new_tokens} new tokens is {longest} tokens, more than the "
+                              f"{fmt} export's {limit}: pass shorter prompts or fewer --new-tokens")
+        step("build")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as tmp:
+            cmd, produced = _builder_command(fmt, quantize, model_dir, Path(tmp), cache_length)
+            try:
+                seconds = _run_builder(cmd, produced, Path(tmp), out.name)
+            except JobFailed as e:
+                _remove(out)
+                write_json(out.with_name(out.name + ".json"), {"path": str(out), "format": fmt, "quantize": quantize,
+                                                               "passed": False, "error": str(e)})
+                raise
+            step("parity")
+            check = reference.check(str(produced), quantized=quantize != "none", min_top1=min_top1)
+            record = {"path": str(out), "format": fmt, "quantize": quantize, "precision": precision_of(quantize),
+                      "recipe": RECIPES[(fmt, quantize)][1], "builder_argument": RECIPES[(fmt, quantize)][0],
+                      "prefill_lengths": list(PREFILL_LENGTHS) if fmt == "litert-lm" else None,
+                      "cache_length": cache_length if fmt == "litert-lm" else check["run"]["context_length"],
+                      "size_mb": _size_mb(produced), "convert_s": seconds, **check,
+                      "model_dir": str(model_dir), "architecture": architecture,
+                      "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            _remove(out)
+            if record["passed"]:
+                os.replace(produced, out)
+    write_json(out.with_name(out.name + ".json"), record)
+    if not record["passed"]:
+        raise JobFailed(parity.generation_failure_line(out.name, record))
+    return record

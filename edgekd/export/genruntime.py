@@ -1,0 +1,254 @@
+#!/usr/bin/env python3
+"""Greedy generation, token ids in and out, with an exported generative model in its own runtime.
+
+Standalone like export/runtime.py (no torch, no edgekd): export's parity check imports it here, and the
+generation profiler imports `load` and ships this file to boards, so what is timed there is what was
+checked here. Where only python3, numpy and the runtime exist, this file is all that is needed.
+
+    model = load("student.litertlm")          # or an onnx-genai folder (genai_config.json + model.onnx)
+    model.format, model.runtime, model.version
+    model.generate(prompt_ids, max_new_tokens)  # greedy; the new tokens only; never stops early at EOS
+    model.next_token_logits(ids)               # teacher-forced: row i predicts ids[i + 1]
+    model.close()
+
+Both models run the KV-cache graph one token at a time after the prompt, the way the runtimes serve
+generation. Greedy means argmax of the runtime's logits, taken here: the runtimes' own samplers stop at
+the end-of-sequence token, which would make "N new tokens" depend on what the model says.
+
+LiteRT-LM: the LiteRT-LM engine takes and returns text only (its prompt is re-tokenised, its output is
+detokenised, and it stops at stop tokens), which cannot be mapped back to token ids exactly. So the
+bundle's own prefill/decode TFLite section is run through LiteRT's interpreter (ai_edge_litert, the same
+kernels and XNNPACK delegate that the engine's CPU executor uses), read with litert_lm_builder's header
+schema (installed with litert-lm). Nothing is prepended: no start token, no prompt template.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+
+LITERT_LM = "litert-lm"
+ONNX_GENAI = "onnx-genai"
+
+
+class GenRuntimeError(Exception):
+    """A model that cannot be loaded or run; `kind` is "no-runtime" or "bad-model" (as runtime.RunnerError)."""
+
+    def __init__(self, kind: str, message: str):
+        super().__init__(message)
+        self.kind = kind
+
+
+def detect_format(path: str) -> str:
+    """A folder with genai_config.json is onnx-genai; a file starting with LITERTLM is a LiteRT-LM bundle."""
+    if os.path.isdir(path):
+        if os.path.isfile(os.path.join(path, "genai_config.json")):
+            return ONNX_GENAI
+        raise GenRuntimeError("bad-model", f"{path} is a folder without genai_config.json (not an onnx-genai export)")
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(8)
+    except OSError as e:
+        raise GenRuntimeError("bad-model", f"cannot read {path}: {e.strerror}") from e
+    if magic == b"LITERTLM":
+        return LITERT_LM
+    raise GenRuntimeError("bad-model", f"{path} is neither a .litertlm bundle nor an onnx-genai folder")
+
+
+def load(path: str, threads: int | None = None):
+    """The model at PATH (a .litertlm file or an onnx-genai folder) in its runtime, on `threads` CPU threads."""
+    path = os.fspath(path)
+    fmt = detect_format(path)
+    return LiteRtLmModel(path, threads) if fmt == LITERT_LM else GenaiModel(path, threads)
+
+
+def _np():
+    try:
+        import numpy as np
+    except ImportError as e:
+        raise GenRuntimeError("no-runtime", "python3 has no numpy: pip install numpy") from e
+    return np
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+
+
+def _check_lengths(prompt_ids, max_new_tokens: int, limit: int, what: str) -> None:
+    if not prompt_ids:
+        raise ValueError("prompt_ids is empty: give at least one token id")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if len(prompt_ids) + max_new_tokens > limit:
+        raise ValueError(f"prompt ({len(prompt_ids)}) + new tokens ({max_new_tokens}) exceed the {what} of {limit} tokens")
+
+
+def litertlm_sections(path: str) -> list[tuple[int, int, int]]:
+    """(data type, begin, end) of each section of a .litertlm bundle, read with the format's own schema."""
+    try:
+        from litert_lm_builder import litertlm_header_schema_py_generated as schema
+    except ImportError as e:
+        raise GenRuntimeError("no-runtime", "reading a .litertlm bundle needs litert-lm: pip install litert-lm") from e
+    with open(path, "rb") as f:
+        head = f.read(32)
+        end = struct.unpack("<Q", head[24:32])[0]
+        header = head + f.read(end - 32)
+    objects = schema.LiteRTLMMetaData.GetRootAs(header[32:end], 0).SectionMetadata()
+    return [(objects.Objects(i).DataType(), objects.Objects(i).BeginOffset(), objects.Objects(i).EndOffset())
+            for i in range(objects.ObjectsLength())]
+
+
+class LiteRtLmModel:
+    """A .litertlm bundle's prefill/decode model, run signature by signature with explicit KV-cache tensors."""
+
+    format = LITERT_LM
+    runtime = LITERT_LM
+
+    def __init__(self, path: str, threads: int | None = None):
+        try:
+            from ai_edge_litert.interpreter import Interpreter
+            import ai_edge_litert
+        except ImportError as e:
+            raise GenRuntimeError("no-runtime", "running a .litertlm bundle needs ai-edge-litert: pip install ai-edge-litert") from e
+        self.path, self.np = path, _np()
+        self.version = f"ai_edge_litert {getattr(ai_edge_litert, '__version__', '?')}"
+        self.runner = "LiteRT interpreter on the bundle's prefill/decode signatures"
+        tflite_model = 3  # litert_lm_builder's AnySectionDataType.TFLiteModel
+        with open(path, "rb") as f:
+            blobs = []
+            for kind, begin, end in litertlm_sections(path):
+                if kind == tflite_model:
+                    f.seek(begin)
+                    blobs.append(f.read(end - begin))
+        for blob in blobs:
+            try:
+                it = Interpreter(model_content=blob, num_threads=threads)
+            except Exception as e:
+                raise GenRuntimeError("bad-model", f"LiteRT cannot load {path}: {_first_line(e)}") from e
+            if "decode" in it.get_signature_list():
+                self._it = it
+                break
+        else:
+            raise GenRuntimeError("bad-model", f"{path} has no TFLite section with a decode signature")
+        self._decode = self._it.get_signature_runner("decode")
+        prefills = [s for s in self._it.get_signature_list() if s.startswith("prefill")]
+        self._prefill = {int(self._it.get_signature_runner(s).get_input_details()["tokens"]["shape"][1]):
+                         self._it.get_signature_runner(s) for s in prefills}
+        details = self._decode.get_input_details()
+        self._cache_spec = {k: (tuple(v["shape"]), v["dtype"]) for k, v in details.items() if k.startswith("kv_cache")}
+        self.cache_length = int(details["mask"]["shape"][-1])
+        self.prefill_lengths = sorted(self._prefill)
+        self._cache = None
+
+    def _reset(self) -> None:
+        self._cache = {k: self.np.zeros(shape, dtype) for k, (shape, dtype) in self._cache_spec.items()}
+
+    def _mask(self, positions):
+        np = self.np
+        allowed = np.arange(self.cache_length)[None, :] <= np.asarray(positions)[:, None]
+        return np.where(allowed, 0.0, np.finfo(np.float32).min).astype(np.float32)[None, None]
+
+    def _run(self, runner, tokens, positions) -> dict:
+        np = self.np
+        out = runner(tokens=np.asarray([tokens], np.int32), input_pos=np.asarray(positions, np.int32),
+                     mask=self._mask(positions), **self._cache)
+        self._cache = {k: out[k] for k in self._cache}
+        return out
+
+    def _prefill_tokens(self, ids, start: int, pad_pos: int) -> None:
+        """Feed ids at start.. through the prefill signature; padding writes only slot pad_pos, which the
+        next decode step overwrites, and the mask keeps every real position from attending to it."""
+        if not ids or not self._prefill:
+            for i, t in enumerate(ids):
+                self._run(self._decode, [t], [start + i])
+            return
+        size = self.prefill_lengths[-1]
+        for at in range(0, len(ids), size):
+            chunk = list(ids[at:at + size])
+            pos = list(range(start + at, start + at + len(chunk)))
+            runner_len = min((n for n in self.prefill_lengths if n >= len(chunk)), default=size)
+            pad = runner_len - len(chunk)
+            self._run(self._prefill[runner_len], chunk + [chunk[-1]] * pad, pos + [pad_pos] * pad)
+
+    def generate(self, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
+        """Greedy continuation: prefill all but the last prompt token, then decode token by token."""
+        _check_lengths(prompt_ids, max_new_tokens, self.cache_length, "bundle's KV cache")
+        self._reset()
+        n = len(prompt_ids)
+        self._prefill_tokens(list(prompt_ids[:-1]), 0, n - 1)
+        token, out = int(prompt_ids[-1]), []
+        for pos in range(n - 1, n - 1 + max_new_tokens):
+            token = int(self._run(self._decode, [token], [pos])["logits"].reshape(-1).argmax())
+            out.append(token)
+        return out
+
+    def next_token_logits(self, ids: list[int]):
+        """Logits after each of `ids` (row i predicts ids[i+1]), decoding one token at a time from position 0."""
+        _check_lengths(ids, 1, self.cache_length + 1, "bundle's KV cache")
+        self._reset()
+        rows = [self._run(self._decode, [int(t)], [i])["logits"].reshape(-1) for i, t in enumerate(ids)]
+        return self.np.stack(rows).astype(self.np.float32)
+
+    def close(self) -> None:
+        self._it = self._decode = self._prefill = self._cache = None
+
+
+class GenaiModel:
+    """An onnxruntime-genai folder, driven token by token through og.Generator."""
+
+    format = ONNX_GENAI
+    runtime = "onnxruntime-genai"
+
+    def __init__(self, path: str, threads: int | None = None):
+        try:
+            import onnxruntime_genai as og
+        except ImportError as e:
+            raise GenRuntimeError("no-runtime", "running an onnx-genai folder needs onnxruntime-genai: "
+                                                "pip install onnxruntime-genai") from e
+        self.og, self.np, self.path = og, _np(), path
+        self.version = f"onnxruntime-genai {og.__version__}"
+        self.runner = "og.Generator, one token per step"
+        try:
+            config = og.Config(path)
+            if threads:
+                config.overlay(json.dumps({"model": {"decoder": {"session_options": {"intra_op_num_threads": int(threads)}}}}))
+            self._model = og.Model(config)
+            with open(os.path.join(path, "genai_config.json")) as f:
+                self.context_length = int(json.load(f)["model"]["context_length"])
+        except Exception as e:
+            raise GenRuntimeError("bad-model", f"onnxruntime-genai cannot load {path}: {_first_line(e)}") from e
+
+    def _generator(self, length: int):
+        params = self.og.GeneratorParams(self._model)
+        params.set_search_options(do_sample=False, max_length=length)
+        return self.og.Generator(self._model, params)
+
+    def _last_logits(self, gen):
+        logits = self.np.asarray(gen.get_logits(), dtype=self.np.float32)
+        return logits.reshape(-1, logits.shape[-1])[-1]
+
+    def generate(self, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
+        """Greedy continuation: the prompt in one call, then one appended token per step."""
+        _check_lengths(prompt_ids, max_new_tokens, self.context_length, "model's context")
+        gen = self._generator(len(prompt_ids) + max_new_tokens)
+        gen.append_tokens([int(t) for t in prompt_ids])
+        out = []
+        for step in range(max_new_tokens):
+            out.append(int(self._last_logits(gen).argmax()))
+            if step + 1 < max_new_tokens:
+                gen.append_tokens([out[-1]])
+        return out
+
+    def next_token_logits(self, ids: list[int]):
+        """Logits after each of `ids` (row i predicts ids[i+1]), appending one token at a time."""
+        _check_lengths(ids, 1, self.context_length + 1, "model's context")
+        gen = self._generator(len(ids))
+        rows = []
+        for t in ids:
+            gen.append_tokens([int(t)])
+            rows.append(self._last_logits(gen))
+        return self.np.stack(rows)
+
+    def close(self) -> None:
+        self._model = None

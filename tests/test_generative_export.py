@@ -1,0 +1,231 @@
+"""Generative exports (litert-lm, onnx-genai) built by the real builders, loaded and generating in the real runtimes.
+
+The built-in teacher's four exports (float and int4 in each format) are built once for the module; the
+parity numbers in their records are checked against PyTorch's generate() again here, independently.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from edgekd.cli import main
+from edgekd.export import export_generative
+from edgekd.export.generative import default_out
+from edgekd.export.parity import GEN_MAX_PPL_RATIO, GEN_MIN_TOP1
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[1]
+TEACHER = REPO / "edgekd" / "models" / "builtin_teacher"
+# The `litert-lm` console script beside the interpreter or on PATH, else its entry point run the same way.
+_SCRIPT = shutil.which("litert-lm", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
+LITERT_LM_CLI = [_SCRIPT] if _SCRIPT else [sys.executable, "-c", "import sys; from litert_lm_cli.main import main; "
+                                                               "sys.argv[0] = 'litert-lm'; sys.exit(main())"]
+PROMPTS = [[487, 289, 3652, 9, 89, 308, 11, 40, 41, 42, 43, 44], list(range(100, 140))]
+
+
+@pytest.fixture(scope="module")
+def teacher_exports(tmp_path_factory):
+    d = tmp_path_factory.mktemp("gen")
+    recs = {}
+    for fmt, quant, name in (("litert-lm", "none", "t.litertlm"), ("litert-lm", "int4", "t.int4.litertlm"),
+                             ("onnx-genai", "none", "t-genai"), ("onnx-genai", "int4", "t-genai.int4")):
+        recs[(fmt, quant)] = export_generative(TEACHER, fmt, quant, out=d / name, show_progress=False)
+    return recs
+
+
+def _pytorch_greedy(model_dir: Path, prompt: list[int], n: int) -> list[int]:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    ids = torch.tensor([prompt])
+    with torch.no_grad():
+        seq = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=n,
+                             eos_token_id=None, pad_token_id=0)
+    return seq[0, len(prompt):].tolist()
+
+
+def test_float_exports_generate_pytorch_tokens(teacher_exports):
+    from edgekd.export import genruntime
+
+    for fmt, runtime in (("litert-lm", "litert-lm"), ("onnx-genai", "onnxruntime-genai")):
+        rec = teacher_exports[(fmt, "none")]
+        assert rec["passed"] and rec["tokens_match_share"] == 1.0 and rec["mean_first_divergence"] == 32
+        assert rec["precision"] == "float32" and abs(rec["ppl_ratio"] - 1) < 1e-4 and rec["top1_agreement"] == 1.0
+        assert rec["run"]["new_tokens"] == 32 and rec["run"]["prompts"] == 8 and rec["run"]["runtime"] == runtime
+        assert json.loads(Path(rec["path"] + ".json").read_text())["tokens_match_share"] == 1.0
+        model = genruntime.load(rec["path"], threads=2)  # an independent prompt, against transformers directly
+        assert (model.format, model.runtime) == (fmt, runtime)
+        for prompt in PROMPTS:
+            assert model.generate(prompt, 24) == _pytorch_greedy(TEACHER, prompt, 24)
+        model.close()
+    lt = teacher_exports[("litert-lm", "none")]
+    assert lt["prefill_lengths"] == [64] and lt["cache_length"] == 192 and lt["convert_s"] > 0
+
+
+def test_int4_exports_are_smaller_and_within_bounds(teacher_exports):
+    for fmt in ("litert-lm", "onnx-genai"):
+        rec, flt = teacher_exports[(fmt, "int4")], teacher_exports[(fmt, "none")]
+        assert rec["passed"] and rec["precision"] == "int4" and rec["quantize"] == "int4"
+        assert rec["size_mb"] < 0.5 * flt["size_mb"]
+        assert rec["top1_agreement"] >= GEN_MIN_TOP1 and rec["ppl_ratio"] <= GEN_MAX_PPL_RATIO
+        assert rec["threshold"] == {"top1_agreement": GEN_MIN_TOP1, "ppl_ratio": GEN_MAX_PPL_RATIO}
+    assert teacher_exports[("litert-lm", "int4")]["recipe"].startswith("dynamic_wi4_afp32")
+    assert teacher_exports[("onnx-genai", "int4")]["recipe"].startswith("int4 block_size=32 MatMulNBits")
+
+
+def test_litert_lm_runtime_benchmarks_the_bundle(teacher_exports, tmp_path):
+    for quant in ("none", "int4"):
+        bundle = tmp_path / f"{quant}.litertlm"
+        shutil.copy(teacher_exports[("litert-lm", quant)]["path"], bundle)  # its engine writes caches beside it
+        done = subprocess.run([*LITERT_LM_CLI, "benchmark", str(bundle), "-p", "16", "-d", "16"],
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+        assert "Decode speed" in done.stdout + done.stderr
+
+
+def test_onnxruntime_genai_loads_the_folder(teacher_exports):
+    import onnx
+    import onnxruntime_genai as og
+
+    for quant in ("none", "int4"):
+        folder = Path(teacher_exports[("onnx-genai", quant)]["path"])
+        assert {"genai_config.json", "model.onnx", "tokenizer.json"} <= {p.name for p in folder.iterdir()}
+        graph = onnx.load(str(folder / "model.onnx"), load_external_data=False).graph
+        assert any(i.name.startswith("past_key_values.") for i in graph.input)
+        assert any(o.name.startswith("present.") for o in graph.output)
+        if quant == "int4":
+            assert any(n.op_type == "MatMulNBits" for n in graph.node)
+        model = og.Model(str(folder))
+        tokenizer = og.Tokenizer(model)
+        assert list(tokenizer.encode("def foo(x):")) == [487, 289, 3652, 9, 89, 308]
+
+
+def test_parity_failure_leaves_nothing_and_exits_1(capsys, monkeypatch, tmp_path):
+    monkeypatch.chdir(REPO)
+    out = os.path.relpath(tmp_path / "strict-genai.int4", REPO)  # relative paths, as a user types them
+    (tmp_path / "strict-genai.int4").mkdir()  # an older export there is not kept either
+    with pytest.raises(SystemExit) as e:
+        main(["export", "edgekd/models/builtin_teacher", "--format", "onnx-genai", "--quantize", "int4",
+              "--min-top1", "1.0", "--out", out])
+    assert e.value.code == 1 and "failed generation parity: top-1 agreement" in capsys.readouterr().err
+    assert not (tmp_path / "strict-genai.int4").exists()
+    rec = json.loads((tmp_path / "strict-genai.int4.json").read_text())
+    assert rec["passed"] is False and rec["threshold"]["top1_agreement"] == 1.0 and rec["top1_agreement"] < 1.0
+    assert [p.name for p in tmp_path.iterdir()] == ["strict-genai.int4.json"]  # no temp build folder left
+
+
+def test_unsupported_architecture_is_one_line_exit_2(capsys, tmp_path):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    d = tmp_path / "gpt2"
+    GPT2LMHeadModel(GPT2Config(vocab_size=64, n_embd=16, n_layer=1, n_head=2, n_positions=32)).save_pretrained(d)
+    capsys.readouterr()  # save_pretrained's own progress bar
+    for fmt in ("litert-lm", "onnx-genai"):
+        with pytest.raises(SystemExit) as e:
+            main(["export", str(d), "--format", fmt])
+        assert e.value.code == 2
+        line = capsys.readouterr().err.strip()
+        assert len(line.splitlines()) == 1 and "GPT2LMHeadModel cannot be exported as " + fmt in line
+        assert "LlamaForCausalLM" in line
+    assert not (tmp_path / "export").exists()
+
+
+def test_usage_mistakes_are_one_line(capsys):
+    for argv, words in ((["--format", "onnx", "--quantize", "int4"], "int4 is for the generative formats"),
+                        (["--format", "litert-lm", "--quantize", "int8-dynamic"], "use --quantize int8"),
+                        (["--format", "litert-lm", "--out", "x.bin"], "must end in .litertlm"),
+                        (["--format", "onnx-genai", "--new-tokens", "0"], "--new-tokens")):
+        with pytest.raises(SystemExit) as e:
+            main(["export", str(TEACHER), *argv])
+        assert e.value.code == 2 and words in capsys.readouterr().err
+
+
+def test_default_paths():
+    assert default_out(TEACHER, "litert-lm", "int4").name == "builtin_teacher.int4.litertlm"
+    assert default_out(TEACHER, "onnx-genai", "none").name == "builtin_teacher-genai"
+    assert default_out(TEACHER, "onnx-genai", "int4").name == "builtin_teacher-genai.int4"
+    assert default_out(TEACHER, "litert-lm", "none").parent == TEACHER.parent / "export"
+
+
+def _tiny(kind: str, d: Path) -> Path:
+    import transformers as T
+
+    cfg = dict(vocab_size=4096, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+               num_key_value_heads=2, max_position_embeddings=256, bos_token_id=0, eos_token_id=0, pad_token_id=1,
+               initializer_range=0.2)  # peaked logits: greedy continuations are not decided by float noise
+    config, model = {"qwen3": (T.Qwen3Config, T.Qwen3ForCausalLM), "phi3": (T.Phi3Config, T.Phi3ForCausalLM)}[kind]
+    extra = {"head_dim": 16} if kind == "qwen3" else {"original_max_position_embeddings": 256}
+    torch.manual_seed(0)
+    model(config(**cfg, **extra)).save_pretrained(d)
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(TEACHER / f, d / f)
+    return d
+
+
+@pytest.mark.parametrize("kind,fmt", [("qwen3", "litert-lm"), ("phi3", "onnx-genai"), ("qwen3", "onnx-genai")])
+def test_other_families_generate_like_pytorch(kind, fmt, tmp_path):
+    rec = export_generative(_tiny(kind, tmp_path / kind), fmt, out=tmp_path / ("m.litertlm" if fmt == "litert-lm"
+                                                                                  else "m-genai"),
+                            prompts=PROMPTS, show_progress=False)
+    assert rec["passed"] and rec["tokens_match_share"] == 1.0 and rec["run"]["prompt_source"] == "prompts"
+
+
+def test_run_dir_generative_variant(tmp_path):
+    from edgekd.export import GENERATIVE_VARIANTS, export_key, export_run
+
+    assert export_key("litert-lm", "int4") == "litert-lm-int4" and export_key("onnx-genai", "float32") == "onnx-genai"
+    assert {v[:2] for v in GENERATIVE_VARIANTS} == {("litert-lm", "none"), ("litert-lm", "int4"),
+                                                    ("onnx-genai", "none"), ("onnx-genai", "int4")}
+    shutil.copytree(TEACHER, tmp_path / "student")
+    exports = export_run(tmp_path, variants=(("onnx-genai", "int4", "student-genai.int4"),), prompts=PROMPTS)
+    rec = exports["onnx-genai-int4"]
+    assert rec["passed"] and rec["path"] == "export/student-genai.int4" and rec["precision"] == "int4"
+    assert {"recipe", "ppl_ratio", "top1_agreement", "tokens_match_share", "size_mb"} <= set(rec)
+    assert (tmp_path / "export" / "student-genai.int4" / "genai_config.json").is_file()
+
+
+def test_genruntime_is_standalone():
+    """It ships to boards alone: loading the file imports neither torch nor edgekd."""
+    code = ("import runpy, sys; runpy.run_path(sys.argv[1]); "
+            "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'edgekd')]; assert not bad, bad")
+    done = subprocess.run([sys.executable, "-c", code, str(REPO / "edgekd" / "export" / "genruntime.py")],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+def test_tf_placeholder_fails_loudly():
+    code = ("from edgekd.export.litert_lm_build import install_tf_placeholder as p; assert p(force=True); "
+            "from tensorflow.lite.python import schema_py_generated as s\n"
+            "try:\n s.Model\nexcept RuntimeError as e:\n assert 'pip install tensorflow-cpu' in str(e)\n"
+            "else:\n raise SystemExit('read without error')")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorflow") is None, reason="needs tensorflow-cpu to compare against")
+def test_tf_placeholder_builds_the_same_bundle(teacher_exports, tmp_path):
+    """With the placeholder, every section of the bundle is byte-identical to the one built with TensorFlow
+    (the header differs only in its creation timestamp)."""
+    from edgekd.export import genruntime
+
+    work = tmp_path / "w"
+    options = {"prefill_lengths": [64], "cache_length": 192, "quantization_recipe": "none", "force_tf_placeholder": True}
+    done = subprocess.run([sys.executable, "-m", "edgekd.export.litert_lm_build", str(TEACHER), str(work),
+                           json.dumps(options)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-2000:]
+
+    def sections(path):
+        with open(path, "rb") as f:
+            data = f.read()
+        return [(kind, data[b:e]) for kind, b, e in genruntime.litertlm_sections(str(path))]
+
+    assert sections(work / "model.litertlm") == sections(teacher_exports[("litert-lm", "none")]["path"])
