@@ -290,12 +290,10 @@ class _Job:
         """litert-lm and onnx-genai, float and the searched precision, each with generation parity on held-out
         prompts, then each timed generating here at the budget's prompt and decode lengths."""
         from edgekd.export import export_run
-        from edgekd.export.run_dir import GENERATIVE_VARIANTS
-        from edgekd.precision import precision_of
+        from edgekd.export.run_dir import generative_variants
         from edgekd.profile.exports import profile_generative_export
 
-        keep = {"float32", res.precision}
-        variants = [v for v in GENERATIVE_VARIANTS if precision_of(v[1]) in keep]
+        variants = generative_variants(("float32", res.precision))
         prompts = None if result.heldout_ids is None else [
             [int(x) for x in row[:GEN_PROMPT_TOKENS]] for row in result.heldout_ids[:GEN_PROMPTS]]
         exports = export_run(self.out, variants=variants, prompts=prompts)

@@ -20,7 +20,7 @@ import torch
 from edgekd.cli import main
 from edgekd.export import export_generative
 from edgekd.export.generative import default_out
-from edgekd.export.parity import GEN_MAX_PPL_RATIO, GEN_MIN_TOP1
+from edgekd.export.parity import GEN_DECISIVE_MARGIN, GEN_MAX_PPL_RATIO, GEN_MIN_TOP1
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
@@ -76,8 +76,10 @@ def test_int4_exports_are_smaller_and_within_bounds(teacher_exports):
         rec, flt = teacher_exports[(fmt, "int4")], teacher_exports[(fmt, "none")]
         assert rec["passed"] and rec["precision"] == "int4" and rec["quantize"] == "int4"
         assert rec["size_mb"] < 0.5 * flt["size_mb"]
-        assert rec["top1_agreement"] >= GEN_MIN_TOP1 and rec["ppl_ratio"] <= GEN_MAX_PPL_RATIO
-        assert rec["threshold"] == {"top1_agreement": GEN_MIN_TOP1, "ppl_ratio": GEN_MAX_PPL_RATIO}
+        assert rec["top1_agreement_decisive"] >= GEN_MIN_TOP1 and rec["ppl_ratio"] <= GEN_MAX_PPL_RATIO
+        assert rec["threshold"] == {"top1_agreement_decisive": GEN_MIN_TOP1, "ppl_ratio": GEN_MAX_PPL_RATIO,
+                                    "decisive_margin": GEN_DECISIVE_MARGIN}
+        assert 0 < rec["decisive_positions"] <= rec["positions"]
     assert teacher_exports[("litert-lm", "int4")]["recipe"].startswith("dynamic_wi4_afp32")
     assert teacher_exports[("onnx-genai", "int4")]["recipe"].startswith("int4 block_size=32 MatMulNBits")
 
@@ -113,13 +115,16 @@ def test_parity_failure_leaves_nothing_and_exits_1(capsys, monkeypatch, tmp_path
     monkeypatch.chdir(REPO)
     out = os.path.relpath(tmp_path / "strict-genai.int4", REPO)  # relative paths, as a user types them
     (tmp_path / "strict-genai.int4").mkdir()  # an older export there is not kept either
+    from edgekd.export import parity
+
+    monkeypatch.setattr(parity, "GEN_MAX_PPL_RATIO", 0.9)  # far below the 0.99-1.01 int4 reaches: it must fail
     with pytest.raises(SystemExit) as e:
         main(["export", "edgekd/models/builtin_teacher", "--format", "onnx-genai", "--quantize", "int4",
-              "--min-top1", "1.0", "--out", out])
+              "--out", out])
     assert e.value.code == 1 and "failed generation parity: top-1 agreement" in capsys.readouterr().err
     assert not (tmp_path / "strict-genai.int4").exists()
     rec = json.loads((tmp_path / "strict-genai.int4.json").read_text())
-    assert rec["passed"] is False and rec["threshold"]["top1_agreement"] == 1.0 and rec["top1_agreement"] < 1.0
+    assert rec["passed"] is False and rec["threshold"]["ppl_ratio"] == 0.9 and rec["ppl_ratio"] > 0.9
     assert [p.name for p in tmp_path.iterdir()] == ["strict-genai.int4.json"]  # no temp build folder left
 
 
@@ -229,3 +234,12 @@ def test_tf_placeholder_builds_the_same_bundle(teacher_exports, tmp_path):
         return [(kind, data[b:e]) for kind, b, e in genruntime.litertlm_sections(str(path))]
 
     assert sections(work / "model.litertlm") == sections(teacher_exports[("litert-lm", "none")]["path"])
+
+
+def test_decisive_margin_is_top_probability_minus_runner_up():
+    import numpy as np
+
+    from edgekd.export.parity import _margin
+
+    logits = np.log(np.array([[0.5, 0.3, 0.2], [0.34, 0.33, 0.33], [0.9, 0.05, 0.05]]))
+    assert np.allclose(_margin(logits), [0.2, 0.01, 0.85])

@@ -20,11 +20,22 @@ from edgekd.precision import precision_of
 # parity on causal LMs where full static int8 of the TFLite file did not.
 VARIANTS = (("onnx", "none", "student.onnx"), ("onnx", "int8-dynamic", "student.int8.onnx"),
             ("tflite", "none", "student.tflite"), ("tflite", "int8-dynamic", "student.int8.tflite"))
-# The generative (KV-cache) exports of a causal-LM student: float and int4 in each runtime. int8 is left
-# out of the job's default: it costs another full conversion (~30 s for litert-lm on 2 cores) and lies
-# between the two; export_generative(..., quantize="int8") makes it.
-GENERATIVE_VARIANTS = (("litert-lm", "none", "student.litertlm"), ("litert-lm", "int4", "student.int4.litertlm"),
-                       ("onnx-genai", "none", "student-genai"), ("onnx-genai", "int4", "student-genai.int4"))
+# The generative (KV-cache) exports of a causal-LM student, named by format and precision.
+_GENERATIVE_NAMES = {"litert-lm": "student{tag}.litertlm", "onnx-genai": "student-genai{tag}"}
+
+
+def generative_variants(precisions=("float32", "int4")) -> tuple:
+    """(format, quantize, name) of each generative format at each precision: the job exports float and the
+    searched precision. The default, float and int4, leaves int8 out: it costs another full conversion
+    (~30 s for litert-lm on 2 cores) and lies between the two."""
+    from edgekd.precision import QUANTIZE
+
+    quant = {precision_of(q): q for q in QUANTIZE}  # later wins: int8 -> "int8", the generative recipe word
+    return tuple((fmt, quant[p], name.format(tag="" if p == "float32" else f".{quant[p]}"))
+                 for fmt, name in _GENERATIVE_NAMES.items() for p in dict.fromkeys(precisions))
+
+
+GENERATIVE_VARIANTS = generative_variants()
 
 
 def export_key(fmt: str, precision: str) -> str:
@@ -33,7 +44,7 @@ def export_key(fmt: str, precision: str) -> str:
 
 
 def _generative_record(rec: dict) -> dict:
-    keys = ("recipe", "tokens_match_share", "mean_first_divergence", "ppl_ratio", "top1_agreement", "size_mb",
+    keys = ("recipe", "tokens_match_share", "mean_first_divergence", "ppl_ratio", "top1_agreement_decisive", "size_mb",
             "convert_s", "cache_length", "prefill_lengths")
     return {k: rec[k] for k in keys}
 

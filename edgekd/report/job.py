@@ -307,11 +307,11 @@ def _exports_lines(rep: dict) -> list[str]:
         lines += ["Generation parity on held-out prompts (greedy continuation against PyTorch's `generate`; quantised "
                   "exports also perplexity and teacher-forced top-1 against PyTorch float):", "",
                   "| export | recipe | prompts matched fully | mean first divergence (token) | perplexity ratio | "
-                  "top-1 agreement | size (MB) | passed |", "|---|---|---:|---:|---:|---:|---:|---|"]
+                  "top-1 agreement (decisive positions) | size (MB) | passed |", "|---|---|---:|---:|---:|---:|---:|---|"]
         for k, e in gen:
             lines.append(f"| [{k}]({e['path']}) | {e.get('recipe', e['quantize'])} | "
                          f"{_cell(e.get('tokens_match_share'), '.2f')} | {_cell(e.get('mean_first_divergence'), '.1f')} | "
-                         f"{_cell(e.get('ppl_ratio'), '.3f')} | {_cell(e.get('top1_agreement'), '.3f')} | "
+                         f"{_cell(e.get('ppl_ratio'), '.3f')} | {_cell(e.get('top1_agreement_decisive'), '.3f')} | "
                          f"{_cell(e.get('size_mb'), '.2f')} | {'yes' if e.get('passed') else 'NO: ' + e.get('error', '')} |")
         lines.append("")
     return lines
