@@ -265,15 +265,19 @@ def search_student(teacher_config: Any, target: Target | str, latency_budget_ms:
     fitting = [r for r in table if r["fits"]]
     if not fitting:
         raise _nothing_fits(table, t.name, budget, max_params)
-    best = _choose(fitting, lambda r: -r["predicted_ms"])
+    best = _choose(fitting, lambda r: -r["predicted_ms"], teacher)
     return SearchResult(choice={k: best[k] for k in OVERRIDE_KEYS} | {"precision": best["precision"]}, table=table,
                         target=t.name, latency_budget_ms=budget, predicted_ms=best["predicted_ms"],
                         calibrated=calibration is not None)
 
 
-def _choose(fitting: list[dict], speed) -> dict:
-    """Most parameters; among equals the more accurate precision (float32, int8, int4), then the faster."""
-    best = max(fitting, key=lambda r: (r["params"], -PRECISIONS.index(r["precision"]), speed(r)))
+def _choose(fitting: list[dict], speed, teacher: Mapping) -> dict:
+    """Most parameters among the students that can start from the teacher's weights (its head size:
+    edgekd.models.students copies heads only of the same size, else the student starts from random
+    weights and loses most of what distillation buys), then among the rest; among equals the more
+    accurate precision (float32, int8, int4), then the faster."""
+    inherits = lambda r: r["head_dim"] == teacher["head_dim"]  # noqa: E731
+    best = max(fitting, key=lambda r: (inherits(r), r["params"], -PRECISIONS.index(r["precision"]), speed(r)))
     best["chosen"] = True
     return best
 
@@ -292,7 +296,7 @@ def _search_generation(teacher_config: Any, teacher: dict, t: Target, overrides:
     fitting = [r for r in table if r["fits"]]
     if not fitting:
         raise _nothing_fits_generation(table, t.name, b)
-    best = _choose(fitting, lambda r: r["decode_tok_s"])
+    best = _choose(fitting, lambda r: r["decode_tok_s"], teacher)
     cfg = {**teacher, **{k: best[k] for k in OVERRIDE_KEYS}}
     pred = gen.predict_generation(cfg, t, best["precision"], b["prompt_len"], b["decode_len"], calibration,
                                   threads, fmt)

@@ -164,7 +164,8 @@ def validate(data: dict, where: str, skip: set[str] = frozenset()) -> None:
             value = node[key]
             bad_bool = isinstance(value, bool)
             if bad_bool or not isinstance(value, typ):
-                raise EdgekdError(f"{where}: key '{dotted}' must be a {_type_name(typ)}, "
+                what = _type_name(typ)
+                raise EdgekdError(f"{where}: key '{dotted}' must be {'an' if what[0] in 'aeiou' else 'a'} {what}, "
                                   f"got {type(value).__name__} {value!r}")
             if rule == "pos" and not (value > 0 and math.isfinite(value)):
                 raise EdgekdError(f"{where}: key '{dotted}' must be a finite positive number, got {value!r}")
