@@ -243,3 +243,16 @@ def test_decisive_margin_is_top_probability_minus_runner_up():
 
     logits = np.log(np.array([[0.5, 0.3, 0.2], [0.34, 0.33, 0.33], [0.9, 0.05, 0.05]]))
     assert np.allclose(_margin(logits), [0.2, 0.01, 0.85])
+
+
+def test_litert_lm_int4_is_blockwise_where_the_weights_allow(tmp_path):
+    """Every input size of the tiny Qwen3 (64, 128, 4 x 16) is a multiple of 32: blocks of 32, as phones
+    ship; the built-in teacher's 688-wide MLP is not, and gets the per-channel recipe, said in its record."""
+    from edgekd.export.generative import recipe_for
+    from edgekd.models.loading import read_config_dict
+
+    rec = export_generative(_tiny("qwen3", tmp_path / "q"), "litert-lm", "int4", out=tmp_path / "q.int4.litertlm",
+                            prompts=PROMPTS, show_progress=False)
+    assert rec["passed"] and rec["builder_argument"] == "dynamic_wi4b32_afp32" and "blocks of 32" in rec["recipe"]
+    arg, what = recipe_for("litert-lm", "int4", read_config_dict(TEACHER))
+    assert arg == "dynamic_wi4_afp32" and "688 is not a multiple" in what

@@ -40,9 +40,12 @@ SUPPORTED = {
     "onnx-genai": ("LlamaForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM", "GemmaForCausalLM",
                    "Phi3ForCausalLM"),
 }
-# (format, quantize) -> (builder argument, what it does). litert-lm int4 is per-channel: the blockwise
-# recipe (dynamic_wi4b32_afp32) refuses any weight whose input size is not a multiple of 32 (the
-# built-in teacher's 688-wide MLP). onnx-genai's MatMulNBits pads the last block.
+# (format, quantize) -> (builder argument, what it does). litert-lm int4 is blockwise (block 32, what
+# phones ship) where every weight's input size is a multiple of 32; the blockwise recipe refuses any
+# other (the built-in teacher's 688-wide MLP), which then gets the per-channel int4 recipe
+# (`recipe_for`). onnx-genai's MatMulNBits pads the last block.
+LITERT_INT4_BLOCKWISE = ("dynamic_wi4b32_afp32", "dynamic_wi4b32_afp32: int4 weights in blocks of 32, activations "
+                                                 "quantised at run time")
 RECIPES = {
     ("litert-lm", "none"): ("none", "float32 weights and activations"),
     ("litert-lm", "int8"): ("dynamic_wi8_afp32", "dynamic_wi8_afp32: int8 per-channel weights, activations "
@@ -77,9 +80,24 @@ def check_architecture(model_dir: Path, fmt: str) -> str:
     return archs[0]
 
 
+def recipe_for(fmt: str, quantize: str, config: dict) -> tuple[str, str]:
+    """(builder argument, description) for MODEL's export: litert-lm int4 blockwise where the weights allow."""
+    if (fmt, quantize) == ("litert-lm", "int4"):
+        from edgekd.models.arch import arch_of
+
+        a = arch_of(config)
+        inputs = (a["hidden_size"], a["intermediate_size"], a["num_attention_heads"] * a["head_dim"])
+        if all(n % 32 == 0 for n in inputs):
+            return LITERT_INT4_BLOCKWISE
+        arg, what = RECIPES[(fmt, quantize)]
+        return arg, f"{what} (not blockwise: a weight's input size of {[n for n in inputs if n % 32][0]} is not a " \
+                    f"multiple of the 32-wide block)"
+    return RECIPES[(fmt, quantize)]
+
+
 def _builder_command(fmt: str, quantize: str, model_dir: Path, work: Path, cache_length: int) -> tuple[list, Path]:
     """The child process's command line and where its output lands."""
-    arg = RECIPES[(fmt, quantize)][0]
+    arg = recipe_for(fmt, quantize, read_config_dict(model_dir))[0]
     if fmt == "litert-lm":
         import json
 
@@ -178,7 +196,8 @@ def export_generative(model_dir, fmt: str, quantize: str = "none", out=None, pro
             step("parity")
             check = reference.check(str(produced), quantized=quantize != "none", min_top1=min_top1)
             record = {"path": str(out), "format": fmt, "quantize": quantize, "precision": precision_of(quantize),
-                      "recipe": RECIPES[(fmt, quantize)][1], "builder_argument": RECIPES[(fmt, quantize)][0],
+                      "recipe": recipe_for(fmt, quantize, read_config_dict(model_dir))[1],
+                      "builder_argument": recipe_for(fmt, quantize, read_config_dict(model_dir))[0],
                       "prefill_lengths": list(PREFILL_LENGTHS) if fmt == "litert-lm" else None,
                       "cache_length": cache_length if fmt == "litert-lm" else check["run"]["context_length"],
                       "size_mb": _size_mb(produced), "convert_s": seconds, **check,
