@@ -248,8 +248,8 @@ def render_generation_section(rep: dict) -> str:
     b, p = g["budget"], g["predicted"]
     ok = lambda v: "—" if v is None else ("yes" if v else "NO")  # noqa: E731
     lines = ["## Student chosen for the target", "",
-             f"Target **{rep['target']}**, generation budget **{generation_budget_words(b)}** tokens ({g['format']} on "
-             f"{g['runtime']}, {g['threads']} threads). The search weighed {s['candidates']} candidates "
+             f"Target **{rep['target']}**, generation budget **{generation_budget_words(b)}** tokens ({g['format']} "
+             f"export on the {g['runtime']} runtime, {g['threads']} threads). The search weighed {s['candidates']} candidates "
              f"([table]({s['table']})) with the {'calibrated' if g['calibrated'] else 'uncalibrated (datasheet priors)'}"
              f" generation model and chose the largest that fits: {_choice_words(rep)}.", "",
              "| | export | decode (tok/s) | TTFT (ms) | prefill (tok/s) | peak RSS (MB) | size (MB) | within budget |",
@@ -341,7 +341,7 @@ def plot_generation(rep: dict, path: Path) -> None:
     from edgekd.io import atomic_path
 
     g = rep["generation"]
-    rows = [("predicted", g["predicted"], "tab:gray")] + [
+    rows = [(f"predicted\n{g['format']} {g['precision']}", g["predicted"], "tab:gray")] + [
         (f"{m['device']}\n{m['format']} {measured_precision(m)}", m, "tab:red" if m.get("on_target") else "tab:blue")
         for m in g["measured"]]
     fig, axes = plt.subplots(1, 2, figsize=(max(7, 1.4 * len(rows) + 3), 4.2))
