@@ -100,6 +100,7 @@ def test_sigkill_in_each_phase_then_resume_gives_the_same_student(phase, referen
     assert rep["status"] == "complete" and _keys(rep) == _keys(ref_rep)
     assert rep["student"]["eval_loss"] == ref_rep["student"]["eval_loss"]
     assert rep["scratch"]["eval_loss"] == ref_rep["scratch"]["eval_loss"]
+    assert rep["ce_only"]["eval_loss"] == ref_rep["ce_only"]["eval_loss"]
     job = rep["timings_s"]["job"]
     assert job["invocations"] == (1 if phase == "search" else 2)
     assert "search" in job and job["search"]["wall_s"] >= 0  # the first invocation's phases are kept

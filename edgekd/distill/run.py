@@ -107,7 +107,7 @@ def _run(cfg: DistillConfig, out: Path, status: str) -> RunResult:
             trained.append(train_stage(ctx, stage, trained[-1].model if trained else None))
     if ctx.rank == 0:
         save_model(trained[-1].model, ctx.tokenizer, out / "student")
-    baselines = {"scratch": train_baseline(ctx, "scratch")} if cfg.scratch else {}
+    baselines = {name: train_baseline(ctx, name) for name in BASELINES} if cfg.scratch else {}
     if ctx.world > 1:
         import torch.distributed as dist
 
@@ -197,7 +197,11 @@ def train_stage(ctx: RunContext, stage, previous) -> Trained:
     return Trained(model, trainer, init_info)
 
 
-BASELINES = {"scratch": {"init": "random", "seed_offset": 1}}  # same architecture, data and steps; hard labels
+# The baselines every run trains beside its student: the same architecture, data, steps and schedule on
+# hard labels alone. `scratch` starts from random weights; `ce_only` from the student's own initialisation
+# (init None: the run's student_init and seed, from the teacher, so the same starting weights as a
+# one-stage student), which isolates what the soft targets bought from what the teacher's weights did.
+BASELINES = {"scratch": {"init": "random", "seed_offset": 1}, "ce_only": {"init": None, "seed_offset": 0}}
 
 
 def train_baseline(ctx: RunContext, name: str) -> Trained:
@@ -207,8 +211,10 @@ def train_baseline(ctx: RunContext, name: str) -> Trained:
     from edgekd.models.students import build_student
 
     spec = BASELINES[name]
+    own = spec["init"] is None
     with ctx.timer(name):
-        model, info = build_student(ctx.teacher, ctx.student_config, None, init=spec["init"],
+        model, info = build_student(ctx.teacher, ctx.student_config, ctx.init_batches if own else None,
+                                    init=ctx.cfg.student_init if own else spec["init"],
                                     seed=ctx.cfg.seed + spec["seed_offset"])
         model.to(ctx.device)
         trainer = Trainer(model, hard_label_objective(ctx.causal), ctx.data.stream(), ctx.train_config(ctx.steps),
@@ -268,10 +274,11 @@ def _joined_history(trained: list) -> list:
 def _print_summary(out: Path, evals: dict) -> None:
     from edgekd.console import echo
 
-    s, b = evals["student"], evals.get("scratch")
+    s = evals["student"]
     line = f"held-out loss: teacher {evals['teacher']['eval_loss']:.4f}, distilled {s['eval_loss']:.4f}"
-    if b:
-        line += f", scratch {b['eval_loss']:.4f}"
+    for name in BASELINES:
+        if name in evals:
+            line += f", {name} {evals[name]['eval_loss']:.4f}"
     echo(line)
     echo(f"run written to {out} (report.md, report.json, student/)")
 

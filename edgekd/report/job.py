@@ -182,7 +182,10 @@ def print_summary(out: Path, rep: dict) -> None:
             line += f", measured {lat['measured_on_target_ms']:.2f} ms on the device"
     echo(line)
     if "eval_loss" in s and "eval_loss" in b:
-        echo(f"held-out loss: distilled {s['eval_loss']:.4f} vs scratch {b['eval_loss']:.4f}")
+        c = rep.get("ce_only") or {}
+        ce = f", ce_only {c['eval_loss']:.4f}" if "eval_loss" in c else ""
+        echo(f"held-out loss: distilled {s['eval_loss']:.4f} vs teacher {rep['teacher']['eval_loss']:.4f}{ce}, "
+             f"scratch {b['eval_loss']:.4f}")
     echo(f"job written to {out} (report.md, report.json, student/, export/, profile/, search/)")
 
 

@@ -21,10 +21,11 @@ ENGINE_KEYS: dict = {
     "teacher": _MODEL,
     "student": {**_MODEL, "config": None, "init": None},
     "scratch": _MODEL,
+    "ce_only": _MODEL,                   # the same student from the same start on hard labels alone
     "latency": {"predicted_ms": None, "measured": None},
     "exports": None,                     # {} from the engine alone
     "distillation": {"loss": None, "temperature": None, "alpha": None, "scheme": None, "steps": None,
-                     "skipped_steps": None, "student_beats_scratch": None},
+                     "skipped_steps": None, "student_beats_scratch": None, "kd_vs_ce_only": None},
     "timings_s": None,
 }
 

@@ -9,6 +9,7 @@ from typing import Optional
 from edgekd.io import atomic_path, write_json, write_text
 from edgekd.report.job import measured_precision, render_target_section
 from edgekd.report.schema import SCHEMA_VERSION
+from edgekd.targets.spec import generation_budget_words
 
 
 def build_report(*, config: dict, evals: dict, sizes: dict, histories: dict, temperature_examples: list,
@@ -30,6 +31,7 @@ def build_report(*, config: dict, evals: dict, sizes: dict, histories: dict, tem
         "teacher": entry("teacher"),
         "student": student,
         "scratch": entry("scratch"),
+        "ce_only": entry("ce_only"),
         "latency": latency or {"predicted_ms": None, "measured": []},
         "exports": exports or {},
         "distillation": {
@@ -38,10 +40,27 @@ def build_report(*, config: dict, evals: dict, sizes: dict, histories: dict, tem
             "skipped_steps": {k: [h["step"] for h in v if h.get("skipped")] for k, v in histories.items()},
             "student_beats_scratch": (student.get("eval_loss") is not None and "eval_loss" in evals.get("scratch", {})
                                       and student["eval_loss"] < evals["scratch"]["eval_loss"]),
+            "kd_vs_ce_only": kd_over_ce_only(evals),
         },
         "timings_s": timings or {},
     }
     return rep
+
+
+def kd_over_ce_only(evals: dict) -> Optional[dict]:
+    """What distillation bought over the same student trained on hard labels from the same start: the loss
+    it saved, the perplexity ratio, the top-1 agreement it gained, and the share of the ce_only -> teacher
+    loss gap it closed (None where ce_only was not trained or already matches the teacher)."""
+    s, c, t = evals.get("student", {}), evals.get("ce_only", {}), evals.get("teacher", {})
+    if "eval_loss" not in s or "eval_loss" not in c:
+        return None
+    gap = c["eval_loss"] - t.get("eval_loss", math.nan)
+    return {"loss_saved": c["eval_loss"] - s["eval_loss"],
+            "perplexity_ratio": math.exp(s["eval_loss"] - c["eval_loss"]),
+            "top1_agreement_gained": (s["top1_agreement"] - c["top1_agreement"]
+                                      if s.get("top1_agreement") is not None and c.get("top1_agreement") is not None
+                                      else None),
+            "gap_closed": (c["eval_loss"] - s["eval_loss"]) / gap if gap > 0 else None}
 
 
 def plot_losses(histories: dict, path: Path) -> None:
@@ -62,7 +81,7 @@ def plot_losses(histories: dict, path: Path) -> None:
         ax.plot(xs, ys, label=label)
     ax.set_xlabel("optimiser step")
     ax.set_ylabel("training loss (smoothed)")
-    ax.set_title("Distilled student vs scratch baseline")
+    ax.set_title("Distilled student vs the baselines (ce_only: hard labels, same start; scratch: random start)")
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -109,16 +128,28 @@ def render_markdown(rep: dict, kind: str = "causal-lm") -> str:
     metric = "perplexity" if kind == "causal-lm" else "accuracy"
     lines = ["# edgekd run report", ""] + status_banner(rep)
     d = rep["distillation"]
-    lines += [f"Target: **{rep.get('target') or 'none'}**, latency budget: **{_fmt(rep.get('latency_budget_ms'), 1)} ms**. "
+    gen = rep.get("generation")
+    budget = (f"generation budget: **{generation_budget_words(gen['budget'])}**" if gen else
+              f"latency budget: **{_fmt(rep.get('latency_budget_ms'), 1)} ms**")
+    lines += [f"Target: **{rep.get('target') or 'none'}**, {budget}. "
               f"Scheme `{d.get('scheme')}`, loss `{d.get('loss') or 'kd'}`, T = {_fmt(d.get('temperature'), 3)}, "
               f"α = {_fmt(d.get('alpha'), 2)}, {d.get('steps')} steps.", ""]
     if "eval_loss" in s and "eval_loss" in b:
         verdict = "below" if s["eval_loss"] < b["eval_loss"] else "NOT below"
         lines += [f"**The distilled student's held-out loss ({s['eval_loss']:.4f}) is {verdict} the scratch "
                   f"baseline's ({b['eval_loss']:.4f})**, with the same architecture, data and steps.", ""]
+    c = rep.get("ce_only") or {}
+    kd = d.get("kd_vs_ce_only")
+    if kd:
+        closed = "—" if kd["gap_closed"] is None else f"{kd['gap_closed']:.0%}"
+        lines += [f"Against **ce_only** (the same student from the same start, data, steps and schedule on hard labels "
+                  f"alone), distillation saved {kd['loss_saved']:.4f} of held-out loss (perplexity x "
+                  f"{kd['perplexity_ratio']:.3f}), gained {_fmt(kd['top1_agreement_gained'], 3)} top-1 agreement with "
+                  f"the teacher, and closed **{closed}** of the ce_only -> teacher loss gap.", ""]
     lines += [f"| model | params | size (MB) | held-out loss | {metric} | top-1 agreement with teacher |",
               "|---|---:|---:|---:|---:|---:|"]
-    for name, e in (("teacher", t), ("distilled student", s), ("scratch baseline", b)):
+    rows = (("teacher", t), ("distilled student", s), ("ce_only baseline", c), ("scratch baseline", b))
+    for name, e in ((n, e) for n, e in rows if e or n != "ce_only baseline"):
         lines.append(f"| {name} | {e.get('params', 0):,} | {_fmt(e.get('size_mb'), 2)} | {_fmt(e.get('eval_loss'))} | "
                      f"{_fmt(e.get(metric), 3)} | {_fmt(e.get('top1_agreement'), 3)} |")
     lines.append("")
@@ -147,13 +178,13 @@ def render_markdown(rep: dict, kind: str = "causal-lm") -> str:
     if cache:
         lines += [f"Teacher top-k cache: `{cache.get('path')}` ({'built by this run' if cache.get('built') else 'reused'}).", ""]
     lat = rep.get("latency") or {}
-    if lat.get("measured"):
+    if lat.get("measured") and not gen:  # a generative job's measurements are in its target section
         lines += ["## Latency", "", "| device | format | precision | p50 (ms) | p90 (ms) |", "|---|---|---|---:|---:|"]
         for m in lat["measured"]:
             lines.append(f"| {m.get('device')} | {m.get('format')} | {measured_precision(m)} | "
                          f"{_fmt(m.get('p50_ms'), 2)} | {_fmt(m.get('p90_ms'), 2)} |")
         lines.append("")
-    if rep.get("exports"):
+    if rep.get("exports") and not gen:
         lines += ["## Exports", "", "| format | path | max abs diff | top-1 agreement |", "|---|---|---:|---:|"]
         for fmt, e in rep["exports"].items():
             lines.append(f"| {fmt} | {e.get('path')} | {_fmt(e.get('max_abs_diff'), 6)} | {_fmt(e.get('top1_agreement'), 3)} |")

@@ -128,3 +128,16 @@ def test_cli_bad_input_exits_2_with_one_line(teacher_dir, text_dir, tmp_path, ma
     assert len(lines) == 1 and match in lines[0], r.stderr[-2000:]
     assert "Traceback" not in r.stderr
     assert not (tmp_path / "run" / "report.json").exists()
+
+
+def test_ce_only_is_the_student_without_soft_targets(teacher_dir, text_dir, tmp_path):
+    """ce_only = the same student, start, data, steps and schedule on hard labels alone. So a run with
+    alpha = 0 (no distillation term) trains its student into ce_only: the same held-out loss, and a
+    report that says distillation bought nothing."""
+    rep = run(_cfg(teacher_dir, text_dir, tmp_path / "run", alpha=0.0, checkpoint_every=None)).report
+    s, c = rep["student"], rep["ce_only"]
+    assert c["params"] == s["params"] and c["eval_loss"] == pytest.approx(s["eval_loss"], abs=2e-3)
+    assert c["eval_loss"] != rep["scratch"]["eval_loss"]  # scratch starts elsewhere
+    kd = rep["distillation"]["kd_vs_ce_only"]
+    assert abs(kd["loss_saved"]) < 2e-3 and kd["perplexity_ratio"] == pytest.approx(1.0, abs=3e-3)
+    assert (tmp_path / "run" / "checkpoints" / "ce_only").is_dir()

@@ -1,4 +1,7 @@
 import json
+import math
+
+import pytest
 
 from edgekd.report import ENGINE_KEYS, SCHEMA_VERSION, build_report, missing_keys, render_markdown, write_run_report
 
@@ -10,9 +13,10 @@ def _hist(base):
 def test_report_files_hold_the_design_keys_and_the_verdict(tmp_path):
     evals = {"teacher": {"eval_loss": 2.0, "perplexity": 7.39, "top1_agreement": 1.0},
              "student": {"eval_loss": 2.5, "perplexity": 12.2, "top1_agreement": 0.6},
-             "scratch": {"eval_loss": 3.1, "perplexity": 22.2, "top1_agreement": 0.3}}
+             "scratch": {"eval_loss": 3.1, "perplexity": 22.2, "top1_agreement": 0.3},
+             "ce_only": {"eval_loss": 2.8, "perplexity": 16.4, "top1_agreement": 0.5}}
     sizes = {"teacher": {"params": 1000, "size_mb": 0.004}, "student": {"params": 300, "size_mb": 0.0012},
-             "scratch": {"params": 300, "size_mb": 0.0012}}
+             "scratch": {"params": 300, "size_mb": 0.0012}, "ce_only": {"params": 300, "size_mb": 0.0012}}
     hist = {"distilled": _hist(3.0), "scratch": _hist(3.5)}
     hist["scratch"][4]["skipped"] = True
     temps = [{"position": 3, "context": "def f", "tokens": ["a", "b", "c"],
@@ -31,6 +35,11 @@ def test_report_files_hold_the_design_keys_and_the_verdict(tmp_path):
     assert loaded["distillation"]["skipped_steps"]["scratch"] == [4]
     md = (tmp_path / "report.md").read_text()
     assert "is below the scratch" in md and "| distilled student | 300 |" in md and "[4]" in md
+    # KD against ce_only, by independent arithmetic: 0.3 of the 0.8 ce_only -> teacher gap
+    kd = loaded["distillation"]["kd_vs_ce_only"]
+    assert kd["loss_saved"] == pytest.approx(0.3) and kd["gap_closed"] == pytest.approx(0.3 / 0.8)
+    assert kd["perplexity_ratio"] == pytest.approx(math.exp(-0.3)) and kd["top1_agreement_gained"] == pytest.approx(0.1)
+    assert "| ce_only baseline | 300 |" in md and f"closed **{kd['gap_closed']:.0%}**" in md
     for png in ("loss_curves.png", "temperature.png"):
         assert (tmp_path / "plots" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
