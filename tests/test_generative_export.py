@@ -29,7 +29,8 @@ TEACHER = REPO / "edgekd" / "models" / "builtin_teacher"
 _SCRIPT = shutil.which("litert-lm", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
 LITERT_LM_CLI = [_SCRIPT] if _SCRIPT else [sys.executable, "-c", "import sys; from litert_lm_cli.main import main; "
                                                                "sys.argv[0] = 'litert-lm'; sys.exit(main())"]
-PROMPTS = [[487, 289, 3652, 9, 89, 308, 11, 40, 41, 42, 43, 44], list(range(100, 140))]
+# The last is longer than the 64-token prefill signature: genruntime feeds it in two chunks.
+PROMPTS = [[487, 289, 3652, 9, 89, 308, 11, 40, 41, 42, 43, 44], list(range(100, 140)), list(range(200, 300))]
 
 
 @pytest.fixture(scope="module")
@@ -92,6 +93,30 @@ def test_litert_lm_runtime_benchmarks_the_bundle(teacher_exports, tmp_path):
                               capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
         assert "Decode speed" in done.stdout + done.stderr
+
+
+def test_litert_lm_engine_generates_the_same_text(teacher_exports):
+    """The LiteRT-LM engine itself (text in, text out, greedy top_k=1, no template) continues as genruntime's
+    token-level run of the bundle does: no start token is prepended and both tokenise alike."""
+    import litert_lm
+    from litert_lm import interfaces
+    from transformers import AutoTokenizer
+
+    from edgekd.export import genruntime
+
+    path = teacher_exports[("litert-lm", "none")]["path"]
+    tokenizer = AutoTokenizer.from_pretrained(TEACHER)
+    model, engine = genruntime.load(path), litert_lm.Engine(path)
+    assert engine.bos_token_id is None
+    for text in ("def parse_args(argv):\n    parser = argparse.", "class Queue:\n    def __init__(self, maxsize=0):\n"):
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        assert engine.tokenize(text) == ids
+        session = engine.create_session(apply_prompt_template=False, max_output_tokens=16,
+                                        sampler_config=interfaces.SamplerConfig(top_k=1))
+        session.run_prefill([text])
+        assert "".join(session.run_decode().texts) == tokenizer.decode(model.generate(ids, 16))
+        session.close()
+    engine.close()
 
 
 def test_onnxruntime_genai_loads_the_folder(teacher_exports):

@@ -19,7 +19,9 @@ LiteRT-LM: the LiteRT-LM engine takes and returns text only (its prompt is re-to
 detokenised, and it stops at stop tokens), which cannot be mapped back to token ids exactly. So the
 bundle's own prefill/decode TFLite section is run through LiteRT's interpreter (ai_edge_litert, the same
 kernels and XNNPACK delegate that the engine's CPU executor uses), read with litert_lm_builder's header
-schema (installed with litert-lm). Nothing is prepended: no start token, no prompt template.
+schema (installed with litert-lm). Nothing is prepended: no start token, no prompt template. The test
+suite checks that the engine's own greedy text (top_k=1, apply_prompt_template=False) is the
+detokenised tokens generated here, and that the engine prepends no start token.
 """
 
 from __future__ import annotations
