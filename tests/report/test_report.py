@@ -71,3 +71,12 @@ def test_job_report_fills_every_job_key_and_says_why_it_failed(tmp_path):
     assert rep["status"] == "failed" and "tflite-int8: top-1 0.5" in rep["error"]
     assert "records the numbers" in failure_message(rep, tmp_path) and "status" not in engine or engine["status"] == "incomplete"
     assert failure_message(build_job_report(engine, facts.__class__(**{**facts.__dict__, "exports": {}})), tmp_path) is None
+
+
+def test_markdown_says_when_ce_only_already_reaches_the_teacher():
+    evals = {"teacher": {"eval_loss": 4.19}, "student": {"eval_loss": 4.13}, "ce_only": {"eval_loss": 4.18},
+             "scratch": {"eval_loss": 5.2}}
+    rep = build_report(config={}, evals=evals, sizes={}, histories={}, temperature_examples=[], init_info={},
+                       student_config={})
+    assert rep["distillation"]["kd_vs_ce_only"]["gap_closed"] is None
+    assert "no gap to close" in render_markdown(rep)
