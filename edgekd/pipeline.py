@@ -298,11 +298,13 @@ class _Job:
             [int(x) for x in row[:GEN_PROMPT_TOKENS]] for row in result.heldout_ids[:GEN_PROMPTS]]
         exports = export_run(self.out, variants=variants, prompts=prompts)
         b = res.generation["budget"]
-        measured = [profile_generative_export(self.out, e, "local", b["prompt_len"], b["decode_len"], GEN_PROFILE_RUNS,
-                                              1, self.threads if self.on_target_local else None)
-                    for e in exports.values() if e.get("passed")]
-        for _ in measured:
-            faults.point("profile")
+        measured = []
+        for e in exports.values():
+            if e.get("passed"):
+                measured.append(profile_generative_export(self.out, e, "local", b["prompt_len"], b["decode_len"],
+                                                          GEN_PROFILE_RUNS, 1,
+                                                          self.threads if self.on_target_local else None))
+                faults.point("profile")
         return exports, measured
 
     def measure_on_device(self, res, exports: dict, measured: list) -> dict:
@@ -345,9 +347,9 @@ class _Job:
         """The attempt's generation numbers: predicted, measured on the device, and the budget keys it missed."""
         pred, b = res.generation["predicted"], res.generation["budget"]
         m = on_dev.get(res.precision)
-        misses = [] if m is None else [k for k, bad in (
-            ("decode_tok_s", b.get("decode_tok_s") is not None and m["decode_tok_s"] < b["decode_tok_s"]),
-            ("ttft_ms", b.get("ttft_ms") is not None and m["ttft_ms"] > b["ttft_ms"])) if bad]
+        from edgekd.targets.spec import generation_misses
+
+        misses = [] if m is None else generation_misses(m, b)
         return {"predicted": {k: pred[k] for k in ("decode_tok_s", "ttft_ms")},
                 "measured": None if m is None else {k: m[k] for k in ("decode_tok_s", "ttft_ms")}, "misses": misses}
 

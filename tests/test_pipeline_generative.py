@@ -9,29 +9,16 @@ import sys
 
 import pytest
 
-from tests.distill.helpers import tiny_teacher, write_text_dir
+from tests.distill.helpers import tiny_teacher
+from tests.test_pipeline import _cache, cli, data  # noqa: F401  (fixtures: a throwaway cache, the corpus)
 
 TEACHER = dict(hidden_size=128, heads=8, layers=4, intermediate_size=256, max_positions=256, train_steps=20)
 JOB = ["--steps", "6", "--seq-len", "32", "--batch-size", "4", "--quiet"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _cache(tmp_path_factory):
-    cache = tmp_path_factory.mktemp("cache")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("XDG_CACHE_HOME", str(cache))
-        mp.setenv("EDGEKD_CACHE", str(cache / "edgekd"))
-        yield
-
-
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory):
     return tiny_teacher(tmp_path_factory.mktemp("teacher") / "t", **TEACHER)
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return write_text_dir(tmp_path_factory.mktemp("data") / "d")
 
 
 @pytest.fixture(scope="module")
@@ -93,8 +80,6 @@ def test_generative_job_exports_profiles_and_reports(job):
 
 @pytest.mark.slow
 def test_generative_flags_are_checked_before_work(teacher, data, tmp_path, monkeypatch, capsys):
-    from tests.test_pipeline import cli
-
     for args, needle in ((["--latency-budget", "3"], "--latency-budget is the logits job's budget"),
                          (["--decode-tok-s", "0"], "--decode-tok-s must be"),
                          (["--logits", "--ttft-ms", "5"], "--decode-tok-s/--ttft-ms budget generation")):

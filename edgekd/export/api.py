@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -41,6 +42,20 @@ def _token_rows(calib_inputs, seq_len: int, vocab: int, n: int) -> tuple[torch.T
     return rows.long(), "calib_inputs"
 
 
+@contextmanager
+def export_steps(show: bool, title: str, names: list[str]):
+    """A transient spinner naming the export's current step (none in a pipe: there it is blank lines);
+    yields step(name) to move on to the next."""
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+                  transient=True, disable=not (show and err().is_terminal)) as bar:
+        task = bar.add_task(f"{title}: {names[0]}", total=len(names))
+
+        def step(name: str) -> None:
+            bar.update(task, advance=1, description=f"{title}: {name}")
+
+        yield step
+
+
 def export_model(model_dir, fmt: str = "onnx", quantize: str = "none", seq_len: int = 64, out=None,
                  calib_inputs=None, min_top1: float = 0.9, *, show_progress: bool = True) -> dict:
     """Export MODEL_DIR to FILE and write its parity record FILE.json; return the record.
@@ -55,13 +70,7 @@ def export_model(model_dir, fmt: str = "onnx", quantize: str = "none", seq_len: 
     out = output_file(out or default_out(model_dir, fmt, quantize))
     quantized = quantize != "none"
     steps = ["load", "convert"] + (["quantize"] if quantized else []) + ["parity"]
-    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
-                  transient=True, disable=not (show_progress and err().is_terminal)) as bar:  # a spinner in a pipe is blank lines
-        task = bar.add_task(f"export {model_dir.name} -> {out.name}: load", total=len(steps))
-
-        def step(name: str) -> None:
-            bar.update(task, advance=1, description=f"export {model_dir.name} -> {out.name}: {name}")
-
+    with export_steps(show_progress, f"export {model_dir.name} -> {out.name}", steps) as step:
         loaded = load_for_export(model_dir)
         if seq_len > loaded.max_len:
             raise EdgekdError(f"--seq-len {seq_len} exceeds the model's {loaded.max_len} positions")

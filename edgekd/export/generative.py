@@ -16,16 +16,14 @@ import os
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
-
-from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from edgekd.checks import GENERATIVE_FORMATS, generative_args, output_dir, output_file
 from edgekd.checks import model_dir as check_model_dir
-from edgekd.console import err, log_path
+from edgekd.console import log_path
 from edgekd.errors import EdgekdError, JobFailed
-from edgekd.export import parity
+from edgekd.export import parity, runtime
+from edgekd.export.api import export_steps
 from edgekd.io import write_json
 from edgekd.models.loading import read_config_dict
 from edgekd.precision import precision_of
@@ -97,9 +95,9 @@ def recipe_for(fmt: str, quantize: str, config: dict) -> tuple[str, str]:
     return RECIPES[(fmt, quantize)]
 
 
-def _builder_command(fmt: str, quantize: str, model_dir: Path, work: Path, cache_length: int) -> tuple[list, Path]:
-    """The child process's command line and where its output lands."""
-    arg = recipe_for(fmt, quantize, read_config_dict(model_dir))[0]
+def _builder_command(fmt: str, quantize: str, arg: str, model_dir: Path, work: Path,
+                     cache_length: int) -> tuple[list, Path]:
+    """The child process's command line (`arg`: the recipe's builder argument) and where its output lands."""
     if fmt == "litert-lm":
         import json
 
@@ -134,11 +132,6 @@ def _last_error(log: Path) -> str:
     return ((errors or lines or ["no output"])[-1])[:300]
 
 
-def _size_mb(path: Path) -> float:
-    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
-    return sum(p.stat().st_size for p in files) / 1e6
-
-
 def _remove(path: Path) -> None:
     import shutil
 
@@ -146,18 +139,6 @@ def _remove(path: Path) -> None:
         shutil.rmtree(path)
     else:
         path.unlink(missing_ok=True)
-
-
-@contextmanager
-def _steps(show: bool, title: str, names: list[str]):
-    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
-                  transient=True, disable=not (show and err().is_terminal)) as bar:
-        task = bar.add_task(f"{title}: {names[0]}", total=len(names))
-
-        def step(name: str) -> None:
-            bar.update(task, advance=1, description=f"{title}: {name}")
-
-        yield step
 
 
 def export_generative(model_dir, fmt: str, quantize: str = "none", out=None, prompts=None, new_tokens: int = 32,
@@ -172,9 +153,10 @@ def export_generative(model_dir, fmt: str, quantize: str = "none", out=None, pro
     generative_args(fmt, quantize, new_tokens, min_top1, out)
     model_dir = check_model_dir(model_dir, "model directory")
     architecture = check_architecture(model_dir, fmt)
+    recipe = recipe_for(fmt, quantize, read_config_dict(model_dir))
     out = Path(out or default_out(model_dir, fmt, quantize))
     out = output_file(out) if fmt == "litert-lm" else output_dir(out)
-    with _steps(show_progress, f"export {model_dir.name} -> {out.name}", ["load", "build", "parity"]) as step:
+    with export_steps(show_progress, f"export {model_dir.name} -> {out.name}", ["load", "build", "parity"]) as step:
         reference = parity.GenerationReference.load(model_dir, prompts, new_tokens)
         cache_length = min(CACHE_LENGTH, reference.max_len)
         limit = cache_length if fmt == "litert-lm" else reference.max_len
@@ -187,7 +169,7 @@ def export_generative(model_dir, fmt: str, quantize: str = "none", out=None, pro
         import tempfile
 
         with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as tmp:
-            cmd, produced = _builder_command(fmt, quantize, model_dir, Path(tmp), cache_length)
+            cmd, produced = _builder_command(fmt, quantize, recipe[0], model_dir, Path(tmp), cache_length)
             try:
                 seconds = _run_builder(cmd, produced, Path(tmp), out.name)
             except JobFailed as e:
@@ -198,11 +180,10 @@ def export_generative(model_dir, fmt: str, quantize: str = "none", out=None, pro
             step("parity")
             check = reference.check(str(produced), quantized=quantize != "none", min_top1=min_top1)
             record = {"path": str(out), "format": fmt, "quantize": quantize, "precision": precision_of(quantize),
-                      "recipe": recipe_for(fmt, quantize, read_config_dict(model_dir))[1],
-                      "builder_argument": recipe_for(fmt, quantize, read_config_dict(model_dir))[0],
+                      "recipe": recipe[1], "builder_argument": recipe[0],
                       "prefill_lengths": list(PREFILL_LENGTHS) if fmt == "litert-lm" else None,
                       "cache_length": cache_length if fmt == "litert-lm" else check["run"]["context_length"],
-                      "size_mb": _size_mb(produced), "convert_s": seconds, **check,
+                      "size_mb": runtime.size_mb(str(produced)), "convert_s": seconds, **check,
                       "model_dir": str(model_dir), "architecture": architecture,
                       "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
             _remove(out)

@@ -249,7 +249,7 @@ def profile(path: str, runs: int = 50, warmup: int = 5, threads: int | None = No
     stats = {"format": model.format, "runtime": model.runtime, "runs": runs, "warmup": warmup,
              "threads": threads, "cores": cores, "seq_len": seq_len, **summarize(times),
              "init_ms": init_ms, "peak_rss_mb": _peak_rss_mb(),
-             "size_mb": os.path.getsize(path) / 1e6, "ops": ops,
+             "size_mb": size_mb(path), "ops": ops,
              "inputs": {k: list(v.shape) for k, v in feeds.items()}}
     return stats
 
@@ -264,6 +264,13 @@ def _onnx_ops(path: str, threads: int, feeds: dict, runs: int) -> list[dict]:
         trace = m.sess.end_profiling()
         rows = onnx_op_rows(trace)
     return rows
+
+
+def size_mb(path: str) -> float:
+    """An exported model's size on disk: the file, or every file of a folder (an onnxruntime-genai model)."""
+    if os.path.isdir(path):
+        return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs) / 1e6
+    return os.path.getsize(path) / 1e6
 
 
 def _peak_rss_mb() -> float:

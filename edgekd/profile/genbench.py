@@ -53,12 +53,6 @@ def detect_format(path: str) -> str:
     raise RunnerError("bad-model", f"{path}: not a .litertlm bundle or an onnxruntime-genai folder")
 
 
-def size_mb(path: str) -> float:
-    if os.path.isdir(path):
-        return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs) / 1e6
-    return os.path.getsize(path) / 1e6
-
-
 def _litert_lm():
     try:
         import litert_lm
@@ -188,7 +182,7 @@ def profile(path: str, prompt_len: int = 64, decode_len: int = 128, runs: int = 
     stats = {"format": fmt, "runtime": got["runtime"], "prompt_len": prompt_len, "decode_len": decode_len,
              "runs": runs, "warmup": warmup, "threads": threads, "cores": cores,
              **{k: spread(got[k]) for k in SPREAD_KEYS}, "init_ms": got["init_ms"],
-             "peak_rss_mb": rt._peak_rss_mb(), "size_mb": size_mb(path)}
+             "peak_rss_mb": rt._peak_rss_mb(), "size_mb": rt.size_mb(path)}
     return stats | {k: v for k, v in got.items() if k not in stats and k not in SPREAD_KEYS}
 
 

@@ -8,7 +8,6 @@ model with its runtime's Python package; over adb, LiteRT-LM's own runtime binar
 
 from __future__ import annotations
 
-import json
 import re
 import shlex
 import shutil
@@ -16,6 +15,7 @@ from pathlib import Path
 
 from edgekd.errors import EdgekdError
 from edgekd.export import runtime
+from edgekd.profile.common import sidecar
 from edgekd.settings import Settings
 
 GEN_KEYS = ("device", "runtime", "format", "precision", "prompt_len", "decode_len", "runs", "threads", "ttft_ms",
@@ -36,14 +36,6 @@ def generative_format(path: Path) -> str:
                           f"(see `edgekd export --format litert-lm|onnx-genai`)")
     raise EdgekdError(f"{path} is neither a .litertlm bundle nor an onnxruntime-genai folder (genai_config.json): "
                       f"--generative profiles those")
-
-
-def record_of(path: Path) -> dict:
-    """The export's parity record beside it (PATH.json), for its precision; {} if absent."""
-    try:
-        return json.loads(path.with_name(path.name + ".json").read_text())
-    except (OSError, ValueError):
-        return {}
 
 
 def bench_args(prompt_len: int, decode_len: int, runs: int, warmup: int, threads: int | None) -> list[str]:
@@ -88,7 +80,7 @@ def profile_generation(path, device: str = "local", prompt_len: int = 64, decode
         stats = profile_adb_generation(path, where, prompt_len, decode_len, runs, warmup, threads, benchmark_binary,
                                        timeout)
     stats["device"] = device if device != "local" else "local"
-    stats.setdefault("precision", record_of(path).get("precision"))
+    stats.setdefault("precision", sidecar(path).get("precision"))  # the export's parity record says it
     stats["model"] = str(path)
     return {k: stats.get(k) for k in GEN_KEYS} | {k: v for k, v in stats.items() if k not in GEN_KEYS}
 

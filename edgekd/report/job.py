@@ -10,7 +10,7 @@ from typing import Any, Optional
 from edgekd.console import echo
 from edgekd.io import write_json, write_text
 from edgekd.precision import precision_of
-from edgekd.targets.spec import generation_budget_words
+from edgekd.targets.spec import generation_budget_words, generation_misses
 
 
 def measured_precision(m: dict) -> str:
@@ -56,10 +56,7 @@ def _latency(f: JobFacts) -> dict:
 
 def _meets(numbers: Optional[dict], budget: dict) -> Optional[bool]:
     """Whether generation numbers (decode_tok_s, ttft_ms) meet every stated budget; None without numbers."""
-    if numbers is None:
-        return None
-    return ((budget.get("decode_tok_s") is None or numbers["decode_tok_s"] >= budget["decode_tok_s"]) and
-            (budget.get("ttft_ms") is None or numbers["ttft_ms"] <= budget["ttft_ms"]))
+    return None if numbers is None else not generation_misses(numbers, budget)
 
 
 def _generation(f: JobFacts) -> dict:

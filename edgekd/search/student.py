@@ -24,7 +24,7 @@ from edgekd.io import write_json, write_text
 from edgekd.targets import generation as gen
 from edgekd.targets import latency as lat
 from edgekd.targets.spec import (GENERATION_BUDGET, GENERATION_LENGTHS, Target, generation_budget_words,
-                                 load_target)
+                                 generation_misses, load_target)
 
 RAM_FRACTION = 0.5  # an app may use about half the device's RAM for one model
 OVERRIDE_KEYS = ("num_hidden_layers", "hidden_size", "num_attention_heads", "num_key_value_heads", "head_dim",
@@ -198,9 +198,7 @@ def _gen_row(c: dict, teacher: dict, t: Target, fmt: str, cal, threads, budget: 
     cfg = {**teacher, **{k: c[k] for k in OVERRIDE_KEYS}}
     p = gen.predict_generation(cfg, t, c["precision"], budget["prompt_len"], budget["decode_len"], cal, threads, fmt)
     params = lat.param_count(cfg)
-    limits = (("decode_tok_s", budget["decode_tok_s"] is not None and p.decode_tok_s < budget["decode_tok_s"]),
-              ("ttft_ms", budget["ttft_ms"] is not None and p.ttft_ms > budget["ttft_ms"]))
-    fails = [why for why, bad in limits if bad] + _fails(t, p.size_mb, p.peak_rss_mb, params, max_params)
+    fails = generation_misses(p, budget) + _fails(t, p.size_mb, p.peak_rss_mb, params, max_params)
     return {**c, "params": params, "predicted_ms": None, "size_mb": round(p.size_mb, 3),
             "peak_mem_mb": round(p.peak_rss_mb, 2), "decode_tok_s": round(p.decode_tok_s, 2),
             "ttft_ms": round(p.ttft_ms, 4), "prefill_tok_s": round(p.prefill_tok_s, 1), "fits": not fails,

@@ -127,6 +127,14 @@ def target_path(name: str, settings: Settings | None = None) -> Path:
 
 # --- validation --------------------------------------------------------------------------------
 
+def generation_misses(numbers: Any, b: dict) -> list[str]:
+    """The generation budget keys that `numbers` (a mapping, or an object with the attributes: a
+    prediction, a measurement) misses: decode_tok_s below its minimum, ttft_ms above its maximum."""
+    get = numbers.get if isinstance(numbers, dict) else lambda k: getattr(numbers, k)
+    return [k for k, bad in (("decode_tok_s", lambda v, lim: v < lim), ("ttft_ms", lambda v, lim: v > lim))
+            if b.get(k) is not None and bad(get(k), b[k])]
+
+
 def generation_budget_words(b: dict | None) -> str:
     """A generation budget in words: 'decode >= 6000 tok/s, TTFT <= 4 ms at prompt 64, decode 128' ('-': none)."""
     if not b:
