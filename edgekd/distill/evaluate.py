@@ -66,6 +66,11 @@ def evaluate(models: dict, teacher, batches: list[dict], kind: str = "causal-lm"
     return out
 
 
+def heldout_loss(model, batches: list[dict], kind: str = "causal-lm", device=None) -> float:
+    """The held-out loss of one model (a point of a training curve)."""
+    return evaluate({}, model, batches, kind, device)["teacher"]["eval_loss"]
+
+
 @torch.no_grad()
 def temperature_examples(teacher, blocks: torch.Tensor, tokenizer, temperatures=(0.5, 1.0, 2.0, 4.0),
                          n: int = 3, top: int = 12) -> list[dict]:

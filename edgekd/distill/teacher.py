@@ -43,7 +43,7 @@ def train_builtin_teacher(out: str | os.PathLike = BUILTIN_DIR, steps: Optional[
     from edgekd.data.batching import BlockStream, encode_texts, eval_blocks
     from edgekd.data.corpus import load_builtin
     from edgekd.data.tokenizer import tokenizer_hash, train_tokenizer
-    from edgekd.distill.evaluate import evaluate
+    from edgekd.distill.evaluate import heldout_loss
     from edgekd.distill.objective import hard_label_objective
     from edgekd.distill.trainer import TrainConfig, Trainer
     from edgekd.models.loading import CAUSAL_LM
@@ -59,19 +59,21 @@ def train_builtin_teacher(out: str | os.PathLike = BUILTIN_DIR, steps: Optional[
     stream = BlockStream(encode_texts(corpus.train, tokenizer), r["seq_len"], r["batch_size"], seed=r["seed"])
     tc = TrainConfig(steps=r["steps"], batch_size=r["batch_size"], lr=r["lr"], min_lr_ratio=r["min_lr_ratio"],
                      warmup_steps=r["warmup_steps"], weight_decay=r["weight_decay"], grad_clip=r["grad_clip"],
-                     checkpoint_every=0, seed=r["seed"], bf16=False)
-    t0 = time.time()
-    trainer = Trainer(model, hard_label_objective(causal=True), stream, tc, None, kind=CAUSAL_LM, label="teacher",
-                      quiet=quiet, device=torch.device("cpu"))
-    losses = [h["loss"] for h in trainer.train()]
+                     checkpoint_every=0, seed=r["seed"], bf16=False, eval_every=r["eval_every"])
     batches = [{"input_ids": val[i:i + 16], "attention_mask": torch.ones_like(val[i:i + 16]), "labels": val[i:i + 16]}
                for i in range(0, len(val), 16)]
-    val_loss = evaluate({}, model, batches, CAUSAL_LM)["teacher"]["eval_loss"]
+    t0 = time.time()
+    trainer = Trainer(model, hard_label_objective(causal=True), stream, tc, None, kind=CAUSAL_LM, label="teacher",
+                      quiet=quiet, device=torch.device("cpu"),
+                      evaluator=lambda m: heldout_loss(m, batches, CAUSAL_LM))
+    losses = [h["loss"] for h in trainer.train()]
+    val_loss = trainer.evals[-1]["eval_loss"] if trainer.evals else heldout_loss(model, batches, CAUSAL_LM)
     recipe = r | {
         "data": "builtin (Python standard library sources)", "data_hash": corpus.digest,
         "python": platform.python_version(), "tokenizer_hash": tokenizer_hash(tokenizer),
         "torch_version": torch.__version__, "train_tokens": r["steps"] * r["seq_len"] * r["batch_size"],
         "final_train_loss": sum(losses[-20:]) / len(losses[-20:]), "final_validation_loss": val_loss,
+        "validation_curve": trainer.evals,
         "train_seconds": time.time() - t0,
         "reproducibility": "bitwise equal for the same torch version, thread count and machine"}
     with atomic_dir(out) as tmp:

@@ -39,6 +39,7 @@ class TrainConfig:
     keep_checkpoints: int = 2
     bf16: Optional[bool] = None       # None: on where the device supports it (CUDA), off on CPU
     seed: int = 0
+    eval_every: int = 0               # held-out loss every N steps (and at 0 and the end); 0: never
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -84,10 +85,11 @@ class Trainer:
                  ckpt_dir: Optional[str | os.PathLike] = None, *, kind: str = "causal-lm",
                  extra_params: Optional[list] = None, scheme=None, label: str = "train",
                  quiet: bool = False, on_step: Optional[Callable[[int, "Trainer"], None]] = None,
-                 device: Optional[torch.device] = None):
+                 device: Optional[torch.device] = None, evaluator: Optional[Callable[[torch.nn.Module], float]] = None):
         self.rank, self.world = dist_info()
         self.model, self.objective, self.stream, self.cfg = model, objective, stream, cfg
         self.kind, self.scheme, self.label, self.on_step = kind, scheme, label, on_step
+        self.evaluator = evaluator if cfg.eval_every else None
         self.quiet = quiet or self.rank != 0
         self.device = device or next(model.parameters()).device
         self.ckpt_dir = Path(ckpt_dir) if ckpt_dir is not None else None
@@ -107,6 +109,7 @@ class Trainer:
             lr=cfg.lr, betas=tuple(cfg.betas), fused=fused_ok or None)
         self.step = 0
         self.history: list[dict] = []
+        self.evals: list[dict] = []       # {"step": optimiser steps done, "eval_loss"}: the held-out curve
         self.skipped: list[int] = []
         if cfg.batch_size % self.world:
             raise EdgekdError(f"batch size {cfg.batch_size} is not divisible by {self.world} processes: pick a multiple")
@@ -145,7 +148,7 @@ class Trainer:
             py_state = random.getstate()
             write_json(tmp / "trainer.json", {
                 "step": self.step, "data": self.stream.state_dict(), "history": self.history,
-                "skipped": self.skipped, "python_rng": [py_state[0], list(py_state[1]), py_state[2]],
+                "evals": self.evals, "skipped": self.skipped, "python_rng": [py_state[0], list(py_state[1]), py_state[2]],
                 "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self.cfg).items()},
             })
         for old in self.checkpoints()[:-max(1, self.cfg.keep_checkpoints)]:
@@ -183,6 +186,7 @@ class Trainer:
         self.step = int(meta["step"])
         self.stream.load_state_dict(meta["data"])
         self.history = meta["history"]
+        self.evals = meta.get("evals", [])
         self.skipped = meta.get("skipped", [])
 
     def resume(self) -> bool:
@@ -268,8 +272,12 @@ class Trainer:
                       TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
                       disable=self.quiet, transient=False) as bar:
             task = bar.add_task(self.label, total=cfg.steps, completed=self.step, info="")
+            if self.step == 0:
+                self._evaluate()
             while self.step < cfg.steps:
                 rec = self.train_step()
+                if self.step % max(1, cfg.eval_every) == 0 or self.step == cfg.steps:
+                    self._evaluate()
                 tok0 += rec["tokens"]
                 tps = tok0 / max(1e-9, time.time() - t0)
                 rec["tokens_per_s"] = tps
@@ -282,6 +290,11 @@ class Trainer:
                 if self.on_step is not None:
                     self.on_step(self.step, self)
         return self.history
+
+    def _evaluate(self) -> None:
+        """One point of the held-out loss curve (rank 0 records it; no randomness is consumed)."""
+        if self.evaluator is not None and not (self.evals and self.evals[-1]["step"] == self.step):
+            self.evals.append({"step": self.step, "eval_loss": float(self.evaluator(self.model))})
 
 
 class _null:

@@ -19,17 +19,18 @@ RECIPE = {
         "tie_word_embeddings": False, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
     },
     "seed": 1234,
-    "steps": 500,
+    "steps": 3000,
     "seq_len": 256,
     "batch_size": 8,
     "lr": 2e-3,
     "min_lr_ratio": 0.1,
-    "warmup_steps": 50,
+    "warmup_steps": 100,
     "weight_decay": 0.1,
     "grad_clip": 1.0,
-    "threads": 1,
+    "threads": 2,
     "dtype": "float32",
     "eval_blocks": 64,
+    "eval_every": 250,
 }
 
 
