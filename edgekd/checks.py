@@ -76,7 +76,8 @@ def thread_count(name: str, value: Optional[int], cores: Optional[int] = None,
 
 def distill_numbers(*, steps=None, temperature=2.0, alpha=0.5, latency_budget_ms=None, batch_size=8,
                     seq_len=256, lr=2e-3, seed=0, micro_batch_size=None, warmup_steps=None,
-                    checkpoint_every=None, eval_blocks=48, init_batches=4, threads=None, **_ignored) -> None:
+                    checkpoint_every=None, eval_blocks=48, eval_every=None, init_batches=4, threads=None,
+                    **_ignored) -> None:
     optional_number("--steps", steps, low=1, integer=True)
     if isinstance(temperature, str) and temperature != "auto":
         try:
@@ -95,6 +96,7 @@ def distill_numbers(*, steps=None, temperature=2.0, alpha=0.5, latency_budget_ms
     optional_number("warmup_steps", warmup_steps, low=0, integer=True)
     optional_number("checkpoint_every", checkpoint_every, low=1, integer=True)
     number("eval_blocks", eval_blocks, low=1, integer=True)
+    optional_number("eval_every", eval_every, low=0, integer=True)
     number("init_batches", init_batches, low=1, integer=True)
     thread_count("threads", threads)
 

@@ -44,6 +44,7 @@ class DistillConfig:
     warmup_steps: Optional[int] = None
     checkpoint_every: Optional[int] = None
     eval_blocks: int = 48
+    eval_every: Optional[int] = None               # held-out loss curve every N steps; None: steps // 10, 0: off
     scratch: bool = True                           # train the baselines (scratch and ce_only, run.BASELINES)
     student_init: str = "teacher"
     init_batches: int = 4                          # batches the student's initialisation may look at

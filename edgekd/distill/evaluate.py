@@ -93,3 +93,30 @@ def temperature_examples(teacher, blocks: torch.Tensor, tokenizer, temperatures=
                         for T in temperatures},
         })
     return out
+
+
+@torch.no_grad()
+def continuations(models: dict, blocks: torch.Tensor, tokenizer, device=None, n: int = 3, prompt_len: int = 48,
+                  new_tokens: int = 32) -> list[dict]:
+    """Greedy continuations of a few held-out prompts by each model, beside the text that really followed:
+    what a reader looks at to see what the losses mean."""
+    if blocks is None or not len(blocks) or tokenizer is None:
+        return []
+    prompt_len = min(prompt_len, blocks.shape[1] // 2)
+    new_tokens = min(new_tokens, blocks.shape[1] - prompt_len)
+    rows = sorted({int(i) for i in torch.linspace(0, len(blocks) - 1, min(n, len(blocks)))})
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    out = []
+    for r in rows:
+        prompt = blocks[r:r + 1, :prompt_len].to(device)
+        ex = {"prompt": tokenizer.decode(prompt[0].tolist()),
+              "reference": tokenizer.decode(blocks[r, prompt_len:prompt_len + new_tokens].tolist())}
+        for name, m in models.items():
+            was = m.training
+            m.eval()
+            ids = m.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                             do_sample=False, pad_token_id=pad)
+            m.train(was)
+            ex[name] = tokenizer.decode(ids[0, prompt_len:].tolist())
+        out.append(ex)
+    return out

@@ -64,7 +64,14 @@ class RunContext:
         c = self.cfg
         return TrainConfig(steps=steps, batch_size=c.batch_size, micro_batch_size=c.micro_batch_size, lr=c.lr,
                            warmup_steps=c.warmup_steps if c.warmup_steps is not None else max(1, steps // 10),
-                           checkpoint_every=c.checkpoint_every or max(1, steps // 4), seed=c.seed, bf16=c.bf16)
+                           checkpoint_every=c.checkpoint_every or max(1, steps // 4), seed=c.seed, bf16=c.bf16,
+                           eval_every=c.eval_every if c.eval_every is not None else max(1, steps // 10))
+
+    def heldout_loss(self, model) -> float:
+        """A point of a model's held-out loss curve: the same batches the report evaluates on."""
+        from edgekd.distill.evaluate import heldout_loss
+
+        return heldout_loss(model, self.data.eval_batches, self.kind, self.device)
 
 
 @dataclass
@@ -190,7 +197,7 @@ def train_stage(ctx: RunContext, stage, previous) -> Trained:
     trainer = Trainer(model, DistillObjective(loss_fn, scheme, ctx.causal), stage.stream,
                       ctx.train_config(stage.steps), ctx.out / "checkpoints" / stage.checkpoint, kind=ctx.kind,
                       extra_params=list(loss_fn.parameters()) + list(scheme.extra_parameters()), scheme=scheme,
-                      label=stage.label, quiet=cfg.quiet, device=ctx.device)
+                      label=stage.label, quiet=cfg.quiet, device=ctx.device, evaluator=ctx.heldout_loss)
     if cfg.resume:
         trainer.resume()
     trainer.train()
@@ -219,7 +226,7 @@ def train_baseline(ctx: RunContext, name: str) -> Trained:
         model.to(ctx.device)
         trainer = Trainer(model, hard_label_objective(ctx.causal), ctx.data.stream(), ctx.train_config(ctx.steps),
                           ctx.out / "checkpoints" / name, kind=ctx.kind, label=name, quiet=ctx.cfg.quiet,
-                          device=ctx.device)
+                          device=ctx.device, evaluator=ctx.heldout_loss)
         if ctx.cfg.resume:
             trainer.resume()
         trainer.train()
@@ -228,7 +235,7 @@ def train_baseline(ctx: RunContext, name: str) -> Trained:
 
 def report_run(ctx: RunContext, plan, trained: list, baselines: dict, status: str) -> RunResult:
     """Evaluate every model on the held-out batches and write report.json, report.md and the plots."""
-    from edgekd.distill.evaluate import evaluate, temperature_examples
+    from edgekd.distill.evaluate import continuations, evaluate, temperature_examples
     from edgekd.distill.schemes import arch_summary
     from edgekd.models.students import count_params, size_mb
     from edgekd.report import build_report, write_run_report
@@ -242,10 +249,15 @@ def report_run(ctx: RunContext, plan, trained: list, baselines: dict, status: st
     temps = temperature_examples(ctx.teacher, ctx.data.example_ids.to(ctx.device), ctx.tokenizer) if ctx.causal else []
     sizes = {name: {"params": count_params(m), "size_mb": size_mb(m)} for name, m in ({"teacher": ctx.teacher} | named).items()}
     histories = {"distilled": _joined_history(trained)} | {k: b.trainer.history for k, b in baselines.items()}
+    curves = {"student": _joined_history(trained, "evals")} | {k: b.trainer.evals for k, b in baselines.items()}
+    side_by_side = (continuations({"teacher": ctx.teacher, "student": student} |
+                                  ({"ce_only": baselines["ce_only"].model} if "ce_only" in baselines else {}),
+                                  ctx.data.heldout_ids, ctx.tokenizer, ctx.device) if ctx.causal else [])
     ctx.timer.add("total", time.time() - ctx.started, 0.0)  # every invocation's, from loading to the report
     timings = {k: v["wall_s"] for k, v in ctx.timer.phases.items()} | {"invocations": ctx.timer.invocations}
     rep = build_report(config=ctx.resolved, evals=evals, sizes=sizes, histories=histories, temperature_examples=temps,
-                       init_info=trained[-1].init_info, student_config=ctx.student_config.to_dict(), timings=timings)
+                       init_info=trained[-1].init_info, student_config=ctx.student_config.to_dict(), timings=timings,
+                       eval_curves=curves, continuations=side_by_side)
     rep["kind"], rep["status"] = ctx.kind, status
     if len(trained) > 1:
         rep["distillation"]["stages"] = [
@@ -260,13 +272,14 @@ def report_run(ctx: RunContext, plan, trained: list, baselines: dict, status: st
     return RunResult(ctx.out, rep, ctx.kind, ctx.data.heldout_ids, histories, temps)
 
 
-def _joined_history(trained: list) -> list:
-    """One history over all stages: steps continue across stages, each record says its stage."""
+def _joined_history(trained: list, what: str = "history") -> list:
+    """One history (or held-out curve, what="evals") over all stages: steps continue across stages, each
+    record says its stage."""
     if len(trained) == 1:
-        return trained[0].trainer.history
+        return getattr(trained[0].trainer, what)
     history, offset = [], 0
     for i, t in enumerate(trained):
-        history += [{**h, "step": h["step"] + offset, "stage": i + 1} for h in t.trainer.history]
+        history += [{**h, "step": h["step"] + offset, "stage": i + 1} for h in getattr(t.trainer, what)]
         offset += t.trainer.cfg.steps
     return history
 

@@ -25,7 +25,9 @@ ENGINE_KEYS: dict = {
     "latency": {"predicted_ms": None, "measured": None},
     "exports": None,                     # {} from the engine alone
     "distillation": {"loss": None, "temperature": None, "alpha": None, "scheme": None, "steps": None,
-                     "skipped_steps": None, "student_beats_scratch": None, "kd_vs_ce_only": None},
+                     "skipped_steps": None, "student_beats_scratch": None, "kd_vs_ce_only": None,
+                     "eval_curves": None,        # {student, ce_only, scratch: [{step, eval_loss}]}
+                     "continuations": None},     # causal LMs: [{prompt, reference, teacher, student, ce_only}]
     "timings_s": None,
 }
 

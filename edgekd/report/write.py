@@ -14,7 +14,8 @@ from edgekd.targets.spec import generation_budget_words
 
 def build_report(*, config: dict, evals: dict, sizes: dict, histories: dict, temperature_examples: list,
                  init_info: dict, student_config: dict, latency: Optional[dict] = None,
-                 exports: Optional[dict] = None, timings: Optional[dict] = None) -> dict:
+                 exports: Optional[dict] = None, timings: Optional[dict] = None,
+                 eval_curves: Optional[dict] = None, continuations: Optional[list] = None) -> dict:
     def entry(name):
         e = dict(evals.get(name, {}))
         e.update(sizes.get(name, {}))
@@ -41,6 +42,8 @@ def build_report(*, config: dict, evals: dict, sizes: dict, histories: dict, tem
             "student_beats_scratch": (student.get("eval_loss") is not None and "eval_loss" in evals.get("scratch", {})
                                       and student["eval_loss"] < evals["scratch"]["eval_loss"]),
             "kd_vs_ce_only": kd_over_ce_only(evals),
+            "eval_curves": eval_curves or {},
+            "continuations": continuations or [],
         },
         "timings_s": timings or {},
     }
@@ -82,12 +85,47 @@ def plot_losses(histories: dict, path: Path) -> None:
     ax.set_xlabel("optimiser step")
     ax.set_ylabel("training loss (smoothed)")
     ax.set_title("Distilled student vs the baselines (ce_only: hard labels, same start; scratch: random start)")
+    _save(fig, ax, path)
+
+
+def _save(fig, ax, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
+
+
+def plot_eval_curves(curves: dict, teacher_loss: Optional[float], path: Path) -> None:
+    """Held-out loss over optimiser steps of the distilled student and its baselines, with the teacher's."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, pts in curves.items():
+        pts = [p for p in pts if math.isfinite(p["eval_loss"])]
+        if pts:
+            ax.plot([p["step"] for p in pts], [p["eval_loss"] for p in pts], marker="o", ms=3,
+                    label=CURVE_LABELS.get(name, name))
+    if teacher_loss is not None:
+        ax.axhline(teacher_loss, color="black", ls="--", lw=1, label="teacher")
+    finite = [p["eval_loss"] for pts in curves.values() for p in pts[1:] if math.isfinite(p["eval_loss"])]
+    if finite and teacher_loss is not None:  # the start (random weights) would flatten the interesting part
+        lo, hi = min(finite + [teacher_loss]), max(finite)
+        ax.set_ylim(lo - 0.05 * (hi - lo + 1e-9), hi + 0.05 * (hi - lo + 1e-9))
+    ax.set_xlabel("optimiser step")
+    ax.set_ylabel("held-out loss")
+    ax.set_title("Held-out loss while training (the same batches the report evaluates)")
+    _save(fig, ax, path)
+
+
+CURVE_LABELS = {"student": "distilled student", "ce_only": "ce_only (hard labels, same start)",
+                "scratch": "scratch (hard labels, random start)"}
 
 
 def plot_temperature(examples: list, path: Path) -> None:
@@ -194,13 +232,33 @@ def render_markdown(rep: dict, kind: str = "causal-lm") -> str:
     skipped = {k: v for k, v in d.get("skipped_steps", {}).items() if v}
     if skipped:
         lines += [f"Skipped (non-finite) steps: {skipped}", ""]
-    lines += ["## Plots", "", "![loss curves](plots/loss_curves.png)", "",
+    lines += _continuations_section(d.get("continuations") or [])
+    lines += ["## Plots", "", "![held-out loss](plots/eval_curves.png)", "", "![loss curves](plots/loss_curves.png)", "",
               "![temperature](plots/temperature.png)", "",
               "Higher temperatures flatten the teacher's distribution, exposing how it ranks the wrong answers "
               "(the 'dark knowledge' the student learns from).", ""]
     if rep.get("search"):
         lines += ["", render_target_section(rep)]
     return "\n".join(lines)
+
+
+def _cell(text: str) -> str:
+    """Model output as one markdown table cell: newlines shown, pipes and backticks escaped."""
+    return "`" + text.replace("`", "'").replace("|", "\\|").replace("\n", "⏎ ") + "`" if text else "—"
+
+
+def _continuations_section(examples: list) -> list[str]:
+    if not examples:
+        return []
+    names = [n for n in ("teacher", "student", "ce_only") if n in examples[0]]
+    lines = ["## Held-out continuations", "", f"Greedy continuations of held-out prompts ({len(examples)} of them), "
+             "beside the text that really followed (⏎ is a newline).", ""]
+    for i, ex in enumerate(examples, 1):
+        lines += [f"**Prompt {i}**: {_cell(ex['prompt'][-160:])}", "", "| | continuation |", "|---|---|",
+                  f"| held-out text | {_cell(ex.get('reference', ''))} |"]
+        lines += [f"| {CURVE_LABELS.get(n, n).split(' (')[0]} | {_cell(ex[n])} |" for n in names]
+        lines.append("")
+    return lines
 
 
 STATUS_WORDS = {"incomplete": "INCOMPLETE", "failed": "FAILED", "interrupted": "INTERRUPTED"}
@@ -245,6 +303,8 @@ def write_run_report(run_dir: Path, rep: dict, histories: dict, temperature_exam
     plots = run_dir / "plots"
     plots.mkdir(parents=True, exist_ok=True)
     plot_losses(histories, plots / "loss_curves.png")
+    plot_eval_curves(rep.get("distillation", {}).get("eval_curves") or {}, rep.get("teacher", {}).get("eval_loss"),
+                     plots / "eval_curves.png")
     plot_temperature(temperature_examples, plots / "temperature.png")
     write_json(run_dir / "report.json", rep)
     write_text(run_dir / "report.md", render_markdown(rep, kind))
