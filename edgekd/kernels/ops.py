@@ -46,15 +46,20 @@ def _as_rows(x: Tensor) -> Tensor:
 
 def _launch(student: Tensor, teacher: Tensor, labels: Optional[Tensor], temperature: float, alpha: float,
             divergence: int, beta: float, ignore_index: int, grad_scale: float, loss: Tensor,
-            grad: Optional[Tensor]) -> None:
+            grad: Optional[Tensor], row_scale: Optional[Tensor] = None) -> None:
+    """One kernel call: loss[r] and grad[r] = grad_scale · row_scale[r] · d loss[r]/d student[r] (float32
+    factors, one rounding to the student's dtype)."""
     rows, V = student.shape
+    if rows == 0:
+        return
+    if row_scale is not None:
+        row_scale = row_scale.to(device=student.device, dtype=torch.float32).contiguous()
     args = (student.data_ptr(), _DTYPES[student.dtype], student.stride(0),
             teacher.data_ptr(), _DTYPES[teacher.dtype], teacher.stride(0),
             labels.data_ptr() if labels is not None else 0, rows, V,
             temperature, alpha, divergence, beta, ignore_index, grad_scale,
-            loss.data_ptr(), grad.data_ptr() if grad is not None else 0, grad.stride(0) if grad is not None else 0)
-    if rows == 0:
-        return
+            loss.data_ptr(), grad.data_ptr() if grad is not None else 0, grad.stride(0) if grad is not None else 0,
+            row_scale.data_ptr() if row_scale is not None else 0)
     if student.device.type == "cuda":
         with torch.cuda.device(student.device):
             _C.kd_forward_cuda(*args, torch.cuda.current_stream().cuda_stream)

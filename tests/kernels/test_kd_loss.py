@@ -1,5 +1,6 @@
 """The fused CPU kernel against the float64 reference, across the cases DESIGN.md defines."""
 
+import math
 import os
 import subprocess
 import sys
@@ -143,6 +144,10 @@ def test_gradcheck_reference_in_double():
         s = torch.randn(3, 7, dtype=torch.float64, requires_grad=True)
         t = torch.randn(3, 7, dtype=torch.float64)
         t[0, 2] = float("-inf")
+        with torch.no_grad():  # a vocabulary entry both models mask; for reverse KL and JSD a student-only one
+            t[2, 5], s[2, 5] = float("-inf"), float("-inf")
+            if div != "forward_kl":
+                s[1, 0] = float("-inf")
         lab = torch.tensor([1, -100, 4])
         f = lambda x: kd_loss_reference64(x, t, lab, temperature=1.7, alpha=0.3, divergence=div, beta=0.4)
         assert torch.autograd.gradcheck(f, (s,))
@@ -348,3 +353,91 @@ def test_jsd_edge_betas_with_masked_teacher(beta):
     ref = kd_loss_reference(s, t, lab, temperature=2.0, alpha=0.5, divergence="jsd", beta=beta)
     assert torch.isfinite(ref)
     check_against_reference(s, t, lab, temperature=2.0, alpha=0.5, divergence="jsd", beta=beta)
+
+
+# --- reverse KL with vocabulary masks, one rounding in low precision, float64 (issue 12, item 3) ----
+
+def _reverse_kl64(s, t, T):
+    """Reverse KL, written out here in float64 independently of the reference module: per row, the
+    student's softmax at T renormalised over the teacher's support S = {t finite} (a teacher mask
+    masks the student too), D = T² Σ_{q>0} q (log q − log p), and its gradient
+    dD/ds_j = T q_j (log q_j − log p_j − D/T²) on q_j > 0, 0 elsewhere."""
+    s, t = s.double(), t.double()
+    loss, grad = torch.zeros(s.shape[0], dtype=torch.float64), torch.zeros_like(s)
+    for r in range(s.shape[0]):
+        on = torch.isfinite(t[r]) & torch.isfinite(s[r])
+        a, b = t[r][torch.isfinite(t[r])] / T, s[r][on] / T
+        log_p = t[r][on] / T - (a.max() + torch.log(torch.exp(a - a.max()).sum()))
+        log_q = b - (b.max() + torch.log(torch.exp(b - b.max()).sum()))
+        q = log_q.exp()
+        d = float((q * (log_q - log_p)).sum())
+        loss[r] = T * T * d
+        grad[r, on] = T * q * (log_q - log_p - d)
+    return loss, grad
+
+
+def _masked_rows(rows, V, seed, student_mask=0.0):
+    g = torch.Generator().manual_seed(seed)
+    s, t = torch.randn(rows, V, generator=g) * 3, torch.randn(rows, V, generator=g) * 3
+    t[torch.rand(rows, V, generator=g) < 0.3] = float("-inf")
+    t[0, s[0].argmax()] = float("-inf")  # the student's favourite token masked: its shift moves
+    if student_mask:
+        keep_one = torch.isfinite(t)  # leave each row at least one finite student logit on the support
+        m = torch.rand(rows, V, generator=g) < student_mask
+        m[torch.arange(rows), keep_one.float().argmax(1)] = False
+        s[m] = float("-inf")
+    return s, t
+
+
+@pytest.mark.parametrize("impl", [kd_loss, kd_loss_reference], ids=["fused", "reference"])
+def test_reverse_kl_teacher_mask_masks_the_student(impl):
+    """The issue's case: a teacher mask used to give a negative loss and push the student onto the
+    masked token. Now the student is renormalised over the teacher's support: loss 0, gradient 0."""
+    s, t = torch.zeros(1, 3), torch.tensor([[0.0, 0.0, float("-inf")]])
+    loss, grad = run(impl, s, t, None, 1.0, divergence="reverse_kl")
+    assert float(loss) == 0.0 and torch.all(grad == 0)
+    x = torch.zeros(1, 3, requires_grad=True)
+    opt = torch.optim.SGD([x], lr=1.0)
+    for _ in range(200):
+        opt.zero_grad()
+        out = impl(x, t + torch.tensor([[0.5, -0.5, 0.0]]), divergence="reverse_kl", temperature=2.0)
+        assert float(out.detach()) >= -1e-6
+        out.backward()
+        assert float(x.grad[0, 2]) == 0.0  # nothing ever moves the masked token
+        opt.step()
+    assert float(x[0, 2]) == 0.0 and float(torch.softmax(x.detach(), -1)[0, 2]) < 0.34
+
+
+@pytest.mark.parametrize("impl", [kd_loss, kd_loss_reference], ids=["fused", "reference"])
+def test_reverse_kl_masked_student_is_finite(impl):
+    """A −inf student logit against a finite teacher: 0·log 0 = 0, not NaN (KL([½,½,0] ‖ ⅓) = log 1.5)."""
+    s, t = torch.tensor([[0.0, 0.0, float("-inf")]]), torch.zeros(1, 3)
+    loss, grad = run(impl, s, t, None, 1.0, divergence="reverse_kl")
+    assert abs(float(loss) - math.log(1.5)) < 1e-6 and torch.all(grad == 0)
+    s2 = torch.tensor([[0.3, -0.2, float("-inf"), 1.0]])
+    t2 = torch.tensor([[0.1, 0.4, 2.0, -1.0]])
+    ref_l, ref_g = _reverse_kl64(s2, t2, 1.0)
+    loss, grad = run(impl, s2, t2, None, 1.0, divergence="reverse_kl", reduction="sum")
+    assert abs(float(loss) - float(ref_l.sum())) < 1e-6 and rel_err(grad, ref_g) < 1e-5
+
+
+@pytest.mark.parametrize("impl", [kd_loss, kd_loss_reference], ids=["fused", "reference"])
+@pytest.mark.parametrize("T", [0.5, 1.0, 2.0])
+@pytest.mark.parametrize("student_mask", [0.0, 0.2])
+@pytest.mark.parametrize("V", [37, 1271])
+def test_reverse_kl_masks_against_independent_formula(impl, T, student_mask, V):
+    s, t = _masked_rows(6, V, seed=V + int(10 * T), student_mask=student_mask)
+    ref_l, ref_g = _reverse_kl64(s, t, T)
+    loss, grad = run(impl, s, t, None, torch.ones(6), divergence="reverse_kl", temperature=T, reduction="none")
+    assert (loss >= 0).all() and torch.isfinite(grad).all()
+    assert rel_err(loss, ref_l) < 2e-5 and rel_err(grad, ref_g) < 2e-5
+
+
+def test_reverse_kl_masks_with_hard_labels_and_low_precision():
+    """CE keeps the student's full softmax (at T = 1, where the kernel otherwise shares the exponentials)."""
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        for T in (1.0, 2.0, 0.5):
+            s, t = _masked_rows(9, 1271, seed=3, student_mask=0.1)
+            lab = torch.randint(0, 1271, (9,), generator=torch.Generator().manual_seed(4))
+            lab = torch.where(torch.isfinite(s[torch.arange(9), lab]), lab, torch.full_like(lab, -100))
+            check_against_reference(s.to(dtype), t.to(dtype), lab, temperature=T, alpha=0.4, divergence="reverse_kl")
