@@ -23,7 +23,7 @@ def check_args(student_logits, teacher_logits, labels, temperature, alpha, diver
         raise ValueError("student_logits: needs a non-empty last (vocabulary) dimension")
     for name, t in (("student_logits", student_logits), ("teacher_logits", teacher_logits)):
         if t.dtype not in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
-            raise ValueError(f"{name}: dtype {t.dtype} is not one of float32, bfloat16, float16")
+            raise ValueError(f"{name}: dtype {t.dtype} is not one of float32, bfloat16, float16, float64")
     if student_logits.device != teacher_logits.device:
         raise ValueError(f"teacher_logits: on {teacher_logits.device}, student_logits on {student_logits.device}")
     if labels is not None:
@@ -87,10 +87,17 @@ def divergence_rows(s: torch.Tensor, t: torch.Tensor, temperature: float, diverg
 
 def kd_loss_reference(student_logits, teacher_logits, labels=None, *, temperature=1.0, alpha=1.0,
                       divergence="forward_kl", beta=0.5, ignore_index=-100, reduction="batchmean"):
-    """Same contract as kernels.kd_loss, computed in float64 with autograd; returns float32."""
+    """Same contract as kernels.kd_loss, computed in float64 with autograd; returns the loss in
+    `loss_dtype` (float64 when either input is float64, else float32)."""
     return kd_loss_reference64(student_logits, teacher_logits, labels, temperature=temperature, alpha=alpha,
                                divergence=divergence, beta=beta, ignore_index=ignore_index,
-                               reduction=reduction).float()
+                               reduction=reduction).to(loss_dtype(student_logits, teacher_logits))
+
+
+def loss_dtype(student_logits, teacher_logits) -> torch.dtype:
+    """The dtype of the loss kd_loss returns: float64 for float64 inputs, float32 for everything else."""
+    wide = torch.float64 in (student_logits.dtype, teacher_logits.dtype)
+    return torch.float64 if wide else torch.float32
 
 
 def kd_loss_reference64(student_logits, teacher_logits, labels=None, *, temperature=1.0, alpha=1.0,

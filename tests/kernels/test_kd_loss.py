@@ -441,3 +441,73 @@ def test_reverse_kl_masks_with_hard_labels_and_low_precision():
             lab = torch.randint(0, 1271, (9,), generator=torch.Generator().manual_seed(4))
             lab = torch.where(torch.isfinite(s[torch.arange(9), lab]), lab, torch.full_like(lab, -100))
             check_against_reference(s.to(dtype), t.to(dtype), lab, temperature=T, alpha=0.4, divergence="reverse_kl")
+
+
+def _one_rounding_bound(ref, dtype):
+    """|x − ref| allowed for x = ref computed in float32 and rounded once to `dtype`."""
+    eps = torch.finfo(dtype).eps
+    tiny = 2.0 ** -25 if dtype == torch.float16 else 0.0  # half of float16's smallest subnormal step
+    return 0.5 * eps * ref.abs() + 2e-5 * ref.abs().max() + tiny
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("divergence", DIVS)
+def test_low_precision_gradient_rounds_once_with_reduction_none(dtype, divergence):
+    """A per-row upstream gradient is applied in float32 before the one rounding to bf16/fp16 (scaling
+    the rounded buffer rounded twice: up to several times one rounding)."""
+    s, t, lab = inputs(24, 3200, dtype=dtype, seed=21)
+    go = torch.randn(24, generator=torch.Generator().manual_seed(2)) * 3
+    kw = dict(temperature=2.0, alpha=0.7, divergence=divergence, reduction="none")
+    _, ref_g = run(kd_loss_reference64, s.double(), t.double(), lab, go, **kw)
+    _, grad = run(kd_loss, s, t, lab, go, **kw)
+    assert ((grad - ref_g).abs() <= _one_rounding_bound(ref_g, dtype)).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_gradient_rounds_once_with_scaled_loss(dtype):
+    """`(loss * c).backward()` (gradient accumulation, loss scaling) rounds once too."""
+    s, t, lab = inputs(16, 3200, dtype=dtype, seed=22)
+    kw = dict(temperature=2.0, alpha=0.5)
+    _, ref_g = run(kd_loss_reference64, s.double(), t.double(), lab, 0.3, **kw)
+    _, grad = run(kd_loss, s, t, lab, 0.3, **kw)
+    assert ((grad - ref_g).abs() <= _one_rounding_bound(ref_g, dtype)).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_fused_linear_low_precision_per_row_upstream(dtype):
+    """fused_linear_kd_loss with reduction="none": the per-row factor goes into the kernel (bf16: before its
+    rounding); the heads' gradients match the float64 reference through both matmuls."""
+    g = torch.Generator().manual_seed(3)
+    N, H, V = 40, 16, 300
+    hs = torch.randn(N, H, generator=g).to(dtype).requires_grad_()
+    ws = (torch.randn(V, H, generator=g) * 0.5).to(dtype).requires_grad_()
+    ht, wt = torch.randn(N, H, generator=g).to(dtype), (torch.randn(V, H, generator=g) * 0.5).to(dtype)
+    go = torch.randn(N, generator=g)
+    out = kernels.fused_linear_kd_loss(hs, ws, ht, wt, temperature=2.0, reduction="none", chunk_size=16)
+    out.backward(go)
+    h64, w64 = hs.detach().double().requires_grad_(), ws.detach().double().requires_grad_()
+    ref = kd_loss_reference64(h64 @ w64.t(), ht.double() @ wt.double().t(), temperature=2.0, reduction="none")
+    ref.backward(go.double())
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    assert rel_err(hs.grad, h64.grad) < tol and rel_err(ws.grad, w64.grad) < tol
+
+
+def test_float64_inputs_give_float64_loss_and_gradients():
+    s, t, lab = inputs(10, 300, dtype=torch.float64, seed=4)
+    for div in DIVS:
+        kw = dict(temperature=1.5, alpha=0.4, divergence=div)
+        x = s.clone().requires_grad_()
+        out = kd_loss(x, t, lab, **kw)
+        out.backward()
+        assert out.dtype == torch.float64 and x.grad.dtype == torch.float64
+        y = s.clone().requires_grad_()
+        ref = kd_loss_reference64(y, t, lab, **kw)
+        ref.backward()
+        assert float(abs(out - ref)) <= 1e-12 * float(abs(ref)) and rel_err(x.grad, y.grad) < 1e-12
+    g = torch.Generator().manual_seed(5)
+    hs = torch.randn(6, 8, dtype=torch.float64, generator=g, requires_grad=True)
+    ws = torch.randn(300, 8, dtype=torch.float64, generator=g, requires_grad=True)
+    out = kernels.fused_linear_kd_loss(hs, ws, torch.randn(6, 8, dtype=torch.float64, generator=g),
+                                       torch.randn(300, 8, dtype=torch.float64, generator=g), temperature=2.0)
+    out.backward()
+    assert out.dtype == torch.float64 and hs.grad.dtype == torch.float64 and ws.grad.dtype == torch.float64
