@@ -24,8 +24,9 @@ import torch
 
 from edgekd import kernels
 from edgekd.kernels import kd_loss, kd_loss_reference
+from edgekd.kernels.reference import kd_loss_reference64
 
-from ._kdtest import check_against_reference, inputs, rel_err, run
+from ._kdtest import check_against_reference, inputs, masked_rows, one_rounding_bound, rel_err, reverse_kl64, run
 
 ROOT = Path(__file__).resolve().parents[2]
 DIVS = ["forward_kl", "reverse_kl", "jsd"]
@@ -154,6 +155,31 @@ def test_neg_inf_teacher_entries(divergence, dtype, V):
     out, grad = run(kd_loss, s, t, lab, 1.0, temperature=2.0, alpha=0.5, divergence=divergence)
     assert torch.isfinite(out).all() and torch.isfinite(grad).all()
     check_against_reference(s, t, lab, temperature=2.0, alpha=0.5, divergence=divergence)
+
+
+@cuda
+@pytest.mark.parametrize("student_mask", [0.0, 0.2])
+@pytest.mark.parametrize("V", [1271, 32003])
+def test_reverse_kl_masks_against_independent_formula(student_mask, V):
+    """A teacher mask masks the student too (renormalised over the teacher's support); -inf student
+    logits add 0 (0 log 0): the float64 formula of _kdtest, not the reference module."""
+    s, t = masked_rows(6, V, seed=V, student_mask=student_mask)
+    ref_l, ref_g = reverse_kl64(s, t, 2.0)
+    loss, grad = run(kd_loss, s.cuda(), t.cuda(), None, torch.ones(6, device="cuda"), divergence="reverse_kl",
+                     temperature=2.0, reduction="none")
+    assert (loss >= 0).all() and rel_err(loss.cpu(), ref_l) < 2e-5 and rel_err(grad.cpu(), ref_g) < 2e-5
+
+
+@cuda
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("divergence", DIVS)
+def test_low_precision_gradient_rounds_once_with_reduction_none(dtype, divergence):
+    s, t, lab = cuda_inputs(24, 32003, dtype=dtype, seed=21)
+    go = torch.randn(24, generator=torch.Generator().manual_seed(2)).cuda() * 3
+    kw = dict(temperature=2.0, alpha=0.7, divergence=divergence, reduction="none")
+    _, ref_g = run(kd_loss_reference64, s.double(), t.double(), lab, go, **kw)
+    _, grad = run(kd_loss, s, t, lab, go, **kw)
+    assert ((grad - ref_g).abs() <= one_rounding_bound(ref_g, dtype)).all()
 
 
 @cuda

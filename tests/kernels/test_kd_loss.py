@@ -12,7 +12,8 @@ from edgekd import kernels
 from edgekd.kernels import kd_loss, kd_loss_reference
 from edgekd.kernels.reference import kd_loss_reference64
 
-from ._kdtest import check_against_reference, inputs, rel_err, run
+from ._kdtest import (check_against_reference, inputs, masked_rows, one_rounding_bound, rel_err, reverse_kl64,
+                      run)
 
 pytestmark = pytest.mark.skipif(kernels.backend("cpu") != "fused-cpu", reason="extension not built")
 
@@ -357,38 +358,6 @@ def test_jsd_edge_betas_with_masked_teacher(beta):
 
 # --- reverse KL with vocabulary masks, one rounding in low precision, float64 (issue 12, item 3) ----
 
-def _reverse_kl64(s, t, T):
-    """Reverse KL, written out here in float64 independently of the reference module: per row, the
-    student's softmax at T renormalised over the teacher's support S = {t finite} (a teacher mask
-    masks the student too), D = T² Σ_{q>0} q (log q − log p), and its gradient
-    dD/ds_j = T q_j (log q_j − log p_j − D/T²) on q_j > 0, 0 elsewhere."""
-    s, t = s.double(), t.double()
-    loss, grad = torch.zeros(s.shape[0], dtype=torch.float64), torch.zeros_like(s)
-    for r in range(s.shape[0]):
-        on = torch.isfinite(t[r]) & torch.isfinite(s[r])
-        a, b = t[r][torch.isfinite(t[r])] / T, s[r][on] / T
-        log_p = t[r][on] / T - (a.max() + torch.log(torch.exp(a - a.max()).sum()))
-        log_q = b - (b.max() + torch.log(torch.exp(b - b.max()).sum()))
-        q = log_q.exp()
-        d = float((q * (log_q - log_p)).sum())
-        loss[r] = T * T * d
-        grad[r, on] = T * q * (log_q - log_p - d)
-    return loss, grad
-
-
-def _masked_rows(rows, V, seed, student_mask=0.0):
-    g = torch.Generator().manual_seed(seed)
-    s, t = torch.randn(rows, V, generator=g) * 3, torch.randn(rows, V, generator=g) * 3
-    t[torch.rand(rows, V, generator=g) < 0.3] = float("-inf")
-    t[0, s[0].argmax()] = float("-inf")  # the student's favourite token masked: its shift moves
-    if student_mask:
-        keep_one = torch.isfinite(t)  # leave each row at least one finite student logit on the support
-        m = torch.rand(rows, V, generator=g) < student_mask
-        m[torch.arange(rows), keep_one.float().argmax(1)] = False
-        s[m] = float("-inf")
-    return s, t
-
-
 @pytest.mark.parametrize("impl", [kd_loss, kd_loss_reference], ids=["fused", "reference"])
 def test_reverse_kl_teacher_mask_masks_the_student(impl):
     """The issue's case: a teacher mask used to give a negative loss and push the student onto the
@@ -416,7 +385,7 @@ def test_reverse_kl_masked_student_is_finite(impl):
     assert abs(float(loss) - math.log(1.5)) < 1e-6 and torch.all(grad == 0)
     s2 = torch.tensor([[0.3, -0.2, float("-inf"), 1.0]])
     t2 = torch.tensor([[0.1, 0.4, 2.0, -1.0]])
-    ref_l, ref_g = _reverse_kl64(s2, t2, 1.0)
+    ref_l, ref_g = reverse_kl64(s2, t2, 1.0)
     loss, grad = run(impl, s2, t2, None, 1.0, divergence="reverse_kl", reduction="sum")
     assert abs(float(loss) - float(ref_l.sum())) < 1e-6 and rel_err(grad, ref_g) < 1e-5
 
@@ -426,8 +395,8 @@ def test_reverse_kl_masked_student_is_finite(impl):
 @pytest.mark.parametrize("student_mask", [0.0, 0.2])
 @pytest.mark.parametrize("V", [37, 1271])
 def test_reverse_kl_masks_against_independent_formula(impl, T, student_mask, V):
-    s, t = _masked_rows(6, V, seed=V + int(10 * T), student_mask=student_mask)
-    ref_l, ref_g = _reverse_kl64(s, t, T)
+    s, t = masked_rows(6, V, seed=V + int(10 * T), student_mask=student_mask)
+    ref_l, ref_g = reverse_kl64(s, t, T)
     loss, grad = run(impl, s, t, None, torch.ones(6), divergence="reverse_kl", temperature=T, reduction="none")
     assert (loss >= 0).all() and torch.isfinite(grad).all()
     assert rel_err(loss, ref_l) < 2e-5 and rel_err(grad, ref_g) < 2e-5
@@ -437,17 +406,10 @@ def test_reverse_kl_masks_with_hard_labels_and_low_precision():
     """CE keeps the student's full softmax (at T = 1, where the kernel otherwise shares the exponentials)."""
     for dtype in (torch.float32, torch.bfloat16, torch.float16):
         for T in (1.0, 2.0, 0.5):
-            s, t = _masked_rows(9, 1271, seed=3, student_mask=0.1)
+            s, t = masked_rows(9, 1271, seed=3, student_mask=0.1)
             lab = torch.randint(0, 1271, (9,), generator=torch.Generator().manual_seed(4))
             lab = torch.where(torch.isfinite(s[torch.arange(9), lab]), lab, torch.full_like(lab, -100))
             check_against_reference(s.to(dtype), t.to(dtype), lab, temperature=T, alpha=0.4, divergence="reverse_kl")
-
-
-def _one_rounding_bound(ref, dtype):
-    """|x − ref| allowed for x = ref computed in float32 and rounded once to `dtype`."""
-    eps = torch.finfo(dtype).eps
-    tiny = 2.0 ** -25 if dtype == torch.float16 else 0.0  # half of float16's smallest subnormal step
-    return 0.5 * eps * ref.abs() + 2e-5 * ref.abs().max() + tiny
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -460,7 +422,7 @@ def test_low_precision_gradient_rounds_once_with_reduction_none(dtype, divergenc
     kw = dict(temperature=2.0, alpha=0.7, divergence=divergence, reduction="none")
     _, ref_g = run(kd_loss_reference64, s.double(), t.double(), lab, go, **kw)
     _, grad = run(kd_loss, s, t, lab, go, **kw)
-    assert ((grad - ref_g).abs() <= _one_rounding_bound(ref_g, dtype)).all()
+    assert ((grad - ref_g).abs() <= one_rounding_bound(ref_g, dtype)).all()
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -471,7 +433,7 @@ def test_low_precision_gradient_rounds_once_with_scaled_loss(dtype):
     kw = dict(temperature=2.0, alpha=0.5)
     _, ref_g = run(kd_loss_reference64, s.double(), t.double(), lab, 0.7, **kw)
     _, grad = run(kd_loss, s, t, lab, 0.7, **kw)
-    assert ((grad - ref_g).abs() <= _one_rounding_bound(ref_g, dtype)).all()
+    assert ((grad - ref_g).abs() <= one_rounding_bound(ref_g, dtype)).all()
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
