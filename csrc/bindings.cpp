@@ -47,24 +47,25 @@ PYBIND11_MODULE(_C, m) {
       [](uintptr_t student, int s_dtype, int64_t s_stride, uintptr_t teacher, int t_dtype, int64_t t_stride,
          uintptr_t labels, int64_t rows, int64_t V, float temperature, float alpha, int divergence, float beta,
          int64_t ignore_index, float grad_scale, uintptr_t loss, uintptr_t grad, int64_t g_stride,
-         int num_threads) {
+         uintptr_t row_scale, int num_threads) {
         KDParams p = edgekd::params_from_raw(student, s_dtype, s_stride, teacher, t_dtype, t_stride, labels, rows, V,
                                  temperature, alpha, divergence, beta, ignore_index, grad_scale, loss, grad,
-                                 g_stride, num_threads);
+                                 g_stride, num_threads, row_scale);
         py::gil_scoped_release release;
         edgekd::kd_forward_cpu(p);
       },
-      "Per-row fused KD(+CE) loss and, when grad != 0, its gradient w.r.t. the student logits (CPU).");
+      "Per-row fused KD(+CE) loss and, when grad != 0, its gradient w.r.t. the student logits times grad_scale\n"
+      "and, when row_scale != 0, the float32 factor row_scale[r] (CPU).");
 #ifdef EDGEKD_WITH_CUDA
   m.def(
       "kd_forward_cuda",
       [](uintptr_t student, int s_dtype, int64_t s_stride, uintptr_t teacher, int t_dtype, int64_t t_stride,
          uintptr_t labels, int64_t rows, int64_t V, float temperature, float alpha, int divergence, float beta,
          int64_t ignore_index, float grad_scale, uintptr_t loss, uintptr_t grad, int64_t g_stride,
-         uintptr_t stream) {
+         uintptr_t row_scale, uintptr_t stream) {
         KDParams p = edgekd::params_from_raw(student, s_dtype, s_stride, teacher, t_dtype, t_stride, labels, rows, V,
                                  temperature, alpha, divergence, beta, ignore_index, grad_scale, loss, grad,
-                                 g_stride, 0);
+                                 g_stride, 0, row_scale);
         int err;
         {
           py::gil_scoped_release release;

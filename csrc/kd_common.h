@@ -4,15 +4,20 @@
 //   a_i = (t_i - max t) / T,  b_i = (s_i - max s) / T
 //   p = softmax(a), q = softmax(b)   (teacher, student at temperature T)
 //   forward_kl: D = T^2 * sum p (log p - log q)
-//   reverse_kl: D = T^2 * sum_{t_i != -inf} q (log q - log p)        (masked entries contribute nothing)
+//   reverse_kl: D = T^2 * sum_i q~ (log q~ - log p),  q~ = softmax(b) over S = {i : t_i != -inf}, 0 off S
+//               (a teacher vocabulary mask masks the student too: q is renormalised over the teacher's
+//               support, so D >= 0 and no gradient moves mass onto a masked entry)
 //   jsd:        D = T^2 * (beta KL(p||m) + (1-beta) KL(q||m)),  m = beta p + (1-beta) q
 //   CE = -log softmax(s)[y]  (temperature 1; only when labels != nullptr and alpha < 1)
 //   loss[r] = alpha * D + (1 - alpha) * CE;  0 when y == ignore_index
-//   grad[r, :] = grad_scale * d loss[r] / d s[r, :]   (0 when ignored; skipped when grad == nullptr)
+//   grad[r, :] = grad_scale * row_scale[r] * d loss[r] / d s[r, :]   (row_scale[r] = 1 when row_scale is
+//     nullptr; 0 when ignored; skipped when grad == nullptr). The product is formed in float32 and
+//     rounded to the student's dtype once.
 //     forward_kl: dD/ds = T (q - p)
-//     reverse_kl: dD/ds_j = T q_j (g_j - G), g_j = [t_j != -inf](log q_j - log p_j + 1), G = sum q g
+//     reverse_kl: dD/ds_j = T q~_j (g_j - G), g_j = log q~_j - log p_j + 1, G = sum q~ g  (0 off S)
 //     jsd:        dD/ds_j = T q_j (g_j - G), g_j = (1-beta) log(q_j / m_j),            G = sum q g
 //     dCE/ds = softmax(s) - onehot(y)
+//   Terms with q = 0 (or p = 0) are 0: 0 log 0 = 0, so a -inf student logit gives no NaN.
 // Arithmetic is float32 whatever the input dtype; gradient stored in the student's dtype.
 #pragma once
 #include <cstdint>
@@ -38,6 +43,7 @@ struct KDParams {
   int divergence = kForwardKL;
   int64_t ignore_index = -100;
   float grad_scale = 1.f;
+  const float* row_scale = nullptr;  // [rows] float32 or nullptr: a per-row factor on the gradient
   float* loss = nullptr;  // [rows], float32
   void* grad = nullptr;   // [rows, V] in s_dtype, grad + r * g_stride + i; nullptr: no gradient
   int64_t g_stride = 0;
@@ -48,7 +54,8 @@ struct KDParams {
 inline KDParams params_from_raw(uintptr_t student, int s_dtype, int64_t s_stride, uintptr_t teacher, int t_dtype,
                             int64_t t_stride, uintptr_t labels, int64_t rows, int64_t V, float temperature,
                             float alpha, int divergence, float beta, int64_t ignore_index, float grad_scale,
-                            uintptr_t loss, uintptr_t grad, int64_t g_stride, int num_threads) {
+                            uintptr_t loss, uintptr_t grad, int64_t g_stride, int num_threads,
+                            uintptr_t row_scale) {
   KDParams p;
   p.student = reinterpret_cast<const void*>(student);
   p.s_dtype = s_dtype;
@@ -65,6 +72,7 @@ inline KDParams params_from_raw(uintptr_t student, int s_dtype, int64_t s_stride
   p.beta = beta;
   p.ignore_index = ignore_index;
   p.grad_scale = grad_scale;
+  p.row_scale = reinterpret_cast<const float*>(row_scale);
   p.loss = reinterpret_cast<float*>(loss);
   p.grad = reinterpret_cast<void*>(grad);
   p.g_stride = g_stride;

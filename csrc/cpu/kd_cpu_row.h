@@ -1,7 +1,8 @@
 // The fused KD row kernel, written once over a vector-ops type `VO` and compiled per ISA
 // (kd_cpu_scalar.cpp, kd_cpu_avx2.cpp, kd_cpu_neon.cpp). See kd_common.h for the math.
 //
-// Per row: pass 1 max of student and teacher; pass 2 the three normalisers (and, for forward KL,
+// Per row: pass 1 max of student and teacher (reverse KL: and of the student over the teacher's
+// support, where its normaliser is taken); pass 2 the three normalisers (and, for forward KL,
 // the loss); pass 3 (reverse KL, JSD only) the loss and the gradient's row constant; pass 4 the
 // gradient. The row is read from memory once; later passes hit L2 (a 32k-vocab row pair is 256 KB).
 // Everything lives in an anonymous namespace so each ISA's copy stays private to its TU.
@@ -56,6 +57,19 @@ struct RowKernel {
     return VO::hmax(VO::max(m0, m1));
   }
 
+  // Max of t and, in *mq, max of s over the entries where t is finite (reverse KL's student shift).
+  static float row_max_masked(const float* s, const float* t, int64_t n, float* mq) {
+    const V ninf = VO::set1(kNegInf);
+    V m0 = ninf, q0 = ninf;
+    for (int64_t i = 0; i < n; i += W) {
+      const V tv = load(t, i, n - i, kNegInf);
+      m0 = VO::max(m0, tv);
+      q0 = VO::max(q0, VO::select(VO::gt(tv, ninf), load(s, i, n - i, kNegInf), ninf));
+    }
+    *mq = VO::hmax(q0);
+    return VO::hmax(m0);
+  }
+
   // x^k for a small integer k (exact enough: k roundings).
   static inline V ipow(V x, int k) {
     V r = x;
@@ -70,9 +84,10 @@ struct RowKernel {
   }
 
   // One row. s, t: float rows of length n. es, et, e1: scratch rows (the exponentials of pass 2,
-  // reused by passes 3-4 so each element costs two or three exps in all). g: gradient out (may alias s).
+  // reused by passes 3-4 so each element costs two or three exps in all). g: gradient out (may alias s),
+  // gs: its factor (grad_scale times the row's row_scale).
   static float row(const KDParams& p, const float* s, const float* t, float* es_buf, float* et_buf, float* e1_buf,
-                   float* g, int64_t label, bool has_label) {
+                   float* g, int64_t label, bool has_label, float gs) {
     const int64_t n = p.V;
     const float T = p.temperature, invT = 1.f / T, alpha = p.alpha, beta = p.beta;
     const bool need_kd = alpha > 0.f;
@@ -80,19 +95,27 @@ struct RowKernel {
     const bool need_grad = g != nullptr;
     const bool t_is_one = T == 1.f;
     const bool fwd = p.divergence == edgekd::kForwardKL, rev = p.divergence == edgekd::kReverseKL;
-    const bool z1_separate = need_ce && !t_is_one;
-    const int pow_up = z1_separate ? small_int(T) : 0;                  // e1 = es^T
-    const int pow_down = z1_separate && !pow_up ? small_int(invT) : 0;  // es = e1^(1/T)
+    // Reverse KL takes the student's softmax over the teacher's support only (kd_common.h): its
+    // normaliser Zs skips masked entries and is shifted by mq, the student's max there.
+    const bool rev_kd = rev && need_kd;
 
     const float ms = row_max(s, n);
-    const float mt = need_kd ? row_max(t, n) : 0.f;
-    const V vms = VO::set1(ms), vmt = VO::set1(mt), vinvT = VO::set1(invT), zero = VO::set1(0.f);
+    float mq = ms;
+    const float mt = !need_kd ? 0.f : rev ? row_max_masked(s, t, n, &mq) : row_max(t, n);
+    // CE's normaliser Z1 is over every entry; it comes from the KD exponentials when they share its shift.
+    const bool same_shift = mq == ms;
+    const bool z1_separate = need_ce && (!t_is_one || rev_kd);
+    const int pow_up = z1_separate && same_shift ? (t_is_one ? 1 : small_int(T)) : 0;  // e1 = es^T
+    const int pow_down = z1_separate && same_shift && !pow_up ? small_int(invT) : 0;   // es = e1^(1/T)
+    const V vms = VO::set1(ms), vmq = VO::set1(mq), vmt = VO::set1(mt), vinvT = VO::set1(invT);
+    const V zero = VO::set1(0.f), vneginf = VO::set1(kNegInf);
 
     // Pass 2: normalisers Zs (student at T), Zt (teacher at T), Z1 (student at 1); forward-KL sum A.
     V zs0 = zero, zs1 = zero, zt0 = zero, zt1 = zero, z10 = zero, z11 = zero, a0 = zero, a1 = zero;
     auto pass2 = [&](int64_t i, int64_t m, V& zs, V& zt, V& z1, V& acc) {
       V sv = load(s, i, m, kNegInf);
-      V b = VO::mul(VO::sub(sv, vms), vinvT);
+      V tv = need_kd ? load(t, i, m, kNegInf) : zero;
+      V b = VO::mul(VO::sub(sv, vmq), vinvT);
       V es, e1 = zero;
       if (pow_down) {
         e1 = VO::exp(VO::sub(sv, vms));
@@ -102,6 +125,7 @@ struct RowKernel {
         if (pow_up) e1 = ipow(es, pow_up);
         else if (z1_separate) e1 = VO::exp(VO::sub(sv, vms));
       }
+      if (rev_kd) es = VO::select(VO::gt(tv, vneginf), es, zero);  // off the teacher's support: q = 0
       zs = VO::add(zs, es);
       if (need_grad || !fwd) store(es_buf, i, m, es);
       if (z1_separate) {
@@ -109,7 +133,7 @@ struct RowKernel {
         if (need_grad) store(e1_buf, i, m, e1);
       }
       if (need_kd) {
-        V a = VO::mul(VO::sub(load(t, i, m, kNegInf), vmt), vinvT);
+        V a = VO::mul(VO::sub(tv, vmt), vinvT);
         V et = VO::exp(a);
         zt = VO::add(zt, et);
         if (need_grad || !fwd) store(et_buf, i, m, et);
@@ -131,7 +155,7 @@ struct RowKernel {
 
     // Divergence (without T^2) and, for reverse KL / JSD, the gradient's row constant G.
     double D = 0.0, G = 0.0;
-    const V vlogZs = VO::set1(logZs), vlogZt = VO::set1(logZt), vneginf = VO::set1(kNegInf);
+    const V vlogZs = VO::set1(logZs), vlogZt = VO::set1(logZt);
     const V vbeta = VO::set1(beta), v1mbeta = VO::set1(1.f - beta), one = VO::set1(1.f);
     if (need_kd) {
       if (fwd) {
@@ -141,11 +165,10 @@ struct RowKernel {
         for (i = 0; i < n; i += W) {
           const int64_t m = n - i;
           V q = VO::mul(load(es_buf, i, m, 0.f), vinvZs);
-          V lb = VO::sub(VO::mul(VO::sub(load(s, i, m, kNegInf), vms), vinvT), vlogZs);  // log q
+          V lb = VO::sub(VO::mul(VO::sub(load(s, i, m, kNegInf), vmq), vinvT), vlogZs);  // log q
           if (rev) {
-            V tv = load(t, i, m, kNegInf);
-            V la = VO::sub(VO::mul(VO::sub(tv, vmt), vinvT), vlogZt);  // log p
-            V keep = VO::gt(tv, vneginf);
+            V la = VO::sub(VO::mul(VO::sub(load(t, i, m, kNegInf), vmt), vinvT), vlogZt);  // log p
+            V keep = VO::gt(q, zero);  // q = 0 (masked, or a -inf student logit): 0 log 0 = 0
             k0 = VO::add(k0, VO::select(keep, VO::mul(q, VO::sub(lb, la)), zero));
             k1 = VO::add(k1, VO::select(keep, q, zero));
           } else {
@@ -173,8 +196,7 @@ struct RowKernel {
     const float loss = (float)((need_kd ? alpha * (double)T * T * D : 0.0) + (need_ce ? (1.0 - alpha) * ce : 0.0));
 
     if (!need_grad) return loss;
-    // Pass 4: gradient of the row loss, times grad_scale; no exps, only the scratch rows.
-    const float gs = p.grad_scale;
+    // Pass 4: gradient of the row loss, times gs; no exps, only the scratch rows.
     const V kd_scale = VO::set1(need_kd ? gs * alpha * T : 0.f);
     const V ce_scale = VO::set1(need_ce ? gs * (1.f - alpha) : 0.f);
     const V vG = VO::set1((float)G);
@@ -187,7 +209,7 @@ struct RowKernel {
         if (fwd) {
           gd = VO::sub(q, VO::mul(load(et_buf, i, m, 0.f), vinvZt));
         } else {
-          V lb = VO::sub(VO::mul(VO::sub(load(s, i, m, kNegInf), vms), vinvT), vlogZs);
+          V lb = VO::sub(VO::mul(VO::sub(load(s, i, m, kNegInf), vmq), vinvT), vlogZs);
           V gj;
           if (rev) {
             V tv = load(t, i, m, kNegInf);
@@ -252,7 +274,8 @@ struct RowKernel {
         }
         float* g = nullptr;
         if (p.grad) g = s_f32 ? static_cast<float*>(p.grad) + r * p.g_stride : sbuf.data();  // in place over s
-        p.loss[r] = row(p, s, t, scratch.data(), scratch.data() + n, scratch.data() + 2 * n, g, label, has_label);
+        const float gs = p.row_scale ? p.grad_scale * p.row_scale[r] : p.grad_scale;
+        p.loss[r] = row(p, s, t, scratch.data(), scratch.data() + n, scratch.data() + 2 * n, g, label, has_label, gs);
         if (p.grad && !s_f32)
           VO::from_float(sbuf.data(), static_cast<uint16_t*>(p.grad) + r * p.g_stride, n, p.s_dtype);
       }

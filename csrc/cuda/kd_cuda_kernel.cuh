@@ -135,6 +135,7 @@ struct Args {
   int64_t rows, V;
   int64_t ignore_index;
   float T, invT, alpha, beta, grad_scale;
+  const float* row_scale;  // [rows] or nullptr: per-row factor on the gradient
   int divergence;
   bool kd;   // the divergence term is present (alpha > 0 and not a degenerate JSD)
   bool ce;   // the hard-label term is present (labels and alpha < 1)
@@ -164,6 +165,7 @@ inline bool make_args(const KDParams& p, Args* a, bool* multi_pass) {
   a->alpha = p.alpha;
   a->beta = p.beta;
   a->grad_scale = p.grad_scale;
+  a->row_scale = p.row_scale;
   a->divergence = p.divergence;
   // JSD with beta 0 or 1 is KL(q||q) or KL(p||p): exactly 0 with a zero gradient.
   const bool degenerate = p.divergence == kJSD && (p.beta <= 0.f || p.beta >= 1.f);
@@ -257,17 +259,21 @@ __device__ __forceinline__ void traverse(const S* s, const Tt* t, bool load_t, S
 
 // ---- pass 1: online statistics ------------------------------------------------------------------
 //
-// ms: max of s (raw); zs = sum exp((s - ms)/T); z1 = sum exp(s - ms); mt: max of finite t (raw);
+// ms: max of s (raw); z1 = sum exp(s - ms); mq: max of s over the entries in Zs (all of them, or for
+// reverse KL those where t is finite: the student is renormalised over the teacher's support);
+// zs = sum over those of exp((s - mq)/T); mt: max of finite t (raw);
 // zt = sum over finite t of exp((t - mt)/T); a = sum over finite t of exp(a_i) (a_i - b_i) with
 // a_i = (t_i - mt)/T, b_i = (s_i - ms)/T taken at the current maxima. An empty state has
-// ms = mt = -inf and zeros; the rescalings below only touch parts whose maximum is finite.
+// ms = mq = mt = -inf and zeros; the rescalings below only touch parts whose maximum is finite.
+// Outside reverse KL, mq == ms.
 struct Stat {
-  float ms, zs, z1, mt, zt, a;
+  float ms, mq, zs, z1, mt, zt, a;
 };
 
 __device__ __forceinline__ Stat empty_stat() {
   Stat st;
   st.ms = neg_inf();
+  st.mq = neg_inf();
   st.zs = 0.f;
   st.z1 = 0.f;
   st.mt = neg_inf();
@@ -280,16 +286,13 @@ __device__ __forceinline__ Stat empty_stat() {
 __device__ __forceinline__ Stat merge(const Stat& x, const Stat& y, float invT, bool kd, bool ce, bool fkl) {
   Stat r;
   r.ms = fmaxf(x.ms, y.ms);
+  r.mq = fmaxf(x.mq, y.mq);
   r.zs = 0.f;
   r.z1 = 0.f;
-  if (x.ms != neg_inf()) {
-    if (kd) r.zs += x.zs * __expf((x.ms - r.ms) * invT);
-    if (ce) r.z1 += x.z1 * __expf(x.ms - r.ms);
-  }
-  if (y.ms != neg_inf()) {
-    if (kd) r.zs += y.zs * __expf((y.ms - r.ms) * invT);
-    if (ce) r.z1 += y.z1 * __expf(y.ms - r.ms);
-  }
+  if (kd && x.mq != neg_inf()) r.zs += x.zs * __expf((x.mq - r.mq) * invT);
+  if (kd && y.mq != neg_inf()) r.zs += y.zs * __expf((y.mq - r.mq) * invT);
+  if (ce && x.ms != neg_inf()) r.z1 += x.z1 * __expf(x.ms - r.ms);
+  if (ce && y.ms != neg_inf()) r.z1 += y.z1 * __expf(y.ms - r.ms);
   r.mt = fmaxf(x.mt, y.mt);
   r.zt = 0.f;
   r.a = 0.f;
@@ -312,6 +315,7 @@ __device__ __forceinline__ Stat merge(const Stat& x, const Stat& y, float invT, 
 __device__ __forceinline__ Stat shfl_down(const Stat& st, int off) {
   Stat o;
   o.ms = __shfl_down_sync(0xffffffffu, st.ms, off);
+  o.mq = __shfl_down_sync(0xffffffffu, st.mq, off);
   o.zs = __shfl_down_sync(0xffffffffu, st.zs, off);
   o.z1 = __shfl_down_sync(0xffffffffu, st.z1, off);
   o.mt = __shfl_down_sync(0xffffffffu, st.mt, off);
@@ -323,7 +327,7 @@ __device__ __forceinline__ Stat shfl_down(const Stat& st, int off) {
 // ---- per-element pieces of passes 2 and 3 -------------------------------------------------------
 
 struct RowConst {
-  float ms, mt;          // raw maxima of s and of the finite t
+  float ms, mq, mt;      // raw maxima of s, of s in Zs (Stat::mq) and of the finite t
   float lzs, lzt, lz1;   // log normalisers: student at T, teacher at T, student at 1
   float G;               // reverse KL / JSD: sum_j q_j g_j
 };
@@ -345,6 +349,7 @@ __global__ void __launch_bounds__(B, 1024 / B) kd_fwd_kernel(const Args a) {
   const float invT = a.invT, T = a.T, beta = a.beta, omb = 1.f - a.beta;
   const bool kd = a.kd, ce = a.ce;
   const bool fkl = kd && a.divergence == kForwardKL;
+  const bool rkl = kd && a.divergence == kReverseKL;
   const bool two_pass = kd && a.divergence != kForwardKL;
 
   for (int64_t r = blockIdx.x; r < a.rows; r += gridDim.x) {
@@ -389,13 +394,22 @@ __global__ void __launch_bounds__(B, 1024 / B) kd_fwd_kernel(const Args a) {
           if (cms > st.ms) {
             if (st.ms != neg_inf()) {
               const float d = st.ms - cms;  // < 0
-              if (kd) st.zs *= __expf(d * invT);
               if (ce) st.z1 *= __expf(d);
               if (fkl) st.a -= d * invT * st.zt;  // every b_i seen so far drops by -d/T
             }
             st.ms = cms;
           }
           if (kd) {
+            float cmq = cms;
+            if (rkl) {  // reverse KL: the student's max over the teacher's support
+              cmq = tv[0] != neg_inf() ? sv[0] : neg_inf();
+#pragma unroll
+              for (int k = 1; k < N; ++k) cmq = fmaxf(cmq, tv[k] != neg_inf() ? sv[k] : neg_inf());
+            }
+            if (cmq > st.mq) {
+              if (st.mq != neg_inf()) st.zs *= __expf((st.mq - cmq) * invT);
+              st.mq = cmq;
+            }
             float cmt = tv[0];
 #pragma unroll
             for (int k = 1; k < N; ++k) cmt = fmaxf(cmt, tv[k]);
@@ -415,7 +429,9 @@ __global__ void __launch_bounds__(B, 1024 / B) kd_fwd_kernel(const Args a) {
             const float ds = sv[k] != neg_inf() ? sv[k] - st.ms : neg_inf();
             if (kd) {
               const float b = ds * invT;
-              st.zs += __expf(b);
+              // Reverse KL leaves the entries the teacher masks out of Zs (q = 0 there).
+              const bool in_q = sv[k] != neg_inf() && (!rkl || tv[k] != neg_inf());
+              st.zs += in_q ? __expf((sv[k] - st.mq) * invT) : 0.f;
               if (tv[k] != neg_inf()) {
                 const float at = (tv[k] - st.mt) * invT;
                 const float e = __expf(at);
@@ -438,6 +454,7 @@ __global__ void __launch_bounds__(B, 1024 / B) kd_fwd_kernel(const Args a) {
 
     RowConst rc;
     rc.ms = st.ms;
+    rc.mq = st.mq;
     rc.mt = st.mt;
     const double lzs = kd ? log(static_cast<double>(st.zs)) : 0.0;
     const double lzt = kd ? log(static_cast<double>(st.zt)) : 0.0;
@@ -453,7 +470,7 @@ __global__ void __launch_bounds__(B, 1024 / B) kd_fwd_kernel(const Args a) {
     if (two_pass) {
       float acc0 = 0.f, acc1 = 0.f;
       if (a.divergence == kReverseKL) {
-        // acc0 = sum_{t finite} q (log q - log p), acc1 = sum_{t finite} q
+        // acc0 = sum_{t finite} q (log q - log p), acc1 = sum_{t finite} q; q = 0 terms are 0 (0 log 0)
         traverse<S, Tt, VEC, U, B, false, false>(
             srow, trow, true, grow, false, V, h, nvec, vec_ok, true,
             [&](int, const float* sv, const float* tv, float*, auto nc) {
@@ -461,11 +478,13 @@ __global__ void __launch_bounds__(B, 1024 / B) kd_fwd_kernel(const Args a) {
 #pragma unroll
               for (int k = 0; k < N; ++k) {
                 if (tv[k] != neg_inf()) {
-                  const float lq = (sv[k] - rc.ms) * invT - rc.lzs;
+                  const float lq = (sv[k] - rc.mq) * invT - rc.lzs;
                   const float lp = (tv[k] - rc.mt) * invT - rc.lzt;
                   const float q = __expf(lq);
-                  acc0 += q * (lq - lp);
-                  acc1 += q;
+                  if (q > 0.f) {
+                    acc0 += q * (lq - lp);
+                    acc1 += q;
+                  }
                 }
               }
             });
@@ -477,7 +496,7 @@ __global__ void __launch_bounds__(B, 1024 / B) kd_fwd_kernel(const Args a) {
               constexpr int N = decltype(nc)::value;
 #pragma unroll
               for (int k = 0; k < N; ++k) {
-                const float lq = (sv[k] - rc.ms) * invT - rc.lzs;
+                const float lq = (sv[k] - rc.mq) * invT - rc.lzs;
                 const float q = __expf(lq);
                 float p = 0.f, lp = 0.f;
                 if (tv[k] != neg_inf()) {
@@ -533,8 +552,9 @@ __global__ void __launch_bounds__(B, 1024 / B) kd_fwd_kernel(const Args a) {
 
     // ---- pass 3: the gradient (direction opposite to the previous pass)
     if (grow) {
-      const float ck = kd ? a.grad_scale * a.alpha * T : 0.f;  // times dD/ds / T
-      const float cc = ce ? a.grad_scale * (1.f - a.alpha) : 0.f;
+      const float gs = a.row_scale ? a.grad_scale * a.row_scale[r] : a.grad_scale;
+      const float ck = kd ? gs * a.alpha * T : 0.f;  // times dD/ds / T
+      const float cc = ce ? gs * (1.f - a.alpha) : 0.f;
       const bool rev = !two_pass;
       const int yi = (y >= 0 && y < V) ? static_cast<int>(y) : -1;
       // One body per divergence (DIV = -1: no divergence term, CE only).
@@ -548,7 +568,7 @@ __global__ void __launch_bounds__(B, 1024 / B) kd_fwd_kernel(const Args a) {
               for (int k = 0; k < N; ++k) {
                 float v = 0.f;
                 if constexpr (DIV >= 0) {
-                  const float lq = (sv[k] - rc.ms) * invT - rc.lzs;
+                  const float lq = (sv[k] - rc.mq) * invT - rc.lzs;
                   const float q = __expf(lq);
                   const bool finite_t = tv[k] != neg_inf();
                   const float lp = finite_t ? (tv[k] - rc.mt) * invT - rc.lzt : 0.f;
@@ -556,8 +576,9 @@ __global__ void __launch_bounds__(B, 1024 / B) kd_fwd_kernel(const Args a) {
                     // dD/ds = T (q - p)
                     v = ck * (q - (finite_t ? __expf(lp) : 0.f));
                   } else if constexpr (DIV == kReverseKL) {
-                    // dD/ds_j = T q_j (g_j - G), g_j = [t_j finite] (log q_j - log p_j + 1)
-                    v = ck * q * ((finite_t ? lq - lp + 1.f : 0.f) - rc.G);
+                    // dD/ds_j = T q_j (g_j - G), g_j = log q_j - log p_j + 1; 0 where q_j = 0 (t_j masked:
+                    // off the student's renormalised support; s_j = -inf: 0 log 0)
+                    v = (finite_t && q > 0.f) ? ck * q * (lq - lp + 1.f - rc.G) : 0.f;
                   } else {
                     // dD/ds_j = T q_j (g_j - G), g_j = (1 - beta) log(q_j / m_j)
                     const float m = beta * (finite_t ? __expf(lp) : 0.f) + omb * q;

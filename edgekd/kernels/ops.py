@@ -1,9 +1,12 @@
 """Declares the fused kernels to torch (torch.library custom ops with fake and autograd parts).
 
 The forward op returns the per-row loss and, when the student needs a gradient, that gradient
-already scaled for the reduction, written by the same kernel call. Backward is then a no-op when
-the upstream gradient is what the kernel assumed (the usual `loss.backward()`), or one in-place
-scaling pass otherwise. Nothing of size rows × vocab is allocated besides that gradient.
+already scaled for the reduction, written by the same kernel call. Backward is one more op that
+rescales that buffer in place to the upstream gradient: nothing when the upstream gradient is what
+the kernel assumed (the usual `loss.backward()`), one float32 scaling pass otherwise, or for
+bfloat16/float16 the kernel again with the per-row factor applied before its one rounding. Nothing
+of size rows × vocab is allocated besides that gradient. Every backward is made of registered ops
+and traceable torch ops, so torch.compile, torch.func and torch.library.opcheck see through it.
 """
 
 from __future__ import annotations
@@ -46,15 +49,20 @@ def _as_rows(x: Tensor) -> Tensor:
 
 def _launch(student: Tensor, teacher: Tensor, labels: Optional[Tensor], temperature: float, alpha: float,
             divergence: int, beta: float, ignore_index: int, grad_scale: float, loss: Tensor,
-            grad: Optional[Tensor]) -> None:
+            grad: Optional[Tensor], row_scale: Optional[Tensor] = None) -> None:
+    """One kernel call: loss[r] and grad[r] = grad_scale · row_scale[r] · d loss[r]/d student[r] (float32
+    factors, one rounding to the student's dtype)."""
     rows, V = student.shape
+    if rows == 0:
+        return
+    if row_scale is not None:
+        row_scale = row_scale.to(device=student.device, dtype=torch.float32).contiguous()
     args = (student.data_ptr(), _DTYPES[student.dtype], student.stride(0),
             teacher.data_ptr(), _DTYPES[teacher.dtype], teacher.stride(0),
             labels.data_ptr() if labels is not None else 0, rows, V,
             temperature, alpha, divergence, beta, ignore_index, grad_scale,
-            loss.data_ptr(), grad.data_ptr() if grad is not None else 0, grad.stride(0) if grad is not None else 0)
-    if rows == 0:
-        return
+            loss.data_ptr(), grad.data_ptr() if grad is not None else 0, grad.stride(0) if grad is not None else 0,
+            row_scale.data_ptr() if row_scale is not None else 0)
     if student.device.type == "cuda":
         with torch.cuda.device(student.device):
             _C.kd_forward_cuda(*args, torch.cuda.current_stream().cuda_stream)
@@ -78,7 +86,10 @@ def _new_grad_buffer(like: Tensor) -> Tensor:
 def kd_rows(student: Tensor, teacher: Tensor, labels: Optional[Tensor], temperature: float, alpha: float,
             divergence: int, beta: float, ignore_index: int, grad_scale: float,
             compute_grad: bool) -> tuple[Tensor, Tensor]:
-    """Per-row KD(+CE) loss [rows] (float32) and grad_scale · d(row loss)/d(student) [rows, V] (or empty)."""
+    """Per-row KD(+CE) loss [rows] (float32) and grad_scale · d(row loss)/d(student) [rows, V] (or empty).
+
+    kd_loss's autograd (_KDRows) keeps the second output private and makes it the backward's result in
+    place (kd_rows_rescale_); the op's own registered backward, for direct callers, leaves it alone."""
     rows = student.shape[0]
     loss = torch.empty(rows, dtype=torch.float32, device=student.device)
     grad = _new_grad_buffer(student) if compute_grad else student.new_empty(0)
@@ -95,47 +106,85 @@ def _kd_rows_fake(student, teacher, labels, temperature, alpha, divergence, beta
     return loss, grad
 
 
+@torch.library.custom_op("edgekd::kd_rows_rescale_", mutates_args=("grad",))
+def kd_rows_rescale_(grad: Tensor, student: Tensor, teacher: Tensor, labels: Optional[Tensor], grad_loss: Tensor,
+                     temperature: float, alpha: float, divergence: int, beta: float, ignore_index: int,
+                     grad_scale: float, fresh: bool) -> None:
+    """Makes kd_rows' gradient buffer (grad_scale · d row_loss/d student; garbage when `fresh`) into
+    grad_loss[r] · d row_loss[r]/d student[r], in place.
+
+    Nothing to do when grad_loss is grad_scale on every row (the usual `loss.backward()`); a float32
+    buffer is scaled once; a bfloat16/float16 one is written again by the kernel with the factor applied
+    in float32 before its one rounding (scaling it in place would round twice)."""
+    if grad.numel() == 0:
+        return
+    if not fresh:
+        scale = grad_loss.float() / grad_scale
+        if bool((scale == 1).all()):
+            return
+        if grad.dtype == torch.float32:
+            grad.mul_(scale[:, None])
+            return
+    loss = torch.empty(student.shape[0], dtype=torch.float32, device=student.device)
+    _launch(student, teacher, labels, temperature, alpha, divergence, beta, ignore_index, 1.0, loss, grad,
+            row_scale=grad_loss)
+
+
+@kd_rows_rescale_.register_fake
+def _kd_rows_rescale_fake(grad, student, teacher, labels, grad_loss, temperature, alpha, divergence, beta,
+                          ignore_index, grad_scale, fresh):
+    return None
+
+
 def _kd_rows_setup(ctx, inputs, output):
-    ctx.grad_scale = inputs[8]
-    ctx.set_materialize_grads(False)  # else autograd fills a zero rows × vocab grad for the second output
-    # Held as a plain (detached) attribute, not saved: backward hands the buffer itself to autograd,
-    # which can then adopt it as .grad instead of copying rows × vocab (saved tensors pin it).
-    ctx.kernel_grad = output[1].detach()
-    # The inputs are kept (no copies) so a second backward through a retained graph can recompute.
     ctx.args = inputs[3:9]
+    ctx.compute_grad = inputs[9]
+    ctx.set_materialize_grads(False)  # else autograd fills a zero rows × vocab grad for the second output
     ctx.save_for_backward(*inputs[:3])
 
 
-def _row_scale(grad_loss: Tensor, grad_scale: float) -> Optional[Tensor]:
-    """The per-row factor still to apply to the kernel's gradient; None when it is exactly 1 (eager only)."""
-    scale = grad_loss / grad_scale
-    if not torch.compiler.is_compiling() and bool((scale == 1).all()):
-        return None
-    return scale
-
-
-def _kd_rows_backward(ctx, grad_loss, _grad_grad):
-    grad = ctx.kernel_grad
-    ctx.kernel_grad = None
-    if grad_loss is None:
+def _kd_rows_backward(ctx, grad_loss, *_, bufs=None):
+    """d/d student for the upstream grad_loss. The op's own backward (bufs=None) has no buffer it may
+    write to, its second output being the caller's: the kernel writes a new one. kd_loss's Function
+    passes the forward's buffer, private to it, which is rescaled in place (usually: left as it is)."""
+    if grad_loss is None or not ctx.compute_grad:
         return (None,) * 10
-    if grad is None:  # the buffer went to an earlier backward (retain_graph): compute it again
-        student, teacher, labels = ctx.saved_tensors
-        grad = torch.empty(student.shape, dtype=student.dtype, device=student.device)
-        loss = torch.empty(student.shape[0], dtype=torch.float32, device=student.device)
-        _launch(student, teacher, labels, *ctx.args, loss, grad)
-    if grad.numel() == 0:
-        return (None,) * 10
-    scale = _row_scale(grad_loss, ctx.grad_scale)
-    if scale is not None:
-        if torch.compiler.is_compiling():
-            grad = grad * scale[:, None].to(grad.dtype)
-        else:
-            grad.mul_(scale[:, None])  # the kernel's buffer is ours: one scaling pass, no new allocation
+    student, teacher, labels = ctx.saved_tensors
+    fresh = bufs is None
+    grad = student.new_empty(student.shape) if fresh else bufs[0]
+    with torch.no_grad():  # not twice differentiable; under torch.func backward runs with grad mode on
+        torch.ops.edgekd.kd_rows_rescale_(grad, student, teacher, labels, grad_loss, *ctx.args, fresh)
     return grad, None, None, None, None, None, None, None, None, None
 
 
 kd_rows.register_autograd(_kd_rows_backward, setup_context=_kd_rows_setup)
+
+
+def _private_grads_function(name, op, setup_context, backward):
+    """An autograd.Function over `op` (the loss first, then its gradient buffers) for the public
+    functions, which drop the buffers: they stay private, so backward may rescale them in place and hand
+    them to autograd, which adopts them as .grad (no copy, no second kernel pass). Held as plain
+    attributes, not saved tensors, for the same reason; a second backward (retain_graph) finds them gone
+    and recomputes. A Function with setup_context, so torch.func transforms work too."""
+
+    def forward(*args):
+        return op(*args)
+
+    def setup(ctx, inputs, output):
+        setup_context(ctx, inputs, output)
+        ctx.mark_non_differentiable(*output[1:])
+        ctx.bufs = tuple(output[1:])
+
+    def backward_(ctx, grad_loss, *_):
+        bufs, ctx.bufs = ctx.bufs, None
+        return backward(ctx, grad_loss, bufs=bufs)
+
+    return type(name, (torch.autograd.Function,), {"forward": staticmethod(forward),
+                                                   "setup_context": staticmethod(setup),
+                                                   "backward": staticmethod(backward_)})
+
+
+_KDRows = _private_grads_function("_KDRows", torch.ops.edgekd.kd_rows, _kd_rows_setup, _kd_rows_backward)
 
 
 def _prepare_labels(labels: Optional[Tensor], rows: int, V: int, ignore_index: int) -> Optional[Tensor]:
@@ -166,9 +215,8 @@ def kd_loss(student_logits: Tensor, teacher_logits: Tensor, labels: Optional[Ten
     lab = _prepare_labels(labels, rows, V, ignore_index)
     compute_grad = torch.is_grad_enabled() and student_logits.requires_grad
     count, grad_scale = _batchmean_scale(lab, rows, ignore_index, reduction)
-    row_loss, _ = torch.ops.edgekd.kd_rows(s, t, lab, float(temperature), float(alpha),
-                                           _DIVERGENCES[divergence], float(beta), int(ignore_index),
-                                           grad_scale, compute_grad)
+    row_loss, _ = _KDRows.apply(s, t, lab, float(temperature), float(alpha), _DIVERGENCES[divergence], float(beta),
+                                int(ignore_index), grad_scale, compute_grad)
     return _reduce(row_loss, lead, reduction, count, grad_scale, lab, ignore_index)
 
 
@@ -206,14 +254,20 @@ def _default_chunk(rows: int, V: int) -> int:
 
 
 def _linear_kd_chunks(hs, ws, bs, ht, wt, bt, labels, temperature, alpha, divergence, beta, ignore_index,
-                      grad_scale, row_scale, chunk, compute_grad):
-    """Run head matmuls and the fused kernel chunk by chunk; return row losses and the gradients."""
+                      grad_scale, row_scale, chunk, compute_grad, out=None):
+    """Run head matmuls and the fused kernel chunk by chunk; return row losses and the gradients (written
+    into `out` = (gh, gw, gb) when given). The kernel applies grad_scale · row_scale[r] before it rounds."""
     rows, V = hs.shape[0], ws.shape[0]
     loss = hs.new_empty(rows, dtype=torch.float32)
-    gh = torch.empty_like(hs) if compute_grad else hs.new_empty(0)
+    if out is not None:
+        gh, gw_out, gb_out = out
+    else:
+        gh = hs.new_empty(hs.shape) if compute_grad else hs.new_empty(0)
+        gw_out = ws.new_empty(ws.shape) if compute_grad else ws.new_empty(0)
+        gb_out = ws.new_empty(V) if (compute_grad and bs is not None) else ws.new_empty(0)
     acc = torch.float32 if ws.dtype != torch.float64 else torch.float64
-    gw = torch.zeros(ws.shape, dtype=acc, device=ws.device) if compute_grad else ws.new_empty(0)
-    gb = torch.zeros(V, dtype=acc, device=ws.device) if (compute_grad and bs is not None) else ws.new_empty(0)
+    gw = torch.zeros(ws.shape, dtype=acc, device=ws.device) if compute_grad else None
+    gb = torch.zeros(V, dtype=acc, device=ws.device) if (compute_grad and bs is not None) else None
     for start in range(0, rows, chunk):
         end = min(rows, start + chunk)
         h = hs[start:end]
@@ -222,15 +276,17 @@ def _linear_kd_chunks(hs, ws, bs, ht, wt, bt, labels, temperature, alpha, diverg
         lab = labels[start:end] if labels is not None else None
         g = torch.empty_like(s_logits) if compute_grad else None
         _launch(s_logits, t_logits, lab, temperature, alpha, divergence, beta, ignore_index, grad_scale,
-                loss[start:end], g)
+                loss[start:end], g, None if row_scale is None else row_scale[start:end])
         if compute_grad:
-            if row_scale is not None:
-                g.mul_(row_scale[start:end, None])
             gh[start:end] = g @ ws
             gw.add_((g.t() @ h).to(acc))
-            if bs is not None:
+            if gb is not None:
                 gb.add_(g.sum(0, dtype=acc))
-    return loss, gh, gw.to(ws.dtype) if compute_grad else gw, gb.to(ws.dtype) if gb.numel() else gb
+    if compute_grad:
+        gw_out.copy_(gw)
+        if gb is not None:
+            gb_out.copy_(gb)
+    return loss, gh, gw_out, gb_out
 
 
 @torch.library.custom_op("edgekd::linear_kd_rows", mutates_args=())
@@ -239,7 +295,10 @@ def linear_kd_rows(student_hidden: Tensor, student_weight: Tensor, student_bias:
                    labels: Optional[Tensor], temperature: float, alpha: float, divergence: int, beta: float,
                    ignore_index: int, grad_scale: float, chunk_size: int,
                    compute_grad: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Per-row loss and grad_scale-scaled gradients for student hidden, weight and bias."""
+    """Per-row loss and grad_scale-scaled gradients for student hidden, weight and bias.
+
+    fused_linear_kd_loss's autograd (_LinearKDRows) keeps the gradients private and makes them the
+    backward's results in place (linear_kd_rescale_); the op's own registered backward leaves them alone."""
     return _linear_kd_chunks(student_hidden, student_weight, student_bias, teacher_hidden, teacher_weight,
                              teacher_bias, labels, temperature, alpha, divergence, beta, ignore_index,
                              grad_scale, None, chunk_size, compute_grad)
@@ -255,34 +314,68 @@ def _linear_kd_rows_fake(student_hidden, student_weight, student_bias, teacher_h
         return loss, e, student_weight.new_empty(0), student_weight.new_empty(0)
     gb = student_weight.new_empty(student_weight.shape[0]) if student_bias is not None else \
         student_weight.new_empty(0)
-    return loss, torch.empty_like(student_hidden), torch.empty_like(student_weight), gb
+    return loss, student_hidden.new_empty(student_hidden.shape), student_weight.new_empty(student_weight.shape), gb
+
+
+@torch.library.custom_op("edgekd::linear_kd_rescale_", mutates_args=("grad_hidden", "grad_weight", "grad_bias"))
+def linear_kd_rescale_(grad_hidden: Tensor, grad_weight: Tensor, grad_bias: Tensor, student_hidden: Tensor,
+                       student_weight: Tensor, student_bias: Optional[Tensor], teacher_hidden: Tensor,
+                       teacher_weight: Tensor, teacher_bias: Optional[Tensor], labels: Optional[Tensor],
+                       grad_loss: Tensor, temperature: float, alpha: float, divergence: int, beta: float,
+                       ignore_index: int, grad_scale: float, chunk_size: int, fresh: bool) -> None:
+    """Makes linear_kd_rows' gradients (for grad_scale; garbage when `fresh`) into those for the upstream
+    gradient grad_loss, in place: nothing when it is grad_scale on every row; one scaling pass when it is
+    the same on every row and the buffers are float32; otherwise (a per-row factor, or bfloat16/float16
+    buffers, which scaling would round twice) the chunks again, the factor applied in the kernel."""
+    if grad_hidden.numel() == 0 and grad_weight.numel() == 0:
+        return
+    if not fresh:
+        scale = grad_loss.float() / grad_scale
+        if bool((scale == 1).all()):
+            return
+        if grad_hidden.dtype == torch.float32 and bool((scale == scale[0]).all()):
+            for g in (grad_hidden, grad_weight, grad_bias):
+                g.mul_(scale[0])
+            return
+    _linear_kd_chunks(student_hidden, student_weight, student_bias, teacher_hidden, teacher_weight, teacher_bias,
+                      labels, temperature, alpha, divergence, beta, ignore_index, 1.0, grad_loss, chunk_size, True,
+                      out=(grad_hidden, grad_weight, grad_bias))
+
+
+@linear_kd_rescale_.register_fake
+def _linear_kd_rescale_fake(grad_hidden, grad_weight, grad_bias, student_hidden, student_weight, student_bias,
+                            teacher_hidden, teacher_weight, teacher_bias, labels, grad_loss, temperature, alpha,
+                            divergence, beta, ignore_index, grad_scale, chunk_size, fresh):
+    return None
 
 
 def _linear_setup(ctx, inputs, output):
-    ctx.inputs = inputs
+    ctx.args = inputs[7:14]
+    ctx.compute_grad = inputs[14]
     ctx.set_materialize_grads(False)
-    ctx.save_for_backward(*inputs[:7], output[1], output[2], output[3])
+    ctx.save_for_backward(*inputs[:7])
 
 
-def _linear_backward(ctx, grad_loss, *_):
-    hs, ws, bs, ht, wt, bt, labels, gh, gw, gb = ctx.saved_tensors
-    (_, _, _, _, _, _, _, temperature, alpha, divergence, beta, ignore_index, grad_scale, chunk, compute) = ctx.inputs
-    if not compute or grad_loss is None:
+def _linear_backward(ctx, grad_loss, *_, bufs=None):
+    """As _kd_rows_backward: the op's own backward runs the chunks again into new buffers;
+    fused_linear_kd_loss's Function passes the forward's gradients, private to it, rescaled in place."""
+    if not ctx.compute_grad or grad_loss is None:
         return (None,) * 15
-    scale = grad_loss / grad_scale
-    uniform = None if torch.compiler.is_compiling() else bool((scale == scale[:1]).all()) if scale.numel() else True
-    if uniform:
-        c = scale[0] if scale.numel() else scale.new_ones(())
-        if torch.compiler.is_compiling() or float(c) != 1.0:
-            gh, gw = gh * c.to(gh.dtype), gw * c.to(gw.dtype)
-            gb = gb * c.to(gb.dtype) if gb.numel() else gb
-    else:  # per-row upstream gradient (reduction="none"): the weight gradient must be recomputed
-        _, gh, gw, gb = _linear_kd_chunks(hs, ws, bs, ht, wt, bt, labels, temperature, alpha, divergence, beta,
-                                          ignore_index, grad_scale, scale.to(torch.float32), chunk, True)
+    hs, ws, bs, ht, wt, bt, labels = ctx.saved_tensors
+    fresh = bufs is None
+    if fresh:
+        bufs = (hs.new_empty(hs.shape), ws.new_empty(ws.shape), ws.new_empty(ws.shape[0] if bs is not None else 0))
+    gh, gw, gb = bufs
+    with torch.no_grad():
+        torch.ops.edgekd.linear_kd_rescale_(gh, gw, gb, hs, ws, bs, ht, wt, bt, labels, grad_loss, *ctx.args, fresh)
     return (gh, gw, gb if bs is not None else None) + (None,) * 12
 
 
 linear_kd_rows.register_autograd(_linear_backward, setup_context=_linear_setup)
+
+
+_LinearKDRows = _private_grads_function("_LinearKDRows", torch.ops.edgekd.linear_kd_rows, _linear_setup,
+                                        _linear_backward)
 
 
 def fused_linear_kd_loss(student_hidden: Tensor, student_weight: Tensor, teacher_hidden: Tensor,
@@ -322,7 +415,7 @@ def fused_linear_kd_loss(student_hidden: Tensor, student_weight: Tensor, teacher
         x is not None and x.requires_grad for x in (student_hidden, student_weight, student_bias))
     count, grad_scale = _batchmean_scale(lab, rows, ignore_index, reduction)
     chunk = int(chunk_size) if chunk_size else _default_chunk(rows, V)
-    row_loss = torch.ops.edgekd.linear_kd_rows(
+    row_loss = _LinearKDRows.apply(
         hs, student_weight, student_bias, ht, teacher_weight.detach(),
         None if teacher_bias is None else teacher_bias.detach(), lab, float(temperature), float(alpha),
         _DIVERGENCES[divergence], float(beta), int(ignore_index), grad_scale, chunk, compute_grad)[0]

@@ -23,7 +23,7 @@ def check_args(student_logits, teacher_logits, labels, temperature, alpha, diver
         raise ValueError("student_logits: needs a non-empty last (vocabulary) dimension")
     for name, t in (("student_logits", student_logits), ("teacher_logits", teacher_logits)):
         if t.dtype not in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
-            raise ValueError(f"{name}: dtype {t.dtype} is not one of float32, bfloat16, float16")
+            raise ValueError(f"{name}: dtype {t.dtype} is not one of float32, bfloat16, float16, float64")
     if student_logits.device != teacher_logits.device:
         raise ValueError(f"teacher_logits: on {teacher_logits.device}, student_logits on {student_logits.device}")
     if labels is not None:
@@ -59,10 +59,12 @@ def divergence_rows(s: torch.Tensor, t: torch.Tensor, temperature: float, diverg
     if divergence == "forward_kl":
         d = _xlogy_ratio(p, log_p, log_q).sum(-1)
     elif divergence == "reverse_kl":
-        # Where the teacher logit is −inf the term is dropped: a masked vocabulary entry contributes nothing.
-        keep = t != float("-inf")
-        term = torch.where(keep, q * (log_q - torch.where(keep, log_p, torch.zeros_like(log_p))), torch.zeros_like(q))
-        d = term.sum(-1)
+        # A teacher vocabulary mask (−inf) masks the student too: q is renormalised over the teacher's
+        # support, so KL(q‖p) stays finite and ≥ 0 and no gradient moves mass onto a masked entry. Entries
+        # where q is 0 (a −inf student logit) contribute 0 (0·log 0 = 0).
+        masked = torch.where(t == float("-inf"), torch.full_like(s, float("-inf")), s)
+        log_q = torch.log_softmax(masked / temperature, dim=-1)
+        d = _xlogy_ratio(log_q.exp(), log_q, log_p).sum(-1)
     else:
         # log m through logaddexp: m = βp + (1−β)q can underflow where p and q are tiny but not zero.
         if beta == 1.0:
@@ -70,7 +72,11 @@ def divergence_rows(s: torch.Tensor, t: torch.Tensor, temperature: float, diverg
         elif beta == 0.0:
             log_m = log_q
         else:
-            log_m = torch.logaddexp(log_p + math.log(beta), log_q + math.log1p(-beta))
+            # Where p = q = 0 (an entry both models mask) m = 0; logaddexp(−inf, −inf) would give a NaN gradient.
+            both = (log_p == float("-inf")) & (log_q == float("-inf"))
+            zero = torch.zeros_like(log_p)
+            log_m = torch.where(both, log_p, torch.logaddexp(torch.where(both, zero, log_p + math.log(beta)),
+                                                            torch.where(both, zero, log_q + math.log1p(-beta))))
         d = torch.zeros_like(p[..., 0])
         if beta > 0:  # terms with weight 0 are left out, not multiplied by 0 (0 · inf would be NaN)
             d = d + beta * _xlogy_ratio(p, log_p, log_m).sum(-1)
@@ -81,10 +87,17 @@ def divergence_rows(s: torch.Tensor, t: torch.Tensor, temperature: float, diverg
 
 def kd_loss_reference(student_logits, teacher_logits, labels=None, *, temperature=1.0, alpha=1.0,
                       divergence="forward_kl", beta=0.5, ignore_index=-100, reduction="batchmean"):
-    """Same contract as kernels.kd_loss, computed in float64 with autograd; returns float32."""
+    """Same contract as kernels.kd_loss, computed in float64 with autograd; returns the loss in
+    `loss_dtype` (float64 when either input is float64, else float32)."""
     return kd_loss_reference64(student_logits, teacher_logits, labels, temperature=temperature, alpha=alpha,
                                divergence=divergence, beta=beta, ignore_index=ignore_index,
-                               reduction=reduction).float()
+                               reduction=reduction).to(loss_dtype(student_logits, teacher_logits))
+
+
+def loss_dtype(student_logits, teacher_logits) -> torch.dtype:
+    """The dtype of the loss kd_loss returns: float64 for float64 inputs, float32 for everything else."""
+    wide = torch.float64 in (student_logits.dtype, teacher_logits.dtype)
+    return torch.float64 if wide else torch.float32
 
 
 def kd_loss_reference64(student_logits, teacher_logits, labels=None, *, temperature=1.0, alpha=1.0,

@@ -52,10 +52,11 @@ class KDLoss(LossTerm):
     """α · T² · D(teacher ‖ student at T) + (1 − α) · CE, through kernels.kd_loss.
 
     A TopKLogits teacher is expanded to full-vocabulary logits that are −inf off the kept entries:
-    the teacher distribution is renormalised over its top-k, the student's log-softmax still runs
-    over the whole vocabulary. Forward KL is then exact on the kept entries and ignores the
-    teacher's tail (its probability outside the top-k); reverse KL does not penalise the student's
-    mass outside the top-k (those terms are dropped); JSD treats the teacher's tail as zero.
+    the teacher distribution is renormalised over its top-k; for forward KL, JSD and CE the student's
+    log-softmax runs over the whole vocabulary. Forward KL is then exact on the kept entries and
+    ignores the teacher's tail (its probability outside the top-k); reverse KL compares the student
+    renormalised over the top-k with the teacher there (a teacher mask masks the student too: the
+    student's mass outside the top-k is neither penalised nor moved); JSD treats the teacher's tail as zero.
     """
 
     takes_temperature = True

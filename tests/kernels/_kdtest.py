@@ -9,7 +9,8 @@ from edgekd.kernels.reference import kd_loss_reference64
 def eager_loss(s, t, labels=None, **kw):
     """The reference formula computed in the inputs' own dtype: the error eager PyTorch makes there, the
     bar the fused kernels must meet. The oracle itself is kd_loss_reference (float64), independent of the
-    C++/CUDA kernels; no test keeps a formula of its own."""
+    C++/CUDA kernels; the one formula kept here, reverse_kl64, checks reverse KL's mask semantics in the
+    reference and the kernels alike."""
     return kd_loss_reference64(s, t, labels, dtype=None, **kw)
 
 
@@ -66,3 +67,42 @@ def check_against_reference(s, t, labels=None, grad_out=1.0, floor=None, **kw):
     assert el <= max(lf, 2 * eager_el), f"loss error {el:.3g} (eager {eager_el:.3g}) loss={out_l} ref={ref_l}"
     assert eg <= max(gf, 2 * eager_eg), f"grad error {eg:.3g} (eager {eager_eg:.3g})"
     return el, eg
+
+
+def reverse_kl64(s, t, T):
+    """Reverse KL, written out here in float64 independently of the reference module: per row, the
+    student's softmax at T renormalised over the teacher's support S = {t finite} (a teacher mask
+    masks the student too), D = T² Σ_{q>0} q (log q − log p), and its gradient
+    dD/ds_j = T q_j (log q_j − log p_j − D/T²) on q_j > 0, 0 elsewhere."""
+    s, t = s.double(), t.double()
+    loss, grad = torch.zeros(s.shape[0], dtype=torch.float64), torch.zeros_like(s)
+    for r in range(s.shape[0]):
+        on = torch.isfinite(t[r]) & torch.isfinite(s[r])
+        a, b = t[r][torch.isfinite(t[r])] / T, s[r][on] / T
+        log_p = t[r][on] / T - (a.max() + torch.log(torch.exp(a - a.max()).sum()))
+        log_q = b - (b.max() + torch.log(torch.exp(b - b.max()).sum()))
+        q = log_q.exp()
+        d = float((q * (log_q - log_p)).sum())
+        loss[r] = T * T * d
+        grad[r, on] = T * q * (log_q - log_p - d)
+    return loss, grad
+
+
+def masked_rows(rows, V, seed, student_mask=0.0):
+    g = torch.Generator().manual_seed(seed)
+    s, t = torch.randn(rows, V, generator=g) * 3, torch.randn(rows, V, generator=g) * 3
+    t[torch.rand(rows, V, generator=g) < 0.3] = float("-inf")
+    t[0, s[0].argmax()] = float("-inf")  # the student's favourite token masked: its shift moves
+    if student_mask:
+        keep_one = torch.isfinite(t)  # leave each row at least one finite student logit on the support
+        m = torch.rand(rows, V, generator=g) < student_mask
+        m[torch.arange(rows), keep_one.float().argmax(1)] = False
+        s[m] = float("-inf")
+    return s, t
+
+
+def one_rounding_bound(ref, dtype):
+    """|x − ref| allowed for x = ref computed in float32 and rounded once to `dtype`."""
+    eps = torch.finfo(dtype).eps
+    tiny = 2.0 ** -25 if dtype == torch.float16 else 0.0  # half of float16's smallest subnormal step
+    return 0.5 * eps * ref.abs() + 2e-5 * ref.abs().max() + tiny

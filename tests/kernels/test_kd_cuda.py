@@ -24,8 +24,9 @@ import torch
 
 from edgekd import kernels
 from edgekd.kernels import kd_loss, kd_loss_reference
+from edgekd.kernels.reference import kd_loss_reference64
 
-from ._kdtest import check_against_reference, inputs, rel_err, run
+from ._kdtest import check_against_reference, inputs, masked_rows, one_rounding_bound, rel_err, reverse_kl64, run
 
 ROOT = Path(__file__).resolve().parents[2]
 DIVS = ["forward_kl", "reverse_kl", "jsd"]
@@ -157,6 +158,31 @@ def test_neg_inf_teacher_entries(divergence, dtype, V):
 
 
 @cuda
+@pytest.mark.parametrize("student_mask", [0.0, 0.2])
+@pytest.mark.parametrize("V", [1271, 32003])
+def test_reverse_kl_masks_against_independent_formula(student_mask, V):
+    """A teacher mask masks the student too (renormalised over the teacher's support); -inf student
+    logits add 0 (0 log 0): the float64 formula of _kdtest, not the reference module."""
+    s, t = masked_rows(6, V, seed=V, student_mask=student_mask)
+    ref_l, ref_g = reverse_kl64(s, t, 2.0)
+    loss, grad = run(kd_loss, s.cuda(), t.cuda(), None, torch.ones(6, device="cuda"), divergence="reverse_kl",
+                     temperature=2.0, reduction="none")
+    assert (loss >= 0).all() and rel_err(loss.cpu(), ref_l) < 2e-5 and rel_err(grad.cpu(), ref_g) < 2e-5
+
+
+@cuda
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("divergence", DIVS)
+def test_low_precision_gradient_rounds_once_with_reduction_none(dtype, divergence):
+    s, t, lab = cuda_inputs(24, 32003, dtype=dtype, seed=21)
+    go = torch.randn(24, generator=torch.Generator().manual_seed(2)).cuda() * 3
+    kw = dict(temperature=2.0, alpha=0.7, divergence=divergence, reduction="none")
+    _, ref_g = run(kd_loss_reference64, s.double(), t.double(), lab, go, **kw)
+    _, grad = run(kd_loss, s, t, lab, go, **kw)
+    assert ((grad - ref_g).abs() <= one_rounding_bound(ref_g, dtype)).all()
+
+
+@cuda
 @pytest.mark.parametrize("V", [1271, 32003])
 def test_non_contiguous_inputs(V):
     base_s, base_t, lab = cuda_inputs(24, V + 5, seed=9)
@@ -282,13 +308,13 @@ def emu_lib(tmp_path_factory):
     f.argtypes = [ctypes.c_size_t, ctypes.c_int, ctypes.c_int64, ctypes.c_size_t, ctypes.c_int, ctypes.c_int64,
                   ctypes.c_size_t, ctypes.c_int64, ctypes.c_int64, ctypes.c_float, ctypes.c_float, ctypes.c_int,
                   ctypes.c_float, ctypes.c_int64, ctypes.c_float, ctypes.c_size_t, ctypes.c_size_t,
-                  ctypes.c_int64, ctypes.c_int]
+                  ctypes.c_int64, ctypes.c_size_t, ctypes.c_int]
     return f
 
 
 def _emu_case(f, rows, V, sd=torch.float32, td=torch.float32, divergence="forward_kl", alpha=0.5, T=2.0,
               beta=0.5, labels=True, pad=0, off_s=0, off_t=0, neginf=0.0, grad=True, scale=3.0, grad_scale=1.0,
-              seed=0, grid=3, ignore_frac=0.3):
+              seed=0, grid=3, ignore_frac=0.3, s_neginf=0.0, row_scale=False):
     g = torch.Generator().manual_seed(seed)
     width = V + pad + max(off_s, off_t)
     s = (torch.randn(rows, width, generator=g) * scale).to(sd)[:, off_s:off_s + V]
@@ -297,24 +323,36 @@ def _emu_case(f, rows, V, sd=torch.float32, td=torch.float32, divergence="forwar
         m = torch.rand(rows, V, generator=g) < neginf
         m[:, :37] = True
         t = t.masked_fill(m, float("-inf"))
+        t[0, s[0].float().argmax()] = float("-inf")  # the student's largest logit masked by the teacher
+    if s_neginf:  # -inf student logits, each row keeping one finite entry where the teacher is finite
+        m = torch.rand(rows, V, generator=g) < s_neginf
+        m[torch.arange(rows), torch.isfinite(t).float().argmax(1)] = False
+        if divergence == "forward_kl":  # a -inf student logit under a finite teacher one is KL = +inf
+            m &= ~torch.isfinite(t)
+        s = s.masked_fill(m, float("-inf"))
+    scales = torch.randn(rows, generator=g) if row_scale else None
     lab = None
     if labels:
         lab = torch.randint(0, V, (rows,), generator=g)
         lab[torch.rand(rows, generator=g) < ignore_frac] = -100
+        if s_neginf:
+            lab = torch.where(torch.isfinite(s[torch.arange(rows), lab].float()), lab, torch.full_like(lab, -100))
     loss = torch.full((rows,), float("nan"))
     gbuf = torch.full((rows, V), float("nan"), dtype=sd) if grad else None
     rc = f(s.data_ptr(), _EMU_DT[sd], s.stride(0), t.data_ptr(), _EMU_DT[td], t.stride(0),
            lab.data_ptr() if lab is not None else 0, rows, V, T, alpha, DIVS.index(divergence), beta, -100,
-           grad_scale, loss.data_ptr(), gbuf.data_ptr() if grad else 0, gbuf.stride(0) if grad else 0, grid)
+           grad_scale, loss.data_ptr(), gbuf.data_ptr() if grad else 0, gbuf.stride(0) if grad else 0,
+           scales.data_ptr() if scales is not None else 0, grid)
     assert rc == 0
     x = s.double().requires_grad_(True)
     ref = kd_loss_reference(x, t, lab, temperature=T, alpha=alpha, divergence=divergence, beta=beta,
                             reduction="none")
-    ref.double().sum().backward()
+    ref.double().backward(torch.ones(rows, dtype=torch.float64) if scales is None else scales.double())
     assert rel_err(loss, ref.detach()) < 2e-5
     if grad:
         assert not torch.isnan(gbuf).any(), "gradient entries left unwritten"
         assert rel_err(gbuf.double() / grad_scale, x.grad) < (2e-5 if sd == torch.float32 else 8e-3)
+    return loss, gbuf
 
 
 @pytest.mark.parametrize("V", [1271, 3200])
@@ -348,6 +386,8 @@ def test_emulated_kernel_dtypes_and_alignment(emu_lib, sd, td, layout):
     dict(V=1271, grad=False), dict(V=1271, labels=False, grad_scale=0.25), dict(V=5), dict(V=3),
     dict(V=1271, ignore_frac=1.0, grid=2),
     dict(V=40000, rows=3, grid=2, off_s=3, off_t=3, pad=1, neginf=0.1, sd=torch.bfloat16, td=torch.float16),
+    dict(V=1271, neginf=0.3, s_neginf=0.2), dict(V=3203, neginf=0.2, s_neginf=0.1, T=1.0, off_s=1, off_t=1, pad=2),
+    dict(V=1271, row_scale=True, grad_scale=0.5), dict(V=3200, row_scale=True, sd=torch.bfloat16, neginf=0.2),
 ])
 def test_emulated_kernel_edge_cases(emu_lib, divergence, case):
     case = dict(case)

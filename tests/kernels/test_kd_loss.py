@@ -1,5 +1,6 @@
 """The fused CPU kernel against the float64 reference, across the cases DESIGN.md defines."""
 
+import math
 import os
 import subprocess
 import sys
@@ -11,7 +12,8 @@ from edgekd import kernels
 from edgekd.kernels import kd_loss, kd_loss_reference
 from edgekd.kernels.reference import kd_loss_reference64
 
-from ._kdtest import check_against_reference, inputs, rel_err, run
+from ._kdtest import (check_against_reference, inputs, masked_rows, one_rounding_bound, rel_err, reverse_kl64,
+                      run)
 
 pytestmark = pytest.mark.skipif(kernels.backend("cpu") != "fused-cpu", reason="extension not built")
 
@@ -143,6 +145,10 @@ def test_gradcheck_reference_in_double():
         s = torch.randn(3, 7, dtype=torch.float64, requires_grad=True)
         t = torch.randn(3, 7, dtype=torch.float64)
         t[0, 2] = float("-inf")
+        with torch.no_grad():  # a vocabulary entry both models mask; for reverse KL and JSD a student-only one
+            t[2, 5], s[2, 5] = float("-inf"), float("-inf")
+            if div != "forward_kl":
+                s[1, 0] = float("-inf")
         lab = torch.tensor([1, -100, 4])
         f = lambda x: kd_loss_reference64(x, t, lab, temperature=1.7, alpha=0.3, divergence=div, beta=0.4)
         assert torch.autograd.gradcheck(f, (s,))
@@ -348,3 +354,123 @@ def test_jsd_edge_betas_with_masked_teacher(beta):
     ref = kd_loss_reference(s, t, lab, temperature=2.0, alpha=0.5, divergence="jsd", beta=beta)
     assert torch.isfinite(ref)
     check_against_reference(s, t, lab, temperature=2.0, alpha=0.5, divergence="jsd", beta=beta)
+
+
+# --- reverse KL with vocabulary masks, one rounding in low precision, float64 (issue 12, item 3) ----
+
+@pytest.mark.parametrize("impl", [kd_loss, kd_loss_reference], ids=["fused", "reference"])
+def test_reverse_kl_teacher_mask_masks_the_student(impl):
+    """The issue's case: a teacher mask used to give a negative loss and push the student onto the
+    masked token. Now the student is renormalised over the teacher's support: loss 0, gradient 0."""
+    s, t = torch.zeros(1, 3), torch.tensor([[0.0, 0.0, float("-inf")]])
+    loss, grad = run(impl, s, t, None, 1.0, divergence="reverse_kl")
+    assert float(loss) == 0.0 and torch.all(grad == 0)
+    x = torch.zeros(1, 3, requires_grad=True)
+    opt = torch.optim.SGD([x], lr=1.0)
+    for _ in range(200):
+        opt.zero_grad()
+        out = impl(x, t + torch.tensor([[0.5, -0.5, 0.0]]), divergence="reverse_kl", temperature=2.0)
+        assert float(out.detach()) >= -1e-6
+        out.backward()
+        assert float(x.grad[0, 2]) == 0.0  # nothing ever moves the masked token
+        opt.step()
+    assert float(x[0, 2]) == 0.0 and float(torch.softmax(x.detach(), -1)[0, 2]) < 0.34
+
+
+@pytest.mark.parametrize("impl", [kd_loss, kd_loss_reference], ids=["fused", "reference"])
+def test_reverse_kl_masked_student_is_finite(impl):
+    """A −inf student logit against a finite teacher: 0·log 0 = 0, not NaN (KL([½,½,0] ‖ ⅓) = log 1.5)."""
+    s, t = torch.tensor([[0.0, 0.0, float("-inf")]]), torch.zeros(1, 3)
+    loss, grad = run(impl, s, t, None, 1.0, divergence="reverse_kl")
+    assert abs(float(loss) - math.log(1.5)) < 1e-6 and torch.all(grad == 0)
+    s2 = torch.tensor([[0.3, -0.2, float("-inf"), 1.0]])
+    t2 = torch.tensor([[0.1, 0.4, 2.0, -1.0]])
+    ref_l, ref_g = reverse_kl64(s2, t2, 1.0)
+    loss, grad = run(impl, s2, t2, None, 1.0, divergence="reverse_kl", reduction="sum")
+    assert abs(float(loss) - float(ref_l.sum())) < 1e-6 and rel_err(grad, ref_g) < 1e-5
+
+
+@pytest.mark.parametrize("impl", [kd_loss, kd_loss_reference], ids=["fused", "reference"])
+@pytest.mark.parametrize("T", [0.5, 1.0, 2.0])
+@pytest.mark.parametrize("student_mask", [0.0, 0.2])
+@pytest.mark.parametrize("V", [37, 1271])
+def test_reverse_kl_masks_against_independent_formula(impl, T, student_mask, V):
+    s, t = masked_rows(6, V, seed=V + int(10 * T), student_mask=student_mask)
+    ref_l, ref_g = reverse_kl64(s, t, T)
+    loss, grad = run(impl, s, t, None, torch.ones(6), divergence="reverse_kl", temperature=T, reduction="none")
+    assert (loss >= 0).all() and torch.isfinite(grad).all()
+    assert rel_err(loss, ref_l) < 2e-5 and rel_err(grad, ref_g) < 2e-5
+
+
+def test_reverse_kl_masks_with_hard_labels_and_low_precision():
+    """CE keeps the student's full softmax (at T = 1, where the kernel otherwise shares the exponentials)."""
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        for T in (1.0, 2.0, 0.5):
+            s, t = masked_rows(9, 1271, seed=3, student_mask=0.1)
+            lab = torch.randint(0, 1271, (9,), generator=torch.Generator().manual_seed(4))
+            lab = torch.where(torch.isfinite(s[torch.arange(9), lab]), lab, torch.full_like(lab, -100))
+            check_against_reference(s.to(dtype), t.to(dtype), lab, temperature=T, alpha=0.4, divergence="reverse_kl")
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("divergence", DIVS)
+def test_low_precision_gradient_rounds_once_with_reduction_none(dtype, divergence):
+    """A per-row upstream gradient is applied in float32 before the one rounding to bf16/fp16 (scaling
+    the rounded buffer rounded twice: up to several times one rounding)."""
+    s, t, lab = inputs(24, 3200, dtype=dtype, seed=21)
+    go = torch.randn(24, generator=torch.Generator().manual_seed(2)) * 3
+    kw = dict(temperature=2.0, alpha=0.7, divergence=divergence, reduction="none")
+    _, ref_g = run(kd_loss_reference64, s.double(), t.double(), lab, go, **kw)
+    _, grad = run(kd_loss, s, t, lab, go, **kw)
+    assert ((grad - ref_g).abs() <= one_rounding_bound(ref_g, dtype)).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_gradient_rounds_once_with_scaled_loss(dtype):
+    """`(loss * c).backward()` (gradient accumulation, loss scaling) rounds once too (c = 0.7: the old
+    in-place scaling failed this in both dtypes)."""
+    s, t, lab = inputs(16, 3200, dtype=dtype, seed=22)
+    kw = dict(temperature=2.0, alpha=0.5)
+    _, ref_g = run(kd_loss_reference64, s.double(), t.double(), lab, 0.7, **kw)
+    _, grad = run(kd_loss, s, t, lab, 0.7, **kw)
+    assert ((grad - ref_g).abs() <= one_rounding_bound(ref_g, dtype)).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_fused_linear_low_precision_per_row_upstream(dtype):
+    """fused_linear_kd_loss with reduction="none": the per-row factor goes into the kernel (bf16: before its
+    rounding); the heads' gradients match the float64 reference through both matmuls."""
+    g = torch.Generator().manual_seed(3)
+    N, H, V = 40, 16, 300
+    hs = torch.randn(N, H, generator=g).to(dtype).requires_grad_()
+    ws = (torch.randn(V, H, generator=g) * 0.5).to(dtype).requires_grad_()
+    ht, wt = torch.randn(N, H, generator=g).to(dtype), (torch.randn(V, H, generator=g) * 0.5).to(dtype)
+    go = torch.randn(N, generator=g)
+    out = kernels.fused_linear_kd_loss(hs, ws, ht, wt, temperature=2.0, reduction="none", chunk_size=16)
+    out.backward(go)
+    h64, w64 = hs.detach().double().requires_grad_(), ws.detach().double().requires_grad_()
+    ref = kd_loss_reference64(h64 @ w64.t(), ht.double() @ wt.double().t(), temperature=2.0, reduction="none")
+    ref.backward(go.double())
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    assert rel_err(hs.grad, h64.grad) < tol and rel_err(ws.grad, w64.grad) < tol
+
+
+def test_float64_inputs_give_float64_loss_and_gradients():
+    s, t, lab = inputs(10, 300, dtype=torch.float64, seed=4)
+    for div in DIVS:
+        kw = dict(temperature=1.5, alpha=0.4, divergence=div)
+        x = s.clone().requires_grad_()
+        out = kd_loss(x, t, lab, **kw)
+        out.backward()
+        assert out.dtype == torch.float64 and x.grad.dtype == torch.float64
+        y = s.clone().requires_grad_()
+        ref = kd_loss_reference64(y, t, lab, **kw)
+        ref.backward()
+        assert float(abs(out - ref)) <= 1e-12 * float(abs(ref)) and rel_err(x.grad, y.grad) < 1e-12
+    g = torch.Generator().manual_seed(5)
+    hs = torch.randn(6, 8, dtype=torch.float64, generator=g, requires_grad=True)
+    ws = torch.randn(300, 8, dtype=torch.float64, generator=g, requires_grad=True)
+    out = kernels.fused_linear_kd_loss(hs, ws, torch.randn(6, 8, dtype=torch.float64, generator=g),
+                                       torch.randn(300, 8, dtype=torch.float64, generator=g), temperature=2.0)
+    out.backward()
+    assert out.dtype == torch.float64 and hs.grad.dtype == torch.float64 and ws.grad.dtype == torch.float64

@@ -65,10 +65,10 @@ void run_teacher(const Args& a, int t_dtype, int grid) {
 extern "C" int kd_forward_emu(uintptr_t student, int s_dtype, int64_t s_stride, uintptr_t teacher, int t_dtype,
                               int64_t t_stride, uintptr_t labels, int64_t rows, int64_t V, float temperature,
                               float alpha, int divergence, float beta, int64_t ignore_index, float grad_scale,
-                              uintptr_t loss, uintptr_t grad, int64_t g_stride, int grid) {
+                              uintptr_t loss, uintptr_t grad, int64_t g_stride, uintptr_t row_scale, int grid) {
   const edgekd::KDParams p = edgekd::params_from_raw(student, s_dtype, s_stride, teacher, t_dtype, t_stride, labels,
                                                      rows, V, temperature, alpha, divergence, beta, ignore_index,
-                                                     grad_scale, loss, grad, g_stride, 0);
+                                                     grad_scale, loss, grad, g_stride, 0, row_scale);
   if (rows <= 0) return 0;
   Args a;
   bool multi_pass = false;
