@@ -36,8 +36,13 @@ def _recipe(steps: Optional[int], seed: Optional[int], threads: Optional[int]) -
 
 
 def train_builtin_teacher(out: str | os.PathLike = BUILTIN_DIR, steps: Optional[int] = None,
-                          seed: Optional[int] = None, threads: Optional[int] = None, quiet: bool = False) -> Path:
-    """Train the built-in teacher from its recipe and write it (atomically) to `out`."""
+                          seed: Optional[int] = None, threads: Optional[int] = None, quiet: bool = False,
+                          checkpoints: Optional[str | os.PathLike] = None) -> Path:
+    """Train the built-in teacher from its recipe and write it (atomically) to `out`.
+
+    `checkpoints`: a folder for checkpoints every eval_every steps, resumed from when it holds some (the
+    recipe's schedule is warmup-stable-decay, so a stable-phase checkpoint of a longer run continues into
+    a shorter recipe exactly)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from edgekd.data.batching import BlockStream, encode_texts, eval_blocks
@@ -59,13 +64,19 @@ def train_builtin_teacher(out: str | os.PathLike = BUILTIN_DIR, steps: Optional[
     stream = BlockStream(encode_texts(corpus.train, tokenizer), r["seq_len"], r["batch_size"], seed=r["seed"])
     tc = TrainConfig(steps=r["steps"], batch_size=r["batch_size"], lr=r["lr"], min_lr_ratio=r["min_lr_ratio"],
                      warmup_steps=r["warmup_steps"], weight_decay=r["weight_decay"], grad_clip=r["grad_clip"],
-                     checkpoint_every=0, seed=r["seed"], bf16=False, eval_every=r["eval_every"])
+                     checkpoint_every=r["eval_every"] if checkpoints else 0, seed=r["seed"], bf16=False,
+                     eval_every=r["eval_every"], decay_steps=round(r["steps"] * r["decay_fraction"]))
     batches = [{"input_ids": val[i:i + 16], "attention_mask": torch.ones_like(val[i:i + 16]), "labels": val[i:i + 16]}
                for i in range(0, len(val), 16)]
     t0 = time.time()
-    trainer = Trainer(model, hard_label_objective(causal=True), stream, tc, None, kind=CAUSAL_LM, label="teacher",
-                      quiet=quiet, device=torch.device("cpu"),
+    trainer = Trainer(model, hard_label_objective(causal=True), stream, tc, checkpoints, kind=CAUSAL_LM,
+                      label="teacher", quiet=quiet, device=torch.device("cpu"),
                       evaluator=lambda m: heldout_loss(m, batches, CAUSAL_LM))
+    if checkpoints:
+        cks = [c for c in trainer.checkpoints() if int(c.name.split("_")[1]) <= r["steps"] - tc.decay_steps
+               or int(c.name.split("_")[1]) <= r["steps"] and _same_schedule(c, tc)]
+        if cks:
+            trainer.load_checkpoint(cks[-1])
     losses = [h["loss"] for h in trainer.train()]
     val_loss = trainer.evals[-1]["eval_loss"] if trainer.evals else heldout_loss(model, batches, CAUSAL_LM)
     recipe = r | {
@@ -73,7 +84,7 @@ def train_builtin_teacher(out: str | os.PathLike = BUILTIN_DIR, steps: Optional[
         "python": platform.python_version(), "tokenizer_hash": tokenizer_hash(tokenizer),
         "torch_version": torch.__version__, "train_tokens": r["steps"] * r["seq_len"] * r["batch_size"],
         "final_train_loss": sum(losses[-20:]) / len(losses[-20:]), "final_validation_loss": val_loss,
-        "validation_curve": trainer.evals,
+        "decay_steps": tc.decay_steps, "validation_curve": trainer.evals,
         "train_seconds": time.time() - t0,
         "reproducibility": "bitwise equal for the same torch version, thread count and machine"}
     with atomic_dir(out) as tmp:
@@ -87,6 +98,14 @@ def train_builtin_teacher(out: str | os.PathLike = BUILTIN_DIR, steps: Optional[
         echo(f"built-in teacher written to {out}: validation loss {val_loss:.4f} "
              f"(perplexity {math.exp(val_loss):.1f}) after {r['steps']} steps")
     return Path(out)
+
+
+def _same_schedule(ckpt: Path, tc) -> bool:
+    """A checkpoint inside the decay phase continues only a run with the same schedule."""
+    import json
+
+    saved = json.loads((ckpt / "trainer.json").read_text()).get("config", {})
+    return saved.get("steps") == tc.steps and saved.get("decay_steps") == tc.decay_steps
 
 
 def make_tiny_teacher(out: str | os.PathLike, texts: Optional[list[str]] = None, *, vocab_size: int = 384,

@@ -40,13 +40,19 @@ class TrainConfig:
     bf16: Optional[bool] = None       # None: on where the device supports it (CUDA), off on CPU
     seed: int = 0
     eval_every: int = 0               # held-out loss every N steps (and at 0 and the end); 0: never
+    decay_steps: int = 0              # > 0: warmup-stable-decay (constant lr, then linear decay over the last N)
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Linear warmup, then cosine decay to min_lr_ratio * lr at the last step."""
+    """Linear warmup, then cosine decay to min_lr_ratio * lr at the last step; or, with decay_steps,
+    warmup-stable-decay: the lr stays constant until the last decay_steps, so a run's stable phase does not
+    depend on its length (a longer run continues from any stable checkpoint)."""
     warm = min(cfg.warmup_steps, max(0, cfg.steps - 1))
     if step < warm:
         return cfg.lr * (step + 1) / warm
+    if cfg.decay_steps:
+        into = step - (cfg.steps - cfg.decay_steps)
+        return cfg.lr * (1 - (1 - cfg.min_lr_ratio) * max(0.0, min(1.0, (into + 1) / cfg.decay_steps)))
     frac = (step - warm) / max(1, cfg.steps - warm)
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
 

@@ -19,7 +19,8 @@ RECIPE = {
         "tie_word_embeddings": False, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
     },
     "seed": 1234,
-    "steps": 3000,
+    "steps": 2000,
+    "decay_fraction": 0.2,         # warmup-stable-decay: constant lr, then linear decay over the last 20%
     "seq_len": 256,
     "batch_size": 8,
     "lr": 2e-3,
@@ -30,7 +31,7 @@ RECIPE = {
     "threads": 2,
     "dtype": "float32",
     "eval_blocks": 64,
-    "eval_every": 250,
+    "eval_every": 200,
 }
 
 

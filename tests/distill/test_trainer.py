@@ -117,3 +117,36 @@ def test_torchrun_two_ranks_agree_with_single_process(tmp_path):
     r0, r1 = load_file(tmp_path / "ddp.safetensors.rank0"), load_file(tmp_path / "ddp.safetensors.rank1")
     _same(r0, r1)
     _same(r0, load_file(tmp_path / "single.safetensors"), exact=False)
+
+
+def test_warmup_stable_decay():
+    c = TrainConfig(steps=100, lr=1.0, warmup_steps=10, min_lr_ratio=0.1, decay_steps=20)
+    assert lr_at(0, c) == pytest.approx(0.1) and lr_at(10, c) == lr_at(79, c) == 1.0
+    assert lr_at(80, c) < 1.0 and lr_at(99, c) == pytest.approx(0.1)
+    assert all(lr_at(i, c) > lr_at(i + 1, c) for i in range(79, 99))
+    longer = TrainConfig(steps=1000, lr=1.0, warmup_steps=10, min_lr_ratio=0.1, decay_steps=200)
+    assert all(lr_at(i, c) == lr_at(i, longer) for i in range(80))  # the stable phase is the same in both
+
+
+def test_stable_checkpoint_of_a_longer_run_continues_into_a_shorter_schedule(tmp_path):
+    """Warmup-stable-decay: train 10 steps (decay over the last 2) from scratch, or take step 8 of a 100-step
+    run's stable phase and continue with the 10-step schedule: identical weights (how the built-in teacher's
+    recipe can be extended without retraining the stable phase)."""
+    def trainer(steps, decay, ckpt):
+        torch.manual_seed(0)
+        data = torch.randint(0, 64, (4000,), generator=torch.Generator().manual_seed(1))
+        cfg = TrainConfig(steps=steps, batch_size=4, lr=1e-2, warmup_steps=2, decay_steps=decay, checkpoint_every=4,
+                          seed=0)
+        return Trainer(_tiny(), lambda m, b: (ce_loss(m(**{k: b[k] for k in ("input_ids",)}).logits, b["labels"], True), {}),
+                       BlockStream(data, 16, 4, seed=0), cfg, ckpt, quiet=True)
+
+    direct = trainer(10, 2, None)
+    direct.train()
+    long_run = trainer(100, 20, tmp_path / "ck")
+    for _ in range(8):
+        long_run.train_step()
+    long_run.save_checkpoint()
+    cont = trainer(10, 2, tmp_path / "ck")
+    assert cont.resume() and cont.step == 8
+    cont.train()
+    _same(direct.model.state_dict(), cont.model.state_dict())
