@@ -41,19 +41,23 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=150)
     ap.add_argument("--student", default='{"num_hidden_layers": 2}')
     ap.add_argument("--only", default=None, help="comma-separated labels of GRID to run")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (two sweeps side by side: 1 each)")
     ap.add_argument("--json", default=str(Path(__file__).with_name("kd_sweep.json")))
     args = ap.parse_args()
 
     from edgekd.distill import DistillConfig, run
 
     grid = [g for g in GRID if args.only is None or g[0] in args.only.split(",")]
+    grid += [(label, float(T), float(a), div) for label, T, a, div in
+             (x.split(":") for x in (args.only or "").split(",") if x.count(":") == 3)]  # "label:T:alpha:divergence"
     rows = []
     for label, T, alpha, div in grid:
         t0 = time.time()
         with tempfile.TemporaryDirectory() as d:
             cfg = DistillConfig(teacher=args.teacher, student=json.loads(args.student), steps=args.steps,
                                 temperature=T, alpha=alpha, loss=[{"name": "kd", "divergence": div}],
-                                out=str(Path(d) / "run"), scratch=False, quiet=True, eval_every=0)
+                                out=str(Path(d) / "run"), scratch=False, quiet=True, eval_every=0,
+                                threads=args.threads)
             rep = run(cfg).report
         s, t = rep["student"], rep["teacher"]
         rows.append({"label": label, "temperature": T, "alpha": alpha, "divergence": div,

@@ -233,15 +233,19 @@ def teacher_train(
     out: Optional[str] = typer.Option(None, help="Where to write the teacher (default: the packaged built-in dir)."),
     steps: Optional[int] = typer.Option(None, help="Training steps (default: the recipe's)."),
     seed: Optional[int] = typer.Option(None, help="Seed (default: the recipe's)."),
+    checkpoints: Optional[str] = typer.Option(None, help="Checkpoint into this folder and resume from it (a "
+                                              "stable-phase checkpoint of a longer run continues a shorter one)."),
 ) -> None:
     """Train the built-in teacher from its recipe on the built-in corpus (reproduces the shipped one)."""
     from edgekd.checks import teacher_train_args
 
     teacher_train_args(steps, seed, _path(out))
+    if checkpoints is not None:
+        teacher_train_args(out=_path(checkpoints))
     from edgekd.distill.teacher import train_builtin_teacher
     from edgekd.models.builtin import BUILTIN_DIR
 
-    train_builtin_teacher(_path(out) or BUILTIN_DIR, steps=steps, seed=seed)
+    train_builtin_teacher(_path(out) or BUILTIN_DIR, steps=steps, seed=seed, checkpoints=_path(checkpoints))
 
 
 # --- export / profile -----------------------------------------------------------------------------

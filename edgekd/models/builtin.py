@@ -19,7 +19,7 @@ RECIPE = {
         "tie_word_embeddings": False, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
     },
     "seed": 1234,
-    "steps": 2000,
+    "steps": 1500,
     "decay_fraction": 0.2,         # warmup-stable-decay: constant lr, then linear decay over the last 20%
     "seq_len": 256,
     "batch_size": 8,
