@@ -29,7 +29,7 @@ class DistillConfig:
     steps: Optional[int] = None
     out: Optional[str] = None
     resume: bool = False
-    temperature: Union[float, str] = 2.0          # or "auto": log2(teacher/student params) + 1
+    temperature: Union[float, str] = 1.0          # benchmarks/kd_sweep.py; or "auto": log2(teacher/student params) + 1
     alpha: float = 0.5
     loss: Optional[Union[str, list]] = None       # JSON list, path to one, or a loss name
     scheme: str = "offline"
