@@ -30,18 +30,23 @@ class MaskedStream(BlockStream):
         return b
 
 
+def join_group() -> tuple[int, int]:
+    """One CPU thread; under torchrun, join the gloo group. (rank, world)."""
+    torch.set_num_threads(1)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo")
+    return dist.get_rank(), world
+
+
 def main():
     args = sys.argv[1:]
     ckpt, out = args[0], args[1]
     kill_at = int(args[args.index("--kill-at") + 1]) if "--kill-at" in args else None
-    torch.set_num_threads(1)
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = 0
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.init_process_group("gloo")
-        rank = dist.get_rank()
+    rank, world = join_group()
     torch.manual_seed(0)
     cfg = LlamaConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                       num_key_value_heads=2, intermediate_size=48, max_position_embeddings=32)
@@ -67,7 +72,7 @@ def main():
     trainer.train()
     if world > 1:
         save_model(model, f"{out}.rank{rank}")
-        dist.destroy_process_group()
+        torch.distributed.destroy_process_group()
     else:
         save_model(model, out)
 
