@@ -1,5 +1,5 @@
 """torch.distributed past one process, on 2 CPU processes over gloo: the sharded top-k teacher cache
-against the one-process one."""
+and FSDP2 training, each against the one-process result."""
 
 import json
 import os
@@ -118,3 +118,57 @@ def test_a_stale_staging_directory_for_other_data_is_discarded(tmp_path, one_pro
     TeacherCache.build(t, data, tmp_path / "c", k=K, batch_size=2, dtype="float32", shard_examples=4)
     _same_cache(tmp_path / "c", one_process_cache)
 
+
+FSDP_ARGS = ("--kd", "--micro1", "--mask-some", "--steps", "4")
+
+
+@pytest.fixture(scope="module")
+def one_process_student(tmp_path_factory):
+    out = tmp_path_factory.mktemp("single") / "single.safetensors"
+    r = subprocess.run([sys.executable, str(HERE / "train_worker.py"), "-", out, *FSDP_ARGS], env=_env(),
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return load_file(out)
+
+
+def _close(a: dict, b: dict):
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)
+
+
+@pytest.mark.slow
+def test_fsdp_two_ranks_train_the_one_process_student(tmp_path, one_process_student):
+    """Student and teacher sharded over 2 gloo ranks, 2 accumulated micro-batches per rank, clipping over
+    sharded gradients: after 4 steps the gathered student is the one process's."""
+    _torchrun("train_worker.py", tmp_path / "ck", tmp_path / "fsdp.safetensors", *FSDP_ARGS, "--fsdp")
+    r0, r1 = load_file(tmp_path / "fsdp.safetensors.rank0"), load_file(tmp_path / "fsdp.safetensors.rank1")
+    _close(r0, r1)
+    _close(r0, one_process_student)
+    # the checkpoint rank 0 wrote is an ordinary model's full state dict
+    ck = load_file(sorted((tmp_path / "ck").glob("step_*"))[-1] / "model.safetensors")
+    _close(ck, one_process_student)
+
+
+@pytest.mark.slow
+def test_fsdp_run_killed_after_a_checkpoint_resumes_to_the_same_student(tmp_path, one_process_student):
+    r = _torchrun("train_worker.py", tmp_path / "ck", tmp_path / "x", *FSDP_ARGS, "--fsdp", "--kill-at", "2",
+                  check=False)
+    assert r.returncode != 0 and [p.name for p in (tmp_path / "ck").glob("step_*")] == ["step_000002"]
+    _torchrun("train_worker.py", tmp_path / "ck", tmp_path / "resumed.safetensors", *FSDP_ARGS, "--fsdp", "--resume")
+    _close(load_file(tmp_path / "resumed.safetensors.rank0"), one_process_student)
+
+
+@pytest.mark.parametrize("args, env, says", [
+    (["--parallel", "fsdp"], {}, "run under torchrun --nproc-per-node N"),
+    (["--parallel", "fsdp", "--scheme", "self"], {"WORLD_SIZE": "2"}, "does not support the self scheme"),
+    (["--parallel", "zero"], {}, "unknown --parallel 'zero'"),
+])
+def test_parallel_mistakes_are_one_line_errors_before_any_work(tmp_path, monkeypatch, capsys, args, env, says):
+    from tests.test_pipeline import cli
+
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    code, _, err = cli(monkeypatch, capsys, "distill", "--out", tmp_path / "run", "--quiet", *args)
+    assert code == 2 and says in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "run").exists()
