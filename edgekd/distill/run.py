@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -91,7 +92,8 @@ def run(config: DistillConfig | dict, *, status: str = "complete") -> RunResult:
     """
     cfg = DistillConfig.from_dict(config) if isinstance(config, dict) else config
     out = resolve_out(cfg)
-    with run_lock(out):
+    # under torchrun the processes share the run directory: rank 0 holds its lock for all of them
+    with run_lock(out) if int(os.environ.get("RANK", "0")) == 0 else nullcontext():
         if cfg.resume:
             cfg = resume_config(cfg, out)
         elif (out / "config.json").exists():
