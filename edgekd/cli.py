@@ -143,6 +143,9 @@ def distill(
     batch_size: int = typer.Option(8, help="Sequences per optimiser step."),
     seq_len: int = typer.Option(256, help="Tokens per sequence."),
     lr: float = typer.Option(2e-3, help="Peak learning rate."),
+    parallel: str = typer.Option("ddp", "--parallel",
+                                 help="Under torchrun: ddp (a replica per process) or fsdp (the student sharded "
+                                      "over the processes with FSDP2)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ) -> None:
     """Distill the teacher into a student, train the scratch baseline, evaluate both, write the run."""
@@ -178,7 +181,7 @@ def distill(
     engine = DistillConfig(teacher=_path(teacher), data=_path(data), text_column=text_column,
                            label_column=label_column, student=_path(student), steps=steps, out=_path(out),
                            resume=resume, temperature=temp, alpha=alpha, loss=loss, scheme=scheme, seed=seed,
-                           batch_size=batch_size, seq_len=seq_len, lr=lr, quiet=quiet,
+                           batch_size=batch_size, seq_len=seq_len, lr=lr, quiet=quiet, parallel=parallel,
                            scheme_config=_scheme_paths(_json_option("--scheme-config", scheme_config)))
     if target:  # the one-command job: search -> distill -> export -> profile -> report (it refuses --student)
         from edgekd.pipeline import JobConfig, distill_for_target

@@ -6,6 +6,7 @@ from __future__ import annotations
 import bisect
 import hashlib
 import json
+import shutil
 from pathlib import Path
 from typing import Any, Optional
 
@@ -13,7 +14,7 @@ import torch
 from torch import nn
 
 from edgekd.errors import EdgekdError
-from edgekd.io import atomic_dir
+from edgekd.io import replace_dir
 from edgekd.losses import TopKLogits, unwrap
 
 
@@ -80,11 +81,12 @@ class TeacherCache:
     """A teacher's top-k logits over a data set, in safetensors shards, so a large teacher runs once.
 
     Layout: DIR/index.json (format, k, dtype, vocab size, data and teacher hashes, shards with their
-    example ranges and tensor shapes) and DIR/shard-NNNNN.safetensors holding, for its examples,
+    example ranges and tensor shapes) and DIR/shard-*.safetensors (see build) holding, for its examples,
     `values` [tokens, k] (float16 or float32 raw logits), `indices` [tokens, k] int32, `offsets`
     [n+1] int64 (row range per example) and `keys` [n] int64 (a hash of the example's ids). The
-    directory is written atomically. A batch row is served by its data position (batch["index"])
-    or, without one, by the hash of its real tokens; rows it does not know are an EdgekdError.
+    directory is written atomically, by one process or by all ranks. A batch row is served by its
+    data position (batch["index"]) or, without one, by the hash of its real tokens; rows it does not
+    know are an EdgekdError.
     """
 
     FORMAT = "edgekd-teacher-topk"
@@ -100,8 +102,20 @@ class TeacherCache:
     @classmethod
     def build(cls, teacher: nn.Module, data, path, *, k: int = 32, batch_size: int = 8, dtype: str = "float16",
               shard_examples: int = 4096) -> "TeacherCache":
-        """Run the teacher over `data` once (eval, no grad) and write the cache at `path`."""
+        """Run the teacher over `data` once (eval, no grad) and write the cache at `path`.
+
+        Under torch.distributed every rank calls this: rank r of W computes a contiguous share of the
+        batches and writes its shards, shard-RRRRR-of-WWWWW.PPPPP.safetensors (one process keeps the
+        names shard-PPPPP.safetensors). Shards go atomically into DIR's staging directory .DIR.building/
+        beside a manifest (build.json: data, teacher and settings); a rerun after a crash keeps the
+        complete shards of a matching manifest and computes only the rest. Rank 0 then writes
+        index.json and moves the directory into place. The index maps global example positions to
+        shards, so any number of ranks reads the cache back.
+        """
         from safetensors.torch import save_file
+
+        from edgekd import faults
+        from edgekd.io import atomic_path, write_json
 
         if dtype not in ("float16", "float32"):
             raise EdgekdError(f"teacher cache dtype must be float16 or float32, got {dtype!r}")
@@ -110,50 +124,58 @@ class TeacherCache:
         examples = examples_of(data)
         if not examples:
             raise EdgekdError("teacher cache: the data set is empty")
+        rank, world = _dist_info()
+        path = Path(path)
+        stage = path.with_name(f".{path.name}.building")
         model = unwrap(teacher)
+        manifest = {"format": cls.FORMAT, "k": k, "dtype": dtype, "batch_size": batch_size,
+                    "shard_examples": shard_examples, "world_size": world,
+                    "data_hash": data_hash(examples), "teacher_hash": teacher_hash(model)}
+        if rank == 0:
+            try:
+                same = json.loads((stage / "build.json").read_text()) == manifest
+            except (OSError, json.JSONDecodeError):
+                same = False
+            if not same:  # another build's leftovers (other data, teacher or world size): start afresh
+                shutil.rmtree(stage, ignore_errors=True)
+            stage.mkdir(parents=True, exist_ok=True)
+            write_json(stage / "build.json", manifest)
+        _barrier(world)
+        plan = _shard_plan(len(examples), batch_size, shard_examples, world)
         was_training = model.training
         model.eval()
-        device = next(model.parameters()).device
-        tdtype = getattr(torch, dtype)
-        pad_id = getattr(getattr(model, "config", None), "pad_token_id", None) or 0  # classifiers pool on non-pad
-        shards, vocab, token_level = [], None, True
         try:
-            with atomic_dir(path) as tmp:
-                for first in range(0, len(examples), shard_examples):
-                    chunk = examples[first:first + shard_examples]
-                    vals, idxs, offsets = [], [], [0]
-                    for b in range(0, len(chunk), batch_size):
-                        rows = chunk[b:b + batch_size]
-                        L = max(len(r) for r in rows)
-                        ids = torch.full((len(rows), L), pad_id, dtype=torch.long)
-                        mask = torch.zeros(len(rows), L, dtype=torch.long)
-                        for i, r in enumerate(rows):
-                            ids[i, :len(r)], mask[i, :len(r)] = r, 1
-                        with torch.no_grad():
-                            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
-                        vocab = logits.shape[-1]
-                        kk = min(k, vocab)
-                        top_v, top_i = logits.float().topk(kk, dim=-1)
-                        token_level = logits.dim() == 3
-                        for i, r in enumerate(rows):
-                            v, ix = (top_v[i, :len(r)], top_i[i, :len(r)]) if token_level else (top_v[i:i + 1], top_i[i:i + 1])
-                            vals.append(v.to(tdtype).cpu())
-                            idxs.append(ix.to(torch.int32).cpu())
-                            offsets.append(offsets[-1] + v.shape[0])
-                    tensors = {"values": torch.cat(vals).contiguous(), "indices": torch.cat(idxs).contiguous(),
-                               "offsets": torch.tensor(offsets, dtype=torch.int64),
-                               "keys": torch.tensor([example_key(r) for r in chunk], dtype=torch.int64)}
-                    fname = f"shard-{len(shards):05d}.safetensors"
-                    save_file(tensors, str(tmp / fname))
-                    shards.append({"file": fname, "first": first, "count": len(chunk), "tokens": offsets[-1],
-                                   "shapes": {n: list(t.shape) for n, t in tensors.items()}})
-                index = {"format": cls.FORMAT, "version": 1, "k": min(k, vocab), "dtype": dtype, "vocab_size": vocab,
-                         "token_level": token_level, "num_examples": len(examples),
-                         "data_hash": data_hash(examples), "teacher_hash": teacher_hash(model), "shards": shards}
-                (tmp / "index.json").write_text(json.dumps(index, indent=2) + "\n")
+            for fname, first, count in plan[rank]:
+                if (stage / fname).is_file():  # complete (written atomically) by an earlier attempt
+                    continue
+                tensors, meta = _teacher_topk(model, examples[first:first + count], k, batch_size, getattr(torch, dtype))
+                with atomic_path(stage / fname) as tmp:
+                    save_file(tensors, str(tmp), metadata=meta)
+                faults.point("teacher_cache")
         finally:
             model.train(was_training)
-        return cls(Path(path), index)
+        _barrier(world)
+        if rank == 0:
+            from safetensors import safe_open
+
+            shards, meta = [], {}
+            for fname, first, count in (s for share in plan for s in share):
+                with safe_open(str(stage / fname), framework="pt") as f:
+                    meta = f.metadata()
+                    shapes = {n: list(f.get_slice(n).get_shape()) for n in ("values", "indices", "offsets", "keys")}
+                    tokens = int(f.get_slice("offsets")[-1:][0])
+                shards.append({"file": fname, "first": first, "count": count, "tokens": tokens, "shapes": shapes})
+            vocab = int(meta["vocab_size"])
+            index = {"format": cls.FORMAT, "version": 1, "k": min(k, vocab), "dtype": dtype, "vocab_size": vocab,
+                     "token_level": meta["token_level"] == "1", "num_examples": len(examples),
+                     "data_hash": manifest["data_hash"], "teacher_hash": manifest["teacher_hash"], "shards": shards}
+            if world > 1:
+                index["written_by"] = {"world_size": world, "batch_size": batch_size}
+            write_json(stage / "index.json", index)
+            (stage / "build.json").unlink()
+            replace_dir(stage, path)
+        _barrier(world)
+        return cls.open(path)
 
     @classmethod
     def open(cls, path, *, data=None, teacher: Optional[nn.Module] = None) -> "TeacherCache":
@@ -250,3 +272,61 @@ class TeacherCache:
             else:
                 values[b], indices[b] = ex.values[0], ex.indices[0]
         return TopKLogits(values.to(ids.device), indices.to(ids.device))
+
+
+def _dist_info() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def _shard_plan(n: int, batch_size: int, shard_examples: int, world: int) -> list[list[tuple[str, int, int]]]:
+    """Per rank, its shards as (file name, first example, count): rank r takes a contiguous share of the
+    teacher's batches, so every batch is the one a single process would run; shards cut that share."""
+    batches = -(-n // batch_size)
+    plan = []
+    for r in range(world):
+        lo, hi = min(n, r * batches // world * batch_size), min(n, (r + 1) * batches // world * batch_size)
+        shards = []
+        for p, first in enumerate(range(lo, hi, shard_examples)):
+            name = f"shard-{p:05d}" if world == 1 else f"shard-{r:05d}-of-{world:05d}.{p:05d}"
+            shards.append((f"{name}.safetensors", first, min(shard_examples, hi - first)))
+        plan.append(shards)
+    return plan
+
+
+def _teacher_topk(model: nn.Module, chunk: list[torch.Tensor], k: int, batch_size: int, tdtype: torch.dtype):
+    """One shard's tensors (values, indices, offsets, keys) and metadata: the teacher's top-k over `chunk`."""
+    device = next(model.parameters()).device
+    pad_id = getattr(getattr(model, "config", None), "pad_token_id", None) or 0  # classifiers pool on non-pad
+    vals, idxs, offsets, vocab, token_level = [], [], [0], None, True
+    for b in range(0, len(chunk), batch_size):
+        rows = chunk[b:b + batch_size]
+        L = max(len(r) for r in rows)
+        ids = torch.full((len(rows), L), pad_id, dtype=torch.long)
+        mask = torch.zeros(len(rows), L, dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, :len(r)], mask[i, :len(r)] = r, 1
+        with torch.no_grad():
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+        vocab = logits.shape[-1]
+        top_v, top_i = logits.float().topk(min(k, vocab), dim=-1)
+        token_level = logits.dim() == 3
+        for i, r in enumerate(rows):
+            v, ix = (top_v[i, :len(r)], top_i[i, :len(r)]) if token_level else (top_v[i:i + 1], top_i[i:i + 1])
+            vals.append(v.to(tdtype).cpu())
+            idxs.append(ix.to(torch.int32).cpu())
+            offsets.append(offsets[-1] + v.shape[0])
+    tensors = {"values": torch.cat(vals).contiguous(), "indices": torch.cat(idxs).contiguous(),
+               "offsets": torch.tensor(offsets, dtype=torch.int64),
+               "keys": torch.tensor([example_key(r) for r in chunk], dtype=torch.int64)}
+    return tensors, {"vocab_size": str(vocab), "token_level": "1" if token_level else "0"}

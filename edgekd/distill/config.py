@@ -7,6 +7,7 @@ The job's fields (target, budget, where to profile) are not here: they live in t
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -39,6 +40,7 @@ class DistillConfig:
     torch_device: Optional[str] = None             # torch device to train on; None: cuda if present
     batch_size: int = 8
     micro_batch_size: Optional[int] = None
+    parallel: str = "ddp"                          # under torchrun: "ddp" (replicas) or "fsdp" (sharded, FSDP2)
     seq_len: int = 256
     lr: float = 2e-3
     warmup_steps: Optional[int] = None
@@ -150,11 +152,13 @@ def parse_loss_spec(loss) -> Optional[list]:
 def validate(cfg: DistillConfig) -> None:
     """Every option of the run, checked before anything is loaded or written (edgekd.checks)."""
     from edgekd import checks
+    from edgekd.distill.parallel import check_parallel
     from edgekd.distill.schemes import SCHEMES
     from edgekd.models.loading import read_config_dict, resolve_model_dir
 
     if cfg.scheme not in SCHEMES:
         raise EdgekdError(f"unknown scheme {cfg.scheme!r}: choose one of {', '.join(SCHEMES)}")
+    check_parallel(cfg.parallel, cfg.scheme, int(os.environ.get("WORLD_SIZE", "1")))
     if cfg.loss_impl not in ("fused", "eager"):
         raise EdgekdError(f"unknown loss implementation {cfg.loss_impl!r}: use 'fused' or 'eager'")
     teacher_config = read_config_dict(resolve_model_dir(cfg.teacher)) if cfg.teacher == "builtin" else None

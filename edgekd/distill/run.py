@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -91,7 +92,8 @@ def run(config: DistillConfig | dict, *, status: str = "complete") -> RunResult:
     """
     cfg = DistillConfig.from_dict(config) if isinstance(config, dict) else config
     out = resolve_out(cfg)
-    with run_lock(out):
+    # under torchrun the processes share the run directory: rank 0 holds its lock for all of them
+    with run_lock(out) if int(os.environ.get("RANK", "0")) == 0 else nullcontext():
         if cfg.resume:
             cfg = resume_config(cfg, out)
         elif (out / "config.json").exists():
@@ -197,11 +199,12 @@ def train_stage(ctx: RunContext, stage, previous) -> Trained:
     trainer = Trainer(model, DistillObjective(loss_fn, scheme, ctx.causal), stage.stream,
                       ctx.train_config(stage.steps), ctx.out / "checkpoints" / stage.checkpoint, kind=ctx.kind,
                       extra_params=list(loss_fn.parameters()) + list(scheme.extra_parameters()), scheme=scheme,
-                      label=stage.label, quiet=cfg.quiet, device=ctx.device, evaluator=ctx.heldout_loss)
+                      label=stage.label, quiet=cfg.quiet, device=ctx.device, evaluator=ctx.heldout_loss,
+                      parallel=cfg.parallel)
     if cfg.resume:
         trainer.resume()
     trainer.train()
-    return Trained(model, trainer, init_info)
+    return Trained(trainer.unsharded_model(), trainer, init_info)
 
 
 # The baselines every run trains beside its student: the same architecture, data, steps and schedule on
@@ -226,11 +229,11 @@ def train_baseline(ctx: RunContext, name: str) -> Trained:
         model.to(ctx.device)
         trainer = Trainer(model, hard_label_objective(ctx.causal), ctx.data.stream(), ctx.train_config(ctx.steps),
                           ctx.out / "checkpoints" / name, kind=ctx.kind, label=name, quiet=ctx.cfg.quiet,
-                          device=ctx.device, evaluator=ctx.heldout_loss)
+                          device=ctx.device, evaluator=ctx.heldout_loss, parallel=ctx.cfg.parallel)
         if ctx.cfg.resume:
             trainer.resume()
         trainer.train()
-    return Trained(model, trainer, info)
+    return Trained(trainer.unsharded_model(), trainer, info)
 
 
 def report_run(ctx: RunContext, plan, trained: list, baselines: dict, status: str) -> RunResult:

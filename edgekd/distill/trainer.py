@@ -91,7 +91,8 @@ class Trainer:
                  ckpt_dir: Optional[str | os.PathLike] = None, *, kind: str = "causal-lm",
                  extra_params: Optional[list] = None, scheme=None, label: str = "train",
                  quiet: bool = False, on_step: Optional[Callable[[int, "Trainer"], None]] = None,
-                 device: Optional[torch.device] = None, evaluator: Optional[Callable[[torch.nn.Module], float]] = None):
+                 device: Optional[torch.device] = None, evaluator: Optional[Callable[[torch.nn.Module], float]] = None,
+                 parallel: str = "ddp"):
         self.rank, self.world = dist_info()
         self.model, self.objective, self.stream, self.cfg = model, objective, stream, cfg
         self.kind, self.scheme, self.label, self.on_step = kind, scheme, label, on_step
@@ -101,7 +102,16 @@ class Trainer:
         self.ckpt_dir = Path(ckpt_dir) if ckpt_dir is not None else None
         self.extra_params = [p for p in (extra_params or []) if p.requires_grad]
         self.ddp_model = model
-        if self.world > 1:
+        self.fsdp = parallel == "fsdp" and self.world > 1  # edgekd.distill.parallel: the model sharded in place
+        self._plain_cls = type(model)
+        if self.fsdp:
+            from edgekd.distill import parallel as fsdp
+
+            if self.extra_params:
+                raise EdgekdError("--parallel fsdp trains the student's own parameters only; this loss or scheme adds "
+                                  "trainable ones (a projection, a trained teacher): use --parallel ddp")
+            fsdp.shard(model, self.device)
+        elif self.world > 1:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
             self.ddp_model = DDP(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
@@ -109,7 +119,7 @@ class Trainer:
         self._all_params = params
         decay = [p for p in params if p.dim() >= 2]
         no_decay = [p for p in params if p.dim() < 2]
-        fused_ok = self.device.type == "cuda"
+        fused_ok = self.device.type == "cuda" and not self.fsdp
         self.optimizer = torch.optim.AdamW(
             [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
             lr=cfg.lr, betas=tuple(cfg.betas), fused=fused_ok or None)
@@ -135,16 +145,25 @@ class Trainer:
 
     def save_checkpoint(self) -> Optional[Path]:
         """Atomically write step_NNNNNN/ (complete or absent), then drop the oldest ones."""
-        if self.ckpt_dir is None or self.rank != 0:
+        if self.ckpt_dir is None:
+            return None
+        if self.fsdp:  # every rank takes part in gathering the full state; rank 0 writes it
+            from edgekd.distill.parallel import full_state
+
+            model_state, optim_state = full_state(self.model, self.optimizer)
+        if self.rank != 0:
             return None
         from safetensors.torch import save_file, save_model
 
         target = self.ckpt_dir / f"step_{self.step:06d}"
         with atomic_dir(target) as tmp:
-            save_model(self.model, str(tmp / "model.safetensors"))
+            if self.fsdp:  # an ordinary model's tensors: load_model reads it into an unsharded one
+                save_file(model_state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+            else:
+                save_model(self.model, str(tmp / "model.safetensors"))
             if self.extra_params:
                 save_file(self._extra_tensors(), str(tmp / "extra.safetensors"))
-            torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
+            torch.save(optim_state if self.fsdp else self.optimizer.state_dict(), tmp / "optimizer.pt")
             rng = {"torch": torch.get_rng_state()}
             if torch.cuda.is_available():
                 rng["cuda"] = torch.cuda.get_rng_state_all()
@@ -170,14 +189,21 @@ class Trainer:
         from safetensors.torch import load_file, load_model
 
         try:
-            load_model(self.model, str(path / "model.safetensors"))
+            if self.fsdp:  # every rank reads the full state and keeps its shard
+                from edgekd.distill.parallel import load_full_state
+
+                load_full_state(self.model, load_file(str(path / "model.safetensors")), self.optimizer,
+                                torch.load(path / "optimizer.pt", weights_only=True, map_location="cpu"))
+            else:
+                load_model(self.model, str(path / "model.safetensors"))
             if self.extra_params:
                 ex = load_file(str(path / "extra.safetensors"))
                 with torch.no_grad():
                     for i, p in enumerate(self.extra_params):
                         p.copy_(ex[f"extra.{i}"])
-            self.optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True,
-                                                      map_location=self.device))
+            if not self.fsdp:
+                self.optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True,
+                                                          map_location=self.device))
             rng = torch.load(path / "rng.pt", weights_only=True)
             torch.set_rng_state(rng["torch"])
             if "cuda" in rng and torch.cuda.is_available():
@@ -228,7 +254,7 @@ class Trainer:
         parts_sum: dict[str, float] = {}
         for i, (m, n) in enumerate(zip(micro, counts)):
             sync = (i == len(micro) - 1) or self.world == 1
-            ctx = self.ddp_model.no_sync() if (not sync and self.world > 1) else _null()
+            ctx = self._no_sync() if (not sync and self.world > 1) else _null()
             with ctx:
                 with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
                     loss, parts = self.objective(self.ddp_model, m)
@@ -249,7 +275,11 @@ class Trainer:
                 if p.grad is not None:
                     dist.all_reduce(p.grad)
                     p.grad /= self.world
-        gnorm = torch.nn.utils.clip_grad_norm_(self._all_params, cfg.grad_clip if cfg.grad_clip else float("inf"))
+        if self.fsdp:
+            from edgekd.distill.parallel import clip_grad_norm
+        else:
+            clip_grad_norm = torch.nn.utils.clip_grad_norm_
+        gnorm = clip_grad_norm(self._all_params, cfg.grad_clip if cfg.grad_clip else float("inf"))
         rec = {"step": self.step, "loss": step_loss, "lr": lr, "tokens": int(total), "grad_norm": float(gnorm)}
         rec.update({k: float(stats[1 + i]) / total for i, k in enumerate(sorted(parts_sum))})
         if not (math.isfinite(step_loss) and math.isfinite(float(gnorm))):
@@ -296,6 +326,21 @@ class Trainer:
                 if self.on_step is not None:
                     self.on_step(self.step, self)
         return self.history
+
+    def _no_sync(self):
+        if self.fsdp:
+            from edgekd.distill.parallel import no_gradient_sync
+
+            return no_gradient_sync(self.model)
+        return self.ddp_model.no_sync()
+
+    def unsharded_model(self) -> torch.nn.Module:
+        """The trained model as an ordinary one on every rank (under FSDP a gathered copy; collective)."""
+        if not self.fsdp:
+            return self.model
+        from edgekd.distill.parallel import gathered
+
+        return gathered(self.model, self._plain_cls)
 
     def _evaluate(self) -> None:
         """One point of the held-out loss curve (rank 0 records it; no randomness is consumed)."""

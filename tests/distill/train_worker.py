@@ -1,7 +1,9 @@
 """Trains a tiny LM with the real Trainer; run as a subprocess by the resume and torchrun tests.
 
-usage: python train_worker.py CKPT_DIR OUT_FILE [--kill-at STEP] [--resume] [--mask-some]
-Under torchrun it joins the gloo group and every rank writes OUT_FILE.rankN.
+usage: python train_worker.py CKPT_DIR OUT_FILE [--kill-at STEP] [--resume] [--mask-some] [--micro1]
+                              [--steps N] [--kd] [--fsdp]
+Under torchrun it joins the gloo group and every rank writes OUT_FILE.rankN. --kd adds a frozen
+teacher's KL term; --fsdp shards the student (and that teacher) with FSDP2 instead of DDP.
 """
 
 import os
@@ -9,6 +11,7 @@ import signal
 import sys
 
 import torch
+import torch.nn.functional as F
 from safetensors.torch import save_model
 from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -30,18 +33,23 @@ class MaskedStream(BlockStream):
         return b
 
 
+def join_group() -> tuple[int, int]:
+    """One CPU thread; under torchrun, join the gloo group. (rank, world)."""
+    torch.set_num_threads(1)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo")
+    return dist.get_rank(), world
+
+
 def main():
     args = sys.argv[1:]
     ckpt, out = args[0], args[1]
     kill_at = int(args[args.index("--kill-at") + 1]) if "--kill-at" in args else None
-    torch.set_num_threads(1)
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = 0
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.init_process_group("gloo")
-        rank = dist.get_rank()
+    rank, world = join_group()
     torch.manual_seed(0)
     cfg = LlamaConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                       num_key_value_heads=2, intermediate_size=48, max_position_embeddings=32)
@@ -50,24 +58,50 @@ def main():
     cls = MaskedStream if "--mask-some" in args else BlockStream
     stream = cls(tokens, 16, 4, seed=2, rank=rank, world=world)
 
+    fsdp = "--fsdp" in args
+    teacher = None
+    if "--kd" in args:
+        torch.manual_seed(5)
+        teacher = LlamaForCausalLM(cfg).requires_grad_(False).eval()
+        if fsdp:
+            from edgekd.distill.parallel import shard
+
+            shard(teacher, torch.device("cpu"))
+        torch.manual_seed(0)
+
     def objective(m, batch):
         out_ = m(input_ids=batch["input_ids"])
         loss = ce_loss(out_.logits, batch["labels"], True)
-        return loss, {"ce": loss.detach()}
+        parts = {"ce": loss.detach()}
+        if teacher is not None:
+            with torch.no_grad():
+                t_logits = teacher(input_ids=batch["input_ids"]).logits
+            kd = F.kl_div(out_.logits.log_softmax(-1).flatten(0, 1), t_logits.log_softmax(-1).flatten(0, 1),
+                          log_target=True, reduction="batchmean")
+            loss = 0.5 * loss + 0.5 * kd
+            parts["kd"] = kd.detach()
+        return loss, parts
 
     def on_step(step, tr):
         if kill_at is not None and step == kill_at:
             os.kill(os.getpid(), signal.SIGKILL)
 
     micro = 1 if "--micro1" in args else None
-    tc = TrainConfig(steps=10, batch_size=4, micro_batch_size=micro, lr=1e-2, warmup_steps=2, checkpoint_every=2)
-    trainer = Trainer(model, objective, stream, tc, ckpt if ckpt != "-" else None, quiet=True, on_step=on_step)
+    steps = int(args[args.index("--steps") + 1]) if "--steps" in args else 10
+    tc = TrainConfig(steps=steps, batch_size=4, micro_batch_size=micro, lr=1e-2, warmup_steps=2, checkpoint_every=2)
+    trainer = Trainer(model, objective, stream, tc, ckpt if ckpt != "-" else None, quiet=True, on_step=on_step,
+                      parallel="fsdp" if fsdp else "ddp")
+    if fsdp:  # sharded, not replicated: each rank holds half of every decoder layer's weight
+        from torch.distributed.tensor import DTensor
+
+        w = model.model.layers[0].mlp.up_proj.weight
+        assert isinstance(w, DTensor) and w.to_local().shape[0] == w.shape[0] // world
     if "--resume" in args:
         assert trainer.resume()
     trainer.train()
     if world > 1:
-        save_model(model, f"{out}.rank{rank}")
-        dist.destroy_process_group()
+        save_model(trainer.unsharded_model(), f"{out}.rank{rank}")
+        torch.distributed.destroy_process_group()
     else:
         save_model(model, out)
 

@@ -10,20 +10,6 @@ from edgekd.distill.schemes.base import Plan, Scheme, freeze, needs_of, register
 from edgekd.errors import EdgekdError
 
 
-def _rank0_first(fn):
-    """Run `fn` on rank 0 first, then on the others (a file rank 0 writes is then there to read)."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return fn()
-    if dist.get_rank() != 0:
-        dist.barrier()
-    out = fn()
-    if dist.get_rank() == 0:
-        dist.barrier()
-    return out
-
-
 def with_cache_data(plan: Plan) -> Plan:
     """A teacher cache (the first stage's `cache` option) is built from, or checked against, that stage's
     training stream; the plan's record says where it is and whether this run builds it."""
@@ -57,7 +43,7 @@ class OfflineScheme(Scheme):
             teacher = self.teacher if teachers else None
             if cache_data is not None and teacher is not None:
                 kw = {"k": cache_k} if cache_k else {}
-                cache = _rank0_first(lambda: TeacherCache.build_or_open(teacher, cache_data, cache, **kw))
+                cache = TeacherCache.build_or_open(teacher, cache_data, cache, **kw)  # every rank writes its shards
             else:
                 cache = TeacherCache.open(cache, data=cache_data, teacher=teacher)
         self.cache = cache
