@@ -356,8 +356,8 @@ def student_overrides(spec: Any) -> Optional[dict]:
         if p.is_dir():
             p = p / "config.json"
         if not p.is_file():
-            raise EdgekdError(f"--student {spec} is neither {' nor '.join(STUDENT_NAMES)} nor an existing file: pass "
-                              f"{', '.join(STUDENT_NAMES)}, a JSON file of config fields or a model folder")
+            raise EdgekdError(f"--student {spec} does not exist: pass {', '.join(STUDENT_NAMES)} (a student edgekd "
+                              f"provides), a JSON file of config fields or a model folder")
         d = json_object(p, "student config", "give a JSON object of config fields")
     if d.get("model_type") in STUDENT_NAMES:  # {"model_type": "bilstm", "hidden_size": 64}
         d["model_type"] = STUDENT_NAMES[d["model_type"]]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Mapping
@@ -85,9 +87,12 @@ def export_steps(show: bool, title: str, names: list[str]):
 
 
 def export_model(model_dir, fmt: str = "onnx", quantize: str = "none", seq_len: int = 64, out=None,
-                 calib_inputs=None, min_top1: float = 0.9, *, show_progress: bool = True) -> dict:
+                 calib_inputs=None, min_top1: float = 0.9, *, show_progress: bool = True,
+                 float_file: Path | None = None) -> dict:
     """Export MODEL_DIR to FILE and write its parity record FILE.json; return the record.
 
+    `float_file`: for a quantised export, the float export of the same model at the same seq_len (FILE with
+    its passed record FILE.json beside it), quantised instead of converting the model again.
     Parity runs on `calib_inputs` rows (held-out token ids; for a classifier, held-out sentences of varied
     length padded to seq_len with their attention_mask, which classifier exports take as a second input) or
     on deterministic random ids. For static
@@ -114,13 +119,16 @@ def export_model(model_dir, fmt: str = "onnx", quantize: str = "none", seq_len: 
             float_path = Path(tmp) / f"float{FORMATS[fmt]}"
             sample = {k: v[:1] for k, v in rows.items()}
             if fmt == "onnx":
-                from edgekd.export.onnx_export import export_onnx, quantize_onnx as quantize_fn
-
-                info = export_onnx(loaded.module, sample, float_path, loaded.max_len)
+                from edgekd.export.onnx_export import export_onnx as export_fn, quantize_onnx as quantize_fn
             else:
-                from edgekd.export.tflite_export import export_tflite, quantize_tflite as quantize_fn
-
-                info = export_tflite(loaded.module, sample, float_path)
+                from edgekd.export.tflite_export import export_tflite as export_fn, quantize_tflite as quantize_fn
+            if float_file is not None and quantized:  # this model's float file, converted and checked already
+                shutil.copyfile(float_file, float_path)
+                info = {"dynamic_seq": json.loads(Path(f"{float_file}.json").read_text())["dynamic_seq"]}
+            elif fmt == "onnx":
+                info = export_fn(loaded.module, sample, float_path, loaded.max_len)
+            else:
+                info = export_fn(loaded.module, sample, float_path)
             final = float_path
             if quantized:
                 step("quantize")
