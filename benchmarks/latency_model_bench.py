@@ -128,7 +128,7 @@ def tflite_runners(students, work: Path, threads: int, t0: float) -> dict:
             f32, q8 = work / f"{tag}.tflite", work / f"{tag}.int8.tflite"
             if not f32.is_file():
                 tmp = f32.with_suffix(".tmp.tflite")
-                export_tflite(logits_model(cfg), torch.randint(0, cfg["vocab_size"], (1, s)), tmp)
+                export_tflite(logits_model(cfg), {"input_ids": torch.randint(0, cfg["vocab_size"], (1, s))}, tmp)
                 tmp.rename(f32)
             if not q8.is_file():
                 tmp = q8.with_suffix(".tmp.tflite")

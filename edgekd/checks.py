@@ -343,17 +343,27 @@ ARCH_KEYS = ("num_hidden_layers", "hidden_size", "num_attention_heads", "num_key
 
 
 def student_overrides(spec: Any) -> Optional[dict]:
-    """The config fields a --student names (a dict, a JSON file or a model folder), or None for the default."""
+    """The config fields a --student names (a dict, a JSON file, a model folder, or the name of a student edgekd
+    provides: 'bilstm'), or None for the default."""
     if spec is None:
         return None
+    from edgekd.models.arch import STUDENT_NAMES
+
     if isinstance(spec, dict):
-        return spec
-    p = Path(spec)
-    if p.is_dir():
-        p = p / "config.json"
-    if not p.is_file():
-        raise EdgekdError(f"--student {spec} does not exist: pass a JSON file of config fields or a model folder")
-    return json_object(p, "student config", "give a JSON object of config fields")
+        d = dict(spec)
+    elif str(spec) in STUDENT_NAMES:  # a student edgekd provides (bilstm), sized from the teacher
+        return {"model_type": STUDENT_NAMES[str(spec)]}
+    else:
+        p = Path(spec)
+        if p.is_dir():
+            p = p / "config.json"
+        if not p.is_file():
+            raise EdgekdError(f"--student {spec} does not exist: pass {', '.join(STUDENT_NAMES)} (a student edgekd "
+                              f"provides), a JSON file of config fields or a model folder")
+        d = json_object(p, "student config", "give a JSON object of config fields")
+    if d.get("model_type") in STUDENT_NAMES:  # {"model_type": "bilstm", "hidden_size": 64}
+        d["model_type"] = STUDENT_NAMES[d["model_type"]]
+    return d
 
 
 def student_shape(overrides: Optional[dict], teacher: Optional[dict]) -> None:

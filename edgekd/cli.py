@@ -106,7 +106,8 @@ def distill(
         None, "--text-column", help="Tables (.csv, .parquet, .jsonl, saved data sets): the text column (default: text, sentence, content, ...)."),
     label_column: Optional[str] = typer.Option(
         None, "--label-column", help="Tables: the label column of classification data (default: label or labels)."),
-    student: Optional[str] = typer.Option(None, help="Student config: a JSON file of config fields or a model directory."),
+    student: Optional[str] = typer.Option(None, help="Student: a JSON file of config fields, a model directory, or "
+                                                     "'bilstm' (a BiLSTM classifier, for a classifier teacher)."),
     steps: Optional[int] = typer.Option(None, help="Training steps (default: the built-in default)."),
     out: Optional[str] = typer.Option(None, help="Run directory (default: runs/distill-TIMESTAMP)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
@@ -156,7 +157,7 @@ def distill(
     # Checked before the heavy imports and before anything is written: a bad value costs no run directory.
     settings = Settings.from_env()
     temp = temperature if temperature == "auto" else _float_option("--temperature", temperature)
-    distill_inputs(dict(teacher=_path(teacher), data=_path(data), student=_path(student), steps=steps, out=_path(out),
+    distill_inputs(dict(teacher=_path(teacher), data=_path(data), student=_student(student), steps=steps, out=_path(out),
                         temperature=temp, alpha=alpha, latency_budget_ms=latency_budget, batch_size=batch_size,
                         seq_len=seq_len, lr=lr, seed=seed))
     profile_kw = dict(identity_file=_path(identity_file), known_hosts=_path(known_hosts),
@@ -179,7 +180,7 @@ def distill(
     from edgekd.distill import DistillConfig, run
 
     engine = DistillConfig(teacher=_path(teacher), data=_path(data), text_column=text_column,
-                           label_column=label_column, student=_path(student), steps=steps, out=_path(out),
+                           label_column=label_column, student=_student(student), steps=steps, out=_path(out),
                            resume=resume, temperature=temp, alpha=alpha, loss=loss, scheme=scheme, seed=seed,
                            batch_size=batch_size, seq_len=seq_len, lr=lr, quiet=quiet, parallel=parallel,
                            scheme_config=_scheme_paths(_json_option("--scheme-config", scheme_config)))
@@ -201,6 +202,13 @@ def _scheme_paths(opts: dict) -> dict:
     if isinstance(opts.get("cache"), str):
         opts["cache"] = _path(opts["cache"])
     return opts
+
+
+def _student(value: Optional[str]) -> Optional[str]:
+    """--student: a path made absolute, or the name of a student edgekd provides (bilstm) kept as it is."""
+    from edgekd.models.arch import STUDENT_NAMES  # torch-free
+
+    return _path(value, keep=tuple(STUDENT_NAMES))
 
 
 def _path(value: Optional[str], keep: tuple = ("builtin",)) -> Optional[str]:

@@ -30,6 +30,7 @@ from edgekd.console import echo
 from edgekd.distill.config import DistillConfig, read_saved_json, refuse_changes, resolve_out, resume_config
 from edgekd.errors import EdgekdError, JobFailed
 from edgekd.io import run_lock, write_json
+from edgekd.models.loading import CLASSIFIER
 from edgekd.report import JobFacts, build_job_report, failure_message, mark_status, print_summary, write_job_report
 from edgekd.settings import Settings
 from edgekd.timing import PhaseTimer
@@ -129,13 +130,24 @@ def _check_job(job: JobConfig, settings: Settings):
 
     if not job.target:
         raise EdgekdError("distill_for_target needs a target: pass --target NAME (see `edgekd targets list`)")
-    if job.engine.student is not None:
-        raise EdgekdError("--student and --target together: the target's search chooses the student; drop one")
+    if job.engine.student is not None and not _given_student(job):
+        raise EdgekdError("--student and --target together: the target's search chooses the student; drop one "
+                          "(--student bilstm is the exception: it is distilled as it is and measured against the budget)")
     t = measure_target(load_target(job.target), settings=settings)
     check_device(job.device, settings=settings, **job.profile)
     if job.engine.steps is None:
         job.engine.steps = JOB_STEPS
     return t
+
+
+def _given_student(job: JobConfig) -> bool:
+    """A student the search does not choose: edgekd's BiLSTM (--student bilstm), a family the latency model does
+    not predict; the job distills it as given and judges the budget on its measured time."""
+    from edgekd.checks import student_overrides
+    from edgekd.models.arch import BILSTM_MODEL_TYPE
+
+    return job.engine.student is not None and \
+        (student_overrides(job.engine.student) or {}).get("model_type") == BILSTM_MODEL_TYPE
 
 
 def _check_resume(job: JobConfig, out: Path) -> None:
@@ -183,11 +195,12 @@ class _Job:
     """
 
     def __init__(self, job: JobConfig, t, out: Path, settings: Settings):
-        from edgekd.models.loading import CAUSAL_LM, model_kind, read_config_dict, resolve_model_dir
+        from edgekd.models.loading import CAUSAL_LM, check_kind, model_kind, read_config_dict, resolve_model_dir
 
         self.job, self.t, self.out, self.settings = job, t, out, settings
         self.timer = PhaseTimer(out / "checkpoints" / "job_timings.json", resume=job.engine.resume)
         self.teacher_cfg = read_config_dict(resolve_model_dir(job.engine.teacher))
+        check_kind(resolve_model_dir(job.engine.teacher), self.teacher_cfg)  # before the search: one line, no files
         max_pos = int(self.teacher_cfg.get("max_position_embeddings") or job.export_seq_len)
         self.seq_len = min(job.export_seq_len, job.engine.seq_len, max_pos)
         causal = model_kind(self.teacher_cfg) == CAUSAL_LM
@@ -199,6 +212,10 @@ class _Job:
         if generative and job.latency_budget_ms is not None:
             raise EdgekdError("--latency-budget is the logits job's budget: an LLM's is --decode-tok-s/--ttft-ms "
                               "(or pass --logits for the logits-graph job)")
+        self.given = _given_student(job)
+        if self.given and causal:
+            raise EdgekdError("--student bilstm is a sentence classifier: give a *ForSequenceClassification teacher, "
+                              "or drop --student to search a student of the causal LM's family")
         self.gen = {"decode_tok_s": job.decode_tok_s, "ttft_ms": job.ttft_ms} if generative else None
         if generative:
             from edgekd.targets.generation import GenerationCalibration, target_format
@@ -233,12 +250,24 @@ class _Job:
         faults.point("search")
         return res
 
+    def given_result(self):
+        """The SearchResult of a student given as it is (nothing searched, nothing predicted): the budget it is
+        measured against."""
+        from edgekd.search import SearchResult
+
+        budget = self.job.latency_budget_ms
+        return SearchResult(choice={"student": str(self.job.engine.student), "precision": "float32"}, table=[],
+                            target=self.t.name, predicted_ms=None, calibrated=False,
+                            latency_budget_ms=float(budget if budget is not None else self.t.budget["latency_ms"]))
+
     def run(self) -> Path:
         from edgekd.search import SearchResult
 
         resume, search_dir = self.job.engine.resume, self.out / "search"
         with self.timer("search"):
-            if resume and (search_dir / "candidates.json").is_file():
+            if self.given:
+                res = self.given_result()
+            elif resume and (search_dir / "candidates.json").is_file():
                 res = SearchResult.load(search_dir)
             else:
                 res = self.search()
@@ -262,13 +291,14 @@ class _Job:
         from edgekd.distill.run import run
 
         with self.timer("distill+scratch+eval"):
-            result = run(replace(self.job.engine, student=res.arch, resume=resume and (self.out / "config.json").is_file()),
-                         status="incomplete")
+            result = run(replace(self.job.engine, student=self.job.engine.student if self.given else res.arch,
+                                 resume=resume and (self.out / "config.json").is_file()), status="incomplete")
         with self.timer("export+parity+local_profile"):
             exports, measured = (self.export_generative(res, result) if self.gen else
                                  self.export_logits(result))
         on_dev = self.measure_on_device(res, exports, measured) if self.measure_device else {}
-        self.attempts.append({"attempt": k, "choice": res.choice, "params": res.choice_row["params"],
+        params = result.report["student"]["params"] if self.given else res.choice_row["params"]
+        self.attempts.append({"attempt": k, "choice": res.choice, "params": params,
                               "predicted_ms": res.predicted_ms, "calibrated": res.calibrated,
                               "measured_ms": on_dev[res.precision]["p50_ms"] if res.precision in on_dev and not self.gen
                               else None} | (self.generation_attempt(res, on_dev) if self.gen else {}))
@@ -279,12 +309,30 @@ class _Job:
         from edgekd.export import export_run
         from edgekd.profile.exports import profile_exports
 
-        rows = None if result.heldout_ids is None else result.heldout_ids[:PARITY_ROWS, :self.seq_len]
+        if result.kind == CLASSIFIER:
+            rows = self.heldout_sentences()
+        else:
+            rows = None if result.heldout_ids is None else result.heldout_ids[:PARITY_ROWS, :self.seq_len]
         exports = export_run(self.out, seq_len=self.seq_len, calib_inputs=rows)
         measured = profile_exports(self.out, exports, device="local", runs=self.job.profile_runs,
                                    warmup=self.job.profile_warmup,
                                    threads=self.threads if self.on_target_local else None)
         return exports, measured
+
+    def heldout_sentences(self) -> dict:
+        """A classifier's parity rows: held-out (validation) sentences from the shortest to the longest, each
+        padded to the exported length with its attention mask, in the student's tokenizer."""
+        from edgekd.data.batching import sentences_of_every_length
+        from edgekd.data.corpus import load_corpus
+        from edgekd.data.tokenizer import load_tokenizer
+
+        e = self.job.engine
+        corpus = load_corpus(e.data, e.text_column, e.label_column)
+        rows = sentences_of_every_length(corpus.validation, load_tokenizer(self.out / "student"), self.seq_len,
+                                         PARITY_ROWS)
+        lengths = rows["attention_mask"].sum(1)
+        return rows | {"source": f"held-out sentences (the validation split) of {int(lengths.min())} to "
+                                 f"{int(lengths.max())} tokens, padded to {self.seq_len} and masked"}
 
     def export_generative(self, res, result):
         """litert-lm and onnx-genai, float and the searched precision, each with generation parity on held-out
@@ -357,7 +405,7 @@ class _Job:
         a = self.attempts[-1]
         missed = bool(a.get("misses")) if self.gen else (a["measured_ms"] is not None and
                                                          a["measured_ms"] > res.latency_budget_ms)
-        return missed and k < self.job.max_shrinks
+        return missed and k < self.job.max_shrinks and not self.given  # a given student is not shrunk
 
     def recalibrate_and_search(self, res, on_dev: dict):
         """A measured miss: recalibrate on every device measurement so far, search a strictly smaller student."""

@@ -95,16 +95,36 @@ def eval_blocks(tokens: torch.Tensor, seq_len: int, max_blocks: Optional[int] = 
     return blocks
 
 
+def encode_sentences(texts: list[str], tokenizer, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Texts as a classifier reads them, (input_ids, attention_mask) [n, seq_len]: with the tokenizer's own
+    special tokens (BERT's [CLS] ... [SEP], whose [CLS] its pooler reads), cut to seq_len, padded on the right
+    with the tokenizer's pad id."""
+    if tokenizer.pad_token_id is None:
+        raise EdgekdError("the teacher's tokenizer has no pad token, so sentences cannot be batched: set one "
+                          "(tokenizer.pad_token = ...) and save it with the teacher")
+    enc = tokenizer(texts, truncation=True, max_length=seq_len, padding="max_length", add_special_tokens=True)
+    return torch.tensor(enc["input_ids"], dtype=torch.long), torch.tensor(enc["attention_mask"], dtype=torch.long)
+
+
+def sentences_of_every_length(texts: list[str], tokenizer, seq_len: int, n: int) -> dict[str, torch.Tensor]:
+    """Up to n of the texts, from the shortest to the longest in tokens (evenly spread over that order), encoded
+    as a classifier reads them: {"input_ids", "attention_mask"} [n, seq_len], shortest first. What export
+    parity runs on, so that short sentences padded to the exported length are checked, not only full ones."""
+    ids, mask = encode_sentences(texts, tokenizer, seq_len)
+    order = torch.sort(mask.sum(1), stable=True).indices
+    pick = order[torch.linspace(0, len(order) - 1, min(n, len(order))).round().long().unique()]
+    return {"input_ids": ids[pick], "attention_mask": mask[pick]}
+
+
 class ClassificationStream(_Positioned):
-    """Labelled texts padded to `seq_len`, in a seeded order reshuffled each epoch; same position idea."""
+    """Labelled texts padded to `seq_len` (`encode_sentences`), in a seeded order reshuffled each epoch; same
+    position idea."""
 
     def __init__(self, texts: list[str], labels: list[int], tokenizer, seq_len: int, batch_size: int,
                  seed: int = 0, rank: int = 0, world: int = 1, position: int = 0):
         if batch_size % world:
             raise EdgekdError(f"batch size {batch_size} is not divisible by the {world} processes: pick a multiple")
-        enc = tokenizer(texts, truncation=True, max_length=seq_len, padding="max_length", add_special_tokens=False)
-        self.ids = torch.tensor(enc["input_ids"], dtype=torch.long)
-        self.mask = torch.tensor(enc["attention_mask"], dtype=torch.long)
+        self.ids, self.mask = encode_sentences(texts, tokenizer, seq_len)
         self.labels = torch.tensor(labels, dtype=torch.long)
         self.n = len(texts)
         self.seq_len, self.batch_size, self.seed = seq_len, batch_size, seed

@@ -1,4 +1,4 @@
-"""Held-out evaluation of teacher, distilled student and scratch baseline in one pass over the data.
+"""Held-out evaluation of teacher, distilled student and the baselines in one pass over the data.
 
 The teacher's logits are computed once per batch and shared by every model's top-1 agreement.
 """
@@ -14,10 +14,11 @@ import torch.nn.functional as F
 
 @torch.no_grad()
 def evaluate(models: dict, teacher, batches: list[dict], kind: str = "causal-lm", device=None) -> dict:
-    """{name: {eval_loss, perplexity|accuracy, top1_agreement}} for each model in `models` and the teacher."""
+    """{name: {eval_loss, perplexity and next_token_accuracy | accuracy and macro_f1, top1_agreement}} for each
+    model in `models` and the teacher."""
     names = ["teacher", *models]
     mods = {"teacher": teacher, **models}
-    acc = {n: {"loss": 0.0, "agree": 0, "correct": 0} for n in names}
+    acc = {n: {"loss": 0.0, "agree": 0, "correct": 0, "pred": [], "true": []} for n in names}
     count = 0
     was = {n: m.training for n, m in mods.items()}
     for m in mods.values():
@@ -44,6 +45,9 @@ def evaluate(models: dict, teacher, batches: list[dict], kind: str = "causal-lm"
                 acc[n]["loss"] += F.cross_entropy(flat[k], lab[k], reduction="sum").item()
                 pred = flat.argmax(-1)
                 acc[n]["correct"] += int((pred[k] == lab[k]).sum())
+                if kind != "causal-lm":
+                    acc[n]["pred"].append(pred[k].cpu())
+                    acc[n]["true"].append(lab[k].cpu())
                 if n == "teacher":
                     t_logits = pred
                 acc[n]["agree"] += int((pred[k] == t_logits[k]).sum())
@@ -61,9 +65,23 @@ def evaluate(models: dict, teacher, batches: list[dict], kind: str = "causal-lm"
             r["next_token_accuracy"] = acc[n]["correct"] / max(1, count)
         else:
             r["accuracy"] = acc[n]["correct"] / max(1, count)
+            r["macro_f1"] = macro_f1(torch.cat(acc[n]["pred"]), torch.cat(acc[n]["true"])) if acc[n]["pred"] else None
         r["eval_tokens" if kind == "causal-lm" else "eval_examples"] = count
         out[n] = r
     return out
+
+
+def macro_f1(pred: torch.Tensor, true: torch.Tensor) -> float:
+    """The unweighted mean over classes of F1 = 2TP / (2TP + FP + FN), over the classes that occur among the
+    labels or the predictions (scikit-learn's f1_score(average="macro") with its default labels)."""
+    classes = torch.unique(torch.cat([pred, true]))
+    f1 = []
+    for c in classes:
+        tp = int(((pred == c) & (true == c)).sum())
+        fp = int(((pred == c) & (true != c)).sum())
+        fn = int(((pred != c) & (true == c)).sum())
+        f1.append(2 * tp / (2 * tp + fp + fn))
+    return sum(f1) / len(f1) if f1 else 0.0
 
 
 def heldout_loss(model, batches: list[dict], kind: str = "causal-lm", device=None) -> float:

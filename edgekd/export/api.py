@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import tempfile
 import time
+from collections.abc import Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -17,6 +20,7 @@ from edgekd.console import err
 from edgekd.errors import EdgekdError, JobFailed
 from edgekd.export import parity
 from edgekd.export.hf import load_for_export
+from edgekd.models.loading import CLASSIFIER
 from edgekd.io import write_json
 from edgekd.precision import precision_of
 
@@ -29,17 +33,43 @@ def default_out(model_dir: Path, fmt: str, quantize: str) -> Path:
     return model_dir.resolve().parent / "export" / f"{model_dir.resolve().name}{tag}{FORMATS[fmt]}"
 
 
-def _token_rows(calib_inputs, seq_len: int, vocab: int, n: int) -> tuple[torch.Tensor, str]:
+def _parity_inputs(calib_inputs, loaded, seq_len: int, n: int) -> tuple[dict[str, torch.Tensor], str]:
+    """The rows parity (and static int8 calibration) runs on, {input name: [N, seq_len]}, and where they came
+    from. `calib_inputs`: token ids [N, seq_len], or for a classifier {"input_ids", "attention_mask"} (held-out
+    sentences padded to seq_len); default: deterministic random ids, for a classifier of lengths from 2 tokens
+    to the full window, padded with the model's pad id and masked."""
+    vocab, names = loaded.vocab_size, loaded.input_names
+    masked = "attention_mask" in names
     if calib_inputs is None:
         g = torch.Generator().manual_seed(0)
-        return torch.randint(0, vocab, (n, seq_len), generator=g), "random token ids (seed 0)"
-    rows = torch.as_tensor(calib_inputs)
+        ids = torch.randint(0, vocab, (n, seq_len), generator=g)
+        if not masked:
+            return {"input_ids": ids}, "random token ids (seed 0)"
+        lengths = torch.linspace(min(2, seq_len), seq_len, n).round().long()
+        mask = (torch.arange(seq_len)[None] < lengths[:, None]).long()
+        return ({"input_ids": torch.where(mask.bool(), ids, loaded.pad_token_id), "attention_mask": mask},
+                f"random token ids (seed 0) of {int(lengths.min())} to {seq_len} tokens, padded and masked")
+    given = dict(calib_inputs) if isinstance(calib_inputs, Mapping) else {"input_ids": calib_inputs}
+    rows = torch.as_tensor(given["input_ids"])
     if rows.dim() != 2 or rows.shape[0] < 1 or rows.shape[1] != seq_len:
         raise EdgekdError(f"calib_inputs must be token ids shaped [N, seq_len={seq_len}], got {tuple(rows.shape)}")
     if rows.is_floating_point() or int(rows.min()) < 0 or int(rows.max()) >= vocab:
         raise EdgekdError(f"calib_inputs hold ids outside the model's vocabulary [0, {vocab}): tokenise with the "
                           f"model's own tokenizer")
-    return rows.long(), "calib_inputs"
+    feeds = {"input_ids": rows.long()}
+    if masked:
+        mask = torch.as_tensor(given["attention_mask"]) if given.get("attention_mask") is not None else \
+            torch.ones_like(rows)
+        if mask.shape != rows.shape or not bool(((mask == 0) | (mask == 1)).all()) or bool((mask.sum(1) == 0).any()):
+            raise EdgekdError(f"calib_inputs' attention_mask must be 0/1 shaped like input_ids {tuple(rows.shape)} with "
+                              f"at least one token per row")
+        feeds["attention_mask"] = mask.long()
+    return feeds, str(given.get("source") or "calib_inputs")
+
+
+def _half(feeds: dict[str, torch.Tensor], first: bool) -> dict[str, torch.Tensor]:
+    """Every other row (the even ones, or the odd): calibration and check rows both span the lengths."""
+    return {k: v[0 if first else 1::2] for k, v in feeds.items()}
 
 
 @contextmanager
@@ -57,11 +87,16 @@ def export_steps(show: bool, title: str, names: list[str]):
 
 
 def export_model(model_dir, fmt: str = "onnx", quantize: str = "none", seq_len: int = 64, out=None,
-                 calib_inputs=None, min_top1: float = 0.9, *, show_progress: bool = True) -> dict:
+                 calib_inputs=None, min_top1: float = 0.9, *, show_progress: bool = True,
+                 float_file: Path | None = None) -> dict:
     """Export MODEL_DIR to FILE and write its parity record FILE.json; return the record.
 
-    Parity runs on `calib_inputs` rows (held-out token ids) or on deterministic random ids. For static
-    int8 the first half of the rows calibrates and the other half checks, so parity is measured on
+    `float_file`: for a quantised export, the float export of the same model at the same seq_len (FILE with
+    its passed record FILE.json beside it), quantised instead of converting the model again.
+    Parity runs on `calib_inputs` rows (held-out token ids; for a classifier, held-out sentences of varied
+    length padded to seq_len with their attention_mask, which classifier exports take as a second input) or
+    on deterministic random ids. For static
+    int8 every other row calibrates and the rows between check, so parity is measured on
     rows the calibration never saw. A failed check leaves no FILE, writes FILE.json with passed=false,
     and raises EdgekdError with the numbers.
     """
@@ -74,30 +109,32 @@ def export_model(model_dir, fmt: str = "onnx", quantize: str = "none", seq_len: 
         loaded = load_for_export(model_dir)
         if seq_len > loaded.max_len:
             raise EdgekdError(f"--seq-len {seq_len} exceeds the model's {loaded.max_len} positions")
-        rows, source = _token_rows(calib_inputs, seq_len, loaded.vocab_size, PARITY_ROWS)
+        rows, source = _parity_inputs(calib_inputs, loaded, seq_len, PARITY_ROWS)
         calib_rows, check_rows = rows, rows
-        if quantize == "int8" and rows.shape[0] >= 2:
-            half = rows.shape[0] // 2
-            calib_rows, check_rows = rows[:half], rows[half:]
+        if quantize == "int8" and rows["input_ids"].shape[0] >= 2:
+            calib_rows, check_rows = _half(rows, True), _half(rows, False)
         step("convert")
         out.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as tmp:
             float_path = Path(tmp) / f"float{FORMATS[fmt]}"
-            sample = rows[:1]
+            sample = {k: v[:1] for k, v in rows.items()}
             if fmt == "onnx":
-                from edgekd.export.onnx_export import export_onnx, quantize_onnx as quantize_fn
-
-                info = export_onnx(loaded.module, sample, float_path, loaded.max_len)
+                from edgekd.export.onnx_export import export_onnx as export_fn, quantize_onnx as quantize_fn
             else:
-                from edgekd.export.tflite_export import export_tflite, quantize_tflite as quantize_fn
-
-                info = export_tflite(loaded.module, sample, float_path)
+                from edgekd.export.tflite_export import export_tflite as export_fn, quantize_tflite as quantize_fn
+            if float_file is not None and quantized:  # this model's float file, converted and checked already
+                shutil.copyfile(float_file, float_path)
+                info = {"dynamic_seq": json.loads(Path(f"{float_file}.json").read_text())["dynamic_seq"]}
+            elif fmt == "onnx":
+                info = export_fn(loaded.module, sample, float_path, loaded.max_len)
+            else:
+                info = export_fn(loaded.module, sample, float_path)
             final = float_path
             if quantized:
                 step("quantize")
                 final = Path(tmp) / f"quant{FORMATS[fmt]}"
                 try:
-                    info |= quantize_fn(float_path, final, quantize, calib_rows.numpy())
+                    info |= quantize_fn(float_path, final, quantize, {k: v.numpy() for k, v in calib_rows.items()})
                 except (EdgekdError, JobFailed):
                     raise
                 except Exception as e:
@@ -109,11 +146,11 @@ def export_model(model_dir, fmt: str = "onnx", quantize: str = "none", seq_len: 
                 got = parity.exported_logits(str(final), check_rows)
             except Exception as e:
                 raise JobFailed(f"the exported {out.name} does not run: {str(e).splitlines()[0][:300]}") from e
-            check = parity.compare(ref, got, quantized, min_top1)
+            check = parity.compare(ref, got, quantized, min_top1, labels_must_agree=loaded.kind == CLASSIFIER)
             record = {"path": str(out), "format": fmt, "quantize": quantize, "precision": precision_of(quantize),
                       "seq_len": seq_len,
                       "size_mb": final.stat().st_size / 1e6, "float_size_mb": float_path.stat().st_size / 1e6,
-                      **check, "parity_inputs": {"source": source, "rows": int(check_rows.shape[0])},
+                      **check, "parity_inputs": _inputs_record(source, check_rows), "inputs": list(loaded.input_names),
                       "model_dir": str(model_dir), "kind": loaded.kind, "architecture": loaded.architecture,
                       "vocab_size": loaded.vocab_size, "input_dtype": "int64" if fmt == "onnx" else "int32",
                       **info, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
@@ -127,13 +164,27 @@ def export_model(model_dir, fmt: str = "onnx", quantize: str = "none", seq_len: 
     return record
 
 
+def _inputs_record(source: str, feeds: dict[str, torch.Tensor]) -> dict:
+    rec = {"source": source, "rows": int(feeds["input_ids"].shape[0])}
+    if "attention_mask" in feeds:  # a classifier's rows: how long each sentence was before padding
+        rec["lengths"] = [int(x) for x in feeds["attention_mask"].sum(1)]
+    return rec
+
+
 def _failure_line(rec: dict) -> str:
     if rec.get("problem"):
         return f"{Path(rec['path']).name} failed parity: {rec['problem']}"
     if rec["quantize"] != "none":
-        return (f"{Path(rec['path']).name} failed parity: top-1 agreement {rec['top1_agreement']:.4f} < "
-                f"{rec['threshold']['top1_agreement']} (max abs diff {rec['max_abs_diff']:.4g}): try "
+        decisive = rec.get("top1_agreement_decisive")
+        agree = (f"label agreement {decisive:.4f} on the {rec['decisive_rows']} decisive held-out rows"
+                 if decisive is not None else f"top-1 agreement {rec['top1_agreement']:.4f}")
+        bound = rec["threshold"].get("top1_agreement_decisive", rec["threshold"].get("top1_agreement"))
+        return (f"{Path(rec['path']).name} failed parity: {agree} < {bound} (max abs diff {rec['max_abs_diff']:.4g}): try "
                 f"int8-dynamic, more calibration data, or a lower --min-top1")
+    if rec["max_abs_diff"] <= rec["threshold"]["max_abs_diff"]:  # a classifier whose labels flipped
+        return (f"{Path(rec['path']).name} failed parity: it predicts another label than PyTorch on "
+                f"{1 - rec['top1_agreement']:.0%} of {rec['positions']} held-out sentences (max abs diff "
+                f"{rec['max_abs_diff']:.4g}): the converter changed the numerics; report the model")
     return (f"{Path(rec['path']).name} failed parity: max abs diff {rec['max_abs_diff']:.4g} > "
             f"{rec['threshold']['max_abs_diff']:.4g} (1e-3 x logits scale {rec['logits_scale']:.4g}): the "
             f"converter changed the numerics; report the model")

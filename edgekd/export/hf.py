@@ -7,8 +7,7 @@ from pathlib import Path
 
 import torch
 
-from edgekd.errors import EdgekdError
-from edgekd.models.loading import CAUSAL_LM, load_model, model_kind, read_config_dict
+from edgekd.models.loading import CLASSIFIER, load_model, read_config_dict
 
 
 GQA_ATTENTION = "edgekd_gqa"
@@ -55,15 +54,21 @@ def use_gqa_attention(model: torch.nn.Module) -> bool:
 
 
 class LogitsOnly(torch.nn.Module):
-    """Exporters need one tensor in and one out: no cache, no dict, no hidden states."""
+    """Exporters need plain tensors in and one out: no cache, no dict, no hidden states. A causal LM takes
+    `input_ids` over a full window; a classifier also takes `attention_mask`, so a sentence padded to the
+    exported length gives the logits of the sentence alone (its padding is masked out)."""
 
-    def __init__(self, model: torch.nn.Module):
+    def __init__(self, model: torch.nn.Module, with_mask: bool = False):
         super().__init__()
         self.model = model
+        self.input_names = ("input_ids", "attention_mask") if with_mask else ("input_ids",)
         self._kw = {"use_cache": False} if hasattr(model.config, "use_cache") else {}
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.model(input_ids=input_ids, **self._kw).logits
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        kw = dict(self._kw)
+        if attention_mask is not None:
+            kw["attention_mask"] = attention_mask
+        return self.model(input_ids=input_ids, **kw).logits
 
 
 @dataclass
@@ -73,26 +78,25 @@ class LoadedModel:
     vocab_size: int
     max_len: int
     architecture: str
+    pad_token_id: int = 0
 
-
-def _check_exportable(d: Path, cfg: dict) -> None:
-    """The logits graph exists only for causal LMs and sequence classifiers (not e.g. *ForMaskedLM)."""
-    archs = cfg.get("architectures") or []
-    if model_kind(cfg) == CAUSAL_LM and archs and not any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs):
-        raise EdgekdError(f"{d}: architecture {archs[0]} is neither a causal LM nor a sequence classifier: "
-                          f"edgekd exports only those")
+    @property
+    def input_names(self) -> tuple:
+        return self.module.input_names
 
 
 def load_for_export(model_dir: str | Path) -> LoadedModel:
-    """MODEL_DIR's model as token ids -> logits, read and checked the way every edgekd model is (models.loading)."""
+    """MODEL_DIR's model as token ids (and a classifier's attention mask) -> logits, read and checked the way
+    every edgekd model is (models.loading: only causal LMs and sequence classifiers have a logits graph)."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
     d = Path(model_dir)
     cfg = read_config_dict(d)
-    _check_exportable(d, cfg)
     model, _, kind = load_model(d, with_tokenizer=False, what="model")
     use_gqa_attention(model)
     max_len = int(getattr(model.config, "max_position_embeddings", 0) or 2048)
     archs = cfg.get("architectures") or []
-    return LoadedModel(LogitsOnly(model).eval(), kind, int(model.config.vocab_size), max_len, archs[0] if archs else "")
+    pad = getattr(model.config, "pad_token_id", None)
+    return LoadedModel(LogitsOnly(model, with_mask=kind == CLASSIFIER).eval(), kind, int(model.config.vocab_size),
+                       max_len, archs[0] if archs else "", 0 if pad is None else int(pad))

@@ -37,37 +37,49 @@ def _in_dir(path: Path):
         os.chdir(old)
 
 
-def export_onnx(module: torch.nn.Module, sample: torch.Tensor, path: Path, max_len: int) -> dict:
-    """Float ONNX with a dynamic sequence axis when the graph allows it, else the sample's static shape."""
+def export_onnx(module: torch.nn.Module, sample: dict[str, torch.Tensor], path: Path, max_len: int) -> dict:
+    """Float ONNX, inputs named as `sample`'s keys ([1, S] each), with a dynamic sequence axis when the graph
+    allows it, else the sample's static shape. `dynamic_seq` is what the written file declares."""
+    names = list(sample)
+    args = tuple(sample[n] for n in names)
     big = size_mb(module) * 1e6 > _TWO_GB
-    kw = dict(dynamo=True, input_names=["input_ids"], output_names=["logits"], verbose=False,
-              external_data=big, optimize=True)
-    seq = torch.export.Dim("seq", min=2, max=max(max_len, sample.shape[1]))
+    kw = dict(dynamo=True, input_names=names, output_names=["logits"], verbose=False, external_data=big, optimize=True)
+    seq = torch.export.Dim("seq", min=2, max=max(max_len, args[0].shape[1]))
     try:
         with quiet():
-            torch.onnx.export(module, (sample,), str(path), dynamic_shapes={"input_ids": {1: seq}}, **kw)
-        return {"dynamic_seq": True}
+            torch.onnx.export(module, args, str(path), dynamic_shapes={n: {1: seq} for n in names}, **kw)
+        return {"dynamic_seq": _seq_axis_is_dynamic(path)}
     except Exception:
         pass
     try:
         with quiet():
-            torch.onnx.export(module, (sample,), str(path), **kw)
+            torch.onnx.export(module, args, str(path), **kw)
     except Exception as e:
-        raise conversion_error(e, "torch.onnx (dynamo)", module, (sample,)) from e
+        raise conversion_error(e, "torch.onnx (dynamo)", module, args) from e
     return {"dynamic_seq": False}
 
 
-class _Batches:
-    """CalibrationDataReader over token-id rows, one row per batch of 1."""
+def _seq_axis_is_dynamic(path: Path) -> bool:
+    """Whether the file's first input has a symbolic sequence axis (dynamo specialises a graph whose Python
+    loops run once per position, such as the BiLSTM's, without saying so)."""
+    import onnx
 
-    def __init__(self, rows: np.ndarray):
-        self._it = iter([{"input_ids": rows[i:i + 1]} for i in range(rows.shape[0])])
+    dims = onnx.load(str(path), load_external_data=False).graph.input[0].type.tensor_type.shape.dim
+    return len(dims) > 1 and not dims[1].HasField("dim_value")
+
+
+class _Batches:
+    """CalibrationDataReader over named rows ({input name: [N, S]}), one row per batch of 1."""
+
+    def __init__(self, rows: dict[str, np.ndarray]):
+        n = next(iter(rows.values())).shape[0]
+        self._it = iter([{k: v[i:i + 1].astype(np.int64) for k, v in rows.items()} for i in range(n)])
 
     def get_next(self):
         return next(self._it, None)
 
 
-def quantize_onnx(float_path: Path, out_path: Path, mode: str, calib_rows: np.ndarray | None) -> dict:
+def quantize_onnx(float_path: Path, out_path: Path, mode: str, calib_rows: dict[str, np.ndarray] | None) -> dict:
     from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic,
                                           quantize_static)
 
@@ -77,13 +89,13 @@ def quantize_onnx(float_path: Path, out_path: Path, mode: str, calib_rows: np.nd
         if mode == "int8-dynamic":
             quantize_dynamic(str(float_path), str(out_path), weight_type=QuantType.QInt8)
             return {"method": "onnxruntime quantize_dynamic (int8 weights, dynamic int8 activations)"}
-        reader = type("Reader", (_Batches, CalibrationDataReader), {})(calib_rows.astype(np.int64))
+        reader = type("Reader", (_Batches, CalibrationDataReader), {})(calib_rows)
         head = _output_projection(float_path)
         quantize_static(str(float_path), str(out_path), reader, quant_format=QuantFormat.QDQ,
                         activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True,
                         op_types_to_quantize=["MatMul", "Gemm"], nodes_to_exclude=head)
         return {"method": "onnxruntime quantize_static QDQ on MatMul/Gemm (per-channel int8 weights, int8 activations, "
-                          "min-max calibration; output projection kept float)", "calib_rows": int(calib_rows.shape[0]),
+                          "min-max calibration; output projection kept float)", "calib_rows": _rows(calib_rows),
                 "float_nodes": head}
 
 
@@ -94,3 +106,7 @@ def _output_projection(path: Path) -> list[str]:
     model = onnx.load(str(path), load_external_data=False)
     outputs = {o.name for o in model.graph.output}
     return [n.name for n in model.graph.node if n.op_type in ("MatMul", "Gemm") and set(n.output) & outputs]
+
+
+def _rows(feeds: dict[str, np.ndarray]) -> int:
+    return int(next(iter(feeds.values())).shape[0])

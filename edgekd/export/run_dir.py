@@ -66,7 +66,7 @@ def export_run(run_dir, seq_len: int = 64, calib_inputs=None, min_top1: float = 
     student = run / "student"
     if not (student / "config.json").is_file():
         raise EdgekdError(f"{run} has no student/ model to export: run `edgekd distill` first")
-    exports, files = {}, {}
+    exports, files, floats = {}, {}, {}
     for fmt, quant, name in variants:
         out = run / "export" / name
         base = {"path": str(out.relative_to(run)), "format": fmt, "quantize": quant, "precision": precision_of(quant)}
@@ -79,7 +79,9 @@ def export_run(run_dir, seq_len: int = 64, calib_inputs=None, min_top1: float = 
                 rec = export_generative(student, fmt, quant, out=out, prompts=prompts)
             else:
                 rec = export_model(student, fmt, quant, seq_len=seq_len, out=out, calib_inputs=calib_inputs,
-                                   min_top1=min_top1)
+                                   min_top1=min_top1, float_file=floats.get(fmt))  # int8 from the float file
+                if quant == "none":
+                    floats[fmt] = out
         except (EdgekdError, JobFailed) as e:
             exports[key] = base | {"passed": False, "error": str(e)}
             files[key] = exports[key]

@@ -164,13 +164,16 @@ def load(path: str, threads: int | None = None, profile_prefix: str | None = Non
 
 
 def make_feeds(model, seq_len: int, vocab: int | None, seed: int = 0) -> dict:
-    """Random token ids (or floats) shaped like the model's inputs; dynamic axes get batch 1, seq_len."""
+    """Random token ids (or floats) shaped like the model's inputs, an attention mask all ones; dynamic axes get
+    batch 1, seq_len."""
     np = _np()
     rng = np.random.default_rng(seed)
     feeds = {}
     for name, shape, dtype in model.inputs:
         dims = [d if isinstance(d, int) and d > 0 else (1 if i == 0 else seq_len) for i, d in enumerate(shape)]
-        if np.issubdtype(dtype, np.integer):
+        if np.issubdtype(dtype, np.integer) and "mask" in name:  # a classifier's attention_mask: every token real
+            feeds[name] = np.ones(dims, dtype=dtype)
+        elif np.issubdtype(dtype, np.integer):
             feeds[name] = rng.integers(0, max(1, vocab or 2), size=dims).astype(dtype)
         else:
             feeds[name] = rng.standard_normal(dims).astype(dtype)

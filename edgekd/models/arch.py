@@ -42,6 +42,11 @@ ENCODERS = {"bert", "distilbert"}
 TIED_BY_DEFAULT = {"gpt2", "opt", "gemma", "gemma2", "gemma3", "gemma3_text", "bert", "distilbert"}
 SUPPORTED = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3", "gpt2", "opt", "bert",
              "distilbert")
+# Students edgekd provides beside the teacher's own family, by the name --student gives: their model_type.
+BILSTM_MODEL_TYPE = "edgekd_bilstm"
+STUDENT_NAMES = {"bilstm": BILSTM_MODEL_TYPE}
+# Families whose *ForSequenceClassification model can teach: the encoders, and the decoder families' classifiers.
+CLASSIFIER_FAMILIES = SUPPORTED
 ENCODER_DECODER = {"bart", "mbart", "marian", "t5", "mt5", "umt5", "pegasus", "pegasus_x", "blenderbot",
                    "blenderbot-small", "fsmt", "prophetnet", "led", "longt5", "m2m_100", "nllb-moe", "plbart",
                    "switch_transformers", "bigbird_pegasus", "encoder-decoder", "whisper", "seamless_m4t"}
@@ -168,7 +173,11 @@ def _outside_layers(a: Mapping[str, Any]) -> int:
 def param_count(config: Any) -> int:
     """Parameters of the model a config describes (an HF config, its dict, or an arch_of result), from
     the config alone: the latency model weighs hundreds of candidates, too many to build. Exact for the
-    supported families (tests/models/test_families.py checks it against the built model)."""
+    supported families (tests/models/test_families.py checks it against the built model) and edgekd's BiLSTM."""
+    if model_type_of(config) == BILSTM_MODEL_TYPE:
+        from edgekd.models.bilstm import bilstm_param_count
+
+        return bilstm_param_count(config)
     a = arch_of(config)
     return a["num_hidden_layers"] * _layer_params(a) + _outside_layers(a)
 

@@ -64,6 +64,24 @@ def model_kind(cfg: dict) -> str:
     return CLASSIFIER if is_classifier(cfg) else CAUSAL_LM
 
 
+def check_kind(d: Path, cfg: dict) -> None:
+    """edgekd distils and exports causal LMs and sequence classifiers; a classifier of a family it does not
+    read (RoBERTa, ...) or another head (*ForMaskedLM, *ForTokenClassification) is one line naming what is."""
+    from edgekd.models.arch import BILSTM_MODEL_TYPE, CLASSIFIER_FAMILIES
+
+    archs, mt = cfg.get("architectures") or [], cfg.get("model_type")
+    if is_classifier(cfg):
+        if mt not in CLASSIFIER_FAMILIES and mt != BILSTM_MODEL_TYPE:
+            raise EdgekdError(f"{d}: {archs[0]} ({mt}) is not a classifier edgekd can distil: use a "
+                              f"*ForSequenceClassification model of {', '.join(CLASSIFIER_FAMILIES)} (BERT, DistilBERT, ...)")
+        if mt == BILSTM_MODEL_TYPE:
+            import edgekd.models.bilstm  # noqa: F401  registers it with transformers' Auto classes
+    elif archs and not any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs):
+        raise EdgekdError(f"{d}: architecture {archs[0]} is neither a causal LM nor a sequence classifier: edgekd "
+                          f"distils and exports *ForCausalLM models and *ForSequenceClassification models of "
+                          f"{', '.join(CLASSIFIER_FAMILIES)}")
+
+
 def load_model(path: str | os.PathLike, *, with_tokenizer: bool = True, what: str = "teacher"):
     """(model, tokenizer or None, kind) where kind is CAUSAL_LM or CLASSIFIER; model in eval mode, float32."""
     import torch
@@ -74,6 +92,7 @@ def load_model(path: str | os.PathLike, *, with_tokenizer: bool = True, what: st
     d = resolve_model_dir(path)
     cfg = read_config_dict(d)
     check_supported(cfg)  # before the weights: an unsupported family is one line, not a load report
+    check_kind(d, cfg)
     _check_weights(d)
     kind = model_kind(cfg)
     cls = AutoModelForSequenceClassification if kind == CLASSIFIER else AutoModelForCausalLM

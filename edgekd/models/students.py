@@ -17,7 +17,7 @@ import torch
 
 from edgekd.checks import student_overrides
 from edgekd.errors import EdgekdError
-from edgekd.models.arch import arch_of, model_type_of, select_layers, with_arch
+from edgekd.models.arch import BILSTM_MODEL_TYPE, arch_of, model_type_of, select_layers, with_arch
 
 
 def default_student_config(teacher_config):
@@ -41,12 +41,17 @@ _NOT_CONFIG_FIELDS = ("architectures", "transformers_version", "model_type")
 
 
 def student_config_from(spec, teacher_config):
-    """An explicit student config: a JSON file, a model directory, or a dict of overrides (canonical
-    names such as hidden_size, or the family's own such as n_embd)."""
+    """An explicit student config: a JSON file, a model directory, a dict of overrides (canonical
+    names such as hidden_size, or the family's own such as n_embd), or 'bilstm' (edgekd's BiLSTM classifier,
+    sized from a classifier teacher)."""
     if spec is None:
         return default_student_config(teacher_config)
     overrides = student_overrides(spec)  # the one reader of --student (checks.py), so the CLI and the API agree
     mt = overrides.get("model_type")
+    if mt == BILSTM_MODEL_TYPE:
+        from edgekd.models.bilstm import bilstm_config
+
+        return bilstm_config(teacher_config, overrides)
     if mt and mt != teacher_config.model_type:
         from transformers import AutoConfig
 
@@ -310,12 +315,14 @@ def build_student(teacher, student_config=None, calibration: Optional[Iterable[d
     torch.manual_seed(seed)
     if cfg.model_type == teacher.config.model_type:
         student = type(teacher)(cfg)
-    else:
+    else:  # another family's, or edgekd's BiLSTM (registered with the Auto classes where its config was made)
         classification = "ForSequenceClassification" in type(teacher).__name__
         auto = AutoModelForSequenceClassification if classification else AutoModelForCausalLM
         student = auto.from_config(cfg)
     info = {"method": "random"}
-    if init == "teacher":
+    if init == "teacher" and hasattr(student, "init_from_teacher"):  # a student of its own kind (the BiLSTM)
+        info = student.init_from_teacher(teacher)
+    elif init == "teacher":
         imp = None
         ta, sa = arch_of(teacher.config), arch_of(cfg)
         narrower = any(ta[k] != sa[k] for k in ("hidden_size", "intermediate_size", "num_attention_heads"))
@@ -323,10 +330,10 @@ def build_student(teacher, student_config=None, calibration: Optional[Iterable[d
                 and type(student) is type(teacher) and _narrowing_problem(ta, sa) is None:
             imp = measure_importance(teacher, calibration)
         info = init_from_teacher(student, teacher, imp)
-        if info["method"] != "teacher":
-            from edgekd.console import note
+    if init == "teacher" and info["method"] != "teacher":
+        from edgekd.console import note
 
-            note(f"edgekd: note: {info['why']}; it starts from random weights")
+        note(f"edgekd: note: {info['why']}; it starts from random weights")
     return student, info
 
 

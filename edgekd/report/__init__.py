@@ -5,9 +5,9 @@ the console) is job.py's.
 """
 
 from edgekd.report.job import JobFacts, build_job_report, failure_message, print_summary, write_job_report
-from edgekd.report.schema import ENGINE_KEYS, JOB_KEYS, SCHEMA_VERSION, missing_keys
+from edgekd.report.schema import CLASSIFIER_KEYS, ENGINE_KEYS, JOB_KEYS, SCHEMA_VERSION, missing_keys
 from edgekd.report.write import build_report, mark_status, render_markdown, status_banner, write_run_report
 
-__all__ = ["ENGINE_KEYS", "JOB_KEYS", "JobFacts", "SCHEMA_VERSION", "build_job_report", "build_report",
+__all__ = ["CLASSIFIER_KEYS", "ENGINE_KEYS", "JOB_KEYS", "JobFacts", "SCHEMA_VERSION", "build_job_report", "build_report",
            "failure_message", "mark_status", "missing_keys", "print_summary", "render_markdown", "status_banner",
            "write_job_report", "write_run_report"]

@@ -45,7 +45,8 @@ def _latency(f: JobFacts) -> dict:
     budget, on_target = res.latency_budget_ms, final["measured_ms"]
     lat = {"predicted_ms": res.predicted_ms, "format": f.fmt, "runtime": f.runtime, "precision": res.precision,
            "seq_len": f.seq_len, "threads": f.threads, "calibrated": res.calibrated,
-           "meets_budget_predicted": res.predicted_ms <= budget, "measured_on_target_ms": on_target,
+           "meets_budget_predicted": None if res.predicted_ms is None else res.predicted_ms <= budget,
+           "measured_on_target_ms": on_target,
            "meets_budget_measured": None if on_target is None else on_target <= budget, "measured": f.measured}
     if f.device_error:
         lat["device_error"] = f.device_error
@@ -121,8 +122,11 @@ def build_job_report(engine: dict, f: JobFacts) -> dict:
         rep["latency_budget_ms"] = res.latency_budget_ms
         rep["latency"] = _latency(f)
     rep["exports"] = f.exports
-    rep["search"] = {"table": f"{d}/candidates.csv", "json": f"{d}/candidates.json", "plot": f"{d}/search.png",
-                     "choice": res.choice, "predicted_ms": res.predicted_ms, "params": f.attempts[-1]["params"],
+    searched = bool(res.table)  # else a student given as it is (--student bilstm): no candidates, no files
+    rep["search"] = {"table": f"{d}/candidates.csv" if searched else None,
+                     "json": f"{d}/candidates.json" if searched else None,
+                     "plot": f"{d}/search.png" if searched else None, "choice": res.choice,
+                     "predicted_ms": res.predicted_ms, "params": f.attempts[-1]["params"],
                      "calibrated": res.calibrated, "candidates": len(res.table), "attempts": f.attempts}
     rep["calibration"] = f.calibration
     rep["target_facts"] = f.target_facts
@@ -173,8 +177,9 @@ def print_summary(out: Path, rep: dict) -> None:
         if local and gen["measured_on_target"] is None:
             line += f"; {_gen_words(local[0])} on this machine"
     else:
-        line = (f"{rep['target']}: student {s['params']:,} params predicted {lat['predicted_ms']:.2f} ms "
-                f"(budget {rep['latency_budget_ms']:g} ms)")
+        predicted = ("given as it is, not predicted" if lat["predicted_ms"] is None else
+                     f"predicted {lat['predicted_ms']:.2f} ms")
+        line = f"{rep['target']}: student {s['params']:,} params {predicted} (budget {rep['latency_budget_ms']:g} ms)"
         if lat["measured_on_target_ms"] is not None:
             line += f", measured {lat['measured_on_target_ms']:.2f} ms on the device"
     echo(line)
@@ -183,6 +188,11 @@ def print_summary(out: Path, rep: dict) -> None:
         ce = f", ce_only {c['eval_loss']:.4f}" if "eval_loss" in c else ""
         echo(f"held-out loss: distilled {s['eval_loss']:.4f} vs teacher {rep['teacher']['eval_loss']:.4f}{ce}, "
              f"scratch {b['eval_loss']:.4f}")
+    if s.get("accuracy") is not None:  # a classifier's
+        line = ", ".join(f"{name} {rep[k]['accuracy']:.3f} / {rep[k]['macro_f1']:.3f}" for k, name in
+                         (("teacher", "teacher"), ("student", "distilled"), ("ce_only", "ce_only"), ("scratch", "scratch"))
+                         if (rep.get(k) or {}).get("accuracy") is not None)
+        echo(f"held-out accuracy / macro-F1: {line}")
     echo(f"job written to {out} (report.md, report.json, student/, export/, profile/, search/)")
 
 
@@ -193,17 +203,25 @@ def render_target_section(rep: dict) -> str:
     lat, s = rep["latency"], rep["search"]
     budget = rep["latency_budget_ms"]
     c = s["choice"]
-    lines = ["## Student chosen for the target", "",
-             f"Target **{rep['target']}**, budget **{budget:g} ms** for one {lat['seq_len']}-token prefill "
-             f"({lat['format']} on {lat['runtime']}, {lat['threads']} threads). The search weighed "
-             f"{s['candidates']} candidates ([table]({s['table']})) with the "
-             f"{'calibrated' if lat['calibrated'] else 'uncalibrated (datasheet priors)'} latency model and chose the "
-             f"largest that fits: {c['num_hidden_layers']} layers, hidden {c['hidden_size']}, "
-             f"{c['num_attention_heads']} heads, FFN {c['intermediate_size']}, {c['precision']} "
-             f"({s['params']:,} parameters).", "",
-             "| | latency (ms) | within budget |", "|---|---:|---|",
-             f"| predicted on {rep['target']} | {lat['predicted_ms']:.3f} | "
-             f"{'yes' if lat['meets_budget_predicted'] else 'NO'} |"]
+    head = (f"Target **{rep['target']}**, budget **{budget:g} ms** for one {lat['seq_len']}-token "
+            f"{'forward' if rep.get('kind') == 'classifier' else 'prefill'} ({lat['format']} on {lat['runtime']}, "
+            f"{lat['threads']} threads).")
+    if s["table"] is None:  # given as it is (--student bilstm): nothing searched or predicted
+        lines = ["## Student for the target", "",
+                 f"{head} The student was given (`--student {c.get('student')}`, {s['params']:,} parameters, "
+                 f"{c['precision']}), not searched: the latency model predicts students of the teacher's family only, "
+                 f"so the budget is judged on the measured time.", "",
+                 "| | latency (ms) | within budget |", "|---|---:|---|"]
+    else:
+        lines = ["## Student chosen for the target", "",
+                 f"{head} The search weighed {s['candidates']} candidates ([table]({s['table']})) with the "
+                 f"{'calibrated' if lat['calibrated'] else 'uncalibrated (datasheet priors)'} latency model and chose "
+                 f"the largest that fits: {c['num_hidden_layers']} layers, hidden {c['hidden_size']}, "
+                 f"{c['num_attention_heads']} heads, FFN {c['intermediate_size']}, {c['precision']} "
+                 f"({s['params']:,} parameters).", "",
+                 "| | latency (ms) | within budget |", "|---|---:|---|",
+                 f"| predicted on {rep['target']} | {lat['predicted_ms']:.3f} | "
+                 f"{'yes' if lat['meets_budget_predicted'] else 'NO'} |"]
     for m in lat["measured"]:
         same = m["format"] == lat["format"] and measured_precision(m) == lat["precision"]
         where = f"measured on {m['device']}" + (" (the target)" if m.get("on_target") else "")
@@ -291,10 +309,11 @@ def render_generation_section(rep: dict) -> str:
 
 def _section_tail(rep: dict, lines: list[str], searched_on: str) -> str:
     """What both jobs' sections end with: the exports, the search plot, the phase timings."""
-    return "\n".join(lines + _exports_lines(rep) + [
+    plot = [] if rep["search"]["plot"] is None else [
         "![student search](" + rep["search"]["plot"] + ")", "",
         f"Predicted {searched_on} against parameters for every candidate; the dashed line is the budget, the star "
-        "the choice.", ""] + _timings_lines(rep))
+        "the choice.", ""]
+    return "\n".join(lines + _exports_lines(rep) + plot + _timings_lines(rep))
 
 
 def _exports_lines(rep: dict) -> list[str]:

@@ -44,6 +44,11 @@ JOB_KEYS: dict = {
     "target_facts": {"name": None, "path": None, "facts": None, "measured": None},  # the device facts used
     "timings_s": {"job": None},
 }
+# What a classifier's report (kind "classifier") adds: held-out accuracy and macro-F1 of every model (for a
+# causal LM, the models carry perplexity and next_token_accuracy instead).
+_CLASSIFIER_MODEL = {"accuracy": None, "macro_f1": None}
+CLASSIFIER_KEYS: dict = {name: _CLASSIFIER_MODEL for name in ("teacher", "student", "ce_only", "scratch")}
+
 # Present only in some reports: "error" (failed/interrupted), latency.device_error, latency.shrink_stopped,
 # distillation.stages (progressive), distillation.sequence, distillation.teacher_cache.
 

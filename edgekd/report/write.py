@@ -58,7 +58,9 @@ def kd_over_ce_only(evals: dict) -> Optional[dict]:
     if "eval_loss" not in s or "eval_loss" not in c:
         return None
     gap = c["eval_loss"] - t.get("eval_loss", math.nan)
-    return {"loss_saved": c["eval_loss"] - s["eval_loss"],
+    gained = {f"{k}_gained": s[k] - c[k] for k in ("accuracy", "macro_f1")  # a classifier's
+              if s.get(k) is not None and c.get(k) is not None}
+    return gained | {"loss_saved": c["eval_loss"] - s["eval_loss"],
             "perplexity_ratio": math.exp(s["eval_loss"] - c["eval_loss"]),
             "top1_agreement_gained": (s["top1_agreement"] - c["top1_agreement"]
                                       if s.get("top1_agreement") is not None and c.get("top1_agreement") is not None
@@ -182,16 +184,20 @@ def render_markdown(rep: dict, kind: str = "causal-lm") -> str:
         closed = ("ce_only already reaches the teacher's held-out loss, so there is no gap to close (a teacher that "
                   "is not better than its students is too weak to show what distillation buys)"
                   if kd["gap_closed"] is None else f"closed **{kd['gap_closed']:.0%}** of the ce_only -> teacher loss gap")
+        ratio = "" if "accuracy_gained" in kd else f" (perplexity x {kd['perplexity_ratio']:.3f})"
+        labels = (f", {kd['accuracy_gained']:+.3f} accuracy and {_fmt(kd.get('macro_f1_gained'), 3)} macro-F1"
+                  if "accuracy_gained" in kd else "")
         lines += [f"Against **ce_only** (the same student from the same start, data, steps and schedule on hard labels "
-                  f"alone), distillation saved {kd['loss_saved']:.4f} of held-out loss (perplexity x "
-                  f"{kd['perplexity_ratio']:.3f}) and gained {_fmt(kd['top1_agreement_gained'], 3)} top-1 agreement "
-                  f"with the teacher; {closed}.", ""]
-    lines += [f"| model | params | size (MB) | held-out loss | {metric} | top-1 agreement with teacher |",
-              "|---|---:|---:|---:|---:|---:|"]
+                  f"alone), distillation saved {kd['loss_saved']:.4f} of held-out loss{ratio} and gained "
+                  f"{_fmt(kd['top1_agreement_gained'], 3)} top-1 agreement with the teacher{labels}; {closed}.", ""]
+    f1 = kind != "causal-lm"  # a classifier's macro-F1 beside its accuracy
+    lines += [f"| model | params | size (MB) | held-out loss | {metric} |{' macro-F1 |' if f1 else ''} top-1 agreement "
+              f"with teacher |", "|---|---:|---:|---:|---:|---:|" + ("---:|" if f1 else "")]
     rows = (("teacher", t), ("distilled student", s), ("ce_only baseline", c), ("scratch baseline", b))
     for name, e in ((n, e) for n, e in rows if e or n != "ce_only baseline"):
+        f1_cell = f" {_fmt(e.get('macro_f1'), 3)} |" if f1 else ""
         lines.append(f"| {name} | {e.get('params', 0):,} | {_fmt(e.get('size_mb'), 2)} | {_fmt(e.get('eval_loss'))} | "
-                     f"{_fmt(e.get(metric), 3)} | {_fmt(e.get('top1_agreement'), 3)} |")
+                     f"{_fmt(e.get(metric), 3)} |{f1_cell} {_fmt(e.get('top1_agreement'), 3)} |")
     lines.append("")
     init = s.get("init", {})
     if init.get("method") == "teacher":
