@@ -74,7 +74,7 @@ def thread_count(name: str, value: Optional[int], cores: Optional[int] = None,
 
 # --- the options of each command (the CLI calls these before its heavy imports; the API calls them too) ---
 
-def distill_numbers(*, steps=None, temperature=1.0, alpha=0.5, latency_budget_ms=None, batch_size=8,
+def distill_numbers(*, steps=None, temperature=1.0, alpha=0.7, latency_budget_ms=None, batch_size=8,
                     seq_len=256, lr=2e-3, seed=0, micro_batch_size=None, warmup_steps=None,
                     checkpoint_every=None, eval_blocks=48, eval_every=None, init_batches=4, threads=None,
                     **_ignored) -> None:

@@ -112,7 +112,7 @@ def distill(
     out: Optional[str] = typer.Option(None, help="Run directory (default: runs/distill-TIMESTAMP)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
     temperature: str = typer.Option("1.0", help="Softmax temperature T > 0, or 'auto' = log2(teacher/student params) + 1."),
-    alpha: float = typer.Option(0.5, help="Weight of the distillation term against hard-label CE, in [0, 1]."),
+    alpha: float = typer.Option(0.7, help="Weight of the distillation term against hard-label CE, in [0, 1]."),
     loss: Optional[str] = typer.Option(None, help="Loss spec: JSON list, path to a .json, or names joined by '+'."),
     scheme: str = typer.Option("offline", help="offline | online | self | multi_teacher | progressive | sequence"),
     scheme_config: Optional[str] = typer.Option(

@@ -31,7 +31,7 @@ class DistillConfig:
     out: Optional[str] = None
     resume: bool = False
     temperature: Union[float, str] = 1.0          # benchmarks/kd_sweep.py; or "auto": log2(teacher/student params) + 1
-    alpha: float = 0.5
+    alpha: float = 0.7                             # benchmarks/kd_sweep.py
     loss: Optional[Union[str, list]] = None       # JSON list, path to one, or a loss name
     scheme: str = "offline"
     scheme_config: dict = field(default_factory=dict)

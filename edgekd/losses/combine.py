@@ -14,7 +14,7 @@ from edgekd.losses.outputs import get_field
 from edgekd.losses.base import LOSSES, LossView, Setup, auto_temperature, is_causal
 from edgekd.models.arch import param_count
 
-DEFAULT_SPEC = [{"name": "kd", "weight": 1.0, "divergence": "forward_kl", "temperature": 1.0, "alpha": 0.5}]
+DEFAULT_SPEC = [{"name": "kd", "weight": 1.0, "divergence": "forward_kl", "temperature": 1.0, "alpha": 0.7}]
 
 
 class LossSum(nn.Module):

@@ -93,7 +93,7 @@ def test_existing_run_dir_needs_resume(teacher_dir, text_dir, tiny_run):
 def test_resume_with_changed_options_names_them(tiny_run):
     """--resume continues the run as configured: a changed option is refused by name, not silently dropped."""
     saved = json.loads((tiny_run / "config.json").read_text())
-    with pytest.raises(EdgekdError, match=r"differ: alpha \(given 0.9, the run has 0.5\), lr \(given 0.01, the run has 0.002\)") as e:
+    with pytest.raises(EdgekdError, match=r"differ: alpha \(given 0.9, the run has 0.7\), lr \(given 0.01, the run has 0.002\)") as e:
         run(DistillConfig(out=str(tiny_run), resume=True, lr=0.01, alpha=0.9))
     assert "steps" not in str(e.value) and saved["steps"] == 6  # an option left at its default is not a change
     res = _cli("distill", "--out", str(tiny_run), "--resume", "--seq-len", "64")

@@ -58,13 +58,13 @@ def test_kd_equals_reference_on_shifted_rows(pair, batch, divergence):
     assert set(parts) == {"kd"}
 
 
-def test_default_spec_is_kd_t2_alpha_half(pair, batch):
+def test_default_spec_is_the_sweeps_best(pair, batch):
     s_model, t_model = pair
     loss_fn = build_loss(None, s_model.config, t_model.config)
-    assert (loss_fn.temperature, loss_fn.alpha) == (2.0, 0.5) and loss_fn.causal
+    assert (loss_fn.temperature, loss_fn.alpha) == (1.0, 0.7) and loss_fn.causal
     so, to = run(s_model, batch), run(t_model, batch)
     want = kernels.kd_loss_reference(so.logits[:, :-1], to.logits[:, :-1], batch["labels"][:, 1:],
-                                     temperature=2.0, alpha=0.5)
+                                     temperature=1.0, alpha=0.7)
     torch.testing.assert_close(loss_fn(so, to, batch["labels"])[0], want, rtol=1e-5, atol=1e-6)
 
 
