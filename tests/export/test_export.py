@@ -142,8 +142,8 @@ def test_unlowerable_op_names_op_and_module(fmt, tmp_path):
     net, x = _Net().eval(), torch.randn(4, 4)
     with pytest.raises(EdgekdError) as e:
         if fmt == "onnx":
-            export_onnx(net, x, tmp_path / "bad.onnx", max_len=4)
+            export_onnx(net, {"x": x}, tmp_path / "bad.onnx", max_len=4)
         else:
-            export_tflite(net, x, tmp_path / "bad.tflite")
+            export_tflite(net, {"x": x}, tmp_path / "bad.tflite")
     msg = str(e.value)
     assert "aten.linalg_eig" in msg and "spectrum" in msg and "_Eig" in msg, msg
