@@ -49,8 +49,8 @@ class _Tiny(torch.nn.Module):
         self.emb = torch.nn.Embedding(VOCAB, HIDDEN)
         self.out = torch.nn.Linear(HIDDEN, VOCAB)
 
-    def forward(self, ids):
-        return self.out(torch.relu(self.emb(ids)))
+    def forward(self, input_ids):
+        return self.out(torch.relu(self.emb(input_ids)))
 
 
 @pytest.fixture(scope="session")
@@ -59,7 +59,7 @@ def tiny_tflite(tmp_path_factory):
 
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("profile") / "tiny.tflite"
-    export_tflite(_Tiny().eval(), torch.zeros(1, SEQ, dtype=torch.long), path)
+    export_tflite(_Tiny().eval(), {"input_ids": torch.zeros(1, SEQ, dtype=torch.long)}, path)
     return path
 
 
