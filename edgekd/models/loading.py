@@ -67,8 +67,9 @@ def model_kind(cfg: dict) -> str:
 def check_kind(d: Path, cfg: dict) -> None:
     """edgekd distils and exports causal LMs and sequence classifiers; a classifier of a family it does not
     read (RoBERTa, ...) or another head (*ForMaskedLM, *ForTokenClassification) is one line naming what is."""
-    from edgekd.models.arch import BILSTM_MODEL_TYPE, CLASSIFIER_FAMILIES
+    from edgekd.models.arch import BILSTM_MODEL_TYPE, CLASSIFIER_FAMILIES, check_supported
 
+    check_supported(cfg)  # an encoder-decoder teacher: the message that says so
     archs, mt = cfg.get("architectures") or [], cfg.get("model_type")
     if is_classifier(cfg):
         if mt not in CLASSIFIER_FAMILIES and mt != BILSTM_MODEL_TYPE:
