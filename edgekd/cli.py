@@ -61,7 +61,7 @@ def kernel_bench(
     vocab: Optional[int] = typer.Option(None, help="Vocabulary size; default: 32000 and 128256."),
     dtype: Optional[str] = typer.Option(None, help="float32 | bfloat16 | float16; default: float32 and bfloat16."),
     device: str = typer.Option("cpu", help="cpu | cuda"),
-    repeats: int = typer.Option(5, help="Timed repeats per variant (the median is reported)."),
+    repeats: int = typer.Option(5, help="Timed repeats per variant, interleaved (the best is reported)."),
     compile: bool = typer.Option(True, "--compile/--no-compile", help="Also time torch.compile of the eager loss."),
     out: Optional[str] = typer.Option(None, help="Where to write the JSON (default: benchmarks/kernel_bench.json)."),
 ) -> None:

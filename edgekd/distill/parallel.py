@@ -35,7 +35,10 @@ def shard(model: nn.Module, device: torch.device) -> nn.Module:
     """fully_shard each decoder layer (the model's _no_split_modules), then the root; in place.
 
     Parameters become DTensors sharded over all processes; each layer's are gathered for its forward
-    (and backward) and freed after it. A frozen teacher is sharded the same way: forward only.
+    (and backward) and freed after it. The root's (embeddings, final norm, LM head) stay gathered from
+    forward to backward: the KD loss reads the LM head after forward (hidden states through both heads),
+    so its gradient reaches FSDP's own reduce-scatter, averaged like every other. A frozen teacher is
+    sharded the same way: forward only.
     """
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
@@ -45,7 +48,7 @@ def shard(model: nn.Module, device: torch.device) -> nn.Module:
     for m in list(model.modules()):
         if m is not model and type(m).__name__ in units:
             fully_shard(m, mesh=mesh, reshard_after_forward=True)
-    fully_shard(model, mesh=mesh, reshard_after_forward=True)
+    fully_shard(model, mesh=mesh, reshard_after_forward=False)
     return model
 
 

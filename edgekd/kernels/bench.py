@@ -1,7 +1,8 @@
 """Kernel benchmark: eager PyTorch, torch.compile and the fused kernel on KD+CE forward+backward.
 
-Everything is measured in one run, so the ratios hold even on a noisy machine: median time of
-repeats, extra peak memory over the inputs, and the memory floor (one read of both inputs and one
+Everything is measured in one run with the variants interleaved round by round, so the ratios hold
+even when the load changes: the best time of repeats (and the median beside it), extra peak memory
+over the inputs, and the memory floor (one read of both inputs and one
 write of the gradient at a copy bandwidth measured in the same run).
 """
 
@@ -73,51 +74,71 @@ class PeakMemory:
             self.extra_bytes = _rss_kb("VmHWM:") * 1024 - self.base
 
 
+def _load() -> str:
+    """The 1/5/15-minute load average, recorded beside every number (a loaded machine lies)."""
+    return "/".join(f"{x:.2f}" for x in os.getloadavg())
+
+
 def copy_bandwidth(device, nbytes: int = 1 << 30, repeats: int = 5) -> float:
     """Bytes read + written per second by a large tensor copy: the machine's memory ceiling."""
     n = nbytes // 4
     src = torch.randn(n, device=device)
     dst = torch.empty_like(src)
     times = []
-    for _ in range(repeats + 1):
+    dst.copy_(src)  # pre-fault the destination: the floor is streaming, not page faults
+    for _ in range(repeats):
         _sync(device)
         t0 = time.perf_counter()
         dst.copy_(src)
         _sync(device)
         times.append(time.perf_counter() - t0)
-    return 2 * n * 4 / statistics.median(times[1:])
+    return 2 * n * 4 / min(times)
 
 
-def time_fwd_bwd(fn: Callable, s0, t, labels, repeats: int):
-    """Median wall and CPU seconds of forward+backward, the extra peak memory of one step, the loss.
+def interleaved(steps: dict, repeats: int, device) -> dict:
+    """Time every step once per round, round after round, so load changes hit all of them alike.
 
-    CPU seconds (all threads) are reported beside wall time because a shared machine's wall clock
-    also counts other people's work; on a quiet machine the two ratios agree.
+    `steps` maps a name to a callable that runs one forward+backward and returns the loss. Each gets a
+    warm-up (and compilation) call and one call under the peak-memory probe first. Returns per name the
+    best and the median wall seconds, the best CPU seconds (all threads: a shared machine's wall clock
+    also counts other people's work), the extra peak memory and the loss, or the error it raised.
     """
-    device = s0.device
-    s = s0.detach().clone().requires_grad_(True)
-    loss = fn(s, t, labels)  # warm-up (and compilation)
-    loss.backward()
-    value = float(loss.detach())
-    s.grad = None
-    with PeakMemory(device) as mem:
-        loss = fn(s, t, labels)
-        loss.backward()
-        _sync(device)
-    s.grad = None
-    del loss
-    times, cpu_times = [], []
+    out, ok = {}, {}
+    for name, step in steps.items():
+        try:
+            value = float(step())
+            with PeakMemory(device) as mem:
+                step()
+                _sync(device)
+            ok[name] = (step, mem.extra_bytes, value)
+        except Exception as e:  # torch.compile may not work everywhere
+            out[name] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"}
+    walls = {n: [] for n in ok}
+    cpus = {n: [] for n in ok}
     for _ in range(repeats):
-        _sync(device)
-        c0, t0 = time.process_time(), time.perf_counter()
+        for name, (step, _extra, _value) in ok.items():
+            _sync(device)
+            c0, t0 = time.process_time(), time.perf_counter()
+            step()
+            _sync(device)
+            walls[name].append(time.perf_counter() - t0)
+            cpus[name].append(time.process_time() - c0)
+    for name, (_step, extra, value) in ok.items():
+        out[name] = {"seconds": min(walls[name]), "median_seconds": statistics.median(walls[name]),
+                     "cpu_seconds": min(cpus[name]), "loss": value, "extra_bytes": extra}
+    return {name: {"variant": name, **out[name]} for name in steps}
+
+
+def logits_step(fn: Callable, s0, t, labels) -> Callable[[], float]:
+    """One forward+backward of a logits-level loss on a fresh leaf copy of the student's logits."""
+    s = s0.detach().clone().requires_grad_(True)
+
+    def step():
         loss = fn(s, t, labels)
         loss.backward()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-        cpu_times.append(time.process_time() - c0)
         s.grad = None
-        del loss
-    return statistics.median(times), statistics.median(cpu_times), mem.extra_bytes, value
+        return loss.detach()
+    return step
 
 
 def bench_case(rows: int, vocab: int, dtype: torch.dtype, device, repeats: int, use_compile: bool, bw: float):
@@ -134,18 +155,14 @@ def bench_case(rows: int, vocab: int, dtype: torch.dtype, device, repeats: int, 
         variants.append(("torch.compile", torch.compile(eager_kd_ce, dynamic=False)))
     variants.append(("fused", fused_kd_ce))
     results = []
-    for name, fn in variants:
-        try:
-            sec, cpu_sec, extra, value = time_fwd_bwd(fn, s, t, labels, repeats)
-        except Exception as e:  # torch.compile may not work everywhere
-            results.append({"variant": name, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"})
-            continue
-        results.append({
-            "variant": name, "seconds": sec, "cpu_seconds": cpu_sec, "loss": value,
-            "peak_extra_mb": None if extra is None else extra / 2**20,
-            "beyond_grad_mb": None if extra is None else (extra - grad_bytes) / 2**20,
-            "floor_ratio": sec / floor_s,
-        })
+    timed = interleaved({name: logits_step(fn, s, t, labels) for name, fn in variants}, repeats, device)
+    for r in timed.values():
+        if "error" not in r:
+            extra = r.pop("extra_bytes")
+            r.update({"peak_extra_mb": None if extra is None else extra / 2**20,
+                      "beyond_grad_mb": None if extra is None else (extra - grad_bytes) / 2**20,
+                      "floor_ratio": r["seconds"] / floor_s})
+        results.append(r)
     eager = results[0]
     for r in results:
         if "seconds" in r and "seconds" in eager:
@@ -173,6 +190,7 @@ def main(rows=None, vocab=None, dtype=None, device="cpu", repeats=5, use_compile
     vocabs = [vocab] if vocab is not None else [32000, 128256]
     dtypes = [DTYPES[dtype]] if dtype else [torch.float32, torch.bfloat16]
     console = console_out()
+    load_before = _load()
     bw = copy_bandwidth(dev)
     console.print(f"[bold]edgekd kernel bench[/] on {device} ({platform.processor() or platform.machine()}, "
                   f"{torch.get_num_threads()} threads) — backend {backend(dev.type)}, copy bandwidth "
@@ -183,7 +201,7 @@ def main(rows=None, vocab=None, dtype=None, device="cpu", repeats=5, use_compile
             for dt in dtypes:
                 console.print(f"  measuring {r} × {v} {str(dt).replace('torch.', '')} ...")
                 cases.append(bench_case(r, v, dt, dev, repeats, use_compile, bw))
-    table = Table(title="KD + CE forward+backward (median of repeats)")
+    table = Table(title=f"KD + CE forward+backward (best of {repeats} interleaved repeats; load {load_before} → {_load()})")
     for col in ("rows × vocab", "dtype", "variant", "ms", "× eager", "CPU ms", "CPU × eager", "floor ms",
                 "× floor", "extra MB", "beyond grad MB"):
         table.add_column(col, justify="right")
@@ -204,7 +222,8 @@ def main(rows=None, vocab=None, dtype=None, device="cpu", repeats=5, use_compile
                     "threads": torch.get_num_threads(), "torch": torch.__version__, "device": device,
                     "gpu": torch.cuda.get_device_name() if dev.type == "cuda" else None},
         "backend": backend(dev.type), "copy_bandwidth_gbs": bw / 1e9, "temperature": T, "alpha": ALPHA,
-        "repeats": repeats, "cases": cases,
+        "repeats": repeats, "statistic": "best of interleaved repeats",
+        "load_average": {"before": load_before, "after": _load()}, "cases": cases,
     }
     write_json(out_path, result)
     console.print(f"wrote {out_path}")

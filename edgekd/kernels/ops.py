@@ -248,15 +248,36 @@ def _reduce(row_loss: Tensor, lead, reduction: str, count, grad_scale: float, la
 
 # --- fused linear + KD ---------------------------------------------------------------------------
 
+_CHUNK_ELEMENTS = 1 << 23
+_MIN_CHUNK_ROWS = 256
+
+
 def _default_chunk(rows: int, V: int) -> int:
-    """Rows per chunk so one chunk of logits is about 4M elements (16 MB in float32)."""
-    return max(1, min(rows, (1 << 22) // max(V, 1)))
+    """Rows per chunk: about 8M logits (32 MB in float32) per buffer, but at least 256 rows, so the head
+    matmuls stay GEMMs that run near the machine's peak (skinny ones lose 10-30%) at any vocabulary."""
+    return max(1, min(rows, max(_MIN_CHUNK_ROWS, _CHUNK_ELEMENTS // max(V, 1))))
 
 
-def _linear_kd_chunks(hs, ws, bs, ht, wt, bt, labels, temperature, alpha, divergence, beta, ignore_index,
+def _teacher_rows(ht, wt, bt, ti, start: int, end: int, V: int, buf: Optional[Tensor]) -> Tensor:
+    """The teacher's logits for rows [start, end), in one of its three forms: final hidden states and an
+    LM head (wt given: one matmul into `buf`), full logits (ht is [rows, V]: a view), or its top-k
+    (ti given: ht holds the kept values, every other entry is −inf)."""
+    if wt is not None:
+        out = buf[: end - start]
+        if bt is not None:
+            return torch.addmm(bt, ht[start:end], wt.t(), out=out)
+        return torch.mm(ht[start:end], wt.t(), out=out)
+    if ti is None:
+        return ht[start:end]
+    out = buf[: end - start].fill_(float("-inf"))
+    return out.scatter_(1, ti[start:end].long(), ht[start:end].to(out.dtype))
+
+
+def _linear_kd_chunks(hs, ws, bs, ht, wt, bt, ti, labels, temperature, alpha, divergence, beta, ignore_index,
                       grad_scale, row_scale, chunk, compute_grad, out=None):
-    """Run head matmuls and the fused kernel chunk by chunk; return row losses and the gradients (written
-    into `out` = (gh, gw, gb) when given). The kernel applies grad_scale · row_scale[r] before it rounds."""
+    """Run the head matmuls and the fused kernel chunk by chunk; return row losses and the gradients
+    (written into `out` = (gh, gw, gb) when given). The kernel applies grad_scale · row_scale[r] before it
+    rounds and writes the logits' gradient over the student's logits; two chunk buffers serve every chunk."""
     rows, V = hs.shape[0], ws.shape[0]
     loss = hs.new_empty(rows, dtype=torch.float32)
     if out is not None:
@@ -265,48 +286,66 @@ def _linear_kd_chunks(hs, ws, bs, ht, wt, bt, labels, temperature, alpha, diverg
         gh = hs.new_empty(hs.shape) if compute_grad else hs.new_empty(0)
         gw_out = ws.new_empty(ws.shape) if compute_grad else ws.new_empty(0)
         gb_out = ws.new_empty(V) if (compute_grad and bs is not None) else ws.new_empty(0)
-    acc = torch.float32 if ws.dtype != torch.float64 else torch.float64
-    gw = torch.zeros(ws.shape, dtype=acc, device=ws.device) if compute_grad else None
-    gb = torch.zeros(V, dtype=acc, device=ws.device) if (compute_grad and bs is not None) else None
+    acc = torch.float64 if ws.dtype == torch.float64 else torch.float32
+    gw = gb = None
+    if compute_grad:  # weight and bias gradients summed over chunks, in float32 (in place when they are)
+        gw = gw_out.zero_() if gw_out.dtype == acc else torch.zeros(ws.shape, dtype=acc, device=ws.device)
+        if bs is not None:
+            gb = gb_out.zero_() if gb_out.dtype == acc else torch.zeros(V, dtype=acc, device=ws.device)
+    n = min(chunk, rows)
+    s_buf = hs.new_empty((n, V))
+    t_buf = None if (wt is None and ti is None) else ht.new_empty((n, V))
     for start in range(0, rows, chunk):
         end = min(rows, start + chunk)
         h = hs[start:end]
-        s_logits = torch.nn.functional.linear(h, ws, bs)
-        t_logits = torch.nn.functional.linear(ht[start:end], wt, bt)
+        s_logits = s_buf[: end - start]
+        if bs is not None:
+            torch.addmm(bs, h, ws.t(), out=s_logits)
+        else:
+            torch.mm(h, ws.t(), out=s_logits)
+        t_logits = _teacher_rows(ht, wt, bt, ti, start, end, V, t_buf)
         lab = labels[start:end] if labels is not None else None
-        g = torch.empty_like(s_logits) if compute_grad else None
         _launch(s_logits, t_logits, lab, temperature, alpha, divergence, beta, ignore_index, grad_scale,
-                loss[start:end], g, None if row_scale is None else row_scale[start:end])
+                loss[start:end], s_logits if compute_grad else None,
+                None if row_scale is None else row_scale[start:end])
         if compute_grad:
-            gh[start:end] = g @ ws
-            gw.add_((g.t() @ h).to(acc))
+            g = s_logits
+            torch.mm(g, ws, out=gh[start:end])
+            if gw.dtype == g.dtype:
+                gw.addmm_(g.t(), h)
+            else:
+                gw.add_(g.t() @ h)
             if gb is not None:
                 gb.add_(g.sum(0, dtype=acc))
     if compute_grad:
-        gw_out.copy_(gw)
-        if gb is not None:
+        if gw is not gw_out:
+            gw_out.copy_(gw)
+        if gb is not None and gb is not gb_out:
             gb_out.copy_(gb)
     return loss, gh, gw_out, gb_out
 
 
 @torch.library.custom_op("edgekd::linear_kd_rows", mutates_args=())
 def linear_kd_rows(student_hidden: Tensor, student_weight: Tensor, student_bias: Optional[Tensor],
-                   teacher_hidden: Tensor, teacher_weight: Tensor, teacher_bias: Optional[Tensor],
-                   labels: Optional[Tensor], temperature: float, alpha: float, divergence: int, beta: float,
+                   teacher_hidden: Tensor, teacher_weight: Optional[Tensor], teacher_bias: Optional[Tensor],
+                   teacher_indices: Optional[Tensor], labels: Optional[Tensor], temperature: float, alpha: float, divergence: int, beta: float,
                    ignore_index: int, grad_scale: float, chunk_size: int,
                    compute_grad: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Per-row loss and grad_scale-scaled gradients for student hidden, weight and bias.
 
+    The teacher is (teacher_hidden, teacher_weight, teacher_bias), or with teacher_weight None its logits
+    (teacher_hidden [rows, V]), or with teacher_indices too its top-k (teacher_hidden [rows, k] values).
+
     fused_linear_kd_loss's autograd (_LinearKDRows) keeps the gradients private and makes them the
     backward's results in place (linear_kd_rescale_); the op's own registered backward leaves them alone."""
     return _linear_kd_chunks(student_hidden, student_weight, student_bias, teacher_hidden, teacher_weight,
-                             teacher_bias, labels, temperature, alpha, divergence, beta, ignore_index,
+                             teacher_bias, teacher_indices, labels, temperature, alpha, divergence, beta, ignore_index,
                              grad_scale, None, chunk_size, compute_grad)
 
 
 @linear_kd_rows.register_fake
 def _linear_kd_rows_fake(student_hidden, student_weight, student_bias, teacher_hidden, teacher_weight,
-                         teacher_bias, labels, temperature, alpha, divergence, beta, ignore_index, grad_scale,
+                         teacher_bias, teacher_indices, labels, temperature, alpha, divergence, beta, ignore_index, grad_scale,
                          chunk_size, compute_grad):
     loss = student_hidden.new_empty(student_hidden.shape[0], dtype=torch.float32)
     if not compute_grad:
@@ -320,7 +359,8 @@ def _linear_kd_rows_fake(student_hidden, student_weight, student_bias, teacher_h
 @torch.library.custom_op("edgekd::linear_kd_rescale_", mutates_args=("grad_hidden", "grad_weight", "grad_bias"))
 def linear_kd_rescale_(grad_hidden: Tensor, grad_weight: Tensor, grad_bias: Tensor, student_hidden: Tensor,
                        student_weight: Tensor, student_bias: Optional[Tensor], teacher_hidden: Tensor,
-                       teacher_weight: Tensor, teacher_bias: Optional[Tensor], labels: Optional[Tensor],
+                       teacher_weight: Optional[Tensor], teacher_bias: Optional[Tensor],
+                       teacher_indices: Optional[Tensor], labels: Optional[Tensor],
                        grad_loss: Tensor, temperature: float, alpha: float, divergence: int, beta: float,
                        ignore_index: int, grad_scale: float, chunk_size: int, fresh: bool) -> None:
     """Makes linear_kd_rows' gradients (for grad_scale; garbage when `fresh`) into those for the upstream
@@ -338,37 +378,38 @@ def linear_kd_rescale_(grad_hidden: Tensor, grad_weight: Tensor, grad_bias: Tens
                 g.mul_(scale[0])
             return
     _linear_kd_chunks(student_hidden, student_weight, student_bias, teacher_hidden, teacher_weight, teacher_bias,
-                      labels, temperature, alpha, divergence, beta, ignore_index, 1.0, grad_loss, chunk_size, True,
+                      teacher_indices, labels, temperature, alpha, divergence, beta, ignore_index, 1.0, grad_loss, chunk_size, True,
                       out=(grad_hidden, grad_weight, grad_bias))
 
 
 @linear_kd_rescale_.register_fake
 def _linear_kd_rescale_fake(grad_hidden, grad_weight, grad_bias, student_hidden, student_weight, student_bias,
-                            teacher_hidden, teacher_weight, teacher_bias, labels, grad_loss, temperature, alpha,
+                            teacher_hidden, teacher_weight, teacher_bias, teacher_indices, labels, grad_loss, temperature, alpha,
                             divergence, beta, ignore_index, grad_scale, chunk_size, fresh):
     return None
 
 
 def _linear_setup(ctx, inputs, output):
-    ctx.args = inputs[7:14]
-    ctx.compute_grad = inputs[14]
+    ctx.args = inputs[8:15]
+    ctx.compute_grad = inputs[15]
     ctx.set_materialize_grads(False)
-    ctx.save_for_backward(*inputs[:7])
+    ctx.save_for_backward(*inputs[:8])
 
 
 def _linear_backward(ctx, grad_loss, *_, bufs=None):
     """As _kd_rows_backward: the op's own backward runs the chunks again into new buffers;
     fused_linear_kd_loss's Function passes the forward's gradients, private to it, rescaled in place."""
     if not ctx.compute_grad or grad_loss is None:
-        return (None,) * 15
-    hs, ws, bs, ht, wt, bt, labels = ctx.saved_tensors
+        return (None,) * 16
+    hs, ws, bs, ht, wt, bt, ti, labels = ctx.saved_tensors
     fresh = bufs is None
     if fresh:
         bufs = (hs.new_empty(hs.shape), ws.new_empty(ws.shape), ws.new_empty(ws.shape[0] if bs is not None else 0))
     gh, gw, gb = bufs
     with torch.no_grad():
-        torch.ops.edgekd.linear_kd_rescale_(gh, gw, gb, hs, ws, bs, ht, wt, bt, labels, grad_loss, *ctx.args, fresh)
-    return (gh, gw, gb if bs is not None else None) + (None,) * 12
+        torch.ops.edgekd.linear_kd_rescale_(gh, gw, gb, hs, ws, bs, ht, wt, bt, ti, labels, grad_loss, *ctx.args,
+                                            fresh)
+    return (gh, gw, gb if bs is not None else None) + (None,) * 13
 
 
 linear_kd_rows.register_autograd(_linear_backward, setup_context=_linear_setup)
@@ -378,45 +419,97 @@ _LinearKDRows = _private_grads_function("_LinearKDRows", torch.ops.edgekd.linear
                                         _linear_backward)
 
 
-def fused_linear_kd_loss(student_hidden: Tensor, student_weight: Tensor, teacher_hidden: Tensor,
-                         teacher_weight: Tensor, labels: Optional[Tensor] = None, *,
+def _dense_topk(values: Tensor, indices: Tensor, V: int) -> Tensor:
+    """Full-vocabulary logits that are −inf off the kept entries."""
+    out = values.new_full((*values.shape[:-1], V), float("-inf"))
+    return out.scatter(-1, indices.long(), values)
+
+
+def _check_linear_args(student_hidden, student_weight, teacher_hidden, teacher_weight, teacher_logits,
+                       teacher_indices, chunk_size) -> None:
+    lead, H, V = student_hidden.shape[:-1], student_hidden.shape[-1], student_weight.shape[0]
+    if student_weight.shape[-1] != H:
+        raise ValueError(f"student_weight: shape {tuple(student_weight.shape)} does not fit hidden size {H}")
+    if (teacher_logits is None) == (teacher_hidden is None or teacher_weight is None):
+        raise ValueError("give the teacher as teacher_hidden with teacher_weight, or as teacher_logits (with "
+                         "teacher_indices for a top-k teacher), not both")
+    if teacher_logits is not None:
+        shape = teacher_logits.shape
+        if shape[:-1] != lead:
+            raise ValueError(f"teacher_logits: leading shape {tuple(shape[:-1])} does not match "
+                             f"student_hidden {tuple(lead)}")
+        if teacher_indices is None and shape[-1] != V:
+            raise ValueError(f"teacher_logits: vocabulary {shape[-1]} differs from the student's {V}")
+        if teacher_indices is not None and teacher_indices.shape != shape:
+            raise ValueError(f"teacher_indices: shape {tuple(teacher_indices.shape)} differs from the top-k "
+                             f"values' {tuple(shape)}")
+        if teacher_indices is not None and teacher_indices.numel() and \
+                not torch.compiler.is_compiling() and int(teacher_indices.max()) >= V:
+            raise ValueError(f"teacher_indices: id {int(teacher_indices.max())} is outside the student's "
+                             f"vocabulary of {V}")
+    else:
+        if teacher_hidden.shape[:-1] != lead:
+            raise ValueError(f"teacher_hidden: leading shape {tuple(teacher_hidden.shape[:-1])} does not match "
+                             f"student_hidden {tuple(lead)}")
+        if teacher_weight.shape[-1] != teacher_hidden.shape[-1]:
+            raise ValueError(f"teacher_weight: shape {tuple(teacher_weight.shape)} does not fit hidden size "
+                             f"{teacher_hidden.shape[-1]}")
+        if teacher_weight.shape[0] != V:
+            raise ValueError(f"teacher_weight: vocabulary {teacher_weight.shape[0]} differs from the student's {V}")
+    if chunk_size is not None and chunk_size <= 0:
+        raise ValueError(f"chunk_size: must be positive, got {chunk_size}")
+
+
+def fused_linear_kd_loss(student_hidden: Tensor, student_weight: Tensor, teacher_hidden: Optional[Tensor] = None,
+                         teacher_weight: Optional[Tensor] = None, labels: Optional[Tensor] = None, *,
+                         teacher_logits: Optional[Tensor] = None, teacher_indices: Optional[Tensor] = None,
                          student_bias: Optional[Tensor] = None, teacher_bias: Optional[Tensor] = None,
                          chunk_size: Optional[int] = None, temperature: float = 1.0, alpha: float = 1.0,
                          divergence: str = "forward_kl", beta: float = 0.5, ignore_index: int = -100,
                          reduction: str = "batchmean") -> Tensor:
-    """kd_loss(student_hidden @ Wsᵀ + bs, teacher_hidden @ Wtᵀ + bt) without ever holding rows × vocab logits."""
-    if student_hidden.shape[:-1] != teacher_hidden.shape[:-1]:
-        raise ValueError(f"teacher_hidden: leading shape {tuple(teacher_hidden.shape[:-1])} does not match "
-                         f"student_hidden {tuple(student_hidden.shape[:-1])}")
-    if student_weight.shape[-1] != student_hidden.shape[-1]:
-        raise ValueError(f"student_weight: shape {tuple(student_weight.shape)} does not fit hidden size "
-                         f"{student_hidden.shape[-1]}")
-    if teacher_weight.shape[-1] != teacher_hidden.shape[-1]:
-        raise ValueError(f"teacher_weight: shape {tuple(teacher_weight.shape)} does not fit hidden size "
-                         f"{teacher_hidden.shape[-1]}")
-    if student_weight.shape[0] != teacher_weight.shape[0]:
-        raise ValueError(f"teacher_weight: vocabulary {teacher_weight.shape[0]} differs from the student's "
-                         f"{student_weight.shape[0]}")
-    if chunk_size is not None and chunk_size <= 0:
-        raise ValueError(f"chunk_size: must be positive, got {chunk_size}")
+    """kd_loss(student_hidden @ Wsᵀ + bs, teacher's logits) without ever holding rows × vocab student logits.
+
+    The teacher is its final hidden states and LM head (teacher_hidden, teacher_weight, teacher_bias: no
+    rows × vocab teacher logits either), or its logits (teacher_logits), or its top-k (teacher_logits the
+    kept values, teacher_indices their vocabulary ids; every other entry is −inf, as in kd_loss). Under
+    autocast the head matmuls run in the autocast dtype and the kernel reads that dtype.
+    """
+    _check_linear_args(student_hidden, student_weight, teacher_hidden, teacher_weight, teacher_logits,
+                       teacher_indices, chunk_size)
     lead, V = student_hidden.shape[:-1], student_weight.shape[0]
     check_args(torch.empty(lead + (V,), device="meta"), torch.empty(lead + (V,), device="meta"),
                None if labels is None else labels.to("meta"), temperature, alpha, divergence, beta, reduction)
-    if backend(student_hidden.device.type) == "reference" or student_hidden.dtype == torch.float64:
+    device_type = student_hidden.device.type
+    if torch.is_autocast_enabled(device_type):
+        dt = torch.get_autocast_dtype(device_type)
+        cast = lambda x: None if x is None else x.to(dt)  # noqa: E731 (differentiable casts)
+        student_hidden, student_weight, student_bias = map(cast, (student_hidden, student_weight, student_bias))
+        if teacher_logits is None:
+            teacher_hidden, teacher_weight, teacher_bias = map(cast, (teacher_hidden, teacher_weight, teacher_bias))
+    if backend(device_type) == "reference" or student_hidden.dtype == torch.float64:
         s = torch.nn.functional.linear(student_hidden, student_weight, student_bias)
-        t = torch.nn.functional.linear(teacher_hidden, teacher_weight, teacher_bias)
+        if teacher_logits is None:
+            t = torch.nn.functional.linear(teacher_hidden, teacher_weight, teacher_bias)
+        else:
+            t = teacher_logits if teacher_indices is None else _dense_topk(teacher_logits, teacher_indices, V)
         return kd_loss_reference(s, t, labels, temperature=temperature, alpha=alpha, divergence=divergence,
                                  beta=beta, ignore_index=ignore_index, reduction=reduction)
     hs = student_hidden.reshape(-1, student_hidden.shape[-1])
-    ht = teacher_hidden.detach().reshape(-1, teacher_hidden.shape[-1])
+    if teacher_logits is None:
+        ht, wt = teacher_hidden.detach().reshape(-1, teacher_hidden.shape[-1]), teacher_weight.detach()
+        bt = None if teacher_bias is None else teacher_bias.detach()
+        ti = None
+    else:
+        ht, wt, bt = _as_rows(teacher_logits.detach()), None, None
+        ti = None if teacher_indices is None else teacher_indices.reshape(-1, teacher_indices.shape[-1])
     rows = hs.shape[0]
     lab = _prepare_labels(labels, rows, V, ignore_index)
     compute_grad = torch.is_grad_enabled() and any(
         x is not None and x.requires_grad for x in (student_hidden, student_weight, student_bias))
     count, grad_scale = _batchmean_scale(lab, rows, ignore_index, reduction)
     chunk = int(chunk_size) if chunk_size else _default_chunk(rows, V)
-    row_loss = _LinearKDRows.apply(
-        hs, student_weight, student_bias, ht, teacher_weight.detach(),
-        None if teacher_bias is None else teacher_bias.detach(), lab, float(temperature), float(alpha),
-        _DIVERGENCES[divergence], float(beta), int(ignore_index), grad_scale, chunk, compute_grad)[0]
+    with torch.autocast(device_type, enabled=False):
+        row_loss = _LinearKDRows.apply(
+            hs, student_weight, student_bias, ht, wt, bt, ti, lab, float(temperature), float(alpha),
+            _DIVERGENCES[divergence], float(beta), int(ignore_index), grad_scale, chunk, compute_grad)[0]
     return _reduce(row_loss, lead, reduction, count, grad_scale, lab, ignore_index)

@@ -108,8 +108,10 @@ def _require(out, field: str, loss: str, who: str):
     return value
 
 
-def response_rows(view: LossView, student_logits, teacher_logits):
-    """Student rows [N,V], teacher rows (tensor or TopKLogits) and labels [N]: shifted for causal LMs."""
+def response_rows(view: LossView, student_logits, teacher_logits, vocab: Optional[int] = None):
+    """Student rows [N,V], teacher rows (tensor or TopKLogits) and labels [N]: shifted for causal LMs.
+
+    The student's rows may be its final hidden states [N,H] instead, with `vocab` its head's vocabulary."""
     s, t, labels = student_logits, teacher_logits, view.labels
     if t is not None and tuple(t.shape[:-1]) != tuple(s.shape[:-1]):
         raise EdgekdError(f"teacher output shape {tuple(t.shape)} does not match the student's {tuple(s.shape)}: "
@@ -121,8 +123,8 @@ def response_rows(view: LossView, student_logits, teacher_logits):
         s = s[:, :-1]
         t = None if t is None else (t.map(lambda x: x[:, :-1]) if isinstance(t, TopKLogits) else t[:, :-1])
         labels = None if labels is None else labels[:, 1:]
-    V = s.shape[-1]
-    s = s.reshape(-1, V)
+    s = s.reshape(-1, s.shape[-1])
+    V = vocab or s.shape[-1]
     if isinstance(t, TopKLogits):
         t = t.map(lambda x: x.reshape(-1, x.shape[-1]))
     elif t is not None:

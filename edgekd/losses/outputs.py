@@ -2,8 +2,8 @@
 
 Any object with the attributes below (an HF ModelOutput, a dict, `LossInputs`) can be given to a
 loss: `logits` [B,S,V] or [B,C]; `hidden_states` (embeddings output first, as HF returns them);
-`attentions` ([B,H,S,S] per layer); for "kd_fused_linear", `last_hidden_state` (the input of the
-LM head, after the final norm) plus `lm_head_weight` / `lm_head_bias`.
+`attentions` ([B,H,S,S] per layer); for the "kd" loss on causal LMs (its fused_linear path),
+`last_hidden_state` (the input of the LM head, after the final norm) plus `lm_head_weight` / `lm_head_bias`.
 """
 
 from __future__ import annotations
@@ -53,11 +53,14 @@ class TopKLogits:
     def map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> "TopKLogits":
         return TopKLogits(fn(self.values), fn(self.indices))
 
-    def dense(self, vocab_size: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """Full-vocabulary logits with −inf outside the kept entries (what the kernels consume)."""
+    def check_vocab(self, vocab_size: int) -> None:
         if self.indices.numel() and int(self.indices.max()) >= vocab_size:
             raise EdgekdError(f"teacher top-k index {int(self.indices.max())} is outside the student vocabulary "
                               f"of {vocab_size}: teacher and student tokenizers must agree")
+
+    def dense(self, vocab_size: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Full-vocabulary logits with −inf outside the kept entries (what the kernels consume)."""
+        self.check_vocab(vocab_size)
         out = torch.full((*self.values.shape[:-1], vocab_size), float("-inf"), dtype=dtype,
                          device=self.values.device)
         return out.scatter(-1, self.indices.long(), self.values.to(dtype))
@@ -138,11 +141,25 @@ class Needs:
                       ("needs_attentions", False), ("needs_last_hidden", False))))
 
 
+def _full(param):
+    """A head's parameter as one tensor. A frozen FSDP2 teacher's may be a shard again after forward (a
+    DTensor): it is all-gathered. A trained one must not be (its gradient would bypass FSDP's averaging):
+    `distill.parallel.shard` keeps the root's parameters gathered from forward to backward."""
+    from torch.distributed.tensor import DTensor
+
+    if not isinstance(param, DTensor):
+        return param
+    if param.requires_grad:
+        raise EdgekdError("the LM head of a model being trained is still sharded after forward: shard its root "
+                          "with fully_shard(..., reshard_after_forward=False) (edgekd.distill.parallel.shard does)")
+    return param.full_tensor()
+
+
 def forward_for_loss(model: torch.nn.Module, batch: dict, needs: Any) -> LossInputs:
     """Run `model` on a batch (input_ids, attention_mask) producing what `needs` (a loss) reads.
 
     Calls the model itself (so DDP hooks still run); switches it to eager attention where the
-    loss reads attention maps (fused attention returns none). When only the fused-linear loss reads the
+    loss reads attention maps (fused attention returns none). When only the fused-linear path reads the
     output, full logits are skipped with HF's `logits_to_keep=1` and the final hidden state (the
     last entry of `hidden_states`, after the final norm in HF decoders) is returned with the LM
     head's weight, so `kernels.fused_linear_kd_loss` computes the logits chunk by chunk instead.
@@ -171,13 +188,14 @@ def forward_for_loss(model: torch.nn.Module, batch: dict, needs: Any) -> LossInp
     if needs.needs_last_hidden:
         head = inner.get_output_embeddings() if hasattr(inner, "get_output_embeddings") else None
         if head is None or not isinstance(getattr(head, "weight", None), torch.Tensor) or not res.hidden_states:
-            raise EdgekdError(f"kd_fused_linear needs a model with an LM head and hidden states; "
-                              f"{type(inner).__name__} has none: use the 'kd' loss")
+            raise EdgekdError(f"the 'kd' loss's fused_linear path needs a model with an LM head and hidden "
+                              f"states; {type(inner).__name__} has none: set fused_linear false in the loss spec")
         if getattr(inner.config, "final_logit_softcapping", None) or getattr(inner.config, "logit_scale", None):
-            raise EdgekdError(f"kd_fused_linear cannot reproduce {type(inner).__name__}'s logit scaling: use the 'kd' loss")
+            raise EdgekdError(f"the 'kd' loss's fused_linear path cannot reproduce {type(inner).__name__}'s logit "
+                              f"scaling: set fused_linear false in the loss spec")
         res.last_hidden_state = res.hidden_states[-1]
-        res.lm_head_weight = head.weight
-        res.lm_head_bias = getattr(head, "bias", None)
+        res.lm_head_weight = _full(head.weight)
+        res.lm_head_bias = _full(getattr(head, "bias", None))
         if not needs.needs_hidden_states:
             res.hidden_states = None
     return res

@@ -47,12 +47,26 @@ class HardLabelLoss(LossTerm):
         return hard_label_loss(view.student("logits", self.name), view.labels, view.causal)
 
 
+def heads_reproducible(config) -> bool:
+    """Whether logits are exactly the LM head over the last hidden state (no softcapping or scaling), so
+    the loss may compute them chunk by chunk from the hidden states."""
+    return config is not None and not (getattr(config, "final_logit_softcapping", None)
+                                       or getattr(config, "logit_scale", None))
+
+
 @register_loss("kd")
 class KDLoss(LossTerm):
-    """α · T² · D(teacher ‖ student at T) + (1 − α) · CE, through kernels.kd_loss.
+    """α · T² · D(teacher ‖ student at T) + (1 − α) · CE, through the fused kernels.
 
-    A TopKLogits teacher is expanded to full-vocabulary logits that are −inf off the kept entries:
-    the teacher distribution is renormalised over its top-k; for forward KL, JSD and CE the student's
+    For causal LMs (`fused_linear` None: whenever both heads are plain linear maps) the student's logits
+    are never materialised: it reads the student's final hidden states and LM head and computes the logits
+    chunk by chunk inside `kernels.fused_linear_kd_loss`, the teacher's too when the teacher output carries
+    them (a live teacher); a teacher given as logits (a mixture of teachers) or as its top-k (an offline
+    cache) is read as it is. `fused_linear: false` takes full logits (`kernels.kd_loss`); by default an
+    output without hidden states and head (a plain HF output) is read through its logits.
+
+    A TopKLogits teacher stands for full-vocabulary logits that are −inf off the kept entries: the
+    teacher distribution is renormalised over its top-k; for forward KL, JSD and CE the student's
     log-softmax runs over the whole vocabulary. Forward KL is then exact on the kept entries and
     ignores the teacher's tail (its probability outside the top-k); reverse KL compares the student
     renormalised over the top-k with the teacher there (a teacher mask masks the student too: the
@@ -60,23 +74,81 @@ class KDLoss(LossTerm):
     """
 
     takes_temperature = True
-    needs_logits = True
 
     def __init__(self, setup: Setup, temperature: float = 2.0, alpha: float = 0.5,
-                 divergence: str = "forward_kl", beta: float = 0.5):
+                 divergence: str = "forward_kl", beta: float = 0.5, fused_linear: bool | None = None,
+                 chunk_size: int | None = None):
         super().__init__()
         check_response_args(self.name, temperature, alpha, divergence, beta)
+        if fused_linear is not None and not isinstance(fused_linear, bool):
+            raise EdgekdError(f"loss {self.name!r}: fused_linear must be true, false or absent, got {fused_linear!r}")
+        if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
+            raise EdgekdError(f"loss {self.name!r}: chunk_size must be a positive integer, got {chunk_size!r}")
         self.temperature, self.alpha, self.divergence, self.beta = float(temperature), float(alpha), divergence, float(beta)
+        self.chunk_size, self.explicit = chunk_size, fused_linear is not None
+        if fused_linear is None:
+            fused_linear = setup.causal and heads_reproducible(setup.student_config) \
+                and heads_reproducible(setup.teacher_config)
+        self.fused_linear = fused_linear
+        self.needs_logits, self.needs_last_hidden = not fused_linear, fused_linear
+
+    def _kw(self) -> dict:
+        return dict(temperature=self.temperature, alpha=self.alpha, divergence=self.divergence, beta=self.beta,
+                    ignore_index=IGNORE_INDEX)
+
+    def _teacher_logits(self, view: LossView):
+        t = view.teacher("logits", self.name)
+        return view.teacher_out.logits_at(self.temperature) if isinstance(view.teacher_out, TeacherMixture) else t
 
     def forward(self, view: LossView) -> torch.Tensor:
-        t = view.teacher("logits", self.name)
-        if isinstance(view.teacher_out, TeacherMixture):
-            t = view.teacher_out.logits_at(self.temperature)
-        s, t, labels = response_rows(view, view.student("logits", self.name), t)
+        # by default, whichever the outputs carry: hidden states and head (forward_for_loss), else logits
+        if self.fused_linear and (self.explicit or get_field(view.student_out, "lm_head_weight") is not None):
+            return self._from_hidden(view)
+        s, t, labels = response_rows(view, view.student("logits", self.name), self._teacher_logits(view))
         if isinstance(t, TopKLogits):
             t = t.dense(s.shape[-1], s.dtype)
-        return kernels.kd_loss(s, t.to(s.device), labels, temperature=self.temperature, alpha=self.alpha,
-                               divergence=self.divergence, beta=self.beta, ignore_index=IGNORE_INDEX)
+        return kernels.kd_loss(s, t.to(s.device), labels, **self._kw())
+
+    def _from_hidden(self, view: LossView) -> torch.Tensor:
+        sh = view.student("last_hidden_state", self.name)
+        sw = view.student("lm_head_weight", self.name)
+        V = sw.shape[0]
+        teacher_out = view.teacher_out
+        live = get_field(teacher_out, "lm_head_weight") is not None and not isinstance(teacher_out, TopKLogits)
+        if live:
+            th, tw = view.teacher("last_hidden_state", self.name), view.teacher("lm_head_weight", self.name)
+            if tw.shape[0] != V:
+                raise EdgekdError(f"teacher vocabulary ({tw.shape[0]}) differs from the student's ({V}): "
+                                  f"teacher and student tokenizers must agree")
+            t = th
+        else:
+            t = self._teacher_logits(view)
+        # response_rows shifts and flattens rows; hidden states stand in for logits
+        if live:
+            sh, _, labels = response_rows(view, sh, None)
+            t = response_rows(view, t, None)[0]
+        else:
+            sh, t, labels = response_rows(view, sh, t, vocab=V)
+        sb = get_field(view.student_out, "lm_head_bias")
+        kw = dict(student_bias=sb, chunk_size=self.chunk_size, **self._kw())
+        if live:
+            tb = get_field(teacher_out, "lm_head_bias")
+            return kernels.fused_linear_kd_loss(sh, sw, t.to(sh.device), tw.detach().to(sh.device), labels,
+                                                teacher_bias=None if tb is None else tb.detach().to(sh.device), **kw)
+        if isinstance(t, TopKLogits):
+            t.check_vocab(V)
+            return kernels.fused_linear_kd_loss(sh, sw, labels=labels, teacher_logits=t.values.to(sh.device),
+                                                teacher_indices=t.indices.to(sh.device), **kw)
+        return kernels.fused_linear_kd_loss(sh, sw, labels=labels, teacher_logits=t.to(sh.device), **kw)
+
+
+@register_loss("kd_fused_linear")
+class FusedLinearKDLoss(KDLoss):
+    """The "kd" loss with `fused_linear: true` (its name before that became the causal-LM default)."""
+
+    def __init__(self, setup: Setup, temperature: float = 2.0, alpha: float = 0.5,
+                 divergence: str = "forward_kl", beta: float = 0.5, chunk_size: int | None = None):
+        super().__init__(setup, temperature, alpha, divergence, beta, fused_linear=True, chunk_size=chunk_size)
 
 
 @register_loss("mse_logits")
@@ -112,49 +184,3 @@ class MSELogitsLoss(LossTerm):
                 row = row + (1 - self.alpha) * ce
             row = torch.where(counted, row, torch.zeros_like(row))
         return row.sum() / counted.sum().clamp(min=1)
-
-
-@register_loss("kd_fused_linear")
-class FusedLinearKDLoss(LossTerm):
-    """The "kd" loss computed from final hidden states and both LM heads, never materialising logits.
-
-    Reads, from both outputs: `last_hidden_state` (the LM head's input, [B,S,H]) and
-    `lm_head_weight` ([V,H]) / `lm_head_bias`; `forward_for_loss` produces them. A top-k cache
-    cannot feed it (it needs the teacher's hidden states).
-    """
-
-    takes_temperature = True
-    needs_logits = False
-    needs_last_hidden = True
-
-    def __init__(self, setup: Setup, temperature: float = 2.0, alpha: float = 0.5,
-                 divergence: str = "forward_kl", beta: float = 0.5, chunk_size: int | None = None):
-        super().__init__()
-        check_response_args(self.name, temperature, alpha, divergence, beta)
-        if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
-            raise EdgekdError(f"loss {self.name!r}: chunk_size must be a positive integer, got {chunk_size!r}")
-        self.temperature, self.alpha, self.divergence, self.beta = float(temperature), float(alpha), divergence, float(beta)
-        self.chunk_size = chunk_size
-
-    def forward(self, view: LossView) -> torch.Tensor:
-        sh = view.student("last_hidden_state", self.name)
-        th = view.teacher("last_hidden_state", self.name)
-        sw = view.student("lm_head_weight", self.name)
-        tw = view.teacher("lm_head_weight", self.name)
-        if sw.shape[0] != tw.shape[0]:
-            raise EdgekdError(f"teacher vocabulary ({tw.shape[0]}) differs from the student's ({sw.shape[0]}): "
-                              f"teacher and student tokenizers must agree")
-        labels = view.labels
-        if sh.dim() == 3 and view.causal:
-            sh, th = sh[:, :-1], th[:, :-1]
-            labels = None if labels is None else labels[:, 1:]
-        sh = sh.reshape(-1, sh.shape[-1])
-        th = th.detach().reshape(-1, th.shape[-1]).to(sh.device)
-        labels = None if labels is None else labels.reshape(-1).to(sh.device).long()
-        tb = get_field(view.teacher_out, "lm_head_bias")
-        return kernels.fused_linear_kd_loss(
-            sh, sw, th, tw.detach().to(sh.device), labels,
-            student_bias=get_field(view.student_out, "lm_head_bias"),
-            teacher_bias=None if tb is None else tb.detach().to(sh.device),
-            chunk_size=self.chunk_size, temperature=self.temperature, alpha=self.alpha,
-            divergence=self.divergence, beta=self.beta, ignore_index=IGNORE_INDEX)

@@ -108,10 +108,11 @@ def test_nan_guard_skips_and_reports_the_step(capsys):
 
 @pytest.mark.slow
 def test_torchrun_two_ranks_agree_with_single_process(tmp_path):
-    """DDP over gloo: both ranks end equal, and equal to one process with the same global batch."""
-    _worker("-", tmp_path / "single.safetensors", "--mask-some")
+    """DDP over gloo, trained with edgekd's default KD loss (hidden states through both heads): both ranks
+    end equal, and equal to one process with the same global batch."""
+    _worker("-", tmp_path / "single.safetensors", "--mask-some", "--kd")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(WORKER), "-", str(tmp_path / "ddp.safetensors"), "--mask-some"]
+           str(WORKER), "-", str(tmp_path / "ddp.safetensors"), "--mask-some", "--kd"]
     r = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=400)
     assert r.returncode == 0, r.stderr[-3000:]
     r0, r1 = load_file(tmp_path / "ddp.safetensors.rank0"), load_file(tmp_path / "ddp.safetensors.rank1")
@@ -150,3 +151,30 @@ def test_stable_checkpoint_of_a_longer_run_continues_into_a_shorter_schedule(tmp
     assert cont.resume() and cont.step == 8
     cont.train()
     _same(direct.model.state_dict(), cont.model.state_dict())
+
+
+@pytest.mark.parametrize("fused_linear", [None, False])
+def test_default_kd_loss_trains_under_bf16_autocast(fused_linear):
+    """bf16 autocast on CPU with edgekd's KD loss: the default (hidden states through both heads) and the
+    full-logits path take the same first step (the same loss within bf16 rounding) and train finite weights."""
+    from edgekd.distill.objective import DistillObjective, build_response_loss
+    from edgekd.distill.schemes import build_scheme
+
+    teacher, model = _tiny(seed=3).requires_grad_(False).eval(), _tiny(seed=0)
+    spec = None if fused_linear is None else [{"name": "kd", "fused_linear": False}]
+    loss_fn = build_response_loss(spec, model.config, teacher.config, temperature=1.0, alpha=0.7)
+    assert loss_fn.needs_last_hidden == (fused_linear is None)
+    scheme = build_scheme("offline", teachers=[teacher], student=model)
+    scheme.use_loss(loss_fn)
+    stream = BlockStream(torch.arange(2000) % 64, 16, 4, seed=1)
+    tc = TrainConfig(steps=3, batch_size=4, lr=1e-2, warmup_steps=1, bf16=True)
+    hist = Trainer(model, DistillObjective(loss_fn, scheme, causal=True), stream, tc, None, quiet=True).train()
+    assert len(hist) == 3 and all(math.isfinite(h["loss"]) for h in hist)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        b = stream.batch_at(0)
+        s, t = _tiny(seed=0)(input_ids=b["input_ids"]).logits, teacher(input_ids=b["input_ids"]).logits
+        from edgekd.kernels import kd_loss_reference
+
+        want = float(kd_loss_reference(s[:, :-1].float(), t[:, :-1].float(), b["labels"][:, 1:], alpha=0.7))
+    assert hist[0]["loss"] == pytest.approx(want, rel=2e-2)

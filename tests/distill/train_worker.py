@@ -2,8 +2,8 @@
 
 usage: python train_worker.py CKPT_DIR OUT_FILE [--kill-at STEP] [--resume] [--mask-some] [--micro1]
                               [--steps N] [--kd] [--fsdp]
-Under torchrun it joins the gloo group and every rank writes OUT_FILE.rankN. --kd adds a frozen
-teacher's KL term; --fsdp shards the student (and that teacher) with FSDP2 instead of DDP.
+Under torchrun it joins the gloo group and every rank writes OUT_FILE.rankN. --kd trains with
+edgekd's default KD loss against a frozen teacher (final hidden states through both heads); --fsdp shards the student (and that teacher) with FSDP2 instead of DDP.
 """
 
 import os
@@ -11,7 +11,6 @@ import signal
 import sys
 
 import torch
-import torch.nn.functional as F
 from safetensors.torch import save_model
 from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -72,15 +71,17 @@ def main():
     def objective(m, batch):
         out_ = m(input_ids=batch["input_ids"])
         loss = ce_loss(out_.logits, batch["labels"], True)
-        parts = {"ce": loss.detach()}
-        if teacher is not None:
-            with torch.no_grad():
-                t_logits = teacher(input_ids=batch["input_ids"]).logits
-            kd = F.kl_div(out_.logits.log_softmax(-1).flatten(0, 1), t_logits.log_softmax(-1).flatten(0, 1),
-                          log_target=True, reduction="batchmean")
-            loss = 0.5 * loss + 0.5 * kd
-            parts["kd"] = kd.detach()
-        return loss, parts
+        return loss, {"ce": loss.detach()}
+
+    if teacher is not None:  # edgekd's default loss: KD from both final hidden states through both heads
+        from edgekd.distill.objective import DistillObjective, build_response_loss
+        from edgekd.distill.schemes import build_scheme
+
+        loss_fn = build_response_loss(None, cfg, cfg, temperature=1.0, alpha=0.5)
+        assert loss_fn.needs_last_hidden and not loss_fn.needs_logits
+        scheme = build_scheme("offline", teachers=[teacher], student=model)
+        scheme.use_loss(loss_fn)
+        objective = DistillObjective(loss_fn, scheme, causal=True)
 
     def on_step(step, tr):
         if kill_at is not None and step == kill_at:

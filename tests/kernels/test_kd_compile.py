@@ -42,13 +42,20 @@ def _linear_samples():
     lab = torch.randint(0, V, (N,), generator=g)
     lab[2] = -100
     yield (hs.clone().requires_grad_(), ws.clone().requires_grad_(), bs.clone().requires_grad_(), ht, wt, None,
-           lab, 2.0, 0.5, 0, 0.5, -100, 1.0, 4, True)
-    yield (hs.clone().requires_grad_(), ws.clone().requires_grad_(), None, ht, wt, None, None, 1.0, 1.0, 1, 0.5,
-           -100, 1.0, 3, True)
-    yield (hs, ws, None, ht, wt, None, lab, 2.0, 0.5, 2, 0.5, -100, 0.5, 4, False)
+           None, lab, 2.0, 0.5, 0, 0.5, -100, 1.0, 4, True)
+    yield (hs.clone().requires_grad_(), ws.clone().requires_grad_(), None, ht, wt, None, None, None, 1.0, 1.0, 1,
+           0.5, -100, 1.0, 3, True)
+    yield (hs, ws, None, ht, wt, None, None, lab, 2.0, 0.5, 2, 0.5, -100, 0.5, 4, False)
+    # the teacher as logits, and as its top-k
+    tl = torch.randn(N, V, generator=g)
+    yield (hs.clone().requires_grad_(), ws.clone().requires_grad_(), None, tl, None, None, None, lab, 2.0, 0.5, 0,
+           0.5, -100, 1.0, 4, True)
+    vals, idx = tl.topk(7, dim=-1)
+    yield (hs.clone().requires_grad_(), ws.clone().requires_grad_(), bs.clone().requires_grad_(), vals, None, None,
+           idx, lab, 1.0, 0.7, 0, 0.5, -100, 1.0, 4, True)
 
 
-@pytest.mark.parametrize("i", range(3))
+@pytest.mark.parametrize("i", range(5))
 def test_opcheck_linear_kd_rows(i):
     args = list(_linear_samples())[i]
     torch.library.opcheck(torch.ops.edgekd.linear_kd_rows.default, args)
@@ -66,7 +73,7 @@ def test_opcheck_backward_ops():
                       torch.randn(40, 8, generator=g))
     bufs = (torch.empty_like(hs), torch.empty_like(ws), ws.new_empty(0))
     torch.library.opcheck(torch.ops.edgekd.linear_kd_rescale_.default,
-                          (*bufs, hs, ws, None, ht, wt, None, None, torch.randn(5, generator=g), 2.0, 1.0, 1, 0.5,
+                          (*bufs, hs, ws, None, ht, wt, None, None, None, torch.randn(5, generator=g), 2.0, 1.0, 1, 0.5,
                            -100, 1.0, 2, True))
 
 
@@ -157,7 +164,7 @@ def test_ops_own_backward_for_direct_callers():
     assert rel_err(x.grad, y.grad) < 8e-3
     hs, ws, bs, ht, wt, lab = _linear_case()
     h, w = hs.clone().requires_grad_(), ws.clone().requires_grad_()
-    loss, gh, gw, _ = torch.ops.edgekd.linear_kd_rows(h, w, None, ht, wt, None, lab, 2.0, 0.4, 0, 0.5, -100, 0.25,
+    loss, gh, gw, _ = torch.ops.edgekd.linear_kd_rows(h, w, None, ht, wt, None, None, lab, 2.0, 0.4, 0, 0.5, -100, 0.25,
                                                       8, True)
     loss.backward(go.repeat(3)[:h.shape[0]])
     h64, w64 = hs.double().requires_grad_(), ws.double().requires_grad_()

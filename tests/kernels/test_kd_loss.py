@@ -216,6 +216,71 @@ def test_fused_linear_equals_unfused(reduction, dtype):
         assert rel_err(a, x.grad) < tol
 
 
+@pytest.mark.parametrize("form", ["logits", "topk"])
+@pytest.mark.parametrize("divergence", ["forward_kl", "reverse_kl", "jsd"])
+def test_fused_linear_with_teacher_logits_or_topk(form, divergence):
+    """A teacher given as logits or as its top-k (what an offline cache holds): the same loss and gradients as
+    the float64 reference over the student's full logits and the teacher's dense logits (−inf off the top-k)."""
+    g = torch.Generator().manual_seed(3)
+    N, H, V, k = 37, 16, 503, 9
+    hs = torch.randn(N, H, generator=g, requires_grad=True)
+    ws = (torch.randn(V, H, generator=g) * 0.3).requires_grad_()
+    tl = torch.randn(N, V, generator=g) * 2
+    lab = torch.randint(0, V, (N,), generator=g)
+    lab[::5] = -100
+    kw = dict(temperature=2.0, alpha=0.6, divergence=divergence)
+    if form == "logits":
+        out = kernels.fused_linear_kd_loss(hs, ws, labels=lab, teacher_logits=tl, chunk_size=8, **kw)
+        dense = tl.double()
+    else:
+        vals, idx = tl.topk(k, dim=-1)
+        out = kernels.fused_linear_kd_loss(hs, ws, labels=lab, teacher_logits=vals, teacher_indices=idx,
+                                           chunk_size=8, **kw)
+        dense = torch.full((N, V), float("-inf"), dtype=torch.float64)
+        for r in range(N):
+            for j in range(k):
+                dense[r, idx[r, j]] = float(vals[r, j])
+    out.backward()
+    h64, w64 = hs.detach().double().requires_grad_(), ws.detach().double().requires_grad_()
+    ref = kd_loss_reference64(h64 @ w64.t(), dense, lab, **kw)
+    ref.backward()
+    assert abs(float(out) - float(ref)) < 1e-5 * max(1.0, abs(float(ref)))
+    assert rel_err(hs.grad, h64.grad) < 1e-4 and rel_err(ws.grad, w64.grad) < 1e-4
+
+
+def test_fused_linear_under_bf16_autocast():
+    """Under torch.autocast(bfloat16) the heads run in bfloat16 (as F.linear would), float32 parameters get
+    float32 gradients, and the loss is the reference's over the bf16 logits."""
+    g = torch.Generator().manual_seed(4)
+    N, H, V = 40, 32, 700
+    hs = torch.randn(N, H, generator=g, requires_grad=True)
+    ws = (torch.randn(V, H, generator=g) * 0.2).requires_grad_()
+    ht, wt = torch.randn(N, 24, generator=g), torch.randn(V, 24, generator=g) * 0.2
+    lab = torch.randint(0, V, (N,), generator=g)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = kernels.fused_linear_kd_loss(hs, ws, ht, wt, lab, temperature=1.0, alpha=0.7)
+        s_ref = torch.nn.functional.linear(hs, ws)
+        t_ref = torch.nn.functional.linear(ht, wt)
+    assert s_ref.dtype == torch.bfloat16
+    out.backward()
+    assert hs.grad.dtype == torch.float32 and ws.grad.dtype == torch.float32
+    h2, w2 = hs.detach().clone().requires_grad_(), ws.detach().clone().requires_grad_()
+    ref = kd_loss_reference64(torch.nn.functional.linear(h2.bfloat16(), w2.bfloat16()).double(), t_ref.double(),
+                              lab, temperature=1.0, alpha=0.7)
+    ref.backward()
+    assert abs(float(out) - float(ref)) < 1e-2 * max(1.0, abs(float(ref)))
+    assert rel_err(hs.grad, h2.grad) < 3e-2 and rel_err(ws.grad, w2.grad) < 3e-2
+
+
+def test_fused_linear_teacher_forms_are_exclusive():
+    with pytest.raises(ValueError, match="teacher"):
+        kernels.fused_linear_kd_loss(torch.randn(4, 8), torch.randn(50, 8), torch.randn(4, 8), torch.randn(50, 8),
+                                     teacher_logits=torch.randn(4, 50))
+    with pytest.raises(ValueError, match="teacher_indices"):
+        kernels.fused_linear_kd_loss(torch.randn(4, 8), torch.randn(50, 8), teacher_logits=torch.randn(4, 3),
+                                     teacher_indices=torch.tensor([[0, 1, 50]] * 4))
+
+
 def test_fused_linear_default_chunk_and_no_bias():
     g = torch.Generator().manual_seed(1)
     hs = torch.randn(2, 3, 16, generator=g, requires_grad=True)

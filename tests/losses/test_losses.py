@@ -247,6 +247,47 @@ def test_fused_linear_matches_kd_on_full_logits(pair, batch):
     s_model.zero_grad()
 
 
+@pytest.mark.parametrize("teacher", ["live", "topk", "mixture"])
+def test_default_kd_reads_hidden_states_for_causal_lms(pair, batch, teacher):
+    """The default 'kd' loss on a causal LM asks for final hidden states and heads, not logits, and equals
+    the float64 reference over the full logits, with the teacher live (its hidden states and head), as an
+    offline cache's top-k, or as a mixture's logits; gradients reach the student's head and body alike."""
+    from edgekd.losses import TeacherMixture
+
+    s_model, t_model = pair
+    loss_fn = build_loss(None, s_model.config, t_model.config)
+    assert loss_fn.needs_last_hidden and not loss_fn.needs_logits
+    so = forward_for_loss(s_model, batch, loss_fn)
+    assert so.logits is None
+    full_t = run(t_model, batch).logits.detach()
+    if teacher == "live":
+        to, dense = forward_for_loss(t_model, batch, loss_fn), full_t
+    elif teacher == "topk":
+        to = TopKLogits.from_logits(full_t, 5)
+        dense = torch.full_like(full_t, float("-inf")).scatter(-1, to.indices, to.values)
+    else:
+        to, dense = TeacherMixture(logits=full_t, members=None), full_t
+    value, parts = loss_fn(so, to, batch["labels"])
+    value.backward()
+    got = [p.grad.clone() for p in (s_model.lm_head.weight, s_model.model.embed_tokens.weight)]
+    s_model.zero_grad()
+    want = kernels.kd_loss_reference(run(s_model, batch).logits[:, :-1].double(), dense[:, :-1].double(),
+                                     batch["labels"][:, 1:], temperature=1.0, alpha=0.7)
+    want.backward()
+    torch.testing.assert_close(value.double(), want, rtol=1e-5, atol=1e-6)
+    for a, p in zip(got, (s_model.lm_head.weight, s_model.model.embed_tokens.weight)):
+        torch.testing.assert_close(a, p.grad, rtol=1e-4, atol=1e-6)
+    s_model.zero_grad()
+
+
+def test_kd_fused_linear_false_reads_logits(pair, batch):
+    s_model, t_model = pair
+    loss_fn = build_loss([{"name": "kd", "fused_linear": False}], s_model.config, t_model.config)
+    assert loss_fn.needs_logits and not loss_fn.needs_last_hidden
+    with pytest.raises(EdgekdError, match="fused_linear"):
+        build_loss([{"name": "kd", "fused_linear": "yes"}], s_model.config, t_model.config)
+
+
 def test_response_losses_declare_the_run_temperature():
     from edgekd.losses import LossTerm, response_loss_names, takes_run_temperature
 

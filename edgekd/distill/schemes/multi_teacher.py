@@ -78,9 +78,7 @@ class MultiTeacherScheme(Scheme):
             freeze(t)
 
     def teacher_outputs(self, batch, student_out):
-        needs = needs_of(student_out, self.loss_fn)
-        if needs.needs_last_hidden and not needs.needs_logits:
-            raise EdgekdError("scheme 'multi_teacher' mixes teacher logits: use the 'kd' loss, not 'kd_fused_linear'")
+        needs = needs_of(student_out, self.loss_fn)  # the mixture is of logits: the 'kd' loss reads them as they are
         needs = Needs(True, needs.needs_hidden_states, needs.needs_attentions, False)
         outs = [self._run(t, batch, needs if i == 0 else Needs()) for i, t in enumerate(self.teachers)]
         members = [o.logits for o in outs]

@@ -51,7 +51,7 @@ class OfflineScheme(Scheme):
     def teacher_outputs(self, batch, student_out):
         if self.cache is not None:
             needs = needs_of(student_out, self.loss_fn)
-            if needs.needs_hidden_states or needs.needs_attentions or needs.needs_last_hidden:
+            if needs.needs_hidden_states or needs.needs_attentions:
                 raise EdgekdError("a top-k teacher cache stores only logits: use response losses ('kd', 'mse_logits') "
                                   "with it, or drop the cache")
             return self.cache.lookup(batch)
