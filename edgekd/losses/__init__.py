@@ -12,6 +12,7 @@ from edgekd.losses.base import (LOSSES, LossTerm, LossView, Setup, auto_temperat
 from edgekd.losses.outputs import (LossInputs, Needs, TeacherMixture, TopKLogits, forward_for_loss, get_field,
                                    mixture_logits, unwrap)
 from edgekd.losses import response as _response, intermediate as _intermediate  # noqa: F401  (registration)
+from edgekd.losses import cross_vocab as _cross_vocab  # noqa: F401  (registration)
 from edgekd.losses.combine import DEFAULT_SPEC, LossSum, build_loss
 
 __all__ = ["LOSSES", "register_loss", "build_loss", "LossSum", "LossTerm", "LossView", "Setup", "TopKLogits",

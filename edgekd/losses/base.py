@@ -62,6 +62,7 @@ class LossTerm(nn.Module):
     needs_hidden_states = False
     needs_attentions = False
     needs_last_hidden = False
+    needs_alignment = False  # reads a teacher with another tokenizer at aligned positions (losses/cross_vocab.py)
 
     def forward(self, view: "LossView") -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -33,7 +33,8 @@ class LossSum(nn.Module):
         self.weights = {k: w for k, w, _ in terms}
         self.terms = nn.ModuleDict({k: m for k, _, m in terms})
         self.causal = causal
-        for flag in ("needs_teacher", "needs_logits", "needs_hidden_states", "needs_attentions", "needs_last_hidden"):
+        for flag in ("needs_teacher", "needs_logits", "needs_hidden_states", "needs_attentions", "needs_last_hidden",
+                     "needs_alignment"):
             setattr(self, flag, any(getattr(m, flag) for _, _, m in terms))
         response = [m for _, _, m in terms if hasattr(m, "temperature")]
         self.temperature: Optional[float] = response[0].temperature if response else None

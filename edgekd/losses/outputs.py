@@ -77,6 +77,8 @@ class LossInputs:
     lm_head_weight: Optional[torch.Tensor] = None
     lm_head_bias: Optional[torch.Tensor] = None
     teacher_loss: Optional[torch.Tensor] = None  # the online scheme's teacher CE: LossSum adds it to the total
+    alignment: Any = None   # a teacher with another tokenizer: data.alignment.TokenAlignment of this batch
+    vocab_map: Optional[torch.Tensor] = None  # and [V_student] its id of each student token (−1: none)
 
 
 def mixture_logits(members: list, weights: list, temperature: float) -> torch.Tensor:

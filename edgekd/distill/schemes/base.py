@@ -105,6 +105,7 @@ class Scheme:
 
     name = ""
     plan_options: tuple = ()
+    takes_other_tokenizer = False  # its teacher_outputs runs the base's live teacher (use_tokens)
 
     # -- the plan (class level: before any stage exists) --
     @classmethod
@@ -125,10 +126,19 @@ class Scheme:
     # -- one stage --
     def __init__(self, *, teachers: list, student: nn.Module, loss_fn: Any = None):
         self.teachers, self.loss_fn = teachers, loss_fn
+        self.tokens = None
 
     def use_loss(self, loss_fn) -> None:
         """The loss the stage trains with: the teacher then produces exactly what it reads."""
         self.loss_fn = loss_fn
+
+    def use_tokens(self, tokens) -> None:
+        """A teacher with another tokenizer (a data.alignment.CrossTokenizer): each batch is re-tokenised for
+        it, and its output carries the alignment and the shared vocabulary (losses/cross_vocab.py)."""
+        if not self.takes_other_tokenizer or getattr(self, "cache", None) is not None:
+            raise EdgekdError(f"scheme {self.name!r} cannot run a teacher with another tokenizer: use 'offline' "
+                              f"(without a teacher cache)")
+        self.tokens = tokens
 
     @property
     def teacher(self) -> nn.Module:
@@ -148,7 +158,13 @@ class Scheme:
             return forward_for_loss(model, batch, needs)
 
     def teacher_outputs(self, batch: dict, student_out: Any):
-        return self._run(self.teacher, batch, needs_of(student_out, self.loss_fn))
+        if self.tokens is None:
+            return self._run(self.teacher, batch, needs_of(student_out, self.loss_fn))
+        al = self.tokens.align(batch["input_ids"].cpu(), None if batch.get("attention_mask") is None
+                               else batch["attention_mask"].cpu())
+        out = self._run(self.teacher, {"input_ids": al.teacher_ids, "attention_mask": al.teacher_mask}, Needs())
+        out.alignment, out.vocab_map = al, self.tokens.vocab_map
+        return out
 
     def after_step(self, student: nn.Module, step: int) -> None:
         pass

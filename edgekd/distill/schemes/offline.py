@@ -27,8 +27,11 @@ class OfflineScheme(Scheme):
 
     cache: a TeacherCache or the path of one; with `cache_data` (the training examples) the cache
     is built there when missing (k = cache_k, default 32) and checked against data and teacher
-    when present. In a run, `cache_data` is the first stage's training stream.
+    when present. In a run, `cache_data` is the first stage's training stream. A live teacher may have
+    another tokenizer than the student's (`use_tokens`).
     """
+
+    takes_other_tokenizer = True
 
     @classmethod
     def plan(cls, run) -> Plan:
