@@ -101,6 +101,44 @@ def distill_numbers(*, steps=None, temperature=1.0, alpha=0.7, latency_budget_ms
     thread_count("threads", threads)
 
 
+def read_json(path: Path, problem: str):
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise EdgekdError(f"{path} {problem} ({getattr(e, 'msg', type(e).__name__)})") from e
+
+
+def parse_loss_spec(loss) -> Optional[list]:
+    """--loss: a JSON list, a path to a JSON file, or loss names joined by '+'."""
+    if loss is None or isinstance(loss, list):
+        return loss
+    if isinstance(loss, dict):
+        return [loss]
+    s = str(loss).strip()
+    if s.startswith("[") or s.startswith("{"):
+        try:
+            v = json.loads(s)
+        except json.JSONDecodeError as e:
+            raise EdgekdError(f"--loss is not valid JSON ({e.msg}): pass e.g. '[{{\"name\": \"kd\", \"weight\": 1}}]'") from e
+        return v if isinstance(v, list) else [v]
+    p = Path(s)
+    if p.suffix == ".json":
+        if not p.is_file():
+            raise EdgekdError(f"loss spec file {p} does not exist")
+        v = read_json(p, "is not valid JSON: fix the loss spec")
+        return v if isinstance(v, list) else [v]
+    return [{"name": n.strip(), "weight": 1.0} for n in s.split("+")]
+
+
+# The losses that compare a teacher and a student with different tokenizers (losses/cross_vocab.py, whose
+# classes say `needs_alignment`; a test keeps the two in step): with one, the student keeps its own vocabulary.
+CROSS_TOKENIZER_LOSSES = ("uld", "token_align")
+
+
+def loss_names(loss) -> list[str]:
+    return [i.get("name") if isinstance(i, dict) else i for i in (parse_loss_spec(loss) or [])]
+
+
 def distill_inputs(values: dict, teacher_config: Optional[dict] = None) -> None:
     """What a distill run is given, checked before anything is loaded or written: every number, the run
     folder, the teacher's files, the data path and the student's shape. `values`: DistillConfig's fields;
@@ -114,7 +152,8 @@ def distill_inputs(values: dict, teacher_config: Optional[dict] = None) -> None:
     if data != "builtin" and not os.path.lexists(data):
         raise EdgekdError(f"--data {data} does not exist: pass a text file, a folder of .txt files, a .jsonl, "
                           f".csv or .parquet file, a saved data set, or 'builtin'")
-    student_shape(student_overrides(values.get("student")), teacher_config)
+    own_vocab = any(n in CROSS_TOKENIZER_LOSSES for n in loss_names(values.get("loss")))
+    student_shape(student_overrides(values.get("student")), teacher_config, own_vocab=own_vocab)
 
 
 EXPORT_FORMATS = {"onnx": ".onnx", "tflite": ".tflite"}
@@ -366,8 +405,9 @@ def student_overrides(spec: Any) -> Optional[dict]:
     return d
 
 
-def student_shape(overrides: Optional[dict], teacher: Optional[dict]) -> None:
-    """Layers, widths and heads of the student (its fields over the teacher's) are positive and fit together."""
+def student_shape(overrides: Optional[dict], teacher: Optional[dict], own_vocab: bool = False) -> None:
+    """Layers, widths and heads of the student (its fields over the teacher's) are positive and fit together;
+    its vocabulary is the teacher's unless `own_vocab` (a cross-tokenizer loss)."""
     if not overrides:
         return
     same_family = not overrides.get("model_type") or not teacher or overrides["model_type"] == teacher.get("model_type")
@@ -386,6 +426,7 @@ def student_shape(overrides: Optional[dict], teacher: Optional[dict]) -> None:
         raise EdgekdError(f"student num_attention_heads {heads} is not a multiple of num_key_value_heads {kv}: "
                           f"fix the student config")
     t_vocab, s_vocab = (teacher or {}).get("vocab_size"), c.get("vocab_size")
-    if t_vocab is not None and s_vocab is not None and s_vocab != t_vocab:
+    if t_vocab is not None and s_vocab is not None and s_vocab != t_vocab and not own_vocab:
         raise EdgekdError(f"student vocab_size {s_vocab} differs from the teacher's {t_vocab}: the student must "
-                          f"use the teacher's tokenizer")
+                          f"use the teacher's tokenizer, or distil across tokenizers with --loss uld or "
+                          f"--loss token_align")

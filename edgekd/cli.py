@@ -159,7 +159,7 @@ def distill(
     temp = temperature if temperature == "auto" else _float_option("--temperature", temperature)
     distill_inputs(dict(teacher=_path(teacher), data=_path(data), student=_student(student), steps=steps, out=_path(out),
                         temperature=temp, alpha=alpha, latency_budget_ms=latency_budget, batch_size=batch_size,
-                        seq_len=seq_len, lr=lr, seed=seed))
+                        seq_len=seq_len, lr=lr, seed=seed, loss=loss))
     profile_kw = dict(identity_file=_path(identity_file), known_hosts=_path(known_hosts),
                       insecure_host_key=insecure_host_key, remote_python=remote_python)
     if (calibration or save_calibration) and not target:

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Optional, Union
 
+from edgekd.checks import parse_loss_spec, read_json as _read_json  # noqa: F401  (parse_loss_spec: re-exported)
 from edgekd.errors import EdgekdError
 
 DEFAULT_STEPS = 300
@@ -113,40 +114,11 @@ def read_saved_json(path: Path):
     return _read_json(path, "is corrupt: start a new run with another --out")
 
 
-def _read_json(path: Path, problem: str):
-    try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise EdgekdError(f"{path} {problem} ({getattr(e, 'msg', type(e).__name__)})") from e
-
-
 def resolve_out(cfg: DistillConfig) -> Path:
     """Absolute: nothing downstream may depend on the current directory."""
     if cfg.out:
         return Path(cfg.out).expanduser().absolute()
     return Path.cwd() / "runs" / time.strftime("distill-%Y%m%d-%H%M%S")
-
-
-def parse_loss_spec(loss) -> Optional[list]:
-    """--loss: a JSON list, a path to a JSON file, or a bare loss name."""
-    if loss is None or isinstance(loss, list):
-        return loss
-    if isinstance(loss, dict):
-        return [loss]
-    s = str(loss).strip()
-    if s.startswith("[") or s.startswith("{"):
-        try:
-            v = json.loads(s)
-        except json.JSONDecodeError as e:
-            raise EdgekdError(f"--loss is not valid JSON ({e.msg}): pass e.g. '[{{\"name\": \"kd\", \"weight\": 1}}]'") from e
-        return v if isinstance(v, list) else [v]
-    p = Path(s)
-    if p.suffix == ".json":
-        if not p.is_file():
-            raise EdgekdError(f"loss spec file {p} does not exist")
-        v = _read_json(p, "is not valid JSON: fix the loss spec")
-        return v if isinstance(v, list) else [v]
-    return [{"name": n.strip(), "weight": 1.0} for n in s.split("+")]
 
 
 def validate(cfg: DistillConfig) -> None:

@@ -15,9 +15,9 @@ import torch.nn.functional as F
 @torch.no_grad()
 def evaluate(models: dict, teacher, batches: list[dict], kind: str = "causal-lm", device=None) -> dict:
     """{name: {eval_loss, perplexity and next_token_accuracy | accuracy and macro_f1, top1_agreement}} for each
-    model in `models` and the teacher."""
-    names = ["teacher", *models]
-    mods = {"teacher": teacher, **models}
+    model in `models` and the teacher (None: no teacher, and no top-1 agreement)."""
+    names = (["teacher"] if teacher is not None else []) + list(models)
+    mods = ({"teacher": teacher} if teacher is not None else {}) | models
     acc = {n: {"loss": 0.0, "agree": 0, "correct": 0, "pred": [], "true": []} for n in names}
     count = 0
     was = {n: m.training for n, m in mods.items()}
@@ -50,8 +50,9 @@ def evaluate(models: dict, teacher, batches: list[dict], kind: str = "causal-lm"
                     acc[n]["true"].append(lab[k].cpu())
                 if n == "teacher":
                     t_logits = pred
-                acc[n]["agree"] += int((pred[k] == t_logits[k]).sum())
-                if n == "teacher":
+                if t_logits is not None:
+                    acc[n]["agree"] += int((pred[k] == t_logits[k]).sum())
+                if n == names[0]:
                     count += int(k.sum())
     finally:
         for n, m in mods.items():
@@ -59,7 +60,7 @@ def evaluate(models: dict, teacher, batches: list[dict], kind: str = "causal-lm"
     out = {}
     for n in names:
         loss = acc[n]["loss"] / max(1, count)
-        r = {"eval_loss": loss, "top1_agreement": acc[n]["agree"] / max(1, count)}
+        r = {"eval_loss": loss, "top1_agreement": acc[n]["agree"] / max(1, count) if teacher is not None else None}
         if kind == "causal-lm":
             r["perplexity"] = math.exp(min(loss, 80.0))
             r["next_token_accuracy"] = acc[n]["correct"] / max(1, count)
@@ -69,6 +70,37 @@ def evaluate(models: dict, teacher, batches: list[dict], kind: str = "causal-lm"
         r["eval_tokens" if kind == "causal-lm" else "eval_examples"] = count
         out[n] = r
     return out
+
+
+@torch.no_grad()
+def teacher_on_own_tokens(teacher, cross, batches: list[dict], device=None) -> dict:
+    """A teacher with another tokenizer on the same held-out text, re-tokenised for it: its total loss in
+    nats over that text divided by the student's scored tokens (`eval_loss`, so it compares with the
+    students' per-token loss: the same text's information per student token), and per its own tokens.
+    Top-1 agreement has no meaning across vocabularies (None)."""
+    was = teacher.training
+    teacher.eval()
+    nats, own, student_tokens, correct = 0.0, 0, 0, 0
+    try:
+        for b in batches:
+            mask = b.get("attention_mask")
+            keep_s = b["labels"][:, 1:] != -100
+            if mask is not None:
+                keep_s = keep_s & mask[:, 1:].bool()
+            student_tokens += int(keep_s.sum())
+            al = cross.align(b["input_ids"].cpu(), None if mask is None else mask.cpu())
+            ids, tm = al.teacher_ids.to(device), al.teacher_mask.to(device)
+            logits = teacher(input_ids=ids, attention_mask=tm).logits.float()[:, :-1]
+            lab, keep = ids[:, 1:], tm[:, 1:].bool()
+            nats += F.cross_entropy(logits[keep], lab[keep], reduction="sum").item()
+            correct += int((logits[keep].argmax(-1) == lab[keep]).sum())
+            own += int(keep.sum())
+    finally:
+        teacher.train(was)
+    loss = nats / max(1, student_tokens)
+    return {"eval_loss": loss, "perplexity": math.exp(min(loss, 80.0)), "eval_tokens": student_tokens,
+            "top1_agreement": None, "eval_loss_own_tokens": nats / max(1, own), "eval_tokens_own": own,
+            "next_token_accuracy": correct / max(1, own)}
 
 
 def macro_f1(pred: torch.Tensor, true: torch.Tensor) -> float:

@@ -54,6 +54,23 @@ class RunContext:
     resolved: dict                          # config.json
     timer: Any
     started: float = field(default_factory=time.time)
+    cross: Any = None                       # data.alignment.CrossTokenizer: the teacher has another tokenizer
+    teacher_tokenizer: Any = None           # the teacher's own (ctx.tokenizer is the student's and the data's)
+
+    def new_student(self, teacher, config, calibration, init: str, seed: int):
+        """(model, init_info): a student of `config`; from the teacher's weights where they fit, or, when the
+        teacher has another tokenizer, from the student directory's own weights (else random)."""
+        from edgekd.models.students import build_student
+
+        if self.cross is None:
+            return build_student(teacher, config, calibration, init=init, seed=seed)
+        from transformers import AutoModelForCausalLM
+
+        torch.manual_seed(seed)
+        src = self.cfg.student
+        if init != "random" and any((Path(src) / f).is_file() for f in ("model.safetensors", "model.safetensors.index.json")):
+            return AutoModelForCausalLM.from_pretrained(src), {"method": "pretrained", "from": str(src)}
+        return AutoModelForCausalLM.from_config(config), {"method": "random", "why": "the teacher has another tokenizer"}
 
     @property
     def causal(self) -> bool:
@@ -146,8 +163,12 @@ def load_run(cfg: DistillConfig, out: Path) -> RunContext:
     teacher, tokenizer, kind = load_model(cfg.teacher)
     check_fits_embedding(tokenizer, teacher)
     freeze(teacher.to(device))
-    s_cfg = student_config_from(cfg.student, teacher.config)
-    _check_student_tokenizer(cfg.student, tokenizer)
+    teacher_tokenizer, cross = tokenizer, None
+    if _needs_alignment(cfg.loss):
+        tokenizer, s_cfg, cross = _cross_tokenizer_student(cfg, teacher, tokenizer, kind)
+    else:
+        s_cfg = student_config_from(cfg.student, teacher.config)
+        _check_student_tokenizer(cfg.student, tokenizer)
     data = RunData(cfg, tokenizer, kind, rank, world, getattr(teacher.config, "max_position_embeddings", None))
     torch.manual_seed(cfg.seed)
     init_stream = data.stream(0, cfg.seed + 7919)
@@ -156,26 +177,66 @@ def load_run(cfg: DistillConfig, out: Path) -> RunContext:
     temperature = auto_temperature(t_params, s_params) if cfg.temperature == "auto" else float(cfg.temperature)
     steps = cfg.steps or DEFAULT_STEPS
     ctx = RunContext(cfg, out, teacher, tokenizer, kind, data, s_cfg, steps, device, rank, world, temperature,
-                     parse_loss_spec(cfg.loss), init_batches, {}, timer)
+                     parse_loss_spec(cfg.loss), init_batches, {}, timer, cross=cross,
+                     teacher_tokenizer=teacher_tokenizer)
     ctx.resolved = asdict(cfg) | {
         "out": str(out), "steps": steps, "temperature": temperature, "temperature_requested": cfg.temperature,
         "loss": ctx.loss_spec, "kind": kind, "seq_len": data.seq_len, "world_size": world,
         "student_config": s_cfg.to_dict(), "train": asdict(ctx.train_config(steps)), "data_hash": data.digest,
         "teacher_params": t_params, "student_params": s_params, "resume": False}
+    if cross is not None:
+        ctx.resolved["cross_tokenizer"] = {"teacher_vocab": len(teacher_tokenizer), "student_vocab": len(tokenizer),
+                                           "shared_tokens": int((cross.vocab_map >= 0).sum())}
     if rank == 0:
         console.log_into(out / "edgekd.log")
         timer.save()
     return ctx
 
 
-def _check_student_tokenizer(student, tokenizer) -> None:
-    """A student given as a model directory with its own tokenizer must share the teacher's token map."""
+def _student_tokenizer(student):
+    """The tokenizer of a student given as a model directory, None when it has none."""
     if isinstance(student, str) and Path(student).is_dir() and \
             any((Path(student) / f).exists() for f in ("tokenizer.json", "tokenizer_config.json")):
         from edgekd.data.tokenizer import load_tokenizer
-        from edgekd.models.students import check_tokenizers_agree
 
-        check_tokenizers_agree(tokenizer, load_tokenizer(student))
+        return load_tokenizer(student)
+    return None
+
+
+def _check_student_tokenizer(student, tokenizer) -> None:
+    """A student given as a model directory with its own tokenizer must share the teacher's token map
+    (or the run uses a cross-tokenizer loss)."""
+    from edgekd.models.students import check_tokenizers_agree
+
+    try:
+        check_tokenizers_agree(tokenizer, _student_tokenizer(student))
+    except EdgekdError as e:
+        raise EdgekdError(f"{e}, or distil across tokenizers with --loss uld or --loss token_align") from None
+
+
+def _needs_alignment(loss) -> bool:
+    from edgekd.checks import loss_names
+    from edgekd.losses import LOSSES
+
+    return any(getattr(LOSSES.get(n), "needs_alignment", False) for n in loss_names(loss))
+
+
+def _cross_tokenizer_student(cfg: DistillConfig, teacher, teacher_tokenizer, kind: str):
+    """(the data's tokenizer, the student config, the CrossTokenizer) of a run whose loss aligns two
+    tokenizers: the student is a model directory with its own tokenizer (its config and, if it has them,
+    its weights), and the run's data are in its tokens."""
+    from transformers import AutoConfig
+
+    from edgekd.data.alignment import CrossTokenizer
+
+    tok = _student_tokenizer(cfg.student)
+    if kind != CAUSAL_LM or tok is None:
+        raise EdgekdError("a cross-tokenizer loss ('uld', 'token_align') distils a causal LM into a student with its "
+                          "own tokenizer: give --student a model directory holding its config and tokenizer")
+    if cfg.scheme != "offline" or (cfg.scheme_config or {}).get("cache"):
+        raise EdgekdError("a cross-tokenizer loss runs with the offline scheme and a live teacher (no teacher cache)")
+    s_cfg = AutoConfig.from_pretrained(cfg.student)
+    return tok, s_cfg, CrossTokenizer(tok, teacher_tokenizer, getattr(teacher.config, "max_position_embeddings", None))
 
 
 def train_stage(ctx: RunContext, stage, previous) -> Trained:
@@ -183,12 +244,12 @@ def train_stage(ctx: RunContext, stage, previous) -> Trained:
     from edgekd.distill.objective import DistillObjective, build_response_loss
     from edgekd.distill.schemes import build_scheme, freeze
     from edgekd.distill.trainer import Trainer
-    from edgekd.models.students import build_student, count_params
+    from edgekd.models.students import count_params
 
     cfg = ctx.cfg
     teachers = stage.teachers if stage.teachers is not None else [freeze(previous)]
-    model, init_info = build_student(teachers[0], stage.student_config, ctx.init_batches, init=cfg.student_init,
-                                     seed=cfg.seed)
+    model, init_info = ctx.new_student(teachers[0], stage.student_config, ctx.init_batches, cfg.student_init,
+                                       cfg.seed)
     model.to(ctx.device)
     scheme = build_scheme(cfg.scheme, teachers=teachers, student=model, **stage.options)
     loss_fn = build_response_loss(ctx.loss_spec, stage.student_config, scheme.teacher_config or teachers[0].config,
@@ -196,6 +257,8 @@ def train_stage(ctx: RunContext, stage, previous) -> Trained:
                                   student_params=count_params(model), teacher_params=count_params(teachers[0]))
     loss_fn.to(ctx.device)
     scheme.use_loss(loss_fn)
+    if ctx.cross is not None:
+        scheme.use_tokens(ctx.cross)
     trainer = Trainer(model, DistillObjective(loss_fn, scheme, ctx.causal), stage.stream,
                       ctx.train_config(stage.steps), ctx.out / "checkpoints" / stage.checkpoint, kind=ctx.kind,
                       extra_params=list(loss_fn.parameters()) + list(scheme.extra_parameters()), scheme=scheme,
@@ -218,14 +281,12 @@ def train_baseline(ctx: RunContext, name: str) -> Trained:
     """A baseline distillation has to beat: the run's student architecture trained on hard labels alone."""
     from edgekd.distill.objective import hard_label_objective
     from edgekd.distill.trainer import Trainer
-    from edgekd.models.students import build_student
 
     spec = BASELINES[name]
     own = spec["init"] is None
     with ctx.timer(name):
-        model, info = build_student(ctx.teacher, ctx.student_config, ctx.init_batches if own else None,
-                                    init=ctx.cfg.student_init if own else spec["init"],
-                                    seed=ctx.cfg.seed + spec["seed_offset"])
+        model, info = ctx.new_student(ctx.teacher, ctx.student_config, ctx.init_batches if own else None,
+                                      ctx.cfg.student_init if own else spec["init"], ctx.cfg.seed + spec["seed_offset"])
         model.to(ctx.device)
         trainer = Trainer(model, hard_label_objective(ctx.causal), ctx.data.stream(), ctx.train_config(ctx.steps),
                           ctx.out / "checkpoints" / name, kind=ctx.kind, label=name, quiet=ctx.cfg.quiet,
@@ -238,7 +299,7 @@ def train_baseline(ctx: RunContext, name: str) -> Trained:
 
 def report_run(ctx: RunContext, plan, trained: list, baselines: dict, status: str) -> RunResult:
     """Evaluate every model on the held-out batches and write report.json, report.md and the plots."""
-    from edgekd.distill.evaluate import continuations, evaluate, temperature_examples
+    from edgekd.distill.evaluate import continuations, evaluate, teacher_on_own_tokens, temperature_examples
     from edgekd.distill.schemes import arch_summary
     from edgekd.models.students import count_params, size_mb
     from edgekd.report import build_report, write_run_report
@@ -248,12 +309,17 @@ def report_run(ctx: RunContext, plan, trained: list, baselines: dict, status: st
     named = {"student": student} | {k: b.model for k, b in baselines.items()}
     models = named | stages
     with ctx.timer("eval"):
-        evals = evaluate(models, ctx.teacher, ctx.data.eval_batches, ctx.kind, ctx.device)
-    temps = temperature_examples(ctx.teacher, ctx.data.example_ids.to(ctx.device), ctx.tokenizer) if ctx.causal else []
+        if ctx.cross is None:
+            evals = evaluate(models, ctx.teacher, ctx.data.eval_batches, ctx.kind, ctx.device)
+        else:  # the teacher reads the same held-out text in its own tokens
+            evals = evaluate(models, None, ctx.data.eval_batches, ctx.kind, ctx.device)
+            evals["teacher"] = teacher_on_own_tokens(ctx.teacher, ctx.cross, ctx.data.eval_batches, ctx.device)
+    temps = temperature_examples(ctx.teacher, ctx.data.example_ids.to(ctx.device), ctx.tokenizer) \
+        if ctx.causal and ctx.cross is None else []
     sizes = {name: {"params": count_params(m), "size_mb": size_mb(m)} for name, m in ({"teacher": ctx.teacher} | named).items()}
     histories = {"distilled": _joined_history(trained)} | {k: b.trainer.history for k, b in baselines.items()}
     curves = {"student": _joined_history(trained, "evals")} | {k: b.trainer.evals for k, b in baselines.items()}
-    side_by_side = (continuations({"teacher": ctx.teacher, "student": student} |
+    side_by_side = (continuations(({"teacher": ctx.teacher} if ctx.cross is None else {}) | {"student": student} |
                                   ({"ce_only": baselines["ce_only"].model} if "ce_only" in baselines else {}),
                                   ctx.data.heldout_ids, ctx.tokenizer, ctx.device) if ctx.causal else [])
     ctx.timer.add("total", time.time() - ctx.started, 0.0)  # every invocation's, from loading to the report

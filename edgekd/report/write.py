@@ -205,6 +205,11 @@ def render_markdown(rep: dict, kind: str = "causal-lm") -> str:
                   f"{init.get('hidden_kept')} hidden channels kept by measured activation magnitude.", ""]
     elif init.get("why"):
         lines += [f"**The student started from random weights**: {init['why']}.", ""]
+    if "eval_loss_own_tokens" in t:
+        lines += [f"The teacher has another tokenizer than the student: its held-out loss above is its loss on the same "
+                  f"text in nats per student token ({_fmt(t['eval_loss_own_tokens'])} per its own token, "
+                  f"{t.get('eval_tokens_own')} of them against the student's {t.get('eval_tokens')}); top-1 agreement "
+                  f"has no meaning across vocabularies.", ""]
     if d.get("stages"):
         lines += ["## Progressive stages", "", "Each stage was distilled from the one before it (the first from the "
                   "teacher); the last is the student.", "",

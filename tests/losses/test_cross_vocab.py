@@ -146,3 +146,10 @@ def test_schemes_that_cannot_retokenise_say_so(toks):
     scheme = build_scheme("online", teachers=[teacher], student=student)
     with pytest.raises(EdgekdError, match="another tokenizer"):
         scheme.use_tokens(CrossTokenizer(s_tok, t_tok))
+
+
+def test_the_early_checks_know_the_cross_tokenizer_losses():
+    from edgekd.checks import CROSS_TOKENIZER_LOSSES
+    from edgekd.losses import LOSSES
+
+    assert {n for n, c in LOSSES.items() if getattr(c, "needs_alignment", False)} == set(CROSS_TOKENIZER_LOSSES)
