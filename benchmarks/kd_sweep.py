@@ -8,6 +8,12 @@ perplexity, top-1 agreement with the teacher, and the share of the ce_only -> te
 
     .venv/bin/python benchmarks/kd_sweep.py [--teacher builtin] [--steps 150] [--json benchmarks/kd_sweep.json]
 
+With `--own-tokenizer N` the student gets its own N-token BPE (trained on the built-in corpus) and the job's
+student shape with that vocabulary, from random weights; the grid's divergence column then names the
+cross-tokenizer loss (`uld`, `token_align`), and ce_only is the same student on hard labels:
+
+    .venv/bin/python benchmarks/kd_sweep.py --own-tokenizer 2048 --only "ce_only,uld:1:0.7:uld,ta:1:0.7:token_align"
+
 Prints a table and writes JSON (with the machine's load average beside it).
 """
 
@@ -42,8 +48,13 @@ def main() -> None:
     ap.add_argument("--student", default='{"num_hidden_layers": 2}')
     ap.add_argument("--only", default=None, help="comma-separated labels of GRID to run")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (two sweeps side by side: 1 each)")
+    ap.add_argument("--own-tokenizer", type=int, default=None, help="give the student its own BPE of N tokens")
     ap.add_argument("--json", default=str(Path(__file__).with_name("kd_sweep.json")))
     args = ap.parse_args()
+    student = json.loads(args.student)
+    if args.own_tokenizer:
+        student = own_tokenizer_student(args.teacher, student, args.own_tokenizer,
+                                        Path(tempfile.mkdtemp()) / "student")
 
     from edgekd.distill import DistillConfig, run
 
@@ -54,8 +65,11 @@ def main() -> None:
     for label, T, alpha, div in grid:
         t0 = time.time()
         with tempfile.TemporaryDirectory() as d:
-            cfg = DistillConfig(teacher=args.teacher, student=json.loads(args.student), steps=args.steps,
-                                temperature=T, alpha=alpha, loss=[{"name": "kd", "divergence": div}],
+            loss = [{"name": div}] if div in ("uld", "token_align") else [{"name": "kd", "divergence": div}]
+            if args.own_tokenizer and div not in ("uld", "token_align"):  # ce_only: alpha 0 of a cross loss
+                loss = [{"name": "uld"}]
+            cfg = DistillConfig(teacher=args.teacher, student=student, steps=args.steps,
+                                temperature=T, alpha=alpha, loss=loss,
                                 out=str(Path(d) / "run"), scratch=False, quiet=True, eval_every=0,
                                 threads=args.threads)
             rep = run(cfg).report
@@ -76,12 +90,31 @@ def main() -> None:
     print("|---|---:|---:|---|---:|---:|---:|---:|")
     for r in rows:
         gc = "—" if r["gap_closed"] is None else f"{r['gap_closed']:.0%}"
+        agree = "—" if r["top1_agreement"] is None else f"{r['top1_agreement']:.3f}"
         print(f"| {r['label']} | {r['temperature']:g} | {r['alpha']:g} | {r['divergence']} | {r['eval_loss']:.4f} | "
-              f"{r['perplexity']:.2f} | {r['top1_agreement']:.3f} | {gc} |")
+              f"{r['perplexity']:.2f} | {agree} | {gc} |")
     out = {"machine": platform.processor() or platform.machine(), "cores": os.cpu_count(), "steps": args.steps,
-           "teacher": args.teacher, "student": json.loads(args.student), "rows": rows,
+           "teacher": args.teacher, "student": str(student) if args.own_tokenizer else student,
+           "own_tokenizer": args.own_tokenizer, "rows": rows,
            "uptime_load": os.getloadavg()}
     Path(args.json).write_text(json.dumps(out, indent=1) + "\n")
+
+
+def own_tokenizer_student(teacher: str, shape: dict, vocab: int, out: Path) -> str:
+    """A student directory: the teacher's config with `shape` over it and an own `vocab`-token BPE."""
+    from edgekd.data.corpus import _is_validation, builtin_files
+    from edgekd.data.tokenizer import train_tokenizer
+    from edgekd.models.loading import read_config_dict, resolve_model_dir
+    from transformers import AutoConfig
+
+    tok = train_tokenizer([p.read_text(encoding="utf-8", errors="replace") for k, p in builtin_files()
+                           if not _is_validation(k)], vocab_size=vocab)
+    cfg = AutoConfig.for_model(**(read_config_dict(resolve_model_dir(teacher)) | shape | {
+        "vocab_size": len(tok), "pad_token_id": tok.pad_token_id, "bos_token_id": tok.eos_token_id,
+        "eos_token_id": tok.eos_token_id}))
+    cfg.save_pretrained(out)
+    tok.save_pretrained(out)
+    return str(out)
 
 
 if __name__ == "__main__":
