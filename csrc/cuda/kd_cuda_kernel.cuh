@@ -349,8 +349,8 @@ __global__ void __launch_bounds__(B, 1024 / B) kd_fwd_kernel(const Args a) {
   const int lane = tid & 31, warp = tid >> 5;
   const int V = static_cast<int>(a.V);  // the host guarantees V <= 2^30: in-row indices are int
   const float invT = a.invT, T = a.T, beta = a.beta;
-  // The mixture m = w p + (1 - w) q of JSD and the skew KLs (kd_common.h): w = beta, lambda, 1 - lambda.
-  const float w = a.divergence == kSkewReverseKL ? 1.f - a.beta : a.beta, omw = 1.f - w;
+  // The mixture m = wmix p + (1 - wmix) q of JSD and the skew KLs (kd_common.h): wmix = beta, lambda, 1 - lambda.
+  const float wmix = a.divergence == kSkewReverseKL ? 1.f - a.beta : a.beta, omw = 1.f - wmix;
   const bool kd = a.kd, ce = a.ce;
   const bool fkl = kd && a.divergence == kForwardKL;
   const bool rkl = kd && a.divergence == kReverseKL;
@@ -509,7 +509,7 @@ __global__ void __launch_bounds__(B, 1024 / B) kd_fwd_kernel(const Args a) {
                   lp = (tv[k] - rc.mt) * invT - rc.lzt;
                   p = __expf(lp);
                 }
-                const float m = w * p + omw * q;
+                const float m = wmix * p + omw * q;
                 if (m > 0.f) {
                   const float lm = __logf(m);
                   if (div == kJSD) {
@@ -596,13 +596,13 @@ __global__ void __launch_bounds__(B, 1024 / B) kd_fwd_kernel(const Args a) {
                     v = (finite_t && q > 0.f) ? ck * q * (lq - lp + 1.f - rc.G) : 0.f;
                   } else if constexpr (DIV == kJSD) {
                     // dD/ds_j = T q_j (g_j - G), g_j = (1 - beta) log(q_j / m_j)
-                    const float m = w * (finite_t ? __expf(lp) : 0.f) + omw * q;
+                    const float m = wmix * (finite_t ? __expf(lp) : 0.f) + omw * q;
                     v = ck * q * (((q > 0.f && m > 0.f) ? omw * (lq - __logf(m)) : 0.f) - rc.G);
                   } else {
                     // dD/ds_j = T q_j (g_j - G); skew KL g_j = -(1 - lambda) p_j / m_j, skew reverse KL
                     // g_j = log(q_j / m_j) - lambda q_j / m_j (m > 0 wherever q > 0)
                     const float p = finite_t ? __expf(lp) : 0.f;
-                    const float m = w * p + omw * q;
+                    const float m = wmix * p + omw * q;
                     float gj = 0.f;
                     if (q > 0.f && m > 0.f) {
                       gj = DIV == kSkewKL ? -omw * p / m : (lq - __logf(m)) - omw * q / m;
