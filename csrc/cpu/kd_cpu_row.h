@@ -160,7 +160,6 @@ struct RowKernel {
     double D = 0.0, G = 0.0;
     const V vlogZs = VO::set1(logZs), vlogZt = VO::set1(logZt);
     const V vw = VO::set1(w), v1mw = VO::set1(1.f - w), one = VO::set1(1.f);
-    const V vskew_p = VO::set1(-(1.f - w)), vlam = VO::set1(1.f - w);  // skew KL: -(1-lambda); skew reverse: lambda
     if (need_kd) {
       if (fwd) {
         D = (double)VO::hsum(VO::add(a0, a1)) / Zt - std::log(Zt) + std::log(Zs);
@@ -189,9 +188,10 @@ struct RowKernel {
               k1 = VO::add(k1, tq);
               if (need_grad) store(et_buf, i, m, lm);  // pass 4 needs log m, no longer p
             } else {
-              // g_j (kd_common.h); entries with q = 0 add nothing to G and get no gradient
-              V r = VO::div(skl ? pp : q, VO::select(has_m, mm, one));
-              V gj = skl ? VO::mul(vskew_p, r) : VO::sub(VO::sub(lb, lm), VO::mul(vlam, r));
+              // g_j (kd_common.h; 1 - w is 1 - lambda for skew KL, lambda for skew reverse KL); entries
+              // with q = 0 add nothing to G and get no gradient
+              V r = VO::mul(v1mw, VO::div(skl ? pp : q, VO::select(has_m, mm, one)));
+              V gj = skl ? VO::sub(zero, r) : VO::sub(VO::sub(lb, lm), r);
               k0 = VO::add(k0, skl ? tp : tq);
               k1 = VO::add(k1, VO::select(VO::gt(q, zero), VO::mul(q, gj), zero));
               if (need_grad) store(et_buf, i, m, VO::select(VO::gt(q, zero), gj, zero));
