@@ -163,6 +163,47 @@ def test_fused_linear(divergence, dtype):
     assert rel_err(h.grad.double(), ref_gs @ ws.double()) < tol
 
 
+@need_fused
+@pytest.mark.parametrize("divergence", SKEWS)
+def test_neg_inf_student_logits(divergence):
+    """A -inf student logit has q = 0: it gets a zero gradient, never NaN. Where the teacher masks it too it adds
+    nothing (the definition over the other entries); where the teacher does not, the mixture keeps the loss
+    finite (skew KL: p log(1/λ)), and the loss is the definition's."""
+    s, t, lab = inputs(6, 300, seed=8)
+    t = _masked(t, 4)
+    g = torch.Generator().manual_seed(5)
+    s_off = torch.rand(s.shape, generator=g) < 0.2
+    s_off[:, :5] = False  # each row keeps finite logits
+    both = s_off & ~torch.isfinite(t)
+    lab = torch.where(s_off[torch.arange(6), lab], torch.full_like(lab, -100), lab)
+    kw = dict(divergence=divergence, skew=0.1, temperature=1.5, alpha=0.8, reduction="none")
+    ones = torch.ones(6, dtype=torch.float64)
+    # -inf only where the teacher masks too: loss and gradient are those of the row without those entries
+    s1 = s.masked_fill(both, float("-inf"))
+    loss, grad = impl_run(kd_loss, s1, t, lab, ones, **kw)
+    assert torch.isfinite(loss).all() and torch.isfinite(grad).all() and not grad[both].any()
+    for r in range(6):
+        keep = ~both[r]
+        lr = lab[r:r + 1].clone()
+        if lr.item() != -100:
+            lr[0] = keep[:lr.item()].sum()  # the label's index among the kept entries
+        ref_l, ref_g = skew64(s[r:r + 1, keep], t[r:r + 1, keep], lr, ones[:1], **kw)
+        assert abs(float(loss[r]) - float(ref_l[0])) <= 2e-5 * abs(float(ref_l[0]))
+        assert rel_err(grad[r, keep], ref_g[0]) < 2e-5
+    # -inf also under a finite teacher: finite, the definition's loss, no gradient on the -inf entries
+    s2 = s.masked_fill(s_off, float("-inf"))
+    loss, grad = impl_run(kd_loss, s2, t, lab, ones, **kw)
+    assert torch.isfinite(loss).all() and torch.isfinite(grad).all() and not grad[s_off].any()
+    with torch.no_grad():
+        p, q = torch.softmax(t.double() / 1.5, -1), torch.softmax(s2.double() / 1.5, -1)
+        m = 0.1 * p + 0.9 * q if divergence == "skew_kl" else 0.9 * p + 0.1 * q
+        x = p if divergence == "skew_kl" else q
+        d = 0.8 * 1.5 ** 2 * (torch.xlogy(x, x) - torch.xlogy(x, m)).sum(-1)
+        ce = -torch.log_softmax(s2.double(), -1).gather(1, lab.clamp(min=0)[:, None]).squeeze(1)
+        want = torch.where(lab != -100, d + 0.2 * ce, torch.zeros_like(d))
+    assert rel_err(loss, want) < 2e-5
+
+
 @pytest.mark.parametrize("kwargs,msg", [(dict(skew=0.0), "skew"), (dict(skew=1.5), "skew"),
                                         (dict(skew=float("nan")), "skew")])
 @pytest.mark.parametrize("divergence", SKEWS)
@@ -214,3 +255,27 @@ def test_cuda_device(divergence, dtype, reduction):
     out_l, out_g = impl_run(kd_loss, s.cuda(), t.cuda(), lab.cuda(), grad_out, **kw)
     assert rel_err(out_l, ref_l) < 2e-5
     assert rel_err(out_g, ref_g) < GRAD_TOL[dtype]
+
+
+@need_fused
+@pytest.mark.parametrize("divergence", SKEWS)
+def test_emulated_cuda_kernel_neg_inf_students_match_the_cpu_kernel(emu_lib, divergence):
+    """-inf student logits under masked and unmasked teacher entries: the device code gives what the CPU
+    kernel gives (which test_neg_inf_student_logits holds to the definition)."""
+    rows, V = 5, 1271
+    s, t, lab = inputs(rows, V, seed=12, ignore_frac=0.2)
+    t = _masked(t, 6)
+    off = torch.rand(s.shape, generator=torch.Generator().manual_seed(3)) < 0.2
+    off[:, :5] = False
+    s = s.masked_fill(off, float("-inf"))
+    lab = torch.where(off[torch.arange(rows), lab], torch.full_like(lab, -100), lab)
+    loss = torch.full((rows,), float("nan"))
+    grad = torch.full((rows, V), float("nan"))
+    rc = emu_lib(s.data_ptr(), 0, V, t.data_ptr(), 0, V, lab.data_ptr(), rows, V, 2.0, 0.6,
+                 {"skew_kl": 3, "skew_reverse_kl": 4}[divergence], 0.1, -100, 1.0, loss.data_ptr(),
+                 grad.data_ptr(), V, 0, 2)
+    assert rc == 0
+    want_l, want_g = impl_run(kd_loss, s, t, lab, torch.ones(rows), divergence=divergence, skew=0.1,
+                              temperature=2.0, alpha=0.6, reduction="none")
+    assert torch.isfinite(loss).all() and not grad[off].any()
+    assert rel_err(loss, want_l) < 2e-5 and rel_err(grad.double(), want_g) < 2e-5
