@@ -52,6 +52,8 @@ class DistillObjective:
 class EagerKD(torch.nn.Module):
     """α·T²·KL + (1−α)·CE in plain PyTorch (`loss_impl="eager"`): the trainer benchmark's unfused loss."""
 
+    takes_temperature = True  # a response loss, like the registry's (on_policy sets its α on the student's samples)
+
     def __init__(self, temperature: float, alpha: float, divergence: str = "forward_kl", beta: float = 0.5,
                  causal: bool = True, skew: float = 0.1):
         super().__init__()
