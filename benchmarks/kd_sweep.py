@@ -2,7 +2,7 @@
 
 Every variant trains the one-command job's student (the search's choice on android-arm64: 2 of the
 teacher's 4 layers at full width, initialised from the teacher) with the job's data, steps, seed and
-schedule; only the loss differs. `ce_only` is α = 0 (the same run on hard labels alone: the engine's
+schedule; only the loss differs (and for GKD the scheme: half the steps on the student's own samples). `ce_only` is α = 0 (the same run on hard labels alone: the engine's
 ce_only baseline, tests/distill/test_run.py shows the two agree). Reported per variant: held-out loss,
 perplexity, top-1 agreement with the teacher, and the share of the ce_only -> teacher loss gap closed.
 
@@ -28,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-# (label, temperature, alpha, divergence)
+# (label, temperature, alpha, divergence[, {"loss": extra loss-term keys, "scheme": name, "scheme_config": {...}}])
 GRID = [
     ("ce_only", 1.0, 0.0, "forward_kl"),
     ("fkl T=2 a=0.5", 2.0, 0.5, "forward_kl"),   # the default before this sweep
@@ -38,6 +38,11 @@ GRID = [
     ("fkl T=2 a=1", 2.0, 1.0, "forward_kl"),
     ("rkl T=1 a=1", 1.0, 1.0, "reverse_kl"),
     ("jsd T=1 a=1", 1.0, 1.0, "jsd"),
+    # issue 13: DistiLLM's skew divergences (λ 0.1) and GKD (half the steps on the student's samples, JSD β 0.5)
+    ("skl T=1 a=0.7", 1.0, 0.7, "skew_kl", {"loss": {"skew": 0.1}}),
+    ("srkl T=1 a=0.7", 1.0, 0.7, "skew_reverse_kl", {"loss": {"skew": 0.1}}),
+    ("gkd jsd l=0.5 a=0.7", 1.0, 0.7, "jsd", {"loss": {"beta": 0.5}, "scheme": "on_policy",
+                                                "scheme_config": {"lmbda": 0.5}}),
 ]
 
 
@@ -62,19 +67,22 @@ def main() -> None:
     grid += [(label, float(T), float(a), div) for label, T, a, div in
              (x.split(":") for x in (args.only or "").split(",") if x.count(":") == 3)]  # "label:T:alpha:divergence"
     rows = []
-    for label, T, alpha, div in grid:
+    for label, T, alpha, div, *extra in grid:
+        extra = extra[0] if extra else {}
         t0 = time.time()
         with tempfile.TemporaryDirectory() as d:
-            loss = [{"name": div}] if div in ("uld", "token_align") else [{"name": "kd", "divergence": div}]
+            loss = [{"name": div}] if div in ("uld", "token_align") else \
+                [{"name": "kd", "divergence": div, **extra.get("loss", {})}]
             if args.own_tokenizer and div not in ("uld", "token_align"):  # ce_only: alpha 0 of a cross loss
                 loss = [{"name": "uld"}]
             cfg = DistillConfig(teacher=args.teacher, student=student, steps=args.steps,
-                                temperature=T, alpha=alpha, loss=loss,
+                                temperature=T, alpha=alpha, loss=loss, scheme=extra.get("scheme", "offline"),
+                                scheme_config=extra.get("scheme_config", {}),
                                 out=str(Path(d) / "run"), scratch=False, quiet=True, eval_every=0,
                                 threads=args.threads)
             rep = run(cfg).report
         s, t = rep["student"], rep["teacher"]
-        rows.append({"label": label, "temperature": T, "alpha": alpha, "divergence": div,
+        rows.append({"label": label, "temperature": T, "alpha": alpha, "divergence": div, **extra,
                      "eval_loss": s["eval_loss"], "perplexity": s["perplexity"], "top1_agreement": s["top1_agreement"],
                      "teacher_eval_loss": t["eval_loss"], "params": s["params"], "seconds": time.time() - t0,
                      "load": os.getloadavg()[0]})

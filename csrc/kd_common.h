@@ -8,6 +8,9 @@
 //               (a teacher vocabulary mask masks the student too: q is renormalised over the teacher's
 //               support, so D >= 0 and no gradient moves mass onto a masked entry)
 //   jsd:        D = T^2 * (beta KL(p||m) + (1-beta) KL(q||m)),  m = beta p + (1-beta) q
+//   skew_kl:    D = T^2 * KL(p||m),  m = lambda p + (1-lambda) q        (DistiLLM; lambda in (0, 1] is
+//   skew_reverse_kl: D = T^2 * KL(q||m),  m = (1-lambda) p + lambda q    passed in `beta`)
+//               (m holds q, so both are finite under a teacher mask: no renormalisation)
 //   CE = -log softmax(s)[y]  (temperature 1; only when labels != nullptr and alpha < 1)
 //   loss[r] = alpha * D + (1 - alpha) * CE;  0 when y == ignore_index
 //   grad[r, :] = grad_scale * row_scale[r] * d loss[r] / d s[r, :]   (row_scale[r] = 1 when row_scale is
@@ -16,6 +19,10 @@
 //     forward_kl: dD/ds = T (q - p)
 //     reverse_kl: dD/ds_j = T q~_j (g_j - G), g_j = log q~_j - log p_j + 1, G = sum q~ g  (0 off S)
 //     jsd:        dD/ds_j = T q_j (g_j - G), g_j = (1-beta) log(q_j / m_j),            G = sum q g
+//     skew_kl:    dD/ds_j = T q_j (g_j - G), g_j = -(1-lambda) p_j / m_j,              G = sum q g
+//     skew_reverse_kl: same, g_j = log(q_j / m_j) - lambda q_j / m_j                   G = sum q g
+//       (in general, D = c_p KL(p||m) + c_q KL(q||m) with m = w p + (1-w) q has
+//        g_j = c_q log(q_j/m_j) - (1-w)(c_p p_j + c_q q_j)/m_j up to a constant)
 //     dCE/ds = softmax(s) - onehot(y)
 //   Terms with q = 0 (or p = 0) are 0: 0 log 0 = 0, so a -inf student logit gives no NaN.
 // Arithmetic is float32 whatever the input dtype; gradient stored in the student's dtype.
@@ -25,7 +32,7 @@
 namespace edgekd {
 
 enum DType : int { kFloat32 = 0, kBFloat16 = 1, kFloat16 = 2 };
-enum Divergence : int { kForwardKL = 0, kReverseKL = 1, kJSD = 2 };
+enum Divergence : int { kForwardKL = 0, kReverseKL = 1, kJSD = 2, kSkewKL = 3, kSkewReverseKL = 4 };
 
 struct KDParams {
   const void* student = nullptr;  // [rows, V], element (r, i) at student + r * s_stride + i
@@ -39,7 +46,7 @@ struct KDParams {
   int64_t V = 0;
   float temperature = 1.f;
   float alpha = 1.f;
-  float beta = 0.5f;
+  float beta = 0.5f;  // the mixture coefficient: jsd's beta, or the skew lambda of kSkewKL / kSkewReverseKL
   int divergence = kForwardKL;
   int64_t ignore_index = -100;
   float grad_scale = 1.f;

@@ -114,11 +114,12 @@ def distill(
     temperature: str = typer.Option("1.0", help="Softmax temperature T > 0, or 'auto' = log2(teacher/student params) + 1."),
     alpha: float = typer.Option(0.7, help="Weight of the distillation term against hard-label CE, in [0, 1]."),
     loss: Optional[str] = typer.Option(None, help="Loss spec: JSON list, path to a .json, or names joined by '+'."),
-    scheme: str = typer.Option("offline", help="offline | online | self | multi_teacher | progressive | sequence"),
+    scheme: str = typer.Option("offline", help="offline | online | self | multi_teacher | progressive | sequence | on_policy"),
     scheme_config: Optional[str] = typer.Option(
         None, "--scheme-config",
         help='Scheme options as JSON or a .json file, e.g. \'{"cache": "teacher-cache", "cache_k": 32}\' (offline), '
-             '\'{"sizes": [{"num_hidden_layers": 3}]}\' (progressive), \'{"num_prompts": 256}\' (sequence).'),
+             '\'{"sizes": [{"num_hidden_layers": 3}]}\' (progressive), \'{"num_prompts": 256}\' (sequence), '
+             '\'{"lmbda": 0.5, "sample_temperature": 1.0, "max_new_tokens": 64}\' (on_policy).'),
     seed: int = typer.Option(0, help="Random seed."),
     target: Optional[str] = typer.Option(None, help="Edge target name (see `edgekd targets list`)."),
     latency_budget: Optional[float] = typer.Option(None, "--latency-budget", help="Latency budget in ms (the logits job)."),

@@ -13,6 +13,7 @@ struct NeonOps {
   static V add(V a, V b) { return vaddq_f32(a, b); }
   static V sub(V a, V b) { return vsubq_f32(a, b); }
   static V mul(V a, V b) { return vmulq_f32(a, b); }
+  static V div(V a, V b) { return vdivq_f32(a, b); }
   static V fmadd(V a, V b, V c) { return vfmaq_f32(c, a, b); }
   static V max(V a, V b) { return vmaxq_f32(a, b); }
   static V gt(V a, V b) { return vreinterpretq_f32_u32(vcgtq_f32(a, b)); }

@@ -3,7 +3,7 @@
 //
 // Per row: pass 1 max of student and teacher (reverse KL: and of the student over the teacher's
 // support, where its normaliser is taken); pass 2 the three normalisers (and, for forward KL,
-// the loss); pass 3 (reverse KL, JSD only) the loss and the gradient's row constant; pass 4 the
+// the loss); pass 3 (reverse KL, JSD, skew KLs only) the loss and the gradient's row constant; pass 4 the
 // gradient. The row is read from memory once; later passes hit L2 (a 32k-vocab row pair is 256 KB).
 // Everything lives in an anonymous namespace so each ISA's copy stays private to its TU.
 #pragma once
@@ -95,6 +95,9 @@ struct RowKernel {
     const bool need_grad = g != nullptr;
     const bool t_is_one = T == 1.f;
     const bool fwd = p.divergence == edgekd::kForwardKL, rev = p.divergence == edgekd::kReverseKL;
+    const bool jsd = p.divergence == edgekd::kJSD, skl = p.divergence == edgekd::kSkewKL;
+    // The mixture m = w p + (1 - w) q of JSD and the skew KLs: w = beta, lambda, 1 - lambda (kd_common.h).
+    const float w = p.divergence == edgekd::kSkewReverseKL ? 1.f - beta : beta;
     // Reverse KL takes the student's softmax over the teacher's support only (kd_common.h): its
     // normaliser Zs skips masked entries and is shifted by mq, the student's max there.
     const bool rev_kd = rev && need_kd;
@@ -153,15 +156,16 @@ struct RowKernel {
     const V vinvZs = VO::set1((float)(1.0 / Zs)), vinvZt = VO::set1((float)(1.0 / Zt));
     const V vinvZ1 = VO::set1((float)(1.0 / Z1));
 
-    // Divergence (without T^2) and, for reverse KL / JSD, the gradient's row constant G.
+    // Divergence (without T^2) and, for reverse KL / JSD / skew KLs, the gradient's row constant G.
     double D = 0.0, G = 0.0;
     const V vlogZs = VO::set1(logZs), vlogZt = VO::set1(logZt);
-    const V vbeta = VO::set1(beta), v1mbeta = VO::set1(1.f - beta), one = VO::set1(1.f);
+    const V vw = VO::set1(w), v1mw = VO::set1(1.f - w), one = VO::set1(1.f);
     if (need_kd) {
       if (fwd) {
         D = (double)VO::hsum(VO::add(a0, a1)) / Zt - std::log(Zt) + std::log(Zs);
       } else {
-        V k0 = zero, k1 = zero;  // reverse: K, Qs ; jsd: sum termP, sum termQ
+        // reverse: K, Qs ; jsd: sum termP, sum termQ ; skew KLs: D, G (pass 4 then reads g_j from et_buf)
+        V k0 = zero, k1 = zero;
         for (i = 0; i < n; i += W) {
           const int64_t m = n - i;
           V q = VO::mul(load(es_buf, i, m, 0.f), vinvZs);
@@ -174,20 +178,36 @@ struct RowKernel {
           } else {
             V pp = VO::mul(load(et_buf, i, m, 0.f), vinvZt);
             V la = VO::sub(VO::mul(VO::sub(load(t, i, m, kNegInf), vmt), vinvT), vlogZt);
-            V mm = VO::add(VO::mul(vbeta, pp), VO::mul(v1mbeta, q));
-            V lm = VO::log(VO::select(VO::gt(mm, zero), mm, one));
-            k0 = VO::add(k0, VO::select(VO::gt(pp, zero), VO::mul(pp, VO::sub(la, lm)), zero));
-            k1 = VO::add(k1, VO::select(VO::gt(q, zero), VO::mul(q, VO::sub(lb, lm)), zero));
-            if (need_grad) store(et_buf, i, m, lm);  // pass 4 needs log m, no longer p
+            V mm = VO::add(VO::mul(vw, pp), VO::mul(v1mw, q));
+            V has_m = VO::gt(mm, zero);
+            V lm = VO::log(VO::select(has_m, mm, one));
+            V tp = VO::select(VO::gt(pp, zero), VO::mul(pp, VO::sub(la, lm)), zero);  // p log(p/m)
+            V tq = VO::select(VO::gt(q, zero), VO::mul(q, VO::sub(lb, lm)), zero);    // q log(q/m)
+            if (jsd) {
+              k0 = VO::add(k0, tp);
+              k1 = VO::add(k1, tq);
+              if (need_grad) store(et_buf, i, m, lm);  // pass 4 needs log m, no longer p
+            } else {
+              // g_j (kd_common.h; 1 - w is 1 - lambda for skew KL, lambda for skew reverse KL); entries
+              // with q = 0 add nothing to G and get no gradient
+              V r = VO::mul(v1mw, VO::div(skl ? pp : q, VO::select(has_m, mm, one)));
+              V gj = skl ? VO::sub(zero, r) : VO::sub(VO::sub(lb, lm), r);
+              k0 = VO::add(k0, skl ? tp : tq);
+              k1 = VO::add(k1, VO::select(VO::gt(q, zero), VO::mul(q, gj), zero));
+              if (need_grad) store(et_buf, i, m, VO::select(VO::gt(q, zero), gj, zero));
+            }
           }
         }
         const double s0 = VO::hsum(k0), s1 = VO::hsum(k1);
         if (rev) {
           D = s0;
           G = s0 + s1;
-        } else {
+        } else if (jsd) {
           D = beta * s0 + (1.0 - beta) * s1;
           G = (1.0 - beta) * s1;
+        } else {
+          D = s0;
+          G = s1;
         }
       }
     }
@@ -215,8 +235,10 @@ struct RowKernel {
             V tv = load(t, i, m, kNegInf);
             V la = VO::sub(VO::mul(VO::sub(tv, vmt), vinvT), vlogZt);
             gj = VO::select(VO::gt(tv, vneginf), VO::add(VO::sub(lb, la), one), zero);
+          } else if (jsd) {
+            gj = VO::mul(v1mw, VO::sub(lb, load(et_buf, i, m, 0.f)));
           } else {
-            gj = VO::mul(v1mbeta, VO::sub(lb, load(et_buf, i, m, 0.f)));
+            gj = load(et_buf, i, m, 0.f);
           }
           gd = VO::select(VO::gt(q, zero), VO::mul(q, VO::sub(gj, vG)), zero);
         }

@@ -3,7 +3,7 @@
 // One thread block per row (grid-stride over rows). Per row:
 //   pass 1  every element read once: online (rescaled) max and normalisers of the teacher at T, the
 //           student at T and at 1, and for forward KL the sum A = sum exp(a_i) (a_i - b_i);
-//   pass 2  reverse KL / JSD only: the loss and the gradient's row constant G (needs pass 1's maxima);
+//   pass 2  reverse KL / JSD / skew KLs only: the loss and the gradient's row constant G (needs pass 1's maxima);
 //   pass 3  when a gradient is asked for: grad[r, :] written in the student's dtype.
 // Passes alternate direction over the row so that a re-read starts with what was loaded last (the
 // part most likely still in L2). Nothing of size rows x V is allocated; the gradient is the only such
@@ -145,7 +145,7 @@ struct Args {
 inline bool make_args(const KDParams& p, Args* a, bool* multi_pass) {
   const bool valid_dtypes = p.s_dtype >= kFloat32 && p.s_dtype <= kFloat16 && p.t_dtype >= kFloat32 &&
                             p.t_dtype <= kFloat16;
-  const bool valid_div = p.divergence >= kForwardKL && p.divergence <= kJSD;
+  const bool valid_div = p.divergence >= kForwardKL && p.divergence <= kSkewReverseKL;
   if (!valid_dtypes || !valid_div || p.V <= 0 || p.V > (int64_t{1} << 30) || !p.student || !p.loss ||
       !(p.temperature > 0.f) || (p.alpha > 0.f && !p.teacher) || (p.grad && p.g_stride < p.V && p.rows > 1))
     return false;
@@ -167,8 +167,10 @@ inline bool make_args(const KDParams& p, Args* a, bool* multi_pass) {
   a->grad_scale = p.grad_scale;
   a->row_scale = p.row_scale;
   a->divergence = p.divergence;
-  // JSD with beta 0 or 1 is KL(q||q) or KL(p||p): exactly 0 with a zero gradient.
-  const bool degenerate = p.divergence == kJSD && (p.beta <= 0.f || p.beta >= 1.f);
+  // JSD with beta 0 or 1 is KL(q||q) or KL(p||p), a skew KL with lambda 1 KL(p||p) or KL(q||q): exactly 0
+  // with a zero gradient.
+  const bool skewed = p.divergence == kSkewKL || p.divergence == kSkewReverseKL;
+  const bool degenerate = (p.divergence == kJSD && (p.beta <= 0.f || p.beta >= 1.f)) || (skewed && p.beta >= 1.f);
   a->kd = p.alpha > 0.f && !degenerate;
   a->ce = p.labels != nullptr && p.alpha < 1.f;
   *multi_pass = p.grad != nullptr || (a->kd && p.divergence != kForwardKL);
@@ -329,7 +331,7 @@ __device__ __forceinline__ Stat shfl_down(const Stat& st, int off) {
 struct RowConst {
   float ms, mq, mt;      // raw maxima of s, of s in Zs (Stat::mq) and of the finite t
   float lzs, lzt, lz1;   // log normalisers: student at T, teacher at T, student at 1
-  float G;               // reverse KL / JSD: sum_j q_j g_j
+  float G;               // reverse KL / JSD / skew KLs: sum_j q_j g_j
 };
 
 // ---- the kernel ---------------------------------------------------------------------------------
@@ -346,7 +348,9 @@ __global__ void __launch_bounds__(B, 1024 / B) kd_fwd_kernel(const Args a) {
   const int tid = static_cast<int>(threadIdx.x);
   const int lane = tid & 31, warp = tid >> 5;
   const int V = static_cast<int>(a.V);  // the host guarantees V <= 2^30: in-row indices are int
-  const float invT = a.invT, T = a.T, beta = a.beta, omb = 1.f - a.beta;
+  const float invT = a.invT, T = a.T, beta = a.beta;
+  // The mixture m = wmix p + (1 - wmix) q of JSD and the skew KLs (kd_common.h): wmix = beta, lambda, 1 - lambda.
+  const float wmix = a.divergence == kSkewReverseKL ? 1.f - a.beta : a.beta, omw = 1.f - wmix;
   const bool kd = a.kd, ce = a.ce;
   const bool fkl = kd && a.divergence == kForwardKL;
   const bool rkl = kd && a.divergence == kReverseKL;
@@ -466,7 +470,7 @@ __global__ void __launch_bounds__(B, 1024 / B) kd_fwd_kernel(const Args a) {
     double D = 0.0;  // divergence without the T^2 factor
     if (fkl) D = static_cast<double>(st.a) / static_cast<double>(st.zt) + lzs - lzt;
 
-    // ---- pass 2 (reverse KL, JSD; reverse direction): loss and G
+    // ---- pass 2 (reverse KL, JSD, skew KLs; reverse direction): loss and G
     if (two_pass) {
       float acc0 = 0.f, acc1 = 0.f;
       if (a.divergence == kReverseKL) {
@@ -489,7 +493,9 @@ __global__ void __launch_bounds__(B, 1024 / B) kd_fwd_kernel(const Args a) {
               }
             });
       } else {
-        // acc0 = sum beta p log(p/m) + (1-beta) q log(q/m), acc1 = sum (1-beta) q log(q/m)
+        // jsd: acc0 = sum beta p log(p/m) + (1-beta) q log(q/m), acc1 = sum (1-beta) q log(q/m);
+        // skew KLs: acc0 = D, acc1 = sum q g (g_j of kd_common.h)
+        const int div = a.divergence;
         traverse<S, Tt, VEC, U, B, false, false>(
             srow, trow, true, grow, false, V, h, nvec, vec_ok, true,
             [&](int, const float* sv, const float* tv, float*, auto nc) {
@@ -503,14 +509,23 @@ __global__ void __launch_bounds__(B, 1024 / B) kd_fwd_kernel(const Args a) {
                   lp = (tv[k] - rc.mt) * invT - rc.lzt;
                   p = __expf(lp);
                 }
-                const float m = beta * p + omb * q;
+                const float m = wmix * p + omw * q;
                 if (m > 0.f) {
                   const float lm = __logf(m);
-                  if (p > 0.f) acc0 += beta * p * (lp - lm);
-                  if (q > 0.f) {
-                    const float x = omb * q * (lq - lm);
+                  if (div == kJSD) {
+                    if (p > 0.f) acc0 += beta * p * (lp - lm);
+                    if (q > 0.f) {
+                      const float x = omw * q * (lq - lm);
+                      acc0 += x;
+                      acc1 += x;
+                    }
+                  } else if (div == kSkewKL) {
+                    if (p > 0.f) acc0 += p * (lp - lm);
+                    acc1 -= omw * q * p / m;
+                  } else if (q > 0.f) {
+                    const float x = q * (lq - lm);
                     acc0 += x;
-                    acc1 += x;
+                    acc1 += x - omw * q * q / m;
                   }
                 }
               }
@@ -579,10 +594,20 @@ __global__ void __launch_bounds__(B, 1024 / B) kd_fwd_kernel(const Args a) {
                     // dD/ds_j = T q_j (g_j - G), g_j = log q_j - log p_j + 1; 0 where q_j = 0 (t_j masked:
                     // off the student's renormalised support; s_j = -inf: 0 log 0)
                     v = (finite_t && q > 0.f) ? ck * q * (lq - lp + 1.f - rc.G) : 0.f;
-                  } else {
+                  } else if constexpr (DIV == kJSD) {
                     // dD/ds_j = T q_j (g_j - G), g_j = (1 - beta) log(q_j / m_j)
-                    const float m = beta * (finite_t ? __expf(lp) : 0.f) + omb * q;
-                    v = ck * q * (((q > 0.f && m > 0.f) ? omb * (lq - __logf(m)) : 0.f) - rc.G);
+                    const float m = wmix * (finite_t ? __expf(lp) : 0.f) + omw * q;
+                    v = ck * q * (((q > 0.f && m > 0.f) ? omw * (lq - __logf(m)) : 0.f) - rc.G);
+                  } else {
+                    // dD/ds_j = T q_j (g_j - G); skew KL g_j = -(1 - lambda) p_j / m_j, skew reverse KL
+                    // g_j = log(q_j / m_j) - lambda q_j / m_j (m > 0 wherever q > 0)
+                    const float p = finite_t ? __expf(lp) : 0.f;
+                    const float m = wmix * p + omw * q;
+                    float gj = 0.f;
+                    if (q > 0.f && m > 0.f) {
+                      gj = DIV == kSkewKL ? -omw * p / m : (lq - __logf(m)) - omw * q / m;
+                    }
+                    v = q > 0.f ? ck * q * (gj - rc.G) : 0.f;
                   }
                 }
                 if (ce) v += cc * (__expf(sv[k] - rc.ms - rc.lz1) - (j + k == yi ? 1.f : 0.f));
@@ -596,8 +621,12 @@ __global__ void __launch_bounds__(B, 1024 / B) kd_fwd_kernel(const Args a) {
         grad_pass(IC<kForwardKL>());
       } else if (a.divergence == kReverseKL) {
         grad_pass(IC<kReverseKL>());
-      } else {
+      } else if (a.divergence == kJSD) {
         grad_pass(IC<kJSD>());
+      } else if (a.divergence == kSkewKL) {
+        grad_pass(IC<kSkewKL>());
+      } else {
+        grad_pass(IC<kSkewReverseKL>());
       }
     }
     __syncthreads();  // the shared partials of this row are read by all before the next row writes them

@@ -20,7 +20,7 @@ int main() {
   std::normal_distribution<float> normal(0.f, 3.f);
   const int64_t rows = 7, V = 1271;
   for (int dtype = 0; dtype < 3; ++dtype) {
-    for (int div = 0; div < 3; ++div) {
+    for (int div = 0; div <= edgekd::kSkewReverseKL; ++div) {
       for (float T : {0.5f, 1.f, 2.f, 1.7f}) {
         std::vector<float> sf(rows * V), tf(rows * V);
         for (auto& x : sf) x = normal(rng);

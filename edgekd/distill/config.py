@@ -126,6 +126,7 @@ def validate(cfg: DistillConfig) -> None:
     from edgekd import checks
     from edgekd.distill.parallel import check_parallel
     from edgekd.distill.schemes import SCHEMES
+    from edgekd.losses.response import check_spec_divergences
     from edgekd.models.loading import read_config_dict, resolve_model_dir
 
     if cfg.scheme not in SCHEMES:
@@ -135,3 +136,4 @@ def validate(cfg: DistillConfig) -> None:
         raise EdgekdError(f"unknown loss implementation {cfg.loss_impl!r}: use 'fused' or 'eager'")
     teacher_config = read_config_dict(resolve_model_dir(cfg.teacher)) if cfg.teacher == "builtin" else None
     checks.distill_inputs(asdict(cfg), teacher_config)
+    check_spec_divergences(parse_loss_spec(cfg.loss))

@@ -52,10 +52,13 @@ class DistillObjective:
 class EagerKD(torch.nn.Module):
     """α·T²·KL + (1−α)·CE in plain PyTorch (`loss_impl="eager"`): the trainer benchmark's unfused loss."""
 
+    takes_temperature = True  # a response loss, like the registry's (on_policy sets its α on the student's samples)
+
     def __init__(self, temperature: float, alpha: float, divergence: str = "forward_kl", beta: float = 0.5,
-                 causal: bool = True):
+                 causal: bool = True, skew: float = 0.1):
         super().__init__()
         self.temperature, self.alpha, self.divergence, self.beta, self.causal = temperature, alpha, divergence, beta, causal
+        self.skew = skew
 
     def forward(self, student_out, teacher_out, labels, attention_mask=None):
         s, t = student_out.logits, teacher_out.logits
@@ -64,7 +67,7 @@ class EagerKD(torch.nn.Module):
         from edgekd.kernels.reference import eager_kd_loss
 
         loss = eager_kd_loss(s, t.detach(), labels, temperature=self.temperature, alpha=self.alpha,
-                             divergence=self.divergence, beta=self.beta)
+                             divergence=self.divergence, beta=self.beta, skew=self.skew)
         return loss, {"kd": loss.detach()}
 
 
@@ -84,6 +87,7 @@ def build_response_loss(spec: Optional[list], student_config, teacher_config, *,
         if len(items) != 1 or items[0].get("name") != "kd":
             raise EdgekdError("loss_impl 'eager' computes the 'kd' loss alone: drop --loss or use the fused loss")
         it = items[0]
-        return EagerKD(it["temperature"], it["alpha"], it.get("divergence", "forward_kl"), it.get("beta", 0.5), causal)
+        return EagerKD(it["temperature"], it["alpha"], it.get("divergence", "forward_kl"), it.get("beta", 0.5), causal,
+                       it.get("skew", 0.1))
     return build_loss(items, student_config, teacher_config, causal=causal,
                       student_params=student_params, teacher_params=teacher_params)

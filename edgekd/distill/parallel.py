@@ -14,7 +14,8 @@ from edgekd.errors import EdgekdError
 
 PARALLEL = ("ddp", "fsdp")
 NO_FSDP_SCHEMES = {"online": "it trains the teacher beside the student",
-                   "self": "its teacher is an average of the student's weights"}
+                   "self": "its teacher is an average of the student's weights",
+                   "on_policy": "it samples from the student with generate"}
 
 
 def check_parallel(parallel: str, scheme: str, world: int) -> None:

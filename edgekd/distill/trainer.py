@@ -244,7 +244,10 @@ class Trainer:
         for g in self.optimizer.param_groups:
             g["lr"] = lr
         self.model.train()
-        micro = self._micro_batches(self.stream.next())
+        batch = self.stream.next()
+        if self.scheme is not None and hasattr(self.scheme, "training_batch"):
+            batch = self.scheme.training_batch(self.model, batch, self.step)
+        micro = self._micro_batches(batch)
         counts = [counted_tokens(m, self.kind) for m in micro]
         local = torch.tensor([float(sum(counts))], dtype=torch.float64)
         if self.world > 1:

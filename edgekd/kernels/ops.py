@@ -17,7 +17,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from edgekd.kernels.reference import check_args, kd_loss_reference
+from edgekd.kernels.reference import check_args, kd_loss_reference, mix_weight
 
 try:
     from edgekd import _C
@@ -25,7 +25,9 @@ except ImportError:  # built without the extension: everything runs on the refer
     _C = None
 
 _DTYPES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
-_DIVERGENCES = {"forward_kl": 0, "reverse_kl": 1, "jsd": 2}
+# kd_common.h's Divergence enum. The ops' `beta` is the mixture coefficient: β for jsd, the skew λ for
+# skew_kl / skew_reverse_kl (reference.mix_weight).
+_DIVERGENCES = {"forward_kl": 0, "reverse_kl": 1, "jsd": 2, "skew_kl": 3, "skew_reverse_kl": 4}
 
 
 def backend(device_type: str = "cpu") -> str:
@@ -201,13 +203,15 @@ def _prepare_labels(labels: Optional[Tensor], rows: int, V: int, ignore_index: i
 
 def kd_loss(student_logits: Tensor, teacher_logits: Tensor, labels: Optional[Tensor] = None, *,
             temperature: float = 1.0, alpha: float = 1.0, divergence: str = "forward_kl", beta: float = 0.5,
-            ignore_index: int = -100, reduction: str = "batchmean") -> Tensor:
-    """Distillation loss α·T²·D(p‖q) + (1−α)·CE over rows (DESIGN.md), fused where the extension allows."""
-    check_args(student_logits, teacher_logits, labels, temperature, alpha, divergence, beta, reduction)
+            ignore_index: int = -100, reduction: str = "batchmean", skew: float = 0.1) -> Tensor:
+    """Distillation loss α·T²·D(p‖q) + (1−α)·CE over rows (DESIGN.md), fused where the extension allows.
+    `skew`: λ of skew_kl / skew_reverse_kl (DistiLLM's default 0.1); `beta`: jsd's β."""
+    check_args(student_logits, teacher_logits, labels, temperature, alpha, divergence, beta, reduction, skew)
     if backend(student_logits.device.type) == "reference" or student_logits.dtype == torch.float64 \
             or teacher_logits.dtype == torch.float64:
         return kd_loss_reference(student_logits, teacher_logits, labels, temperature=temperature, alpha=alpha,
-                                 divergence=divergence, beta=beta, ignore_index=ignore_index, reduction=reduction)
+                                 divergence=divergence, beta=beta, ignore_index=ignore_index, reduction=reduction,
+                                 skew=skew)
     lead, V = student_logits.shape[:-1], student_logits.shape[-1]
     s = _as_rows(student_logits)
     t = _as_rows(teacher_logits.detach())
@@ -215,8 +219,8 @@ def kd_loss(student_logits: Tensor, teacher_logits: Tensor, labels: Optional[Ten
     lab = _prepare_labels(labels, rows, V, ignore_index)
     compute_grad = torch.is_grad_enabled() and student_logits.requires_grad
     count, grad_scale = _batchmean_scale(lab, rows, ignore_index, reduction)
-    row_loss, _ = _KDRows.apply(s, t, lab, float(temperature), float(alpha), _DIVERGENCES[divergence], float(beta),
-                                int(ignore_index), grad_scale, compute_grad)
+    row_loss, _ = _KDRows.apply(s, t, lab, float(temperature), float(alpha), _DIVERGENCES[divergence],
+                                float(mix_weight(divergence, beta, skew)), int(ignore_index), grad_scale, compute_grad)
     return _reduce(row_loss, lead, reduction, count, grad_scale, lab, ignore_index)
 
 
@@ -466,7 +470,7 @@ def fused_linear_kd_loss(student_hidden: Tensor, student_weight: Tensor, teacher
                          student_bias: Optional[Tensor] = None, teacher_bias: Optional[Tensor] = None,
                          chunk_size: Optional[int] = None, temperature: float = 1.0, alpha: float = 1.0,
                          divergence: str = "forward_kl", beta: float = 0.5, ignore_index: int = -100,
-                         reduction: str = "batchmean") -> Tensor:
+                         reduction: str = "batchmean", skew: float = 0.1) -> Tensor:
     """kd_loss(student_hidden @ Wsᵀ + bs, teacher's logits) without ever holding rows × vocab student logits.
 
     The teacher is its final hidden states and LM head (teacher_hidden, teacher_weight, teacher_bias: no
@@ -478,7 +482,8 @@ def fused_linear_kd_loss(student_hidden: Tensor, student_weight: Tensor, teacher
                        teacher_indices, chunk_size)
     lead, V = student_hidden.shape[:-1], student_weight.shape[0]
     check_args(torch.empty(lead + (V,), device="meta"), torch.empty(lead + (V,), device="meta"),
-               None if labels is None else labels.to("meta"), temperature, alpha, divergence, beta, reduction)
+               None if labels is None else labels.to("meta"), temperature, alpha, divergence, beta, reduction,
+               skew)
     device_type = student_hidden.device.type
     if torch.is_autocast_enabled(device_type):
         dt = torch.get_autocast_dtype(device_type)
@@ -493,7 +498,7 @@ def fused_linear_kd_loss(student_hidden: Tensor, student_weight: Tensor, teacher
         else:
             t = teacher_logits if teacher_indices is None else _dense_topk(teacher_logits, teacher_indices, V)
         return kd_loss_reference(s, t, labels, temperature=temperature, alpha=alpha, divergence=divergence,
-                                 beta=beta, ignore_index=ignore_index, reduction=reduction)
+                                 beta=beta, ignore_index=ignore_index, reduction=reduction, skew=skew)
     hs = student_hidden.reshape(-1, student_hidden.shape[-1])
     if teacher_logits is None:
         ht, wt = teacher_hidden.detach().reshape(-1, teacher_hidden.shape[-1]), teacher_weight.detach()
@@ -511,5 +516,6 @@ def fused_linear_kd_loss(student_hidden: Tensor, student_weight: Tensor, teacher
     with torch.autocast(device_type, enabled=False):
         row_loss = _LinearKDRows.apply(
             hs, student_weight, student_bias, ht, wt, bt, ti, lab, float(temperature), float(alpha),
-            _DIVERGENCES[divergence], float(beta), int(ignore_index), grad_scale, chunk, compute_grad)[0]
+            _DIVERGENCES[divergence], float(mix_weight(divergence, beta, skew)), int(ignore_index), grad_scale,
+            chunk, compute_grad)[0]
     return _reduce(row_loss, lead, reduction, count, grad_scale, lab, ignore_index)

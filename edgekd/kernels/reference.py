@@ -8,11 +8,16 @@ import math
 import torch
 import torch.nn.functional as F
 
-DIVERGENCES = ("forward_kl", "reverse_kl", "jsd")
+DIVERGENCES = ("forward_kl", "reverse_kl", "jsd", "skew_kl", "skew_reverse_kl")
+# The divergences against a mixture of teacher p and student q, and the weight of p in it for mixture
+# weight `mix` (β for jsd, the skew λ for the skew divergences; DistiLLM, Ko et al. 2024):
+# jsd m = βp + (1−β)q; skew_kl KL(p‖λp + (1−λ)q); skew_reverse_kl KL(q‖(1−λ)p + λq).
+MIXTURES = {"jsd": lambda mix: mix, "skew_kl": lambda mix: mix, "skew_reverse_kl": lambda mix: 1.0 - mix}
+SKEWED = ("skew_kl", "skew_reverse_kl")
 REDUCTIONS = ("batchmean", "sum", "none")
 
 
-def check_args(student_logits, teacher_logits, labels, temperature, alpha, divergence, beta, reduction):
+def check_args(student_logits, teacher_logits, labels, temperature, alpha, divergence, beta, reduction, skew=0.1):
     """Reject bad arguments with a ValueError that names the argument."""
     if not isinstance(student_logits, torch.Tensor) or not isinstance(teacher_logits, torch.Tensor):
         raise ValueError("student_logits and teacher_logits must be tensors")
@@ -40,6 +45,8 @@ def check_args(student_logits, teacher_logits, labels, temperature, alpha, diver
         raise ValueError(f"divergence: unknown {divergence!r}; choose one of {', '.join(DIVERGENCES)}")
     if divergence == "jsd" and not (0.0 <= beta <= 1.0):
         raise ValueError(f"beta: must lie in [0, 1], got {beta}")
+    if divergence in SKEWED and not (0.0 < skew <= 1.0):
+        raise ValueError(f"skew: must lie in (0, 1], got {skew}")
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction: unknown {reduction!r}; choose one of {', '.join(REDUCTIONS)}")
 
@@ -51,8 +58,27 @@ def _xlogy_ratio(a: torch.Tensor, log_a: torch.Tensor, log_b: torch.Tensor) -> t
     return torch.where(keep, a * safe, torch.zeros_like(a))
 
 
+def mix_weight(divergence: str, beta: float, skew: float) -> float:
+    """The one mixture coefficient the kernels take (their `beta` slot): β for jsd, λ for the skew divergences."""
+    return skew if divergence in SKEWED else beta
+
+
+def _log_mixture(log_p: torch.Tensor, log_q: torch.Tensor, w: float) -> torch.Tensor:
+    """log(w·p + (1−w)·q) through logaddexp: m can underflow where p and q are tiny but not zero."""
+    if w == 1.0:
+        return log_p
+    if w == 0.0:
+        return log_q
+    # Where p = q = 0 (an entry both models mask) m = 0; logaddexp(−inf, −inf) would give a NaN gradient.
+    both = (log_p == float("-inf")) & (log_q == float("-inf"))
+    zero = torch.zeros_like(log_p)
+    return torch.where(both, log_p, torch.logaddexp(torch.where(both, zero, log_p + math.log(w)),
+                                                    torch.where(both, zero, log_q + math.log1p(-w))))
+
+
 def divergence_rows(s: torch.Tensor, t: torch.Tensor, temperature: float, divergence: str, beta: float) -> torch.Tensor:
-    """Per-row T²-scaled divergence between softmax(t/T) and softmax(s/T); inputs already float64."""
+    """Per-row T²-scaled divergence between softmax(t/T) and softmax(s/T); inputs already float64.
+    `beta`: the mixture coefficient of jsd and the skew divergences (`mix_weight`)."""
     log_q = torch.log_softmax(s / temperature, dim=-1)
     log_p = torch.log_softmax(t / temperature, dim=-1)
     p, q = log_p.exp(), log_q.exp()
@@ -65,18 +91,13 @@ def divergence_rows(s: torch.Tensor, t: torch.Tensor, temperature: float, diverg
         masked = torch.where(t == float("-inf"), torch.full_like(s, float("-inf")), s)
         log_q = torch.log_softmax(masked / temperature, dim=-1)
         d = _xlogy_ratio(log_q.exp(), log_q, log_p).sum(-1)
+    elif divergence in SKEWED:
+        # Against a mixture that holds q (λ > 0): finite where p or q is 0, so no mask is needed.
+        log_m = _log_mixture(log_p, log_q, MIXTURES[divergence](beta))
+        d = _xlogy_ratio(p, log_p, log_m) if divergence == "skew_kl" else _xlogy_ratio(q, log_q, log_m)
+        d = d.sum(-1)
     else:
-        # log m through logaddexp: m = βp + (1−β)q can underflow where p and q are tiny but not zero.
-        if beta == 1.0:
-            log_m = log_p
-        elif beta == 0.0:
-            log_m = log_q
-        else:
-            # Where p = q = 0 (an entry both models mask) m = 0; logaddexp(−inf, −inf) would give a NaN gradient.
-            both = (log_p == float("-inf")) & (log_q == float("-inf"))
-            zero = torch.zeros_like(log_p)
-            log_m = torch.where(both, log_p, torch.logaddexp(torch.where(both, zero, log_p + math.log(beta)),
-                                                            torch.where(both, zero, log_q + math.log1p(-beta))))
+        log_m = _log_mixture(log_p, log_q, beta)
         d = torch.zeros_like(p[..., 0])
         if beta > 0:  # terms with weight 0 are left out, not multiplied by 0 (0 · inf would be NaN)
             d = d + beta * _xlogy_ratio(p, log_p, log_m).sum(-1)
@@ -86,12 +107,12 @@ def divergence_rows(s: torch.Tensor, t: torch.Tensor, temperature: float, diverg
 
 
 def kd_loss_reference(student_logits, teacher_logits, labels=None, *, temperature=1.0, alpha=1.0,
-                      divergence="forward_kl", beta=0.5, ignore_index=-100, reduction="batchmean"):
+                      divergence="forward_kl", beta=0.5, ignore_index=-100, reduction="batchmean", skew=0.1):
     """Same contract as kernels.kd_loss, computed in float64 with autograd; returns the loss in
     `loss_dtype` (float64 when either input is float64, else float32)."""
     return kd_loss_reference64(student_logits, teacher_logits, labels, temperature=temperature, alpha=alpha,
                                divergence=divergence, beta=beta, ignore_index=ignore_index,
-                               reduction=reduction).to(loss_dtype(student_logits, teacher_logits))
+                               reduction=reduction, skew=skew).to(loss_dtype(student_logits, teacher_logits))
 
 
 def loss_dtype(student_logits, teacher_logits) -> torch.dtype:
@@ -102,18 +123,19 @@ def loss_dtype(student_logits, teacher_logits) -> torch.dtype:
 
 def kd_loss_reference64(student_logits, teacher_logits, labels=None, *, temperature=1.0, alpha=1.0,
                         divergence="forward_kl", beta=0.5, ignore_index=-100, reduction="batchmean",
-                        dtype: torch.dtype | None = torch.float64):
+                        dtype: torch.dtype | None = torch.float64, skew=0.1):
     """kd_loss_reference without the final cast: float64 end to end, for gradcheck. `dtype=None` runs the
     same formula in the inputs' own dtype: the error any in-dtype computation makes, which is the bar the
     kernel tests hold the fused kernels to."""
-    check_args(student_logits, teacher_logits, labels, temperature, alpha, divergence, beta, reduction)
+    check_args(student_logits, teacher_logits, labels, temperature, alpha, divergence, beta, reduction, skew)
     lead = student_logits.shape[:-1]
     V = student_logits.shape[-1]
     s = student_logits.reshape(-1, V)
     t = teacher_logits.detach().reshape(-1, V)
     if dtype is not None:
         s, t = s.to(dtype), t.to(dtype)
-    row = alpha * divergence_rows(s, t, temperature, divergence, beta) if alpha > 0 else s.new_zeros(s.shape[0])
+    mix = mix_weight(divergence, beta, skew)
+    row = alpha * divergence_rows(s, t, temperature, divergence, mix) if alpha > 0 else s.new_zeros(s.shape[0])
     counted = torch.ones(s.shape[0], dtype=torch.bool, device=s.device)
     if labels is not None:
         lab = labels.reshape(-1).long()
@@ -133,7 +155,7 @@ def kd_loss_reference64(student_logits, teacher_logits, labels=None, *, temperat
 
 
 def eager_kd_loss(s, t, labels, *, temperature, alpha, divergence="forward_kl", beta=0.5, ignore_index=-100,
-                  dtype: torch.dtype | None = torch.float32):
+                  dtype: torch.dtype | None = torch.float32, skew=0.1):
     """The DESIGN.md loss as people write it in plain PyTorch autograd, in `dtype` (None: the inputs' own):
     the unfused baseline of the kernel benchmarks and of `loss_impl="eager"`. Unlike the reference it
     does not mask −inf teacher entries (they give NaN): the unfused loss as it is usually written."""
@@ -149,8 +171,10 @@ def eager_kd_loss(s, t, labels, *, temperature, alpha, divergence="forward_kl", 
         d = F.kl_div(lt, ls, reduction="none", log_target=True).sum(-1)
     else:
         p, q = lt.exp(), ls.exp()
-        m = (beta * p + (1 - beta) * q).clamp_min(1e-30).log()
-        d = beta * (p * (lt - m)).sum(-1) + (1 - beta) * (q * (ls - m)).sum(-1)
+        w = MIXTURES[divergence](mix_weight(divergence, beta, skew))
+        m = (w * p + (1 - w) * q).clamp_min(1e-30).log()
+        kl_p, kl_q = (p * (lt - m)).sum(-1), (q * (ls - m)).sum(-1)
+        d = {"jsd": beta * kl_p + (1 - beta) * kl_q, "skew_kl": kl_p, "skew_reverse_kl": kl_q}[divergence]
     d = d * temperature ** 2
     if labels is None:
         return (alpha * d).mean()

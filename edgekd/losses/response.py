@@ -6,6 +6,7 @@ rows whose label is -100; for causal LMs logits at t are matched with labels at 
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import torch
@@ -13,22 +14,41 @@ import torch
 from edgekd import kernels
 from edgekd.errors import EdgekdError
 from edgekd.kernels.reference import DIVERGENCES
-from edgekd.losses.base import (IGNORE_INDEX, LossTerm, LossView, Setup, hard_label_loss, register_loss,
+from edgekd.losses.base import (IGNORE_INDEX, LOSSES, LossTerm, LossView, Setup, hard_label_loss, register_loss,
                                 response_rows)
 from edgekd.losses.outputs import TeacherMixture, TopKLogits, get_field
 
 
-def check_response_args(loss: str, temperature, alpha, divergence="forward_kl", beta=0.5) -> None:
-    """User-facing checks of T, α, divergence and β: one EdgekdError line naming the argument."""
+def check_response_args(loss: str, temperature, alpha, divergence="forward_kl", beta=0.5, skew=0.1) -> None:
+    """User-facing checks of T, α, divergence, β and the skew λ: one EdgekdError line naming the argument."""
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) \
             or not math.isfinite(temperature) or temperature <= 0:
         raise EdgekdError(f"loss {loss!r}: temperature must be a positive number or 'auto', got {temperature!r}")
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 <= alpha <= 1.0:
         raise EdgekdError(f"loss {loss!r}: alpha must lie in [0, 1], got {alpha!r}")
+    check_divergence_args(loss, divergence, beta, skew)
+
+
+def check_divergence_args(loss: str, divergence="forward_kl", beta=0.5, skew=0.1) -> None:
+    """The divergence, β and skew λ of a response loss; also run on the --loss spec before a run loads anything."""
     if divergence not in DIVERGENCES:
         raise EdgekdError(f"loss {loss!r}: unknown divergence {divergence!r}; choose one of {', '.join(DIVERGENCES)}")
     if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not 0.0 <= beta <= 1.0:
         raise EdgekdError(f"loss {loss!r}: beta must lie in [0, 1], got {beta!r}")
+    if isinstance(skew, bool) or not isinstance(skew, (int, float)) or not 0.0 < skew <= 1.0:
+        raise EdgekdError(f"loss {loss!r}: skew must lie in (0, 1] (DistiLLM uses 0.1), got {skew!r}")
+
+
+def check_spec_divergences(spec) -> None:
+    """check_divergence_args for every term of a loss spec that takes a divergence (before any model is loaded)."""
+    for raw in spec or []:
+        name = raw.get("name") if isinstance(raw, dict) else None
+        cls = LOSSES.get(name) if isinstance(name, str) else None
+        if cls is None:
+            continue  # build_loss names what is wrong with it
+        params = inspect.signature(cls.__init__).parameters
+        if "divergence" in params:
+            check_divergence_args(name, *(raw.get(k, params[k].default) for k in ("divergence", "beta", "skew")))
 
 
 @register_loss("ce")
@@ -70,21 +90,23 @@ class KDLoss(LossTerm):
     log-softmax runs over the whole vocabulary. Forward KL is then exact on the kept entries and
     ignores the teacher's tail (its probability outside the top-k); reverse KL compares the student
     renormalised over the top-k with the teacher there (a teacher mask masks the student too: the
-    student's mass outside the top-k is neither penalised nor moved); JSD treats the teacher's tail as zero.
+    student's mass outside the top-k is neither penalised nor moved); JSD and the skew KLs treat the
+    teacher's tail as zero. `skew` is λ of skew_kl / skew_reverse_kl (DistiLLM), `beta` jsd's β.
     """
 
     takes_temperature = True
 
     def __init__(self, setup: Setup, temperature: float = 2.0, alpha: float = 0.5,
-                 divergence: str = "forward_kl", beta: float = 0.5, fused_linear: bool | None = None,
-                 chunk_size: int | None = None):
+                 divergence: str = "forward_kl", beta: float = 0.5, skew: float = 0.1,
+                 fused_linear: bool | None = None, chunk_size: int | None = None):
         super().__init__()
-        check_response_args(self.name, temperature, alpha, divergence, beta)
+        check_response_args(self.name, temperature, alpha, divergence, beta, skew)
         if fused_linear is not None and not isinstance(fused_linear, bool):
             raise EdgekdError(f"loss {self.name!r}: fused_linear must be true, false or absent, got {fused_linear!r}")
         if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
             raise EdgekdError(f"loss {self.name!r}: chunk_size must be a positive integer, got {chunk_size!r}")
         self.temperature, self.alpha, self.divergence, self.beta = float(temperature), float(alpha), divergence, float(beta)
+        self.skew = float(skew)
         self.chunk_size, self.explicit = chunk_size, fused_linear is not None
         if fused_linear is None:
             fused_linear = setup.causal and heads_reproducible(setup.student_config) \
@@ -94,7 +116,7 @@ class KDLoss(LossTerm):
 
     def _kw(self) -> dict:
         return dict(temperature=self.temperature, alpha=self.alpha, divergence=self.divergence, beta=self.beta,
-                    ignore_index=IGNORE_INDEX)
+                    skew=self.skew, ignore_index=IGNORE_INDEX)
 
     def _teacher_logits(self, view: LossView):
         t = view.teacher("logits", self.name)
@@ -147,8 +169,9 @@ class FusedLinearKDLoss(KDLoss):
     """The "kd" loss with `fused_linear: true` (its name before that became the causal-LM default)."""
 
     def __init__(self, setup: Setup, temperature: float = 2.0, alpha: float = 0.5,
-                 divergence: str = "forward_kl", beta: float = 0.5, chunk_size: int | None = None):
-        super().__init__(setup, temperature, alpha, divergence, beta, fused_linear=True, chunk_size=chunk_size)
+                 divergence: str = "forward_kl", beta: float = 0.5, skew: float = 0.1,
+                 chunk_size: int | None = None):
+        super().__init__(setup, temperature, alpha, divergence, beta, skew, fused_linear=True, chunk_size=chunk_size)
 
 
 @register_loss("mse_logits")

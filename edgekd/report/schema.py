@@ -50,7 +50,7 @@ _CLASSIFIER_MODEL = {"accuracy": None, "macro_f1": None}
 CLASSIFIER_KEYS: dict = {name: _CLASSIFIER_MODEL for name in ("teacher", "student", "ce_only", "scratch")}
 
 # Present only in some reports: "error" (failed/interrupted), latency.device_error, latency.shrink_stopped,
-# distillation.stages (progressive), distillation.sequence, distillation.teacher_cache.
+# distillation.stages (progressive), distillation.sequence, distillation.teacher_cache, distillation.on_policy.
 
 
 def missing_keys(rep: dict, schema: dict) -> list[str]:

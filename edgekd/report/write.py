@@ -225,6 +225,12 @@ def render_markdown(rep: dict, kind: str = "causal-lm") -> str:
         lines += [f"Sequence-level KD: the student trained on the teacher's continuations of {seq.get('num_sequences')} "
                   f"training prompts ({seq.get('generated_tokens')} generated tokens, {seq.get('train_tokens')} "
                   f"training tokens with the prompts).", ""]
+    onp = d.get("on_policy")
+    if onp:
+        lines += [f"On-policy KD (GKD): {onp.get('on_policy_steps')} of {onp.get('steps')} steps (λ = {onp.get('lmbda')}) "
+                  f"trained on the student's own samples ({onp.get('max_new_tokens')} tokens after "
+                  f"{onp.get('prompt_len')}-token prompts at temperature {onp.get('sample_temperature')}), "
+                  f"scored by the teacher token by token.", ""]
     cache = d.get("teacher_cache")
     if cache:
         lines += [f"Teacher top-k cache: `{cache.get('path')}` ({'built by this run' if cache.get('built') else 'reused'}).", ""]

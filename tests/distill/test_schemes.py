@@ -39,7 +39,7 @@ def test_unknown_scheme_and_option_raise():
         build_scheme("self", teachers=[], student=s, decy=0.9)
     with pytest.raises(EdgekdError, match="decay"):
         build_scheme("self", teachers=[], student=s, decay=1.5)
-    assert set(SCHEMES) == {"offline", "online", "self", "multi_teacher", "progressive", "sequence"}
+    assert set(SCHEMES) == {"offline", "online", "self", "multi_teacher", "progressive", "sequence", "on_policy"}
 
 
 def test_offline_teacher_is_frozen_and_mirrors_student_outputs():

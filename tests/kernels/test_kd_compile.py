@@ -25,9 +25,14 @@ def _kd_rows_samples():
     yield (s.requires_grad_(), t, lab, 1.5, 0.3, 2, 0.4, -100, 1.0, True)
     s, t, lab = inputs(4, 33, seed=4)
     yield (s, t, lab, 2.0, 0.5, 0, 0.5, -100, 0.25, False)  # no gradient asked for
+    s, t, lab = inputs(5, 40, seed=6)
+    t[:, :3] = float("-inf")
+    yield (s.requires_grad_(), t, lab, 2.0, 0.7, 3, 0.1, -100, 1.0, True)  # skew KL (λ in the beta slot)
+    s, t, lab = inputs(4, 33, seed=7, dtype=torch.bfloat16)
+    yield (s.requires_grad_(), t, lab, 1.0, 0.5, 4, 0.1, -100, 1.0, True)  # skew reverse KL
 
 
-@pytest.mark.parametrize("i", range(4))
+@pytest.mark.parametrize("i", range(6))
 def test_opcheck_kd_rows(i):
     args = list(_kd_rows_samples())[i]
     torch.library.opcheck(torch.ops.edgekd.kd_rows.default, args)

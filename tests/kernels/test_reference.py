@@ -8,7 +8,7 @@ from edgekd.kernels import eager_kd_loss, kd_loss_reference
 from ._kdtest import rel_err, run
 
 
-@pytest.mark.parametrize("divergence", ["forward_kl", "reverse_kl", "jsd"])
+@pytest.mark.parametrize("divergence", ["forward_kl", "reverse_kl", "jsd", "skew_kl", "skew_reverse_kl"])
 @pytest.mark.parametrize("with_labels", [True, False])
 def test_eager_matches_reference(divergence, with_labels):
     g = torch.Generator().manual_seed(0)

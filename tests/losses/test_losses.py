@@ -43,17 +43,17 @@ def run(model, batch, **kw):
     return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **kw)
 
 
-@pytest.mark.parametrize("divergence", ["forward_kl", "reverse_kl", "jsd"])
+@pytest.mark.parametrize("divergence", ["forward_kl", "reverse_kl", "jsd", "skew_kl", "skew_reverse_kl"])
 def test_kd_equals_reference_on_shifted_rows(pair, batch, divergence):
     s_model, t_model = pair
     so, to = run(s_model, batch), run(t_model, batch)
-    loss_fn = build_loss([{"name": "kd", "temperature": 3.0, "alpha": 0.3, "divergence": divergence, "beta": 0.2}],
-                         s_model.config, t_model.config)
+    loss_fn = build_loss([{"name": "kd", "temperature": 3.0, "alpha": 0.3, "divergence": divergence, "beta": 0.2,
+                           "skew": 0.2}], s_model.config, t_model.config)
     total, parts = loss_fn(so, to, batch["labels"])
     s = so.logits[:, :-1].reshape(-1, V)
     t = to.logits[:, :-1].reshape(-1, V)
     want = kernels.kd_loss_reference(s, t, batch["labels"][:, 1:].reshape(-1), temperature=3.0, alpha=0.3,
-                                     divergence=divergence, beta=0.2)
+                                     divergence=divergence, beta=0.2, skew=0.2)
     torch.testing.assert_close(total, want, rtol=1e-5, atol=1e-6)
     assert set(parts) == {"kd"}
 
@@ -331,6 +331,8 @@ def test_auto_temperature():
     ([{"name": "kd", "alpha": 1.5}], "alpha"),
     ([{"name": "kd", "temperature": 0}], "temperature"),
     ([{"name": "kd", "divergence": "tvd"}], "divergence"),
+    ([{"name": "kd", "divergence": "skew_kl", "skew": 1.5}], "skew must lie in"),
+    ([{"name": "kd_fused_linear", "divergence": "skew_reverse_kl", "skew": 0}], "skew must lie in"),
     ([{"name": "kd", "weight": -1}], "weight"),
     ([{"name": "feature", "distance": "l1"}], "distance"),
     ([{"name": "feature", "layer_map": {"5": 0}}], "layer_map"),

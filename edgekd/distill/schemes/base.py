@@ -5,6 +5,7 @@ outputs come from.
     stream = SchemeClass.train_stream(run, position)  # what a stage trains on (default: the run's data)
     scheme = build_scheme(name, teachers=[...], student=student, **options)   # one per stage
     scheme.use_loss(loss_fn)                          # the teacher then produces what the loss reads
+    batch = scheme.training_batch(student, batch, step)   # the trainer's batch (on_policy: student samples)
     teacher_out = scheme.teacher_outputs(batch, student_out)
     scheme.after_step(student, step); scheme.extra_parameters(); scheme.state_dict() / load_state_dict()
     scheme.teacher_config                             # build the loss against this (the EMA for "self")
@@ -165,6 +166,10 @@ class Scheme:
         out = self._run(self.teacher, {"input_ids": al.teacher_ids, "attention_mask": al.teacher_mask}, Needs())
         out.alignment, out.vocab_map = al, self.tokens.vocab_map
         return out
+
+    def training_batch(self, student: nn.Module, batch: dict, step: int) -> dict:
+        """What optimiser step `step` trains on, given the stream's batch (on_policy: the student's samples)."""
+        return batch
 
     def after_step(self, student: nn.Module, step: int) -> None:
         pass
