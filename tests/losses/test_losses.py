@@ -291,7 +291,7 @@ def test_kd_fused_linear_false_reads_logits(pair, batch):
 def test_response_losses_declare_the_run_temperature():
     from edgekd.losses import LossTerm, response_loss_names, takes_run_temperature
 
-    assert set(response_loss_names()) == {"kd", "mse_logits", "kd_fused_linear"}
+    assert set(response_loss_names()) == {"kd", "mse_logits", "kd_fused_linear", "uld", "token_align"}
     assert not takes_run_temperature("ce") and not takes_run_temperature("no_such_loss")
     try:
         @register_loss("_test_response")
