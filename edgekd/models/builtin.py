@@ -44,7 +44,7 @@ SEQ2SEQ_RECIPE = {
                "share_encoder_decoder_embeddings": True, "tie_word_embeddings": True},
     "vocab_size": 3000,
     "seed": 1234,
-    "steps": 600,
+    "steps": 250,
     "decay_fraction": 0.2,
     "max_len": 48,
     "batch_size": 32,
