@@ -162,3 +162,14 @@ def test_seq2seq_distill_cli_chrf_and_onnx_export_with_kv_cache(tmp_path):
         ref = student(input_ids=torch.from_numpy(enc["input_ids"]), attention_mask=torch.from_numpy(enc["attention_mask"]),
                       decoder_input_ids=torch.tensor(start)).logits.numpy()
     assert np.abs(logits - ref).max() < 1e-4
+
+
+def test_builtin_seq2seq_teacher_ships_and_loads():
+    from edgekd.models.loading import SEQ2SEQ, load_teacher
+
+    model, tok, kind = load_teacher("builtin-seq2seq")
+    assert kind == SEQ2SEQ and type(model).__name__ == "MarianMTModel"
+    ids = tok("Permission denied")["input_ids"]
+    assert ids[-1] == tok.eos_token_id == model.config.eos_token_id
+    assert model.config.decoder_start_token_id == tok.pad_token_id
+    assert tok.decode(ids, skip_special_tokens=True) == "Permission denied"
