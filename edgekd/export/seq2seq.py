@@ -4,8 +4,8 @@ through onnxruntime with the KV cache gives PyTorch `generate`'s greedy tokens.
 The folder holds encoder_model.onnx, decoder_model.onnx (the first decoder step: it also returns the
 cross-attention keys and values, computed once per sentence), decoder_with_past_model.onnx (one token with
 past_key_values.N.decoder/encoder.key/value), config.json, generation_config.json and the tokenizer, with
-Optimum's input and output names, so `optimum.onnxruntime.ORTModelForSeq2SeqLM` and edgekd's own
-`genruntime.Seq2SeqOnnxModel` both load it. torch.onnx (dynamo) exports each graph with dynamic batch,
+Optimum's file, input and output names (what `optimum.onnxruntime.ORTModelForSeq2SeqLM` reads; not tested
+here, optimum is not a dependency); edgekd's own `genruntime.Seq2SeqOnnxModel` runs it. torch.onnx (dynamo) exports each graph with dynamic batch,
 source, target and past lengths; attention runs eager (SDPA's causal flag does not trace symbolically).
 """
 
