@@ -146,7 +146,7 @@ def distill_inputs(values: dict, teacher_config: Optional[dict] = None) -> None:
     distill_numbers(**values)
     output_dir(values.get("out") or Path.cwd() / "runs")
     teacher = values.get("teacher") or "builtin"
-    if teacher_config is None and teacher != "builtin":
+    if teacher_config is None and teacher not in ("builtin", "builtin-seq2seq"):
         teacher_config = json_object(model_dir(teacher, "--teacher") / "config.json", "model config", "")
     data = values.get("data") or "builtin"
     if data != "builtin" and not os.path.lexists(data):
@@ -168,7 +168,7 @@ def export_args(fmt: str, quantize: str, seq_len: Any, min_top1: Any, out: Optio
     if fmt in GENERATIVE_FORMATS:
         raise EdgekdError(f"--format {fmt} is a generative format: export it with export_generative")
     if fmt not in EXPORT_FORMATS:
-        raise EdgekdError(f"unknown format {fmt!r}: use {', '.join([*EXPORT_FORMATS, *GENERATIVE_FORMATS])}")
+        raise EdgekdError(f"unknown format {fmt!r}: use {', '.join([*EXPORT_FORMATS, *GENERATIVE_FORMATS, 'onnx-seq2seq'])}")
     if quantize == "int4":
         raise EdgekdError(f"--quantize int4 is for the generative formats (litert-lm, onnx-genai), not {fmt}: "
                           f"use {', '.join(EXPORT_QUANTIZE)}")

@@ -100,7 +100,8 @@ def targets_show(name: str = typer.Argument(..., help="Target name, e.g. android
 @app.command("distill")
 @_work
 def distill(
-    teacher: str = typer.Option("builtin", help="Teacher: a local Hugging Face model directory, or 'builtin'."),
+    teacher: str = typer.Option("builtin", help="Teacher: a local Hugging Face model directory, 'builtin' (a small "
+                                                "Llama) or 'builtin-seq2seq' (an English -> German Marian)."),
     data: str = typer.Option("builtin", help="Data: a text file, a directory of .txt, a .jsonl, .csv or .parquet file, a saved data set, or 'builtin'."),
     text_column: Optional[str] = typer.Option(
         None, "--text-column", help="Tables (.csv, .parquet, .jsonl, saved data sets): the text column (default: text, sentence, content, ...)."),
@@ -212,7 +213,7 @@ def _student(value: Optional[str]) -> Optional[str]:
     return _path(value, keep=tuple(STUDENT_NAMES))
 
 
-def _path(value: Optional[str], keep: tuple = ("builtin",)) -> Optional[str]:
+def _path(value: Optional[str], keep: tuple = ("builtin", "builtin-seq2seq")) -> Optional[str]:
     """A user's path made absolute once, here at the edge: nothing below depends on the current directory."""
     import os
 
@@ -247,6 +248,8 @@ def teacher_train(
     seed: Optional[int] = typer.Option(None, help="Seed (default: the recipe's)."),
     checkpoints: Optional[str] = typer.Option(None, help="Checkpoint into this folder and resume from it (a "
                                               "stable-phase checkpoint of a longer run continues a shorter one)."),
+    seq2seq: bool = typer.Option(False, "--seq2seq", help="The built-in seq2seq teacher instead: an English -> German "
+                                                         "Marian on the built-in gettext corpus (builtin-seq2seq)."),
 ) -> None:
     """Train the built-in teacher from its recipe on the built-in corpus (reproduces the shipped one)."""
     from edgekd.checks import teacher_train_args
@@ -254,9 +257,12 @@ def teacher_train(
     teacher_train_args(steps, seed, _path(out))
     if checkpoints is not None:
         teacher_train_args(out=_path(checkpoints))
-    from edgekd.distill.teacher import train_builtin_teacher
-    from edgekd.models.builtin import BUILTIN_DIR
+    from edgekd.distill.teacher import train_builtin_seq2seq_teacher, train_builtin_teacher
+    from edgekd.models.builtin import BUILTIN_DIR, SEQ2SEQ_DIR
 
+    if seq2seq:
+        train_builtin_seq2seq_teacher(_path(out) or SEQ2SEQ_DIR, steps=steps, seed=seed, checkpoints=_path(checkpoints))
+        return
     train_builtin_teacher(_path(out) or BUILTIN_DIR, steps=steps, seed=seed, checkpoints=_path(checkpoints))
 
 
@@ -267,7 +273,8 @@ def teacher_train(
 def export(
     model_dir: str = typer.Argument(..., help="Hugging Face model directory (config.json + model.safetensors)."),
     format: str = typer.Option(..., "--format", help="onnx | tflite (token ids -> logits) | litert-lm | onnx-genai "
-                                                     "(generative: KV cache, incremental decode)."),
+                                                     "(generative: KV cache, incremental decode) | onnx-seq2seq "
+                                                     "(encoder-decoder: encoder, decoder and decoder-with-past graphs)."),
     quantize: str = typer.Option("none", help="onnx/tflite: none | int8-dynamic | int8 (static, calibrated); "
                                               "litert-lm/onnx-genai: none | int8 | int4."),
     seq_len: int = typer.Option(64, help="onnx/tflite: sequence length of the exported input (TFLite is static)."),
@@ -275,12 +282,24 @@ def export(
                                                  "MODEL_DIR/../export/NAME[.QUANT].EXT, NAME.litertlm, NAME-genai[.QUANT]/)."),
     min_top1: Optional[float] = typer.Option(None, help="Quantised parity: least top-1 agreement with PyTorch "
                                                         "(default 0.9; generative: 0.8, teacher-forced)."),
-    new_tokens: int = typer.Option(32, help="litert-lm/onnx-genai: greedy tokens generated per parity prompt."),
+    new_tokens: int = typer.Option(32, help="litert-lm/onnx-genai/onnx-seq2seq: greedy tokens generated per parity "
+                                            "prompt (sentence)."),
 ) -> None:
     """Export, check against PyTorch (logits; generative formats: greedy generation), write FILE and FILE.json."""
     from edgekd.checks import GENERATIVE_FORMATS, export_args, generative_args, model_dir as check_model_dir
     from edgekd.console import echo
 
+    if format == "onnx-seq2seq":  # an encoder-decoder: three graphs with a KV cache, checked by greedy translation
+        if quantize != "none":
+            raise EdgekdError(f"--format onnx-seq2seq exports float32 only, not --quantize {quantize}: drop --quantize")
+        check_model_dir(_path(model_dir), "MODEL_DIR")
+        from edgekd.export.seq2seq import export_seq2seq
+
+        rec = export_seq2seq(_path(model_dir), out=_path(out), new_tokens=new_tokens)
+        echo(f"wrote {rec['path']}/ ({rec['size_mb']:.2f} MB: encoder_model.onnx, decoder_model.onnx, "
+             f"decoder_with_past_model.onnx): greedy translations of {rec['parity']['sentences']} held-out sentences "
+             f"with the KV cache match PyTorch's; parity record {rec['path']}.json")
+        return
     if format in GENERATIVE_FORMATS:
         generative_args(format, quantize, new_tokens, min_top1, _path(out))  # before the heavy imports
         check_model_dir(_path(model_dir), "MODEL_DIR")

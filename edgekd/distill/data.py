@@ -8,22 +8,29 @@ from typing import Optional
 import torch
 
 from edgekd.errors import EdgekdError
-from edgekd.models.loading import CLASSIFIER
+from edgekd.models.loading import CLASSIFIER, SEQ2SEQ
 
 EVAL_BATCH_LM, EVAL_BATCH_CLASSIFIER = 8, 16
+HELDOUT_TRANSLATIONS = 64  # held-out pairs each model translates for chrF
 
 
 class RunData:
     """`stream(position, seed)` gives the training stream from a batch position; `eval_batches` are the
-    held-out batches; `heldout_ids` the held-out token rows ([n, seq_len], causal LMs; None for classifiers)."""
+    held-out batches; `heldout_ids` the held-out token rows ([n, seq_len], causal LMs; None for classifiers and
+    seq2seq); `heldout_pairs` the held-out (source, reference) pairs that seq2seq models translate for chrF."""
 
-    def __init__(self, cfg, tokenizer, kind: str, rank: int, world: int, max_positions: Optional[int]):
+    def __init__(self, cfg, tokenizer, kind: str, rank: int, world: int, max_positions: Optional[int],
+                 decoder_start: Optional[int] = None):
         from edgekd.data.corpus import load_corpus
 
-        corpus = load_corpus(cfg.data, cfg.text_column, cfg.label_column)
-        self.digest = corpus.digest
         self.seq_len = min(cfg.seq_len, max_positions or cfg.seq_len)
         self.batch_size, self.seed, self.rank, self.world = cfg.batch_size, cfg.seed, rank, world
+        self.heldout_pairs: list = []
+        if kind == SEQ2SEQ:
+            self._seq2seq(cfg, tokenizer, decoder_start)
+            return
+        corpus = load_corpus(cfg.data, cfg.text_column, cfg.label_column)
+        self.digest = corpus.digest
         if kind == CLASSIFIER:
             self._classifier(cfg, corpus, tokenizer)
         else:
@@ -56,6 +63,26 @@ class RunData:
         self.eval_batches = [{"input_ids": vb[i:i + b], "attention_mask": torch.ones_like(vb[i:i + b]),
                               "labels": vb[i:i + b]} for i in range(0, len(vb), b)]
         self.example_ids, self.heldout_ids = vb, vb
+
+    def _seq2seq(self, cfg, tokenizer, decoder_start: int) -> None:
+        from edgekd.data.parallel import PairStream, collate, encode_pairs, load_parallel
+
+        corpus = load_parallel(cfg.data)
+        self.digest = corpus.digest
+        src, tgt = encode_pairs(corpus.train, tokenizer, self.seq_len)
+        pad = tokenizer.pad_token_id
+        if pad is None:
+            raise EdgekdError("the teacher's tokenizer has no pad token, so sentences cannot be batched: set one and "
+                              "save it with the teacher")
+        self._make = lambda pos, seed: PairStream(src, tgt, self.batch_size, pad, decoder_start, seed, self.rank,
+                                                  self.world, pos)
+        val = corpus.validation[:cfg.eval_blocks * EVAL_BATCH_CLASSIFIER]
+        vs, vt = encode_pairs(val, tokenizer, self.seq_len)
+        b = EVAL_BATCH_CLASSIFIER
+        self.eval_batches = [collate(vs[i:i + b], vt[i:i + b], pad, decoder_start) for i in range(0, len(vs), b)]
+        pick = torch.linspace(0, len(val) - 1, min(HELDOUT_TRANSLATIONS, len(val))).round().long().unique().tolist()
+        self.heldout_pairs = [val[i] for i in pick]
+        self.example_ids, self.heldout_ids = self.eval_batches[0]["input_ids"], None
 
     def stream(self, position: int = 0, seed: Optional[int] = None):
         """The training stream from global batch `position` (seed: the run's unless given)."""

@@ -11,6 +11,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from edgekd.distill.objective import decoder_inputs
+
 
 @torch.no_grad()
 def evaluate(models: dict, teacher, batches: list[dict], kind: str = "causal-lm", device=None) -> dict:
@@ -27,7 +29,7 @@ def evaluate(models: dict, teacher, batches: list[dict], kind: str = "causal-lm"
         for b in batches:
             if device is not None:
                 b = {k: v.to(device) for k, v in b.items()}
-            kw = {"input_ids": b["input_ids"], "attention_mask": b.get("attention_mask")}
+            kw = {"input_ids": b["input_ids"], "attention_mask": b.get("attention_mask"), **decoder_inputs(b)}
             t_logits = None
             for n in names:
                 logits = mods[n](**kw).logits.float()
@@ -37,6 +39,8 @@ def evaluate(models: dict, teacher, batches: list[dict], kind: str = "causal-lm"
                     keep = (labels != -100)
                     if b.get("attention_mask") is not None:
                         keep = keep & b["attention_mask"][:, 1:].bool()
+                elif kind == "seq2seq":  # the decoder's logits at t predict labels at t (teacher-forced)
+                    keep = labels != -100
                 else:
                     keep = torch.ones(labels.shape, dtype=torch.bool, device=labels.device)
                 flat = logits.reshape(-1, logits.shape[-1])
@@ -45,7 +49,7 @@ def evaluate(models: dict, teacher, batches: list[dict], kind: str = "causal-lm"
                 acc[n]["loss"] += F.cross_entropy(flat[k], lab[k], reduction="sum").item()
                 pred = flat.argmax(-1)
                 acc[n]["correct"] += int((pred[k] == lab[k]).sum())
-                if kind != "causal-lm":
+                if kind == "classifier":
                     acc[n]["pred"].append(pred[k].cpu())
                     acc[n]["true"].append(lab[k].cpu())
                 if n == "teacher":
@@ -61,13 +65,13 @@ def evaluate(models: dict, teacher, batches: list[dict], kind: str = "causal-lm"
     for n in names:
         loss = acc[n]["loss"] / max(1, count)
         r = {"eval_loss": loss, "top1_agreement": acc[n]["agree"] / max(1, count) if teacher is not None else None}
-        if kind == "causal-lm":
+        if kind != "classifier":  # token-level: an LM's next token, a seq2seq decoder's target token
             r["perplexity"] = math.exp(min(loss, 80.0))
             r["next_token_accuracy"] = acc[n]["correct"] / max(1, count)
         else:
             r["accuracy"] = acc[n]["correct"] / max(1, count)
             r["macro_f1"] = macro_f1(torch.cat(acc[n]["pred"]), torch.cat(acc[n]["true"])) if acc[n]["pred"] else None
-        r["eval_tokens" if kind == "causal-lm" else "eval_examples"] = count
+        r["eval_examples" if kind == "classifier" else "eval_tokens"] = count
         out[n] = r
     return out
 
@@ -170,3 +174,31 @@ def continuations(models: dict, blocks: torch.Tensor, tokenizer, device=None, n:
             ex[name] = tokenizer.decode(ids[0, prompt_len:].tolist())
         out.append(ex)
     return out
+
+
+def chrf(hypotheses: list[str], references: list[str]) -> float:
+    """Corpus chrF (character n-gram F-score, sacrebleu's defaults: n = 6, beta = 2), 0-100."""
+    import sacrebleu
+
+    return float(sacrebleu.corpus_chrf(hypotheses, [references]).score)
+
+
+@torch.no_grad()
+def translations(models: dict, pairs: list[tuple[str, str]], tokenizer, max_len: int, device=None,
+                 shown: int = 3) -> tuple[dict, list[dict]]:
+    """Greedy translations (PyTorch `generate`) of held-out sources by each model: ({name: chrF against the
+    references}, a few sources with each model's translation beside the reference, for the report)."""
+    from edgekd.models.seq2seq import translate
+
+    if not pairs:
+        return {}, []
+    enc = tokenizer([s for s, _ in pairs], truncation=True, max_length=max_len, padding=True, return_tensors="pt")
+    refs = [t for _, t in pairs]
+    scores, texts = {}, {}
+    for name, m in models.items():
+        ids = translate(m.to(device) if device is not None else m, enc["input_ids"], enc["attention_mask"], max_len)
+        texts[name] = tokenizer.batch_decode(ids, skip_special_tokens=True)
+        scores[name] = chrf(texts[name], refs)
+    side = [{"source": pairs[i][0], "reference": refs[i], **{n: texts[n][i] for n in models}}
+            for i in range(min(shown, len(pairs)))]
+    return scores, side

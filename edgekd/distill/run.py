@@ -16,7 +16,7 @@ from edgekd.distill.config import (DEFAULT_STEPS, DistillConfig, parse_loss_spec
                                    validate)
 from edgekd.errors import EdgekdError
 from edgekd.io import atomic_dir, run_lock, write_json
-from edgekd.models.loading import CAUSAL_LM
+from edgekd.models.loading import CAUSAL_LM, SEQ2SEQ
 
 __all__ = ["DistillConfig", "RunContext", "RunResult", "Trained", "run", "resolve_out", "DEFAULT_STEPS"]
 
@@ -31,6 +31,7 @@ class RunResult:
     heldout_ids: Optional[torch.Tensor]     # held-out token rows [n, seq_len] (causal LMs), for export parity
     histories: dict = field(default_factory=dict)
     temperature_examples: list = field(default_factory=list)
+    heldout_pairs: list = field(default_factory=list)   # seq2seq: held-out (source, reference), for export parity
 
 
 @dataclass
@@ -169,7 +170,11 @@ def load_run(cfg: DistillConfig, out: Path) -> RunContext:
     else:
         s_cfg = student_config_from(cfg.student, teacher.config)
         _check_student_tokenizer(cfg.student, tokenizer)
-    data = RunData(cfg, tokenizer, kind, rank, world, getattr(teacher.config, "max_position_embeddings", None))
+    if kind == SEQ2SEQ and cfg.scheme != "offline":
+        raise EdgekdError(f"scheme {cfg.scheme!r} does not distil encoder-decoder teachers yet: use --scheme offline "
+                          f"(word-level KD on the decoder)")
+    data = RunData(cfg, tokenizer, kind, rank, world, getattr(teacher.config, "max_position_embeddings", None),
+                   getattr(teacher.config, "decoder_start_token_id", None))
     torch.manual_seed(cfg.seed)
     init_stream = data.stream(0, cfg.seed + 7919)
     init_batches = [init_stream.next() for _ in range(cfg.init_batches)]
@@ -322,12 +327,23 @@ def report_run(ctx: RunContext, plan, trained: list, baselines: dict, status: st
     side_by_side = (continuations(({"teacher": ctx.teacher} if ctx.cross is None else {}) | {"student": student} |
                                   ({"ce_only": baselines["ce_only"].model} if "ce_only" in baselines else {}),
                                   ctx.data.heldout_ids, ctx.tokenizer, ctx.device) if ctx.causal else [])
+    translated = []
+    if ctx.kind == SEQ2SEQ:  # chrF of greedy translations of held-out sentences, for every model
+        from edgekd.distill.evaluate import translations
+
+        with ctx.timer("eval"):
+            scores, translated = translations({"teacher": ctx.teacher} | named, ctx.data.heldout_pairs, ctx.tokenizer,
+                                              ctx.data.seq_len, ctx.device)
+        for name, score in scores.items():
+            evals[name]["chrf"] = score
     ctx.timer.add("total", time.time() - ctx.started, 0.0)  # every invocation's, from loading to the report
     timings = {k: v["wall_s"] for k, v in ctx.timer.phases.items()} | {"invocations": ctx.timer.invocations}
     rep = build_report(config=ctx.resolved, evals=evals, sizes=sizes, histories=histories, temperature_examples=temps,
                        init_info=trained[-1].init_info, student_config=ctx.student_config.to_dict(), timings=timings,
                        eval_curves=curves, continuations=side_by_side)
     rep["kind"], rep["status"] = ctx.kind, status
+    if translated:
+        rep["distillation"]["translations"] = translated
     if len(trained) > 1:
         rep["distillation"]["stages"] = [
             {"stage": i + 1, "config": arch_summary(t.model.config), "params": count_params(t.model),
@@ -338,7 +354,7 @@ def report_run(ctx: RunContext, plan, trained: list, baselines: dict, status: st
     write_run_report(ctx.out, rep, histories, temps, ctx.kind)
     if not ctx.cfg.quiet and status == "complete":  # inside the job, the job prints the summary
         _print_summary(ctx.out, evals)
-    return RunResult(ctx.out, rep, ctx.kind, ctx.data.heldout_ids, histories, temps)
+    return RunResult(ctx.out, rep, ctx.kind, ctx.data.heldout_ids, histories, temps, ctx.data.heldout_pairs)
 
 
 def _joined_history(trained: list, what: str = "history") -> list:
@@ -362,6 +378,9 @@ def _print_summary(out: Path, evals: dict) -> None:
         if name in evals:
             line += f", {name} {evals[name]['eval_loss']:.4f}"
     echo(line)
+    if "chrf" in s:
+        echo("held-out chrF: " + ", ".join(f"{'distilled' if n == 'student' else n} {e['chrf']:.1f}"
+                                           for n, e in evals.items() if "chrf" in e))
     echo(f"run written to {out} (report.md, report.json, student/)")
 
 

@@ -87,16 +87,22 @@ def train_builtin_teacher(out: str | os.PathLike = BUILTIN_DIR, steps: Optional[
         "decay_steps": tc.decay_steps, "validation_curve": trainer.evals,
         "train_seconds": time.time() - t0,
         "reproducibility": "bitwise equal for the same torch version, thread count and machine"}
+    return _ship(out, model, tokenizer, recipe, None if quiet else
+                 f"built-in teacher written to {out}: validation loss {val_loss:.4f} "
+                 f"(perplexity {math.exp(val_loss):.1f}) after {r['steps']} steps")
+
+
+def _ship(out, model, tokenizer, recipe: dict, line: Optional[str]) -> Path:
+    """A built-in teacher written atomically and readable by everyone, with its recipe.json; `line` said after."""
     with atomic_dir(out) as tmp:
         model.save_pretrained(str(tmp), safe_serialization=True)
         tokenizer.save_pretrained(str(tmp))
         write_json(Path(tmp) / "recipe.json", recipe)
         make_readable(Path(tmp))
-    if not quiet:
+    if line:
         from edgekd.console import echo
 
-        echo(f"built-in teacher written to {out}: validation loss {val_loss:.4f} "
-             f"(perplexity {math.exp(val_loss):.1f}) after {r['steps']} steps")
+        echo(line)
     return Path(out)
 
 
@@ -143,6 +149,111 @@ def make_tiny_teacher(out: str | os.PathLike, texts: Optional[list[str]] = None,
                              weight_decay=0.01, betas=(0.9, 0.999), grad_clip=0.0, checkpoint_every=0, bf16=False)
             Trainer(model, hard_label_objective(causal=True), stream, tc, None, kind=CAUSAL_LM, label="tiny teacher",
                     quiet=True, device=torch.device("cpu")).train()
+    model.eval()
+    out = Path(out)
+    model.save_pretrained(str(out), safe_serialization=True)
+    tok.save_pretrained(str(out))
+    return out
+
+
+def _seq2seq_trainer(model, tokenizer, train_pairs, val_pairs, *, max_len: int, batch_size: int, seed: int, tc,
+                     checkpoints=None, quiet: bool = True, label: str = "teacher"):
+    """The trainer and held-out batches for a Marian trained on pairs with hard labels (the edgekd Trainer)."""
+    from edgekd.data.parallel import PairStream, collate, encode_pairs
+    from edgekd.distill.evaluate import heldout_loss
+    from edgekd.distill.objective import hard_label_objective
+    from edgekd.distill.trainer import Trainer
+    from edgekd.models.loading import SEQ2SEQ
+
+    pad, start = tokenizer.pad_token_id, model.config.decoder_start_token_id
+    src, tgt = encode_pairs(train_pairs, tokenizer, max_len)
+    vs, vt = encode_pairs(val_pairs, tokenizer, max_len)
+    batches = [collate(vs[i:i + 32], vt[i:i + 32], pad, start) for i in range(0, len(vs), 32)]
+    trainer = Trainer(model, hard_label_objective(causal=False), PairStream(src, tgt, batch_size, pad, start, seed),
+                      tc, checkpoints, kind=SEQ2SEQ, label=label, quiet=quiet, device=torch.device("cpu"),
+                      evaluator=lambda m: heldout_loss(m, batches, SEQ2SEQ))
+    return trainer, batches
+
+
+def _marian(tokenizer, **config):
+    from transformers import MarianConfig, MarianMTModel
+
+    pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
+    cfg = MarianConfig(vocab_size=len(tokenizer), decoder_vocab_size=len(tokenizer), pad_token_id=pad, eos_token_id=eos,
+                       decoder_start_token_id=pad, forced_eos_token_id=None, **config)
+    model = MarianMTModel(cfg)
+    from edgekd.models.seq2seq import greedy_generation_config
+
+    model.generation_config = greedy_generation_config(model, config.get("max_position_embeddings", 64))
+    return model
+
+
+def train_builtin_seq2seq_teacher(out: str | os.PathLike | None = None, steps: Optional[int] = None,
+                                  seed: Optional[int] = None, threads: Optional[int] = None, quiet: bool = False,
+                                  checkpoints: Optional[str | os.PathLike] = None) -> Path:
+    """Train the built-in English -> German Marian from SEQ2SEQ_RECIPE on the shipped gettext corpus and write it
+    (atomically) to `out`, with recipe.json (validation curve, chrF of held-out translations)."""
+    from edgekd.data.parallel import load_parallel, tokenizer_for_pairs
+    from edgekd.data.tokenizer import tokenizer_hash
+    from edgekd.distill.evaluate import translations
+    from edgekd.distill.trainer import TrainConfig
+    from edgekd.models.builtin import SEQ2SEQ_DIR, SEQ2SEQ_RECIPE
+
+    r = dict(SEQ2SEQ_RECIPE) | {k: v for k, v in (("steps", steps), ("seed", seed), ("threads", threads)) if v is not None}
+    if r["steps"] < 1:
+        raise EdgekdError(f"--steps must be at least 1, got {r['steps']}")
+    out = Path(out or SEQ2SEQ_DIR)
+    torch.set_num_threads(r["threads"])
+    torch.manual_seed(r["seed"])
+    corpus = load_parallel("builtin")
+    tokenizer = tokenizer_for_pairs(corpus.train, r["vocab_size"])
+    model = _marian(tokenizer, **r["config"])
+    tc = TrainConfig(steps=r["steps"], batch_size=r["batch_size"], lr=r["lr"], min_lr_ratio=r["min_lr_ratio"],
+                     warmup_steps=r["warmup_steps"], weight_decay=r["weight_decay"], grad_clip=r["grad_clip"],
+                     checkpoint_every=r["eval_every"] if checkpoints else 0, seed=r["seed"], bf16=False,
+                     eval_every=r["eval_every"], decay_steps=round(r["steps"] * r["decay_fraction"]))
+    trainer, batches = _seq2seq_trainer(model, tokenizer, corpus.train, corpus.validation[:r["eval_pairs"]],
+                                        max_len=r["max_len"], batch_size=r["batch_size"], seed=r["seed"], tc=tc,
+                                        checkpoints=checkpoints, quiet=quiet)
+    if checkpoints and trainer.checkpoints():
+        trainer.resume()
+    t0 = time.time()
+    losses = [h["loss"] for h in trainer.train()]
+    model.eval()
+    scores, _ = translations({"teacher": model}, corpus.validation[:r["eval_pairs"]], tokenizer, r["max_len"])
+    recipe = r | {
+        "data": "builtin (English -> German gettext catalogues, edgekd/data/gettext_en_de)", "data_hash": corpus.digest,
+        "python": platform.python_version(), "tokenizer_hash": tokenizer_hash(tokenizer),
+        "torch_version": torch.__version__, "final_train_loss": sum(losses[-20:]) / max(1, len(losses[-20:])),
+        "final_validation_loss": trainer.evals[-1]["eval_loss"] if trainer.evals else None,
+        "validation_chrf": scores["teacher"], "validation_curve": trainer.evals,
+        "train_seconds": time.time() - t0}
+    return _ship(out, model, tokenizer, recipe, None if quiet else
+                 f"built-in seq2seq teacher written to {out}: validation loss {recipe['final_validation_loss']:.4f}, "
+                 f"chrF {scores['teacher']:.1f} after {r['steps']} steps")
+
+
+def make_tiny_seq2seq_teacher(out: str | os.PathLike, pairs: Optional[list] = None, *, vocab_size: int = 300,
+                              d_model: int = 32, layers: int = 2, heads: int = 4, ffn: int = 64, max_positions: int = 64,
+                              train_steps: int = 60, seed: int = 0) -> Path:
+    """A BPE trained on `pairs` (default: 600 pairs of the shipped corpus) and a tiny Marian trained on them
+    briefly: what the tests and an offline try of the seq2seq path need, in seconds."""
+    from edgekd.data.parallel import load_parallel, tokenizer_for_pairs
+    from edgekd.distill.trainer import TrainConfig
+
+    if pairs is None:
+        pairs = load_parallel("builtin").train[:600]
+    tok = tokenizer_for_pairs(pairs, vocab_size)
+    torch.manual_seed(seed)
+    model = _marian(tok, d_model=d_model, encoder_layers=layers, decoder_layers=layers, encoder_attention_heads=heads,
+                    decoder_attention_heads=heads, encoder_ffn_dim=ffn, decoder_ffn_dim=ffn,
+                    max_position_embeddings=max_positions)
+    if train_steps:
+        tc = TrainConfig(steps=train_steps, batch_size=16, lr=3e-3, min_lr_ratio=1.0, warmup_steps=0, weight_decay=0.01,
+                         betas=(0.9, 0.999), grad_clip=1.0, checkpoint_every=0, bf16=False)
+        trainer, _ = _seq2seq_trainer(model, tok, pairs, pairs[:8], max_len=32, batch_size=16, seed=seed, tc=tc,
+                                      label="tiny teacher")
+        trainer.train()
     model.eval()
     out = Path(out)
     model.save_pretrained(str(out), safe_serialization=True)

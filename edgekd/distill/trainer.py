@@ -68,6 +68,8 @@ def counted_tokens(batch: dict, kind: str) -> int:
     labels = batch["labels"]
     if kind == "classifier":
         return int(labels.shape[0])
+    if kind == "seq2seq":  # the decoder's labels line up with its logits: nothing to shift
+        return int((labels != -100).sum())
     lab = labels[:, 1:]
     mask = lab != -100
     if "attention_mask" in batch:

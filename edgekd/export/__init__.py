@@ -1,9 +1,10 @@
 """Export students to ONNX and TFLite (float and int8) and prove each file matches PyTorch; export causal LMs
-generatively (litert-lm, onnx-genai; float, int8, int4) and prove they generate as PyTorch does.
+generatively (litert-lm, onnx-genai; float, int8, int4) and prove they generate as PyTorch does; export
+encoder-decoders (onnx-seq2seq) and prove they translate as PyTorch does.
 
 Imported lazily, so that `export.runtime` (the standalone runner the profilers ship) does not import torch."""
 
-_EXPORTS = {"export_model": "api", "export_generative": "generative", "VARIANTS": "run_dir",
+_EXPORTS = {"export_model": "api", "export_generative": "generative", "export_seq2seq": "seq2seq", "VARIANTS": "run_dir",
             "GENERATIVE_VARIANTS": "run_dir", "export_key": "run_dir", "export_run": "run_dir"}
 
 __all__ = list(_EXPORTS)

@@ -32,6 +32,8 @@ import struct
 
 LITERT_LM = "litert-lm"
 ONNX_GENAI = "onnx-genai"
+ONNX_SEQ2SEQ = "onnx-seq2seq"  # an encoder-decoder in Optimum's layout (Seq2SeqOnnxModel)
+SEQ2SEQ_FILES = ("encoder_model.onnx", "decoder_model.onnx", "decoder_with_past_model.onnx")
 
 
 class GenRuntimeError(Exception):
@@ -47,6 +49,8 @@ def detect_format(path: str) -> str:
     if os.path.isdir(path):
         if os.path.isfile(os.path.join(path, "genai_config.json")):
             return ONNX_GENAI
+        if all(os.path.isfile(os.path.join(path, f)) for f in SEQ2SEQ_FILES):
+            return ONNX_SEQ2SEQ
         raise GenRuntimeError("bad-model", f"{path} is a folder without genai_config.json (not an onnx-genai export)")
     try:
         with open(path, "rb") as f:
@@ -62,7 +66,7 @@ def load(path: str, threads: int | None = None):
     """The model at PATH (a .litertlm file or an onnx-genai folder) in its runtime, on `threads` CPU threads."""
     path = os.fspath(path)
     fmt = detect_format(path)
-    return LiteRtLmModel(path, threads) if fmt == LITERT_LM else GenaiModel(path, threads)
+    return {LITERT_LM: LiteRtLmModel, ONNX_SEQ2SEQ: Seq2SeqOnnxModel}.get(fmt, GenaiModel)(path, threads)
 
 
 def _np():
@@ -254,3 +258,61 @@ class GenaiModel:
 
     def close(self) -> None:
         self._model = None
+
+
+class Seq2SeqOnnxModel:
+    """An encoder-decoder in onnxruntime/Optimum's layout: encoder_model.onnx (input_ids, attention_mask ->
+    last_hidden_state), decoder_model.onnx (the first step: input_ids, encoder_attention_mask,
+    encoder_hidden_states -> logits, present.N.decoder/encoder.key/value) and decoder_with_past_model.onnx
+    (one token: input_ids, encoder_attention_mask, past_key_values.N.* -> logits, present.N.decoder.*), with
+    config.json for the decoder's start and end tokens."""
+
+    format = ONNX_SEQ2SEQ
+    runtime = "onnxruntime"
+
+    def __init__(self, path: str, threads: int | None = None):
+        try:
+            import onnxruntime as ort
+        except ImportError as e:
+            raise GenRuntimeError("no-runtime", "running an onnx-seq2seq folder needs onnxruntime: pip install "
+                                                "onnxruntime") from e
+        self.np, self.path = _np(), path
+        self.version = f"onnxruntime {ort.__version__}"
+        self.runner = "encoder once, decoder_model for the first token, decoder_with_past_model after"
+        try:
+            with open(os.path.join(path, "config.json")) as f:
+                cfg = json.load(f)
+            self.start, self.eos = int(cfg["decoder_start_token_id"]), int(cfg["eos_token_id"])
+            opts = ort.SessionOptions()
+            if threads:
+                opts.intra_op_num_threads = int(threads)
+            self._enc, self._dec, self._past = (
+                ort.InferenceSession(os.path.join(path, f), opts, providers=["CPUExecutionProvider"])
+                for f in SEQ2SEQ_FILES)
+        except Exception as e:
+            raise GenRuntimeError("bad-model", f"onnxruntime cannot load {path}: {_first_line(e)}") from e
+
+    def translate(self, source_ids: list[int], max_new_tokens: int) -> list[int]:
+        """Greedy decoding of one source sentence: the new tokens, up to and including the end token."""
+        np = self.np
+        ids = np.asarray([source_ids], dtype=np.int64)
+        mask = np.ones_like(ids)
+        hidden = self._enc.run(None, {"input_ids": ids, "attention_mask": mask})[0]
+        out, cross = [], {}
+        feeds = {"input_ids": np.asarray([[self.start]], dtype=np.int64), "encoder_attention_mask": mask,
+                 "encoder_hidden_states": hidden}
+        session = self._dec
+        while len(out) < max_new_tokens:
+            res = dict(zip([o.name for o in session.get_outputs()], session.run(None, feeds)))
+            out.append(int(res["logits"][0, -1].argmax()))
+            if out[-1] == self.eos:
+                break
+            present = {n.replace("present", "past_key_values", 1): v for n, v in res.items() if n.startswith("present.")}
+            cross = cross or {n: v for n, v in present.items() if ".encoder." in n}  # the first step's, kept
+            feeds = {"input_ids": np.asarray([[out[-1]]], dtype=np.int64), "encoder_attention_mask": mask, **cross,
+                     **{n: v for n, v in present.items() if ".decoder." in n}}
+            session = self._past
+        return out
+
+    def close(self) -> None:
+        self._enc = self._dec = self._past = None

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from edgekd.errors import EdgekdError
 from edgekd.models.loading import CLASSIFIER, load_model, read_config_dict
 
 
@@ -93,6 +94,11 @@ def load_for_export(model_dir: str | Path) -> LoadedModel:
     hf_logging.disable_progress_bar()
     d = Path(model_dir)
     cfg = read_config_dict(d)
+    from edgekd.models.seq2seq import is_seq2seq
+
+    if is_seq2seq(cfg):
+        raise EdgekdError(f"{d} is an encoder-decoder ({cfg['model_type']}), which has no single logits graph: "
+                          f"export it with --format onnx-seq2seq")
     model, _, kind = load_model(d, with_tokenizer=False, what="model")
     use_gqa_attention(model)
     max_len = int(getattr(model.config, "max_position_embeddings", 0) or 2048)

@@ -172,6 +172,8 @@ def forward_for_loss(model: torch.nn.Module, batch: dict, needs: Any) -> LossInp
     kwargs = {"input_ids": batch["input_ids"].to(device)}
     if batch.get("attention_mask") is not None:
         kwargs["attention_mask"] = batch["attention_mask"].to(device)
+    if batch.get("decoder_input_ids") is not None:  # a seq2seq model, teacher-forced on the reference target
+        kwargs |= {"decoder_input_ids": batch["decoder_input_ids"].to(device), "use_cache": False}
     want_hidden = needs.needs_hidden_states or needs.needs_last_hidden
     if want_hidden:
         kwargs["output_hidden_states"] = True

@@ -74,12 +74,27 @@ def model_type_of(config: Any) -> str:
 
 
 def check_supported(config: Any) -> None:
-    """A one-line EdgekdError for teachers edgekd cannot distill yet (encoder-decoder models)."""
+    """A one-line EdgekdError for teachers edgekd cannot distill yet (encoder-decoder models other than
+    edgekd.models.seq2seq's families)."""
+    from edgekd.models.seq2seq import SEQ2SEQ_FAMILIES
+
     get = _getter(config)
     mt = model_type_of(config)
-    if get("is_encoder_decoder") or mt in ENCODER_DECODER:
+    if (get("is_encoder_decoder") or mt in ENCODER_DECODER) and mt not in SEQ2SEQ_FAMILIES:
         raise EdgekdError(f"encoder-decoder teachers ({mt or 'unknown'}) are not supported yet: edgekd distills "
-                          f"decoder-only LMs and encoder classifiers ({', '.join(SUPPORTED)})")
+                          f"{' and '.join(SEQ2SEQ_FAMILIES)} encoder-decoders, decoder-only LMs and encoder "
+                          f"classifiers ({', '.join(SUPPORTED)})")
+
+
+def check_decoder_only(config: Any) -> None:
+    """The shape readers below (search, cost models, width pruning) know decoder stacks and encoders, not
+    encoder-decoders: one line for those."""
+    from edgekd.models.seq2seq import is_seq2seq
+
+    check_supported(config)
+    if is_seq2seq(config):
+        raise EdgekdError(f"the student search and the latency models do not cover encoder-decoder models "
+                          f"({model_type_of(config)}) yet: distil it without --target")
 
 
 def _read(config: Any, key: str, default=None):
@@ -100,7 +115,7 @@ def arch_of(config: Any) -> dict:
     num_key_value_heads, head_dim, max_position_embeddings, tie_word_embeddings, plus model_type and
     the shape facts that parameter counts depend on (gated_mlp, learned_positions, attention_bias,
     mlp_bias, word_embed_proj_dim: None unless OPT projects, num_labels: 0 for an LM head)."""
-    check_supported(config)
+    check_decoder_only(config)
     mt = model_type_of(config)
     missing = [k for k in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads")
                if _read(config, k) is None]
@@ -178,6 +193,10 @@ def param_count(config: Any) -> int:
         from edgekd.models.bilstm import bilstm_param_count
 
         return bilstm_param_count(config)
+    from edgekd.models.seq2seq import is_seq2seq, seq2seq_param_count
+
+    if is_seq2seq(config):
+        return seq2seq_param_count(config)
     a = arch_of(config)
     return a["num_hidden_layers"] * _layer_params(a) + _outside_layers(a)
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from edgekd.errors import EdgekdError
 
 BUILTIN_DIR = Path(__file__).parent / "builtin_teacher"
+SEQ2SEQ_DIR = Path(__file__).parent / "builtin_seq2seq"  # English -> German Marian, SEQ2SEQ_RECIPE
 
 RECIPE = {
     "config": {
@@ -34,6 +35,29 @@ RECIPE = {
     "eval_every": 200,
 }
 
+# The built-in seq2seq teacher: a small Marian (English -> German) trained on the shipped gettext corpus
+# (edgekd/data/gettext_en_de/) with a BPE shared by both languages (`edgekd teacher train --seq2seq`).
+SEQ2SEQ_RECIPE = {
+    "config": {"d_model": 192, "encoder_layers": 2, "decoder_layers": 2, "encoder_attention_heads": 4,
+               "decoder_attention_heads": 4, "encoder_ffn_dim": 768, "decoder_ffn_dim": 768,
+               "max_position_embeddings": 64, "dropout": 0.1, "scale_embedding": True,
+               "share_encoder_decoder_embeddings": True, "tie_word_embeddings": True},
+    "vocab_size": 3000,
+    "seed": 1234,
+    "steps": 250,
+    "decay_fraction": 0.2,
+    "max_len": 48,
+    "batch_size": 32,
+    "lr": 1.5e-3,
+    "min_lr_ratio": 0.1,
+    "warmup_steps": 60,
+    "weight_decay": 0.01,
+    "grad_clip": 1.0,
+    "threads": 2,
+    "eval_pairs": 256,
+    "eval_every": 100,
+}
+
 
 def make_readable(d: Path) -> None:
     """Temporary files are created private; a shipped model must be readable by everyone."""
@@ -42,8 +66,14 @@ def make_readable(d: Path) -> None:
         f.chmod(0o644)
 
 
-def builtin_teacher_dir() -> Path:
-    """The shipped teacher; EdgekdError when the package lacks it (e.g. a source checkout without it)."""
+def builtin_teacher_dir(name: str = "builtin") -> Path:
+    """The shipped teacher ('builtin', or 'builtin-seq2seq': the English -> German Marian); EdgekdError when the
+    package lacks it (e.g. a source checkout without it)."""
+    if name == "builtin-seq2seq":
+        if not (SEQ2SEQ_DIR / "model.safetensors").is_file():
+            raise EdgekdError(f"the built-in seq2seq teacher is missing from {SEQ2SEQ_DIR}: run "
+                              f"`edgekd teacher train --seq2seq --out {SEQ2SEQ_DIR}`")
+        return SEQ2SEQ_DIR
     if not (BUILTIN_DIR / "model.safetensors").is_file():
         raise EdgekdError(f"the built-in teacher is missing from {BUILTIN_DIR}: run `edgekd teacher train --out {BUILTIN_DIR}`")
     return BUILTIN_DIR

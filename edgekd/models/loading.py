@@ -10,10 +10,10 @@ from edgekd.errors import EdgekdError
 
 
 def resolve_model_dir(path: str | os.PathLike) -> Path:
-    if str(path) == "builtin":
+    if str(path) in ("builtin", "builtin-seq2seq"):
         from edgekd.models.builtin import builtin_teacher_dir
 
-        return builtin_teacher_dir()
+        return builtin_teacher_dir(str(path))
     return Path(path)
 
 
@@ -50,9 +50,10 @@ def _check_weights(d: Path) -> None:
             raise EdgekdError(f"{f} is not a readable safetensors file ({type(e).__name__}): re-save the model or re-download it") from e
 
 
-# The two kinds of model edgekd distils and exports: one name each, used everywhere (report.json's "kind").
+# The kinds of model edgekd distils and exports: one name each, used everywhere (report.json's "kind").
 CAUSAL_LM = "causal-lm"
 CLASSIFIER = "classifier"
+SEQ2SEQ = "seq2seq"  # an encoder-decoder (translation) model: edgekd.models.seq2seq
 
 
 def is_classifier(cfg: dict) -> bool:
@@ -60,8 +61,12 @@ def is_classifier(cfg: dict) -> bool:
 
 
 def model_kind(cfg: dict) -> str:
-    """CLASSIFIER for a *ForSequenceClassification config, else CAUSAL_LM."""
-    return CLASSIFIER if is_classifier(cfg) else CAUSAL_LM
+    """CLASSIFIER for a *ForSequenceClassification config, SEQ2SEQ for an encoder-decoder, else CAUSAL_LM."""
+    from edgekd.models.seq2seq import is_seq2seq
+
+    if is_classifier(cfg):
+        return CLASSIFIER
+    return SEQ2SEQ if is_seq2seq(cfg) else CAUSAL_LM
 
 
 def check_kind(d: Path, cfg: dict) -> None:
@@ -77,6 +82,10 @@ def check_kind(d: Path, cfg: dict) -> None:
                               f"*ForSequenceClassification model of {', '.join(CLASSIFIER_FAMILIES)} (BERT, DistilBERT, ...)")
         if mt == BILSTM_MODEL_TYPE:
             import edgekd.models.bilstm  # noqa: F401  registers it with transformers' Auto classes
+    elif model_kind(cfg) == SEQ2SEQ:
+        if archs and not any(a.endswith(("MTModel", "ForConditionalGeneration")) for a in archs):
+            raise EdgekdError(f"{d}: architecture {archs[0]} is not a {mt} translation model: edgekd distils "
+                              f"MarianMTModel and BartForConditionalGeneration encoder-decoders")
     elif archs and not any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs):
         raise EdgekdError(f"{d}: architecture {archs[0]} is neither a causal LM nor a sequence classifier: edgekd "
                           f"distils and exports *ForCausalLM models and *ForSequenceClassification models of "
@@ -84,9 +93,9 @@ def check_kind(d: Path, cfg: dict) -> None:
 
 
 def load_model(path: str | os.PathLike, *, with_tokenizer: bool = True, what: str = "teacher"):
-    """(model, tokenizer or None, kind) where kind is CAUSAL_LM or CLASSIFIER; model in eval mode, float32."""
+    """(model, tokenizer or None, kind) where kind is CAUSAL_LM, CLASSIFIER or SEQ2SEQ; model in eval mode, float32."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoModelForSequenceClassification
 
     from edgekd.models.arch import check_supported
 
@@ -96,7 +105,7 @@ def load_model(path: str | os.PathLike, *, with_tokenizer: bool = True, what: st
     check_kind(d, cfg)
     _check_weights(d)
     kind = model_kind(cfg)
-    cls = AutoModelForSequenceClassification if kind == CLASSIFIER else AutoModelForCausalLM
+    cls = {CLASSIFIER: AutoModelForSequenceClassification, SEQ2SEQ: AutoModelForSeq2SeqLM}.get(kind, AutoModelForCausalLM)
     try:
         model = cls.from_pretrained(str(d), local_files_only=True, dtype=torch.float32)
     except EdgekdError:

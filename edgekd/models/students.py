@@ -17,6 +17,7 @@ import torch
 
 from edgekd.checks import student_overrides
 from edgekd.errors import EdgekdError
+from edgekd.models import seq2seq
 from edgekd.models.arch import BILSTM_MODEL_TYPE, arch_of, model_type_of, select_layers, with_arch
 
 
@@ -44,6 +45,8 @@ def student_config_from(spec, teacher_config):
     """An explicit student config: a JSON file, a model directory, a dict of overrides (canonical
     names such as hidden_size, or the family's own such as n_embd), or 'bilstm' (edgekd's BiLSTM classifier,
     sized from a classifier teacher)."""
+    if seq2seq.is_seq2seq(teacher_config):  # an encoder-decoder: its own sizes (edgekd.models.seq2seq)
+        return seq2seq.seq2seq_student_config(teacher_config, None if spec is None else student_overrides(spec))
     if spec is None:
         return default_student_config(teacher_config)
     overrides = student_overrides(spec)  # the one reader of --student (checks.py), so the CLI and the API agree
@@ -306,7 +309,7 @@ def build_student(teacher, student_config=None, calibration: Optional[Iterable[d
     one line on the console says so."""
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-    cfg = student_config if student_config is not None else default_student_config(teacher.config)
+    cfg = student_config if student_config is not None else student_config_from(None, teacher.config)
     if getattr(cfg, "vocab_size", None) != teacher.config.vocab_size:
         raise EdgekdError(f"student vocab_size {getattr(cfg, 'vocab_size', None)} differs from the teacher's "
                           f"{teacher.config.vocab_size}: the student must use the teacher's tokenizer")
@@ -322,6 +325,8 @@ def build_student(teacher, student_config=None, calibration: Optional[Iterable[d
     info = {"method": "random"}
     if init == "teacher" and hasattr(student, "init_from_teacher"):  # a student of its own kind (the BiLSTM)
         info = student.init_from_teacher(teacher)
+    elif init == "teacher" and seq2seq.is_seq2seq(cfg):
+        info = seq2seq.init_from_teacher(student, teacher)
     elif init == "teacher":
         imp = None
         ta, sa = arch_of(teacher.config), arch_of(cfg)

@@ -15,7 +15,7 @@ _MODEL = {"params": None, "eval_loss": None, "size_mb": None, "top1_agreement": 
 ENGINE_KEYS: dict = {
     "schema_version": None,
     "status": None,                      # complete | incomplete | failed | interrupted
-    "kind": None,                        # causal-lm | classifier
+    "kind": None,                        # causal-lm | classifier | seq2seq
     "target": None,                      # None without --target
     "latency_budget_ms": None,
     "teacher": _MODEL,
@@ -48,6 +48,11 @@ JOB_KEYS: dict = {
 # causal LM, the models carry perplexity and next_token_accuracy instead).
 _CLASSIFIER_MODEL = {"accuracy": None, "macro_f1": None}
 CLASSIFIER_KEYS: dict = {name: _CLASSIFIER_MODEL for name in ("teacher", "student", "ce_only", "scratch")}
+
+# What a seq2seq report (kind "seq2seq") adds: chrF (sacrebleu) of greedy translations of held-out sentences by
+# every model, beside the teacher-forced held-out loss, perplexity and token accuracy of the decoder;
+# distillation.kd_vs_ce_only.chrf_gained and distillation.translations ([{source, reference, teacher, student, ce_only}]).
+SEQ2SEQ_KEYS: dict = {name: {"chrf": None, "perplexity": None} for name in ("teacher", "student", "ce_only", "scratch")}
 
 # Present only in some reports: "error" (failed/interrupted), latency.device_error, latency.shrink_stopped,
 # distillation.stages (progressive), distillation.sequence, distillation.teacher_cache, distillation.on_policy.

@@ -58,7 +58,7 @@ def kd_over_ce_only(evals: dict) -> Optional[dict]:
     if "eval_loss" not in s or "eval_loss" not in c:
         return None
     gap = c["eval_loss"] - t.get("eval_loss", math.nan)
-    gained = {f"{k}_gained": s[k] - c[k] for k in ("accuracy", "macro_f1")  # a classifier's
+    gained = {f"{k}_gained": s[k] - c[k] for k in ("accuracy", "macro_f1", "chrf")  # a classifier's; seq2seq's chrF
               if s.get(k) is not None and c.get(k) is not None}
     return gained | {"loss_saved": c["eval_loss"] - s["eval_loss"],
             "perplexity_ratio": math.exp(s["eval_loss"] - c["eval_loss"]),
@@ -165,7 +165,7 @@ def _fmt(v, nd=4):
 
 def render_markdown(rep: dict, kind: str = "causal-lm") -> str:
     t, s, b = rep["teacher"], rep["student"], rep["scratch"]
-    metric = "perplexity" if kind == "causal-lm" else "accuracy"
+    metric = {"causal-lm": "perplexity", "seq2seq": "chrf"}.get(kind, "accuracy")
     lines = ["# edgekd run report", ""] + status_banner(rep)
     d = rep["distillation"]
     gen = rep.get("generation")
@@ -186,11 +186,11 @@ def render_markdown(rep: dict, kind: str = "causal-lm") -> str:
                   if kd["gap_closed"] is None else f"closed **{kd['gap_closed']:.0%}** of the ce_only -> teacher loss gap")
         ratio = "" if "accuracy_gained" in kd else f" (perplexity x {kd['perplexity_ratio']:.3f})"
         labels = (f", {kd['accuracy_gained']:+.3f} accuracy and {_fmt(kd.get('macro_f1_gained'), 3)} macro-F1"
-                  if "accuracy_gained" in kd else "")
+                  if "accuracy_gained" in kd else f", {kd['chrf_gained']:+.2f} chrF" if "chrf_gained" in kd else "")
         lines += [f"Against **ce_only** (the same student from the same start, data, steps and schedule on hard labels "
                   f"alone), distillation saved {kd['loss_saved']:.4f} of held-out loss{ratio} and gained "
                   f"{_fmt(kd['top1_agreement_gained'], 3)} top-1 agreement with the teacher{labels}; {closed}.", ""]
-    f1 = kind != "causal-lm"  # a classifier's macro-F1 beside its accuracy
+    f1 = kind == "classifier"  # a classifier's macro-F1 beside its accuracy
     lines += [f"| model | params | size (MB) | held-out loss | {metric} |{' macro-F1 |' if f1 else ''} top-1 agreement "
               f"with teacher |", "|---|---:|---:|---:|---:|---:|" + ("---:|" if f1 else "")]
     rows = (("teacher", t), ("distilled student", s), ("ce_only baseline", c), ("scratch baseline", b))
@@ -200,7 +200,10 @@ def render_markdown(rep: dict, kind: str = "causal-lm") -> str:
                      f"{_fmt(e.get(metric), 3)} |{f1_cell} {_fmt(e.get('top1_agreement'), 3)} |")
     lines.append("")
     init = s.get("init", {})
-    if init.get("method") == "teacher":
+    if init.get("method") == "teacher" and kind == "seq2seq":
+        lines += [f"The student was initialised from the teacher: encoder layers {init['layers']['encoder']}, "
+                  f"decoder layers {init['layers']['decoder']} (every k-th); width {init.get('width')}.", ""]
+    elif init.get("method") == "teacher":
         lines += [f"The student was initialised from the teacher: layers {init.get('layers')} (every k-th), "
                   f"{init.get('hidden_kept')} hidden channels kept by measured activation magnitude.", ""]
     elif init.get("why"):
@@ -250,6 +253,7 @@ def render_markdown(rep: dict, kind: str = "causal-lm") -> str:
     if skipped:
         lines += [f"Skipped (non-finite) steps: {skipped}", ""]
     lines += _continuations_section(d.get("continuations") or [])
+    lines += _translations_section(d.get("translations") or [])
     lines += ["## Plots", "", "![held-out loss](plots/eval_curves.png)", "", "![loss curves](plots/loss_curves.png)", "",
               "![temperature](plots/temperature.png)", "",
               "Higher temperatures flatten the teacher's distribution, exposing how it ranks the wrong answers "
@@ -265,14 +269,27 @@ def _cell(text: str) -> str:
 
 
 def _continuations_section(examples: list) -> list[str]:
+    return _side_by_side(examples, "Held-out continuations", "prompt", "Prompt", "continuation", "held-out text",
+                         f"Greedy continuations of held-out prompts ({len(examples)} of them), beside the text that "
+                         f"really followed (⏎ is a newline).", cut=-160)
+
+
+def _translations_section(examples: list) -> list[str]:
+    return _side_by_side(examples, "Held-out translations", "source", "Source", "translation", "reference",
+                         f"Greedy translations of held-out sentences ({len(examples)} of the sentences chrF is "
+                         f"measured on), beside the reference.")
+
+
+def _side_by_side(examples: list, title: str, key: str, key_label: str, column: str, reference: str, intro: str,
+                  cut: int = 0) -> list[str]:
+    """Each example's input, then a table of the reference and each model's output (teacher, student, ce_only)."""
     if not examples:
         return []
     names = [n for n in ("teacher", "student", "ce_only") if n in examples[0]]
-    lines = ["## Held-out continuations", "", f"Greedy continuations of held-out prompts ({len(examples)} of them), "
-             "beside the text that really followed (⏎ is a newline).", ""]
+    lines = [f"## {title}", "", intro, ""]
     for i, ex in enumerate(examples, 1):
-        lines += [f"**Prompt {i}**: {_cell(ex['prompt'][-160:])}", "", "| | continuation |", "|---|---|",
-                  f"| held-out text | {_cell(ex.get('reference', ''))} |"]
+        lines += [f"**{key_label} {i}**: {_cell(ex[key][cut:])}", "", f"| | {column} |", "|---|---|",
+                  f"| {reference} | {_cell(ex.get('reference', ''))} |"]
         lines += [f"| {CURVE_LABELS.get(n, n).split(' (')[0]} | {_cell(ex[n])} |" for n in names]
         lines.append("")
     return lines
