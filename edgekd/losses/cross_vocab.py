@@ -76,10 +76,11 @@ class TokenAlignmentLoss(LossTerm):
     needs_alignment = True
 
     def __init__(self, setup: Setup, temperature: float = 1.0, alpha: float = 0.5, divergence: str = "forward_kl",
-                 beta: float = 0.5):
+                 beta: float = 0.5, skew: float = 0.1):
         super().__init__()
-        check_response_args(self.name, temperature, alpha, divergence, beta)
+        check_response_args(self.name, temperature, alpha, divergence, beta, skew)
         self.temperature, self.alpha, self.divergence, self.beta = float(temperature), float(alpha), divergence, float(beta)
+        self.skew = float(skew)
 
     def forward(self, view: LossView) -> torch.Tensor:
         sr, tr = aligned_rows(view, self.name)
@@ -91,5 +92,5 @@ class TokenAlignmentLoss(LossTerm):
             raise EdgekdError(f"loss {self.name!r}: teacher and student tokenizers share no token: use 'uld'")
         t_student = tr.float()[:, vmap.clamp(min=0)].masked_fill(vmap < 0, float("-inf"))
         kd = kernels.kd_loss(sr, t_student, None, temperature=self.temperature, alpha=1.0,
-                             divergence=self.divergence, beta=self.beta) if sr.shape[0] else sr.sum() * 0.0
+                             divergence=self.divergence, beta=self.beta, skew=self.skew) if sr.shape[0] else sr.sum() * 0.0
         return _mix(self.alpha, kd, view, self.name)
