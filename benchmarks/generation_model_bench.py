@@ -34,7 +34,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from edgekd.io import write_json  # noqa: E402
-from edgekd.targets import generation as gen  # noqa: E402
+from edgekd.targets import cost_generation as gen  # noqa: E402
 from edgekd.targets.hostbench import cpu_model_name, measure_target  # noqa: E402
 from edgekd.targets.spec import load_target  # noqa: E402
 
@@ -79,7 +79,7 @@ def published() -> list[dict]:
     """Each published figure beside the uncalibrated prediction and the relative error."""
     rows = []
     for p in PUBLISHED:
-        pred = gen.predict_generation(p["config"], p["target"], p["precision"], p["prompt_len"], p["decode_len"],
+        pred = gen.predict(p["config"], p["target"], p["precision"], p["prompt_len"], p["decode_len"],
                                       fmt="litert-lm").to_dict()
         row = {k: v for k, v in p.items() if k != "config"} | {"params": gen.param_count(p["config"]),
                                                                "predicted": pred}
@@ -150,19 +150,19 @@ def measure_host(rounds: int, threads: int, root: Path, prompt_len: int, decode_
         out.append({"size": m["size"], "precision": m["precision"], "params": gen.param_count(m["config"]),
                     "profile": {k: prof[k] for k in (*METRICS, "init_ms", "peak_rss_mb", "size_mb", "threads",
                                                      "median_over_rounds")},
-                    "measurement": gen.generation_measurement(prof, m["config"], m["precision"])})
+                    "measurement": gen.measurement_from_profile(prof, m["config"], m["precision"])})
     return out
 
 
 def leave_one_out(rows: list[dict], target, threads: int) -> dict:
     """Uncalibrated, in-sample and held-out predictions of decode tok/s and TTFT for each row."""
-    all_cal = gen.calibrate_generation([r["measurement"] for r in rows], target)
+    all_cal = gen.calibrate([r["measurement"] for r in rows], target)
     for r in rows:
         m = r["measurement"]
         rest = [x["measurement"] for x in rows if x["size"] != r["size"]]
-        held = gen.calibrate_generation(rest, target)
+        held = gen.calibrate(rest, target)
         for name, cal in (("uncalibrated", None), ("in_sample", all_cal), ("held_out", held)):
-            p = gen.predict_generation(m["config"], target, m["precision"], m["prompt_len"], m["decode_len"], cal,
+            p = gen.predict(m["config"], target, m["precision"], m["prompt_len"], m["decode_len"], cal,
                                        threads, "onnx-genai")
             r[name] = {"decode_tok_s": p.decode_tok_s, "ttft_ms": p.ttft_ms, "prefill_tok_s": p.prefill_tok_s,
                        "decode_err": p.decode_tok_s / m["decode_tok_s"] - 1.0, "ttft_err": p.ttft_ms / m["ttft_ms"] - 1.0}

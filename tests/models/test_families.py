@@ -76,7 +76,7 @@ def test_family_distills_exports_and_predicts(model_type, tmp_path, tokenizer, c
     from edgekd.distill import DistillConfig, run
     from edgekd.export import export_model
     from edgekd.models.loading import load_model
-    from edgekd.targets.latency import param_count, predict
+    from edgekd.targets.cost_latency import param_count, predict
 
     monkeypatch.setenv("EDGEKD_CACHE", str(tmp_path / "cache"))
     teacher = make_teacher(model_type, tmp_path / "teacher", tokenizer, layers=2)  # 2 -> 1 layer: quick exports
@@ -124,7 +124,7 @@ def test_family_configs_read_and_shrink(model_type):
     from edgekd.models.students import student_config_from
     from edgekd.search import search_student
 
-    res = search_student(cfg.to_dict(), "android-arm64", 50.0, seq_len=SEQ)
+    res = search_student(cfg.to_dict(), "android-arm64", {"latency_ms": 50.0, "seq_len": SEQ})
     chosen = student_config_from({k: v for k, v in res.choice.items() if k != "precision"}, cfg)
     assert arch_of(chosen)["num_hidden_layers"] == res.choice["num_hidden_layers"]
     for c in candidates(cfg, ("float32",))[:40]:
