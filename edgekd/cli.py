@@ -151,6 +151,10 @@ LrOpt = Annotated[float, _opt(help="Peak learning rate.")]
 ParallelOpt = Annotated[str, _opt("--parallel", help="Under torchrun: ddp (a replica per process) or fsdp (the "
                                                      "student sharded over the processes with FSDP2).")]
 QuietOpt = Annotated[bool, _opt("--quiet", help="No progress bars.")]
+KeepCheckpointsOpt = Annotated[int, _opt("--keep-checkpoints", help="Checkpoints kept per trained model (default: "
+                                                                  "the newest).")]
+BaselinesOpt = Annotated[str, _opt("--baselines", help="Baselines trained beside the student on hard labels alone: "
+                                                       "ce_only,scratch (default), ce_only, scratch or none.")]
 
 
 @app.command("distill")
@@ -165,7 +169,8 @@ def distill(teacher: TeacherOpt = "builtin", data: DataOpt = "builtin", text_col
             save_calibration: SaveCalibrationOpt = False, identity_file: IdentityOpt = None,
             known_hosts: KnownHostsOpt = None, insecure_host_key: InsecureOpt = False,
             remote_python: RemotePythonOpt = "python3", batch_size: BatchOpt = 8, seq_len: SeqLenOpt = 256,
-            lr: LrOpt = 2e-3, parallel: ParallelOpt = "ddp", quiet: QuietOpt = False) -> None:
+            lr: LrOpt = 2e-3, parallel: ParallelOpt = "ddp", quiet: QuietOpt = False,
+            baselines: BaselinesOpt = "ce_only,scratch", keep_checkpoints: KeepCheckpointsOpt = 1) -> None:
     """Distill the teacher into a student, train the scratch baseline, evaluate both, write the run."""
     from edgekd.checks import distill_inputs, input_file, optional_number
     from edgekd.settings import Settings
@@ -187,7 +192,7 @@ def distill(teacher: TeacherOpt = "builtin", data: DataOpt = "builtin", text_col
                            label_column=label_column, student=_student(student), steps=steps, out=_path(out),
                            resume=resume, temperature=temp, alpha=alpha, loss=loss, scheme=scheme, seed=seed,
                            batch_size=batch_size, seq_len=seq_len, lr=lr, quiet=quiet, parallel=parallel,
-                           scheme_config=_scheme_paths(_json_option("--scheme-config", scheme_config)))
+                           baselines=baselines, keep_checkpoints=keep_checkpoints, scheme_config=_scheme_paths(_json_option("--scheme-config", scheme_config)))
     target = _path(target) if target and target.endswith(".toml") else target
     distill_job(JobConfig(engine=engine, target=target, latency_budget_ms=latency_budget, device=device,
                           calibration=calibration, save_calibration=save_calibration, generative=generative,

@@ -218,8 +218,12 @@ def cost_model_of(job: JobConfig, teacher_cfg: dict):
     return get_cost_model("generation" if generative else "latency")
 
 
-def budget_overrides(job: JobConfig, model) -> dict:
-    """The budget bounds the job's options set, refused by name where they are another cost model's."""
+def budget_overrides(job: JobConfig, model, target: str) -> tuple[dict, str]:
+    """The budget bounds the job's options set (refused by name where they are another cost model's), and
+    where the budget comes from: the options, the built-in teacher's demo budget (when nothing is given
+    with that teacher), or the target file."""
+    from edgekd.models.builtin import demo_budget, is_builtin_teacher
+
     given = {"latency_ms": job.latency_budget_ms, "decode_tok_s": job.decode_tok_s, "ttft_ms": job.ttft_ms}
     given = {k: v for k, v in given.items() if v is not None}
     foreign = [BUDGET_OPTIONS[k] for k in given if k not in model.budget_keys]
@@ -228,7 +232,19 @@ def budget_overrides(job: JobConfig, model) -> dict:
         raise EdgekdError(f"{'/'.join(foreign)} {'is' if len(foreign) == 1 else 'are'} not a budget of the "
                           f"{model.name} job, whose budget is {own}: drop {'it' if len(foreign) == 1 else 'them'}, "
                           f"or choose the other job with --generative/--logits")
-    return given
+    if given:
+        return given, "options"
+    demo = demo_budget(model.name, target) if is_builtin_teacher(job.engine.teacher) else None
+    return (dict(demo), "built-in teacher's demo budget") if demo else ({}, "target file")
+
+
+def disk_mb(out: Path) -> dict:
+    """The run directory's size on disk and its largest parts, in MB (report.json's `disk_mb`)."""
+    def size(p: Path) -> float:
+        files = [p] if p.is_file() else (f for f in p.rglob("*") if f.is_file() and not f.is_symlink())
+        return sum(f.stat().st_size for f in files) / 1e6 if p.exists() else 0.0
+
+    return {"run": size(out), "checkpoints": size(out / "checkpoints"), "export": size(out / "export")}
 
 
 class _Job:
@@ -250,8 +266,9 @@ class _Job:
         max_pos = int(self.teacher_cfg.get("max_position_embeddings") or job.export_seq_len)
         self.seq_len = min(job.export_seq_len, job.engine.seq_len, max_pos)
         self.model = cost_model_of(job, self.teacher_cfg)
-        self.budget = budget_overrides(job, self.model) | ({"seq_len": self.seq_len}
-                                                          if "seq_len" in self.model.length_keys else {})
+        self.budget, self.budget_source = budget_overrides(job, self.model, t.name)
+        if "seq_len" in self.model.length_keys:
+            self.budget["seq_len"] = self.seq_len
         self.given = _given_student(job)
         if self.given and self.model.name != "latency":
             raise EdgekdError("--student bilstm is a sentence classifier: give a *ForSequenceClassification teacher, "
@@ -407,11 +424,16 @@ class _Job:
                          runtime=self.model.runtime(self.fmt), seq_len=self.seq_len, threads=self.threads,
                          exports=exports, measured=measured, timings=self.timer.summary(), calibration=self.cal_info,
                          target_facts=_target_facts(self.t), device_error=self.device_error,
-                         shrink_stopped=self.shrink_note, extra={"job": self.job.saved_fields()})
+                         shrink_stopped=self.shrink_note,
+                         extra={"job": self.job.saved_fields(), "budget_source": self.budget_source,
+                                "disk_mb": disk_mb(self.out)})
         rep = build_job_report(result.report, facts)
         write_job_report(self.out, rep)
         if not self.quiet:
             print_summary(self.out, rep)
+            d = rep["disk_mb"]
+            echo(f"run directory: {d['run']:.0f} MB on disk (checkpoints {d['checkpoints']:.0f} MB, "
+                 f"exports {d['export']:.0f} MB; --keep-checkpoints N keeps more)")
         failed = failure_message(rep, self.out)
         if failed:
             raise JobFailed(failed)

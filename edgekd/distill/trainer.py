@@ -36,7 +36,7 @@ class TrainConfig:
     betas: tuple = (0.9, 0.95)
     grad_clip: float = 1.0
     checkpoint_every: int = 100
-    keep_checkpoints: int = 2
+    keep_checkpoints: int = 1          # the newest only (each is written whole before the older goes)
     bf16: Optional[bool] = None       # None: on where the device supports it (CUDA), off on CPU
     seed: int = 0
     eval_every: int = 0               # held-out loss every N steps (and at 0 and the end); 0: never
@@ -338,6 +338,13 @@ class Trainer:
 
             return no_gradient_sync(self.model)
         return self.ddp_model.no_sync()
+
+    def release_optimizer(self) -> None:
+        """Drop the optimiser's state (AdamW: two tensors per parameter) once training is over: the report
+        needs the model, its history and curve, not the moments (the last checkpoint has them)."""
+        self.optimizer.state.clear()
+        for p in self.model.parameters():
+            p.grad = None
 
     def unsharded_model(self) -> torch.nn.Module:
         """The trained model as an ordinary one on every rank (under FSDP a gathered copy; collective)."""

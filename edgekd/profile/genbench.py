@@ -23,6 +23,7 @@ import json
 import os
 import statistics
 import sys
+import tempfile
 import time
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
@@ -65,16 +66,18 @@ def bench_litert_lm(path: str, prompt_len: int, decode_len: int, runs: int, warm
     """LiteRT-LM's own benchmark, once per run (each run initialises its engine: init_ms is the first's)."""
     lm = _litert_lm()
     lm.set_min_log_severity(lm.LogSeverity.ERROR)
-    bench = lm.Benchmark(path, backend=lm.Backend.CPU(thread_count=threads), prefill_tokens=prompt_len,
-                         decode_tokens=decode_len, max_num_tokens=prompt_len + decode_len)
     infos = []
-    for i in range(warmup + runs):
-        try:
-            info = bench.run()
-        except Exception as e:  # the runtime raises RuntimeError with its own status text
-            raise RunnerError("bad-model", f"LiteRT-LM cannot run {path}: {rt._first_line(e)}") from e
-        if i >= warmup:
-            infos.append(info)
+    # XNNPACK's weight cache goes to a scratch directory, not beside the file (it would be shipped with it)
+    with tempfile.TemporaryDirectory(prefix="edgekd-xnnpack-") as cache:
+        bench = lm.Benchmark(path, backend=lm.Backend.CPU(thread_count=threads), prefill_tokens=prompt_len,
+                             decode_tokens=decode_len, max_num_tokens=prompt_len + decode_len, cache_dir=cache)
+        for i in range(warmup + runs):
+            try:
+                info = bench.run()
+            except Exception as e:  # the runtime raises RuntimeError with its own status text
+                raise RunnerError("bad-model", f"LiteRT-LM cannot run {path}: {rt._first_line(e)}") from e
+            if i >= warmup:
+                infos.append(info)
     return {"runtime": f"litert-lm {_version('litert-lm-api', 'litert-lm')}",
             "init_ms": infos[0].init_time_in_second * 1e3,
             "ttft_ms": [x.time_to_first_token_in_second * 1e3 for x in infos],

@@ -82,7 +82,7 @@ def test_family_distills_exports_and_predicts(model_type, tmp_path, tokenizer, c
     teacher = make_teacher(model_type, tmp_path / "teacher", tokenizer, layers=2)  # 2 -> 1 layer: quick exports
     classifier = FAMILIES[model_type][1]
     out = run(DistillConfig(teacher=str(teacher), data=str(class_data if classifier else text_dir), steps=2,
-                            seq_len=SEQ, batch_size=4, out=str(tmp_path / "run"), scratch=False, eval_blocks=4,
+                            seq_len=SEQ, batch_size=4, out=str(tmp_path / "run"), baselines="none", eval_blocks=4,
                             init_batches=1, quiet=True, torch_device="cpu")).out
     rep = json.loads((out / "report.json").read_text())
     init = rep["student"]["init"]
