@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 from edgekd.io import atomic_path
 from edgekd.targets.cost_model import get_cost_model
 
-if TYPE_CHECKING:
-    from edgekd.search.student import SearchResult
+SearchResult = Any  # edgekd.search.student.SearchResult (not imported: student.py imports this module)
 
 
 def print_table(result: "SearchResult", max_rows: int = 24) -> None:
