@@ -257,7 +257,7 @@ class _Job:
 
     def __init__(self, job: JobConfig, t, out: Path, settings: Settings):
         from edgekd.deploy import Where, deployment_for
-        from edgekd.models.loading import check_kind, read_config_dict, resolve_model_dir
+        from edgekd.models.loading import CAUSAL_LM, check_kind, model_kind, read_config_dict, resolve_model_dir
 
         self.job, self.t, self.out, self.settings = job, t, out, settings
         self.timer = PhaseTimer(out / "checkpoints" / "job_timings.json", resume=job.engine.resume)
@@ -270,7 +270,7 @@ class _Job:
         if "seq_len" in self.model.length_keys:
             self.budget["seq_len"] = self.seq_len
         self.given = _given_student(job)
-        if self.given and self.model.name != "latency":
+        if self.given and model_kind(self.teacher_cfg) == CAUSAL_LM:
             raise EdgekdError("--student bilstm is a sentence classifier: give a *ForSequenceClassification teacher, "
                               "or drop --student to search a student of the causal LM's family")
         self.fmt = self.model.target_format(t)
