@@ -286,7 +286,8 @@ def export(
                                             "prompt (sentence)."),
 ) -> None:
     """Export, check against PyTorch (logits; generative formats: greedy generation), write FILE and FILE.json."""
-    from edgekd.checks import GENERATIVE_FORMATS, export_args, generative_args, model_dir as check_model_dir
+    from edgekd.checks import export_args, generative_args, model_dir as check_model_dir
+    from edgekd.formats import FORMATS
     from edgekd.console import echo
 
     if format == "onnx-seq2seq":  # an encoder-decoder: three graphs with a KV cache, checked by greedy translation
@@ -300,7 +301,7 @@ def export(
              f"decoder_with_past_model.onnx): greedy translations of {rec['parity']['sentences']} held-out sentences "
              f"with the KV cache match PyTorch's; parity record {rec['path']}.json")
         return
-    if format in GENERATIVE_FORMATS:
+    if format in FORMATS and FORMATS[format].generative:
         generative_args(format, quantize, new_tokens, min_top1, _path(out))  # before the heavy imports
         check_model_dir(_path(model_dir), "MODEL_DIR")
         from edgekd.export import export_generative
