@@ -294,7 +294,7 @@ def export(
         if quantize != "none":
             raise EdgekdError(f"--format onnx-seq2seq exports float32 only, not --quantize {quantize}: drop --quantize")
         check_model_dir(_path(model_dir), "MODEL_DIR")
-        from edgekd.export.seq2seq import export_seq2seq
+        from edgekd.export.seq2seq_export import export_seq2seq
 
         rec = export_seq2seq(_path(model_dir), out=_path(out), new_tokens=new_tokens)
         echo(f"wrote {rec['path']}/ ({rec['size_mb']:.2f} MB: encoder_model.onnx, decoder_model.onnx, "
@@ -349,7 +349,7 @@ def profile(
     --generative, time to first token, prefill and decode tokens/s."""
     import json
 
-    from edgekd.profile import profile_model, target_defaults
+    from edgekd.profile import profile_generation, profile_model, target_defaults
     from edgekd.settings import Settings
 
     settings = Settings.from_env()
@@ -357,8 +357,6 @@ def profile(
     ssh = dict(remote_python=remote_python, identity_file=_path(identity_file), known_hosts=_path(known_hosts),
                insecure_host_key=insecure_host_key, benchmark_binary=_path(benchmark_binary), settings=settings)
     if generative:
-        from edgekd.profile.generation import profile_generation
-
         stats = profile_generation(_path(model_file), device=device, prompt_len=prompt_len, decode_len=decode_len,
                                    runs=3 if runs is None else runs, warmup=1 if warmup is None else warmup,
                                    threads=threads, **ssh)

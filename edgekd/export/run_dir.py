@@ -73,7 +73,7 @@ def export_run(run_dir, seq_len: int = 64, calib_inputs=None, min_top1: float = 
         generative = FORMATS[fmt].generative
         try:
             if generative:
-                from edgekd.export.generative import export_generative
+                from edgekd.export.generative_export import export_generative
 
                 rec = export_generative(student, fmt, quant, out=out, prompts=prompts)
             else:

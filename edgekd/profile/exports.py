@@ -39,7 +39,7 @@ def write_profile(run_dir: Path, export: dict, stats: dict) -> dict:
 
 def write_generation_profile(run_dir: Path, export: dict, stats: dict) -> dict:
     """Write one generation profile to RUN/profile and return its `generation.measured` entry (medians)."""
-    from edgekd.profile.generation import median_of
+    from edgekd.profile.generation_profile import median_of
 
     stats, rel = _write(Path(run_dir), export, stats)
     entry = {k: stats.get(k) for k in ("device", "format", "quantize", "precision", "runtime", "prompt_len",
@@ -72,7 +72,7 @@ def profile_generative_export(run_dir, export: dict, device: str = "local", prom
                               decode_len: int = 128, runs: int = 3, warmup: int = 1, threads: Optional[int] = None,
                               **profile_kw) -> dict:
     """Time generation of one generative export (a litert-lm or onnx-genai record) on `device`; its entry."""
-    from edgekd.profile.generation import profile_generation
+    from edgekd.profile.generation_profile import profile_generation
 
     stats = profile_generation(Path(run_dir) / export["path"], device=device, prompt_len=prompt_len,
                                decode_len=decode_len, runs=runs, warmup=warmup, threads=threads, **profile_kw)

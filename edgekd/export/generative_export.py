@@ -22,7 +22,7 @@ from edgekd.checks import generative_args, output_dir, output_file
 from edgekd.checks import model_dir as check_model_dir
 from edgekd.console import log_path
 from edgekd.errors import EdgekdError, JobFailed
-from edgekd.export import parity, runtime
+from edgekd.export import graph_runtime, parity
 from edgekd.export.api import export_steps
 from edgekd.formats import FORMATS
 from edgekd.io import write_json
@@ -183,7 +183,7 @@ def export_generative(model_dir, fmt: str, quantize: str = "none", out=None, pro
                       "recipe": recipe[1], "builder_argument": recipe[0],
                       "prefill_lengths": list(PREFILL_LENGTHS) if fmt == "litert-lm" else None,
                       "cache_length": cache_length if fmt == "litert-lm" else check["run"]["context_length"],
-                      "size_mb": runtime.size_mb(str(produced)), "convert_s": seconds, **check,
+                      "size_mb": graph_runtime.size_mb(str(produced)), "convert_s": seconds, **check,
                       "model_dir": str(model_dir), "architecture": architecture,
                       "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
             _remove(out)
