@@ -18,13 +18,14 @@ __all__ = ["check_device", "profile_model", "profile_generation", "runner_for", 
            "RUNNERS", "STAT_KEYS", "GEN_KEYS"]
 
 
-def profile_model(model_file: str | Path, device: str = "local", runs: int = 50, warmup: int = 5,
+def profile_model(model_file: str | Path, device: str | Runner = "local", runs: int = 50, warmup: int = 5,
                   threads: int | None = None, *, seq_len: int | None = None, remote_python: str = "python3",
                   identity_file: str | None = None, known_hosts: str | None = None,
                   insecure_host_key: bool = False, connect_timeout: int = 10,
                   benchmark_binary: str | None = None, timeout: float = 1800.0,
                   settings: Settings | None = None) -> dict:
-    """Time `model_file` on `device` ("local", "ssh://USER@HOST[:PORT]", "adb[:SERIAL]").
+    """Time `model_file` on `device` ("local", "ssh://USER@HOST[:PORT]", "adb[:SERIAL]", or its runner from
+    `runner_for`/`check_device`, whose options then stand).
 
     Returns DESIGN.md's keys (device, format, runs, threads, mean/p50/p90/p99/std/min/max_ms, init_ms,
     peak_rss_mb, size_mb, ops) plus runtime details. Token inputs use the seq_len and vocabulary from

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from edgekd.errors import EdgekdError
 from edgekd.formats import FORMATS
-from edgekd.profile.common import sidecar
+from edgekd.profile.common import Runner, sidecar
 from edgekd.profile.runners import runner_for
 from edgekd.settings import Settings
 
@@ -33,10 +33,11 @@ def generative_format(path: Path) -> str:
                       f"--generative profiles those")
 
 
-def profile_generation(path, device: str = "local", prompt_len: int = 64, decode_len: int = 128, runs: int = 3,
+def profile_generation(path, device: str | Runner = "local", prompt_len: int = 64, decode_len: int = 128, runs: int = 3,
                        warmup: int = 1, threads: int | None = None, *, timeout: float = 1800.0,
                        settings: Settings | None = None, **device_options) -> dict:
-    """Time generation of PATH on `device` ("local", "ssh://USER@HOST[:PORT]", "adb[:SERIAL]").
+    """Time generation of PATH on `device` ("local", "ssh://USER@HOST[:PORT]", "adb[:SERIAL]", or its runner from
+    `runner_for`/`check_device`, whose options then stand).
 
     `device_options`: what the device's runner reads (remote_python, identity_file, known_hosts, ... for ssh;
     benchmark_binary for adb). Returns DESIGN.md's generation keys (ttft_ms, prefill_tok_s, decode_tok_s as
@@ -52,7 +53,7 @@ def profile_generation(path, device: str = "local", prompt_len: int = 64, decode
     path = Path(path)
     stats = runner.profile_generation(path, generative_format(path), prompt_len, decode_len, runs, warmup, threads,
                                       timeout)
-    stats["device"] = device
+    stats["device"] = runner.device
     stats.setdefault("precision", sidecar(path).get("precision"))  # the export's parity record says it
     stats["model"] = str(path)
     return {k: stats.get(k) for k in GEN_KEYS} | {k: v for k, v in stats.items() if k not in GEN_KEYS}

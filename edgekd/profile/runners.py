@@ -15,11 +15,13 @@ from edgekd.settings import Settings
 RUNNERS: dict[str, type[Runner]] = {cls.scheme: cls for cls in (LocalRunner, SshRunner, AdbRunner)}
 
 
-def runner_for(device: str, settings: Settings | None = None, **options) -> Runner:
-    """The runner of DEVICE, made from the options its kind reads (ssh: identity_file, known_hosts,
+def runner_for(device: str | Runner, settings: Settings | None = None, **options) -> Runner:
+    """The runner of DEVICE (a runner already made, e.g. probed once by the job, is itself), made from the options its kind reads (ssh: identity_file, known_hosts,
     insecure_host_key, connect_timeout, remote_python; adb: benchmark_binary; the others are ignored) and
     checked without contacting the device; `runner.check()` probes it. `settings`: the CLI's (ssh reads
     EDGEKD_SSH_* from them), else the environment's."""
+    if isinstance(device, Runner):
+        return device
     cls = RUNNERS.get(str(device).split(":", 1)[0])
     if cls is None:
         usages = [c.usage for c in RUNNERS.values()]
