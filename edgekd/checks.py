@@ -134,29 +134,6 @@ def loss_names(loss) -> list[str]:
     return [i.get("name") if isinstance(i, dict) else i for i in (parse_loss_spec(loss) or [])]
 
 
-def distill_inputs(values: dict, teacher_config: Optional[dict] = None) -> None:
-    """What a distill run is given, checked before anything is loaded or written: every number, the run
-    folder, the teacher's files, the data path and the student's shape. `values`: DistillConfig's fields;
-    `teacher_config`: the teacher's config.json when known (else read here, except for 'builtin')."""
-    distill_numbers(**values)
-    output_dir(values.get("out") or Path.cwd() / "runs")
-    teacher = values.get("teacher") or "builtin"
-    if teacher_config is None and teacher not in ("builtin", "builtin-seq2seq"):
-        teacher_config = json_object(model_dir(teacher, "--teacher") / "config.json", "model config", "")
-    data = values.get("data") or "builtin"
-    if data != "builtin" and not os.path.lexists(data):
-        raise EdgekdError(f"--data {data} does not exist: pass a text file, a folder of .txt files, a .jsonl, "
-                          f".csv or .parquet file, a saved data set, or 'builtin'")
-    from edgekd.models.specs import student_overrides, student_shape
-
-    def own_vocab() -> bool:  # asked only when the vocabularies differ: the loss registry imports torch
-        from edgekd.losses import aligns_tokenizers
-
-        return aligns_tokenizers(loss_names(values.get("loss")))
-
-    student_shape(student_overrides(values.get("student")), teacher_config, own_vocab=own_vocab)
-
-
 def export_args(fmt: str, quantize: str, seq_len: Any, min_top1: Any, out: Optional[str | os.PathLike] = None) -> None:
     """export's options for a logits-graph format (onnx, tflite); `out` (when given) ends in the format's suffix
     and can be written."""

@@ -152,7 +152,8 @@ def distill(
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ) -> None:
     """Distill the teacher into a student, train the scratch baseline, evaluate both, write the run."""
-    from edgekd.checks import distill_inputs, input_file, optional_number
+    from edgekd.checks import input_file, optional_number
+    from edgekd.run_inputs import distill_inputs
     from edgekd.profile import check_device
     from edgekd.settings import Settings
 

@@ -32,8 +32,8 @@ if os.path.isfile(os.path.join(_HERE, "graph_runtime.py")):  # on a board: shipp
     import board_timer as bt  # noqa: E402
     import graph_runtime as gr  # noqa: E402
 else:
-    from edgekd.export import graph_runtime as gr  # noqa: E402
-    from edgekd.profile import board_timer as bt  # noqa: E402
+    import edgekd.export.graph_runtime as gr  # noqa: E402
+    import edgekd.profile.board_timer as bt  # noqa: E402
 
 RunnerError = gr.RunnerError
 SPREAD_KEYS = ("ttft_ms", "prefill_tok_s", "decode_tok_s")

@@ -21,7 +21,7 @@ if os.path.isfile(os.path.join(_HERE, "graph_runtime.py")):  # on a board: shipp
     sys.path.insert(0, _HERE)
     import graph_runtime as gr  # noqa: E402
 else:
-    from edgekd.export import graph_runtime as gr  # noqa: E402
+    import edgekd.export.graph_runtime as gr  # noqa: E402
 
 RunnerError = gr.RunnerError
 

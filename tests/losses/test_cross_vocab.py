@@ -151,7 +151,7 @@ def test_schemes_that_cannot_retokenise_say_so(toks):
 def test_the_early_checks_know_the_cross_tokenizer_losses():
     """The early check lets a student keep its own vocabulary exactly with a loss whose class aligns tokenizers
     (read from the loss classes, not a list of names beside them)."""
-    from edgekd.checks import distill_inputs
+    from edgekd.run_inputs import distill_inputs
     from edgekd.losses import LOSSES, register_loss
     from edgekd.losses.base import LossTerm
 
