@@ -16,10 +16,10 @@ RUNNERS: dict[str, type[Runner]] = {cls.scheme: cls for cls in (LocalRunner, Ssh
 
 
 def runner_for(device: str | Runner, settings: Settings | None = None, **options) -> Runner:
-    """The runner of DEVICE (a runner already made, e.g. probed once by the job, is itself), made from the options its kind reads (ssh: identity_file, known_hosts,
+    """The runner of DEVICE, made from the options its kind reads (ssh: identity_file, known_hosts,
     insecure_host_key, connect_timeout, remote_python; adb: benchmark_binary; the others are ignored) and
-    checked without contacting the device; `runner.check()` probes it. `settings`: the CLI's (ssh reads
-    EDGEKD_SSH_* from them), else the environment's."""
+    checked without contacting the device; `runner.check()` probes it. A runner already made (probed once by
+    the job) is itself. `settings`: the CLI's (ssh reads EDGEKD_SSH_* from them), else the environment's."""
     if isinstance(device, Runner):
         return device
     cls = RUNNERS.get(str(device).split(":", 1)[0])

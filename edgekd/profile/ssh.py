@@ -15,6 +15,7 @@ from edgekd.profile.common import (GENBENCH_FILES, TIMER_FILES, Runner, genbench
                                    run_child, timer_args)
 from edgekd.settings import Settings
 
+
 class SshRunner(Runner):
     """`ssh://USER@HOST[:PORT]`: a Linux board over OpenSSH, running the board timer with its python3."""
 
