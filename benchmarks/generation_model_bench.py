@@ -6,7 +6,7 @@ Part a needs nothing but this checkout: the published numbers and the models' pu
 written out below (with their sources). Part b builds onnxruntime-genai folders of random-initialised
 students (timing does not depend on the weights) with `python -m onnxruntime_genai.models.builder
 -p fp32|int4 -e cpu` (helper A's `export_generative` had not landed when this was written), times each
-with `edgekd.profile.generation.profile_generation` (the real runtime: greedy generator loop) in
+with `edgekd.profile.profile_generation` (the real runtime: greedy generator loop) in
 interleaved rounds (every model once per round, shuffled, so load from other processes spreads over
 all of them; per model the best round counts, since load only ever slows a run, with the median over
 rounds recorded beside it), then calibrates on all configs but one and predicts the held-out one.
@@ -126,7 +126,7 @@ def build(model_dir: Path, precision: str, root: Path) -> Path:
 
 
 def measure_host(rounds: int, threads: int, root: Path, prompt_len: int, decode_len: int) -> list[dict]:
-    from edgekd.profile.generation import profile_generation
+    from edgekd.profile import profile_generation
 
     models = []
     for size in SIZES:

@@ -172,7 +172,8 @@ def distill(teacher: TeacherOpt = "builtin", data: DataOpt = "builtin", text_col
             lr: LrOpt = 2e-3, parallel: ParallelOpt = "ddp", quiet: QuietOpt = False,
             baselines: BaselinesOpt = "ce_only,scratch", keep_checkpoints: KeepCheckpointsOpt = 1) -> None:
     """Distill the teacher into a student, train the scratch baseline, evaluate both, write the run."""
-    from edgekd.checks import distill_inputs, input_file, optional_number
+    from edgekd.checks import input_file, optional_number
+    from edgekd.run_inputs import distill_inputs
     from edgekd.settings import Settings
 
     # Checked before the heavy imports and before anything is written: a bad value costs no run directory.
@@ -291,21 +292,22 @@ def export(
                                             "prompt (sentence)."),
 ) -> None:
     """Export, check against PyTorch (logits; generative formats: greedy generation), write FILE and FILE.json."""
-    from edgekd.checks import GENERATIVE_FORMATS, export_args, generative_args, model_dir as check_model_dir
+    from edgekd.checks import export_args, generative_args, model_dir as check_model_dir
+    from edgekd.formats import FORMATS
     from edgekd.console import echo
 
     if format == "onnx-seq2seq":  # an encoder-decoder: three graphs with a KV cache, checked by greedy translation
         if quantize != "none":
             raise EdgekdError(f"--format onnx-seq2seq exports float32 only, not --quantize {quantize}: drop --quantize")
         check_model_dir(_path(model_dir), "MODEL_DIR")
-        from edgekd.export.seq2seq import export_seq2seq
+        from edgekd.export.seq2seq_export import export_seq2seq
 
         rec = export_seq2seq(_path(model_dir), out=_path(out), new_tokens=new_tokens)
         echo(f"wrote {rec['path']}/ ({rec['size_mb']:.2f} MB: encoder_model.onnx, decoder_model.onnx, "
              f"decoder_with_past_model.onnx): greedy translations of {rec['parity']['sentences']} held-out sentences "
              f"with the KV cache match PyTorch's; parity record {rec['path']}.json")
         return
-    if format in GENERATIVE_FORMATS:
+    if format in FORMATS and FORMATS[format].generative:
         generative_args(format, quantize, new_tokens, min_top1, _path(out))  # before the heavy imports
         check_model_dir(_path(model_dir), "MODEL_DIR")
         from edgekd.export import export_generative
@@ -353,7 +355,7 @@ def profile(
     --generative, time to first token, prefill and decode tokens/s."""
     import json
 
-    from edgekd.profile import profile_model, target_defaults
+    from edgekd.profile import profile_generation, profile_model, target_defaults
     from edgekd.settings import Settings
 
     settings = Settings.from_env()
@@ -361,8 +363,6 @@ def profile(
     ssh = dict(remote_python=remote_python, identity_file=_path(identity_file), known_hosts=_path(known_hosts),
                insecure_host_key=insecure_host_key, benchmark_binary=_path(benchmark_binary), settings=settings)
     if generative:
-        from edgekd.profile.generation import profile_generation
-
         stats = profile_generation(_path(model_file), device=device, prompt_len=prompt_len, decode_len=decode_len,
                                    runs=3 if runs is None else runs, warmup=1 if warmup is None else warmup,
                                    threads=threads, **ssh)

@@ -159,7 +159,7 @@ def _check_job(job: JobConfig, settings: Settings):
 def _given_student(job: JobConfig) -> bool:
     """A student the search does not choose: edgekd's BiLSTM (--student bilstm), a family the latency model does
     not predict; the job distills it as given and judges the budget on its measured time."""
-    from edgekd.checks import student_overrides
+    from edgekd.models.specs import student_overrides
     from edgekd.models.arch import BILSTM_MODEL_TYPE
 
     return job.engine.student is not None and \

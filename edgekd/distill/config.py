@@ -139,7 +139,7 @@ def baseline_names(value) -> list[str]:
 
 def validate(cfg: DistillConfig) -> None:
     """Every option of the run, checked before anything is loaded or written (edgekd.checks)."""
-    from edgekd import checks
+    from edgekd.run_inputs import distill_inputs
     from edgekd.distill.parallel import check_parallel
     from edgekd.distill.schemes import SCHEMES
     from edgekd.losses.response import check_spec_divergences
@@ -153,5 +153,5 @@ def validate(cfg: DistillConfig) -> None:
     if cfg.loss_impl not in ("fused", "eager"):
         raise EdgekdError(f"unknown loss implementation {cfg.loss_impl!r}: use 'fused' or 'eager'")
     teacher_config = read_config_dict(resolve_model_dir(cfg.teacher)) if cfg.teacher == "builtin" else None
-    checks.distill_inputs(asdict(cfg), teacher_config)
+    distill_inputs(asdict(cfg), teacher_config)
     check_spec_divergences(parse_loss_spec(cfg.loss))

@@ -222,9 +222,9 @@ def _check_student_tokenizer(student, tokenizer) -> None:
 
 def _needs_alignment(loss) -> bool:
     from edgekd.checks import loss_names
-    from edgekd.losses import LOSSES
+    from edgekd.losses import aligns_tokenizers
 
-    return any(getattr(LOSSES.get(n), "needs_alignment", False) for n in loss_names(loss))
+    return aligns_tokenizers(loss_names(loss))
 
 
 def _cross_tokenizer_student(cfg: DistillConfig, teacher, teacher_tokenizer, kind: str):

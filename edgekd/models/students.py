@@ -15,7 +15,7 @@ from typing import Iterable, Optional
 
 import torch
 
-from edgekd.checks import student_overrides
+from edgekd.models.specs import student_overrides
 from edgekd.errors import EdgekdError
 from edgekd.models import seq2seq
 from edgekd.models.arch import (BILSTM_MODEL_TYPE, arch_of, model_type_of, narrowing_problem, select_layers,
@@ -50,7 +50,7 @@ def student_config_from(spec, teacher_config):
         return seq2seq.seq2seq_student_config(teacher_config, None if spec is None else student_overrides(spec))
     if spec is None:
         return default_student_config(teacher_config)
-    overrides = student_overrides(spec)  # the one reader of --student (checks.py), so the CLI and the API agree
+    overrides = student_overrides(spec)  # the one reader of --student (models/specs.py), so the CLI and the API agree
     mt = overrides.get("model_type")
     if mt == BILSTM_MODEL_TYPE:
         from edgekd.models.bilstm import bilstm_config

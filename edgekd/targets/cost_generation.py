@@ -57,6 +57,7 @@ import numpy as np
 
 from edgekd import precision as precision_words
 from edgekd.errors import EdgekdError
+from edgekd.formats import GENERATIVE, export_format, runtime_of
 from edgekd.models.arch import arch_of, param_count
 from edgekd.targets.cost_model import CostModel, register_cost_model
 from edgekd.targets.fitting import (SavedCalibration, device_facts, facts_for, fit_errors, levenberg_marquardt,
@@ -65,8 +66,6 @@ from edgekd.targets.spec import (GENERATION_BUDGET, GENERATION_LENGTHS, Target, 
                                  generation_misses)
 
 PRECISIONS = ("float32", "int8", "int4")
-FORMATS = ("onnx-genai", "litert-lm")
-RUNTIME_OF = {"onnx-genai": "onnxruntime-genai", "litert-lm": "litert-lm"}
 INT4_BLOCK = 32
 SCALE_BYTES = 4.0
 KV_BYTES = 4.0
@@ -90,9 +89,8 @@ def normalize_precision(precision: str) -> str:
 
 
 def check_format(fmt: str) -> str:
-    if fmt not in FORMATS:
-        raise EdgekdError(f"unknown generative format {fmt!r}; expected {' or '.join(FORMATS)}")
-    return fmt
+    """A generative format's name (edgekd.formats), or one line naming the known ones."""
+    return export_format(fmt, GENERATIVE).name
 
 
 def target_format(t: Target) -> str:
@@ -288,7 +286,7 @@ def predict(config: Any, target: Target | str, precision: str = "float32", promp
     init = cal.init_ms + weights_mb / (facts["bandwidth_gbs"] * cal.eff_mem)  # MB / (GB/s) = ms
     used = int(min(float(threads or facts["threads"]), facts["big_cores"]))
     return GenerationPrediction(
-        device=t.name, runtime=RUNTIME_OF[fmt], format=fmt, precision=w.precision, prompt_len=P, decode_len=N,
+        device=t.name, runtime=runtime_of(fmt), format=fmt, precision=w.precision, prompt_len=P, decode_len=N,
         threads=used, ttft_ms=ttft * 1e3, prefill_tok_s=P / prefill, decode_tok_s=1.0 / step, init_ms=init,
         peak_rss_mb=weights_mb + kv_mb + w.act_bytes / 1e6 + cal.base_mb, size_mb=weights_mb,
         prefill_ms=prefill * 1e3, decode_ms_per_token=step * 1e3, bound=bound, kv_cache_mb=kv_mb,
@@ -447,7 +445,7 @@ class GenerationModel(CostModel):
         return target_format(t)
 
     def runtime(self, fmt: str) -> str:
-        return RUNTIME_OF[check_format(fmt)]
+        return runtime_of(check_format(fmt))
 
     def default_calibration(self, t: Target, fmt: Optional[str] = None) -> GenerationCalibration:
         return default_calibration(t, fmt)

@@ -21,6 +21,7 @@ import numpy as np
 
 from edgekd import precision as precision_words
 from edgekd.errors import EdgekdError
+from edgekd.formats import GRAPH, export_format
 from edgekd.models import arch as model_arch
 from edgekd.targets.cost_model import CostModel, register_cost_model
 from edgekd.targets.fitting import (SavedCalibration, device_facts, facts_for, fit_errors, levenberg_marquardt,
@@ -161,11 +162,8 @@ def default_calibration(target: Target | str, fmt: str | None = None) -> Calibra
 
 
 def runtime_for(fmt: str) -> str:
-    if fmt == "onnx":
-        return "onnxruntime"
-    if fmt == "tflite":
-        return "litert"
-    raise EdgekdError(f"unknown format {fmt!r}; expected onnx or tflite")
+    """The runtime of a logits-graph format (edgekd.formats), or one line naming the known ones."""
+    return export_format(fmt, GRAPH).runtime
 
 
 # --- prediction --------------------------------------------------------------------------------

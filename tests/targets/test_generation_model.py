@@ -12,6 +12,7 @@ import re
 import pytest
 
 from edgekd.errors import EdgekdError
+from edgekd.formats import GENERATIVE, format_names
 from edgekd.models.builtin import BUILTIN_DIR
 from edgekd.targets import cost_generation as gen
 from edgekd.targets.spec import known_targets, load_target, parse_target
@@ -151,7 +152,7 @@ def test_every_target_has_a_generation_budget_and_the_flagship_loads():
         t = load_target(n)
         b = t.generation_budget
         assert b and b["decode_tok_s"] > 0 and b["ttft_ms"] > 0 and b["prompt_len"] > 0 and b["decode_len"] > 0, n
-        assert t.runtime["generative_format"] in gen.FORMATS
+        assert t.runtime["generative_format"] in format_names(GENERATIVE)
     f = load_target("android-arm64-flagship")
     assert f.cpu["peak_gflops_fp32"] == pytest.approx(3.3 * 32 + 3 * 3.15 * 16)
     assert f.cpu["peak_gops_int8"] == pytest.approx(3.3 * 128 + 3 * 3.15 * 64)
