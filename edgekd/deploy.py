@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from edgekd import faults
 from edgekd.settings import Settings
@@ -36,7 +36,7 @@ class Where:
     seq_len: int
     threads: Optional[int]
     local_threads: Optional[int]
-    device: Optional[str]
+    device: Any                     # None, "local", or the device's probed runner (edgekd.profile.Runner)
     settings: Settings
     profile_kw: dict
     runs: int = PROFILE_RUNS

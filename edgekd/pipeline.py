@@ -119,7 +119,7 @@ def distill_for_target(config: Union[JobConfig, dict], *, settings: Optional[Set
     """
     job = JobConfig.from_dict(config) if isinstance(config, dict) else replace(config, engine=replace(config.engine))
     settings = settings or Settings.from_env()
-    t = _check_job(job, settings)
+    t, runner = _check_job(job, settings)
     out = resolve_out(job.engine)
     job.engine.out = str(out)
     with run_lock(out):
@@ -128,7 +128,7 @@ def distill_for_target(config: Union[JobConfig, dict], *, settings: Optional[Set
         if job.engine.resume:
             _check_resume(job, out)
         try:
-            return _Job(job, t, out, settings).run()
+            return _Job(job, t, out, settings, runner).run()
         except BaseException as e:
             if (out / "config.json").is_file():  # the job had begun: its report says how it ended
                 interrupted = isinstance(e, KeyboardInterrupt)
@@ -150,10 +150,10 @@ def _check_job(job: JobConfig, settings: Settings):
         raise EdgekdError("--student and --target together: the target's search chooses the student; drop one "
                           "(--student bilstm is the exception: it is distilled as it is and measured against the budget)")
     t = measure_target(load_target(job.target, settings), settings=settings)
-    check_device(job.device, settings=settings, **job.profile)
+    runner = check_device(job.device, settings=settings, **job.profile)  # the one probe of the device
     if job.engine.steps is None:
         job.engine.steps = JOB_STEPS
-    return t
+    return t, runner
 
 
 def _given_student(job: JobConfig) -> bool:
@@ -255,7 +255,7 @@ class _Job:
     is the same whatever they are.
     """
 
-    def __init__(self, job: JobConfig, t, out: Path, settings: Settings):
+    def __init__(self, job: JobConfig, t, out: Path, settings: Settings, runner=None):
         from edgekd.deploy import Where, deployment_for
         from edgekd.models.loading import CAUSAL_LM, check_kind, model_kind, read_config_dict, resolve_model_dir
 
@@ -279,7 +279,8 @@ class _Job:
         on_target_local = t.access.get("method") == "local"  # `host`: this machine is the device
         self.measure_device = job.device if job.device != "local" else ("local" if on_target_local else None)
         self.where = Where(out=out, seq_len=self.seq_len, threads=self.threads,
-                           local_threads=self.threads if on_target_local else None, device=self.measure_device,
+                           local_threads=self.threads if on_target_local else None,
+                           device=runner if job.device != "local" and runner is not None else self.measure_device,
                            settings=settings, profile_kw=dict(job.profile), runs=job.profile_runs,
                            warmup=job.profile_warmup)
         self.cal, self.cal_info = _start_calibration(job, t, self.fmt, settings, self.model.calibration_type)
