@@ -148,10 +148,17 @@ def distill_inputs(values: dict, teacher_config: Optional[dict] = None) -> None:
     teacher = values.get("teacher") or "builtin"
     if teacher_config is None and teacher not in ("builtin", "builtin-seq2seq"):
         teacher_config = json_object(model_dir(teacher, "--teacher") / "config.json", "model config", "")
+        from edgekd.models.loading import check_model_config
+
+        check_model_config(teacher_config, Path(teacher) / "config.json", "teacher")
     data = values.get("data") or "builtin"
     if data != "builtin" and not os.path.lexists(data):
         raise EdgekdError(f"--data {data} does not exist: pass a text file, a folder of .txt files, a .jsonl, "
                           f".csv or .parquet file, a saved data set, or 'builtin'")
+    if data != "builtin":
+        from edgekd.limits import data_path
+
+        data_path(data)  # a device node, a FIFO or a file over the limit: refused before the teacher loads
     own_vocab = any(n in CROSS_TOKENIZER_LOSSES for n in loss_names(values.get("loss")))
     student_shape(student_overrides(values.get("student")), teacher_config, own_vocab=own_vocab)
 
@@ -283,9 +290,12 @@ def output_dir(path: str | os.PathLike, option: str = "--out") -> Path:
 
 
 def text_file(path: Path, what: str) -> str:
-    """The UTF-8 text of `path`, or one line saying why it cannot be read."""
+    """The UTF-8 text of `path` (a regular file within edgekd.limits' bound; .gz decompressed), or one line
+    saying why it cannot be read."""
+    from edgekd.limits import read_bytes
+
     try:
-        return path.read_text(encoding="utf-8")
+        return read_bytes(path, what).decode("utf-8")
     except FileNotFoundError as e:
         raise EdgekdError(f"{what} {path} does not exist") from e
     except IsADirectoryError as e:
