@@ -33,6 +33,7 @@ class Corpus:
     source: str = "builtin"
     digest: str = ""
     label_names: list[str] = field(default_factory=list)
+    label_values: list = field(default_factory=list)  # the labels as the data holds them; labels index this
 
     @property
     def is_classification(self) -> bool:
@@ -263,6 +264,7 @@ def load_user(path: str | os.PathLike, text_column: Optional[str] = None, label_
     h = hashlib.sha256()
     train, val, tl, vl = [], [], [], []
     label_names: list[str] = []
+    keys: list = []
     label_index: dict = {}
     if labelled:
         for _, l, _ in records:
@@ -296,7 +298,7 @@ def load_user(path: str | os.PathLike, text_column: Optional[str] = None, label_
         if labelled:
             tl.append(vl.pop(0))
     return Corpus(train, val, tl if labelled else None, vl if labelled else None, source=str(p),
-                  digest=h.hexdigest(), label_names=label_names)
+                  digest=h.hexdigest(), label_names=label_names, label_values=keys)
 
 
 def load_corpus(data: str | os.PathLike | None, text_column: Optional[str] = None,

@@ -164,6 +164,7 @@ def _run(cfg: DistillConfig, out: Path, status: str) -> RunResult:
 def load_run(cfg: DistillConfig, out: Path) -> RunContext:
     """Teacher, tokenizer, data and the student's config; the resolved config (not yet written)."""
     from edgekd import console
+    from edgekd.data.labels import teacher_classes
     from edgekd.data.tokenizer import check_fits_embedding
     from edgekd.distill.data import RunData
     from edgekd.distill.schemes import freeze
@@ -192,7 +193,8 @@ def load_run(cfg: DistillConfig, out: Path) -> RunContext:
                           f"(word-level KD on the decoder)")
     check_run_size(cfg, teacher, s_cfg, kind, device, world)  # before the first batch is built
     data = RunData(cfg, tokenizer, kind, rank, world, getattr(teacher.config, "max_position_embeddings", None),
-                   getattr(teacher.config, "decoder_start_token_id", None))
+                   getattr(teacher.config, "decoder_start_token_id", None),
+                   teacher_classes(teacher.config) if kind == CLASSIFIER else None)
     torch.manual_seed(cfg.seed)
     init_stream = data.stream(0, cfg.seed + 7919)
     init_batches = [init_stream.next() for _ in range(cfg.init_batches)]
