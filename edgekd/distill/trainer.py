@@ -24,26 +24,6 @@ from edgekd.errors import EdgekdError
 from edgekd.io import atomic_dir, write_json
 
 
-def read_checkpoint_file(f: Path, load):
-    """`load(f)` for one file of a checkpoint, or one line naming the file and what to do: a truncated file, a
-    pickle of arbitrary objects (never unpickled: edgekd reads tensors only) or a mismatched state."""
-    import pickle
-
-    try:
-        return load(f)
-    except Exception as e:  # noqa: BLE001  safetensors, pickle, torch and json each raise their own types
-        if isinstance(e, pickle.UnpicklingError):
-            why = "it holds Python objects, not only tensors, and edgekd does not unpickle those"
-        elif isinstance(e, (EOFError, json.JSONDecodeError)) or "incomplete" in str(e) or "truncat" in str(e):
-            why = "it is cut off or corrupt"
-        elif isinstance(e, FileNotFoundError):
-            why = "it is missing"
-        else:
-            why = f"{type(e).__name__}: it does not hold what edgekd saved there"
-        raise EdgekdError(f"checkpoint file {f} is unreadable ({why}): delete the folder {f.parent} to resume from the "
-                          f"checkpoint before it, or start a new run with another --out") from e
-
-
 @dataclass
 class TrainConfig:
     steps: int = 300
@@ -379,3 +359,23 @@ class _null:
 
     def __exit__(self, *a):
         return False
+
+
+def read_checkpoint_file(f: Path, load):
+    """`load(f)` for one file of a checkpoint, or one line naming the file and what to do: a truncated file, a
+    pickle of arbitrary objects (never unpickled: edgekd reads tensors only) or a mismatched state."""
+    import pickle
+
+    try:
+        return load(f)
+    except Exception as e:  # noqa: BLE001  safetensors, pickle, torch and json each raise their own types
+        if isinstance(e, pickle.UnpicklingError):
+            why = "it holds Python objects, not only tensors, and edgekd does not unpickle those"
+        elif isinstance(e, (EOFError, json.JSONDecodeError)) or "incomplete" in str(e) or "truncat" in str(e):
+            why = "it is cut off or corrupt"
+        elif isinstance(e, FileNotFoundError):
+            why = "it is missing"
+        else:
+            why = f"{type(e).__name__}: it does not hold what edgekd saved there"
+        raise EdgekdError(f"checkpoint file {f} is unreadable ({why}): delete the folder {f.parent} to resume from the "
+                          f"checkpoint before it, or start a new run with another --out") from e
