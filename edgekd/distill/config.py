@@ -154,11 +154,12 @@ def baseline_names(value) -> list[str]:
 
 def validate(cfg: DistillConfig) -> None:
     """Every option of the run, checked before anything is loaded or written (edgekd.checks)."""
-    from edgekd.run_inputs import distill_inputs
+    from edgekd import checks
     from edgekd.distill.parallel import check_parallel
     from edgekd.distill.schemes import SCHEMES
     from edgekd.losses.response import check_spec_divergences
     from edgekd.models.loading import read_config_dict, resolve_model_dir
+    from edgekd.run_inputs import distill_inputs
 
     cfg.baselines = baseline_names(cfg.baselines)
     checks.number("--keep-checkpoints", cfg.keep_checkpoints, low=1, integer=True)
