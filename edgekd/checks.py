@@ -257,9 +257,12 @@ def output_dir(path: str | os.PathLike, option: str = "--out") -> Path:
 
 
 def text_file(path: Path, what: str) -> str:
-    """The UTF-8 text of `path`, or one line saying why it cannot be read."""
+    """The UTF-8 text of `path` (a regular file within edgekd.limits' bound; .gz decompressed), or one line
+    saying why it cannot be read."""
+    from edgekd.limits import read_bytes
+
     try:
-        return path.read_text(encoding="utf-8")
+        return read_bytes(path, what).decode("utf-8")
     except FileNotFoundError as e:
         raise EdgekdError(f"{what} {path} does not exist") from e
     except IsADirectoryError as e:

@@ -363,6 +363,9 @@ def profile(
     ssh = dict(remote_python=remote_python, identity_file=_path(identity_file), known_hosts=_path(known_hosts),
                insecure_host_key=insecure_host_key, benchmark_binary=_path(benchmark_binary), settings=settings)
     if generative:
+        from edgekd.export.generative_runtime import check_bundle
+
+        check_bundle(_path(model_file))  # a truncated bundle is one line, not a runtime crash
         stats = profile_generation(_path(model_file), device=device, prompt_len=prompt_len, decode_len=decode_len,
                                    runs=3 if runs is None else runs, warmup=1 if warmup is None else warmup,
                                    threads=threads, **ssh)

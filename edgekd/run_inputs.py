@@ -23,10 +23,17 @@ def distill_inputs(values: dict, teacher_config: Optional[dict] = None) -> None:
     teacher = values.get("teacher") or "builtin"
     if teacher_config is None and teacher not in ("builtin", "builtin-seq2seq"):
         teacher_config = json_object(model_dir(teacher, "--teacher") / "config.json", "model config", "")
+        from edgekd.models.loading import check_model_config
+
+        check_model_config(teacher_config, Path(teacher) / "config.json", "teacher")
     data = values.get("data") or "builtin"
     if data != "builtin" and not os.path.lexists(data):
         raise EdgekdError(f"--data {data} does not exist: pass a text file, a folder of .txt files, a .jsonl, "
                           f".csv or .parquet file, a saved data set, or 'builtin'")
+    if data != "builtin":
+        from edgekd.limits import data_path
+
+        data_path(data)  # a device node, a FIFO or a file over the limit: refused before the teacher loads
 
     def own_vocab() -> bool:  # asked only when the vocabularies differ: the loss registry imports torch
         from edgekd.losses import aligns_tokenizers

@@ -5,6 +5,12 @@ valid input with awkward paths that must simply work) and a substring the error 
 Each failing case also proves it left nothing that looks complete: no config.json of a run that
 never trained, no output file, no `.NAME.XXXX` temporary left behind, and no Traceback.
 
+The cases of issue 24 say which contract each holds, in the comment above them: bounded reading and
+sizing (item 1; /dev/zero and a FIFO bounded in time and in memory inside the test, under RLIMIT_AS with
+the child's peak RSS measured), a run's identity includes its data and teacher (item 2), labels map
+onto the teacher's classes (item 3), a user's file that cannot load is named with what to do (item 4),
+target numbers lie in plausible ranges (item 5).
+
 Most cases fail before any heavy import, so the module runs in a few minutes on two cores; the
 fixtures (a tiny teacher, broken copies of it, data and target files, a small ONNX file, small
 tmpfs mounts for a full and a read-only disk) are built once.
@@ -136,6 +142,49 @@ def fx(tmp_path_factory):
     AutoModelForCausalLM.from_config(cfg).save_pretrained(d)
     p["big_tokenizer"] = d
 
+    # teachers whose config.json is nonsense: refused before anything is allocated, named as the teacher
+    for name, change in {"layers-1m": {"num_hidden_layers": 1000000}, "layers-0": {"num_hidden_layers": 0},
+                         "layers-str": {"num_hidden_layers": "2"}, "layers-float": {"num_hidden_layers": 2.0},
+                         "vocab-0": {"vocab_size": 0}, "heads-negative": {"num_attention_heads": -2},
+                         "hidden-31": {"hidden_size": 31, "head_dim": None},
+                         "auto-map": {"auto_map": {"AutoModelForCausalLM": "modeling_x.X"}},
+                         "vocab-beyond-weights": {"vocab_size": 100000}}.items():
+        d = variant(f"cfg-{name}")
+        cfg = json.loads((d / "config.json").read_text())
+        (d / "config.json").write_text(json.dumps({**cfg, **change}))
+        p[f"cfg_{name.replace('-', '_')}"] = d
+
+    # a two-class classifier teacher (classes neg, pos) and labelled data that does not fit it
+    from transformers import BertConfig, BertForSequenceClassification
+
+    d = root / "models" / "classifier"
+    BertForSequenceClassification(BertConfig(
+        vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+        max_position_embeddings=64, pad_token_id=1, id2label={0: "neg", 1: "pos"}, label2id={"neg": 0, "pos": 1},
+    )).save_pretrained(d)
+    for f in teacher.glob("tokenizer*"):
+        shutil.copy(f, d / f.name)
+    p["classifier"] = d
+    for name, labels in {"names": ["neg", "POS"], "three": [0, 1, 2], "one": [1, 1], "float": [0.5, 1.0],
+                         "bool": [True, False]}.items():
+        rows = [{"text": f"review number {i} of {name}", "label": labels[i % len(labels)]} for i in range(24)]
+        (root / f"labels-{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        p[f"labels_{name}"] = root / f"labels-{name}.jsonl"
+
+    # compressed JSON lines: a whole one reads as a corpus, a cut one is one line
+    import gzip
+
+    gz = gzip.compress("".join(json.dumps({"text": t}) + "\n" for t in small_texts(6)).encode())
+    p["jsonl_gz"] = root / "corpus.jsonl.gz"
+    p["jsonl_gz"].write_bytes(gz)
+    p["jsonl_gz_cut"] = root / "cut.jsonl.gz"
+    p["jsonl_gz_cut"].write_bytes(gz[: len(gz) // 2])
+    p["fifo"] = root / "fifo"
+    os.mkfifo(p["fifo"])
+    # a .litertlm whose header promises more bytes than the file holds (a copy cut short)
+    p["cut_litertlm"] = root / "cut.litertlm"
+    p["cut_litertlm"].write_bytes(b"LITERTLM" + bytes(16) + (4096).to_bytes(8, "little") + os.urandom(200))
+
     # a student folder whose tokenizer maps tokens to other ids than the teacher's
     d = root / "models" / "other-tokenizer"
     d.mkdir(parents=True)
@@ -177,6 +226,10 @@ def fx(tmp_path_factory):
     p["tg_dir"].mkdir()
     p["tg_dirname"] = tg  # EDGEKD_TARGETS_DIR holding the broken files
     p["tg_good"] = _target("raspberry-pi-5", odd / "targets" / "my pi.toml")
+    p["tg_huge_cores"] = _target("raspberry-pi-5", tg / "huge-cores.toml", cores="1000000000000", big_cores="4")
+    p["tg_slow_clock"] = _target("raspberry-pi-5", tg / "slow-clock.toml", clock_ghz="0.001")
+    p["tg_huge_bw"] = _target("raspberry-pi-5", tg / "huge-bw.toml", bandwidth_gbs="1e9")
+    p["tg_tiny_ram"] = _target("raspberry-pi-5", tg / "tiny-ram.toml", ram_mb="1")
 
     p["onnx"] = odd / "model.onnx"
     _tiny_onnx(p["onnx"])
@@ -299,6 +352,51 @@ CASES = [
     ("data-binary", [*DISTILL, "--data", "{data}/binary.txt"], 2, "not UTF-8"),
     ("data-malformed-jsonl", [*DISTILL, "--data", "{data}/bad.jsonl"], 2, "bad.jsonl:2 is not valid JSON"),
     ("data-one-record", [*DISTILL, "--data", "{data}/one.txt"], 2, ("need at least 2", "add data")),
+    # -- issue 24 item 1, bounded reading: a device node or a file over EDGEKD_MAX_READ_BYTES is one line naming
+    #    the limit and how to raise it (/dev/zero and a FIFO, bounded in time and memory: test_unbounded_inputs_*)
+    ("data-over-the-limit", [*DISTILL, "--data", "{texts}"], 2, "EDGEKD_MAX_READ_BYTES",
+     {"env": {"EDGEKD_MAX_READ_BYTES": "100"}}),
+    ("data-limit-not-a-size", [*DISTILL, "--seed", "1"], 2, "EDGEKD_MAX_READ_BYTES='lots' is not a size",
+     {"env": {"EDGEKD_MAX_READ_BYTES": "lots"}}),
+    ("data-jsonl-gz-cut", [*DISTILL, "--data", "{jsonl_gz_cut}"], 2, "cut off"),
+    #    ... model configs checked for sane sizes before anything is allocated, in edgekd's words, as the teacher
+    ("teacher-layers-million", [*DISTILL, "--teacher", "{cfg_layers_1m}"], 2,
+     "the teacher's config", {"max_s": 30}),
+    ("teacher-layers-zero", [*DISTILL, "--teacher", "{cfg_layers_0}"], 2, "teacher's config"),
+    ("teacher-layers-string", [*DISTILL, "--teacher", "{cfg_layers_str}"], 2, "num_hidden_layers is '2', not a whole"),
+    ("teacher-layers-float", [*DISTILL, "--teacher", "{cfg_layers_float}"], 2, "num_hidden_layers is 2.0, not a whole"),
+    ("teacher-vocab-zero", [*DISTILL, "--teacher", "{cfg_vocab_0}"], 2, "vocab_size is 0, outside"),
+    ("teacher-heads-negative", [*DISTILL, "--teacher", "{cfg_heads_negative}"], 2, "num_attention_heads is -2"),
+    ("teacher-hidden-not-heads", [*DISTILL, "--teacher", "{cfg_hidden_31}"], 2,
+     "teacher's config", {"also": "hidden_size 31 is not a multiple of num_attention_heads 2"}),
+    ("teacher-auto-map", [*DISTILL, "--teacher", "{cfg_auto_map}"], 2, "never runs"),
+    ("teacher-vocab-beyond-weights", [*DISTILL, "--teacher", "{cfg_vocab_beyond_weights}"], 2,
+     "weights in", {"also": "do not fit its config.json"}),
+    ("export-layers-million", ["export", "{cfg_layers_1m}", "--format", "onnx", "--out", "{outfile}"], 2,
+     "num_hidden_layers is 1000000"),
+    #    ... --seq-len beyond the teacher's window refused, never silently changed
+    ("seq-len-beyond-window", [*DISTILL, "--seq-len", "100"], 2, "reads at most 64 positions"),
+    #    ... a real .jsonl.gz is a causal-LM corpus (it used to be "not UTF-8")
+    ("works-jsonl-gz-corpus", [*DISTILL, "--data", "{jsonl_gz}"], 0, "", {"creates": "{out}/report.json"}),
+    # -- issue 24 item 3: labels map onto the teacher's classes, by name or id; anything else names the value
+    ("labels-three-for-two", [*DISTILL, "--teacher", "{classifier}", "--data", "{labels_three}"], 2,
+     "label 2 in", {"also": "not one of the teacher's 2 classes"}),
+    ("labels-one-class", [*DISTILL, "--teacher", "{classifier}", "--data", "{labels_one}"], 2, "one class only"),
+    ("labels-float", [*DISTILL, "--teacher", "{classifier}", "--data", "{labels_float}"], 2, "label 0.5"),
+    ("labels-bool", [*DISTILL, "--teacher", "{classifier}", "--data", "{labels_bool}"], 2, "is a bool"),
+    ("labels-text-column", [*DISTILL, "--teacher", "{classifier}", "--data", "{labels_names}", "--label-column",
+                            "text"], 2, "label 'review number", {"also": "pass the right --label-column"}),
+    ("works-labels-by-name", [*DISTILL, "--teacher", "{classifier}", "--data", "{labels_names}"], 0, "",
+     {"creates": "{out}/report.json"}),
+    # -- issue 24 item 4: a user's file that cannot load names the file and what to do (resume cases:
+    #    test_resume_refuses_*)
+    ("profile-generative-cut-litertlm", ["profile", "{cut_litertlm}", "--generative", "--runs", "1", "--warmup", "0"],
+     2, "not a complete .litertlm bundle"),
+    # -- issue 24 item 5: target numbers within a plausible range, the range in the message
+    ("targets-show-cores-huge", ["targets", "show", "{tg_huge_cores}"], 2, "'cpu.cores' is 1000000000000, outside"),
+    ("targets-show-clock-slow", ["targets", "show", "{tg_slow_clock}"], 2, "'cpu.clock_ghz' is 0.001, outside"),
+    ("targets-show-bandwidth-huge", ["targets", "show", "{tg_huge_bw}"], 2, "plausible range 0.1 to 10000"),
+    ("target-ram-tiny", [*JOB, "--target", "{tg_tiny_ram}"], 2, "'memory.ram_mb' is 1, outside"),
     # -- distill: targets and devices (the device is probed before any training)
     ("target-unknown", [*JOB, "--target", "no-such-board"], 2, "unknown target 'no-such-board'"),
     ("target-malformed", [*JOB, "--target", "{tg_bad_toml}"], 2, "not valid TOML"),
@@ -453,6 +551,8 @@ def test_bad_input(case, fx):
         assert err[-1].startswith("edgekd: error: "), res.stderr
         needles = needle if isinstance(needle, tuple) else (needle,)
         assert any(n.lower() in err[-1].lower() for n in needles), f"{needle!r} not in {err[-1]!r}"
+        assert opts.get("also", "") in err[-1], f"{opts['also']!r} not in {err[-1]!r}"
+        assert took < opts.get("max_s", 300), f"{name} took {took:.0f}s"
         assert "internal error" not in err[-1], err[-1]
         assert not list(case_dir.rglob("config.json")) or name == "disk-fills-mid-run", "a run folder was left"
         assert not (case_dir / ODD / "out file.onnx").exists() and not (case_dir / ODD / "bench.json").exists()
@@ -560,3 +660,141 @@ def test_killing_edgekd_kills_the_runner(fx, tmp_path, sig="SIGKILL"):
                 os.kill(k, signal.SIGKILL)
             except OSError:
                 pass
+
+
+# --- issue 24: bounded work, a run's identity ---------------------------------------------------------
+
+def _bounded(args: list, fx, cwd: Path, env: dict | None = None, address_space: int = 6 << 30,
+             timeout: int = 60) -> tuple[subprocess.CompletedProcess, float, float]:
+    """(result, wall seconds, peak RSS in MiB) of the CLI run by a fresh intermediate interpreter, whose only child
+    it is (so RUSAGE_CHILDREN is edgekd's alone), under RLIMIT_AS `address_space` and a timeout: a regression
+    that reads without bound fails the test instead of taking the machine."""
+    wrapper = ("import json, resource, subprocess, sys\n"
+               "lim = int(sys.argv[1])\n"
+               "cap = lambda: resource.setrlimit(resource.RLIMIT_AS, (lim, lim))\n"
+               "r = subprocess.run(sys.argv[2:], preexec_fn=cap, capture_output=True, text=True)\n"
+               "sys.stderr.write(r.stderr); sys.stdout.write(r.stdout)\n"
+               "print(json.dumps({'rc': r.returncode, 'maxrss_kb': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}))\n")
+    e = {k: v for k, v in os.environ.items() if not k.startswith("EDGEKD_")}
+    e.update({"EDGEKD_CACHE": str(fx["cache"]), "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(ROOT)},
+             **(env or {}))
+    t0 = time.time()
+    res = subprocess.run([sys.executable, "-c", wrapper, str(address_space), sys.executable, "-m", "edgekd.cli",
+                          *map(str, args)], capture_output=True, text=True, env=e, cwd=cwd, timeout=timeout)
+    took = time.time() - t0
+    info = json.loads(res.stdout.strip().splitlines()[-1])
+    res.returncode = info["rc"]
+    return res, took, info["maxrss_kb"] / 1024
+
+
+@pytest.mark.parametrize("source", ["/dev/zero", "fifo"])
+def test_unbounded_inputs_end_at_once(fx, tmp_path, source):
+    """Issue 24 item 1: `--data /dev/zero` (which once read 23 GB until the OOM killer came) and a FIFO (which
+    hung) are one line and exit 2 within seconds and a few hundred MB, measured here."""
+    data = fx["fifo"] if source == "fifo" else source
+    if not Path(data).exists():
+        pytest.skip(f"{data} does not exist here")
+    res, took, rss = _bounded(["distill", "--teacher", fx["teacher"], "--data", data, "--steps", "2", "--quiet",
+                               "--out", tmp_path / "run"], fx, tmp_path)
+    err = res.stderr.strip().splitlines()
+    assert res.returncode == 2, res.stderr
+    assert err[-1].startswith("edgekd: error: ") and "not a regular file" in err[-1], res.stderr
+    assert took < 30 and rss < 1024, f"{source}: {took:.1f} s, peak RSS {rss:.0f} MiB"
+    print(f"{source}: exit 2 in {took:.1f} s, peak RSS {rss:.0f} MiB")
+
+
+def test_huge_batch_is_refused_by_the_memory_estimate(fx, tmp_path):
+    """Issue 24 item 1: `--batch-size 100000` (once 7 GB of RSS, then the allocator's crash) is one line naming
+    the estimate and what to lower, before the first batch is built. RLIMIT_AS (6 GiB) stands for a small
+    machine; the estimate (26 GiB of activations) exceeds any machine's free memory less than that."""
+    res, took, rss = _bounded(["distill", "--teacher", fx["teacher"], "--data", fx["texts"], "--steps", "2",
+                               "--seq-len", "64", "--batch-size", "100000", "--quiet", "--out", tmp_path / "run"],
+                              fx, tmp_path)
+    err = res.stderr.strip().splitlines()
+    assert res.returncode == 2, res.stderr
+    assert "this run needs about" in err[-1] and "lower --batch-size or --seq-len" in err[-1], err[-1]
+    assert took < 60 and rss < 1536, f"{took:.1f} s, peak RSS {rss:.0f} MiB"
+    assert not (tmp_path / "run" / "config.json").exists()
+    print(f"batch 100000: exit 2 in {took:.1f} s, peak RSS {rss:.0f} MiB")
+
+
+@pytest.fixture(scope="module")
+def killed_run(fx, tmp_path_factory):
+    """A run killed mid-distillation (a checkpoint on disk), with its own copies of the teacher and the data."""
+    root = tmp_path_factory.mktemp("killed")
+    teacher, data = root / "teacher", root / "data"
+    shutil.copytree(fx["teacher"], teacher)
+    shutil.copytree(fx["texts"], data)
+    args = ["distill", "--teacher", teacher, "--data", data, "--steps", "8", "--seq-len", "16", "--batch-size", "2",
+            "--quiet", "--out", root / "run"]
+    env = {**os.environ, "EDGEKD_CACHE": str(fx["cache"]), "EDGEKD_FAULT": "kill:distill", "PYTHONPATH": str(ROOT)}
+    subprocess.run([sys.executable, "-m", "edgekd.cli", *map(str, args)], env=env, capture_output=True, timeout=300)
+    assert list((root / "run" / "checkpoints").rglob("step_*/model.safetensors")), "the run left no checkpoint"
+    return {"root": root, "teacher": teacher, "data": data, "args": args}
+
+
+def _resume(killed_run, tmp_path, change) -> str:
+    """Resume a copy of the killed run (its folder; the teacher and data are the run's own, restored after)
+    after `change(run, teacher, data)`; its one error line (exit 2)."""
+    run, teacher, data = tmp_path / "run", killed_run["teacher"], killed_run["data"]
+    shutil.copytree(killed_run["root"] / "run", run)
+    saved = {f: f.read_bytes() for d in (teacher, data) for f in d.iterdir() if f.is_file()}
+    try:
+        change(run, teacher, data)
+        args = [*killed_run["args"][:-1], run, "--resume"]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEKD_")}
+        env.update({"EDGEKD_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(ROOT)})
+        res = subprocess.run([sys.executable, "-m", "edgekd.cli", *map(str, args)], env=env, capture_output=True,
+                             text=True, timeout=300)
+    finally:
+        for f, b in saved.items():
+            f.write_bytes(b)
+    assert "Traceback" not in res.stderr and res.returncode == 2, res.stderr
+    return res.stderr.strip().splitlines()[-1]
+
+
+def _checkpoint(run: Path) -> Path:
+    return sorted((run / "checkpoints").rglob("step_*"))[-1]
+
+
+def test_resume_refuses_changed_data(killed_run, tmp_path):
+    """Issue 24 item 2: a run's identity includes its data; new content under the same path is refused by name."""
+    line = _resume(killed_run, tmp_path, lambda run, t, data: next(data.iterdir()).write_text("other text " * 50))
+    assert "the content of --data" in line and "changed" in line, line
+
+
+def test_resume_refuses_a_changed_teacher(killed_run, tmp_path):
+    """Issue 24 item 2: ... and its teacher's weights (their content hash is in config.json)."""
+    def change(run, teacher, data):
+        st = teacher / "model.safetensors"
+        b = bytearray(st.read_bytes())
+        b[-4] ^= 1  # the last weight changes in its lowest bit: the same file size, other content
+        st.write_bytes(bytes(b))
+    line = _resume(killed_run, tmp_path, change)
+    assert "the teacher" in line and "changed" in line, line
+
+
+def test_resume_truncated_checkpoint_names_the_file(killed_run, tmp_path):
+    """Issue 24 item 4: a truncated checkpoint model.safetensors is one line naming it and what to do."""
+    def change(run, teacher, data):
+        st = _checkpoint(run) / "model.safetensors"
+        st.write_bytes(st.read_bytes()[: st.stat().st_size // 2])
+    line = _resume(killed_run, tmp_path, change)
+    assert "model.safetensors is unreadable" in line and "delete the folder" in line, line
+
+
+def test_resume_pickled_optimizer_is_never_unpickled(killed_run, tmp_path):
+    """Issue 24 item 4: a pickle over optimizer.pt is refused without running it, and the line never advises
+    weights_only=False (the unsafe way round)."""
+    marker = tmp_path / "pwned"
+
+    def change(run, teacher, data):
+        import pickle
+
+        class Evil:
+            def __reduce__(self):
+                return (os.system, (f"touch {marker}",))
+        (_checkpoint(run) / "optimizer.pt").write_bytes(pickle.dumps({"state": Evil()}))
+    line = _resume(killed_run, tmp_path, change)
+    assert "optimizer.pt is unreadable" in line and "weights_only" not in line, line
+    assert not marker.exists()

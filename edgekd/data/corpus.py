@@ -15,6 +15,7 @@ from typing import Optional
 
 from edgekd.checks import parse_json_object
 from edgekd.errors import EdgekdError
+from edgekd.limits import folder_files
 
 _EXCLUDED_DIRS = {"test", "tests", "site-packages", "dist-packages", "__pycache__", "idlelib",
                   "lib2to3", "turtledemo"}
@@ -32,6 +33,7 @@ class Corpus:
     source: str = "builtin"
     digest: str = ""
     label_names: list[str] = field(default_factory=list)
+    label_values: list = field(default_factory=list)  # the labels as the data holds them; labels index this
 
     @property
     def is_classification(self) -> bool:
@@ -138,7 +140,7 @@ def _read_csv(path: Path, text_column: Optional[str], label_column: Optional[str
 
     text = _read_text_file(path)
     try:
-        reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if path.suffix == ".tsv" else ",")
+        reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if data_suffix(path) == ".tsv" else ",")
         rows = list(reader)
     except csv.Error as e:
         raise EdgekdError(f"{path} is not valid CSV ({e}): quote fields that hold the delimiter or newlines") from e
@@ -152,6 +154,9 @@ def _read_csv(path: Path, text_column: Optional[str], label_column: Optional[str
 
 
 def _read_parquet(path: Path, text_column: Optional[str], label_column: Optional[str]) -> list:
+    from edgekd.limits import regular_file
+
+    regular_file(path, "data file")
     try:
         import pyarrow.parquet as pq
     except ImportError as e:
@@ -201,13 +206,19 @@ def _read_saved_dataset(path: Path, text_column: Optional[str] = None, label_col
 
 
 TABLE_SUFFIXES = (".jsonl", ".csv", ".tsv", ".parquet")
+TEXT_SUFFIXES = (".txt", ".md", ".py")
+
+
+def data_suffix(path: Path) -> str:
+    """The suffix that says how to read a data file: 'x.jsonl.gz' -> '.jsonl' (read decompressed)."""
+    return Path(path.stem).suffix if path.suffix == ".gz" else path.suffix
 
 
 def _read_table(path: Path, text_column: Optional[str], label_column: Optional[str]) -> list:
-    """(text, label, split=None) records of a .jsonl, .csv/.tsv or .parquet file."""
-    if path.suffix == ".jsonl":
+    """(text, label, split=None) records of a .jsonl, .csv/.tsv or .parquet file (.jsonl, .csv: or gzipped)."""
+    if data_suffix(path) == ".jsonl":
         return [(t, l, None) for t, l in _read_jsonl(path, text_column, label_column)]
-    if path.suffix == ".parquet":
+    if data_suffix(path) == ".parquet":
         return _read_parquet(path, text_column, label_column)
     return _read_csv(path, text_column, label_column)
 
@@ -223,19 +234,21 @@ def load_user(path: str | os.PathLike, text_column: Optional[str] = None, label_
     records: list[tuple[str, object, Optional[str]]] = []  # (text, label, split or None)
     if p.is_dir() and ((p / "dataset_info.json").exists() or (p / "dataset_dict.json").exists()
                        or (p / "state.json").exists()):
+        folder_files(p, [f for f in p.rglob("*") if f.is_file()], "data set")
         records = _read_saved_dataset(p, text_column, label_column)
     elif p.is_dir():
-        files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix in (".txt", ".md", ".py", *TABLE_SUFFIXES))
+        files = sorted(f for f in p.rglob("*") if f.is_file() and data_suffix(f) in (*TEXT_SUFFIXES, *TABLE_SUFFIXES))
         if not files:
             raise EdgekdError(f"data directory {p} holds no .txt, .jsonl, .csv or .parquet files: add some or pass "
                               f"another path")
+        folder_files(p, files, "data folder")
         for f in files:
             rel = f.relative_to(p).as_posix()
-            if f.suffix in TABLE_SUFFIXES:
+            if data_suffix(f) in TABLE_SUFFIXES:
                 records.extend(_read_table(f, text_column, label_column))
             else:
                 records.append((_read_text_file(f), None, "validation" if _is_validation(rel) else "train"))
-    elif p.suffix in TABLE_SUFFIXES:
+    elif data_suffix(p) in TABLE_SUFFIXES:
         records = _read_table(p, text_column, label_column)
     else:
         text = _read_text_file(p)
@@ -251,6 +264,7 @@ def load_user(path: str | os.PathLike, text_column: Optional[str] = None, label_
     h = hashlib.sha256()
     train, val, tl, vl = [], [], [], []
     label_names: list[str] = []
+    keys: list = []
     label_index: dict = {}
     if labelled:
         for _, l, _ in records:
@@ -284,7 +298,7 @@ def load_user(path: str | os.PathLike, text_column: Optional[str] = None, label_
         if labelled:
             tl.append(vl.pop(0))
     return Corpus(train, val, tl if labelled else None, vl if labelled else None, source=str(p),
-                  digest=h.hexdigest(), label_names=label_names)
+                  digest=h.hexdigest(), label_names=label_names, label_values=keys)
 
 
 def load_corpus(data: str | os.PathLike | None, text_column: Optional[str] = None,

@@ -9,7 +9,6 @@ hash of the source).
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
 import os
@@ -39,10 +38,11 @@ def load_parallel(data: str | os.PathLike | None) -> ParallelCorpus:
     if not path.is_file() or not (path.name.endswith(".jsonl") or path.name.endswith(".jsonl.gz")):
         raise EdgekdError(f"a seq2seq teacher reads sentence pairs: pass --data a .jsonl or .jsonl.gz file of "
                           f'{{"source": ..., "target": ...}} lines, or builtin (got {path})')
+    from edgekd.limits import read_bytes
+
     try:
-        raw = gzip.decompress(path.read_bytes()) if path.name.endswith(".gz") else path.read_bytes()
-        text = raw.decode("utf-8")
-    except (OSError, UnicodeDecodeError, EOFError, gzip.BadGzipFile) as e:
+        text = read_bytes(path, "data file").decode("utf-8")  # bounded; a .gz decompressed with the same bound
+    except UnicodeDecodeError as e:
         raise EdgekdError(f"{path} is not readable UTF-8 JSON lines ({type(e).__name__}): re-write it") from e
     train, val, h = [], [], hashlib.sha256()
     for n, line in enumerate(text.splitlines(), 1):

@@ -111,6 +111,21 @@ def refuse_changes(given: dict, saved: dict, defaults: dict, what: str, free: tu
                           f"Drop them, or start a new run with another --out")
 
 
+# What a run was computed from, by content: hashes recorded in config.json at the start (run.load_run).
+IDENTITY = {"data_hash": "the content of --data {data}", "teacher_hash": "the teacher {teacher} (its config.json or weights)"}
+
+
+def refuse_changed_inputs(saved: dict, now: dict) -> None:
+    """--resume continues a run on the same data and teacher: one whose content changed since the run started
+    (a hash in config.json differs) is one line naming it. A run saved before a hash was recorded is not checked."""
+    changed = [what.format(**now) for key, what in IDENTITY.items()
+               if saved.get(key) and now.get(key) and saved[key] != now[key]]
+    if changed:
+        raise EdgekdError(f"--resume continues the run on what it started with, but {' and '.join(changed)} changed "
+                          f"since (the content hash in config.json differs): restore it, or start a new run with "
+                          f"another --out")
+
+
 def read_saved_json(path: Path):
     """A file a run saved for --resume (config.json, job.json); corrupt is one line."""
     return _read_json(path, "is corrupt: start a new run with another --out")

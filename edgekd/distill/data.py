@@ -14,15 +14,29 @@ EVAL_BATCH_LM, EVAL_BATCH_CLASSIFIER = 8, 16
 HELDOUT_TRANSLATIONS = 64  # held-out pairs each model translates for chrF
 
 
+def remap_to_teacher(corpus, classes: Optional[list[str]], where: str) -> None:
+    """The corpus's labels (indices into its label_values) become the teacher's class ids, or one line."""
+    from edgekd.data.labels import map_labels
+
+    if classes is None:
+        return
+    mapping = map_labels(corpus.label_values, classes, where)
+    ids = [mapping[v] for v in corpus.label_values]
+    corpus.train_labels = [ids[i] for i in corpus.train_labels]
+    corpus.validation_labels = [ids[i] for i in corpus.validation_labels]
+    corpus.label_names = list(classes)
+
+
 class RunData:
     """`stream(position, seed)` gives the training stream from a batch position; `eval_batches` are the
     held-out batches; `heldout_ids` the held-out token rows ([n, seq_len], causal LMs; None for classifiers and
     seq2seq); `heldout_pairs` the held-out (source, reference) pairs that seq2seq models translate for chrF."""
 
     def __init__(self, cfg, tokenizer, kind: str, rank: int, world: int, max_positions: Optional[int],
-                 decoder_start: Optional[int] = None):
+                 decoder_start: Optional[int] = None, classes: Optional[list[str]] = None):
         from edgekd.data.corpus import load_corpus
 
+        self.classes = classes  # a classifier teacher's class names (edgekd.data.labels.teacher_classes)
         self.seq_len = min(cfg.seq_len, max_positions or cfg.seq_len)
         self.batch_size, self.seed, self.rank, self.world = cfg.batch_size, cfg.seed, rank, world
         self.heldout_pairs: list = []
@@ -42,6 +56,7 @@ class RunData:
         if not corpus.is_classification:
             raise EdgekdError(f"the teacher is a classifier but data {cfg.data} has no labels: give JSONL or a data "
                               f"set with a 'label' field")
+        remap_to_teacher(corpus, self.classes, cfg.data)
         self._make = lambda pos, seed: ClassificationStream(corpus.train, corpus.train_labels, tokenizer, self.seq_len,
                                                             self.batch_size, seed, self.rank, self.world, pos)
         n, b = min(len(corpus.validation), cfg.eval_blocks * 4), EVAL_BATCH_CLASSIFIER

@@ -12,11 +12,11 @@ from typing import Any, Optional
 
 import torch
 
-from edgekd.distill.config import (DEFAULT_STEPS, DistillConfig, parse_loss_spec, resolve_out, resume_config,
-                                   validate)
+from edgekd.distill.config import (DEFAULT_STEPS, DistillConfig, parse_loss_spec, read_saved_json,
+                                   refuse_changed_inputs, resolve_out, resume_config, validate)
 from edgekd.errors import EdgekdError
 from edgekd.io import atomic_dir, run_lock, write_json
-from edgekd.models.loading import CAUSAL_LM, SEQ2SEQ
+from edgekd.models.loading import CAUSAL_LM, CLASSIFIER, SEQ2SEQ
 
 __all__ = ["DistillConfig", "RunContext", "RunResult", "Trained", "run", "resolve_out", "DEFAULT_STEPS"]
 
@@ -121,10 +121,27 @@ def run(config: DistillConfig | dict, *, status: str = "complete") -> RunResult:
         return _run(cfg, out, status)
 
 
+def check_run_size(cfg: DistillConfig, teacher, s_cfg, kind: str, device, world: int) -> None:
+    """--seq-len within the teacher's window (the default capped, and said), then the run's memory estimate
+    (edgekd.distill.memory) against what the device has free, the teacher loaded."""
+    from edgekd.distill.memory import check_fits, check_seq_len, training_bytes
+    from edgekd.models.arch import param_count
+
+    window = getattr(teacher.config, "max_position_embeddings", None)
+    seq = check_seq_len(cfg.seq_len, DistillConfig().seq_len, window if kind != SEQ2SEQ else None, cfg.teacher)
+    batch = cfg.micro_batch_size or -(-cfg.batch_size // world)
+    outputs = getattr(teacher.config, "num_labels", 2) if kind == CLASSIFIER else getattr(teacher.config, "vocab_size", 0)
+    t_params = param_count(teacher.config)
+    parts = training_bytes(t_params, param_count(s_cfg), s_cfg, batch, seq, outputs, per_token=kind != CLASSIFIER)
+    check_fits(parts, device, batch, seq, already_loaded=parts["teacher"])  # the teacher is loaded (on `device`)
+
+
 def _run(cfg: DistillConfig, out: Path, status: str) -> RunResult:
     from edgekd.distill.schemes import scheme_class
 
     ctx = load_run(cfg, out)
+    if cfg.resume:
+        refuse_changed_inputs(read_saved_json(out / "config.json"), ctx.resolved)
     plan = scheme_class(cfg.scheme).plan(ctx)
     ctx.resolved.update(plan.record)
     if ctx.rank == 0 and not cfg.resume:
@@ -148,12 +165,13 @@ def _run(cfg: DistillConfig, out: Path, status: str) -> RunResult:
 def load_run(cfg: DistillConfig, out: Path) -> RunContext:
     """Teacher, tokenizer, data and the student's config; the resolved config (not yet written)."""
     from edgekd import console
+    from edgekd.data.labels import teacher_classes
     from edgekd.data.tokenizer import check_fits_embedding
     from edgekd.distill.data import RunData
     from edgekd.distill.schemes import freeze
     from edgekd.losses import auto_temperature
     from edgekd.models.arch import param_count
-    from edgekd.models.loading import load_model
+    from edgekd.models.loading import load_model, model_digest, resolve_model_dir
     from edgekd.models.students import student_config_from
     from edgekd.timing import PhaseTimer
 
@@ -174,8 +192,10 @@ def load_run(cfg: DistillConfig, out: Path) -> RunContext:
     if kind == SEQ2SEQ and cfg.scheme != "offline":
         raise EdgekdError(f"scheme {cfg.scheme!r} does not distil encoder-decoder teachers yet: use --scheme offline "
                           f"(word-level KD on the decoder)")
+    check_run_size(cfg, teacher, s_cfg, kind, device, world)  # before the first batch is built
     data = RunData(cfg, tokenizer, kind, rank, world, getattr(teacher.config, "max_position_embeddings", None),
-                   getattr(teacher.config, "decoder_start_token_id", None))
+                   getattr(teacher.config, "decoder_start_token_id", None),
+                   teacher_classes(teacher.config) if kind == CLASSIFIER else None)
     torch.manual_seed(cfg.seed)
     init_stream = data.stream(0, cfg.seed + 7919)
     init_batches = [init_stream.next() for _ in range(cfg.init_batches)]
@@ -189,6 +209,7 @@ def load_run(cfg: DistillConfig, out: Path) -> RunContext:
         "out": str(out), "steps": steps, "temperature": temperature, "temperature_requested": cfg.temperature,
         "loss": ctx.loss_spec, "kind": kind, "seq_len": data.seq_len, "world_size": world,
         "student_config": s_cfg.to_dict(), "train": asdict(ctx.train_config(steps)), "data_hash": data.digest,
+        "teacher_hash": model_digest(resolve_model_dir(cfg.teacher)),
         "teacher_params": t_params, "student_params": s_params, "resume": False}
     if cross is not None:
         ctx.resolved["cross_tokenizer"] = {"teacher_vocab": len(teacher_tokenizer), "student_vocab": len(tokenizer),

@@ -208,31 +208,31 @@ class Trainer:
     def load_checkpoint(self, path: Path) -> None:
         from safetensors.torch import load_file, load_model
 
-        try:
-            if self.fsdp:  # every rank reads the full state and keeps its shard
-                from edgekd.distill.parallel import load_full_state
+        def pt(name: str, device="cpu"):
+            return read_checkpoint_file(path / name, lambda f: torch.load(f, weights_only=True, map_location=device))
 
-                load_full_state(self.model, load_file(str(path / "model.safetensors")), self.optimizer,
-                                torch.load(path / "optimizer.pt", weights_only=True, map_location="cpu"))
-            else:
-                load_model(self.model, str(path / "model.safetensors"))
-            if self.extra_params:
-                ex = load_file(str(path / "extra.safetensors"))
-                with torch.no_grad():
-                    for i, p in enumerate(self.extra_params):
-                        p.copy_(ex[f"extra.{i}"])
-            if not self.fsdp:
-                self.optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True,
-                                                          map_location=self.device))
-            rng = torch.load(path / "rng.pt", weights_only=True)
-            torch.set_rng_state(rng["torch"])
-            if "cuda" in rng and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(rng["cuda"])
-            if (path / "scheme.pt").exists() and self.scheme is not None and hasattr(self.scheme, "load_state_dict"):
-                self.scheme.load_state_dict(torch.load(path / "scheme.pt", weights_only=True))
-            meta = json.loads((path / "trainer.json").read_text())
-        except (OSError, RuntimeError, KeyError, ValueError) as e:
-            raise EdgekdError(f"checkpoint {path} is unreadable ({type(e).__name__}): delete it to resume from an earlier one") from e
+        if self.fsdp:  # every rank reads the full state and keeps its shard
+            from edgekd.distill.parallel import load_full_state
+
+            load_full_state(self.model, read_checkpoint_file(path / "model.safetensors", lambda f: load_file(str(f))),
+                            self.optimizer, pt("optimizer.pt"))
+        else:
+            read_checkpoint_file(path / "model.safetensors", lambda f: load_model(self.model, str(f)))
+        if self.extra_params:
+            ex = read_checkpoint_file(path / "extra.safetensors", lambda f: load_file(str(f)))
+            with torch.no_grad():
+                for i, p in enumerate(self.extra_params):
+                    p.copy_(ex[f"extra.{i}"])
+        if not self.fsdp:
+            optimizer_state = pt("optimizer.pt", self.device)
+            read_checkpoint_file(path / "optimizer.pt", lambda f: self.optimizer.load_state_dict(optimizer_state))
+        rng = pt("rng.pt")
+        torch.set_rng_state(rng["torch"])
+        if "cuda" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        if (path / "scheme.pt").exists() and self.scheme is not None and hasattr(self.scheme, "load_state_dict"):
+            self.scheme.load_state_dict(pt("scheme.pt"))
+        meta = read_checkpoint_file(path / "trainer.json", lambda f: json.loads(f.read_text()))
         py = meta["python_rng"]
         random.setstate((py[0], tuple(py[1]), py[2]))
         self.step = int(meta["step"])
@@ -384,3 +384,23 @@ class _null:
 
     def __exit__(self, *a):
         return False
+
+
+def read_checkpoint_file(f: Path, load):
+    """`load(f)` for one file of a checkpoint, or one line naming the file and what to do: a truncated file, a
+    pickle of arbitrary objects (never unpickled: edgekd reads tensors only) or a mismatched state."""
+    import pickle
+
+    try:
+        return load(f)
+    except Exception as e:  # noqa: BLE001  safetensors, pickle, torch and json each raise their own types
+        if isinstance(e, pickle.UnpicklingError):
+            why = "it holds Python objects, not only tensors, and edgekd does not unpickle those"
+        elif isinstance(e, (EOFError, json.JSONDecodeError)) or "incomplete" in str(e) or "truncat" in str(e):
+            why = "it is cut off or corrupt"
+        elif isinstance(e, FileNotFoundError):
+            why = "it is missing"
+        else:
+            why = f"{type(e).__name__}: it does not hold what edgekd saved there"
+        raise EdgekdError(f"checkpoint file {f} is unreadable ({why}): delete the folder {f.parent} to resume from the "
+                          f"checkpoint before it, or start a new run with another --out") from e

@@ -96,13 +96,39 @@ def litertlm_sections(path: str) -> list[tuple[int, int, int]]:
         from litert_lm_builder import litertlm_header_schema_py_generated as schema
     except ImportError as e:
         raise GenRuntimeError("no-runtime", "reading a .litertlm bundle needs litert-lm: pip install litert-lm") from e
+    size = os.path.getsize(path)
     with open(path, "rb") as f:
         head = f.read(32)
-        end = struct.unpack("<Q", head[24:32])[0]
+        end = struct.unpack("<Q", head[24:32])[0] if len(head) == 32 and head.startswith(b"LITERTLM") else 0
+        if not 32 < end <= size:
+            raise GenRuntimeError("bad-model", f"{path} is not a complete .litertlm bundle (its header is cut off or "
+                                               f"missing, {size} bytes): export it again")
         header = head + f.read(end - 32)
-    objects = schema.LiteRTLMMetaData.GetRootAs(header[32:end], 0).SectionMetadata()
-    return [(objects.Objects(i).DataType(), objects.Objects(i).BeginOffset(), objects.Objects(i).EndOffset())
-            for i in range(objects.ObjectsLength())]
+    try:
+        objects = schema.LiteRTLMMetaData.GetRootAs(header[32:end], 0).SectionMetadata()
+        sections = [(objects.Objects(i).DataType(), objects.Objects(i).BeginOffset(), objects.Objects(i).EndOffset())
+                    for i in range(objects.ObjectsLength())]
+    except Exception as e:  # noqa: BLE001  a corrupt flatbuffer raises whatever its reader trips on
+        raise GenRuntimeError("bad-model", f"{path} is not a complete .litertlm bundle (its section table is "
+                                           f"unreadable): export it again") from e
+    cut = [e for _, _, e in sections if e > size]
+    if cut:
+        raise GenRuntimeError("bad-model", f"{path} is not a complete .litertlm bundle ({size} bytes, its sections "
+                                           f"run to {max(cut)}: the file is cut off): copy or export it again")
+    return sections
+
+
+def check_bundle(path: str) -> None:
+    """A .litertlm file a user names is whole before any runtime loads it (a truncated copy crashes the runtime)."""
+    from edgekd.errors import EdgekdError
+
+    if not str(path).endswith(".litertlm") or not os.path.isfile(path):
+        return
+    try:
+        litertlm_sections(path)
+    except GenRuntimeError as e:
+        if e.kind == "bad-model":
+            raise EdgekdError(str(e)) from e
 
 
 class LiteRtLmModel:

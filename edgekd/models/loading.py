@@ -17,7 +17,47 @@ def resolve_model_dir(path: str | os.PathLike) -> Path:
     return Path(path)
 
 
-def read_config_dict(d: Path) -> dict:
+# Size fields of a model config and the range a real model's value lies in: checked before anything is
+# allocated, so `num_hidden_layers: 1000000` is one line, not minutes of allocation. (BERT/Llama names,
+# DistilBERT's, and the encoder-decoder's.)
+SIZE_RANGES = {
+    "num_hidden_layers": (1, 1024), "n_layers": (1, 1024), "encoder_layers": (1, 1024), "decoder_layers": (1, 1024),
+    "hidden_size": (1, 1 << 16), "dim": (1, 1 << 16), "d_model": (1, 1 << 16),
+    "num_attention_heads": (1, 1024), "n_heads": (1, 1024), "encoder_attention_heads": (1, 1024),
+    "decoder_attention_heads": (1, 1024), "num_key_value_heads": (1, 1024), "head_dim": (1, 4096),
+    "intermediate_size": (1, 1 << 20), "hidden_dim": (1, 1 << 20), "encoder_ffn_dim": (1, 1 << 20),
+    "decoder_ffn_dim": (1, 1 << 20), "vocab_size": (2, 1 << 22), "max_position_embeddings": (2, 1 << 25),
+    "num_labels": (2, 1 << 20),
+}
+
+
+def check_model_config(cfg: dict, where, what: str = "model") -> None:
+    """The sizes in a model's config are whole numbers in SIZE_RANGES, widths divide into heads, and no
+    remote code is asked for: one line in edgekd's words naming the `what` (teacher, student) and the file."""
+    fix = "fix config.json or re-save the model with save_pretrained"
+    if cfg.get("auto_map"):
+        raise EdgekdError(f"the {what} {where} asks for its own Python code (config.json's auto_map), which edgekd "
+                          f"never runs: use a model of a family transformers provides")
+    for key, (low, high) in SIZE_RANGES.items():
+        v = cfg.get(key)
+        if v is None:
+            continue
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise EdgekdError(f"the {what}'s config {where}: {key} is {v!r}, not a whole number: {fix}")
+        if not low <= v <= high:
+            raise EdgekdError(f"the {what}'s config {where}: {key} is {v}, outside {low}..{high}: {fix}")
+    for width, heads in (("hidden_size", "num_attention_heads"), ("dim", "n_heads"), ("d_model", "encoder_attention_heads"),
+                         ("d_model", "decoder_attention_heads")):
+        w, h = cfg.get(width), cfg.get(heads)
+        if w and h and not cfg.get("head_dim") and w % h:
+            raise EdgekdError(f"the {what}'s config {where}: {width} {w} is not a multiple of {heads} {h}: {fix}")
+    h, kv = cfg.get("num_attention_heads"), cfg.get("num_key_value_heads")
+    if h and kv and h % kv:
+        raise EdgekdError(f"the {what}'s config {where}: num_attention_heads {h} is not a multiple of "
+                          f"num_key_value_heads {kv}: {fix}")
+
+
+def read_config_dict(d: Path, what: str = "model") -> dict:
     cfg_path = d / "config.json"
     if not d.exists():
         raise EdgekdError(f"model directory {d} does not exist: pass a local Hugging Face model directory or 'builtin'")
@@ -25,13 +65,30 @@ def read_config_dict(d: Path) -> dict:
         raise EdgekdError(f"{d} is not a directory: pass a local Hugging Face model directory or 'builtin'")
     if not cfg_path.is_file():
         raise EdgekdError(f"{d} has no config.json: save the model there with model.save_pretrained")
+    from edgekd.limits import read_bytes
+
     try:
-        cfg = json.loads(cfg_path.read_text())
+        cfg = json.loads(read_bytes(cfg_path, f"the {what}'s config"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise EdgekdError(f"{cfg_path} is corrupt ({type(e).__name__}): re-save the model with save_pretrained") from e
     if not isinstance(cfg, dict) or "model_type" not in cfg:
         raise EdgekdError(f"{cfg_path} has no model_type: re-save the model with save_pretrained")
+    check_model_config(cfg, cfg_path, what)
     return cfg
+
+
+def model_digest(d: Path) -> str:
+    """sha256 of a model folder's config.json and weight files (streamed, bounded memory): its identity."""
+    import hashlib
+
+    from edgekd.limits import file_digest
+
+    h = hashlib.sha256()
+    for f in sorted([d / "config.json", *d.glob("*.safetensors"), *d.glob("pytorch_model*.bin")]):
+        if f.is_file():
+            h.update(f.name.encode() + b"\0")
+            file_digest(f, h)
+    return h.hexdigest()
 
 
 def _check_weights(d: Path) -> None:
@@ -100,7 +157,7 @@ def load_model(path: str | os.PathLike, *, with_tokenizer: bool = True, what: st
     from edgekd.models.arch import check_supported
 
     d = resolve_model_dir(path)
-    cfg = read_config_dict(d)
+    cfg = read_config_dict(d, what)
     check_supported(cfg)  # before the weights: an unsupported family is one line, not a load report
     check_kind(d, cfg)
     _check_weights(d)
@@ -111,8 +168,7 @@ def load_model(path: str | os.PathLike, *, with_tokenizer: bool = True, what: st
     except EdgekdError:
         raise
     except Exception as e:
-        msg = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
-        raise EdgekdError(f"cannot load the {what} from {d}: {msg}") from e
+        raise load_failure(e, d, what) from e
     model.eval()
     tok = None
     if with_tokenizer:
@@ -120,6 +176,25 @@ def load_model(path: str | os.PathLike, *, with_tokenizer: bool = True, what: st
 
         tok = load_tokenizer(d)
     return model, tok, kind
+
+
+def load_failure(e: Exception, d: Path, what: str) -> EdgekdError:
+    """transformers' refusal to build a model from `d`, summarised in edgekd's words (its own text runs to
+    several lines and reports; none of it is cut into the line)."""
+    import re
+
+    text = str(e)
+    fix = "fix config.json or re-save the model with save_pretrained"
+    if "size mismatch" in text or "ignore_mismatched_sizes" in text:
+        return EdgekdError(f"the {what}'s weights in {d} do not fit its config.json (a tensor's shape differs, e.g. "
+                           f"vocab_size or a width was edited): restore config.json or re-save the model")
+    m = re.search(r"validator '(\w+)'", text)
+    if m or "validation error" in text.lower():
+        check = f" (transformers' check {m.group(1)})" if m else ""
+        return EdgekdError(f"the {what}'s config.json in {d} is inconsistent{check}: sizes, heads or rope settings do "
+                           f"not fit together: {fix}")
+    return EdgekdError(f"cannot load the {what} from {d} (transformers raised {type(e).__name__}): check that "
+                       f"config.json and the weights belong together, or {fix}")
 
 
 def load_teacher(path: str | os.PathLike):

@@ -36,6 +36,16 @@ SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], str]]] = {
                "prompt_len": (int, "pos"), "decode_len": (int, "pos")},
     "access": {"method": (str, "enum:adb|ssh|local")},
 }
+# The plausible range of each number (a datasheet's value for any edge board or host CPU lies inside; a value
+# outside is a typo, e.g. `cores = 1000000000000`, and would be shown and predicted with).
+RANGES: dict[str, tuple[float, float]] = {
+    "cpu.cores": (1, 1024), "cpu.big_cores": (1, 1024), "cpu.clock_ghz": (0.1, 10),
+    "cpu.peak_gflops_fp32": (0.1, 1e6), "cpu.peak_gops_int8": (0.1, 1e7),
+    "memory.bandwidth_gbs": (0.1, 10_000), "memory.ram_mb": (16, 1 << 24), "memory.cache_mb": (0.01, 4096),
+    "runtime.default_threads": (1, 1024),
+    "budget.latency_ms": (0.001, 1e6), "budget.max_model_mb": (0.01, 1e6), "budget.decode_tok_s": (0.001, 1e7),
+    "budget.ttft_ms": (0.001, 1e7), "budget.prompt_len": (1, 1 << 20), "budget.decode_len": (1, 1 << 20),
+}
 OPTIONAL_TABLES = {"gpu"}  # described for later, not validated beyond being a table
 # Keys a target file may leave out (files written before LLM generation budgets; the last-level cache where
 # no datasheet states it); every shipped file has the generation keys.
@@ -177,6 +187,10 @@ def validate(data: dict, where: str, skip: set[str] = frozenset()) -> None:
                                   f"got {type(value).__name__} {value!r}")
             if rule == "pos" and not (value > 0 and math.isfinite(value)):
                 raise EdgekdError(f"{where}: key '{dotted}' must be a finite positive number, got {value!r}")
+            if dotted in RANGES and not RANGES[dotted][0] <= value <= RANGES[dotted][1]:
+                lo, hi = RANGES[dotted]
+                raise EdgekdError(f"{where}: key '{dotted}' is {value!r}, outside the plausible range {lo:g} to {hi:g}: "
+                                  f"fix the file (a datasheet's value lies inside)")
             if rule == "str" and not value.strip():
                 raise EdgekdError(f"{where}: key '{dotted}' must not be empty")
             if rule == "list[str]" and (not value or not all(isinstance(v, str) for v in value)):

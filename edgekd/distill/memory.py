@@ -1,0 +1,120 @@
+"""The memory a run will need, estimated from its configs and checked against what the machine has,
+before the first batch is built: `--batch-size 100000` is one line naming the estimate and what to
+lower, not an allocator's crash minutes later.
+
+The estimate is deliberately a floor (float32 weights, AdamW's two moments and the gradients, the
+logits the loss holds and the student's saved activations), so a run it refuses could not have fit.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+from edgekd.errors import EdgekdError
+from edgekd.limits import human_bytes
+
+F32 = 4
+# Per student parameter: the weights, their gradient and AdamW's two moments.
+TRAIN_BYTES_PER_PARAM = 4 * F32
+# Logit-sized float32 buffers one micro-batch holds: the teacher's, the student's and its gradient.
+LOGIT_BUFFERS = 3
+# Hidden-sized activations a decoder layer saves per token for the backward pass (norms, q/k/v, attention
+# output, residuals), plus two intermediate-sized ones (the MLP's gate and up projections).
+HIDDEN_ACTIVATIONS, FFN_ACTIVATIONS = 8, 2
+
+
+def _size(cfg, *names, default: int = 0) -> int:
+    for n in names:
+        v = cfg.get(n) if isinstance(cfg, dict) else getattr(cfg, n, None)
+        if isinstance(v, int) and not isinstance(v, bool):
+            return v
+    return default
+
+
+def training_bytes(teacher_params: int, student_params: int, student_cfg, batch: int, seq_len: int,
+                   outputs: int, per_token: bool = True) -> dict:
+    """The parts of the estimate in bytes: 'teacher', 'student' (with AdamW), 'activations', 'total'.
+    `outputs`: logits per token (the vocabulary), or per sequence where not `per_token` (a classifier's classes)."""
+    hidden = _size(student_cfg, "hidden_size", "d_model", "dim")
+    ffn = _size(student_cfg, "intermediate_size", "hidden_dim", "decoder_ffn_dim", default=4 * hidden)
+    layers = _size(student_cfg, "num_hidden_layers", "n_layers", "decoder_layers", default=1)
+    tokens = batch * seq_len
+    act = tokens * layers * (HIDDEN_ACTIVATIONS * hidden + FFN_ACTIVATIONS * ffn) * F32
+    act += LOGIT_BUFFERS * (tokens if per_token else batch) * outputs * F32
+    parts = {"teacher": teacher_params * F32, "student": student_params * TRAIN_BYTES_PER_PARAM, "activations": act}
+    parts["total"] = sum(parts.values())
+    return parts
+
+
+def available_bytes(device) -> Optional[int]:
+    """Memory a run may still allocate on `device` (a torch.device): the GPU's free memory, else the lower of
+    the kernel's MemAvailable, the cgroup's remaining limit and the address space RLIMIT_AS leaves. None where
+    none can be read."""
+    if getattr(device, "type", str(device)) == "cuda":
+        import torch
+
+        return int(torch.cuda.mem_get_info(device)[0])
+    found = []
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                found.append(int(line.split()[1]) * 1024)
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        used = int(Path("/sys/fs/cgroup/memory.current").read_text().strip())
+        if limit != "max":
+            found.append(max(int(limit) - used, 0))
+    except (OSError, ValueError):
+        pass
+    found.extend(_address_space_left())
+    return min(found) if found else None
+
+
+def _address_space_left() -> list[int]:
+    """What RLIMIT_AS (ulimit -v, prlimit --as) still lets this process map, where one is set."""
+    import resource
+
+    soft = resource.getrlimit(resource.RLIMIT_AS)[0]
+    if soft == resource.RLIM_INFINITY:
+        return []
+    try:
+        vm = next(int(line.split()[1]) * 1024 for line in Path("/proc/self/status").read_text().splitlines()
+                  if line.startswith("VmSize:"))
+    except (OSError, ValueError, StopIteration):
+        return []
+    return [max(soft - vm, 0)]
+
+
+def check_fits(parts: dict, device, batch: int, seq_len: int, already_loaded: int = 0) -> None:
+    """Refuse a run whose estimate exceeds the memory available, in one line naming both and what to lower.
+    `already_loaded`: bytes of the estimate already resident (the loaded teacher) and so not in `available`."""
+    avail = available_bytes(device)
+    if avail is None:
+        return
+    need = parts["total"] - already_loaded
+    if need <= avail:
+        return
+    where = "GPU" if getattr(device, "type", "") == "cuda" else "machine"
+    raise EdgekdError(
+        f"this run needs about {human_bytes(parts['total'])} of memory (teacher {human_bytes(parts['teacher'])}, "
+        f"student with AdamW state {human_bytes(parts['student'])}, activations for batch {batch} x {seq_len} tokens "
+        f"{human_bytes(parts['activations'])}), more than the {human_bytes(avail + already_loaded)} the {where} has "
+        f"free: lower --batch-size or --seq-len, or choose a smaller --student")
+
+
+def check_seq_len(requested: int, default: int, window: Optional[int], teacher: str) -> int:
+    """The sequence length a run trains at: `requested`, refused where it is beyond the teacher's window
+    (max_position_embeddings) unless it is the default, which is then capped and the cap said."""
+    if not window or requested <= window:
+        return requested
+    if requested != default:
+        raise EdgekdError(f"--seq-len {requested} is beyond the teacher's window: {teacher} reads at most {window} "
+                          f"positions (max_position_embeddings): pass --seq-len {window} or less")
+    from edgekd import console
+
+    console.note(f"sequences are {window} tokens, the teacher's window (max_position_embeddings), not the default "
+                 f"{default}")
+    return window
