@@ -69,7 +69,10 @@ def test_job_report_fills_every_job_key_and_says_why_it_failed(tmp_path):
     assert missing_keys(rep, JOB_KEYS) == []
     assert rep["timings_s"] == {"distill": 1.0, "job": facts.timings} and rep["student"]["precision_deployed"] == "int8"
     assert rep["status"] == "failed" and "tflite-int8: top-1 0.5" in rep["error"]
-    assert "records the numbers" in failure_message(rep, tmp_path) and "status" not in engine or engine["status"] == "incomplete"
+    assert failure_message(rep, tmp_path) == f"{rep['error']}; the run {tmp_path} records the numbers"
+    assert engine["status"] == "incomplete"  # the job's report is a new dict: the engine's part is left as it was
+    unreachable = {**rep, "latency": {**rep["latency"], "device_error": "ssh: no route to host"}}
+    assert failure_message(unreachable, tmp_path).endswith(f"the run {tmp_path} holds the local results")
     assert failure_message(build_job_report(engine, facts.__class__(**{**facts.__dict__, "exports": {}})), tmp_path) is None
 
 
