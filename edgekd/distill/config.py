@@ -15,6 +15,7 @@ from typing import Optional, Union
 
 from edgekd.checks import parse_loss_spec, read_json as _read_json  # noqa: F401  (parse_loss_spec: re-exported)
 from edgekd.errors import EdgekdError
+from edgekd.hyperparams import DEFAULT_ALPHA, DEFAULT_TEMPERATURE
 
 DEFAULT_STEPS = 300
 
@@ -31,8 +32,8 @@ class DistillConfig:
     steps: Optional[int] = None
     out: Optional[str] = None
     resume: bool = False
-    temperature: Union[float, str] = 1.0          # benchmarks/kd_sweep.py; or "auto": log2(teacher/student params) + 1
-    alpha: float = 0.7                             # benchmarks/kd_sweep.py
+    temperature: Union[float, str] = DEFAULT_TEMPERATURE  # or "auto": log2(teacher/student params) + 1
+    alpha: float = DEFAULT_ALPHA
     loss: Optional[Union[str, list]] = None       # JSON list, path to one, or a loss name
     scheme: str = "offline"
     scheme_config: dict = field(default_factory=dict)
@@ -126,7 +127,7 @@ def validate(cfg: DistillConfig) -> None:
     from edgekd import checks
     from edgekd.distill.parallel import check_parallel
     from edgekd.distill.schemes import SCHEMES
-    from edgekd.losses.response import check_spec_divergences
+    from edgekd.losses.combine import check_spec
     from edgekd.models.loading import read_config_dict, resolve_model_dir
 
     if cfg.scheme not in SCHEMES:
@@ -136,4 +137,4 @@ def validate(cfg: DistillConfig) -> None:
         raise EdgekdError(f"unknown loss implementation {cfg.loss_impl!r}: use 'fused' or 'eager'")
     teacher_config = read_config_dict(resolve_model_dir(cfg.teacher)) if cfg.teacher == "builtin" else None
     checks.distill_inputs(asdict(cfg), teacher_config)
-    check_spec_divergences(parse_loss_spec(cfg.loss))
+    check_spec(parse_loss_spec(cfg.loss))

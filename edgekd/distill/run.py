@@ -150,7 +150,7 @@ def load_run(cfg: DistillConfig, out: Path) -> RunContext:
     from edgekd.data.tokenizer import check_fits_embedding
     from edgekd.distill.data import RunData
     from edgekd.distill.schemes import freeze
-    from edgekd.losses import auto_temperature
+    from edgekd.hyperparams import resolve_temperature
     from edgekd.models.arch import param_count
     from edgekd.models.loading import load_model
     from edgekd.models.students import student_config_from
@@ -179,7 +179,7 @@ def load_run(cfg: DistillConfig, out: Path) -> RunContext:
     init_stream = data.stream(0, cfg.seed + 7919)
     init_batches = [init_stream.next() for _ in range(cfg.init_batches)]
     t_params, s_params = param_count(teacher.config), param_count(s_cfg)
-    temperature = auto_temperature(t_params, s_params) if cfg.temperature == "auto" else float(cfg.temperature)
+    temperature = resolve_temperature(cfg.temperature, lambda: (t_params, s_params))
     steps = cfg.steps or DEFAULT_STEPS
     ctx = RunContext(cfg, out, teacher, tokenizer, kind, data, s_cfg, steps, device, rank, world, temperature,
                      parse_loss_spec(cfg.loss), init_batches, {}, timer, cross=cross,

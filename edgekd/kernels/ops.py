@@ -17,6 +17,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from edgekd.hyperparams import DEFAULT_BETA, DEFAULT_DIVERGENCE, DEFAULT_SKEW, DEFAULT_TEMPERATURE
 from edgekd.kernels.reference import check_args, kd_loss_reference, mix_weight
 
 try:
@@ -202,8 +203,9 @@ def _prepare_labels(labels: Optional[Tensor], rows: int, V: int, ignore_index: i
 
 
 def kd_loss(student_logits: Tensor, teacher_logits: Tensor, labels: Optional[Tensor] = None, *,
-            temperature: float = 1.0, alpha: float = 1.0, divergence: str = "forward_kl", beta: float = 0.5,
-            ignore_index: int = -100, reduction: str = "batchmean", skew: float = 0.1) -> Tensor:
+            temperature: float = DEFAULT_TEMPERATURE, alpha: float = 1.0, divergence: str = DEFAULT_DIVERGENCE,
+            beta: float = DEFAULT_BETA, ignore_index: int = -100, reduction: str = "batchmean",
+            skew: float = DEFAULT_SKEW) -> Tensor:
     """Distillation loss α·T²·D(p‖q) + (1−α)·CE over rows (DESIGN.md), fused where the extension allows.
     `skew`: λ of skew_kl / skew_reverse_kl (DistiLLM's default 0.1); `beta`: jsd's β."""
     check_args(student_logits, teacher_logits, labels, temperature, alpha, divergence, beta, reduction, skew)
@@ -468,9 +470,9 @@ def fused_linear_kd_loss(student_hidden: Tensor, student_weight: Tensor, teacher
                          teacher_weight: Optional[Tensor] = None, labels: Optional[Tensor] = None, *,
                          teacher_logits: Optional[Tensor] = None, teacher_indices: Optional[Tensor] = None,
                          student_bias: Optional[Tensor] = None, teacher_bias: Optional[Tensor] = None,
-                         chunk_size: Optional[int] = None, temperature: float = 1.0, alpha: float = 1.0,
-                         divergence: str = "forward_kl", beta: float = 0.5, ignore_index: int = -100,
-                         reduction: str = "batchmean", skew: float = 0.1) -> Tensor:
+                         chunk_size: Optional[int] = None, temperature: float = DEFAULT_TEMPERATURE,
+                         alpha: float = 1.0, divergence: str = DEFAULT_DIVERGENCE, beta: float = DEFAULT_BETA,
+                         ignore_index: int = -100, reduction: str = "batchmean", skew: float = DEFAULT_SKEW) -> Tensor:
     """kd_loss(student_hidden @ Wsᵀ + bs, teacher's logits) without ever holding rows × vocab student logits.
 
     The teacher is its final hidden states and LM head (teacher_hidden, teacher_weight, teacher_bias: no
