@@ -3,5 +3,6 @@
 
 from edgekd.distill.config import DEFAULT_STEPS, DistillConfig
 from edgekd.distill.run import RunResult, resolve_out, run
+from edgekd.distill import schemes as _schemes  # noqa: F401  (every scheme registered, with its report.md section)
 
 __all__ = ["DistillConfig", "RunResult", "run", "resolve_out", "DEFAULT_STEPS"]

@@ -83,3 +83,39 @@ def test_markdown_says_when_ce_only_already_reaches_the_teacher():
                        student_config={})
     assert rep["distillation"]["kd_vs_ce_only"]["gap_closed"] is None
     assert "no gap to close" in render_markdown(rep)
+
+
+def test_a_part_adds_its_section_without_editing_the_renderer():
+    from edgekd.report.sections import SECTIONS, register_section
+
+    rep = {"teacher": {}, "student": {"eval_loss": 3.0}, "scratch": {"eval_loss": 2.0},
+           "distillation": {"my_scheme": {"rounds": 3}}}
+    before = render_markdown(rep)
+    try:
+        @register_section("my_scheme", 75)  # between the progressive stages (70) and sequence KD (80)
+        def _mine(r, kind):
+            return [f"My scheme ran {r['distillation']['my_scheme']['rounds']} rounds.", ""] \
+                if r["distillation"].get("my_scheme") else []
+
+        after = render_markdown(rep)
+        assert after.replace("My scheme ran 3 rounds.\n\n", "") == before
+        assert after.index("My scheme ran 3 rounds.") < after.index("## Plots")
+        assert after.index("| model | params") < after.index("My scheme ran 3 rounds.")
+        assert render_markdown({**rep, "distillation": {}}) == render_markdown({**rep, "distillation": {}}, "causal-lm")
+    finally:
+        SECTIONS.pop("my_scheme", None)
+
+
+def test_the_schemes_sections_render_what_their_runs_record():
+    import edgekd.distill  # noqa: F401  (registers every scheme's section)
+
+    d = {"stages": [{"stage": 1, "config": {"num_hidden_layers": 2, "hidden_size": 16, "intermediate_size": 32},
+                     "params": 500, "steps": 10, "eval_loss": 3.6}],
+         "sequence": {"num_sequences": 5, "generated_tokens": 50, "train_tokens": 80},
+         "on_policy": {"on_policy_steps": 3, "steps": 6, "lmbda": 0.5, "max_new_tokens": 8, "prompt_len": 4,
+                       "sample_temperature": 1.0},
+         "teacher_cache": {"path": "/c", "built": False}}
+    md = render_markdown({"teacher": {}, "student": {}, "scratch": {}, "distillation": d})
+    order = ["| 1 | 2 | 16 | 32 | 500 | 10 | 3.6000 |", "continuations of 5 training prompts",
+             "3 of 6 steps (λ = 0.5)", "Teacher top-k cache: `/c` (reused)", "## Plots"]
+    assert [md.index(s) for s in order] == sorted(md.index(s) for s in order)

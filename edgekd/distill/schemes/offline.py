@@ -8,6 +8,7 @@ from typing import Optional
 from edgekd.data.teacher_cache import TeacherCache
 from edgekd.distill.schemes.base import Plan, Scheme, freeze, needs_of, register_scheme
 from edgekd.errors import EdgekdError
+from edgekd.report.sections import register_section
 
 
 def with_cache_data(plan: Plan) -> Plan:
@@ -59,3 +60,12 @@ class OfflineScheme(Scheme):
                                   "with it, or drop the cache")
             return self.cache.lookup(batch)
         return super().teacher_outputs(batch, student_out)
+
+
+@register_section("teacher_cache", 100)
+def teacher_cache_section(rep: dict, kind: str) -> list[str]:
+    """report.md: the top-k teacher cache the run read (report.json's distillation.teacher_cache)."""
+    cache = rep["distillation"].get("teacher_cache")
+    if not cache:
+        return []
+    return [f"Teacher top-k cache: `{cache.get('path')}` ({'built by this run' if cache.get('built') else 'reused'}).", ""]

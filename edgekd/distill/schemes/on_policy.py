@@ -20,6 +20,7 @@ import torch
 from edgekd.distill.schemes.base import Plan, Scheme, freeze, register_scheme
 from edgekd.errors import EdgekdError
 from edgekd.losses import unwrap
+from edgekd.report.sections import register_section
 
 OPTIONS = ("lmbda", "prompt_len", "max_new_tokens", "sample_temperature")
 
@@ -110,3 +111,15 @@ class OnPolicyScheme(Scheme):
                                       seed=self.seed + 1_000_003 * step + rank, batch_size=ids.shape[0])
         pad = getattr(unwrap(student).config, "pad_token_id", None)
         return next(seqs.batches(len(seqs), pad if pad is not None else 0))
+
+
+@register_section("on_policy", 90)
+def on_policy_section(rep: dict, kind: str) -> list[str]:
+    """report.md: the share of steps on the student's samples (report.json's distillation.on_policy)."""
+    onp = rep["distillation"].get("on_policy")
+    if not onp:
+        return []
+    return [f"On-policy KD (GKD): {onp.get('on_policy_steps')} of {onp.get('steps')} steps (λ = {onp.get('lmbda')}) "
+            f"trained on the student's own samples ({onp.get('max_new_tokens')} tokens after "
+            f"{onp.get('prompt_len')}-token prompts at temperature {onp.get('sample_temperature')}), "
+            f"scored by the teacher token by token.", ""]
