@@ -116,10 +116,7 @@ class OnPolicyScheme(Scheme):
 @register_section("on_policy", 90)
 def on_policy_section(rep: dict, kind: str) -> list[str]:
     """report.md: the share of steps on the student's samples (report.json's distillation.on_policy)."""
-    onp = rep["distillation"].get("on_policy")
-    if not onp:
-        return []
-    return [f"On-policy KD (GKD): {onp.get('on_policy_steps')} of {onp.get('steps')} steps (λ = {onp.get('lmbda')}) "
-            f"trained on the student's own samples ({onp.get('max_new_tokens')} tokens after "
-            f"{onp.get('prompt_len')}-token prompts at temperature {onp.get('sample_temperature')}), "
-            f"scored by the teacher token by token.", ""]
+    o = rep["distillation"].get("on_policy") or {}
+    return [f"On-policy KD (GKD): {o.get('on_policy_steps')} of {o.get('steps')} steps (λ = {o.get('lmbda')}) trained on "
+            f"the student's own samples ({o.get('max_new_tokens')} tokens after {o.get('prompt_len')}-token prompts at "
+            f"temperature {o.get('sample_temperature')}), scored by the teacher token by token.", ""] if o else []
