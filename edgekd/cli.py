@@ -70,7 +70,10 @@ def kernel_bench(
     from edgekd.checks import kernel_bench_args
 
     kernel_bench_args(rows, vocab, repeats, device, _path(out), dtype)  # before the heavy imports
-    from edgekd.kernels import bench
+    from edgekd.kernels import bench, force_reference
+    from edgekd.settings import Settings
+
+    force_reference(Settings.from_env().kernel == "reference")
 
     bench.main(rows=rows, vocab=vocab, dtype=dtype, device=device, repeats=repeats,
                use_compile=compile, out=_path(out))
@@ -180,7 +183,9 @@ def distill(
         target = _path(target) if target.endswith(".toml") else target
         load_target(target, settings)
     check_device(device, probe=bool(target), settings=settings, **profile_kw)  # reachable now, not after training
-    from edgekd.distill import DistillConfig, run
+    from edgekd.distill import DistillConfig, apply_settings, run
+
+    apply_settings(settings)
 
     engine = DistillConfig(teacher=_path(teacher), data=_path(data), text_column=text_column,
                            label_column=label_column, student=_student(student), steps=steps, out=_path(out),
@@ -195,7 +200,7 @@ def distill(
                                      generative=generative, decode_tok_s=decode_tok_s, ttft_ms=ttft_ms),
                            settings=settings)
     else:
-        run(engine)
+        run(engine, settings=settings)
 
 
 def _scheme_paths(opts: dict) -> dict:

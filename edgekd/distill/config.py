@@ -7,7 +7,6 @@ The job's fields (target, budget, where to profile) are not here: they live in t
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -122,8 +121,9 @@ def resolve_out(cfg: DistillConfig) -> Path:
     return Path.cwd() / "runs" / time.strftime("distill-%Y%m%d-%H%M%S")
 
 
-def validate(cfg: DistillConfig) -> None:
-    """Every option of the run, checked before anything is loaded or written (edgekd.checks)."""
+def validate(cfg: DistillConfig, world_size: int = 1) -> None:
+    """Every option of the run, checked before anything is loaded or written (edgekd.checks);
+    `world_size`: the processes torchrun started (Settings.world_size)."""
     from edgekd import checks
     from edgekd.distill.parallel import check_parallel
     from edgekd.distill.schemes import SCHEMES
@@ -132,7 +132,7 @@ def validate(cfg: DistillConfig) -> None:
 
     if cfg.scheme not in SCHEMES:
         raise EdgekdError(f"unknown scheme {cfg.scheme!r}: choose one of {', '.join(SCHEMES)}")
-    check_parallel(cfg.parallel, cfg.scheme, int(os.environ.get("WORLD_SIZE", "1")))
+    check_parallel(cfg.parallel, cfg.scheme, world_size)
     if cfg.loss_impl not in ("fused", "eager"):
         raise EdgekdError(f"unknown loss implementation {cfg.loss_impl!r}: use 'fused' or 'eager'")
     teacher_config = read_config_dict(resolve_model_dir(cfg.teacher)) if cfg.teacher == "builtin" else None

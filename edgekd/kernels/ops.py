@@ -11,7 +11,6 @@ and traceable torch ops, so torch.compile, torch.func and torch.library.opcheck 
 
 from __future__ import annotations
 
-import os
 from typing import Optional
 
 import torch
@@ -31,9 +30,19 @@ _DTYPES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 _DIVERGENCES = {"forward_kl": 0, "reverse_kl": 1, "jsd": 2, "skew_kl": 3, "skew_reverse_kl": 4}
 
 
+_reference_forced = False  # Settings.kernel == "reference" (EDGEKD_KERNEL), handed over by `force_reference`
+
+
+def force_reference(on: bool) -> None:
+    """Run every `kd_loss` / `fused_linear_kd_loss` on the PyTorch reference (`on`), or where the extension
+    allows on the fused kernels: set once by an edge from `Settings.kernel` (edgekd.distill.apply_settings)."""
+    global _reference_forced
+    _reference_forced = bool(on)
+
+
 def backend(device_type: str = "cpu") -> str:
     """Which implementation `kd_loss` uses on this device type: "fused-cpu", "fused-cuda" or "reference"."""
-    if _C is None or os.environ.get("EDGEKD_KERNEL") == "reference":
+    if _C is None or _reference_forced:
         return "reference"
     if device_type == "cpu":
         return "fused-cpu"
