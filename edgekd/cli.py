@@ -116,8 +116,10 @@ def distill(
     steps: Optional[int] = typer.Option(None, help="Training steps (default: the built-in default)."),
     out: Optional[str] = typer.Option(None, help="Run directory (default: runs/distill-TIMESTAMP)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
-    temperature: str = typer.Option(str(DEFAULT_TEMPERATURE), help="Softmax temperature T > 0, or 'auto' = log2(teacher/student params) + 1."),
-    alpha: float = typer.Option(DEFAULT_ALPHA, help="Weight of the distillation term against hard-label CE, in [0, 1]."),
+    temperature: str = typer.Option(str(DEFAULT_TEMPERATURE),
+                                    help="Softmax temperature T > 0, or 'auto' = log2(teacher/student params) + 1."),
+    alpha: float = typer.Option(DEFAULT_ALPHA,
+                                help="Weight of the distillation term against hard-label CE, in [0, 1]."),
     loss: Optional[str] = typer.Option(None, help="Loss spec: JSON list, path to a .json, or names joined by '+'."),
     scheme: str = typer.Option("offline", help="offline | online | self | multi_teacher | progressive | sequence | on_policy"),
     scheme_config: Optional[str] = typer.Option(

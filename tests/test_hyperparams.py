@@ -23,7 +23,8 @@ DEFAULTS = {"temperature": hp.DEFAULT_TEMPERATURE, "alpha": hp.DEFAULT_ALPHA, "d
 
 
 def _defaults(fn) -> dict:
-    return {k: p.default for k, p in inspect.signature(fn).parameters.items() if p.default is not inspect.Parameter.empty}
+    params = inspect.signature(fn).parameters.items()
+    return {k: p.default for k, p in params if p.default is not inspect.Parameter.empty}
 
 
 def _cli_distill_defaults() -> dict:
@@ -75,8 +76,8 @@ def test_kdloss_from_the_python_api_is_the_clis_loss():
     run = DistillConfig()
     cli = build_response_loss(None, s.config, t.config, temperature=run.temperature, alpha=run.alpha)
     assert (cli.temperature, cli.alpha) == (hp.DEFAULT_TEMPERATURE, hp.DEFAULT_ALPHA)
-    assert torch.equal(cli(so, to, ids)[0], direct) and torch.equal(build_loss(None, s.config, t.config)(so, to, ids)[0],
-                                                                    direct)
+    assert torch.equal(cli(so, to, ids)[0], direct)
+    assert torch.equal(build_loss(None, s.config, t.config)(so, to, ids)[0], direct)
     want = kernels.kd_loss_reference(so.logits[:, :-1], to.logits[:, :-1], ids[:, 1:], temperature=1.0, alpha=0.7)
     assert direct.item() == pytest.approx(want.item(), rel=1e-5)
 

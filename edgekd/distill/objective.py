@@ -62,8 +62,8 @@ class EagerKD(torch.nn.Module):
 
     takes_temperature = True  # a response loss, like the registry's (on_policy sets its α on the student's samples)
 
-    def __init__(self, temperature: float, alpha: float, divergence: str = DEFAULT_DIVERGENCE, beta: float = DEFAULT_BETA,
-                 causal: bool = True, skew: float = DEFAULT_SKEW):
+    def __init__(self, temperature: float, alpha: float, divergence: str = DEFAULT_DIVERGENCE,
+                 beta: float = DEFAULT_BETA, causal: bool = True, skew: float = DEFAULT_SKEW):
         super().__init__()
         self.temperature, self.alpha, self.divergence, self.beta, self.causal = temperature, alpha, divergence, beta, causal
         self.skew = skew

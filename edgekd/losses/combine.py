@@ -16,8 +16,8 @@ from edgekd.losses.base import LOSSES, LossView, Setup, is_causal
 from edgekd.models.arch import param_count
 
 # The CLI's loss (and DistillConfig's): kd at the one default temperature and alpha (edgekd.hyperparams).
-DEFAULT_SPEC = [{"name": "kd", "weight": 1.0, "divergence": hp.DEFAULT_DIVERGENCE, "temperature": hp.DEFAULT_TEMPERATURE,
-                 "alpha": hp.DEFAULT_ALPHA}]
+DEFAULT_SPEC = [{"name": "kd", "weight": 1.0, "divergence": hp.DEFAULT_DIVERGENCE,
+                 "temperature": hp.DEFAULT_TEMPERATURE, "alpha": hp.DEFAULT_ALPHA}]
 
 
 class LossSum(nn.Module):

@@ -80,7 +80,7 @@ class MultiTeacherScheme(Scheme):
     def teacher_outputs(self, batch, student_out):
         needs = needs_of(student_out, self.loss_fn)  # the mixture is of logits: the 'kd' loss reads them as they are
         needs = Needs(True, needs.needs_hidden_states, needs.needs_attentions, False)
-        outs = [self._run(t, batch, needs if i == 0 else Needs()) for i, t in enumerate(self.teachers)]
+        outs = [self.run_teacher(t, batch, needs if i == 0 else Needs()) for i, t in enumerate(self.teachers)]
         members = [o.logits for o in outs]
         if len({m.shape[-1] for m in members}) > 1:
             raise EdgekdError(f"scheme 'multi_teacher': the teachers' vocabularies differ "

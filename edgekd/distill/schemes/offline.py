@@ -41,7 +41,7 @@ class OfflineScheme(Scheme):
     def __init__(self, *, teachers, student, cache=None, cache_data=None, cache_k: Optional[int] = None, loss_fn=None):
         super().__init__(teachers=teachers, student=student, loss_fn=loss_fn)
         if cache is None or teachers:
-            self._one_teacher()
+            self.require_one_teacher()
             freeze(self.teacher)
         if cache is not None and not isinstance(cache, TeacherCache):
             teacher = self.teacher if teachers else None
@@ -68,4 +68,5 @@ def teacher_cache_section(rep: dict, kind: str) -> list[str]:
     cache = rep["distillation"].get("teacher_cache")
     if not cache:
         return []
-    return [f"Teacher top-k cache: `{cache.get('path')}` ({'built by this run' if cache.get('built') else 'reused'}).", ""]
+    how = "built by this run" if cache.get("built") else "reused"
+    return [f"Teacher top-k cache: `{cache.get('path')}` ({how}).", ""]

@@ -121,7 +121,8 @@ def stages_section(rep: dict, kind: str) -> list[str]:
         return []
     lines = ["## Progressive stages", "", "Each stage was distilled from the one before it (the first from the "
              "teacher); the last is the student.", "",
-             "| stage | layers | hidden | FFN | params | steps | held-out loss |", "|---:|---:|---:|---:|---:|---:|---:|"]
+             "| stage | layers | hidden | FFN | params | steps | held-out loss |",
+             "|---:|---:|---:|---:|---:|---:|---:|"]
     for st in stages:
         c = st.get("config", {})
         lines.append(f"| {st.get('stage')} | {fmt(c.get('num_hidden_layers'))} | {fmt(c.get('hidden_size'))} | "
