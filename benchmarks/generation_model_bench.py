@@ -6,7 +6,7 @@ Part a needs nothing but this checkout: the published numbers and the models' pu
 written out below (with their sources). Part b builds onnxruntime-genai folders of random-initialised
 students (timing does not depend on the weights) with `python -m onnxruntime_genai.models.builder
 -p fp32|int4 -e cpu` (helper A's `export_generative` had not landed when this was written), times each
-with `edgekd.profile.generation.profile_generation` (the real runtime: greedy generator loop) in
+with `edgekd.profile.profile_generation` (the real runtime: greedy generator loop) in
 interleaved rounds (every model once per round, shuffled, so load from other processes spreads over
 all of them; per model the best round counts, since load only ever slows a run, with the median over
 rounds recorded beside it), then calibrates on all configs but one and predicts the held-out one.
@@ -34,7 +34,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from edgekd.io import write_json  # noqa: E402
-from edgekd.targets import generation as gen  # noqa: E402
+from edgekd.targets import cost_generation as gen  # noqa: E402
 from edgekd.targets.hostbench import cpu_model_name, measure_target  # noqa: E402
 from edgekd.targets.spec import load_target  # noqa: E402
 
@@ -79,7 +79,7 @@ def published() -> list[dict]:
     """Each published figure beside the uncalibrated prediction and the relative error."""
     rows = []
     for p in PUBLISHED:
-        pred = gen.predict_generation(p["config"], p["target"], p["precision"], p["prompt_len"], p["decode_len"],
+        pred = gen.predict(p["config"], p["target"], p["precision"], p["prompt_len"], p["decode_len"],
                                       fmt="litert-lm").to_dict()
         row = {k: v for k, v in p.items() if k != "config"} | {"params": gen.param_count(p["config"]),
                                                                "predicted": pred}
@@ -126,7 +126,7 @@ def build(model_dir: Path, precision: str, root: Path) -> Path:
 
 
 def measure_host(rounds: int, threads: int, root: Path, prompt_len: int, decode_len: int) -> list[dict]:
-    from edgekd.profile.generation import profile_generation
+    from edgekd.profile import profile_generation
 
     models = []
     for size in SIZES:
@@ -150,19 +150,19 @@ def measure_host(rounds: int, threads: int, root: Path, prompt_len: int, decode_
         out.append({"size": m["size"], "precision": m["precision"], "params": gen.param_count(m["config"]),
                     "profile": {k: prof[k] for k in (*METRICS, "init_ms", "peak_rss_mb", "size_mb", "threads",
                                                      "median_over_rounds")},
-                    "measurement": gen.generation_measurement(prof, m["config"], m["precision"])})
+                    "measurement": gen.measurement_from_profile(prof, m["config"], m["precision"])})
     return out
 
 
 def leave_one_out(rows: list[dict], target, threads: int) -> dict:
     """Uncalibrated, in-sample and held-out predictions of decode tok/s and TTFT for each row."""
-    all_cal = gen.calibrate_generation([r["measurement"] for r in rows], target)
+    all_cal = gen.calibrate([r["measurement"] for r in rows], target)
     for r in rows:
         m = r["measurement"]
         rest = [x["measurement"] for x in rows if x["size"] != r["size"]]
-        held = gen.calibrate_generation(rest, target)
+        held = gen.calibrate(rest, target)
         for name, cal in (("uncalibrated", None), ("in_sample", all_cal), ("held_out", held)):
-            p = gen.predict_generation(m["config"], target, m["precision"], m["prompt_len"], m["decode_len"], cal,
+            p = gen.predict(m["config"], target, m["precision"], m["prompt_len"], m["decode_len"], cal,
                                        threads, "onnx-genai")
             r[name] = {"decode_tok_s": p.decode_tok_s, "ttft_ms": p.ttft_ms, "prefill_tok_s": p.prefill_tok_s,
                        "decode_err": p.decode_tok_s / m["decode_tok_s"] - 1.0, "ttft_err": p.ttft_ms / m["ttft_ms"] - 1.0}

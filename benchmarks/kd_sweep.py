@@ -78,7 +78,7 @@ def main() -> None:
             cfg = DistillConfig(teacher=args.teacher, student=student, steps=args.steps,
                                 temperature=T, alpha=alpha, loss=loss, scheme=extra.get("scheme", "offline"),
                                 scheme_config=extra.get("scheme_config", {}),
-                                out=str(Path(d) / "run"), scratch=False, quiet=True, eval_every=0,
+                                out=str(Path(d) / "run"), baselines="none", quiet=True, eval_every=0,
                                 threads=args.threads)
             rep = run(cfg).report
         s, t = rep["student"], rep["teacher"]

@@ -43,7 +43,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from edgekd.targets import latency as lat  # noqa: E402
+from edgekd.targets import cost_latency as lat  # noqa: E402
 from edgekd.targets.hostbench import cpu_model_name, measure_target  # noqa: E402
 from edgekd.targets.spec import load_target  # noqa: E402
 

@@ -23,7 +23,7 @@ def bench_one(impl: str, args, workdir: Path) -> dict:
 
     out = workdir / impl
     run(DistillConfig(teacher=args.teacher, data=args.data, steps=args.steps, out=str(out), seq_len=args.seq_len,
-                      batch_size=args.batch_size, loss_impl=impl, scratch=False, eval_blocks=8, quiet=True,
+                      batch_size=args.batch_size, loss_impl=impl, baselines="none", eval_blocks=8, quiet=True,
                       checkpoint_every=10 ** 9, threads=args.threads))
     rep = json.loads((out / "report.json").read_text())
     hist = json.loads(sorted((out / "checkpoints" / "distill").glob("step_*"))[-1].joinpath("trainer.json").read_text())["history"]

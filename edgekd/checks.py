@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from edgekd.errors import EdgekdError
+from edgekd.formats import FORMATS, GENERATIVE, GRAPH, export_format, format_names
 from edgekd.hyperparams import DEFAULT_ALPHA, DEFAULT_TEMPERATURE, check_alpha, check_temperature
-from edgekd.precision import QUANTIZE
 
 MIN_FREE_BYTES = 64 << 10  # an output place with less free space than this is full for our purposes
 MAX_SEED = 2**32 - 1      # numpy's and torch's common range
@@ -130,55 +130,29 @@ def parse_loss_spec(loss) -> Optional[list]:
     return [{"name": n.strip(), "weight": 1.0} for n in s.split("+")]
 
 
-# The losses that compare a teacher and a student with different tokenizers (losses/cross_vocab.py, whose
-# classes say `needs_alignment`; a test keeps the two in step): with one, the student keeps its own vocabulary.
-CROSS_TOKENIZER_LOSSES = ("uld", "token_align")
-
-
 def loss_names(loss) -> list[str]:
     return [i.get("name") if isinstance(i, dict) else i for i in (parse_loss_spec(loss) or [])]
 
 
-def distill_inputs(values: dict, teacher_config: Optional[dict] = None) -> None:
-    """What a distill run is given, checked before anything is loaded or written: every number, the run
-    folder, the teacher's files, the data path and the student's shape. `values`: DistillConfig's fields;
-    `teacher_config`: the teacher's config.json when known (else read here, except for 'builtin')."""
-    distill_numbers(**values)
-    output_dir(values.get("out") or Path.cwd() / "runs")
-    teacher = values.get("teacher") or "builtin"
-    if teacher_config is None and teacher not in ("builtin", "builtin-seq2seq"):
-        teacher_config = json_object(model_dir(teacher, "--teacher") / "config.json", "model config", "")
-    data = values.get("data") or "builtin"
-    if data != "builtin" and not os.path.lexists(data):
-        raise EdgekdError(f"--data {data} does not exist: pass a text file, a folder of .txt files, a .jsonl, "
-                          f".csv or .parquet file, a saved data set, or 'builtin'")
-    own_vocab = any(n in CROSS_TOKENIZER_LOSSES for n in loss_names(values.get("loss")))
-    student_shape(student_overrides(values.get("student")), teacher_config, own_vocab=own_vocab)
-
-
-EXPORT_FORMATS = {"onnx": ".onnx", "tflite": ".tflite"}
-EXPORT_QUANTIZE = tuple(q for q in QUANTIZE if q != "int4")  # int4 weights exist only in the generative formats
-# The generative (KV-cache) formats: a .litertlm file, an onnx-genai folder (NAME-genai/).
-GENERATIVE_FORMATS = {"litert-lm": ".litertlm", "onnx-genai": "-genai"}
-GENERATIVE_QUANTIZE = ("none", "int8", "int4")  # their int8 already quantises activations at run time
-
-
 def export_args(fmt: str, quantize: str, seq_len: Any, min_top1: Any, out: Optional[str | os.PathLike] = None) -> None:
-    """export's options; `out` (when given) ends in the format's suffix and can be written."""
-    if fmt in GENERATIVE_FORMATS:
-        raise EdgekdError(f"--format {fmt} is a generative format: export it with export_generative")
-    if fmt not in EXPORT_FORMATS:
-        raise EdgekdError(f"unknown format {fmt!r}: use {', '.join([*EXPORT_FORMATS, *GENERATIVE_FORMATS, 'onnx-seq2seq'])}")
+    """export's options for a logits-graph format (onnx, tflite); `out` (when given) ends in the format's suffix
+    and can be written."""
+    f = FORMATS.get(fmt)
+    if f is not None and f.kind != GRAPH:
+        how = "export_generative" if f.generative else "export_seq2seq"
+        raise EdgekdError(f"--format {fmt} is {'a generative' if f.generative else 'an encoder-decoder'} format: "
+                          f"export it with {how}")
+    if f is None:
+        raise EdgekdError(f"unknown format {fmt!r}: use {', '.join(FORMATS)}")
     if quantize == "int4":
-        raise EdgekdError(f"--quantize int4 is for the generative formats (litert-lm, onnx-genai), not {fmt}: "
-                          f"use {', '.join(EXPORT_QUANTIZE)}")
-    if quantize not in EXPORT_QUANTIZE:
-        raise EdgekdError(f"unknown quantisation {quantize!r}: use {', '.join(EXPORT_QUANTIZE[:-1])} or "
-                          f"{EXPORT_QUANTIZE[-1]}")
+        raise EdgekdError(f"--quantize int4 is for the generative formats ({', '.join(format_names(GENERATIVE))}), "
+                          f"not {fmt}: use {', '.join(f.quantize)}")
+    if quantize not in f.quantize:
+        raise EdgekdError(f"unknown quantisation {quantize!r}: use {', '.join(f.quantize[:-1])} or {f.quantize[-1]}")
     number("--seq-len", seq_len, low=2, integer=True)
     number("--min-top1", min_top1, low=0, high=1, low_open=True)
     if out is not None:
-        export_file(out, EXPORT_FORMATS[fmt], fmt)
+        export_file(out, f.suffix, fmt)
 
 
 def export_file(out: str | os.PathLike, suffix: str, fmt: str) -> Path:
@@ -191,22 +165,22 @@ def export_file(out: str | os.PathLike, suffix: str, fmt: str) -> Path:
 def generative_args(fmt: str, quantize: str, new_tokens: Any, min_top1: Any = None,
                     out: Optional[str | os.PathLike] = None) -> None:
     """The generative export's options: litert-lm writes a .litertlm file, onnx-genai a folder."""
-    if fmt not in GENERATIVE_FORMATS:
-        raise EdgekdError(f"unknown generative format {fmt!r}: use {' or '.join(GENERATIVE_FORMATS)}")
+    f = export_format(fmt, GENERATIVE)
     if quantize == "int8-dynamic":
         raise EdgekdError(f"--quantize int8-dynamic is for onnx/tflite: {fmt}'s int8 already quantises activations "
                           f"at run time, use --quantize int8")
-    if quantize not in GENERATIVE_QUANTIZE:
-        raise EdgekdError(f"unknown quantisation {quantize!r} for {fmt}: use none, int8 or int4")
+    if quantize not in f.quantize:
+        raise EdgekdError(f"unknown quantisation {quantize!r} for {fmt}: use {', '.join(f.quantize[:-1])} or "
+                          f"{f.quantize[-1]}")
     number("--new-tokens", new_tokens, low=1, high=1024, integer=True)
     if min_top1 is not None:
         number("--min-top1", min_top1, low=0, high=1, low_open=True)
     if out is None:
         return
-    if fmt == "litert-lm":
-        export_file(out, GENERATIVE_FORMATS[fmt], fmt)
-    else:
+    if f.folder:
         output_dir(out)
+    else:
+        export_file(out, f.suffix, fmt)
 
 
 KERNEL_DTYPES = ("float32", "bfloat16", "float16")
@@ -373,60 +347,3 @@ def model_dir(path: str | os.PathLike, option: str) -> Path:
     for w in weights:
         safetensors_file(w)
     return d
-
-
-# --- students ---------------------------------------------------------------------------------------
-
-ARCH_KEYS = ("num_hidden_layers", "hidden_size", "num_attention_heads", "num_key_value_heads",
-             "intermediate_size", "head_dim")
-
-
-def student_overrides(spec: Any) -> Optional[dict]:
-    """The config fields a --student names (a dict, a JSON file, a model folder, or the name of a student edgekd
-    provides: 'bilstm'), or None for the default."""
-    if spec is None:
-        return None
-    from edgekd.models.arch import STUDENT_NAMES
-
-    if isinstance(spec, dict):
-        d = dict(spec)
-    elif str(spec) in STUDENT_NAMES:  # a student edgekd provides (bilstm), sized from the teacher
-        return {"model_type": STUDENT_NAMES[str(spec)]}
-    else:
-        p = Path(spec)
-        if p.is_dir():
-            p = p / "config.json"
-        if not p.is_file():
-            raise EdgekdError(f"--student {spec} does not exist: pass {', '.join(STUDENT_NAMES)} (a student edgekd "
-                              f"provides), a JSON file of config fields or a model folder")
-        d = json_object(p, "student config", "give a JSON object of config fields")
-    if d.get("model_type") in STUDENT_NAMES:  # {"model_type": "bilstm", "hidden_size": 64}
-        d["model_type"] = STUDENT_NAMES[d["model_type"]]
-    return d
-
-
-def student_shape(overrides: Optional[dict], teacher: Optional[dict], own_vocab: bool = False) -> None:
-    """Layers, widths and heads of the student (its fields over the teacher's) are positive and fit together;
-    its vocabulary is the teacher's unless `own_vocab` (a cross-tokenizer loss)."""
-    if not overrides:
-        return
-    same_family = not overrides.get("model_type") or not teacher or overrides["model_type"] == teacher.get("model_type")
-    c = {**(teacher or {}), **overrides} if same_family else dict(overrides)
-    for k in ARCH_KEYS:
-        if k in overrides and overrides[k] is not None:
-            number(f"student {k}", overrides[k], low=1, integer=True)
-    hidden, heads, kv = c.get("hidden_size"), c.get("num_attention_heads"), c.get("num_key_value_heads")
-    t = teacher or {}
-    own_head_dim = "head_dim" in overrides or (  # Gemma-style: head_dim is its own number, not hidden / heads
-        bool(t.get("head_dim")) and t.get("head_dim") * (t.get("num_attention_heads") or 0) != t.get("hidden_size"))
-    if isinstance(hidden, int) and isinstance(heads, int) and heads > 0 and not own_head_dim and hidden % heads:
-        raise EdgekdError(f"student hidden_size {hidden} is not a multiple of num_attention_heads {heads}: "
-                          f"fix the student config")
-    if isinstance(heads, int) and isinstance(kv, int) and kv > 0 and heads % kv:
-        raise EdgekdError(f"student num_attention_heads {heads} is not a multiple of num_key_value_heads {kv}: "
-                          f"fix the student config")
-    t_vocab, s_vocab = (teacher or {}).get("vocab_size"), c.get("vocab_size")
-    if t_vocab is not None and s_vocab is not None and s_vocab != t_vocab and not own_vocab:
-        raise EdgekdError(f"student vocab_size {s_vocab} differs from the teacher's {t_vocab}: the student must "
-                          f"use the teacher's tokenizer, or distil across tokenizers with --loss uld or "
-                          f"--loss token_align")

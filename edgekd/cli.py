@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
 
@@ -101,108 +101,112 @@ def targets_show(name: str = typer.Argument(..., help="Target name, e.g. android
 
 # --- distill / teacher (engine) -------------------------------------------------------------------
 
+def _opt(*names: str, help: str, **kw):
+    """A typer option, for the Annotated aliases below."""
+    return typer.Option(*names, help=help, **kw)
+
+
+# distill's options (declared once here so its signature reads one option a line)
+TeacherOpt = Annotated[str, _opt(help="Teacher: a local Hugging Face model directory, 'builtin' (a small Llama) or "
+                                      "'builtin-seq2seq' (an English -> German Marian).")]
+DataOpt = Annotated[str, _opt(help="Data: a text file, a directory of .txt, a .jsonl, .csv or .parquet file, a saved "
+                                   "data set, or 'builtin'.")]
+TextColumnOpt = Annotated[Optional[str], _opt("--text-column", help="Tables (.csv, .parquet, .jsonl, saved data sets): "
+                                                                    "the text column (default: text, sentence, ...).")]
+LabelColumnOpt = Annotated[Optional[str], _opt("--label-column", help="Tables: the label column of classification "
+                                                                      "data (default: label or labels).")]
+StudentOpt = Annotated[Optional[str], _opt(help="Student: a JSON file of config fields, a model directory, or "
+                                                "'bilstm' (a BiLSTM classifier, for a classifier teacher).")]
+StepsOpt = Annotated[Optional[int], _opt(help="Training steps (default: the built-in default).")]
+OutOpt = Annotated[Optional[str], _opt(help="Run directory (default: runs/distill-TIMESTAMP).")]
+ResumeOpt = Annotated[bool, _opt("--resume", help="Continue the run in --out from its last checkpoint.")]
+TemperatureOpt = Annotated[str, _opt(help="Softmax temperature T > 0, or 'auto' = log2(teacher/student params) + 1.")]
+AlphaOpt = Annotated[float, _opt(help="Weight of the distillation term against hard-label CE, in [0, 1].")]
+LossOpt = Annotated[Optional[str], _opt(help="Loss spec: JSON list, path to a .json, or names joined by '+'.")]
+SchemeOpt = Annotated[str, _opt(help="offline | online | self | multi_teacher | progressive | sequence | on_policy")]
+SchemeConfigOpt = Annotated[Optional[str], _opt(
+    "--scheme-config", help='Scheme options as JSON or a .json file, e.g. \'{"cache": "teacher-cache", "cache_k": 32}\' '
+                            '(offline), \'{"sizes": [{"num_hidden_layers": 3}]}\' (progressive), \'{"num_prompts": 256}\' '
+                            '(sequence), \'{"lmbda": 0.5, "sample_temperature": 1.0, "max_new_tokens": 64}\' (on_policy).')]
+SeedOpt = Annotated[int, _opt(help="Random seed.")]
+TargetOpt = Annotated[Optional[str], _opt(help="Edge target name (see `edgekd targets list`).")]
+LatencyBudgetOpt = Annotated[Optional[float], _opt("--latency-budget", help="Latency budget in ms (the logits job).")]
+DecodeOpt = Annotated[Optional[float], _opt("--decode-tok-s", help="Generation budget: least decode tokens/s "
+                                                                   "(default: the target's).")]
+TtftOpt = Annotated[Optional[float], _opt("--ttft-ms", help="Generation budget: most ms to the first token "
+                                                            "(default: the target's).")]
+GenerativeOpt = Annotated[Optional[bool], _opt(
+    "--generative/--logits", help="--target with a causal-LM teacher: budget generation and export litert-lm/onnx-genai "
+                                  "with a KV cache (the default), or budget one logits forward and export ONNX/TFLite.")]
+DeviceOpt = Annotated[str, _opt(help="Where to profile: local | ssh://USER@HOST[:PORT] | adb[:SERIAL].")]
+CalibrationOpt = Annotated[Optional[str], _opt(
+    "--calibration", help="--target: the cost model's starting calibration: a calibration .json (a run's "
+                          "search/calibration.json) or 'saved' (the device's, saved with --save-calibration); "
+                          "default: the target file's datasheet priors.")]
+SaveCalibrationOpt = Annotated[bool, _opt("--save-calibration", help="--target: save the calibration measured on the "
+                                                                     "device in the cache.")]
+IdentityOpt = Annotated[Optional[str], _opt(help="ssh: private key (default: ssh's, or EDGEKD_SSH_KEY).")]
+KnownHostsOpt = Annotated[Optional[str], _opt(help="ssh: known_hosts file to check the host key against.")]
+InsecureOpt = Annotated[bool, _opt("--insecure-host-key", help="ssh: do not check the host key.")]
+RemotePythonOpt = Annotated[str, _opt(help="ssh: the python on the device.")]
+BatchOpt = Annotated[int, _opt(help="Sequences per optimiser step.")]
+SeqLenOpt = Annotated[int, _opt(help="Tokens per sequence.")]
+LrOpt = Annotated[float, _opt(help="Peak learning rate.")]
+ParallelOpt = Annotated[str, _opt("--parallel", help="Under torchrun: ddp (a replica per process) or fsdp (the "
+                                                     "student sharded over the processes with FSDP2).")]
+QuietOpt = Annotated[bool, _opt("--quiet", help="No progress bars.")]
+KeepCheckpointsOpt = Annotated[int, _opt("--keep-checkpoints", help="Checkpoints kept per trained model (default: "
+                                                                  "the newest).")]
+BaselinesOpt = Annotated[str, _opt("--baselines", help="Baselines trained beside the student on hard labels alone: "
+                                                       "ce_only,scratch (default), ce_only, scratch or none.")]
+
+
 @app.command("distill")
 @_work
-def distill(
-    teacher: str = typer.Option("builtin", help="Teacher: a local Hugging Face model directory, 'builtin' (a small "
-                                                "Llama) or 'builtin-seq2seq' (an English -> German Marian)."),
-    data: str = typer.Option("builtin", help="Data: a text file, a directory of .txt, a .jsonl, .csv or .parquet file, a saved data set, or 'builtin'."),
-    text_column: Optional[str] = typer.Option(
-        None, "--text-column", help="Tables (.csv, .parquet, .jsonl, saved data sets): the text column (default: text, sentence, content, ...)."),
-    label_column: Optional[str] = typer.Option(
-        None, "--label-column", help="Tables: the label column of classification data (default: label or labels)."),
-    student: Optional[str] = typer.Option(None, help="Student: a JSON file of config fields, a model directory, or "
-                                                     "'bilstm' (a BiLSTM classifier, for a classifier teacher)."),
-    steps: Optional[int] = typer.Option(None, help="Training steps (default: the built-in default)."),
-    out: Optional[str] = typer.Option(None, help="Run directory (default: runs/distill-TIMESTAMP)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
-    temperature: str = typer.Option(str(DEFAULT_TEMPERATURE),
-                                    help="Softmax temperature T > 0, or 'auto' = log2(teacher/student params) + 1."),
-    alpha: float = typer.Option(DEFAULT_ALPHA,
-                                help="Weight of the distillation term against hard-label CE, in [0, 1]."),
-    loss: Optional[str] = typer.Option(None, help="Loss spec: JSON list, path to a .json, or names joined by '+'."),
-    scheme: str = typer.Option("offline", help="offline | online | self | multi_teacher | progressive | sequence | on_policy"),
-    scheme_config: Optional[str] = typer.Option(
-        None, "--scheme-config",
-        help='Scheme options as JSON or a .json file, e.g. \'{"cache": "teacher-cache", "cache_k": 32}\' (offline), '
-             '\'{"sizes": [{"num_hidden_layers": 3}]}\' (progressive), \'{"num_prompts": 256}\' (sequence), '
-             '\'{"lmbda": 0.5, "sample_temperature": 1.0, "max_new_tokens": 64}\' (on_policy).'),
-    seed: int = typer.Option(0, help="Random seed."),
-    target: Optional[str] = typer.Option(None, help="Edge target name (see `edgekd targets list`)."),
-    latency_budget: Optional[float] = typer.Option(None, "--latency-budget", help="Latency budget in ms (the logits job)."),
-    decode_tok_s: Optional[float] = typer.Option(None, "--decode-tok-s",
-                                                 help="Generation budget: least decode tokens/s (default: the target's)."),
-    ttft_ms: Optional[float] = typer.Option(None, "--ttft-ms",
-                                            help="Generation budget: most ms to the first token (default: the target's)."),
-    generative: Optional[bool] = typer.Option(
-        None, "--generative/--logits",
-        help="--target with a causal-LM teacher: budget generation and export litert-lm/onnx-genai with a KV cache "
-             "(the default), or budget one logits forward and export ONNX/TFLite."),
-    device: str = typer.Option("local", help="Where to profile: local | ssh://USER@HOST[:PORT] | adb[:SERIAL]."),
-    calibration: Optional[str] = typer.Option(
-        None, "--calibration", help="--target: the latency model's starting calibration: a calibration .json "
-                                    "(a run's search/calibration.json) or 'saved' (the device's, saved with "
-                                    "--save-calibration); default: the target file's datasheet priors."),
-    save_calibration: bool = typer.Option(False, "--save-calibration",
-                                          help="--target: save the calibration measured on the device in the cache."),
-    identity_file: Optional[str] = typer.Option(None, help="ssh: private key (default: ssh's, or EDGEKD_SSH_KEY)."),
-    known_hosts: Optional[str] = typer.Option(None, help="ssh: known_hosts file to check the host key against."),
-    insecure_host_key: bool = typer.Option(False, "--insecure-host-key", help="ssh: do not check the host key."),
-    remote_python: str = typer.Option("python3", help="ssh: the python on the device."),
-    batch_size: int = typer.Option(8, help="Sequences per optimiser step."),
-    seq_len: int = typer.Option(256, help="Tokens per sequence."),
-    lr: float = typer.Option(2e-3, help="Peak learning rate."),
-    parallel: str = typer.Option("ddp", "--parallel",
-                                 help="Under torchrun: ddp (a replica per process) or fsdp (the student sharded "
-                                      "over the processes with FSDP2)."),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
-) -> None:
+def distill(teacher: TeacherOpt = "builtin", data: DataOpt = "builtin", text_column: TextColumnOpt = None,
+            label_column: LabelColumnOpt = None, student: StudentOpt = None, steps: StepsOpt = None,
+            out: OutOpt = None, resume: ResumeOpt = False, temperature: TemperatureOpt = str(DEFAULT_TEMPERATURE),
+            alpha: AlphaOpt = DEFAULT_ALPHA, loss: LossOpt = None, scheme: SchemeOpt = "offline",
+            scheme_config: SchemeConfigOpt = None, seed: SeedOpt = 0, target: TargetOpt = None,
+            latency_budget: LatencyBudgetOpt = None, decode_tok_s: DecodeOpt = None, ttft_ms: TtftOpt = None,
+            generative: GenerativeOpt = None, device: DeviceOpt = "local", calibration: CalibrationOpt = None,
+            save_calibration: SaveCalibrationOpt = False, identity_file: IdentityOpt = None,
+            known_hosts: KnownHostsOpt = None, insecure_host_key: InsecureOpt = False,
+            remote_python: RemotePythonOpt = "python3", batch_size: BatchOpt = 8, seq_len: SeqLenOpt = 256,
+            lr: LrOpt = 2e-3, parallel: ParallelOpt = "ddp", quiet: QuietOpt = False,
+            baselines: BaselinesOpt = "ce_only,scratch", keep_checkpoints: KeepCheckpointsOpt = 1) -> None:
     """Distill the teacher into a student, train the scratch baseline, evaluate both, write the run."""
-    from edgekd.checks import distill_inputs, input_file, optional_number
-    from edgekd.profile import check_device
+    from edgekd.checks import input_file, optional_number
+    from edgekd.run_inputs import distill_inputs
     from edgekd.settings import Settings
 
     # Checked before the heavy imports and before anything is written: a bad value costs no run directory.
-    settings = Settings.from_env()
     temp = temperature if temperature == "auto" else _float_option("--temperature", temperature)
     distill_inputs(dict(teacher=_path(teacher), data=_path(data), student=_student(student), steps=steps, out=_path(out),
                         temperature=temp, alpha=alpha, latency_budget_ms=latency_budget, batch_size=batch_size,
                         seq_len=seq_len, lr=lr, seed=seed, loss=loss))
-    profile_kw = dict(identity_file=_path(identity_file), known_hosts=_path(known_hosts),
-                      insecure_host_key=insecure_host_key, remote_python=remote_python)
-    if (calibration or save_calibration) and not target:
-        raise EdgekdError("--calibration and --save-calibration go with --target (the job's latency model)")
     for name, v in (("--decode-tok-s", decode_tok_s), ("--ttft-ms", ttft_ms)):
-        if v is not None and not target:
-            raise EdgekdError(f"{name} is a budget of the job: give --target NAME with it")
         optional_number(name, v, low=0, low_open=True)
     calibration = _path(calibration, keep=("saved",))
     if calibration != "saved":
         input_file(calibration, "--calibration")
-    if target:
-        from edgekd.targets.spec import load_target
+    from edgekd.distill import DistillConfig, apply_settings
+    from edgekd.pipeline import JobConfig, distill_job
 
-        target = _path(target) if target.endswith(".toml") else target
-        load_target(target, settings)
-    check_device(device, probe=bool(target), settings=settings, **profile_kw)  # reachable now, not after training
-    from edgekd.distill import DistillConfig, apply_settings, run
-
-    apply_settings(settings)
+    settings = apply_settings(Settings.from_env())  # the kernel switch and the fault hook, before any phase
 
     engine = DistillConfig(teacher=_path(teacher), data=_path(data), text_column=text_column,
                            label_column=label_column, student=_student(student), steps=steps, out=_path(out),
                            resume=resume, temperature=temp, alpha=alpha, loss=loss, scheme=scheme, seed=seed,
                            batch_size=batch_size, seq_len=seq_len, lr=lr, quiet=quiet, parallel=parallel,
-                           scheme_config=_scheme_paths(_json_option("--scheme-config", scheme_config)))
-    if target:  # the one-command job: search -> distill -> export -> profile -> report (it refuses --student)
-        from edgekd.pipeline import JobConfig, distill_for_target
-
-        distill_for_target(JobConfig(engine=engine, target=target, latency_budget_ms=latency_budget, device=device,
-                                     calibration=calibration, save_calibration=save_calibration, profile=profile_kw,
-                                     generative=generative, decode_tok_s=decode_tok_s, ttft_ms=ttft_ms),
-                           settings=settings)
-    else:
-        run(engine, settings=settings)
+                           baselines=baselines, keep_checkpoints=keep_checkpoints, scheme_config=_scheme_paths(_json_option("--scheme-config", scheme_config)))
+    target = _path(target) if target and target.endswith(".toml") else target
+    distill_job(JobConfig(engine=engine, target=target, latency_budget_ms=latency_budget, device=device,
+                          calibration=calibration, save_calibration=save_calibration, generative=generative,
+                          decode_tok_s=decode_tok_s, ttft_ms=ttft_ms,
+                          profile=dict(identity_file=_path(identity_file), known_hosts=_path(known_hosts),
+                                       insecure_host_key=insecure_host_key, remote_python=remote_python)),
+                settings=settings)
 
 
 def _scheme_paths(opts: dict) -> dict:
@@ -294,21 +298,22 @@ def export(
                                             "prompt (sentence)."),
 ) -> None:
     """Export, check against PyTorch (logits; generative formats: greedy generation), write FILE and FILE.json."""
-    from edgekd.checks import GENERATIVE_FORMATS, export_args, generative_args, model_dir as check_model_dir
+    from edgekd.checks import export_args, generative_args, model_dir as check_model_dir
+    from edgekd.formats import FORMATS
     from edgekd.console import echo
 
     if format == "onnx-seq2seq":  # an encoder-decoder: three graphs with a KV cache, checked by greedy translation
         if quantize != "none":
             raise EdgekdError(f"--format onnx-seq2seq exports float32 only, not --quantize {quantize}: drop --quantize")
         check_model_dir(_path(model_dir), "MODEL_DIR")
-        from edgekd.export.seq2seq import export_seq2seq
+        from edgekd.export.seq2seq_export import export_seq2seq
 
         rec = export_seq2seq(_path(model_dir), out=_path(out), new_tokens=new_tokens)
         echo(f"wrote {rec['path']}/ ({rec['size_mb']:.2f} MB: encoder_model.onnx, decoder_model.onnx, "
              f"decoder_with_past_model.onnx): greedy translations of {rec['parity']['sentences']} held-out sentences "
              f"with the KV cache match PyTorch's; parity record {rec['path']}.json")
         return
-    if format in GENERATIVE_FORMATS:
+    if format in FORMATS and FORMATS[format].generative:
         generative_args(format, quantize, new_tokens, min_top1, _path(out))  # before the heavy imports
         check_model_dir(_path(model_dir), "MODEL_DIR")
         from edgekd.export import export_generative
@@ -356,7 +361,7 @@ def profile(
     --generative, time to first token, prefill and decode tokens/s."""
     import json
 
-    from edgekd.profile import profile_model, target_defaults
+    from edgekd.profile import profile_generation, profile_model, target_defaults
     from edgekd.settings import Settings
 
     settings = Settings.from_env()
@@ -364,8 +369,6 @@ def profile(
     ssh = dict(remote_python=remote_python, identity_file=_path(identity_file), known_hosts=_path(known_hosts),
                insecure_host_key=insecure_host_key, benchmark_binary=_path(benchmark_binary), settings=settings)
     if generative:
-        from edgekd.profile.generation import profile_generation
-
         stats = profile_generation(_path(model_file), device=device, prompt_len=prompt_len, decode_len=decode_len,
                                    runs=3 if runs is None else runs, warmup=1 if warmup is None else warmup,
                                    threads=threads, **ssh)
@@ -397,7 +400,7 @@ def predict(
 ) -> None:
     """Predict time to first token, prefill and decode tokens/s, peak RSS and size of generating on a target."""
     from edgekd.settings import Settings
-    from edgekd.targets.generation import predict_model
+    from edgekd.targets.cost_generation import predict_model
 
     pred = predict_model(_path(model), _path(target) if target.endswith(".toml") else target, precision,
                          prompt_len, decode_len, Settings.from_env()).to_dict()

@@ -27,10 +27,10 @@ from typing import Any, Optional, Union
 
 from edgekd import faults
 from edgekd.console import echo
+from edgekd.deploy import PROFILE_RUNS, PROFILE_WARMUP
 from edgekd.distill.config import DistillConfig, read_saved_json, refuse_changes, resolve_out, resume_config
 from edgekd.errors import EdgekdError, JobFailed
 from edgekd.io import run_lock, write_json
-from edgekd.models.loading import CLASSIFIER
 from edgekd.report import JobFacts, build_job_report, failure_message, mark_status, print_summary, write_job_report
 from edgekd.settings import Settings
 from edgekd.timing import PhaseTimer
@@ -41,12 +41,7 @@ from edgekd.timing import PhaseTimer
 # ~2 min and the whole job ~3; the engine's 300 would be ~4.5 min, too close to 10 on a slower box.
 JOB_STEPS = 150          # training steps, for the distilled student and again for the scratch baseline
 EXPORT_SEQ_LEN = 64      # the exported (static) sequence length = the one the latency budget is for
-PROFILE_RUNS = 20        # timed runs per exported file
-PROFILE_WARMUP = 3
 MAX_SHRINKS = 2          # recalibrate-and-shrink rounds after a measured miss on the device
-PARITY_ROWS = 16         # held-out rows the exports are checked on
-GEN_PROMPTS, GEN_PROMPT_TOKENS = 8, 16  # held-out prompts (and their length) of the generation parity check
-GEN_PROFILE_RUNS = 3     # timed generations per generative export
 ATTEMPT_ENTRIES = ("config.json", "student", "checkpoints", "export", "profile", "report.json", "report.md",
                    "plots", "search")
 JOB_FILE = "job.json"    # the job's own options, for --resume (the engine's are config.json)
@@ -96,6 +91,26 @@ class JobConfig:
         return d
 
 
+JOB_ONLY = {"latency_budget_ms": "--latency-budget", "decode_tok_s": "--decode-tok-s", "ttft_ms": "--ttft-ms",
+            "calibration": "--calibration", "save_calibration": "--save-calibration", "generative": "--generative/--logits",
+            "device": "--device"}
+
+
+def distill_job(config: JobConfig, *, settings: Optional[Settings] = None):
+    """`edgekd distill`: the whole job for `config.target`, or the engine alone without one (then the job's
+    own options are refused by name). Returns the run directory (the engine's RunResult without a target)."""
+    if config.target:
+        return distill_for_target(config, settings=settings)
+    default = JobConfig()
+    given = [opt for k, opt in JOB_ONLY.items() if getattr(config, k) != getattr(default, k)]
+    if given:
+        raise EdgekdError(f"{', '.join(given)} {'goes' if len(given) == 1 else 'go'} with --target (the job's "
+                          f"budget, cost model and device): give --target NAME, or drop {'it' if len(given) == 1 else 'them'}")
+    from edgekd.distill import run
+
+    return run(config.engine)
+
+
 def distill_for_target(config: Union[JobConfig, dict], *, settings: Optional[Settings] = None) -> Path:
     """Search, distill, export, profile and report for `config.target`; return the run directory.
 
@@ -124,7 +139,8 @@ def distill_for_target(config: Union[JobConfig, dict], *, settings: Optional[Set
 
 
 def _check_job(job: JobConfig, settings: Settings):
-    """The target (its host facts measured, explicitly, here) and a reachable device, before any work."""
+    """The job's options, the target (its host facts measured, explicitly, here) and a reachable device
+    (probed once, here), before any work."""
     from edgekd.profile import check_device
     from edgekd.targets import load_target, measure_target
 
@@ -133,7 +149,7 @@ def _check_job(job: JobConfig, settings: Settings):
     if job.engine.student is not None and not _given_student(job):
         raise EdgekdError("--student and --target together: the target's search chooses the student; drop one "
                           "(--student bilstm is the exception: it is distilled as it is and measured against the budget)")
-    t = measure_target(load_target(job.target), settings=settings)
+    t = measure_target(load_target(job.target, settings), settings=settings)
     check_device(job.device, settings=settings, **job.profile)
     if job.engine.steps is None:
         job.engine.steps = JOB_STEPS
@@ -143,7 +159,7 @@ def _check_job(job: JobConfig, settings: Settings):
 def _given_student(job: JobConfig) -> bool:
     """A student the search does not choose: edgekd's BiLSTM (--student bilstm), a family the latency model does
     not predict; the job distills it as given and judges the budget on its measured time."""
-    from edgekd.checks import student_overrides
+    from edgekd.models.specs import student_overrides
     from edgekd.models.arch import BILSTM_MODEL_TYPE
 
     return job.engine.student is not None and \
@@ -161,9 +177,9 @@ def _check_resume(job: JobConfig, out: Path) -> None:
 
 
 def _start_calibration(job: JobConfig, t, fmt: str, settings: Settings, cls):
-    """The cost model's starting calibration (a `cls`: the latency or the generation model's), and how
-    report.json names it (source, path, values)."""
-    from edgekd.targets.latency import calibration_path, load_calibration
+    """The cost model's starting calibration (a `cls`: its calibration type), and how report.json names
+    it (source, path, values)."""
+    from edgekd.targets.fitting import calibration_path, load_calibration
 
     given = job.calibration
     if given is None:
@@ -174,7 +190,7 @@ def _start_calibration(job: JobConfig, t, fmt: str, settings: Settings, cls):
         raise EdgekdError(f"calibration: this job's cost model takes a {cls.__name__}, a path or 'saved', got a "
                           f"{type(given).__name__}")
     path = calibration_path(t.key, fmt, settings) if given == "saved" else Path(given)
-    cal = load_calibration(t.key, fmt, path, cls)
+    cal = load_calibration(t.key, fmt, path, cls, settings)
     if cal is None:
         what = f"no saved calibration for {t.name}/{fmt} ({path})" if given == "saved" else f"{path} does not exist"
         raise EdgekdError(f"--calibration: {what}: measure the device once with --save-calibration, or drop it")
@@ -182,19 +198,65 @@ def _start_calibration(job: JobConfig, t, fmt: str, settings: Settings, cls):
 
 
 def _target_facts(t) -> dict:
-    """The device facts the job's latency model used (report.json's `target_facts`)."""
+    """The device facts the job's cost model used (report.json's `target_facts`)."""
     return {"name": t.name, "path": t.path, "facts": {k: t.data[k] for k in ("cpu", "memory", "runtime", "budget")},
             "measured": {k: t[k] for k in t.measured}}
+
+
+BUDGET_OPTIONS = {"latency_ms": "--latency-budget", "decode_tok_s": "--decode-tok-s", "ttft_ms": "--ttft-ms"}
+
+
+def cost_model_of(job: JobConfig, teacher_cfg: dict):
+    """The job's cost model: `generation` for a causal-LM teacher (unless --logits), `latency` otherwise."""
+    from edgekd.models.loading import CAUSAL_LM, model_kind
+    from edgekd.targets import get_cost_model
+
+    causal = model_kind(teacher_cfg) == CAUSAL_LM
+    generative = causal if job.generative is None else job.generative
+    if generative and not causal:
+        raise EdgekdError("--generative needs a causal-LM teacher: a classifier is exported as a logits graph")
+    return get_cost_model("generation" if generative else "latency")
+
+
+def budget_overrides(job: JobConfig, model, target: str) -> tuple[dict, str]:
+    """The budget bounds the job's options set (refused by name where they are another cost model's), and
+    where the budget comes from: the options, the built-in teacher's demo budget (when nothing is given
+    with that teacher), or the target file."""
+    from edgekd.models.builtin import demo_budget, is_builtin_teacher
+
+    given = {"latency_ms": job.latency_budget_ms, "decode_tok_s": job.decode_tok_s, "ttft_ms": job.ttft_ms}
+    given = {k: v for k, v in given.items() if v is not None}
+    foreign = [BUDGET_OPTIONS[k] for k in given if k not in model.budget_keys]
+    if foreign:
+        own = "/".join(model.budget_options[k] for k in model.budget_keys)
+        raise EdgekdError(f"{'/'.join(foreign)} {'is' if len(foreign) == 1 else 'are'} not a budget of the "
+                          f"{model.name} job, whose budget is {own}: drop {'it' if len(foreign) == 1 else 'them'}, "
+                          f"or choose the other job with --generative/--logits")
+    if given:
+        return given, "options"
+    demo = demo_budget(model.name, target) if is_builtin_teacher(job.engine.teacher) else None
+    return (dict(demo), "built-in teacher's demo budget") if demo else ({}, "target file")
+
+
+def disk_mb(out: Path) -> dict:
+    """The run directory's size on disk and its largest parts, in MB (report.json's `disk_mb`)."""
+    def size(p: Path) -> float:
+        files = [p] if p.is_file() else (f for f in p.rglob("*") if f.is_file() and not f.is_symlink())
+        return sum(f.stat().st_size for f in files) / 1e6 if p.exists() else 0.0
+
+    return {"run": size(out), "checkpoints": size(out / "checkpoints"), "export": size(out / "export")}
 
 
 class _Job:
     """distill_for_target's work with RUN/.lock held: the state one attempt hands to the next.
 
-    `self.gen` is the generative job's state (None for the logits job): the budget overrides and the
-    lengths its exports are profiled at; the methods below branch on it where the two jobs differ.
+    The job holds one cost model (`self.model`: its search, budget, calibration and attempt records) and
+    one Deployment (`self.deploy`: how its student is exported, checked and timed); every phase below
+    is the same whatever they are.
     """
 
     def __init__(self, job: JobConfig, t, out: Path, settings: Settings):
+        from edgekd.deploy import Where, deployment_for
         from edgekd.models.loading import CAUSAL_LM, check_kind, model_kind, read_config_dict, resolve_model_dir
 
         self.job, self.t, self.out, self.settings = job, t, out, settings
@@ -203,32 +265,24 @@ class _Job:
         check_kind(resolve_model_dir(job.engine.teacher), self.teacher_cfg)  # before the search: one line, no files
         max_pos = int(self.teacher_cfg.get("max_position_embeddings") or job.export_seq_len)
         self.seq_len = min(job.export_seq_len, job.engine.seq_len, max_pos)
-        causal = model_kind(self.teacher_cfg) == CAUSAL_LM
-        generative = causal if job.generative is None else job.generative
-        if generative and not causal:
-            raise EdgekdError("--generative needs a causal-LM teacher: a classifier is exported as a logits graph")
-        if not generative and (job.decode_tok_s is not None or job.ttft_ms is not None):
-            raise EdgekdError("--decode-tok-s/--ttft-ms budget generation: drop them, or run the generative job")
-        if generative and job.latency_budget_ms is not None:
-            raise EdgekdError("--latency-budget is the logits job's budget: an LLM's is --decode-tok-s/--ttft-ms "
-                              "(or pass --logits for the logits-graph job)")
+        self.model = cost_model_of(job, self.teacher_cfg)
+        self.budget, self.budget_source = budget_overrides(job, self.model, t.name)
+        if "seq_len" in self.model.length_keys:
+            self.budget["seq_len"] = self.seq_len
         self.given = _given_student(job)
-        if self.given and causal:
+        if self.given and model_kind(self.teacher_cfg) == CAUSAL_LM:
             raise EdgekdError("--student bilstm is a sentence classifier: give a *ForSequenceClassification teacher, "
                               "or drop --student to search a student of the causal LM's family")
-        self.gen = {"decode_tok_s": job.decode_tok_s, "ttft_ms": job.ttft_ms} if generative else None
-        if generative:
-            from edgekd.targets.generation import GenerationCalibration, target_format
-
-            self.fmt, cls = target_format(t), GenerationCalibration
-        else:
-            from edgekd.targets.latency import Calibration
-
-            self.fmt, cls = t.runtime["preferred_format"], Calibration
+        self.fmt = self.model.target_format(t)
+        self.deploy = deployment_for(self.model.name)
         self.threads = int(t.runtime.get("default_threads") or 0) or None
-        self.on_target_local = t.access.get("method") == "local"  # `host`: this machine is the device
-        self.measure_device = job.device if job.device != "local" else ("local" if self.on_target_local else None)
-        self.cal, self.cal_info = _start_calibration(job, t, self.fmt, settings, cls)
+        on_target_local = t.access.get("method") == "local"  # `host`: this machine is the device
+        self.measure_device = job.device if job.device != "local" else ("local" if on_target_local else None)
+        self.where = Where(out=out, seq_len=self.seq_len, threads=self.threads,
+                           local_threads=self.threads if on_target_local else None, device=self.measure_device,
+                           settings=settings, profile_kw=dict(job.profile), runs=job.profile_runs,
+                           warmup=job.profile_warmup)
+        self.cal, self.cal_info = _start_calibration(job, t, self.fmt, settings, self.model.calibration_type)
         self.attempts: list[dict] = []
         self.device_measurements: list[dict] = []  # calibration inputs, across attempts
         self.device_error = self.shrink_note = None
@@ -237,14 +291,13 @@ class _Job:
     def search(self, max_params: Optional[int] = None):
         from edgekd.search import print_table, search_student
 
-        res = search_student(self.teacher_cfg, self.t, self.job.latency_budget_ms, seq_len=self.seq_len,
-                             calibration=self.cal, max_params=max_params, generation=self.gen)
-        if res.generation:
-            b, limit = res.generation["budget"], int(self.teacher_cfg.get("max_position_embeddings") or 2048)
-            if b["prompt_len"] + b["decode_len"] > limit:
-                raise EdgekdError(f"{self.t.name}'s generation budget holds at a {b['prompt_len']}-token prompt and "
-                                  f"{b['decode_len']} generated tokens, more than the teacher's {limit} positions: "
-                                  f"use a target file with shorter prompt_len/decode_len")
+        res = search_student(self.teacher_cfg, self.t, self.budget, cost_model=self.model, calibration=self.cal,
+                             max_params=max_params, settings=self.settings)
+        needed, limit = self.model.positions(res.budget), int(self.teacher_cfg.get("max_position_embeddings") or 2048)
+        if needed > limit:
+            raise EdgekdError(f"{self.t.name}'s budget ({self.model.budget_words(res.budget)}) needs {needed} positions, "
+                              f"more than the teacher's {limit}: use a target file with shorter "
+                              f"{'/'.join(self.model.length_keys)}")
         if not self.quiet:
             print_table(res)
         faults.point("search")
@@ -255,10 +308,10 @@ class _Job:
         measured against."""
         from edgekd.search import SearchResult
 
-        budget = self.job.latency_budget_ms
+        b = self.model.budget(self.t, self.budget)
         return SearchResult(choice={"student": str(self.job.engine.student), "precision": "float32"}, table=[],
-                            target=self.t.name, predicted_ms=None, calibrated=False,
-                            latency_budget_ms=float(budget if budget is not None else self.t.budget["latency_ms"]))
+                            target=self.t.name, predicted_ms=None, calibrated=False, cost_model=self.model.name,
+                            budget=b, fmt=self.fmt, latency_budget_ms=float(b["latency_ms"]))
 
     def run(self) -> Path:
         from edgekd.search import SearchResult
@@ -277,7 +330,7 @@ class _Job:
         for k in range(self.job.max_shrinks + 1):
             result, exports, measured, on_dev = self.attempt(res, k, resume)
             resume = False
-            if not self.shrink_wanted(res, k):
+            if not self.shrink_wanted(k):
                 break
             nxt = self.recalibrate_and_search(res, on_dev)
             if nxt is None:
@@ -290,79 +343,26 @@ class _Job:
         """One student: distill it (the engine), export it, time it locally and on the device."""
         from edgekd.distill.run import run
 
+        e = self.job.engine
         with self.timer("distill+scratch+eval"):
-            result = run(replace(self.job.engine, student=self.job.engine.student if self.given else res.arch,
+            result = run(replace(e, student=e.student if self.given else res.arch,
                                  resume=resume and (self.out / "config.json").is_file()), status="incomplete")
         with self.timer("export+parity+local_profile"):
-            exports, measured = (self.export_generative(res, result) if self.gen else
-                                 self.export_logits(result))
+            data = {"data": e.data, "text_column": e.text_column, "label_column": e.label_column}
+            exports, measured = self.deploy.export_and_time(self.where, res, result, data)
         on_dev = self.measure_on_device(res, exports, measured) if self.measure_device else {}
         params = result.report["student"]["params"] if self.given else res.choice_row["params"]
-        self.attempts.append({"attempt": k, "choice": res.choice, "params": params,
-                              "predicted_ms": res.predicted_ms, "calibrated": res.calibrated,
-                              "measured_ms": on_dev[res.precision]["p50_ms"] if res.precision in on_dev and not self.gen
-                              else None} | (self.generation_attempt(res, on_dev) if self.gen else {}))
+        self.attempts.append({"attempt": k, "choice": res.choice, "params": params, "predicted_ms": res.predicted_ms,
+                              "calibrated": res.calibrated} | self.model.attempt_numbers(res, on_dev.get(res.precision)))
         return result, exports, measured, on_dev
-
-    def export_logits(self, result):
-        """The logits graph four ways (ONNX, TFLite, float and int8), each timed here."""
-        from edgekd.export import export_run
-        from edgekd.profile.exports import profile_exports
-
-        if result.kind == CLASSIFIER:
-            rows = self.heldout_sentences()
-        else:
-            rows = None if result.heldout_ids is None else result.heldout_ids[:PARITY_ROWS, :self.seq_len]
-        exports = export_run(self.out, seq_len=self.seq_len, calib_inputs=rows)
-        measured = profile_exports(self.out, exports, device="local", runs=self.job.profile_runs,
-                                   warmup=self.job.profile_warmup,
-                                   threads=self.threads if self.on_target_local else None)
-        return exports, measured
-
-    def heldout_sentences(self) -> dict:
-        """A classifier's parity rows: held-out (validation) sentences from the shortest to the longest, each
-        padded to the exported length with its attention mask, in the student's tokenizer."""
-        from edgekd.data.batching import sentences_of_every_length
-        from edgekd.data.corpus import load_corpus
-        from edgekd.data.tokenizer import load_tokenizer
-
-        e = self.job.engine
-        corpus = load_corpus(e.data, e.text_column, e.label_column)
-        rows = sentences_of_every_length(corpus.validation, load_tokenizer(self.out / "student"), self.seq_len,
-                                         PARITY_ROWS)
-        lengths = rows["attention_mask"].sum(1)
-        return rows | {"source": f"held-out sentences (the validation split) of {int(lengths.min())} to "
-                                 f"{int(lengths.max())} tokens, padded to {self.seq_len} and masked"}
-
-    def export_generative(self, res, result):
-        """litert-lm and onnx-genai, float and the searched precision, each with generation parity on held-out
-        prompts, then each timed generating here at the budget's prompt and decode lengths."""
-        from edgekd.export import export_run
-        from edgekd.export.run_dir import generative_variants
-        from edgekd.profile.exports import profile_generative_export
-
-        variants = generative_variants(("float32", res.precision))
-        prompts = None if result.heldout_ids is None else [
-            [int(x) for x in row[:GEN_PROMPT_TOKENS]] for row in result.heldout_ids[:GEN_PROMPTS]]
-        exports = export_run(self.out, variants=variants, prompts=prompts)
-        b = res.generation["budget"]
-        measured = []
-        for e in exports.values():
-            if e.get("passed"):
-                measured.append(profile_generative_export(self.out, e, "local", b["prompt_len"], b["decode_len"],
-                                                          GEN_PROFILE_RUNS, 1,
-                                                          self.threads if self.on_target_local else None))
-                faults.point("profile")
-        return exports, measured
 
     def measure_on_device(self, res, exports: dict, measured: list) -> dict:
         """The deployed file and its other precision on the device (both inform a recalibration)."""
         from edgekd.export import export_key
 
-        other = "int8" if res.precision == "float32" and not self.gen else "float32"
         on_dev = {}
         with self.timer("device_profile"):
-            for prec in dict.fromkeys((res.precision, other)):
+            for prec in self.deploy.device_precisions(res):
                 e = exports.get(export_key(self.fmt, prec), {})
                 if not e.get("passed"):
                     continue
@@ -370,7 +370,7 @@ class _Job:
                     m = next((m for m in measured if m["format"] == self.fmt and m["precision"] == prec), None)
                 else:
                     try:
-                        m = self.profile_on_device(res, e)
+                        m = self.deploy.profile_on_device(self.where, res, e)
                     except EdgekdError as err:
                         self.device_error = str(err)
                         break
@@ -380,53 +380,19 @@ class _Job:
                     on_dev[prec] = m
         return on_dev
 
-    def profile_on_device(self, res, export: dict) -> dict:
-        from edgekd.profile.exports import profile_export, profile_generative_export
-
-        if self.gen:
-            b = res.generation["budget"]
-            return profile_generative_export(self.out, export, self.measure_device, b["prompt_len"], b["decode_len"],
-                                             GEN_PROFILE_RUNS, 1, self.threads or 1, settings=self.settings,
-                                             **self.job.profile)
-        return profile_export(self.out, export, self.measure_device, self.job.profile_runs, self.job.profile_warmup,
-                              self.threads or 1, settings=self.settings, **self.job.profile)
-
-    def generation_attempt(self, res, on_dev: dict) -> dict:
-        """The attempt's generation numbers: predicted, measured on the device, and the budget keys it missed."""
-        pred, b = res.generation["predicted"], res.generation["budget"]
-        m = on_dev.get(res.precision)
-        from edgekd.targets.spec import generation_misses
-
-        misses = [] if m is None else generation_misses(m, b)
-        return {"predicted": {k: pred[k] for k in ("decode_tok_s", "ttft_ms")},
-                "measured": None if m is None else {k: m[k] for k in ("decode_tok_s", "ttft_ms")}, "misses": misses}
-
-    def shrink_wanted(self, res, k: int) -> bool:
-        a = self.attempts[-1]
-        missed = bool(a.get("misses")) if self.gen else (a["measured_ms"] is not None and
-                                                         a["measured_ms"] > res.latency_budget_ms)
-        return missed and k < self.job.max_shrinks and not self.given  # a given student is not shrunk
+    def shrink_wanted(self, k: int) -> bool:
+        """A measured miss on the device, shrink rounds left, and a student the search chose."""
+        return bool(self.attempts[-1]["misses"]) and k < self.job.max_shrinks and not self.given
 
     def recalibrate_and_search(self, res, on_dev: dict):
         """A measured miss: recalibrate on every device measurement so far, search a strictly smaller student."""
         with self.timer("recalibrate+search"):
             config = {**self.teacher_cfg, **res.arch}
-            if self.gen:
-                from edgekd.targets.generation import (calibrate_generation, default_generation_calibration,
-                                                       generation_measurement)
-
-                for prec, m in on_dev.items():
-                    self.device_measurements.append(generation_measurement(m, config, prec))
-                self.cal = calibrate_generation(self.device_measurements, self.t,
-                                                prior=self.cal or default_generation_calibration(self.t, self.fmt))
-            else:
-                from edgekd.targets.latency import calibrate, default_calibration, measurement_from_profile
-
-                for prec, m in on_dev.items():
-                    self.device_measurements.append(measurement_from_profile(
-                        m | {"threads": self.threads}, config, prec, seq_len=self.seq_len))
-                self.cal = calibrate(self.device_measurements, self.t, self.fmt,
-                                     prior=self.cal or default_calibration(self.t, self.fmt))
+            for prec, m in on_dev.items():
+                self.device_measurements.append(self.model.measurement(m, config, prec, seq_len=self.seq_len,
+                                                                       threads=self.threads))
+            self.cal = self.model.calibrate(self.device_measurements, self.t, self.fmt,
+                                            prior=self.cal or self.model.default_calibration(self.t, self.fmt))
             self.cal_info = self.cal_info | {"recalibrated": self.cal.to_dict()}
             try:
                 return self.search(max_params=self.attempts[-1]["params"])
@@ -436,12 +402,9 @@ class _Job:
 
     def next_attempt(self, k: int, nxt) -> None:
         """Park attempt k in RUN/attempts/k, save the new calibration and search for attempt k + 1."""
-        a = self.attempts[-1]
         if not self.quiet:
-            missed = (", ".join(f"{m} {a['measured'][m]:.4g}" for m in a["misses"]) + " outside the generation budget"
-                      if self.gen else f"{a['measured_ms']:.3f} ms > budget {nxt.latency_budget_ms:g} ms")
-            echo(f"measured {missed} on {self.measure_device}: recalibrated the "
-                 f"{'generation' if self.gen else 'latency'} model; distilling a smaller student "
+            echo(f"measured {self.model.miss_words(self.attempts[-1], nxt.budget)} on {self.measure_device}: "
+                 f"recalibrated the {self.model.name} model; distilling a smaller student "
                  f"({k + 1}/{self.job.max_shrinks})")
         dest = self.out / "attempts" / str(k)
         dest.mkdir(parents=True, exist_ok=True)
@@ -450,45 +413,31 @@ class _Job:
                 os.replace(self.out / name, dest / name)
         nxt.save(self.out / "search")
         if self.job.save_calibration:  # the device's own calibration, for later --calibration saved
-            from edgekd.targets.latency import calibration_path
+            from edgekd.targets.fitting import calibration_path
 
             self.cal.save(calibration_path(self.t.key, self.fmt, self.settings))
 
-    def final_calibration(self):
-        if self.cal is not None:
-            return self.cal
-        if self.gen:
-            from edgekd.targets.generation import default_generation_calibration
-
-            return default_generation_calibration(self.t, self.fmt)
-        from edgekd.targets.latency import default_calibration
-
-        return default_calibration(self.t, self.fmt)
-
     def finish(self, res, result, exports: dict, measured: list) -> Path:
         """report.json and report.md of the job (report/ builds and renders them); JobFailed if it failed."""
-        self.final_calibration().save(self.out / "search" / "calibration.json")
-        if self.gen:
-            from edgekd.targets.generation import RUNTIME_OF
-
-            runtime = RUNTIME_OF[self.fmt]
-        else:
-            from edgekd.targets.latency import runtime_for
-
-            runtime = runtime_for(self.fmt)
-        facts = JobFacts(target=self.t.name, search=res, attempts=self.attempts, fmt=self.fmt, runtime=runtime,
-                         seq_len=self.seq_len, threads=self.threads, exports=exports, measured=measured,
-                         timings=self.timer.summary(), calibration=self.cal_info, target_facts=_target_facts(self.t),
-                         device_error=self.device_error, shrink_stopped=self.shrink_note,
-                         extra={"job": self.job.saved_fields()})
+        (self.cal or self.model.default_calibration(self.t, self.fmt)).save(self.out / "search" / "calibration.json")
+        facts = JobFacts(target=self.t.name, search=res, attempts=self.attempts, fmt=self.fmt,
+                         runtime=self.model.runtime(self.fmt), seq_len=self.seq_len, threads=self.threads,
+                         exports=exports, measured=measured, timings=self.timer.summary(), calibration=self.cal_info,
+                         target_facts=_target_facts(self.t), device_error=self.device_error,
+                         shrink_stopped=self.shrink_note,
+                         extra={"job": self.job.saved_fields(), "budget_source": self.budget_source,
+                                "disk_mb": disk_mb(self.out)})
         rep = build_job_report(result.report, facts)
         write_job_report(self.out, rep)
         if not self.quiet:
             print_summary(self.out, rep)
+            d = rep["disk_mb"]
+            echo(f"run directory: {d['run']:.0f} MB on disk (checkpoints {d['checkpoints']:.0f} MB, "
+                 f"exports {d['export']:.0f} MB; --keep-checkpoints N keeps more)")
         failed = failure_message(rep, self.out)
         if failed:
             raise JobFailed(failed)
         return self.out
 
 
-__all__ = ["JobConfig", "distill_for_target", "JOB_STEPS", "EXPORT_SEQ_LEN"]
+__all__ = ["JobConfig", "distill_for_target", "distill_job", "JOB_STEPS", "EXPORT_SEQ_LEN", "budget_overrides", "cost_model_of"]

@@ -1,4 +1,5 @@
-"""Wall and CPU seconds per phase of a run, kept across --resume so a report covers every invocation."""
+"""Wall and CPU seconds per phase of a run (and the peak resident memory by its end), kept across
+--resume so a report covers every invocation."""
 
 from __future__ import annotations
 
@@ -10,6 +11,13 @@ from pathlib import Path
 from typing import Optional
 
 from edgekd.io import write_json
+
+
+def peak_rss_mb() -> dict[str, float]:
+    """This process's peak resident memory so far, and its largest finished child's (the export builders
+    run as children), in MB."""
+    s, c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return {"self": s.ru_maxrss / 1024, "child": c.ru_maxrss / 1024}
 
 
 def cpu_s() -> float:
@@ -33,6 +41,7 @@ class PhaseTimer:
             try:
                 saved = json.loads(self.path.read_text())
                 self.phases = {k: {"wall_s": float(v["wall_s"]), "cpu_s": float(v["cpu_s"])}
+                               | {m: float(v[m]) for m in ("peak_rss_mb", "peak_child_rss_mb") if m in v}
                                for k, v in saved.get("phases", {}).items()}
                 self.invocations = int(saved.get("invocations", 1)) + 1
             except (OSError, ValueError, KeyError, TypeError, AttributeError):
@@ -50,6 +59,8 @@ class PhaseTimer:
         p = self.phases.setdefault(name, {"wall_s": 0.0, "cpu_s": 0.0})
         p["wall_s"] = round(p["wall_s"] + wall_s, 2)
         p["cpu_s"] = round(p["cpu_s"] + cpu, 2)
+        peak = peak_rss_mb()  # the peak so far: at a phase's end, the most any phase up to it held
+        p["peak_rss_mb"], p["peak_child_rss_mb"] = round(peak["self"], 1), round(peak["child"], 1)
         self.save()
 
     def save(self) -> None:

@@ -530,7 +530,7 @@ def _children(pid: int) -> list[int]:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
 def test_killing_edgekd_kills_the_runner(fx, tmp_path, sig="SIGKILL"):
-    """The profiling child (export/runtime.py) dies with edgekd, even when edgekd gets no chance to clean up."""
+    """The profiling child (profile/board_timer.py) dies with edgekd, even when edgekd gets no chance to clean up."""
     import signal
 
     env = {**os.environ, "EDGEKD_CACHE": str(fx["cache"])}
@@ -550,7 +550,7 @@ def test_killing_edgekd_kills_the_runner(fx, tmp_path, sig="SIGKILL"):
         while time.time() < deadline and any(Path(f"/proc/{k}").exists() for k in kids):
             time.sleep(0.2)
         alive = [k for k in kids if Path(f"/proc/{k}").exists()
-                 and "runtime.py" in Path(f"/proc/{k}/cmdline").read_text(errors="replace")]
+                 and "board_timer.py" in Path(f"/proc/{k}/cmdline").read_text(errors="replace")]
         assert not alive, f"runner {alive} outlived edgekd"
     finally:
         if proc.poll() is None:

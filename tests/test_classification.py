@@ -161,11 +161,11 @@ def assert_padding_is_masked(model_dir, path, seq_len: int = SEQ):
     """The regression: a short sentence padded to the exported length, through the exported file in its own
     runtime, gives the logits PyTorch gives the sentence alone (no padding, no mask). Before the mask was an
     input, the padded sentence attended to its padding (BERT: 0.00187 against 0.00173)."""
-    from edgekd.export import runtime
+    from edgekd.export import graph_runtime
     from edgekd.models.loading import load_model
 
     model, tok, _ = load_model(model_dir)
-    m = runtime.load(str(path))
+    m = graph_runtime.load(str(path))
     for text in ("dull", "the acting was superb", "i thought the ending was really boring"):
         enc = tok(text, padding="max_length", max_length=seq_len, return_tensors="np")
         n = int(enc["attention_mask"].sum())
@@ -225,11 +225,11 @@ def _check_run(out, kind_of_student: str, seq_len: int = SEQ):
     assert "macro-F1" in md and "ce_only baseline" in md
     # independent of the job's own check: the ONNX file's labels on held-out sentences are PyTorch's
     from edgekd.data.batching import sentences_of_every_length
-    from edgekd.export import runtime
+    from edgekd.export import graph_runtime
 
     student, tok, _ = load_model(out / "student", what="student")
     rows = sentences_of_every_length([t for t, _ in sentences(40, seed=7)], tok, seq_len, 12)
-    m = runtime.load(str(out / rep["exports"]["onnx"]["path"]))
+    m = graph_runtime.load(str(out / rep["exports"]["onnx"]["path"]))
     for i in range(rows["input_ids"].shape[0]):
         feeds = {k: v[i:i + 1].numpy() for k, v in rows.items()}
         got = m.run(feeds)[0]

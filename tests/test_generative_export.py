@@ -19,7 +19,7 @@ import torch
 
 from edgekd.cli import main
 from edgekd.export import export_generative
-from edgekd.export.generative import default_out
+from edgekd.export.generative_export import default_out
 from edgekd.export.parity import GEN_DECISIVE_MARGIN, GEN_MAX_PPL_RATIO, GEN_MIN_TOP1
 
 pytestmark = pytest.mark.slow
@@ -29,7 +29,7 @@ TEACHER = REPO / "edgekd" / "models" / "builtin_teacher"
 _SCRIPT = shutil.which("litert-lm", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
 LITERT_LM_CLI = [_SCRIPT] if _SCRIPT else [sys.executable, "-c", "import sys; from litert_lm_cli.main import main; "
                                                                "sys.argv[0] = 'litert-lm'; sys.exit(main())"]
-# The last is longer than the 64-token prefill signature: genruntime feeds it in two chunks.
+# The last is longer than the 64-token prefill signature: generative_runtime feeds it in two chunks.
 PROMPTS = [[487, 289, 3652, 9, 89, 308, 11, 40, 41, 42, 43, 44], list(range(100, 140)), list(range(200, 300))]
 
 
@@ -55,7 +55,7 @@ def _pytorch_greedy(model_dir: Path, prompt: list[int], n: int) -> list[int]:
 
 
 def test_float_exports_generate_pytorch_tokens(teacher_exports):
-    from edgekd.export import genruntime
+    from edgekd.export import generative_runtime
 
     for fmt, runtime in (("litert-lm", "litert-lm"), ("onnx-genai", "onnxruntime-genai")):
         rec = teacher_exports[(fmt, "none")]
@@ -63,7 +63,7 @@ def test_float_exports_generate_pytorch_tokens(teacher_exports):
         assert rec["precision"] == "float32" and abs(rec["ppl_ratio"] - 1) < 1e-4 and rec["top1_agreement"] == 1.0
         assert rec["run"]["new_tokens"] == 32 and rec["run"]["prompts"] == 8 and rec["run"]["runtime"] == runtime
         assert json.loads(Path(rec["path"] + ".json").read_text())["tokens_match_share"] == 1.0
-        model = genruntime.load(rec["path"], threads=2)  # an independent prompt, against transformers directly
+        model = generative_runtime.load(rec["path"], threads=2)  # an independent prompt, against transformers directly
         assert (model.format, model.runtime) == (fmt, runtime)
         for prompt in PROMPTS:
             assert model.generate(prompt, 24) == _pytorch_greedy(TEACHER, prompt, 24)
@@ -96,17 +96,17 @@ def test_litert_lm_runtime_benchmarks_the_bundle(teacher_exports, tmp_path):
 
 
 def test_litert_lm_engine_generates_the_same_text(teacher_exports):
-    """The LiteRT-LM engine itself (text in, text out, greedy top_k=1, no template) continues as genruntime's
+    """The LiteRT-LM engine itself (text in, text out, greedy top_k=1, no template) continues as generative_runtime's
     token-level run of the bundle does: no start token is prepended and both tokenise alike."""
     import litert_lm
     from litert_lm import interfaces
     from transformers import AutoTokenizer
 
-    from edgekd.export import genruntime
+    from edgekd.export import generative_runtime
 
     path = teacher_exports[("litert-lm", "none")]["path"]
     tokenizer = AutoTokenizer.from_pretrained(TEACHER)
-    model, engine = genruntime.load(path), litert_lm.Engine(path)
+    model, engine = generative_runtime.load(path), litert_lm.Engine(path)
     assert engine.bos_token_id is None
     for text in ("def parse_args(argv):\n    parser = argparse.", "class Queue:\n    def __init__(self, maxsize=0):\n"):
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -223,11 +223,13 @@ def test_run_dir_generative_variant(tmp_path):
     assert (tmp_path / "export" / "student-genai.int4" / "genai_config.json").is_file()
 
 
-def test_genruntime_is_standalone():
-    """It ships to boards alone: loading the file imports neither torch nor edgekd."""
+@pytest.mark.parametrize("name", ["generative_runtime.py", "graph_runtime.py"])
+def test_runtimes_are_standalone(name):
+    """They run where only python3 and a runtime are (graph_runtime.py ships to boards with the board timer):
+    loading the file imports neither torch nor edgekd."""
     code = ("import runpy, sys; runpy.run_path(sys.argv[1]); "
             "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'edgekd')]; assert not bad, bad")
-    done = subprocess.run([sys.executable, "-c", code, str(REPO / "edgekd" / "export" / "genruntime.py")],
+    done = subprocess.run([sys.executable, "-c", code, str(REPO / "edgekd" / "export" / name)],
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
 
@@ -245,7 +247,7 @@ def test_tf_placeholder_fails_loudly():
 def test_tf_placeholder_builds_the_same_bundle(teacher_exports, tmp_path):
     """With the placeholder, every section of the bundle is byte-identical to the one built with TensorFlow
     (the header differs only in its creation timestamp)."""
-    from edgekd.export import genruntime
+    from edgekd.export import generative_runtime
 
     work = tmp_path / "w"
     options = {"prefill_lengths": [64], "cache_length": 192, "quantization_recipe": "none", "force_tf_placeholder": True}
@@ -256,7 +258,7 @@ def test_tf_placeholder_builds_the_same_bundle(teacher_exports, tmp_path):
     def sections(path):
         with open(path, "rb") as f:
             data = f.read()
-        return [(kind, data[b:e]) for kind, b, e in genruntime.litertlm_sections(str(path))]
+        return [(kind, data[b:e]) for kind, b, e in generative_runtime.litertlm_sections(str(path))]
 
     assert sections(work / "model.litertlm") == sections(teacher_exports[("litert-lm", "none")]["path"])
 
@@ -273,7 +275,7 @@ def test_decisive_margin_is_top_probability_minus_runner_up():
 def test_litert_lm_int4_is_blockwise_where_the_weights_allow(tmp_path):
     """Every input size of the tiny Qwen3 (64, 128, 4 x 16) is a multiple of 32: blocks of 32, as phones
     ship; the built-in teacher's 688-wide MLP is not, and gets the per-channel recipe, said in its record."""
-    from edgekd.export.generative import recipe_for
+    from edgekd.export.generative_export import recipe_for
     from edgekd.models.loading import read_config_dict
 
     rec = export_generative(_tiny("qwen3", tmp_path / "q"), "litert-lm", "int4", out=tmp_path / "q.int4.litertlm",

@@ -129,7 +129,7 @@ def test_no_student_fits_exits_2_naming_the_smallest(teacher, data, tmp_path, mo
                        "--teacher", teacher, "--data", data, "--out", out, *JOB)
     assert code == 2
     lines = err.strip().splitlines()
-    assert len(lines) == 1 and "smallest candidate" in lines[0] and "predicted at" in lines[0] and "ms" in lines[0]
+    assert len(lines) == 1 and "the nearest" in lines[0] and "predicted at" in lines[0] and "ms" in lines[0]
     assert "Traceback" not in err and not (out / "config.json").exists() and not (out / "report.json").exists()
 
 
@@ -149,7 +149,7 @@ def test_measured_miss_recalibrates_and_shrinks(teacher, data, tmp_path):
     from edgekd.distill import DistillConfig
     from edgekd.pipeline import JobConfig, distill_for_target
     from edgekd.targets import load_target, measure_target
-    from edgekd.targets.latency import KINDS, Calibration, default_calibration
+    from edgekd.targets.cost_latency import KINDS, Calibration, default_calibration
 
     base = default_calibration(measure_target(load_target("host")), "onnx")
     optimistic = Calibration(device="host", fmt="onnx", eff_compute={k: 1e4 for k in KINDS} | {"matmul": 30.0,

@@ -80,9 +80,9 @@ def test_generative_job_exports_profiles_and_reports(job):
 
 @pytest.mark.slow
 def test_generative_flags_are_checked_before_work(teacher, data, tmp_path, monkeypatch, capsys):
-    for args, needle in ((["--latency-budget", "3"], "--latency-budget is the logits job's budget"),
+    for args, needle in ((["--latency-budget", "3"], "--latency-budget is not a budget of the generation job"),
                          (["--decode-tok-s", "0"], "--decode-tok-s must be"),
-                         (["--logits", "--ttft-ms", "5"], "--decode-tok-s/--ttft-ms budget generation")):
+                         (["--logits", "--ttft-ms", "5"], "--ttft-ms is not a budget of the latency job")):
         code, _, err = cli(monkeypatch, capsys, "distill", "--target", "android-arm64", "--teacher", teacher,
                            "--data", data, "--out", tmp_path / "run", *args, *JOB)
         assert code == 2 and needle in err and len(err.strip().splitlines()) == 1, err
@@ -103,9 +103,9 @@ def test_measured_generation_miss_recalibrates_and_shrinks(teacher, data, tmp_pa
     from edgekd.errors import JobFailed
     from edgekd.pipeline import JobConfig, distill_for_target
     from edgekd.targets import load_target, measure_target
-    from edgekd.targets.generation import default_generation_calibration
+    from edgekd.targets.cost_generation import default_calibration
 
-    base = default_generation_calibration(measure_target(load_target("host")), "onnx-genai")
+    base = default_calibration(measure_target(load_target("host")), "onnx-genai")
     optimistic = replace(base, eff_mem=base.eff_mem * 100, layer_overhead_us=0.01, token_overhead_us=0.01,
                          call_overhead_ms=0.001, eff_prefill={k: v * 100 for k, v in base.eff_prefill.items()})
     out = tmp_path / "run"
@@ -126,11 +126,11 @@ def test_measured_generation_miss_recalibrates_and_shrinks(teacher, data, tmp_pa
     cal = json.loads((out / "search" / "calibration.json").read_text())
     assert cal["fmt"] == "onnx-genai" and cal["n_measurements"] >= 1
     # the recalibrated model now predicts the measured student's decode rate (it was 50x too fast)
-    from edgekd.targets.generation import GenerationCalibration, predict_generation
+    from edgekd.targets.cost_generation import GenerationCalibration, predict
 
     cfg = {**json.loads((teacher / "config.json").read_text()), **{k: v for k, v in first["choice"].items()
                                                                   if k != "precision"}}
-    again = predict_generation(cfg, measure_target(load_target("host")), first["choice"]["precision"], 64, 128,
+    again = predict(cfg, measure_target(load_target("host")), first["choice"]["precision"], 64, 128,
                                GenerationCalibration.from_dict(cal), fmt="onnx-genai")
     assert abs(again.decode_tok_s / first["measured"]["decode_tok_s"] - 1) < 0.5
     assert rep["calibration"]["source"] == "given" and "recalibrated" in rep["calibration"]

@@ -46,9 +46,10 @@ class DistillConfig:
     lr: float = 2e-3
     warmup_steps: Optional[int] = None
     checkpoint_every: Optional[int] = None
+    keep_checkpoints: int = 1                      # checkpoints kept per trained model (the newest)
     eval_blocks: int = 48
     eval_every: Optional[int] = None               # held-out loss curve every N steps; None: steps // 10, 0: off
-    scratch: bool = True                           # train the baselines (scratch and ce_only, run.BASELINES)
+    baselines: Union[str, list] = "ce_only,scratch"  # the baselines trained beside the student (BASELINE_NAMES), or "none"
     student_init: str = "teacher"
     init_batches: int = 4                          # batches the student's initialisation may look at
     loss_impl: str = "fused"                       # "eager": plain PyTorch loss (benchmarks)
@@ -93,7 +94,8 @@ def resume_config(cfg: DistillConfig, out: Path) -> DistillConfig:
         raise EdgekdError(f"nothing to resume in {out} (no config.json): start a run there without --resume")
     saved = read_saved_json(saved_path)
     saved["temperature"] = saved.get("temperature_requested", saved.get("temperature"))
-    refuse_changes(asdict(cfg), saved, asdict(DistillConfig()), "run")
+    given = asdict(cfg) | {"baselines": baseline_names(cfg.baselines)}
+    refuse_changes(given, saved, asdict(DistillConfig()) | {"baselines": list(BASELINE_NAMES)}, "run")
     names = {f.name for f in fields(DistillConfig)}
     resumed = DistillConfig(**{k: v for k, v in saved.items() if k in names})
     resumed.resume, resumed.quiet, resumed.out, resumed.threads = True, cfg.quiet, str(out), cfg.threads or resumed.threads
@@ -121,20 +123,37 @@ def resolve_out(cfg: DistillConfig) -> Path:
     return Path.cwd() / "runs" / time.strftime("distill-%Y%m%d-%H%M%S")
 
 
+BASELINE_NAMES = ("ce_only", "scratch")
+
+
+def baseline_names(value) -> list[str]:
+    """--baselines as a list of names: "ce_only,scratch", "ce_only", "scratch", "none" (or a list of them)."""
+    names = [n.strip() for n in value.split(",")] if isinstance(value, str) else list(value or [])
+    if names == ["none"]:
+        return []
+    bad = [n for n in names if n not in BASELINE_NAMES]
+    if bad or len(set(names)) != len(names):
+        raise EdgekdError(f"--baselines {','.join(map(str, names))!s}: give ce_only,scratch, ce_only, scratch or none")
+    return [n for n in BASELINE_NAMES if n in names]
+
+
 def validate(cfg: DistillConfig, world_size: int = 1) -> None:
     """Every option of the run, checked before anything is loaded or written (edgekd.checks);
     `world_size`: the processes torchrun started (Settings.world_size)."""
-    from edgekd import checks
+    from edgekd.checks import number
     from edgekd.distill.parallel import check_parallel
     from edgekd.distill.schemes import SCHEMES
     from edgekd.losses.combine import check_spec
     from edgekd.models.loading import read_config_dict, resolve_model_dir
+    from edgekd.run_inputs import distill_inputs
 
+    cfg.baselines = baseline_names(cfg.baselines)
+    number("--keep-checkpoints", cfg.keep_checkpoints, low=1, integer=True)
     if cfg.scheme not in SCHEMES:
         raise EdgekdError(f"unknown scheme {cfg.scheme!r}: choose one of {', '.join(SCHEMES)}")
     check_parallel(cfg.parallel, cfg.scheme, world_size)
     if cfg.loss_impl not in ("fused", "eager"):
         raise EdgekdError(f"unknown loss implementation {cfg.loss_impl!r}: use 'fused' or 'eager'")
     teacher_config = read_config_dict(resolve_model_dir(cfg.teacher)) if cfg.teacher == "builtin" else None
-    checks.distill_inputs(asdict(cfg), teacher_config)
+    distill_inputs(asdict(cfg), teacher_config)
     check_spec(parse_loss_spec(cfg.loss))

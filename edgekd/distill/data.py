@@ -65,7 +65,7 @@ class RunData:
         self.example_ids, self.heldout_ids = vb, vb
 
     def _seq2seq(self, cfg, tokenizer, decoder_start: int) -> None:
-        from edgekd.data.parallel import PairStream, collate, encode_pairs, load_parallel
+        from edgekd.data.parallel_corpus import PairStream, collate, encode_pairs, load_parallel
 
         corpus = load_parallel(cfg.data)
         self.digest = corpus.digest

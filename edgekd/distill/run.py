@@ -85,6 +85,7 @@ class RunContext:
         return TrainConfig(steps=steps, batch_size=c.batch_size, micro_batch_size=c.micro_batch_size, lr=c.lr,
                            warmup_steps=c.warmup_steps if c.warmup_steps is not None else max(1, steps // 10),
                            checkpoint_every=c.checkpoint_every or max(1, steps // 4), seed=c.seed, bf16=c.bf16,
+                           keep_checkpoints=c.keep_checkpoints,
                            eval_every=c.eval_every if c.eval_every is not None else max(1, steps // 10))
 
     def heldout_loss(self, model) -> float:
@@ -148,7 +149,7 @@ def _run(cfg: DistillConfig, out: Path, status: str, settings: Settings) -> RunR
             trained.append(train_stage(ctx, stage, trained[-1].model if trained else None))
     if ctx.rank == 0:
         save_model(trained[-1].model, ctx.tokenizer, out / "student")
-    baselines = {name: train_baseline(ctx, name) for name in BASELINES} if cfg.scratch else {}
+    baselines = {name: train_baseline(ctx, name) for name in BASELINES if name in cfg.baselines}
     if ctx.world > 1:
         import torch.distributed as dist
 
@@ -235,9 +236,9 @@ def _check_student_tokenizer(student, tokenizer) -> None:
 
 def _needs_alignment(loss) -> bool:
     from edgekd.checks import loss_names
-    from edgekd.losses import LOSSES
+    from edgekd.losses import aligns_tokenizers
 
-    return any(getattr(LOSSES.get(n), "needs_alignment", False) for n in loss_names(loss))
+    return aligns_tokenizers(loss_names(loss))
 
 
 def _cross_tokenizer_student(cfg: DistillConfig, teacher, teacher_tokenizer, kind: str):
@@ -286,6 +287,7 @@ def train_stage(ctx: RunContext, stage, previous) -> Trained:
     if cfg.resume:
         trainer.resume()
     trainer.train()
+    trainer.release_optimizer()
     return Trained(trainer.unsharded_model(), trainer, init_info)
 
 
@@ -313,6 +315,7 @@ def train_baseline(ctx: RunContext, name: str) -> Trained:
         if ctx.cfg.resume:
             trainer.resume()
         trainer.train()
+        trainer.release_optimizer()
     return Trained(trainer.unsharded_model(), trainer, info)
 
 
@@ -365,6 +368,7 @@ def report_run(ctx: RunContext, plan, trained: list, baselines: dict, status: st
              "final_train_loss": t.trainer.history[-1]["loss"] if t.trainer.history else None}
             for i, t in enumerate(trained)]
     rep["distillation"].update({k: v for k, v in plan.record.items() if k != "progressive"})
+    rep["distillation"]["baselines"] = list(baselines)
     write_run_report(ctx.out, rep, histories, temps, ctx.kind)
     if not ctx.cfg.quiet and status == "complete":  # inside the job, the job prints the summary
         _print_summary(ctx.out, evals)

@@ -159,7 +159,7 @@ def make_tiny_teacher(out: str | os.PathLike, texts: Optional[list[str]] = None,
 def _seq2seq_trainer(model, tokenizer, train_pairs, val_pairs, *, max_len: int, batch_size: int, seed: int, tc,
                      checkpoints=None, quiet: bool = True, label: str = "teacher"):
     """The trainer and held-out batches for a Marian trained on pairs with hard labels (the edgekd Trainer)."""
-    from edgekd.data.parallel import PairStream, collate, encode_pairs
+    from edgekd.data.parallel_corpus import PairStream, collate, encode_pairs
     from edgekd.distill.evaluate import heldout_loss
     from edgekd.distill.objective import hard_label_objective
     from edgekd.distill.trainer import Trainer
@@ -193,7 +193,7 @@ def train_builtin_seq2seq_teacher(out: str | os.PathLike | None = None, steps: O
                                   checkpoints: Optional[str | os.PathLike] = None) -> Path:
     """Train the built-in English -> German Marian from SEQ2SEQ_RECIPE on the shipped gettext corpus and write it
     (atomically) to `out`, with recipe.json (validation curve, chrF of held-out translations)."""
-    from edgekd.data.parallel import load_parallel, tokenizer_for_pairs
+    from edgekd.data.parallel_corpus import load_parallel, tokenizer_for_pairs
     from edgekd.data.tokenizer import tokenizer_hash
     from edgekd.distill.evaluate import translations
     from edgekd.distill.trainer import TrainConfig
@@ -238,7 +238,7 @@ def make_tiny_seq2seq_teacher(out: str | os.PathLike, pairs: Optional[list] = No
                               train_steps: int = 60, seed: int = 0) -> Path:
     """A BPE trained on `pairs` (default: 600 pairs of the shipped corpus) and a tiny Marian trained on them
     briefly: what the tests and an offline try of the seq2seq path need, in seconds."""
-    from edgekd.data.parallel import load_parallel, tokenizer_for_pairs
+    from edgekd.data.parallel_corpus import load_parallel, tokenizer_for_pairs
     from edgekd.distill.trainer import TrainConfig
 
     if pairs is None:

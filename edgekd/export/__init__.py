@@ -2,10 +2,11 @@
 generatively (litert-lm, onnx-genai; float, int8, int4) and prove they generate as PyTorch does; export
 encoder-decoders (onnx-seq2seq) and prove they translate as PyTorch does.
 
-Imported lazily, so that `export.runtime` (the standalone runner the profilers ship) does not import torch."""
+Imported lazily, so that `export.graph_runtime` and `export.generative_runtime` (standalone: the board timers
+ship graph_runtime.py) do not import torch."""
 
-_EXPORTS = {"export_model": "api", "export_generative": "generative", "export_seq2seq": "seq2seq", "VARIANTS": "run_dir",
-            "GENERATIVE_VARIANTS": "run_dir", "export_key": "run_dir", "export_run": "run_dir"}
+_EXPORTS = {"export_model": "api", "export_generative": "generative_export", "export_seq2seq": "seq2seq_export",
+            "VARIANTS": "run_dir", "GENERATIVE_VARIANTS": "run_dir", "export_key": "run_dir", "export_run": "run_dir"}
 
 __all__ = list(_EXPORTS)
 

@@ -14,12 +14,13 @@ from pathlib import Path
 import torch
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from edgekd.checks import EXPORT_FORMATS as FORMATS, export_args, output_file
+from edgekd.checks import export_args, output_file
 from edgekd.checks import model_dir as check_model_dir
 from edgekd.console import err
 from edgekd.errors import EdgekdError, JobFailed
 from edgekd.export import parity
 from edgekd.export.hf import load_for_export
+from edgekd.formats import FORMATS
 from edgekd.models.loading import CLASSIFIER
 from edgekd.io import write_json
 from edgekd.precision import precision_of
@@ -30,7 +31,7 @@ PARITY_ROWS = 16
 def default_out(model_dir: Path, fmt: str, quantize: str) -> Path:
     """Beside MODEL_DIR in export/: NAME.onnx, NAME.int8.tflite, NAME.int8-dynamic.onnx ..."""
     tag = "" if quantize == "none" else f".{quantize}"
-    return model_dir.resolve().parent / "export" / f"{model_dir.resolve().name}{tag}{FORMATS[fmt]}"
+    return model_dir.resolve().parent / "export" / f"{model_dir.resolve().name}{tag}{FORMATS[fmt].suffix}"
 
 
 def _parity_inputs(calib_inputs, loaded, seq_len: int, n: int) -> tuple[dict[str, torch.Tensor], str]:
@@ -116,7 +117,7 @@ def export_model(model_dir, fmt: str = "onnx", quantize: str = "none", seq_len: 
         step("convert")
         out.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as tmp:
-            float_path = Path(tmp) / f"float{FORMATS[fmt]}"
+            float_path = Path(tmp) / f"float{FORMATS[fmt].suffix}"
             sample = {k: v[:1] for k, v in rows.items()}
             if fmt == "onnx":
                 from edgekd.export.onnx_export import export_onnx as export_fn, quantize_onnx as quantize_fn
@@ -132,7 +133,7 @@ def export_model(model_dir, fmt: str = "onnx", quantize: str = "none", seq_len: 
             final = float_path
             if quantized:
                 step("quantize")
-                final = Path(tmp) / f"quant{FORMATS[fmt]}"
+                final = Path(tmp) / f"quant{FORMATS[fmt].suffix}"
                 try:
                     info |= quantize_fn(float_path, final, quantize, {k: v.numpy() for k, v in calib_rows.items()})
                 except (EdgekdError, JobFailed):

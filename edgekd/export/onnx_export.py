@@ -15,7 +15,7 @@ import torch
 from edgekd.export.convert_errors import conversion_error
 from edgekd.models.students import size_mb
 
-_TWO_GB = 2 * 1024**3 - 64 * 1024**2
+PROTOBUF_LIMIT_BYTES = 2 * 1024**3 - 64 * 1024**2
 
 
 @contextlib.contextmanager
@@ -42,7 +42,7 @@ def export_onnx(module: torch.nn.Module, sample: dict[str, torch.Tensor], path: 
     allows it, else the sample's static shape. `dynamic_seq` is what the written file declares."""
     names = list(sample)
     args = tuple(sample[n] for n in names)
-    big = size_mb(module) * 1e6 > _TWO_GB
+    big = size_mb(module) * 1e6 > PROTOBUF_LIMIT_BYTES
     kw = dict(dynamo=True, input_names=names, output_names=["logits"], verbose=False, external_data=big, optimize=True)
     seq = torch.export.Dim("seq", min=2, max=max(max_len, args[0].shape[1]))
     try:

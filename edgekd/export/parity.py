@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from edgekd.errors import EdgekdError, JobFailed
-from edgekd.export import runtime
+from edgekd.export import graph_runtime
 
 
 def _row(feeds: dict[str, torch.Tensor], i: int) -> dict[str, torch.Tensor]:
@@ -38,7 +38,7 @@ def runtime_input(runtime_name: str, names) -> str:
 
 def exported_logits(path: str, feeds: dict[str, torch.Tensor]) -> list[np.ndarray]:
     """The exported file's logits of each row of `feeds`, run in its own runtime (onnxruntime, LiteRT)."""
-    model = runtime.load(path)
+    model = graph_runtime.load(path)
     take = [(name, runtime_input(name, feeds), dtype) for name, _shape, dtype in model.inputs]
     return [model.run({name: feeds[ours][i:i + 1].numpy().astype(dtype) for name, ours, dtype in take})[0]
             for i in range(_count(feeds))]
@@ -134,7 +134,7 @@ def _nll(logits: np.ndarray, ids: list[int]) -> np.ndarray:
 
 class GenerationReference:
     """PyTorch float's greedy continuations and teacher-forced logits on held-out prompts, computed once,
-    against which each exported model is checked in its runtime (export.genruntime)."""
+    against which each exported model is checked in its runtime (export/generative_runtime.py)."""
 
     def __init__(self, model, prompts: list[list[int]], source: str, new_tokens: int):
         self.prompts, self.source, self.new_tokens = prompts, source, new_tokens
@@ -168,10 +168,10 @@ class GenerationReference:
 
     def check(self, path: str, quantized: bool, min_top1: float | None) -> dict:
         """Greedy tokens, perplexity ratio and top-1 agreement of the export at PATH, and pass or fail."""
-        from edgekd.export import genruntime
+        from edgekd.export import generative_runtime
 
         try:
-            model = genruntime.load(path)
+            model = generative_runtime.load(path)
             got = [model.generate(p, self.new_tokens) for p in self.prompts]
             logits = [model.next_token_logits(p) for p in self.prompts]
         except Exception as e:

@@ -13,6 +13,7 @@ from pathlib import Path
 from edgekd import faults
 from edgekd.errors import EdgekdError, JobFailed
 from edgekd.export.api import export_model
+from edgekd.formats import FORMATS
 from edgekd.io import write_json
 from edgekd.precision import precision_of
 
@@ -60,8 +61,6 @@ def export_run(run_dir, seq_len: int = 64, calib_inputs=None, min_top1: float = 
     the others go on; the caller decides what a failure means for the job. `prompts`: the generative
     parity's held-out token ids (default: built-in held-out text).
     """
-    from edgekd.checks import GENERATIVE_FORMATS
-
     run = Path(run_dir)
     student = run / "student"
     if not (student / "config.json").is_file():
@@ -71,10 +70,10 @@ def export_run(run_dir, seq_len: int = 64, calib_inputs=None, min_top1: float = 
         out = run / "export" / name
         base = {"path": str(out.relative_to(run)), "format": fmt, "quantize": quant, "precision": precision_of(quant)}
         key = export_key(fmt, base["precision"])
-        generative = fmt in GENERATIVE_FORMATS
+        generative = FORMATS[fmt].generative
         try:
             if generative:
-                from edgekd.export.generative import export_generative
+                from edgekd.export.generative_export import export_generative
 
                 rec = export_generative(student, fmt, quant, out=out, prompts=prompts)
             else:

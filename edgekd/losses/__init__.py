@@ -8,8 +8,8 @@ are shifted inside. See `outputs` for what the model outputs must carry.
 """
 
 from edgekd.hyperparams import auto_temperature
-from edgekd.losses.base import (LOSSES, LossTerm, LossView, Setup, hard_label_loss, is_causal, register_loss,
-                                response_loss_names, takes_run_temperature)
+from edgekd.losses.base import (LOSSES, LossTerm, LossView, Setup, aligns_tokenizers, hard_label_loss, is_causal,
+                                register_loss, response_loss_names, takes_run_temperature)
 from edgekd.losses.outputs import (LossInputs, Needs, TeacherMixture, TopKLogits, forward_for_loss, get_field,
                                    mixture_logits, unwrap)
 from edgekd.losses import response as _response, intermediate as _intermediate  # noqa: F401  (registration)
@@ -19,4 +19,4 @@ from edgekd.losses.combine import DEFAULT_SPEC, LossSum, build_loss
 __all__ = ["LOSSES", "register_loss", "build_loss", "LossSum", "LossTerm", "LossView", "Setup", "TopKLogits",
            "LossInputs", "Needs", "TeacherMixture", "mixture_logits", "get_field", "forward_for_loss", "unwrap",
            "auto_temperature", "hard_label_loss", "is_causal", "DEFAULT_SPEC", "takes_run_temperature",
-           "response_loss_names"]
+           "response_loss_names", "aligns_tokenizers"]

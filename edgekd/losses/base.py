@@ -37,6 +37,12 @@ def takes_run_temperature(name: str) -> bool:
     return bool(cls is not None and getattr(cls, "takes_temperature", False))
 
 
+def aligns_tokenizers(names) -> bool:
+    """Whether one of the registered losses NAMES compares a teacher and a student with different tokenizers
+    (its class sets `needs_alignment`): then the student keeps its own vocabulary and the run aligns the two."""
+    return any(getattr(LOSSES.get(n), "needs_alignment", False) for n in names)
+
+
 def response_loss_names() -> tuple[str, ...]:
     """The registered losses that take the run's temperature and alpha, in registration order."""
     return tuple(n for n in LOSSES if takes_run_temperature(n))

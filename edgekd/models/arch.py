@@ -11,7 +11,7 @@ the teacher (`select_layers`). Every path that builds a smaller config goes thro
 from __future__ import annotations
 
 import copy
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Optional
 
 from edgekd.errors import EdgekdError
 
@@ -288,3 +288,20 @@ def config_from(config: Any, overrides: Mapping[str, Any], drop: tuple = (), wha
     except (TypeError, ValueError) as e:
         raise EdgekdError(f"{what}the overrides {dict(overrides)} give an invalid {type(config).__name__} "
                           f"({str(e).splitlines()[0][:200]})") from e
+
+
+def narrowing_problem(teacher: Mapping[str, Any], student: Mapping[str, Any]) -> Optional[str]:
+    """Why the student (an arch_of dict, or a config dict of the teacher's family) cannot start from the
+    teacher's weights (layers, heads, key/value groups and widths no larger than the teacher's, the same
+    head size), or None when it can."""
+    ta, sa = arch_of(teacher), arch_of(student)
+    if sa["num_hidden_layers"] > ta["num_hidden_layers"]:
+        return "the student has more layers than the teacher"
+    if sa["head_dim"] != ta["head_dim"]:
+        return f"its head size ({sa['head_dim']}) differs from the teacher's ({ta['head_dim']})"
+    t_group = ta["num_attention_heads"] // ta["num_key_value_heads"]
+    s_group = sa["num_attention_heads"] // sa["num_key_value_heads"]
+    if sa["num_key_value_heads"] > ta["num_key_value_heads"] or s_group > t_group or \
+            any(sa[k] > ta[k] for k in ("hidden_size", "intermediate_size", "num_attention_heads")):
+        return "it is not a narrowing of the teacher (a width, head or query-group count is larger)"
+    return None

@@ -77,3 +77,19 @@ def builtin_teacher_dir(name: str = "builtin") -> Path:
     if not (BUILTIN_DIR / "model.safetensors").is_file():
         raise EdgekdError(f"the built-in teacher is missing from {BUILTIN_DIR}: run `edgekd teacher train --out {BUILTIN_DIR}`")
     return BUILTIN_DIR
+
+
+DEMO_BUDGETS = Path(__file__).parent / "builtin_teacher_budgets.json"
+
+
+def is_builtin_teacher(teacher) -> bool:
+    """Whether a --teacher value is the built-in causal-LM teacher (by name or by its directory)."""
+    return teacher == "builtin" or (teacher is not None and Path(str(teacher)).resolve() == BUILTIN_DIR.resolve())
+
+
+def demo_budget(cost_model: str, target: str) -> dict | None:
+    """The built-in teacher's demo budget on `target` for a cost model (builtin_teacher_budgets.json), or
+    None where it states none: a device's own budget is made for real models, far beyond this teacher."""
+    import json
+
+    return json.loads(DEMO_BUDGETS.read_text()).get(cost_model, {}).get(target)

@@ -15,10 +15,11 @@ from typing import Iterable, Optional
 
 import torch
 
-from edgekd.checks import student_overrides
+from edgekd.models.specs import student_overrides
 from edgekd.errors import EdgekdError
 from edgekd.models import seq2seq
-from edgekd.models.arch import BILSTM_MODEL_TYPE, arch_of, model_type_of, select_layers, with_arch
+from edgekd.models.arch import (BILSTM_MODEL_TYPE, arch_of, model_type_of, narrowing_problem, select_layers,
+                                with_arch)
 
 
 def default_student_config(teacher_config):
@@ -49,7 +50,7 @@ def student_config_from(spec, teacher_config):
         return seq2seq.seq2seq_student_config(teacher_config, None if spec is None else student_overrides(spec))
     if spec is None:
         return default_student_config(teacher_config)
-    overrides = student_overrides(spec)  # the one reader of --student (checks.py), so the CLI and the API agree
+    overrides = student_overrides(spec)  # the one reader of --student (models/specs.py), so the CLI and the API agree
     mt = overrides.get("model_type")
     if mt == BILSTM_MODEL_TYPE:
         from edgekd.models.bilstm import bilstm_config
@@ -203,19 +204,6 @@ def _rows(units: torch.Tensor, size: int) -> torch.Tensor:
     return (units[:, None] * size + torch.arange(size)[None]).reshape(-1)
 
 
-def _narrowing_problem(ta: dict, sa: dict) -> Optional[str]:
-    if sa["num_hidden_layers"] > ta["num_hidden_layers"]:
-        return "the student has more layers than the teacher"
-    if sa["head_dim"] != ta["head_dim"]:
-        return f"its head size ({sa['head_dim']}) differs from the teacher's ({ta['head_dim']})"
-    t_group = ta["num_attention_heads"] // ta["num_key_value_heads"]
-    s_group = sa["num_attention_heads"] // sa["num_key_value_heads"]
-    if sa["num_key_value_heads"] > ta["num_key_value_heads"] or s_group > t_group or \
-            any(sa[k] > ta[k] for k in ("hidden_size", "intermediate_size", "num_attention_heads")):
-        return "it is not a narrowing of the teacher (a width, head or query-group count is larger)"
-    return None
-
-
 def _spaces(rel: str, ndim: int, spec: Optional[PruneSpec]) -> Optional[tuple]:
     for pattern, spaces in (spec.rules if spec else ()):
         if re.match(pattern, rel):
@@ -236,7 +224,7 @@ def init_from_teacher(student, teacher, importance: Optional[dict] = None) -> di
         return {"method": "random", "why": f"the student's class ({type(student).__name__}) is not the "
                                            f"teacher's ({type(teacher).__name__})"}
     ta, sa = arch_of(teacher.config), arch_of(student.config)
-    problem = _narrowing_problem(ta, sa)
+    problem = narrowing_problem(ta, sa)
     t_stack, s_stack = layer_stack(teacher), layer_stack(student)
     if problem is None and (t_stack is None or s_stack is None or t_stack[0] != s_stack[0]):
         problem = f"edgekd finds no layer stack in {type(teacher).__name__}"
@@ -332,7 +320,7 @@ def build_student(teacher, student_config=None, calibration: Optional[Iterable[d
         ta, sa = arch_of(teacher.config), arch_of(cfg)
         narrower = any(ta[k] != sa[k] for k in ("hidden_size", "intermediate_size", "num_attention_heads"))
         if calibration is not None and narrower and prune_spec(teacher) is not None and layer_stack(teacher) \
-                and type(student) is type(teacher) and _narrowing_problem(ta, sa) is None:
+                and type(student) is type(teacher) and narrowing_problem(ta, sa) is None:
             imp = measure_importance(teacher, calibration)
         info = init_from_teacher(student, teacher, imp)
     if init == "teacher" and info["method"] != "teacher":

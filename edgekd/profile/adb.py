@@ -1,4 +1,5 @@
-"""Profiles a .tflite on an Android phone with TFLite's benchmark_model, pinned to the big cores, via adb."""
+"""Profiles on an Android phone over adb, pinned to the big cores: a .tflite with TFLite's benchmark_model, a
+.litertlm bundle's generation with LiteRT-LM's litert_lm_main (both given as --benchmark-binary or found there)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ import subprocess
 from pathlib import Path
 
 from edgekd.errors import EdgekdError
-from edgekd.profile.common import run_child
-from edgekd.export.runtime import pick_big_cores
+from edgekd.profile.adb_output import LITERT_LM_BINARY, parse_benchmark_info, parse_benchmark_output
+from edgekd.profile.board_genbench import spread
+from edgekd.profile.board_timer import pick_big_cores
+from edgekd.profile.common import Runner, run_child
 
 REMOTE_ROOT = "/data/local/tmp/edgekd"
 DEVICE_BENCHMARK = "/data/local/tmp/benchmark_model"
@@ -18,6 +21,39 @@ INSTALL_HINT = ("install Android platform-tools (https://developer.android.com/t
                 "or apt-get install adb) and put adb on PATH")
 FREQ_SCRIPT = ('for f in /sys/devices/system/cpu/cpu[0-9]*/cpufreq/cpuinfo_max_freq; '
                'do echo "$f $(cat $f)"; done')
+
+
+class AdbRunner(Runner):
+    """`adb` (the only phone) or `adb:SERIAL`."""
+
+    scheme = "adb"
+    usage = "adb[:SERIAL]"
+
+    def __init__(self, device: str, *, benchmark_binary: str | None = None, **options):
+        from edgekd.checks import input_file
+
+        super().__init__(device)
+        self.serial = parse_adb_device(device)
+        self.benchmark_binary = benchmark_binary
+        input_file(benchmark_binary, "--benchmark-binary")
+
+    def describe(self) -> str:
+        return f"adb:{self.serial}" if self.serial else "adb"
+
+    def check(self) -> None:
+        probe_adb(self.serial)
+
+    def profile(self, model: Path, runs: int, warmup: int, threads: int | None, seq_len: int, vocab: int | None,
+                timeout: float = 1800.0) -> dict:
+        return profile_adb(model, self.serial, runs, warmup, threads, self.benchmark_binary, timeout)
+
+    def profile_generation(self, path: Path, fmt: str, prompt_len: int, decode_len: int, runs: int, warmup: int,
+                           threads: int | None, timeout: float = 1800.0) -> dict:
+        if fmt != "litert-lm":
+            raise EdgekdError(f"over adb edgekd profiles .litertlm bundles with LiteRT-LM's {LITERT_LM_BINARY}: export "
+                              f"{path.name} with --format litert-lm")
+        return profile_adb_generation(path, self.serial, prompt_len, decode_len, runs, warmup, threads,
+                                      self.benchmark_binary, timeout)
 
 
 def parse_adb_device(device: str) -> str | None:
@@ -77,82 +113,8 @@ def build_commands(model_file: str, serial: str | None, mask: str, threads: int,
     return cmds
 
 
-_KV = re.compile(r"([A-Za-z0-9_]+)=([-+0-9.eE]+)")
-
-
-def _kv(line: str) -> dict[str, float]:
-    return {k: float(v) for k, v in _KV.findall(line)}
-
-
-def _split_row(line: str) -> list[str]:
-    return [c for c in re.split(r"\t+|\s{2,}", line.strip()) if c]
-
-
-def _node_type_summary(section: str) -> list[dict]:
-    """Rows of the "Summary by node type" table: op, count, avg_ms, percent, times_called."""
-    m = re.search(r"=+ Summary by node type =+\n(.*?)(?:\n\s*\n|\nTimings|\Z)", section, re.S)
-    if not m:
-        return []
-    rows = []
-    for line in m.group(1).splitlines():
-        line = re.sub(r"^\s*INFO:\s*", "", line)
-        cols = _split_row(line)
-        if len(cols) < 4 or cols[0].startswith("["):
-            continue
-        try:
-            rows.append({"op": cols[0], "count": int(cols[1]), "avg_ms": float(cols[2]),
-                         "percent": float(cols[3].rstrip("%")),
-                         "times_called": int(cols[6]) if len(cols) > 6 else None})
-        except ValueError:
-            continue
-    return sorted(rows, key=lambda r: -r["avg_ms"])
-
-
-def parse_benchmark_output(text: str) -> dict:
-    """Statistics from benchmark_model's log: run timings, init, memory, threads, per-op summary.
-
-    benchmark_model reports count/min/max/avg/std; percentiles appear only where the tool prints them
-    (p50/median/p90/p99 keys) and are None otherwise rather than guessed.
-    """
-    text = text.replace("\r\n", "\n")
-    out: dict = {"format": "tflite", "runtime": "benchmark_model"}
-    head, _, ops_part = text.partition("Operator-wise Profiling Info for Regular Benchmark Runs")
-    head = head.split("Profiling Info for Benchmark Initialization")[0]
-    runs = [ln for ln in head.splitlines() if re.search(r"\bcount=\d+", ln) and "Timings (" not in ln]
-    timing = _kv(runs[-1]) if runs else {}
-    if not timing:
-        m = re.search(r"Timings \(microseconds\):([^\n]*)", ops_part)
-        timing = _kv(m.group(1)) if m else {}
-    if not timing:
-        raise EdgekdError("benchmark_model printed no timings: run it by hand with the same flags to see why")
-    us = lambda k: timing[k] / 1000.0 if k in timing else None  # noqa: E731
-    out.update({"runs": int(timing.get("count", 0)), "mean_ms": us("avg"), "std_ms": us("std"),
-                "min_ms": us("min"), "max_ms": us("max"), "first_ms": us("first"),
-                "p50_ms": us("p50") if "p50" in timing else us("median"), "p90_ms": us("p90"),
-                "p99_ms": us("p99")})
-    m = re.search(r"Inference timings in us:\s*Init:\s*([\d.]+),\s*First inference:\s*([\d.]+),"
-                  r"\s*Warmup \(avg\):\s*([\d.]+),\s*Inference \(avg\):\s*([\d.]+)", text)
-    if m:
-        out["init_ms"] = float(m.group(1)) / 1000.0
-        out["first_ms"] = float(m.group(2)) / 1000.0
-        out["warmup_avg_ms"] = float(m.group(3)) / 1000.0
-        out["mean_ms"] = out["mean_ms"] if out["mean_ms"] is not None else float(m.group(4)) / 1000.0
-    else:
-        m = re.search(r"Initialized session in ([\d.]+)ms", text)
-        out["init_ms"] = float(m.group(1)) if m else None
-    m = re.search(r"(?:Memory footprint delta from the start of the tool|Peak memory footprint) \(MB\):"
-                  r"\s*init=([\d.]+)\s+overall=([\d.]+)", text)
-    out["peak_rss_mb"] = float(m.group(2)) if m else None
-    out["init_rss_mb"] = float(m.group(1)) if m else None
-    m = re.search(r"The input model file size \(MB\):\s*([\d.]+)", text)
-    out["size_mb"] = float(m.group(1)) if m else None
-    m = re.search(r"#threads used for CPU inference:\s*\[(\d+)\]", text) or re.search(r"Num threads:\s*\[(\d+)\]", text)
-    out["threads"] = int(m.group(1)) if m else None
-    out["ops"] = _node_type_summary(ops_part) if ops_part else []
-    return out
-
-
-def _adb(cmd: list[str], timeout: float) -> subprocess.CompletedProcess:
+def adb_run(cmd: list[str], timeout: float) -> subprocess.CompletedProcess:
+    """One adb command; a timeout, a missing phone or a failure is one EdgekdError line."""
     try:
         proc = run_child(cmd, timeout, capture_output=True, text=True, stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired as e:
@@ -169,10 +131,22 @@ def probe_adb(serial: str | None) -> None:
     """`adb get-state`: the phone is connected, authorised and online now, not after minutes of work."""
     if shutil.which("adb") is None:
         raise EdgekdError(f"adb not found on PATH: {INSTALL_HINT}")
-    state = _adb([*adb_base(serial), "get-state"], 15).stdout.strip()
+    state = adb_run([*adb_base(serial), "get-state"], 15).stdout.strip()
     if state != "device":
         raise EdgekdError(f"adb{':' + serial if serial else ''}: the phone is {state or 'not ready'}: connect it, "
                           f"enable USB debugging and accept the key")
+
+
+def big_cores_of(serial: str | None, threads: int | None, label: str) -> tuple[int, list[int]]:
+    """(threads, cores) to run on: `threads` (checked against the phone's cores) or every fast core, on the
+    fastest cores by their max clock."""
+    freqs = parse_cpu_freqs(adb_run([*adb_base(serial), "shell", FREQ_SCRIPT], 30).stdout)
+    if threads is not None and freqs:
+        from edgekd.checks import thread_count
+
+        thread_count("--threads", threads, len(freqs), where=label)
+    n = threads or default_threads(freqs)
+    return n, pick_big_cores(freqs, n) if freqs else list(range(n))
 
 
 def profile_adb(model_file: Path, serial: str | None, runs: int, warmup: int, threads: int | None,
@@ -186,26 +160,72 @@ def profile_adb(model_file: Path, serial: str | None, runs: int, warmup: int, th
         raise EdgekdError(f"benchmark_model binary {benchmark_binary} does not exist: download TFLite's "
                           f"android_aarch64_benchmark_model and pass its path")
     label = f"adb:{serial}" if serial else "adb"
-    freqs = parse_cpu_freqs(_adb([*adb_base(serial), "shell", FREQ_SCRIPT], 30).stdout)
-    if threads is not None and freqs:
-        from edgekd.checks import thread_count
-
-        thread_count("--threads", threads, len(freqs), where=label)
-    n = threads or default_threads(freqs)
-    cores = pick_big_cores(freqs, n) if freqs else list(range(n))
+    n, cores = big_cores_of(serial, threads, label)
     cmds = build_commands(str(model_file), serial, cpu_mask(cores), n, runs, warmup, benchmark_binary)
     try:
         for key in ("mkdir", "push_model", "push_binary", "chmod", "check_binary"):
             if key in cmds:
-                proc = _adb(cmds[key], timeout)
+                proc = adb_run(cmds[key], timeout)
                 if key == "check_binary" and "present" not in proc.stdout:
                     raise EdgekdError(f"{label}: no benchmark_model at {DEVICE_BENCHMARK}: pass --benchmark-binary "
                                       f"PATH to TFLite's android_aarch64_benchmark_model")
-        stats = parse_benchmark_output(_adb(cmds["run"], timeout).stdout)
+        stats = parse_benchmark_output(adb_run(cmds["run"], timeout).stdout)
     finally:
         try:
-            _adb(cmds["cleanup"], 60)
+            adb_run(cmds["cleanup"], 60)
         except EdgekdError:
             pass
     stats.update({"device": label, "cores": cores, "threads": stats.get("threads") or n})
     return stats
+
+
+# --- generation: LiteRT-LM's runtime binary for Android -------------------------------------------
+
+def litert_lm_args(binary: str, model: str, prompt_len: int, decode_len: int, threads: int) -> list[str]:
+    return [binary, "--backend=cpu", f"--model_path={model}", "--benchmark",
+            f"--benchmark_prefill_tokens={prompt_len}", f"--benchmark_decode_tokens={decode_len}",
+            f"--max_num_tokens={prompt_len + decode_len}", f"--num_cpu_threads={threads}", "--async=false",
+            "--report_peak_memory_footprint"]
+
+
+def summarize_runs(per_run: list[dict]) -> dict:
+    """The runs' numbers as the profile reports them (spreads for ttft and speeds)."""
+    out = {k: spread([r[k] for r in per_run]) for k in ("ttft_ms", "prefill_tok_s", "decode_tok_s")}
+    peaks = [r["peak_rss_mb"] for r in per_run if r.get("peak_rss_mb") is not None]
+    out.update(runs=len(per_run), init_ms=per_run[0]["init_ms"], peak_rss_mb=max(peaks) if peaks else None,
+               prompt_tokens=per_run[0]["prompt_tokens"], decode_tokens=per_run[0]["decode_tokens"])
+    return out
+
+
+def profile_adb_generation(model: Path, serial: str | None, prompt_len: int, decode_len: int, runs: int, warmup: int,
+                           threads: int | None, benchmark_binary: str | None, timeout: float = 1800.0) -> dict:
+    """Push the bundle and litert_lm_main, run its benchmark warmup + runs times on the big cores, clean up."""
+    if shutil.which("adb") is None:
+        raise EdgekdError(f"adb not found on PATH: {INSTALL_HINT}")
+    if not benchmark_binary or not Path(benchmark_binary).is_file():
+        raise EdgekdError(f"--benchmark-binary: give the path of LiteRT-LM's {LITERT_LM_BINARY} for Android arm64 "
+                          f"(from the LiteRT-LM releases), got {benchmark_binary!r}")
+    label = f"adb:{serial}" if serial else "adb"
+    base = adb_base(serial)
+    n, cores = big_cores_of(serial, threads, label)
+    root, q = REMOTE_ROOT, shlex.quote
+    binary, remote_model = f"{root}/{LITERT_LM_BINARY}", f"{root}/{model.name}"
+    run = f"taskset {cpu_mask(cores)} " + " ".join(q(a) for a in litert_lm_args(binary, remote_model, prompt_len,
+                                                                                 decode_len, n))
+    per_run = []
+    try:
+        for cmd in ([*base, "shell", f"mkdir -p {q(root)}"], [*base, "push", str(model), remote_model],
+                    [*base, "push", str(benchmark_binary), binary], [*base, "shell", f"chmod 755 {q(binary)}"]):
+            adb_run(cmd, timeout)
+        for i in range(warmup + runs):
+            got = parse_benchmark_info(adb_run([*base, "shell", f"{run} 2>&1"], timeout).stdout)
+            if i >= warmup:
+                per_run.append(got)
+    finally:
+        try:
+            adb_run([*base, "shell", f"rm -rf {q(root)}"], 60)
+        except EdgekdError:
+            pass
+    return {"format": "litert-lm", "runtime": LITERT_LM_BINARY, "prompt_len": prompt_len, "decode_len": decode_len,
+            "threads": n, "cores": cores, "warmup": warmup, "size_mb": model.stat().st_size / 1e6,
+            **summarize_runs(per_run), "device": label}

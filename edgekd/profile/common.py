@@ -1,4 +1,5 @@
-"""What every runner shares: the model's sidecar metadata and turning runner output into stats or one error."""
+"""What every runner shares: the Runner interface, the scripts shipped to a device, the model's sidecar metadata
+and turning a timer's output into stats or one error."""
 
 from __future__ import annotations
 
@@ -8,6 +9,13 @@ import sys
 from pathlib import Path
 
 from edgekd.errors import EdgekdError
+from edgekd.export import graph_runtime
+from edgekd.formats import FORMATS, GRAPH, format_names
+
+# The standalone scripts a device runs, in the order they are shipped: the last one runs and imports the
+# others from beside it (on a board) or from edgekd (here).
+TIMER_FILES = (Path(graph_runtime.__file__), Path(__file__).with_name("board_timer.py"))
+GENBENCH_FILES = (*TIMER_FILES, Path(__file__).with_name("board_genbench.py"))
 
 STAT_KEYS = ("device", "format", "runs", "threads", "mean_ms", "p50_ms", "p90_ms", "p99_ms", "std_ms",
              "min_ms", "max_ms", "init_ms", "peak_rss_mb", "size_mb", "ops")
@@ -18,7 +26,7 @@ def check_model_file(model_file: str | Path) -> Path:
     if not path.is_file():
         raise EdgekdError(f"model file {path} does not exist: give the path of an exported .onnx or .tflite "
                           f"(see `edgekd export`)")
-    if path.suffix not in (".onnx", ".tflite"):
+    if path.suffix not in {FORMATS[f].suffix for f in format_names(GRAPH)}:
         raise EdgekdError(f"{path} is neither .onnx nor .tflite: profile an exported model file")
     return path
 
@@ -55,6 +63,62 @@ def parse_runner_json(stdout: str, device: str, model_file: Path) -> dict:
     return obj
 
 
+class Runner:
+    """Where exported files are timed: one subclass per kind of device (local.py, ssh.py, adb.py), chosen by the
+    scheme of the device string in runners.py. Made from the device string and the options of its kind (the
+    others are ignored), which it checks without contacting the device."""
+
+    scheme = ""  # the device string's scheme: "local", "ssh", "adb"
+    usage = ""   # how such a device is written, for error lines: "ssh://USER@HOST[:PORT]"
+
+    def __init__(self, device: str, **options):
+        self.device = device
+
+    def describe(self) -> str:
+        """The device as its profiles name it."""
+        return self.device
+
+    def check(self) -> None:
+        """The device answers now (one EdgekdError line if not), so a typo or a switched-off board is caught
+        before any work."""
+
+    def check_threads(self, threads: int | None) -> None:
+        """A thread count checked before any work where the device's cores are known here (locally); the
+        others check it on the device."""
+
+    def profile(self, model: Path, runs: int, warmup: int, threads: int | None, seq_len: int, vocab: int | None,
+                timeout: float) -> dict:
+        """Time one exported graph file (.onnx, .tflite): the board timer's statistics."""
+        raise NotImplementedError
+
+    def profile_generation(self, path: Path, fmt: str, prompt_len: int, decode_len: int, runs: int, warmup: int,
+                           threads: int | None, timeout: float) -> dict:
+        """Time generation of one generative export of format `fmt`: board_genbench.py's statistics."""
+        raise NotImplementedError
+
+
+def timer_args(runs: int, warmup: int, threads: int | None, seq_len: int, vocab: int | None) -> list[str]:
+    """board_timer.py's command line."""
+    args = ["--runs", str(runs), "--warmup", str(warmup), "--seq-len", str(seq_len)]
+    if threads:
+        args += ["--threads", str(threads)]
+    if vocab:
+        args += ["--vocab", str(vocab)]
+    return args
+
+
+def genbench_args(prompt_len: int, decode_len: int, runs: int, warmup: int, threads: int | None) -> list[str]:
+    """board_genbench.py's command line."""
+    args = ["--prompt-len", str(prompt_len), "--decode-len", str(decode_len), "--runs", str(runs),
+            "--warmup", str(warmup)]
+    return args + (["--threads", str(threads)] if threads else [])
+
+
+def last_line(text: str, default: str = "no output") -> str:
+    """The last line of a child's output (where its error is), or `default`."""
+    return (text.strip().splitlines() or [default])[-1]
+
+
 def _die_with_parent():
     """A preexec_fn that has the kernel kill the child when edgekd dies, however it dies (Linux); None
     where prctl is not there. Resolved here in the parent: the child only makes the call."""
@@ -78,7 +142,7 @@ def _die_with_parent():
 
 
 def run_child(cmd: list[str], timeout: float, **kw) -> subprocess.CompletedProcess:
-    """subprocess.run for the runners' children (export/runtime.py, ssh, adb): a child never outlives edgekd.
+    """subprocess.run for the runners' children (board_timer.py, ssh, adb): a child never outlives edgekd.
 
     subprocess.run kills it on a timeout or an exception here (Ctrl-C); PR_SET_PDEATHSIG covers a
     SIGTERM or SIGKILL of edgekd itself, where no Python code runs.

@@ -8,10 +8,13 @@ measurement land in RUN/profile/FORMAT-PRECISION-DEVICE.json.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from edgekd import faults
 from edgekd.io import write_json
+
+if TYPE_CHECKING:
+    from edgekd.profile.common import Runner
 
 
 def device_tag(device: str) -> str:
@@ -39,7 +42,7 @@ def write_profile(run_dir: Path, export: dict, stats: dict) -> dict:
 
 def write_generation_profile(run_dir: Path, export: dict, stats: dict) -> dict:
     """Write one generation profile to RUN/profile and return its `generation.measured` entry (medians)."""
-    from edgekd.profile.generation import median_of
+    from edgekd.profile.generation_profile import median_of
 
     stats, rel = _write(Path(run_dir), export, stats)
     entry = {k: stats.get(k) for k in ("device", "format", "quantize", "precision", "runtime", "prompt_len",
@@ -47,9 +50,9 @@ def write_generation_profile(run_dir: Path, export: dict, stats: dict) -> dict:
     return entry | {k: median_of(stats.get(k)) for k in ("ttft_ms", "prefill_tok_s", "decode_tok_s")} | {"profile": rel}
 
 
-def profile_export(run_dir, export: dict, device: str = "local", runs: int = 20, warmup: int = 3,
+def profile_export(run_dir, export: dict, device: str | Runner = "local", runs: int = 20, warmup: int = 3,
                    threads: Optional[int] = None, **profile_kw) -> dict:
-    """Time one exported file (an export record) on `device`; its measured entry."""
+    """Time one exported file (an export record) on `device` (a device string or its runner); its measured entry."""
     from edgekd.profile import profile_model
 
     stats = profile_model(Path(run_dir) / export["path"], device=device, runs=runs, warmup=warmup, threads=threads,
@@ -57,7 +60,7 @@ def profile_export(run_dir, export: dict, device: str = "local", runs: int = 20,
     return write_profile(run_dir, export, stats)
 
 
-def profile_exports(run_dir, exports: dict, device: str = "local", runs: int = 20, warmup: int = 3,
+def profile_exports(run_dir, exports: dict, device: str | Runner = "local", runs: int = 20, warmup: int = 3,
                     threads: Optional[int] = None, **profile_kw) -> list[dict]:
     """Time every export that passed parity on `device`, in order; their measured entries."""
     measured = []
@@ -68,11 +71,11 @@ def profile_exports(run_dir, exports: dict, device: str = "local", runs: int = 2
     return measured
 
 
-def profile_generative_export(run_dir, export: dict, device: str = "local", prompt_len: int = 64,
+def profile_generative_export(run_dir, export: dict, device: str | Runner = "local", prompt_len: int = 64,
                               decode_len: int = 128, runs: int = 3, warmup: int = 1, threads: Optional[int] = None,
                               **profile_kw) -> dict:
     """Time generation of one generative export (a litert-lm or onnx-genai record) on `device`; its entry."""
-    from edgekd.profile.generation import profile_generation
+    from edgekd.profile.generation_profile import profile_generation
 
     stats = profile_generation(Path(run_dir) / export["path"], device=device, prompt_len=prompt_len,
                                decode_len=decode_len, runs=runs, warmup=warmup, threads=threads, **profile_kw)

@@ -7,34 +7,43 @@ import sys
 from pathlib import Path
 
 from edgekd.errors import EdgekdError
-from edgekd.export import runtime
-from edgekd.profile.common import parse_runner_json, run_child
-
-RUNNER = Path(runtime.__file__)  # a standalone script: shipped to boards and phones as it is
+from edgekd.profile.common import (GENBENCH_FILES, TIMER_FILES, Runner, genbench_args, last_line, parse_runner_json,
+                                   run_child, timer_args)
 
 
-def runner_args(runs: int, warmup: int, threads: int | None, seq_len: int, vocab: int | None) -> list[str]:
-    args = ["--runs", str(runs), "--warmup", str(warmup), "--seq-len", str(seq_len)]
-    if threads:
-        args += ["--threads", str(threads)]
-    if vocab:
-        args += ["--vocab", str(vocab)]
-    return args
+class LocalRunner(Runner):
+    """`local`: the board timer run here by this Python."""
 
+    scheme = "local"
+    usage = "local"
 
-def profile_local(model_file: Path, runs: int, warmup: int, threads: int | None, seq_len: int,
-                  vocab: int | None, timeout: float = 1800.0) -> dict:
-    return run_local(RUNNER, model_file, runner_args(runs, warmup, threads, seq_len, vocab), timeout)
+    def __init__(self, device: str = "local", **options):
+        if device != "local":
+            raise EdgekdError(f"bad device {device!r}: write local")
+        super().__init__(device)
+
+    def check_threads(self, threads: int | None) -> None:
+        from edgekd.checks import thread_count
+
+        thread_count("--threads", threads)
+
+    def profile(self, model: Path, runs: int, warmup: int, threads: int | None, seq_len: int, vocab: int | None,
+                timeout: float = 1800.0) -> dict:
+        return run_local(TIMER_FILES[-1], model, timer_args(runs, warmup, threads, seq_len, vocab), timeout)
+
+    def profile_generation(self, path: Path, fmt: str, prompt_len: int, decode_len: int, runs: int, warmup: int,
+                           threads: int | None, timeout: float = 1800.0) -> dict:
+        return run_local(GENBENCH_FILES[-1], path, genbench_args(prompt_len, decode_len, runs, warmup, threads),
+                         timeout)
 
 
 def run_local(script: Path, model: Path, args: list[str], timeout: float = 1800.0) -> dict:
-    """Run a runner script on MODEL in a fresh python (the ssh runner's, here) and parse its JSON."""
+    """Run a timer script on MODEL in a fresh python (the ssh runner's, here) and parse its JSON."""
     cmd = [sys.executable, str(script), str(model), *args]
     try:
         proc = run_child(cmd, timeout, capture_output=True, text=True)
     except subprocess.TimeoutExpired as e:
         raise EdgekdError(f"profiling {model.name} locally took over {timeout:.0f}s: use fewer --runs") from e
     if proc.returncode not in (0, 3, 4):
-        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        raise EdgekdError(f"local profiling of {model.name} crashed (exit {proc.returncode}): {tail}")
+        raise EdgekdError(f"local profiling of {model.name} crashed (exit {proc.returncode}): {last_line(proc.stderr)}")
     return parse_runner_json(proc.stdout, "local", model)

@@ -1,4 +1,5 @@
-"""Profiles on a Linux board over OpenSSH: copy model and runner to a temp dir there, run, always clean up."""
+"""Profiles on a Linux board over OpenSSH: copy the model and the timer scripts to a temp dir there, run, always
+clean up."""
 
 from __future__ import annotations
 
@@ -10,9 +11,41 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgekd.errors import EdgekdError
-from edgekd.profile.common import parse_runner_json, run_child
+from edgekd.profile.common import (GENBENCH_FILES, TIMER_FILES, Runner, genbench_args, last_line, parse_runner_json,
+                                   run_child, timer_args)
 from edgekd.settings import Settings
-from edgekd.profile.local import RUNNER, runner_args
+
+
+class SshRunner(Runner):
+    """`ssh://USER@HOST[:PORT]`: a Linux board over OpenSSH, running the board timer with its python3."""
+
+    scheme = "ssh"
+    usage = "ssh://USER@HOST[:PORT]"
+
+    def __init__(self, device: str, settings: Settings | None = None, *, identity_file: str | None = None,
+                 known_hosts: str | None = None, insecure_host_key: bool = False, connect_timeout: int = 10,
+                 remote_python: str = "python3", **options):
+        super().__init__(device)
+        self.target = parse_ssh_url(device, settings, identity_file=identity_file, known_hosts=known_hosts,
+                                    insecure_host_key=insecure_host_key, connect_timeout=connect_timeout)
+        self.remote_python = remote_python
+
+    def describe(self) -> str:
+        return self.target.label
+
+    def check(self) -> None:
+        probe_ssh(self.target)
+
+    def profile(self, model: Path, runs: int, warmup: int, threads: int | None, seq_len: int, vocab: int | None,
+                timeout: float = 1800.0) -> dict:
+        return run_remote(self.target, model, list(TIMER_FILES), timer_args(runs, warmup, threads, seq_len, vocab),
+                          self.remote_python, timeout)
+
+    def profile_generation(self, path: Path, fmt: str, prompt_len: int, decode_len: int, runs: int, warmup: int,
+                           threads: int | None, timeout: float = 1800.0) -> dict:
+        return run_remote(self.target, path, list(GENBENCH_FILES),
+                          genbench_args(prompt_len, decode_len, runs, warmup, threads), self.remote_python, timeout)
+
 
 _URL = re.compile(r"^ssh://(?:(?P<user>[^@/:]+)@)?(?P<host>\[[^\]]+\]|[^:/@]+)(?::(?P<port>\d+))?/?$")
 
@@ -118,7 +151,7 @@ def probe_ssh(target: SshTarget, timeout: float | None = None) -> None:
     proc = _run(probe.ssh_cmd("true"), target, timeout or probe.connect_timeout + 10)
     if proc.returncode != 0:
         raise EdgekdError(f"{target.label}: the device answered but `true` failed (exit {proc.returncode}): "
-                          f"{(proc.stderr.strip().splitlines() or ['no output'])[-1][:200]}")
+                          f"{last_line(proc.stderr)[:200]}")
     _probed.add(key)
 
 
@@ -139,8 +172,7 @@ def _ssh_failure(target: SshTarget, stderr: str) -> EdgekdError:
                            f"and network")
     if "could not resolve hostname" in s or "name or service not known" in s:
         return EdgekdError(f"{where}: unknown host name {target.host}: check the address")
-    last = (stderr.strip().splitlines() or ["ssh failed"])[-1]
-    return EdgekdError(f"{where}: ssh failed: {last}")
+    return EdgekdError(f"{where}: ssh failed: {last_line(stderr, 'ssh failed')}")
 
 
 def _run(cmd: list[str], target: SshTarget, timeout: float, upload: Path | None = None) -> subprocess.CompletedProcess:
@@ -156,12 +188,6 @@ def _run(cmd: list[str], target: SshTarget, timeout: float, upload: Path | None 
     if proc.returncode == 255:
         raise _ssh_failure(target, proc.stderr)
     return proc
-
-
-def profile_ssh(model_file: Path, target: SshTarget, runs: int, warmup: int, threads: int | None,
-                seq_len: int, vocab: int | None, remote_python: str = "python3", timeout: float = 1800.0) -> dict:
-    return run_remote(target, model_file, [RUNNER], runner_args(runs, warmup, threads, seq_len, vocab),
-                      remote_python, timeout)
 
 
 def _upload(target: SshTarget, local: Path, remote_dir: str, timeout: float) -> None:
@@ -183,7 +209,7 @@ def _upload(target: SshTarget, local: Path, remote_dir: str, timeout: float) -> 
 
 def run_remote(target: SshTarget, model: Path, scripts: list[Path], args: list[str], remote_python: str = "python3",
                timeout: float = 1800.0) -> dict:
-    """Copy the model and the runner scripts to a temp dir on the board, run the last script on the model
+    """Copy the model and the timer scripts to a temp dir on the board, run the last script on the model
     with `args`, parse its JSON, and always remove the temp dir."""
     if shutil.which("ssh") is None:
         raise EdgekdError("ssh not found on PATH: install the OpenSSH client (apt-get install openssh-client)")
@@ -202,8 +228,7 @@ def run_remote(target: SshTarget, model: Path, scripts: list[Path], args: list[s
             raise EdgekdError(f"{target.label}: device has no {remote_python}: install Python 3 there or pass "
                               f"--remote-python PATH")
         if ran.returncode not in (0, 3, 4):
-            tail = (ran.stderr.strip().splitlines() or ["no output"])[-1]
-            raise EdgekdError(f"{target.label}: runner failed (exit {ran.returncode}): {tail}")
+            raise EdgekdError(f"{target.label}: runner failed (exit {ran.returncode}): {last_line(ran.stderr)}")
         stats = parse_runner_json(ran.stdout, target.label, model)
     finally:
         try:

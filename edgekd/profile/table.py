@@ -37,7 +37,7 @@ def print_profile(stats: dict, console: Console | None = None, top: int = 12) ->
 def print_generation(stats: dict, console: Console | None = None) -> None:
     """One row per measured number: median and spread over the runs (what llama-bench users read)."""
     from edgekd import console as _c
-    from edgekd.profile.generation import median_of
+    from edgekd.profile.generation_profile import median_of
 
     console = console or _c.out()
     t = Table(title=f"{stats.get('model', '')} on {stats['device']} ({stats['format']}, {stats.get('runtime', '')}, "

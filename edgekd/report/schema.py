@@ -41,6 +41,8 @@ JOB_KEYS: dict = {
     "search": {"table": None, "json": None, "plot": None, "choice": None, "predicted_ms": None, "params": None,
                "calibrated": None, "candidates": None, "attempts": None},
     "calibration": {"source": None, "path": None, "values": None},   # which calibration the search started from
+    "budget_source": None,               # options | built-in teacher's demo budget | target file
+    "disk_mb": {"run": None, "checkpoints": None, "export": None},  # the run directory's size at the end
     "target_facts": {"name": None, "path": None, "facts": None, "measured": None},  # the device facts used
     "timings_s": {"job": None},
 }

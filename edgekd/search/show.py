@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 from edgekd.io import atomic_path
-from edgekd.targets.spec import generation_budget_words
+from edgekd.targets.cost_model import get_cost_model
 
-if TYPE_CHECKING:
-    from edgekd.search.student import SearchResult
+SearchResult = Any  # edgekd.search.student.SearchResult (not imported: student.py imports this module)
 
 
 def print_table(result: "SearchResult", max_rows: int = 24) -> None:
@@ -23,15 +22,14 @@ def print_table(result: "SearchResult", max_rows: int = 24) -> None:
     lo = max(0, min(i - max_rows // 2, len(rows) - max_rows))
     shown = rows[lo:lo + max_rows]
     cal = "calibrated" if result.calibrated else "uncalibrated (datasheet priors)"
-    gen = result.generation
-    budget = (generation_budget_words(gen["budget"]) + f", {gen['format']}") if gen else f"{result.latency_budget_ms:g} ms"
-    tab = Table(title=f"student candidates for {result.target}: budget {budget}, {cal}")
-    speed = ("decode tok/s", "TTFT ms") if gen else ("pred ms",)
-    for c in ("layers", "hidden", "heads", "kv", "ffn", "precision", "params", *speed, "MB", "peak MB", "fits"):
+    model = get_cost_model(result.cost_model)
+    tab = Table(title=f"student candidates for {result.target}: budget {model.budget_title(result.budget, result.fmt)}, {cal}")
+    for c in ("layers", "hidden", "heads", "kv", "ffn", "precision", "params", *(h for h, _, _ in model.shown), "MB",
+              "peak MB", "fits"):
         tab.add_column(c, justify="right")
     for r in shown:
         style = "bold green" if r["chosen"] else (None if r["fits"] else "dim")
-        pred = (f"{r['decode_tok_s']:.0f}", f"{r['ttft_ms']:.2f}") if gen else (f"{r['predicted_ms']:.2f}",)
+        pred = tuple(f.format(r[k]) for _, k, f in model.shown)
         tab.add_row(str(r["num_hidden_layers"]), str(r["hidden_size"]), str(r["num_attention_heads"]),
                     str(r["num_key_value_heads"]), str(r["intermediate_size"]), r["precision"],
                     f"{r['params'] / 1e6:.2f}M", *pred, f"{r['size_mb']:.1f}",
@@ -51,9 +49,8 @@ def plot_search(result: "SearchResult", path: str | Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    gen = result.generation
-    y, line = ("decode_tok_s", gen["budget"].get("decode_tok_s")) if gen else ("predicted_ms", result.latency_budget_ms)
-    unit = "tok/s" if gen else "ms"
+    y, bound, label = get_cost_model(result.cost_model).plotted
+    line, unit = result.budget.get(bound), label[label.rindex("(") + 1:-1]
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for prec, color in (("float32", "tab:blue"), ("int8", "tab:orange"), ("int4", "tab:green")):
         ok = [r for r in result.table if r["precision"] == prec and r["fits"]]
@@ -71,7 +68,7 @@ def plot_search(result: "SearchResult", path: str | Path) -> None:
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("parameters")
-    ax.set_ylabel("predicted decode (tokens/s)" if gen else "predicted latency (ms)")
+    ax.set_ylabel(label)
     cal = "calibrated" if result.calibrated else "uncalibrated"
     ax.set_title(f"student search on {result.target} ({cal})")
     ax.legend(fontsize=7, loc="upper left")

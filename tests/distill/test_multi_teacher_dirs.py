@@ -46,7 +46,7 @@ def test_teachers_from_scheme_config_are_loaded_and_mixed(teacher_dir, second_te
     monkeypatch.setenv("EDGEKD_CACHE", str(tmp_path / "cache"))
     out = run(DistillConfig(teacher=str(teacher_dir), data=str(text_dir), scheme="multi_teacher",
                             scheme_config={"teachers": [str(second_teacher)], "weights": [3, 1]}, steps=2, seq_len=16,
-                            batch_size=4, out=str(tmp_path / "run"), scratch=False, eval_blocks=2,
+                            batch_size=4, out=str(tmp_path / "run"), baselines="none", eval_blocks=2,
                             init_batches=1, quiet=True, torch_device="cpu")).out
     assert len(seen["teachers"]) == 2 and seen["kw"] == {"weights": [3, 1]}
     assert json.loads((out / "config.json").read_text())["scheme_config"]["teachers"] == [str(second_teacher)]

@@ -17,7 +17,7 @@ JSD = [{"name": "kd", "divergence": "jsd", "beta": 0.5}]
 
 def _cfg(teacher_dir, text_dir, out, **kw):
     base = dict(teacher=str(teacher_dir), data=str(text_dir), out=str(out), steps=3, seq_len=32, batch_size=2,
-                eval_blocks=4, quiet=True, threads=1, scratch=False)
+                eval_blocks=4, quiet=True, threads=1, baselines="none")
     base.update(kw)
     return DistillConfig(**base)
 

@@ -49,13 +49,13 @@ def test_progressive_explicit_sizes_and_bad_sizes(teacher_dir, text_dir, tmp_pat
     from edgekd.errors import EdgekdError
 
     sizes = [{"num_hidden_layers": 3}, {"num_hidden_layers": 2, "intermediate_size": 96}]
-    out = run(_cfg(teacher_dir, text_dir, tmp_path / "run", steps=3, scheme="progressive", scratch=False,
+    out = run(_cfg(teacher_dir, text_dir, tmp_path / "run", steps=3, scheme="progressive", baselines="none",
                    scheme_config={"sizes": sizes})).out
     stages = _report(out)[0]["distillation"]["stages"]
     assert [s["config"]["num_hidden_layers"] for s in stages] == [3, 2, 2]
     assert stages[1]["config"]["intermediate_size"] == 96 and [s["steps"] for s in stages] == [1, 1, 1]
     with pytest.raises(EdgekdError, match="not smaller"):
-        run(_cfg(teacher_dir, text_dir, tmp_path / "bad", steps=3, scheme="progressive", scratch=False,
+        run(_cfg(teacher_dir, text_dir, tmp_path / "bad", steps=3, scheme="progressive", baselines="none",
                  scheme_config={"sizes": [{"num_hidden_layers": 1}]}))  # the default student is not smaller
 
 
@@ -84,7 +84,7 @@ def test_sequence_run_trains_on_the_teacher_generations(teacher_dir, text_dir, t
 
     trainer_mod.Trainer.train_step = spy
     try:
-        out = run(_cfg(teacher_dir, text_dir, tmp_path / "run", steps=3, scheme="sequence", scratch=False,
+        out = run(_cfg(teacher_dir, text_dir, tmp_path / "run", steps=3, scheme="sequence", baselines="none",
                        scheme_config={"num_prompts": 4, "prompt_len": 8, "max_new_tokens": 12})).out
     finally:
         trainer_mod.Trainer.train_step = orig
@@ -111,7 +111,7 @@ def test_sequence_run_trains_on_the_teacher_generations(teacher_dir, text_dir, t
 def test_offline_cache_is_built_by_the_first_run_and_reused_by_the_next(teacher_dir, text_dir, tmp_path):
     cache = tmp_path / "cache"
     sc = {"cache": str(cache), "cache_k": 8}
-    out1 = run(_cfg(teacher_dir, text_dir, tmp_path / "r1", scratch=False, scheme_config=sc)).out
+    out1 = run(_cfg(teacher_dir, text_dir, tmp_path / "r1", baselines="none", scheme_config=sc)).out
     index = json.loads((cache / "index.json").read_text())
     shards = sorted(cache.glob("shard-*.safetensors"))
     assert shards and index["k"] == 8 and index["num_examples"] > 0
@@ -119,7 +119,7 @@ def test_offline_cache_is_built_by_the_first_run_and_reused_by_the_next(teacher_
     rep1, cfg1 = _report(out1)
     assert cfg1["teacher_cache"] == {"path": str(cache), "built": True}
 
-    out2 = run(_cfg(teacher_dir, text_dir, tmp_path / "r2", scratch=False, scheme_config=sc)).out
+    out2 = run(_cfg(teacher_dir, text_dir, tmp_path / "r2", baselines="none", scheme_config=sc)).out
     rep2, cfg2 = _report(out2)
     assert cfg2["teacher_cache"]["built"] is False and rep2["distillation"]["teacher_cache"]["built"] is False
     assert {p.name: (p.stat().st_mtime_ns, p.stat().st_ino) for p in [cache / "index.json", *shards]} == stamps
@@ -132,7 +132,7 @@ def test_offline_cache_is_built_by_the_first_run_and_reused_by_the_next(teacher_
 def test_progressive_run_resumes_mid_chain_to_the_same_student(teacher_dir, text_dir, tmp_path, monkeypatch):
     from edgekd.distill import trainer as trainer_mod
 
-    kw = dict(steps=4, scheme="progressive", scratch=False, checkpoint_every=1)
+    kw = dict(steps=4, scheme="progressive", baselines="none", checkpoint_every=1)
     whole = run(_cfg(teacher_dir, text_dir, tmp_path / "whole", **kw)).out
     orig = trainer_mod.Trainer.train_step
 

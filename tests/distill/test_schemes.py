@@ -309,7 +309,7 @@ def test_schemes_and_losses_run_in_the_engine(teacher_dir, text_dir, tmp_path, s
     from edgekd.distill import run
 
     out = run({"teacher": str(teacher_dir), "data": str(text_dir), "steps": 2, "out": str(tmp_path / "run"),
-               "scheme": scheme, "scheme_config": cfg, "loss": loss, "scratch": False, "quiet": True, "seq_len": 32,
+               "scheme": scheme, "scheme_config": cfg, "loss": loss, "baselines": "none", "quiet": True, "seq_len": 32,
                "batch_size": 2, "eval_blocks": 2, "teachers": [str(teacher_dir)] if scheme == "multi_teacher" else []}).out
     report = json.loads((out / "report.json").read_text())
     assert report["student"]["eval_loss"] > 0

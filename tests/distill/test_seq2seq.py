@@ -29,7 +29,7 @@ def _tiny_marian(layers: int = 4, d_model: int = 16, vocab: int = 120):
 
 
 def test_builtin_parallel_corpus_ships_with_its_sources():
-    from edgekd.data.parallel import BUILTIN_PAIRS, load_parallel
+    from edgekd.data.parallel_corpus import BUILTIN_PAIRS, load_parallel
 
     c = load_parallel("builtin")
     assert len(c.train) > 30000 and 0.02 < len(c.validation) / (len(c.train) + len(c.validation)) < 0.04
@@ -43,7 +43,7 @@ def test_builtin_parallel_corpus_ships_with_its_sources():
 
 
 def test_user_pairs_split_and_errors(tmp_path):
-    from edgekd.data.parallel import load_parallel
+    from edgekd.data.parallel_corpus import load_parallel
 
     f = tmp_path / "p.jsonl"
     f.write_text("".join(json.dumps({"source": f"s{i}", "target": f"t{i}", **({"split": "validation"} if i < 2 else {})})
@@ -95,7 +95,7 @@ def test_logits_export_of_a_seq2seq_model_is_one_line(tmp_path):
 
 def _pairs_file(path: Path) -> tuple[Path, list]:
     """300 pairs of the shipped corpus, the last 6 marked held out."""
-    from edgekd.data.parallel import load_parallel
+    from edgekd.data.parallel_corpus import load_parallel
 
     pairs = load_parallel("builtin").train[:300]
     path.write_text("".join(json.dumps({"source": s, "target": t, **({"split": "validation"} if i >= 294 else {})},

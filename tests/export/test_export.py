@@ -10,7 +10,7 @@ import torch
 
 from edgekd.errors import EdgekdError, JobFailed
 from edgekd.export.hf import load_for_export
-from edgekd.export import runtime as device_runner
+from edgekd.export import graph_runtime
 from tests.export.conftest import SEQ
 
 # Static int8 is checked on the classifier: on a randomly initialised causal LM its top-1 agreement sits
@@ -24,7 +24,7 @@ CASES = [("llama", "onnx", "none"), ("llama", "onnx", "int8-dynamic"),
 def _torch_and_file(model_dir, path, rows):
     """Independent of the exporter's own check: run PyTorch and the file on fresh ids."""
     module = load_for_export(model_dir).module
-    m = device_runner.load(str(path))
+    m = graph_runtime.load(str(path))
     ref, got = [], []
     with torch.no_grad():
         for i in range(rows.shape[0]):

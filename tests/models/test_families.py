@@ -76,13 +76,13 @@ def test_family_distills_exports_and_predicts(model_type, tmp_path, tokenizer, c
     from edgekd.distill import DistillConfig, run
     from edgekd.export import export_model
     from edgekd.models.loading import load_model
-    from edgekd.targets.latency import param_count, predict
+    from edgekd.targets.cost_latency import param_count, predict
 
     monkeypatch.setenv("EDGEKD_CACHE", str(tmp_path / "cache"))
     teacher = make_teacher(model_type, tmp_path / "teacher", tokenizer, layers=2)  # 2 -> 1 layer: quick exports
     classifier = FAMILIES[model_type][1]
     out = run(DistillConfig(teacher=str(teacher), data=str(class_data if classifier else text_dir), steps=2,
-                            seq_len=SEQ, batch_size=4, out=str(tmp_path / "run"), scratch=False, eval_blocks=4,
+                            seq_len=SEQ, batch_size=4, out=str(tmp_path / "run"), baselines="none", eval_blocks=4,
                             init_batches=1, quiet=True, torch_device="cpu")).out
     rep = json.loads((out / "report.json").read_text())
     init = rep["student"]["init"]
@@ -124,7 +124,7 @@ def test_family_configs_read_and_shrink(model_type):
     from edgekd.models.students import student_config_from
     from edgekd.search import search_student
 
-    res = search_student(cfg.to_dict(), "android-arm64", 50.0, seq_len=SEQ)
+    res = search_student(cfg.to_dict(), "android-arm64", {"latency_ms": 50.0, "seq_len": SEQ})
     chosen = student_config_from({k: v for k, v in res.choice.items() if k != "precision"}, cfg)
     assert arch_of(chosen)["num_hidden_layers"] == res.choice["num_hidden_layers"]
     for c in candidates(cfg, ("float32",))[:40]:

@@ -9,8 +9,8 @@ import pytest
 
 from edgekd.errors import EdgekdError
 from edgekd.profile import profile_model
-from edgekd.profile.adb import (build_commands, cpu_mask, parse_adb_device, parse_benchmark_output,
-                                parse_cpu_freqs)
+from edgekd.profile.adb import build_commands, cpu_mask, parse_adb_device, parse_cpu_freqs
+from edgekd.profile.adb_output import parse_benchmark_output
 
 FIX = Path(__file__).with_name("fixtures")
 
@@ -27,7 +27,7 @@ def test_big_core_mask_from_sysfs_listing():
                         enumerate([1800000] * 4 + [2400000] * 3 + [3000000]))
     freqs = parse_cpu_freqs(listing)
     assert freqs[7] == 3000000 and len(freqs) == 8
-    from edgekd.export.runtime import pick_big_cores
+    from edgekd.profile.board_timer import pick_big_cores
 
     assert cpu_mask(pick_big_cores(freqs, 4)) == "f0"
     from edgekd.profile.adb import default_threads

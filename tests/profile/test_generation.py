@@ -14,7 +14,8 @@ import pytest
 
 from edgekd.cli import main
 from edgekd.errors import EdgekdError
-from edgekd.profile.generation import GEN_KEYS, parse_benchmark_info, profile_generation
+from edgekd.profile.adb_output import parse_benchmark_info
+from edgekd.profile.generation_profile import GEN_KEYS, profile_generation
 
 FIXTURES = Path(__file__).parent / "fixtures"
 BUILTIN = Path(__file__).resolve().parents[2] / "edgekd" / "models" / "builtin_teacher"

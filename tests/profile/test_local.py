@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from edgekd.errors import EdgekdError
-from edgekd.export import runtime as device_runner
+from edgekd.profile import board_timer
 from edgekd.profile import STAT_KEYS, profile_model
 
 
@@ -82,16 +82,16 @@ def test_corrupt_model_is_an_edgekd_error(corrupt_onnx, tmp_path):
 
 def test_big_cores_prefer_the_fastest():
     freqs = {0: 1800000, 1: 1800000, 2: 1800000, 3: 1800000, 4: 2400000, 5: 2400000, 6: 2400000, 7: 3000000}
-    assert device_runner.pick_big_cores(freqs, 4) == [4, 5, 6, 7]
-    assert device_runner.pick_big_cores(freqs, 1) == [7]
-    assert device_runner.pick_big_cores({0: 0, 1: 0}, None) == [0, 1]
+    assert board_timer.pick_big_cores(freqs, 4) == [4, 5, 6, 7]
+    assert board_timer.pick_big_cores(freqs, 1) == [7]
+    assert board_timer.pick_big_cores({0: 0, 1: 0}, None) == [0, 1]
 
 
 def test_summary_statistics_against_numpy():
     import numpy as np
 
     xs = [5.0, 1.0, 3.0, 2.0, 4.0, 10.0]
-    s = device_runner.summarize(xs)
+    s = board_timer.summarize(xs)
     assert s["mean_ms"] == pytest.approx(np.mean(xs)) and s["std_ms"] == pytest.approx(np.std(xs))
     assert s["p50_ms"] == pytest.approx(3.5) and s["min_ms"] == 1.0 and s["max_ms"] == 10.0
     assert s["p90_ms"] == pytest.approx(np.percentile(xs, 90)) and s["p99_ms"] == pytest.approx(np.percentile(xs, 99))

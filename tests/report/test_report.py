@@ -64,7 +64,9 @@ def test_job_report_fills_every_job_key_and_says_why_it_failed(tmp_path):
     facts = JobFacts(target="rpi5", search=res, attempts=[{"attempt": 0, "params": 300, "measured_ms": None}],
                      fmt="tflite", runtime="litert", seq_len=64, threads=4, exports=exports, measured=[],
                      timings={"search": {"wall_s": 1, "cpu_s": 1}}, calibration={"source": "priors", "path": None,
-                     "values": None}, target_facts={"name": "rpi5", "path": "x", "facts": {}, "measured": {}})
+                     "values": None}, target_facts={"name": "rpi5", "path": "x", "facts": {}, "measured": {}},
+                     extra={"budget_source": "target file",  # the pipeline's (its options, the run's size)
+                            "disk_mb": {"run": 1.0, "checkpoints": 0.5, "export": 0.2}})
     rep = build_job_report(engine, facts)
     assert missing_keys(rep, JOB_KEYS) == []
     assert rep["timings_s"] == {"distill": 1.0, "job": facts.timings} and rep["student"]["precision_deployed"] == "int8"

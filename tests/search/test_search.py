@@ -9,7 +9,7 @@ import re
 import pytest
 
 from edgekd.errors import EdgekdError
-from edgekd.targets import latency as lat
+from edgekd.targets import cost_latency as lat
 from edgekd.search import RAM_FRACTION, SearchResult, candidates, print_table, search_student
 from edgekd.targets.spec import load_target
 
@@ -36,9 +36,9 @@ def test_candidates_respect_the_family():
 
 def test_search_picks_largest_under_budget(tmp_path):
     target = load_target("raspberry-pi-5")
-    all_ms = sorted(r["predicted_ms"] for r in search_student(TEACHER, target, 1e9).table)
+    all_ms = sorted(r["predicted_ms"] for r in search_student(TEACHER, target, {"latency_ms": 1e9}).table)
     budget = all_ms[len(all_ms) // 2]  # about half the candidates fit
-    res = search_student(TEACHER, target, latency_budget_ms=budget)
+    res = search_student(TEACHER, target, {"latency_ms": budget})
     print_table(res)
     files = res.save(tmp_path)
     fitting = [r for r in res.table if r["predicted_ms"] <= budget and r["size_mb"] <= target.budget["max_model_mb"]
@@ -72,13 +72,13 @@ def test_load_of_a_corrupt_search_is_one_line(tmp_path):
 
 def test_max_params_asks_for_a_strictly_smaller_student():
     target = load_target("raspberry-pi-5")
-    first = search_student(TEACHER, target, 1e9)
-    smaller = search_student(TEACHER, target, 1e9, max_params=first.choice_row["params"])
+    first = search_student(TEACHER, target, {"latency_ms": 1e9})
+    smaller = search_student(TEACHER, target, {"latency_ms": 1e9}, max_params=first.choice_row["params"])
     assert smaller.choice_row["params"] < first.choice_row["params"]
     assert all("max_params" in r["fails"] for r in smaller.table if r["params"] >= first.choice_row["params"])
     tiniest = min(r["params"] for r in first.table)
     with pytest.raises(EdgekdError, match="no student smaller than"):
-        search_student(TEACHER, target, 1e9, max_params=tiniest)
+        search_student(TEACHER, target, {"latency_ms": 1e9}, max_params=tiniest)
 
 
 def test_budget_defaults_to_target_and_size_limit_applies():
@@ -88,33 +88,34 @@ def test_budget_defaults_to_target_and_size_limit_applies():
     # a tiny max_model_mb rules out float32 students bigger than it
     small = type(target)(target.name, target.description, target.path,
                          {**target.data, "budget": {**target.budget, "max_model_mb": 3.0}})
-    res = search_student(TEACHER, small, latency_budget_ms=1e9)
+    res = search_student(TEACHER, small, {"latency_ms": 1e9})
     assert res.choice_row["size_mb"] <= 3.0
     assert any(r["fails"] == "size" for r in res.table)
 
 
-def test_nothing_fits_names_the_smallest_prediction():
+def test_nothing_fits_names_the_fastest_narrowing():
+    """The nearest candidate the teacher can initialise, with its predicted time: the budget it would need."""
     target = load_target("raspberry-pi-5")
-    table = search_student(TEACHER, target, 1e9).table
-    smallest = min(table, key=lambda r: (r["params"], r["predicted_ms"]))
+    table = search_student(TEACHER, target, {"latency_ms": 1e9}).table
+    fastest = min((r for r in table if "narrowing" not in r["fails"]), key=lambda r: r["predicted_ms"])
     with pytest.raises(EdgekdError) as e:
-        search_student(TEACHER, target, latency_budget_ms=0.001)
+        search_student(TEACHER, target, {"latency_ms": 0.001})
     msg = str(e.value)
-    assert "raspberry-pi-5" in msg and "0.001 ms" in msg
-    assert f"{smallest['predicted_ms']:.2f} ms" in msg
-    assert re.search(rf"smallest candidate \(1 layers, hidden {smallest['hidden_size']},", msg)
+    assert "raspberry-pi-5" in msg and "0.001 ms" in msg and "--latency-budget" in msg
+    assert f"predicted at {fastest['predicted_ms']:.2f} ms" in msg
+    assert re.search(rf"the nearest, {fastest['num_hidden_layers']} layers, hidden {fastest['hidden_size']},", msg)
 
 
 def test_calibration_is_an_explicit_input():
     """A calibration saved in the cache is not used unless passed: None means the datasheet priors."""
     target = load_target("raspberry-pi-5")
-    uncal = search_student(TEACHER, target, 1e9)
+    uncal = search_student(TEACHER, target, {"latency_ms": 1e9})
     cfg = {**TEACHER, "num_hidden_layers": 1}
     p = lat.predict(cfg, target, 64).total_ms
     saved = lat.calibrate([{"config": cfg, "seq_len": 64, "precision": "float32", "measured_ms": 3 * p}], target)
     saved.save()
-    assert search_student(TEACHER, target, 1e9) == uncal
-    cal = search_student(TEACHER, target, 1e9, calibration=saved)
+    assert search_student(TEACHER, target, {"latency_ms": 1e9}) == uncal
+    cal = search_student(TEACHER, target, {"latency_ms": 1e9}, calibration=saved)
     assert cal.calibrated and not uncal.calibrated
     assert cal.predicted_ms > uncal.predicted_ms
 
@@ -124,6 +125,6 @@ def test_ram_limit_applies():
     # room for the runtime and a few MB of weights only
     small = type(target)(target.name, target.description, target.path,
                          {**target.data, "memory": {**target.memory, "ram_mb": 2 * 22.0}})
-    res = search_student(TEACHER, small, latency_budget_ms=1e9)
+    res = search_student(TEACHER, small, {"latency_ms": 1e9})
     assert res.choice_row["peak_mem_mb"] <= 22.0
     assert any("ram" in r["fails"] for r in res.table)

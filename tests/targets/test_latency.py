@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import math
 
 import pytest
 
-from edgekd.targets import latency as lat
+from edgekd.targets import cost_latency as lat
+from edgekd.targets.fitting import calibration_path, device_facts, load_calibration
 from edgekd.targets.spec import load_target
 
 TINY = dict(vocab_size=100, hidden_size=8, intermediate_size=16, num_hidden_layers=2, num_attention_heads=2,
@@ -79,7 +79,7 @@ def _synthetic(target, truth, configs, seqs, by_kind):
 def test_calibration_recovers_known_factors(by_kind):
     target = load_target("raspberry-pi-5")
     truth = lat.default_calibration(target)
-    truth.facts = lat._facts(target, None)
+    truth.facts = device_facts(target)
     truth.eff_compute.update(matmul=0.21, matmul_int8=0.11, attention=0.07)
     truth.eff_mem.update(norm=0.9, elementwise=0.35, softmax=0.25, quantize=0.3)
     truth.overhead_us, truth.call_overhead_us = 9.0, 55.0
@@ -108,12 +108,12 @@ def test_calibration_save_load_roundtrip(tmp_path):
              "measured_ms": 1.5}]
     cal = lat.calibrate(meas, target)
     path = cal.save()
-    assert path == lat.calibration_path("raspberry-pi-5", "tflite") and path.is_file()
-    back = lat.load_calibration("raspberry-pi-5", "tflite")
+    assert path == calibration_path("raspberry-pi-5", "tflite") and path.is_file()
+    back = load_calibration("raspberry-pi-5", "tflite", None, lat.Calibration)
     assert back == cal
     p = lat.predict(meas[0]["config"], target, 32, calibration=back).total_ms
     assert p == pytest.approx(1.5, rel=0.02)
-    assert lat.load_calibration("raspberry-pi-4", "tflite") is None
+    assert load_calibration("raspberry-pi-4", "tflite", None, lat.Calibration) is None
 
 
 def test_measurement_from_profile_feeds_calibration():

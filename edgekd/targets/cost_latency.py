@@ -13,21 +13,20 @@ and the model's latency is the sum over ops plus one per-call overhead.
 
 from __future__ import annotations
 
-import json
 import math
-import os
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping, Optional
 
 import numpy as np
 
-from edgekd import precision as _precision
+from edgekd import precision as precision_words
 from edgekd.errors import EdgekdError
-from edgekd.io import write_json
-from edgekd.models import arch as _arch
-from edgekd.settings import Settings
-from edgekd.targets.spec import Target, load_target
+from edgekd.formats import GRAPH, export_format
+from edgekd.models import arch as model_arch
+from edgekd.targets.cost_model import CostModel, register_cost_model
+from edgekd.targets.fitting import (SavedCalibration, device_facts, facts_for, fit_errors, levenberg_marquardt,
+                                    measured_target, peaks)
+from edgekd.targets.spec import Target
 
 KINDS = ("gather", "norm", "matmul", "matmul_int8", "quantize", "attention", "softmax", "elementwise")
 PRECISIONS = ("float32", "int8")
@@ -43,16 +42,7 @@ RUNTIME_BASE_MB = {"onnxruntime": 30.0, "litert": 10.0}  # the runtime's own res
 
 def normalize_precision(precision: str) -> str:
     """edgekd.precision's word for PRECISION, limited to what the cost model knows (float32, int8)."""
-    return _precision.normalize_precision(precision, supported=PRECISIONS)
-
-
-def _target(target: Target | str) -> Target:
-    """load_target, refusing a target whose measured facts (the host's) were never filled in."""
-    t = load_target(target)
-    if t.unmeasured:
-        raise EdgekdError(f"target {t.name}: its measured facts ({', '.join(t.unmeasured)}) are not filled in: "
-                          f"pass edgekd.targets.measure_target(load_target({t.name!r}))")
-    return t
+    return precision_words.normalize_precision(precision, supported=PRECISIONS)
 
 
 # --- the graph ----------------------------------------------------------------------------------
@@ -60,11 +50,11 @@ def _target(target: Target | str) -> Target:
 def arch_of(config: Any) -> dict[str, int | bool]:
     """The few numbers the cost model needs, from an HF config object or a plain dict of any supported
     family (GPT-2's n_embd, OPT's ffn_dim, ...): edgekd.models.arch, the one normaliser."""
-    return _arch.arch_of(config)
+    return model_arch.arch_of(config)
 
 
 def param_count(config: Any) -> int:
-    return _arch.param_count(config)
+    return model_arch.param_count(config)
 
 
 @dataclass
@@ -144,23 +134,6 @@ def peak_memory_mb(config: Any, seq_len: int, precision: str = "float32", runtim
 
 # --- calibration state ----------------------------------------------------------------------------
 
-class SavedCalibration:
-    """to_dict/from_dict/save of a calibration dataclass with `device` and `fmt` fields (the logits
-    model's Calibration, the generation model's GenerationCalibration): one file per (device, format)."""
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict):
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
-
-    def save(self, path: str | os.PathLike | None = None) -> Path:
-        path = Path(path) if path else calibration_path(self.device, self.fmt)
-        write_json(path, self.to_dict())
-        return path
-
-
 @dataclass
 class Calibration(SavedCalibration):
     """Per-device efficiency factors (and the device facts they were fitted against)."""
@@ -176,27 +149,8 @@ class Calibration(SavedCalibration):
     fit: dict[str, float] = field(default_factory=dict)  # errors on the measurements it was fitted on
 
 
-
-def calibration_path(device: str, fmt: str, settings: Settings | None = None) -> Path:
-    """The device's saved calibration in the cache (read and written only when the user asks)."""
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in f"{device}-{fmt}")
-    return (settings or Settings.from_env()).cache_dir / "calibration" / f"{safe}.json"
-
-
-def load_calibration(device: str, fmt: str, path: str | os.PathLike | None = None, cls: type | None = None):
-    """The saved calibration for (device, format), or None when the device was never measured; `cls` is
-    the calibration's class (default Calibration; the generation model's GenerationCalibration)."""
-    p = Path(path) if path else calibration_path(device, fmt)
-    if not p.is_file():
-        return None
-    try:
-        return (cls or Calibration).from_dict(json.loads(p.read_text()))
-    except (json.JSONDecodeError, TypeError, KeyError) as e:
-        raise EdgekdError(f"{p}: corrupt calibration file ({e}); delete it to recalibrate") from e
-
-
 def default_calibration(target: Target | str, fmt: str | None = None) -> Calibration:
-    t = _target(target)
+    t = measured_target(target)
     fmt = fmt or t.runtime["preferred_format"]
     rt = runtime_for(fmt)
     eff_compute = dict(DEFAULT_EFF_COMPUTE)
@@ -204,22 +158,12 @@ def default_calibration(target: Target | str, fmt: str | None = None) -> Calibra
         eff_compute.update(matmul=1.0, matmul_int8=1.0)
     return Calibration(device=t.key, fmt=fmt, eff_compute=eff_compute, eff_mem=dict(DEFAULT_EFF_MEM),
                        overhead_us=DEFAULT_OVERHEAD_US[rt], call_overhead_us=DEFAULT_CALL_OVERHEAD_US[rt],
-                       facts=_facts(t, None))
+                       facts=device_facts(t))
 
 
 def runtime_for(fmt: str) -> str:
-    if fmt == "onnx":
-        return "onnxruntime"
-    if fmt == "tflite":
-        return "litert"
-    raise EdgekdError(f"unknown format {fmt!r}; expected onnx or tflite")
-
-
-def _facts(t: Target, threads: int | None) -> dict[str, float]:
-    big = t.cpu["big_cores"]
-    threads = threads or t.runtime["default_threads"]
-    return {"peak_gflops_fp32": float(t.cpu["peak_gflops_fp32"]), "peak_gops_int8": float(t.cpu["peak_gops_int8"]),
-            "bandwidth_gbs": float(t.memory["bandwidth_gbs"]), "big_cores": float(big), "threads": float(threads)}
+    """The runtime of a logits-graph format (edgekd.formats), or one line naming the known ones."""
+    return export_format(fmt, GRAPH).runtime
 
 
 # --- prediction --------------------------------------------------------------------------------
@@ -240,14 +184,6 @@ class Prediction:
         return out
 
 
-def _peaks(facts: Mapping[str, float], threads: int | None) -> tuple[float, float, float]:
-    """(fp32 FLOP/s, int8 op/s, bytes/s) at `threads`: compute scales with cores used, bandwidth not."""
-    big = facts["big_cores"]
-    used = min(float(threads or facts["threads"]), big)
-    scale = used / big
-    return facts["peak_gflops_fp32"] * 1e9 * scale, facts["peak_gops_int8"] * 1e9 * scale, facts["bandwidth_gbs"] * 1e9
-
-
 def op_time_s(op: Op, peak_fp32: float, peak_int8: float, bw: float, eff_c: float, eff_m: float,
               overhead_s: float) -> tuple[float, str]:
     """One execution of `op` on the roofline: (seconds, 'compute' | 'memory')."""
@@ -260,14 +196,11 @@ def op_time_s(op: Op, peak_fp32: float, peak_int8: float, bw: float, eff_c: floa
 def predict(config: Any, target: Target | str, seq_len: int = 64, precision: str = "float32",
             fmt: str | None = None, calibration: Calibration | None = None, threads: int | None = None) -> Prediction:
     """Predicted latency of one inference of `config` on `target` (calibrated when given one)."""
-    t = _target(target)
+    t = measured_target(target)
     fmt = fmt or t.runtime["preferred_format"]
     precision = normalize_precision(precision)
     cal = calibration or default_calibration(t, fmt)
-    facts = dict(_facts(t, threads))
-    if calibration is not None and calibration.facts:  # the numbers the factors were fitted against
-        facts.update({k: v for k, v in calibration.facts.items() if k != "threads"})
-    p32, p8, bw = _peaks(facts, threads)
+    p32, p8, bw = peaks(facts_for(t, calibration, threads), threads)
     rows, total = [], cal.call_overhead_us * 1e-6
     for op in graph_ops(config, seq_len, precision):
         s, bound = op_time_s(op, p32, p8, bw, cal.eff_compute.get(op.kind, DEFAULT_EFF_COMPUTE[op.kind]),
@@ -287,7 +220,7 @@ def _design(measurements: list[dict], facts: dict[str, float]):
     obs = []  # (kind_idx, tc_unit, tm_unit, count, measured_s)
     for m in measurements:
         prec = normalize_precision(m.get("precision", "float32"))
-        p32, p8, bw = _peaks(facts, m.get("threads"))
+        p32, p8, bw = peaks(facts, m.get("threads"))
         ops = graph_ops(m["config"], int(m["seq_len"]), prec)
         groups: list[tuple[list[Op], float, bool]] = []
         if m.get("by_kind"):  # per-op profile rows, summed per kind: one observation per kind
@@ -320,35 +253,6 @@ def _predict_obs(theta: np.ndarray, obs) -> np.ndarray:
 
 
 
-def levenberg_marquardt(resid, theta0: np.ndarray, free: np.ndarray, iterations: int = 100) -> np.ndarray:
-    """Minimise |resid(theta)|^2 over the entries `free` of theta (numeric Jacobian, steps clipped to
-    +-2 in log space): the one fitter of the latency and the generation models' calibrations."""
-    theta, mu = np.array(theta0, dtype=float), 1e-2
-    r = resid(theta)
-    cost = float(r @ r)
-    for _ in range(iterations):
-        J = np.empty((len(r), len(free)))
-        for j, p in enumerate(free):
-            d = np.zeros_like(theta)
-            d[p] = 1e-4
-            J[:, j] = (resid(theta + d) - r) / 1e-4
-        A, g = J.T @ J, J.T @ r
-        improved = False
-        for _ in range(10):
-            step = np.linalg.solve(A + mu * np.diag(np.diag(A) + 1e-9), -g)
-            cand = theta.copy()
-            cand[free] += np.clip(step, -2.0, 2.0)
-            rc = resid(cand)
-            cc = float(rc @ rc)
-            if cc < cost:
-                theta, r, cost, mu, improved = cand, rc, cc, max(mu / 3, 1e-7), True
-                break
-            mu *= 4
-        if not improved or np.max(np.abs(step)) < 1e-6:
-            break
-    return theta
-
-
 def calibrate(measurements: Iterable[dict], target: Target | str, fmt: str | None = None,
               prior: Calibration | None = None, strength: float = 1e-3, iterations: int = 100) -> Calibration:
     """Fit efficiency factors and overheads to measured latencies on `target` (a device).
@@ -362,10 +266,10 @@ def calibrate(measurements: Iterable[dict], target: Target | str, fmt: str | Non
     measurements = list(measurements)
     if not measurements:
         raise EdgekdError("calibrate: no measurements given")
-    t = _target(target)
+    t = measured_target(target)
     fmt = fmt or t.runtime["preferred_format"]
     prior = prior or default_calibration(t, fmt)
-    facts = _facts(t, None)
+    facts = device_facts(t)
     obs = _design(measurements, facts)
     nk = len(KINDS)
     theta0 = np.log(np.array([prior.eff_compute[k] for k in KINDS] + [prior.eff_mem[k] for k in KINDS]
@@ -383,14 +287,12 @@ def calibrate(measurements: Iterable[dict], target: Target | str, fmt: str | Non
 
     theta = levenberg_marquardt(resid, theta0, np.flatnonzero(used), iterations)
     pred = _predict_obs(theta, obs)
-    rel = np.abs(pred - meas) / meas
     return Calibration(device=t.key, fmt=fmt,
                        eff_compute={k: float(np.exp(theta[i])) for i, k in enumerate(KINDS)},
                        eff_mem={k: float(np.exp(theta[nk + i])) for i, k in enumerate(KINDS)},
                        overhead_us=float(np.exp(theta[2 * nk])), call_overhead_us=float(np.exp(theta[2 * nk + 1])),
                        facts=facts, n_measurements=len(measurements),
-                       fit={"median_abs_rel_err": float(np.median(rel)), "max_abs_rel_err": float(rel.max()),
-                            "observations": int(len(obs))})
+                       fit=fit_errors(pred, meas))
 
 
 def measurement_from_profile(profile: Mapping[str, Any], config: Any, precision: str, seq_len: int | None = None,
@@ -407,3 +309,88 @@ def measurement_from_profile(profile: Mapping[str, Any], config: Any, precision:
         raise EdgekdError(f"measurement_from_profile: the profile has no {stat!r}")
     return {"config": arch_of(config), "seq_len": int(s), "precision": normalize_precision(precision),
             "measured_ms": float(profile[stat]), "threads": profile.get("threads")}
+
+
+# --- the cost-model interface -------------------------------------------------------------------
+
+class LatencyModel(CostModel):
+    """One logits forward of a fixed window (`seq_len`), budgeted in ms: the logits job's model."""
+
+    name = "latency"
+    calibration_type = Calibration
+    precisions = PRECISIONS
+    columns = ("predicted_ms", "size_mb", "peak_mem_mb")
+    budget_keys = ("latency_ms",)
+    budget_options = {"latency_ms": "--latency-budget"}
+    length_keys = ("seq_len",)
+    shown = (("pred ms", "predicted_ms", "{:.2f}"),)
+    plotted = ("predicted_ms", "latency_ms", "predicted latency (ms)")
+
+    def target_format(self, t: Target) -> str:
+        return t.runtime["preferred_format"]
+
+    def runtime(self, fmt: str) -> str:
+        return runtime_for(fmt)
+
+    def default_calibration(self, t: Target, fmt: Optional[str] = None) -> Calibration:
+        return default_calibration(t, fmt)
+
+    def budget(self, t: Target, overrides: Optional[Mapping] = None) -> dict:
+        given = {k: v for k, v in (overrides or {}).items() if v is not None}
+        unknown = set(given) - {"latency_ms", "seq_len"}
+        if unknown:
+            raise EdgekdError(f"the latency model's budget has no {', '.join(sorted(unknown))}: it is latency_ms "
+                              f"(--latency-budget) at a seq_len")
+        b = {"latency_ms": float(t.budget["latency_ms"]), "seq_len": 64} | given
+        if isinstance(b["latency_ms"], bool) or not b["latency_ms"] > 0:
+            raise EdgekdError(f"--latency-budget must be positive, got {b['latency_ms']}")
+        return b
+
+    def predict_row(self, config: Mapping, t: Target, precision: str, budget: Mapping, calibration,
+                    threads: Optional[int], fmt: str) -> dict:
+        pred = predict(config, t, budget["seq_len"], precision, fmt, calibration, threads)
+        return {"predicted_ms": round(pred.total_ms, 4), "size_mb": round(model_size_mb(config, precision), 3),
+                "peak_mem_mb": round(peak_memory_mb(config, budget["seq_len"], precision, runtime_for(fmt)), 2)}
+
+    def misses(self, numbers: Mapping, budget: Mapping) -> list[str]:
+        ms = numbers.get("predicted_ms", numbers.get("p50_ms"))
+        return ["latency"] if ms is not None and ms > budget["latency_ms"] else []
+
+    def slack(self, row: Mapping, budget: Mapping) -> float:
+        return budget["latency_ms"] / row["predicted_ms"]
+
+    def speed(self, row: Mapping) -> float:
+        return -row["predicted_ms"]
+
+    def budget_words(self, budget: Mapping) -> str:
+        return f"{budget['latency_ms']:g} ms at {budget['seq_len']} tokens"
+
+    def positions(self, budget: Mapping) -> int:
+        return int(budget["seq_len"])
+
+    def miss_words(self, attempt: Mapping, budget: Mapping) -> str:
+        return f"{attempt['measured_ms']:.3f} ms > budget {budget['latency_ms']:g} ms"
+
+    def budget_title(self, budget: Mapping, fmt: str) -> str:
+        return f"{budget['latency_ms']:g} ms"
+
+    def row_words(self, row: Mapping) -> str:
+        return f"predicted at {row['predicted_ms']:.2f} ms"
+
+    def measurement(self, profile: Mapping, config: Any, precision: str, *, seq_len: int,
+                    threads: Optional[int]) -> dict:
+        return measurement_from_profile(dict(profile) | {"threads": threads}, config, precision, seq_len=seq_len)
+
+    def calibrate(self, measurements: Iterable[dict], t: Target, fmt: str, prior=None) -> Calibration:
+        return calibrate(measurements, t, fmt, prior=prior)
+
+    def attempt_numbers(self, search, measured: Optional[Mapping]) -> dict:
+        ms = None if measured is None else measured["p50_ms"]
+        return {"measured_ms": ms, "misses": [] if ms is None else self.misses({"p50_ms": ms}, search.budget)}
+
+    def search_extras(self, chosen: Mapping, config: Mapping, t: Target, budget: Mapping, calibration,
+                      threads: Optional[int], fmt: str) -> dict:
+        return {"latency_budget_ms": budget["latency_ms"], "predicted_ms": chosen["predicted_ms"], "generation": None}
+
+
+LATENCY = register_cost_model(LatencyModel())

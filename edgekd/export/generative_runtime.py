@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Greedy generation, token ids in and out, with an exported generative model in its own runtime.
 
-Standalone like export/runtime.py (no torch, no edgekd): export's parity check imports it here, and the
-generation profiler imports `load` and ships this file to boards, so what is timed there is what was
+Standalone like export/graph_runtime.py (no torch, no edgekd): export's parity check imports it here; what runs
+on a board is the same runtime and the same files, so what is timed there (profile/board_genbench.py) is what was
 checked here. Where only python3, numpy and the runtime exist, this file is all that is needed.
 
     model = load("student.litertlm")          # or an onnx-genai folder (genai_config.json + model.onnx)
@@ -37,7 +37,7 @@ SEQ2SEQ_FILES = ("encoder_model.onnx", "decoder_model.onnx", "decoder_with_past_
 
 
 class GenRuntimeError(Exception):
-    """A model that cannot be loaded or run; `kind` is "no-runtime" or "bad-model" (as runtime.RunnerError)."""
+    """A model that cannot be loaded or run; `kind` is "no-runtime" or "bad-model" (as graph_runtime.RunnerError)."""
 
     def __init__(self, kind: str, message: str):
         super().__init__(message)

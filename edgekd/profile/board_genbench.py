@@ -2,8 +2,9 @@
 """Times LLM generation of an exported model (time to first token, prefill and decode tokens/s) and
 prints one JSON object.
 
-Self-contained like export/runtime.py, beside which it is shipped (its core pinning, peak-RSS and error
-conventions are that module's): on a board only python3 and the runtime's pip package are assumed.
+Self-contained like the board timer, beside which it is shipped with export/graph_runtime.py (its core pinning
+and peak RSS are board_timer.py's, its error conventions graph_runtime.py's): on a board only python3 and the
+runtime's pip package are assumed.
 A `.litertlm` bundle is timed by LiteRT-LM's own benchmark (`litert_lm.Benchmark`, what
 `litert-lm benchmark` runs); an onnxruntime-genai folder by a greedy generator loop, since
 onnxruntime-genai ships no benchmark in its package. Both count the same way:
@@ -23,16 +24,19 @@ import json
 import os
 import statistics
 import sys
+import tempfile
 import time
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
-if os.path.isfile(os.path.join(_HERE, "runtime.py")):  # on a board: export/runtime.py was shipped beside this file
+if os.path.isfile(os.path.join(_HERE, "graph_runtime.py")):  # on a board: shipped beside this file
     sys.path.insert(0, _HERE)
-    import runtime as rt  # noqa: E402
+    import board_timer as bt  # noqa: E402
+    import graph_runtime as gr  # noqa: E402
 else:
-    from edgekd.export import runtime as rt  # noqa: E402
+    import edgekd.export.graph_runtime as gr  # noqa: E402
+    import edgekd.profile.board_timer as bt  # noqa: E402
 
-RunnerError = rt.RunnerError
+RunnerError = gr.RunnerError
 SPREAD_KEYS = ("ttft_ms", "prefill_tok_s", "decode_tok_s")
 
 
@@ -65,16 +69,18 @@ def bench_litert_lm(path: str, prompt_len: int, decode_len: int, runs: int, warm
     """LiteRT-LM's own benchmark, once per run (each run initialises its engine: init_ms is the first's)."""
     lm = _litert_lm()
     lm.set_min_log_severity(lm.LogSeverity.ERROR)
-    bench = lm.Benchmark(path, backend=lm.Backend.CPU(thread_count=threads), prefill_tokens=prompt_len,
-                         decode_tokens=decode_len, max_num_tokens=prompt_len + decode_len)
     infos = []
-    for i in range(warmup + runs):
-        try:
-            info = bench.run()
-        except Exception as e:  # the runtime raises RuntimeError with its own status text
-            raise RunnerError("bad-model", f"LiteRT-LM cannot run {path}: {rt._first_line(e)}") from e
-        if i >= warmup:
-            infos.append(info)
+    # XNNPACK's weight cache goes to a scratch directory, not beside the file (it would be shipped with it)
+    with tempfile.TemporaryDirectory(prefix="edgekd-xnnpack-") as cache:
+        bench = lm.Benchmark(path, backend=lm.Backend.CPU(thread_count=threads), prefill_tokens=prompt_len,
+                             decode_tokens=decode_len, max_num_tokens=prompt_len + decode_len, cache_dir=cache)
+        for i in range(warmup + runs):
+            try:
+                info = bench.run()
+            except Exception as e:  # the runtime raises RuntimeError with its own status text
+                raise RunnerError("bad-model", f"LiteRT-LM cannot run {path}: {gr.first_line(e)}") from e
+            if i >= warmup:
+                infos.append(info)
     return {"runtime": f"litert-lm {_version('litert-lm-api', 'litert-lm')}",
             "init_ms": infos[0].init_time_in_second * 1e3,
             "ttft_ms": [x.time_to_first_token_in_second * 1e3 for x in infos],
@@ -124,7 +130,7 @@ def bench_onnx_genai(path: str, prompt_len: int, decode_len: int, runs: int, war
     try:
         model = _og_model(og, path, threads)
     except Exception as e:
-        raise RunnerError("bad-model", f"onnxruntime-genai cannot load {path}: {rt._first_line(e)}") from e
+        raise RunnerError("bad-model", f"onnxruntime-genai cannot load {path}: {gr.first_line(e)}") from e
     init_ms = (time.perf_counter() - t0) * 1e3
     with open(os.path.join(path, "genai_config.json")) as f:
         cfg = json.load(f)["model"]
@@ -139,7 +145,7 @@ def bench_onnx_genai(path: str, prompt_len: int, decode_len: int, runs: int, war
         try:
             pre, first, rest = _og_generate_once(og, model, prompt, decode_len)
         except Exception as e:
-            raise RunnerError("bad-model", f"{path} loads but fails to generate: {rt._first_line(e)}") from e
+            raise RunnerError("bad-model", f"{path} loads but fails to generate: {gr.first_line(e)}") from e
         if i < warmup:
             continue
         out["ttft_ms"].append(first * 1e3)
@@ -171,8 +177,8 @@ def profile(path: str, prompt_len: int = 64, decode_len: int = 128, runs: int = 
         raise RunnerError("bad-args", f"runs, prompt and decode lengths must be >= 1 and warmup >= 0 (got runs={runs}, "
                                       f"warmup={warmup}, prompt_len={prompt_len}, decode_len={decode_len})")
     fmt = detect_format(path)
-    cores = rt.big_cores(threads)
-    allowed = len(rt.big_cores())
+    cores = bt.big_cores(threads)
+    allowed = len(bt.big_cores())
     if threads is not None and not 1 <= threads <= allowed:
         raise RunnerError("bad-args", f"--threads must be in [1, {allowed}], got {threads}")
     if pin and hasattr(os, "sched_setaffinity"):
@@ -182,7 +188,7 @@ def profile(path: str, prompt_len: int = 64, decode_len: int = 128, runs: int = 
     stats = {"format": fmt, "runtime": got["runtime"], "prompt_len": prompt_len, "decode_len": decode_len,
              "runs": runs, "warmup": warmup, "threads": threads, "cores": cores,
              **{k: spread(got[k]) for k in SPREAD_KEYS}, "init_ms": got["init_ms"],
-             "peak_rss_mb": rt._peak_rss_mb(), "size_mb": rt.size_mb(path)}
+             "peak_rss_mb": bt.peak_rss_mb(), "size_mb": gr.size_mb(path)}
     return stats | {k: v for k, v in got.items() if k not in stats and k not in SPREAD_KEYS}
 
 
@@ -196,13 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--no-pin", action="store_true")
     a = ap.parse_args(argv)
-    try:
-        stats = profile(a.model, a.prompt_len, a.decode_len, a.runs, a.warmup, a.threads, pin=not a.no_pin)
-    except RunnerError as e:
-        print(json.dumps({"error": str(e), "kind": e.kind}))
-        return rt.EXIT_NO_RUNTIME if e.kind == "no-runtime" else rt.EXIT_BAD_MODEL
-    print(json.dumps(stats))
-    return 0
+    return bt.print_result(lambda: profile(a.model, a.prompt_len, a.decode_len, a.runs, a.warmup, a.threads,
+                                           pin=not a.no_pin))
 
 
 if __name__ == "__main__":

@@ -44,26 +44,28 @@ Priors (before calibration) from public measurements:
   quantisation take the rest) (https://github.com/pytorch/executorch/blob/main/examples/models/llama/README.md):
   eff_prefill int8 0.5, int4 0.45 (the nibbles are unpacked first);
 - benchmarks/generation_model_bench.py compares the priors with published numbers (RESULTS.md).
-Calibration (`calibrate_generation`) fits the factors to edgekd's own generation profiles.
+Calibration (`calibrate`) fits the factors to edgekd's own generation profiles.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Optional
 
 import numpy as np
 
-from edgekd import precision as _precision
+from edgekd import precision as precision_words
 from edgekd.errors import EdgekdError
+from edgekd.formats import GENERATIVE, export_format, runtime_of
 from edgekd.models.arch import arch_of, param_count
-from edgekd.targets.latency import SavedCalibration, _facts, _peaks, _target, levenberg_marquardt
-from edgekd.targets.spec import Target
+from edgekd.targets.cost_model import CostModel, register_cost_model
+from edgekd.targets.fitting import (SavedCalibration, device_facts, facts_for, fit_errors, levenberg_marquardt,
+                                    measured_target, peaks)
+from edgekd.targets.spec import (GENERATION_BUDGET, GENERATION_LENGTHS, Target, generation_budget_words,
+                                 generation_misses)
 
 PRECISIONS = ("float32", "int8", "int4")
-FORMATS = ("onnx-genai", "litert-lm")
-RUNTIME_OF = {"onnx-genai": "onnxruntime-genai", "litert-lm": "litert-lm"}
 INT4_BLOCK = 32
 SCALE_BYTES = 4.0
 KV_BYTES = 4.0
@@ -83,13 +85,12 @@ SCALARS = ("eff_mem", "layer_overhead_us", "token_overhead_us", "call_overhead_m
 
 
 def normalize_precision(precision: str) -> str:
-    return _precision.normalize_precision(precision, supported=PRECISIONS)
+    return precision_words.normalize_precision(precision, supported=PRECISIONS)
 
 
 def check_format(fmt: str) -> str:
-    if fmt not in FORMATS:
-        raise EdgekdError(f"unknown generative format {fmt!r}; expected {' or '.join(FORMATS)}")
-    return fmt
+    """A generative format's name (edgekd.formats), or one line naming the known ones."""
+    return export_format(fmt, GENERATIVE).name
 
 
 def target_format(t: Target) -> str:
@@ -196,11 +197,11 @@ class GenerationCalibration(SavedCalibration):
         return super().from_dict(d)
 
 
-def default_generation_calibration(target: Target | str, fmt: str | None = None) -> GenerationCalibration:
+def default_calibration(target: Target | str, fmt: str | None = None) -> GenerationCalibration:
     """The priors: DEFAULT_EFF_*, DEFAULTS[fmt] and the target's last-level cache; a measured peak (the
     host's GEMM benchmark) is already what a GEMM reaches, so its prefill factors start at 1 less the
     int4 unpacking."""
-    t = _target(target)
+    t = measured_target(target)
     fmt = check_format(fmt or target_format(t))
     eff = dict(DEFAULT_EFF_PREFILL)
     if "cpu.peak_gflops_fp32" in t.measured:
@@ -208,7 +209,7 @@ def default_generation_calibration(target: Target | str, fmt: str | None = None)
     return GenerationCalibration(device=t.key, fmt=fmt, eff_prefill=eff, eff_decode_compute=dict(DEFAULT_EFF_DECODE_COMPUTE),
                                  cache_mb=float(t.memory.get("cache_mb", CACHE_MB_UNKNOWN)),
                                  cache_gbs=CACHE_SPEEDUP * float(t.memory["bandwidth_gbs"]), **DEFAULTS[fmt],
-                                 facts=_facts(t, None))
+                                 facts=device_facts(t))
 
 
 # --- prediction --------------------------------------------------------------------------------
@@ -262,18 +263,15 @@ def _times(w: Work, P: int, cal: Mapping[str, Any], peaks: tuple[float, float, f
 
 def _setup(target: Target | str, fmt: str | None, calibration: GenerationCalibration | None, threads: int | None):
     """The target, format, calibration (the priors when None) and the peaks at `threads`."""
-    t = _target(target)
+    t = measured_target(target)
     if calibration is not None and not isinstance(calibration, GenerationCalibration):
         raise TypeError(f"calibration must be a GenerationCalibration or None, got {type(calibration).__name__}")
     fmt = check_format(fmt or (calibration.fmt if calibration else target_format(t)))
-    cal = calibration or default_generation_calibration(t, fmt)
-    facts = dict(_facts(t, threads))
-    if calibration is not None and calibration.facts:  # the numbers the factors were fitted against
-        facts.update({k: v for k, v in calibration.facts.items() if k != "threads"})
-    return t, fmt, cal, facts
+    cal = calibration or default_calibration(t, fmt)
+    return t, fmt, cal, facts_for(t, calibration, threads)
 
 
-def predict_generation(config: Any, target: Target | str, precision: str = "float32", prompt_len: int = 64,
+def predict(config: Any, target: Target | str, precision: str = "float32", prompt_len: int = 64,
                        decode_len: int = 128, calibration: GenerationCalibration | None = None,
                        threads: int | None = None, fmt: str | None = None) -> GenerationPrediction:
     """Predicted TTFT, prefill and decode tokens/s, init, peak RSS and size of generating on `target`
@@ -283,12 +281,12 @@ def predict_generation(config: Any, target: Target | str, precision: str = "floa
         raise EdgekdError(f"prompt and decode lengths must be at least 1, got prompt_len={P}, decode_len={N}")
     t, fmt, cal, facts = _setup(target, fmt, calibration, threads)
     w = generation_work(config, precision, P, N, fmt)
-    prefill, step, ttft, bound = _times(w, P, asdict(cal), _peaks(facts, threads))
+    prefill, step, ttft, bound = _times(w, P, asdict(cal), peaks(facts, threads))
     weights_mb, kv_mb = w.size_bytes / 1e6, w.kv_bytes_full / 1e6
     init = cal.init_ms + weights_mb / (facts["bandwidth_gbs"] * cal.eff_mem)  # MB / (GB/s) = ms
     used = int(min(float(threads or facts["threads"]), facts["big_cores"]))
     return GenerationPrediction(
-        device=t.name, runtime=RUNTIME_OF[fmt], format=fmt, precision=w.precision, prompt_len=P, decode_len=N,
+        device=t.name, runtime=runtime_of(fmt), format=fmt, precision=w.precision, prompt_len=P, decode_len=N,
         threads=used, ttft_ms=ttft * 1e3, prefill_tok_s=P / prefill, decode_tok_s=1.0 / step, init_ms=init,
         peak_rss_mb=weights_mb + kv_mb + w.act_bytes / 1e6 + cal.base_mb, size_mb=weights_mb,
         prefill_ms=prefill * 1e3, decode_ms_per_token=step * 1e3, bound=bound, kv_cache_mb=kv_mb,
@@ -307,7 +305,7 @@ def _stat(value: Any, what: str) -> float:
     return float(value)
 
 
-def generation_measurement(profile: Mapping[str, Any], config: Any, precision: str) -> dict:
+def measurement_from_profile(profile: Mapping[str, Any], config: Any, precision: str) -> dict:
     """A calibration measurement from a generation profile (`edgekd.profile.profile_generation`'s keys:
     prompt_len, decode_len, threads, ttft_ms, decode_tok_s, init_ms, peak_rss_mb, format)."""
     for k in ("prompt_len", "decode_len", "ttft_ms", "decode_tok_s"):
@@ -335,7 +333,7 @@ def _unpack(theta: np.ndarray) -> dict:
     return out | dict(zip(SCALARS, v[len(PER_PRECISION) * n:]))
 
 
-def calibrate_generation(measurements: Iterable[dict], target: Target | str,
+def calibrate(measurements: Iterable[dict], target: Target | str,
                          prior: GenerationCalibration | None = None, strength: float = 1e-3,
                          iterations: int = 100) -> GenerationCalibration:
     """Fit the generation factors to measured TTFT and decode tokens/s on `target` (least squares on the
@@ -344,13 +342,13 @@ def calibrate_generation(measurements: Iterable[dict], target: Target | str,
     and the runtime's base memory are the median residuals of the measurements that report them."""
     ms = list(measurements)
     if not ms:
-        raise EdgekdError("calibrate_generation: no measurements given")
-    t = _target(target)
+        raise EdgekdError("calibrate: no measurements given")
+    t = measured_target(target)
     fmt = check_format(prior.fmt if prior else (ms[0].get("fmt") or target_format(t)))
-    prior = prior or default_generation_calibration(t, fmt)
-    facts = _facts(t, None)
+    prior = prior or default_calibration(t, fmt)
+    facts = device_facts(t)
     obs = [(generation_work(m["config"], m["precision"], m["prompt_len"], m["decode_len"], fmt),
-            int(m["prompt_len"]), _peaks(facts, m.get("threads")), m) for m in ms]
+            int(m["prompt_len"]), peaks(facts, m.get("threads")), m) for m in ms]
     meas = np.log([x for *_, m in obs for x in (m["ttft_ms"] * 1e-3, 1.0 / m["decode_tok_s"])])
     theta0, lam = _pack(prior), math.sqrt(strength)
 
@@ -369,11 +367,9 @@ def calibrate_generation(measurements: Iterable[dict], target: Target | str,
     free = np.array([i * n + j for i in range(len(PER_PRECISION)) for j, p in enumerate(PRECISIONS) if p in seen]
                     + list(range(len(PER_PRECISION) * n, len(theta0))))
     theta = levenberg_marquardt(resid, theta0, free, iterations)
-    rel = np.abs(np.exp(np.log(predicted(theta)) - meas) - 1.0)
     fitted = GenerationCalibration(device=t.key, fmt=fmt, **_unpack(theta), init_ms=prior.init_ms,
                                    base_mb=prior.base_mb, facts=facts, n_measurements=len(ms),
-                                   fit={"median_abs_rel_err": float(np.median(rel)), "max_abs_rel_err": float(rel.max()),
-                                        "observations": int(len(meas))})
+                                   fit=fit_errors(predicted(theta), np.exp(meas)))
     return _fit_memory_and_init(fitted, obs, t)
 
 
@@ -381,7 +377,7 @@ def _fit_memory_and_init(cal: GenerationCalibration, obs, t: Target) -> Generati
     """init_ms and base_mb: the median of (measured - predicted without them) where measured."""
     init_r, base_r = [], []
     for w, P, _, m in obs:
-        p = predict_generation(m["config"], t, m["precision"], P, m["decode_len"], cal, m.get("threads"), cal.fmt)
+        p = predict(m["config"], t, m["precision"], P, m["decode_len"], cal, m.get("threads"), cal.fmt)
         if m.get("init_ms"):
             init_r.append(m["init_ms"] - (p.init_ms - cal.init_ms))
         if m.get("peak_rss_mb"):
@@ -408,4 +404,102 @@ def predict_model(model: str | Any, target: Target | str, precision: str, prompt
     b = t.generation_budget or {}
     P = prompt_len if prompt_len is not None else b.get("prompt_len") or 64
     N = decode_len if decode_len is not None else b.get("decode_len") or 128
-    return predict_generation(cfg, t, precision, P, N)
+    return predict(cfg, t, precision, P, N)
+
+
+# --- the cost-model interface -------------------------------------------------------------------
+
+def generation_budget(t: Target, overrides: Optional[Mapping] = None) -> dict:
+    """The generation budget: the target file's `[budget]` keys with `overrides` (None values ignored)
+    on top; at least one of decode_tok_s, ttft_ms, with the prompt and decode lengths they hold at."""
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    unknown = set(overrides) - {*GENERATION_BUDGET, *GENERATION_LENGTHS}
+    if unknown:
+        raise EdgekdError(f"unknown generation budget key(s) {', '.join(sorted(unknown))}: use "
+                          f"{', '.join((*GENERATION_BUDGET, *GENERATION_LENGTHS))}")
+    b = {**(t.generation_budget or {k: None for k in (*GENERATION_BUDGET, *GENERATION_LENGTHS)}), **overrides}
+    b["prompt_len"] = 64 if b.get("prompt_len") is None else b["prompt_len"]
+    b["decode_len"] = 128 if b.get("decode_len") is None else b["decode_len"]
+    if b.get("decode_tok_s") is None and b.get("ttft_ms") is None:
+        raise EdgekdError(f"target {t.name} states no generation budget: pass --decode-tok-s and/or --ttft-ms")
+    for k, v in b.items():
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0):
+            raise EdgekdError(f"generation budget {k} must be a positive number, got {v!r}")
+    return b
+
+
+class GenerationModel(CostModel):
+    """An LLM generating with a KV cache, budgeted in decode tokens/s and TTFT: the generative job's model."""
+
+    name = "generation"
+    calibration_type = GenerationCalibration
+    precisions = PRECISIONS
+    columns = ("predicted_ms", "size_mb", "peak_mem_mb", "decode_tok_s", "ttft_ms", "prefill_tok_s")
+    budget_keys = GENERATION_BUDGET
+    budget_options = {"decode_tok_s": "--decode-tok-s", "ttft_ms": "--ttft-ms"}
+    length_keys = GENERATION_LENGTHS
+    shown = (("decode tok/s", "decode_tok_s", "{:.0f}"), ("TTFT ms", "ttft_ms", "{:.2f}"))
+    plotted = ("decode_tok_s", "decode_tok_s", "predicted decode (tokens/s)")
+
+    def target_format(self, t: Target) -> str:
+        return target_format(t)
+
+    def runtime(self, fmt: str) -> str:
+        return runtime_of(check_format(fmt))
+
+    def default_calibration(self, t: Target, fmt: Optional[str] = None) -> GenerationCalibration:
+        return default_calibration(t, fmt)
+
+    def budget(self, t: Target, overrides: Optional[Mapping] = None) -> dict:
+        return generation_budget(t, overrides)
+
+    def predict_row(self, config: Mapping, t: Target, precision: str, budget: Mapping, calibration,
+                    threads: Optional[int], fmt: str) -> dict:
+        p = predict(config, t, precision, budget["prompt_len"], budget["decode_len"], calibration, threads, fmt)
+        return {"predicted_ms": None, "size_mb": round(p.size_mb, 3), "peak_mem_mb": round(p.peak_rss_mb, 2),
+                "decode_tok_s": round(p.decode_tok_s, 2), "ttft_ms": round(p.ttft_ms, 4),
+                "prefill_tok_s": round(p.prefill_tok_s, 1)}
+
+    def misses(self, numbers: Mapping, budget: Mapping) -> list[str]:
+        return generation_misses(dict(numbers), dict(budget))
+
+    def speed(self, row: Mapping) -> float:
+        return row["decode_tok_s"]
+
+    def budget_words(self, budget: Mapping) -> str:
+        return generation_budget_words(dict(budget))
+
+    def positions(self, budget: Mapping) -> int:
+        return int(budget["prompt_len"]) + int(budget["decode_len"])
+
+    def miss_words(self, attempt: Mapping, budget: Mapping) -> str:
+        return ", ".join(f"{m} {attempt['measured'][m]:.4g}" for m in attempt["misses"]) + " outside the generation budget"
+
+    def budget_title(self, budget: Mapping, fmt: str) -> str:
+        return f"{generation_budget_words(dict(budget))}, {fmt}"
+
+    def row_words(self, row: Mapping) -> str:
+        return f"predicted at {row['decode_tok_s']:.1f} tok/s decode and {row['ttft_ms']:.1f} ms TTFT"
+
+    def measurement(self, profile: Mapping, config: Any, precision: str, *, seq_len: int,
+                    threads: Optional[int]) -> dict:
+        return measurement_from_profile(profile, config, precision)
+
+    def calibrate(self, measurements: Iterable[dict], t: Target, fmt: str, prior=None) -> GenerationCalibration:
+        return calibrate(measurements, t, prior=prior or default_calibration(t, fmt))
+
+    def attempt_numbers(self, search, measured: Optional[Mapping]) -> dict:
+        pred, b = search.generation["predicted"], search.generation["budget"]
+        return {"measured_ms": None, "predicted": {k: pred[k] for k in GENERATION_BUDGET},
+                "measured": None if measured is None else {k: measured[k] for k in GENERATION_BUDGET},
+                "misses": [] if measured is None else self.misses(measured, b)}
+
+    def search_extras(self, chosen: Mapping, config: Mapping, t: Target, budget: Mapping, calibration,
+                      threads: Optional[int], fmt: str) -> dict:
+        p = predict(config, t, chosen["precision"], budget["prompt_len"], budget["decode_len"], calibration, threads,
+                    fmt)
+        return {"latency_budget_ms": float(t.budget["latency_ms"]), "predicted_ms": None,
+                "generation": {"budget": dict(budget), "format": fmt, "predicted": p.to_dict()}}
+
+
+GENERATION = register_cost_model(GenerationModel())

@@ -18,12 +18,13 @@ import sys
 import time
 from pathlib import Path
 
-from edgekd.checks import GENERATIVE_FORMATS, generative_args, output_dir, output_file
+from edgekd.checks import generative_args, output_dir, output_file
 from edgekd.checks import model_dir as check_model_dir
 from edgekd.console import log_path
 from edgekd.errors import EdgekdError, JobFailed
-from edgekd.export import parity, runtime
+from edgekd.export import graph_runtime, parity
 from edgekd.export.api import export_steps
+from edgekd.formats import FORMATS
 from edgekd.io import write_json
 from edgekd.models.loading import read_config_dict
 from edgekd.precision import precision_of
@@ -63,9 +64,8 @@ def default_out(model_dir: Path, fmt: str, quantize: str) -> Path:
     """Beside MODEL_DIR in export/: NAME.litertlm, NAME.int4.litertlm, NAME-genai/, NAME-genai.int4/."""
     d = model_dir.resolve()
     tag = "" if quantize == "none" else f".{quantize}"
-    if fmt == "litert-lm":
-        return d.parent / "export" / f"{d.name}{tag}{GENERATIVE_FORMATS[fmt]}"
-    return d.parent / "export" / f"{d.name}{GENERATIVE_FORMATS[fmt]}{tag}"
+    f = FORMATS[fmt]
+    return d.parent / "export" / (f"{d.name}{f.suffix}{tag}" if f.folder else f"{d.name}{tag}{f.suffix}")
 
 
 def check_architecture(model_dir: Path, fmt: str) -> str:
@@ -183,7 +183,7 @@ def export_generative(model_dir, fmt: str, quantize: str = "none", out=None, pro
                       "recipe": recipe[1], "builder_argument": recipe[0],
                       "prefill_lengths": list(PREFILL_LENGTHS) if fmt == "litert-lm" else None,
                       "cache_length": cache_length if fmt == "litert-lm" else check["run"]["context_length"],
-                      "size_mb": runtime.size_mb(str(produced)), "convert_s": seconds, **check,
+                      "size_mb": graph_runtime.size_mb(str(produced)), "convert_s": seconds, **check,
                       "model_dir": str(model_dir), "architecture": architecture,
                       "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
             _remove(out)

@@ -5,13 +5,12 @@ The folder holds encoder_model.onnx, decoder_model.onnx (the first decoder step:
 cross-attention keys and values, computed once per sentence), decoder_with_past_model.onnx (one token with
 past_key_values.N.decoder/encoder.key/value), config.json, generation_config.json and the tokenizer, with
 Optimum's file, input and output names (what `optimum.onnxruntime.ORTModelForSeq2SeqLM` reads; not tested
-here, optimum is not a dependency); edgekd's own `genruntime.Seq2SeqOnnxModel` runs it. torch.onnx (dynamo) exports each graph with dynamic batch,
+here, optimum is not a dependency); edgekd's own `generative_runtime.Seq2SeqOnnxModel` runs it. torch.onnx (dynamo) exports each graph with dynamic batch,
 source, target and past lengths; attention runs eager (SDPA's causal flag does not trace symbolically).
 """
 
 from __future__ import annotations
 
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -88,14 +87,14 @@ def _names(layers: int, prefix: str, cross: bool = True) -> list[str]:
 def _export(module, args, path: Path, inputs: list[str], outputs: list[str], dynamic) -> None:
     """One graph; its weights in the .onnx file itself unless protobuf's 2 GB limit forces a .data file."""
     from edgekd.export.convert_errors import conversion_error
-    from edgekd.export.onnx_export import _TWO_GB, quiet
+    from edgekd.export.onnx_export import PROTOBUF_LIMIT_BYTES, quiet
     from edgekd.models.students import size_mb
 
     try:
         with quiet():
             torch.onnx.export(module, args, str(path), dynamo=True, input_names=inputs, output_names=outputs,
                               dynamic_shapes=dynamic, optimize=True, verbose=False,
-                              external_data=size_mb(module) * 1e6 > _TWO_GB)
+                              external_data=size_mb(module) * 1e6 > PROTOBUF_LIMIT_BYTES)
     except Exception as e:
         raise conversion_error(e, "torch.onnx (dynamo)", module, args) from e
 
@@ -125,7 +124,7 @@ def write_onnx(model, folder: Path) -> None:
 
 def default_sources(n: int = PARITY_SENTENCES) -> list[str]:
     """Held-out English sentences of the built-in parallel corpus, spread over it."""
-    from edgekd.data.parallel import load_parallel
+    from edgekd.data.parallel_corpus import load_parallel
 
     val = load_parallel("builtin").validation
     step = max(1, len(val) // n)
@@ -139,7 +138,7 @@ def export_seq2seq(model_dir, out=None, sources: list[str] | None = None, new_to
     held-out sentences of the built-in corpus) with the KV cache are PyTorch `generate`'s, token for token."""
     from edgekd.checks import model_dir as check_model_dir, number, output_dir
     from edgekd.export.api import export_steps
-    from edgekd.export.genruntime import Seq2SeqOnnxModel
+    from edgekd.export.generative_runtime import Seq2SeqOnnxModel
     from edgekd.models.builtin import make_readable
     from edgekd.models.loading import SEQ2SEQ, load_model
     from edgekd.models.seq2seq import greedy_generation_config, translate

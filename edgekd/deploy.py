@@ -1,0 +1,147 @@
+"""How the job exports, checks and times a student for each cost model: the part of the job that
+differs by what the device runs (a logits graph, or an LLM generating). The job (pipeline.py) holds
+one Deployment and calls it the same way whatever it is.
+
+- `latency` -> LogitsDeployment: ONNX and TFLite, float and int8, parity on held-out rows (a
+  classifier's: held-out sentences of every length), each file timed as one forward.
+- `generation` -> GenerativeDeployment: litert-lm and onnx-genai, float and the searched precision,
+  generation parity on held-out prompts, each timed generating at the budget's lengths.
+
+A new cost model whose files are exported and timed differently adds a Deployment here and one
+`DEPLOYMENTS` entry.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from edgekd import faults
+from edgekd.settings import Settings
+
+PROFILE_RUNS = 20        # timed runs per exported logits file
+PROFILE_WARMUP = 3
+PARITY_ROWS = 16         # held-out rows the logits exports are checked on
+GEN_PROMPTS, GEN_PROMPT_TOKENS = 8, 16  # held-out prompts (and their length) of the generation parity check
+GEN_PROFILE_RUNS = 3     # timed generations per generative export
+
+
+@dataclass
+class Where:
+    """Where and how the job's files are timed: the run directory, the exported window, the threads
+    (on the target, None elsewhere), the device and the runner's options."""
+
+    out: Path
+    seq_len: int
+    threads: Optional[int]
+    local_threads: Optional[int]
+    device: Optional[str]
+    settings: Settings
+    profile_kw: dict
+    runs: int = PROFILE_RUNS
+    warmup: int = PROFILE_WARMUP
+
+
+class Deployment:
+    """Export the run's student, keep what passes parity, time it here and on the device."""
+
+    def export_and_time(self, where: Where, search, result, data: dict) -> tuple[dict, list]:
+        """Export records (by key) and the measured entries of timing the passing ones locally."""
+        raise NotImplementedError
+
+    def device_precisions(self, search) -> tuple[str, ...]:
+        """The precisions timed on the device: the deployed one first, then the one that also informs a
+        recalibration."""
+        raise NotImplementedError
+
+    def profile_on_device(self, where: Where, search, export: dict) -> dict:
+        """One export timed on the device; its measured entry."""
+        raise NotImplementedError
+
+
+class LogitsDeployment(Deployment):
+    """The logits graph four ways (ONNX, TFLite, float and int8), each timed as one forward."""
+
+    def export_and_time(self, where: Where, search, result, data: dict) -> tuple[dict, list]:
+        from edgekd.export import export_run
+        from edgekd.models.loading import CLASSIFIER
+        from edgekd.profile.exports import profile_exports
+
+        if result.kind == CLASSIFIER:
+            rows = heldout_sentences(where, data)
+        else:
+            rows = None if result.heldout_ids is None else result.heldout_ids[:PARITY_ROWS, :where.seq_len]
+        exports = export_run(where.out, seq_len=where.seq_len, calib_inputs=rows)
+        measured = profile_exports(where.out, exports, device="local", runs=where.runs, warmup=where.warmup,
+                                   threads=where.local_threads)
+        return exports, measured
+
+    def device_precisions(self, search) -> tuple[str, ...]:
+        return tuple(dict.fromkeys((search.precision, "int8" if search.precision == "float32" else "float32")))
+
+    def profile_on_device(self, where: Where, search, export: dict) -> dict:
+        from edgekd.profile.exports import profile_export
+
+        return profile_export(where.out, export, where.device, where.runs, where.warmup, where.threads or 1,
+                              settings=where.settings, **where.profile_kw)
+
+
+def heldout_sentences(where: Where, data: dict) -> dict:
+    """A classifier's parity rows: held-out (validation) sentences from the shortest to the longest, each
+    padded to the exported length with its attention mask, in the student's tokenizer."""
+    from edgekd.data.batching import sentences_of_every_length
+    from edgekd.data.corpus import load_corpus
+    from edgekd.data.tokenizer import load_tokenizer
+
+    corpus = load_corpus(data["data"], data["text_column"], data["label_column"])
+    rows = sentences_of_every_length(corpus.validation, load_tokenizer(where.out / "student"), where.seq_len,
+                                     PARITY_ROWS)
+    lengths = rows["attention_mask"].sum(1)
+    return rows | {"source": f"held-out sentences (the validation split) of {int(lengths.min())} to "
+                             f"{int(lengths.max())} tokens, padded to {where.seq_len} and masked"}
+
+
+class GenerativeDeployment(Deployment):
+    """litert-lm and onnx-genai, float and the searched precision, each with generation parity on held-out
+    prompts, then each timed generating at the budget's prompt and decode lengths."""
+
+    def export_and_time(self, where: Where, search, result, data: dict) -> tuple[dict, list]:
+        from edgekd.export import export_run
+        from edgekd.export.run_dir import generative_variants
+        from edgekd.profile.exports import profile_generative_export
+
+        prompts = None if result.heldout_ids is None else [
+            [int(x) for x in row[:GEN_PROMPT_TOKENS]] for row in result.heldout_ids[:GEN_PROMPTS]]
+        exports = export_run(where.out, variants=generative_variants(("float32", search.precision)), prompts=prompts)
+        b = search.budget
+        measured = []
+        for e in exports.values():
+            if e.get("passed"):
+                measured.append(profile_generative_export(where.out, e, "local", b["prompt_len"], b["decode_len"],
+                                                          GEN_PROFILE_RUNS, 1, where.local_threads))
+                faults.point("profile")
+        return exports, measured
+
+    def device_precisions(self, search) -> tuple[str, ...]:
+        return tuple(dict.fromkeys((search.precision, "float32")))
+
+    def profile_on_device(self, where: Where, search, export: dict) -> dict:
+        from edgekd.profile.exports import profile_generative_export
+
+        b = search.budget
+        return profile_generative_export(where.out, export, where.device, b["prompt_len"], b["decode_len"],
+                                         GEN_PROFILE_RUNS, 1, where.threads or 1, settings=where.settings,
+                                         **where.profile_kw)
+
+
+DEPLOYMENTS: dict[str, Deployment] = {"latency": LogitsDeployment(), "generation": GenerativeDeployment()}
+
+
+def deployment_for(cost_model: str) -> Deployment:
+    """The Deployment of a cost model's job."""
+    return DEPLOYMENTS[cost_model]
+
+
+__all__ = ["DEPLOYMENTS", "Deployment", "GenerativeDeployment", "LogitsDeployment", "Where", "deployment_for"]
+

@@ -1,0 +1,52 @@
+"""Target budgets made for real LLMs (issue 25 item 1): the teachers people bring, by their published
+config values, get a student under every target's default generation budget, and the built-in teacher
+keeps its own demo budget."""
+
+from __future__ import annotations
+
+import pytest
+
+from edgekd.models.arch import param_count
+from edgekd.models.builtin import demo_budget
+from edgekd.search import search_student
+from edgekd.targets import known_targets, load_target, measure_target
+
+# Published config.json values (Hugging Face model cards), no weights needed by the search.
+QWEN25_05B = dict(model_type="qwen2", vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
+                  num_attention_heads=14, num_key_value_heads=2, tie_word_embeddings=True, max_position_embeddings=32768)
+LLAMA32_1B = dict(model_type="llama", vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
+                  num_attention_heads=32, num_key_value_heads=8, head_dim=64, tie_word_embeddings=True,
+                  max_position_embeddings=131072)
+QWEN25_15B = dict(model_type="qwen2", vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
+                  num_attention_heads=12, num_key_value_heads=2, tie_word_embeddings=True, max_position_embeddings=32768)
+
+
+@pytest.mark.parametrize("teacher", [QWEN25_05B, LLAMA32_1B, QWEN25_15B], ids=["qwen2.5-0.5b", "llama3.2-1b", "qwen2.5-1.5b"])
+@pytest.mark.parametrize("target", ["raspberry-pi-5", "android-arm64-flagship"])
+def test_real_teachers_get_a_student_under_default_budgets(teacher, target):
+    res = search_student(teacher, target, {}, cost_model="generation")
+    chosen, budget = res.choice_row, load_target(target).generation_budget
+    assert res.budget["decode_tok_s"] == budget["decode_tok_s"] and res.budget["ttft_ms"] == budget["ttft_ms"]
+    assert chosen["decode_tok_s"] >= budget["decode_tok_s"] and chosen["ttft_ms"] <= budget["ttft_ms"]
+    # a model worth running: tens of millions of parameters at least, smaller than the teacher
+    assert 2e7 < chosen["params"] < param_count(teacher), chosen
+
+
+def test_every_target_budget_is_a_real_models_and_cites_its_source():
+    for name in known_targets():
+        t = measure_target(load_target(name)) if name == "host" else load_target(name)
+        b = t.generation_budget
+        assert 1 <= b["decode_tok_s"] <= 100 and 100 <= b["ttft_ms"] <= 20000, name
+        assert "https://" in open(t.path).read().split("[budget]")[1], f"{name}: the budget names no source"
+        demo = demo_budget("generation", name)
+        assert demo and demo["decode_tok_s"] > 100 * b["decode_tok_s"], name  # the ~5M toy decodes thousands
+
+
+def test_far_budget_says_what_is_feasible():
+    """A budget no student meets names the nearest student and its predicted numbers: the budget it needs."""
+    from edgekd.errors import EdgekdError
+
+    with pytest.raises(EdgekdError) as e:
+        search_student(QWEN25_15B, "raspberry-pi-4", {"decode_tok_s": 5000}, cost_model="generation")
+    msg = str(e.value)
+    assert "the nearest" in msg and "tok/s decode" in msg and "--decode-tok-s" in msg and "\n" not in msg
