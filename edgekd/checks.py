@@ -15,6 +15,7 @@ from typing import Any, Optional
 
 from edgekd.errors import EdgekdError
 from edgekd.formats import FORMATS, GENERATIVE, GRAPH, export_format, format_names
+from edgekd.hyperparams import DEFAULT_ALPHA, DEFAULT_TEMPERATURE, check_alpha, check_temperature
 
 MIN_FREE_BYTES = 64 << 10  # an output place with less free space than this is full for our purposes
 MAX_SEED = 2**32 - 1      # numpy's and torch's common range
@@ -74,8 +75,8 @@ def thread_count(name: str, value: Optional[int], cores: Optional[int] = None,
 
 # --- the options of each command (the CLI calls these before its heavy imports; the API calls them too) ---
 
-def distill_numbers(*, steps=None, temperature=1.0, alpha=0.7, latency_budget_ms=None, batch_size=8,
-                    seq_len=256, lr=2e-3, seed=0, micro_batch_size=None, warmup_steps=None,
+def distill_numbers(*, steps=None, temperature=DEFAULT_TEMPERATURE, alpha=DEFAULT_ALPHA, latency_budget_ms=None,
+                    batch_size=8, seq_len=256, lr=2e-3, seed=0, micro_batch_size=None, warmup_steps=None,
                     checkpoint_every=None, eval_blocks=48, eval_every=None, init_batches=4, threads=None,
                     **_ignored) -> None:
     optional_number("--steps", steps, low=1, integer=True)
@@ -84,9 +85,8 @@ def distill_numbers(*, steps=None, temperature=1.0, alpha=0.7, latency_budget_ms
             temperature = float(temperature)
         except ValueError:
             pass
-    if temperature != "auto":
-        number("--temperature", temperature, low=0, low_open=True, hint="give T > 0 or 'auto'")
-    number("--alpha", alpha, low=0, high=1)
+    check_temperature("--temperature", temperature)
+    check_alpha("--alpha", alpha)
     optional_number("--latency-budget", latency_budget_ms, low=0, low_open=True, hint="milliseconds")
     number("--batch-size", batch_size, low=1, integer=True)
     number("--seq-len", seq_len, low=2, integer=True)

@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from edgekd.errors import EdgekdError
+from edgekd.hyperparams import DEFAULT_ALPHA, DEFAULT_TEMPERATURE
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Distill a teacher into a student that meets a latency budget on an edge device.")
@@ -69,7 +70,10 @@ def kernel_bench(
     from edgekd.checks import kernel_bench_args
 
     kernel_bench_args(rows, vocab, repeats, device, _path(out), dtype)  # before the heavy imports
-    from edgekd.kernels import bench
+    from edgekd.kernels import bench, force_reference
+    from edgekd.settings import Settings
+
+    force_reference(Settings.from_env().kernel == "reference")
 
     bench.main(rows=rows, vocab=vocab, dtype=dtype, device=device, repeats=repeats,
                use_compile=compile, out=_path(out))
@@ -161,8 +165,8 @@ BaselinesOpt = Annotated[str, _opt("--baselines", help="Baselines trained beside
 @_work
 def distill(teacher: TeacherOpt = "builtin", data: DataOpt = "builtin", text_column: TextColumnOpt = None,
             label_column: LabelColumnOpt = None, student: StudentOpt = None, steps: StepsOpt = None,
-            out: OutOpt = None, resume: ResumeOpt = False, temperature: TemperatureOpt = "1.0",
-            alpha: AlphaOpt = 0.7, loss: LossOpt = None, scheme: SchemeOpt = "offline",
+            out: OutOpt = None, resume: ResumeOpt = False, temperature: TemperatureOpt = str(DEFAULT_TEMPERATURE),
+            alpha: AlphaOpt = DEFAULT_ALPHA, loss: LossOpt = None, scheme: SchemeOpt = "offline",
             scheme_config: SchemeConfigOpt = None, seed: SeedOpt = 0, target: TargetOpt = None,
             latency_budget: LatencyBudgetOpt = None, decode_tok_s: DecodeOpt = None, ttft_ms: TtftOpt = None,
             generative: GenerativeOpt = None, device: DeviceOpt = "local", calibration: CalibrationOpt = None,
@@ -186,8 +190,10 @@ def distill(teacher: TeacherOpt = "builtin", data: DataOpt = "builtin", text_col
     calibration = _path(calibration, keep=("saved",))
     if calibration != "saved":
         input_file(calibration, "--calibration")
-    from edgekd.distill import DistillConfig
+    from edgekd.distill import DistillConfig, apply_settings
     from edgekd.pipeline import JobConfig, distill_job
+
+    settings = apply_settings(Settings.from_env())  # the kernel switch and the fault hook, before any phase
 
     engine = DistillConfig(teacher=_path(teacher), data=_path(data), text_column=text_column,
                            label_column=label_column, student=_student(student), steps=steps, out=_path(out),
@@ -200,7 +206,7 @@ def distill(teacher: TeacherOpt = "builtin", data: DataOpt = "builtin", text_col
                           decode_tok_s=decode_tok_s, ttft_ms=ttft_ms,
                           profile=dict(identity_file=_path(identity_file), known_hosts=_path(known_hosts),
                                        insecure_host_key=insecure_host_key, remote_python=remote_python)),
-                settings=Settings.from_env())
+                settings=settings)
 
 
 def _scheme_paths(opts: dict) -> dict:

@@ -108,7 +108,7 @@ def distill_job(config: JobConfig, *, settings: Optional[Settings] = None):
                           f"budget, cost model and device): give --target NAME, or drop {'it' if len(given) == 1 else 'them'}")
     from edgekd.distill import run
 
-    return run(config.engine)
+    return run(config.engine, settings=settings)
 
 
 def distill_for_target(config: Union[JobConfig, dict], *, settings: Optional[Settings] = None) -> Path:
@@ -118,7 +118,9 @@ def distill_for_target(config: Union[JobConfig, dict], *, settings: Optional[Set
     `student` must be unset: the search chooses it. `settings`: the CLI's (default: the environment now).
     """
     job = JobConfig.from_dict(config) if isinstance(config, dict) else replace(config, engine=replace(config.engine))
-    settings = settings or Settings.from_env()
+    from edgekd.distill import apply_settings
+
+    settings = apply_settings(settings or Settings.from_env())  # the kernel switch and fault hook, for Python callers
     t, runner = _check_job(job, settings)
     out = resolve_out(job.engine)
     job.engine.out = str(out)
@@ -347,7 +349,8 @@ class _Job:
         e = self.job.engine
         with self.timer("distill+scratch+eval"):
             result = run(replace(e, student=e.student if self.given else res.arch,
-                                 resume=resume and (self.out / "config.json").is_file()), status="incomplete")
+                                 resume=resume and (self.out / "config.json").is_file()), status="incomplete",
+                         settings=self.settings)
         with self.timer("export+parity+local_profile"):
             data = {"data": e.data, "text_column": e.text_column, "label_column": e.label_column}
             exports, measured = self.deploy.export_and_time(self.where, res, result, data)

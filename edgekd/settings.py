@@ -1,10 +1,10 @@
 """The environment edgekd reads, in one frozen object: `Settings.from_env()` is called once at the
-CLI edge and the object is passed down, so no layer reads os.environ behind its caller's back.
+CLI edge (or by a Python API entry point given none) and the object is passed down, so no layer reads
+os.environ behind its caller's back; torchrun's RANK, WORLD_SIZE and LOCAL_RANK are read here too.
 
-Where a low-level module must still read one variable itself (the kernel switch in kernels/ops.py,
-the fault hook in faults.py, the token cache switch in data/cache.py: each is consulted in code that
-has no caller to pass it), it says so in a comment. torchrun's WORLD_SIZE and LOCAL_RANK stay torch's.
-Every variable is documented in the README ("Environment variables").
+Two switches are consulted deep in code that has no caller to pass them, so an edge hands them over
+once (`edgekd.distill.apply_settings`): the kernels' reference switch (`kernels.force_reference`) and
+the fault hook (`faults.arm`). Every variable is documented in the README ("Environment variables").
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Optional
+
+from edgekd.errors import EdgekdError
 
 TRUE = ("1", "true", "yes")
 
@@ -29,6 +31,9 @@ class Settings:
     ssh_key: Optional[str] = None         # EDGEKD_SSH_KEY: default --identity-file
     ssh_known_hosts: Optional[str] = None  # EDGEKD_SSH_KNOWN_HOSTS: default --known-hosts
     ssh_insecure_host_key: bool = False   # EDGEKD_SSH_INSECURE_HOST_KEY: no host key check without --known-hosts
+    rank: int = 0                         # RANK (torchrun): this process's rank
+    world_size: int = 1                   # WORLD_SIZE (torchrun): the processes of the run
+    local_rank: int = 0                   # LOCAL_RANK (torchrun): this process's GPU on its machine
 
     @classmethod
     def from_env(cls, env: Optional[Mapping[str, str]] = None) -> "Settings":
@@ -38,7 +43,17 @@ class Settings:
                    no_cache=bool(env.get("EDGEKD_NO_CACHE")), kernel=env.get("EDGEKD_KERNEL") or None,
                    fault=env.get("EDGEKD_FAULT") or None, ssh_key=env.get("EDGEKD_SSH_KEY") or None,
                    ssh_known_hosts=env.get("EDGEKD_SSH_KNOWN_HOSTS") or None,
-                   ssh_insecure_host_key=env.get("EDGEKD_SSH_INSECURE_HOST_KEY", "").lower() in TRUE)
+                   ssh_insecure_host_key=env.get("EDGEKD_SSH_INSECURE_HOST_KEY", "").lower() in TRUE,
+                   rank=_int(env, "RANK", 0), world_size=_int(env, "WORLD_SIZE", 1),
+                   local_rank=_int(env, "LOCAL_RANK", 0))
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    value = env.get(name) or str(default)
+    try:
+        return int(value)
+    except ValueError:
+        raise EdgekdError(f"{name}={value!r} is not an integer: torchrun sets it; unset it outside torchrun") from None
 
 
 def _cache_dir(env: Mapping[str, str]) -> Path:

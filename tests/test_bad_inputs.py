@@ -317,7 +317,7 @@ CASES = [
     ("budget-negative", [*JOB, "--target", "android-arm64", "--latency-budget=-3"], 2, "--latency-budget"),
     ("budget-inf", [*JOB, "--target", "android-arm64", "--latency-budget", "inf"], 2, "--latency-budget"),
     ("loss-skew-zero", [*DISTILL, "--loss", '[{{"name": "kd", "divergence": "skew_kl", "skew": 0}}]'], 2,
-     "skew must lie in (0, 1]"),
+     "skew must be a number in (0, 1]"),
     ("scheme-on-policy-lmbda", [*DISTILL, "--scheme", "on_policy", "--scheme-config", '{{"lmbda": 2}}'], 2,
      "lmbda must be a number in [0, 1]"),
     ("scheme-unknown", [*DISTILL, "--scheme", "telepathy"], 2, "unknown scheme"),

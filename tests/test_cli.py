@@ -11,7 +11,7 @@ from edgekd.cli import app
 
 def test_scheme_config_reaches_the_run(monkeypatch, tmp_path):
     seen = {}
-    monkeypatch.setattr(edgekd.distill, "run", lambda cfg: seen.__setitem__("cfg", cfg))
+    monkeypatch.setattr(edgekd.distill, "run", lambda cfg, **kw: seen.__setitem__("cfg", cfg))
     cfg_file = tmp_path / "scheme.json"
     cfg_file.write_text(json.dumps({"sizes": [{"num_hidden_layers": 3}]}))
     res = CliRunner().invoke(app, ["distill", "--scheme", "progressive", "--scheme-config", str(cfg_file)])

@@ -20,7 +20,7 @@ def encode_texts(texts: list[str], tokenizer) -> torch.Tensor:
     return torch.tensor(flat, dtype=torch.long)
 
 
-class _Positioned:
+class PositionedStream:
     """A stream whose whole state is `position`, the number of global batches consumed."""
 
     position: int
@@ -28,7 +28,7 @@ class _Positioned:
     rank: int
     world: int
 
-    def _rank_slice(self, position: int) -> range:
+    def rank_slice(self, position: int) -> range:
         per_rank = self.batch_size // self.world
         start = position * self.batch_size + self.rank * per_rank
         return range(start, start + per_rank)
@@ -48,7 +48,7 @@ class _Positioned:
         self.position = int(state["position"])
 
 
-class BlockStream(_Positioned):
+class BlockStream(PositionedStream):
     """Non-overlapping blocks of `seq_len` tokens in a seeded order that is reshuffled every epoch.
 
     Global block i is block perm_e[i mod n] of epoch e = i // n. A global batch is `batch_size`
@@ -77,7 +77,7 @@ class BlockStream(_Positioned):
         return self._perm
 
     def batch_at(self, position: int) -> dict[str, torch.Tensor]:
-        idx = [int(self._perm_for(i // self.n)[i % self.n]) for i in self._rank_slice(position)]
+        idx = [int(self._perm_for(i // self.n)[i % self.n]) for i in self.rank_slice(position)]
         ids = self.blocks[idx]
         return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
 
@@ -116,7 +116,7 @@ def sentences_of_every_length(texts: list[str], tokenizer, seq_len: int, n: int)
     return {"input_ids": ids[pick], "attention_mask": mask[pick]}
 
 
-class ClassificationStream(_Positioned):
+class ClassificationStream(PositionedStream):
     """Labelled texts padded to `seq_len` (`encode_sentences`), in a seeded order reshuffled each epoch; same
     position idea."""
 
@@ -132,7 +132,7 @@ class ClassificationStream(_Positioned):
 
     def batch_at(self, position: int) -> dict[str, torch.Tensor]:
         idx = []
-        for i in self._rank_slice(position):
+        for i in self.rank_slice(position):
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + i // self.n)
             idx.append(int(torch.randperm(self.n, generator=g)[i % self.n]))
         return {"input_ids": self.ids[idx], "attention_mask": self.mask[idx], "labels": self.labels[idx]}

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from edgekd.data.batching import _Positioned
+from edgekd.data.batching import PositionedStream
 from edgekd.errors import EdgekdError
 
 BUILTIN_PAIRS = Path(__file__).parent / "gettext_en_de" / "pairs.jsonl.gz"
@@ -97,7 +97,7 @@ def collate(src: list[list[int]], tgt: list[list[int]], pad_id: int, decoder_sta
             "decoder_input_ids": shift_tokens_right(labels, pad_id, decoder_start_id)}
 
 
-class PairStream(_Positioned):
+class PairStream(PositionedStream):
     """Sentence pairs in a seeded order reshuffled every epoch, each batch padded to its longest; the same
     one-integer position as the other streams, so a resumed run sees the same batches."""
 
@@ -112,7 +112,7 @@ class PairStream(_Positioned):
 
     def batch_at(self, position: int) -> dict[str, torch.Tensor]:
         idx = []
-        for i in self._rank_slice(position):
+        for i in self.rank_slice(position):
             if self._perm_epoch != i // self.n:
                 g = torch.Generator().manual_seed(self.seed * 1_000_003 + i // self.n)
                 self._perm, self._perm_epoch = torch.randperm(self.n, generator=g), i // self.n

@@ -7,7 +7,6 @@ The job's fields (target, budget, where to profile) are not here: they live in t
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Optional, Union
 
 from edgekd.checks import parse_loss_spec, read_json as _read_json  # noqa: F401  (parse_loss_spec: re-exported)
 from edgekd.errors import EdgekdError
+from edgekd.hyperparams import DEFAULT_ALPHA, DEFAULT_TEMPERATURE
 
 DEFAULT_STEPS = 300
 
@@ -31,8 +31,8 @@ class DistillConfig:
     steps: Optional[int] = None
     out: Optional[str] = None
     resume: bool = False
-    temperature: Union[float, str] = 1.0          # benchmarks/kd_sweep.py; or "auto": log2(teacher/student params) + 1
-    alpha: float = 0.7                             # benchmarks/kd_sweep.py
+    temperature: Union[float, str] = DEFAULT_TEMPERATURE  # or "auto": log2(teacher/student params) + 1
+    alpha: float = DEFAULT_ALPHA
     loss: Optional[Union[str, list]] = None       # JSON list, path to one, or a loss name
     scheme: str = "offline"
     scheme_config: dict = field(default_factory=dict)
@@ -152,12 +152,13 @@ def baseline_names(value) -> list[str]:
     return [n for n in BASELINE_NAMES if n in names]
 
 
-def validate(cfg: DistillConfig) -> None:
-    """Every option of the run, checked before anything is loaded or written (edgekd.checks)."""
+def validate(cfg: DistillConfig, world_size: int = 1) -> None:
+    """Every option of the run, checked before anything is loaded or written (edgekd.checks);
+    `world_size`: the processes torchrun started (Settings.world_size)."""
     from edgekd.checks import number
     from edgekd.distill.parallel import check_parallel
     from edgekd.distill.schemes import SCHEMES
-    from edgekd.losses.response import check_spec_divergences
+    from edgekd.losses.combine import check_spec
     from edgekd.models.loading import read_config_dict, resolve_model_dir
     from edgekd.run_inputs import distill_inputs
 
@@ -165,9 +166,9 @@ def validate(cfg: DistillConfig) -> None:
     number("--keep-checkpoints", cfg.keep_checkpoints, low=1, integer=True)
     if cfg.scheme not in SCHEMES:
         raise EdgekdError(f"unknown scheme {cfg.scheme!r}: choose one of {', '.join(SCHEMES)}")
-    check_parallel(cfg.parallel, cfg.scheme, int(os.environ.get("WORLD_SIZE", "1")))
+    check_parallel(cfg.parallel, cfg.scheme, world_size)
     if cfg.loss_impl not in ("fused", "eager"):
         raise EdgekdError(f"unknown loss implementation {cfg.loss_impl!r}: use 'fused' or 'eager'")
     teacher_config = read_config_dict(resolve_model_dir(cfg.teacher)) if cfg.teacher == "builtin" else None
     distill_inputs(asdict(cfg), teacher_config)
-    check_spec_divergences(parse_loss_spec(cfg.loss))
+    check_spec(parse_loss_spec(cfg.loss))

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from edgekd.errors import EdgekdError
+from edgekd.hyperparams import DEFAULT_BETA, DEFAULT_DIVERGENCE, DEFAULT_SKEW
 
 
 def ce_loss(logits: torch.Tensor, labels: torch.Tensor, causal: bool) -> torch.Tensor:
@@ -61,8 +62,8 @@ class EagerKD(torch.nn.Module):
 
     takes_temperature = True  # a response loss, like the registry's (on_policy sets its α on the student's samples)
 
-    def __init__(self, temperature: float, alpha: float, divergence: str = "forward_kl", beta: float = 0.5,
-                 causal: bool = True, skew: float = 0.1):
+    def __init__(self, temperature: float, alpha: float, divergence: str = DEFAULT_DIVERGENCE,
+                 beta: float = DEFAULT_BETA, causal: bool = True, skew: float = DEFAULT_SKEW):
         super().__init__()
         self.temperature, self.alpha, self.divergence, self.beta, self.causal = temperature, alpha, divergence, beta, causal
         self.skew = skew
@@ -94,7 +95,7 @@ def build_response_loss(spec: Optional[list], student_config, teacher_config, *,
         if len(items) != 1 or items[0].get("name") != "kd":
             raise EdgekdError("loss_impl 'eager' computes the 'kd' loss alone: drop --loss or use the fused loss")
         it = items[0]
-        return EagerKD(it["temperature"], it["alpha"], it.get("divergence", "forward_kl"), it.get("beta", 0.5), causal,
-                       it.get("skew", 0.1))
+        return EagerKD(it["temperature"], it["alpha"], it.get("divergence", DEFAULT_DIVERGENCE),
+                       it.get("beta", DEFAULT_BETA), causal, it.get("skew", DEFAULT_SKEW))
     return build_loss(items, student_config, teacher_config, causal=causal,
                       student_params=student_params, teacher_params=teacher_params)

@@ -3,7 +3,6 @@ report. The run directory's layout is DESIGN.md's; `run()` returns a RunResult f
 
 from __future__ import annotations
 
-import os
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
@@ -17,8 +16,10 @@ from edgekd.distill.config import (DEFAULT_STEPS, DistillConfig, parse_loss_spec
 from edgekd.errors import EdgekdError
 from edgekd.io import atomic_dir, run_lock, write_json
 from edgekd.models.loading import CAUSAL_LM, CLASSIFIER, SEQ2SEQ
+from edgekd.settings import Settings
 
-__all__ = ["DistillConfig", "RunContext", "RunResult", "Trained", "run", "resolve_out", "DEFAULT_STEPS"]
+__all__ = ["DistillConfig", "RunContext", "RunResult", "Trained", "apply_settings", "run", "resolve_out",
+           "DEFAULT_STEPS"]
 
 
 @dataclass
@@ -103,22 +104,35 @@ class Trained:
     init_info: dict
 
 
-def run(config: DistillConfig | dict, *, status: str = "complete") -> RunResult:
+def apply_settings(settings: Settings) -> Settings:
+    """Hand the switches consulted where no caller can pass Settings to the modules that hold them: the
+    kernels' reference switch (EDGEKD_KERNEL) and the fault hook (EDGEKD_FAULT). Called once by each edge
+    (the CLI, `run` and the job for Python callers); returns `settings`."""
+    from edgekd import faults, kernels
+
+    kernels.force_reference(settings.kernel == "reference")
+    faults.arm(settings.fault)
+    return settings
+
+
+def run(config: DistillConfig | dict, *, status: str = "complete", settings: Optional[Settings] = None) -> RunResult:
     """Run a distillation and return its result (the run is complete only when this returns).
 
     `status` is what report.json says when this returns: the one-command job passes "incomplete",
-    since its export and profile phases come after. Holds RUN/.lock throughout.
+    since its export and profile phases come after. Holds RUN/.lock throughout. `settings`: the
+    caller's (the CLI's, the job's); default: the environment now.
     """
     cfg = DistillConfig.from_dict(config) if isinstance(config, dict) else config
+    settings = apply_settings(settings or Settings.from_env())
     out = resolve_out(cfg)
     # under torchrun the processes share the run directory: rank 0 holds its lock for all of them
-    with run_lock(out) if int(os.environ.get("RANK", "0")) == 0 else nullcontext():
+    with run_lock(out) if settings.rank == 0 else nullcontext():
         if cfg.resume:
             cfg = resume_config(cfg, out)
         elif (out / "config.json").exists():
             raise EdgekdError(f"run directory {out} already holds a run: pass --resume to continue it or another --out")
-        validate(cfg)
-        return _run(cfg, out, status)
+        validate(cfg, settings.world_size)
+        return _run(cfg, out, status, settings)
 
 
 def check_run_size(cfg: DistillConfig, teacher, s_cfg, kind: str, device, world: int) -> None:
@@ -136,10 +150,10 @@ def check_run_size(cfg: DistillConfig, teacher, s_cfg, kind: str, device, world:
     check_fits(parts, device, batch, seq, already_loaded=parts["teacher"])  # the teacher is loaded (on `device`)
 
 
-def _run(cfg: DistillConfig, out: Path, status: str) -> RunResult:
+def _run(cfg: DistillConfig, out: Path, status: str, settings: Settings) -> RunResult:
     from edgekd.distill.schemes import scheme_class
 
-    ctx = load_run(cfg, out)
+    ctx = load_run(cfg, out, settings)
     if cfg.resume:
         refuse_changed_inputs(read_saved_json(out / "config.json"), ctx.resolved)
     plan = scheme_class(cfg.scheme).plan(ctx)
@@ -162,20 +176,20 @@ def _run(cfg: DistillConfig, out: Path, status: str) -> RunResult:
     return report_run(ctx, plan, trained, baselines, status)
 
 
-def load_run(cfg: DistillConfig, out: Path) -> RunContext:
+def load_run(cfg: DistillConfig, out: Path, settings: Settings) -> RunContext:
     """Teacher, tokenizer, data and the student's config; the resolved config (not yet written)."""
     from edgekd import console
     from edgekd.data.labels import teacher_classes
     from edgekd.data.tokenizer import check_fits_embedding
     from edgekd.distill.data import RunData
     from edgekd.distill.schemes import freeze
-    from edgekd.losses import auto_temperature
+    from edgekd.hyperparams import resolve_temperature
     from edgekd.models.arch import param_count
     from edgekd.models.loading import load_model, model_digest, resolve_model_dir
     from edgekd.models.students import student_config_from
     from edgekd.timing import PhaseTimer
 
-    rank, world = _init_distributed()
+    rank, world = _init_distributed(settings)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = torch.device(cfg.torch_device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -200,7 +214,7 @@ def load_run(cfg: DistillConfig, out: Path) -> RunContext:
     init_stream = data.stream(0, cfg.seed + 7919)
     init_batches = [init_stream.next() for _ in range(cfg.init_batches)]
     t_params, s_params = param_count(teacher.config), param_count(s_cfg)
-    temperature = auto_temperature(t_params, s_params) if cfg.temperature == "auto" else float(cfg.temperature)
+    temperature = resolve_temperature(cfg.temperature, lambda: (t_params, s_params))
     steps = cfg.steps or DEFAULT_STEPS
     ctx = RunContext(cfg, out, teacher, tokenizer, kind, data, s_cfg, steps, device, rank, world, temperature,
                      parse_loss_spec(cfg.loss), init_batches, {}, timer, cross=cross,
@@ -420,15 +434,15 @@ def save_model(model, tokenizer, path: Path) -> None:
         make_readable(Path(tmp))
 
 
-def _init_distributed():
-    """torchrun sets WORLD_SIZE; join the group (gloo on CPU, nccl on GPU)."""
+def _init_distributed(settings: Settings):
+    """Under torchrun (Settings.world_size > 1) join the group (gloo on CPU, nccl on GPU)."""
     import torch.distributed as dist
 
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+    if settings.world_size > 1 and not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         dist.init_process_group(backend)
         if torch.cuda.is_available():
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(settings.local_rank)
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1

@@ -11,12 +11,12 @@ and traceable torch ops, so torch.compile, torch.func and torch.library.opcheck 
 
 from __future__ import annotations
 
-import os
 from typing import Optional
 
 import torch
 from torch import Tensor
 
+from edgekd.hyperparams import DEFAULT_BETA, DEFAULT_DIVERGENCE, DEFAULT_SKEW, DEFAULT_TEMPERATURE
 from edgekd.kernels.reference import check_args, kd_loss_reference, mix_weight
 
 try:
@@ -30,9 +30,19 @@ _DTYPES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 _DIVERGENCES = {"forward_kl": 0, "reverse_kl": 1, "jsd": 2, "skew_kl": 3, "skew_reverse_kl": 4}
 
 
+_reference_forced = False  # Settings.kernel == "reference" (EDGEKD_KERNEL), handed over by `force_reference`
+
+
+def force_reference(on: bool) -> None:
+    """Run every `kd_loss` / `fused_linear_kd_loss` on the PyTorch reference (`on`), or where the extension
+    allows on the fused kernels: set once by an edge from `Settings.kernel` (edgekd.distill.apply_settings)."""
+    global _reference_forced
+    _reference_forced = bool(on)
+
+
 def backend(device_type: str = "cpu") -> str:
     """Which implementation `kd_loss` uses on this device type: "fused-cpu", "fused-cuda" or "reference"."""
-    if _C is None or os.environ.get("EDGEKD_KERNEL") == "reference":
+    if _C is None or _reference_forced:
         return "reference"
     if device_type == "cpu":
         return "fused-cpu"
@@ -202,8 +212,9 @@ def _prepare_labels(labels: Optional[Tensor], rows: int, V: int, ignore_index: i
 
 
 def kd_loss(student_logits: Tensor, teacher_logits: Tensor, labels: Optional[Tensor] = None, *,
-            temperature: float = 1.0, alpha: float = 1.0, divergence: str = "forward_kl", beta: float = 0.5,
-            ignore_index: int = -100, reduction: str = "batchmean", skew: float = 0.1) -> Tensor:
+            temperature: float = DEFAULT_TEMPERATURE, alpha: float = 1.0, divergence: str = DEFAULT_DIVERGENCE,
+            beta: float = DEFAULT_BETA, ignore_index: int = -100, reduction: str = "batchmean",
+            skew: float = DEFAULT_SKEW) -> Tensor:
     """Distillation loss α·T²·D(p‖q) + (1−α)·CE over rows (DESIGN.md), fused where the extension allows.
     `skew`: λ of skew_kl / skew_reverse_kl (DistiLLM's default 0.1); `beta`: jsd's β."""
     check_args(student_logits, teacher_logits, labels, temperature, alpha, divergence, beta, reduction, skew)
@@ -468,9 +479,9 @@ def fused_linear_kd_loss(student_hidden: Tensor, student_weight: Tensor, teacher
                          teacher_weight: Optional[Tensor] = None, labels: Optional[Tensor] = None, *,
                          teacher_logits: Optional[Tensor] = None, teacher_indices: Optional[Tensor] = None,
                          student_bias: Optional[Tensor] = None, teacher_bias: Optional[Tensor] = None,
-                         chunk_size: Optional[int] = None, temperature: float = 1.0, alpha: float = 1.0,
-                         divergence: str = "forward_kl", beta: float = 0.5, ignore_index: int = -100,
-                         reduction: str = "batchmean", skew: float = 0.1) -> Tensor:
+                         chunk_size: Optional[int] = None, temperature: float = DEFAULT_TEMPERATURE,
+                         alpha: float = 1.0, divergence: str = DEFAULT_DIVERGENCE, beta: float = DEFAULT_BETA,
+                         ignore_index: int = -100, reduction: str = "batchmean", skew: float = DEFAULT_SKEW) -> Tensor:
     """kd_loss(student_hidden @ Wsᵀ + bs, teacher's logits) without ever holding rows × vocab student logits.
 
     The teacher is its final hidden states and LM head (teacher_hidden, teacher_weight, teacher_bias: no

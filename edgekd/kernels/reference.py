@@ -8,7 +8,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-DIVERGENCES = ("forward_kl", "reverse_kl", "jsd", "skew_kl", "skew_reverse_kl")
+from edgekd.hyperparams import DEFAULT_BETA, DEFAULT_DIVERGENCE, DEFAULT_SKEW, DEFAULT_TEMPERATURE, DIVERGENCES
+
 # The divergences against a mixture of teacher p and student q, and the weight of p in it for mixture
 # weight `mix` (β for jsd, the skew λ for the skew divergences; DistiLLM, Ko et al. 2024):
 # jsd m = βp + (1−β)q; skew_kl KL(p‖λp + (1−λ)q); skew_reverse_kl KL(q‖(1−λ)p + λq).
@@ -17,7 +18,8 @@ SKEWED = ("skew_kl", "skew_reverse_kl")
 REDUCTIONS = ("batchmean", "sum", "none")
 
 
-def check_args(student_logits, teacher_logits, labels, temperature, alpha, divergence, beta, reduction, skew=0.1):
+def check_args(student_logits, teacher_logits, labels, temperature, alpha, divergence, beta, reduction,
+               skew=DEFAULT_SKEW):
     """Reject bad arguments with a ValueError that names the argument."""
     if not isinstance(student_logits, torch.Tensor) or not isinstance(teacher_logits, torch.Tensor):
         raise ValueError("student_logits and teacher_logits must be tensors")
@@ -106,8 +108,9 @@ def divergence_rows(s: torch.Tensor, t: torch.Tensor, temperature: float, diverg
     return d * (temperature * temperature)
 
 
-def kd_loss_reference(student_logits, teacher_logits, labels=None, *, temperature=1.0, alpha=1.0,
-                      divergence="forward_kl", beta=0.5, ignore_index=-100, reduction="batchmean", skew=0.1):
+def kd_loss_reference(student_logits, teacher_logits, labels=None, *, temperature=DEFAULT_TEMPERATURE, alpha=1.0,
+                      divergence=DEFAULT_DIVERGENCE, beta=DEFAULT_BETA, ignore_index=-100, reduction="batchmean",
+                      skew=DEFAULT_SKEW):
     """Same contract as kernels.kd_loss, computed in float64 with autograd; returns the loss in
     `loss_dtype` (float64 when either input is float64, else float32)."""
     return kd_loss_reference64(student_logits, teacher_logits, labels, temperature=temperature, alpha=alpha,
@@ -121,9 +124,9 @@ def loss_dtype(student_logits, teacher_logits) -> torch.dtype:
     return torch.float64 if wide else torch.float32
 
 
-def kd_loss_reference64(student_logits, teacher_logits, labels=None, *, temperature=1.0, alpha=1.0,
-                        divergence="forward_kl", beta=0.5, ignore_index=-100, reduction="batchmean",
-                        dtype: torch.dtype | None = torch.float64, skew=0.1):
+def kd_loss_reference64(student_logits, teacher_logits, labels=None, *, temperature=DEFAULT_TEMPERATURE, alpha=1.0,
+                        divergence=DEFAULT_DIVERGENCE, beta=DEFAULT_BETA, ignore_index=-100, reduction="batchmean",
+                        dtype: torch.dtype | None = torch.float64, skew=DEFAULT_SKEW):
     """kd_loss_reference without the final cast: float64 end to end, for gradcheck. `dtype=None` runs the
     same formula in the inputs' own dtype: the error any in-dtype computation makes, which is the bar the
     kernel tests hold the fused kernels to."""
@@ -154,8 +157,8 @@ def kd_loss_reference64(student_logits, teacher_logits, labels=None, *, temperat
     return out
 
 
-def eager_kd_loss(s, t, labels, *, temperature, alpha, divergence="forward_kl", beta=0.5, ignore_index=-100,
-                  dtype: torch.dtype | None = torch.float32, skew=0.1):
+def eager_kd_loss(s, t, labels, *, temperature, alpha, divergence=DEFAULT_DIVERGENCE, beta=DEFAULT_BETA,
+                  ignore_index=-100, dtype: torch.dtype | None = torch.float32, skew=DEFAULT_SKEW):
     """The DESIGN.md loss as people write it in plain PyTorch autograd, in `dtype` (None: the inputs' own):
     the unfused baseline of the kernel benchmarks and of `loss_impl="eager"`. Unlike the reference it
     does not mask −inf teacher entries (they give NaN): the unfused loss as it is usually written."""

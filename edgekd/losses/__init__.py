@@ -7,8 +7,9 @@ Labels are the UNshifted HF labels (input ids, -100 on padding; [B] for classifi
 are shifted inside. See `outputs` for what the model outputs must carry.
 """
 
-from edgekd.losses.base import (LOSSES, LossTerm, LossView, Setup, aligns_tokenizers, auto_temperature, hard_label_loss,
-                                is_causal, register_loss, response_loss_names, takes_run_temperature)
+from edgekd.hyperparams import auto_temperature
+from edgekd.losses.base import (LOSSES, LossTerm, LossView, Setup, aligns_tokenizers, hard_label_loss, is_causal,
+                                register_loss, response_loss_names, takes_run_temperature)
 from edgekd.losses.outputs import (LossInputs, Needs, TeacherMixture, TopKLogits, forward_for_loss, get_field,
                                    mixture_logits, unwrap)
 from edgekd.losses import response as _response, intermediate as _intermediate  # noqa: F401  (registration)

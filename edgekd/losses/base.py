@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import inspect
-import math
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -191,15 +190,6 @@ def is_causal(config) -> bool:
 
     mt = getattr(config, "model_type", None)
     return mt in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and mt not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
-
-
-def auto_temperature(teacher_params: int, student_params: int) -> float:
-    """T = log2(teacher / student) + 1, at least 1: a larger capacity gap wants softer teacher targets
-    (the one "auto" rule). A student as large as its teacher (self-distillation) gets T = 1."""
-    if not (teacher_params > 0 and student_params > 0):
-        raise EdgekdError(f"temperature 'auto' needs positive parameter counts, got teacher={teacher_params}, "
-                          f"student={student_params}")
-    return math.log2(max(teacher_params / student_params, 1.0)) + 1.0
 
 
 # ---- layer maps -----------------------------------------------------------------------------------

@@ -9,12 +9,15 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
+from edgekd import hyperparams as hp
 from edgekd.errors import EdgekdError
 from edgekd.losses.outputs import get_field
-from edgekd.losses.base import LOSSES, LossView, Setup, auto_temperature, is_causal
+from edgekd.losses.base import LOSSES, LossView, Setup, is_causal
 from edgekd.models.arch import param_count
 
-DEFAULT_SPEC = [{"name": "kd", "weight": 1.0, "divergence": "forward_kl", "temperature": 1.0, "alpha": 0.7}]
+# The CLI's loss (and DistillConfig's): kd at the one default temperature and alpha (edgekd.hyperparams).
+DEFAULT_SPEC = [{"name": "kd", "weight": 1.0, "divergence": hp.DEFAULT_DIVERGENCE,
+                 "temperature": hp.DEFAULT_TEMPERATURE, "alpha": hp.DEFAULT_ALPHA}]
 
 
 class LossSum(nn.Module):
@@ -56,18 +59,30 @@ class LossSum(nn.Module):
         return total, parts
 
 
-def _resolve_temperature(entry: dict, student_config, teacher_config, params: tuple) -> None:
-    if entry.get("temperature") != "auto":
-        return
-    tp, sp = params
-    tp = tp if tp is not None else param_count(teacher_config)
-    sp = sp if sp is not None else param_count(student_config)
-    entry["temperature"] = auto_temperature(tp, sp)
+def check_term(name: str, entry: dict) -> None:
+    """The hyperparameters a loss spec entry sets (temperature, alpha, divergence, beta, skew), each checked
+    by edgekd.hyperparams' one check: at the edge, by build_loss and by the run's validation."""
+    where = f"loss {name!r}: "
+    if "temperature" in entry:
+        hp.check_temperature(where + "temperature", entry["temperature"])
+    if "alpha" in entry:
+        hp.check_alpha(where + "alpha", entry["alpha"])
+    if {"divergence", "beta", "skew"} & set(entry):
+        hp.check_divergence(where, entry.get("divergence", hp.DEFAULT_DIVERGENCE), entry.get("beta", hp.DEFAULT_BETA),
+                            entry.get("skew", hp.DEFAULT_SKEW))
+
+
+def check_spec(spec) -> None:
+    """check_term for every well-formed entry of a loss spec, before any model is loaded (build_loss names
+    what is wrong with the others)."""
+    for raw in spec or []:
+        if isinstance(raw, dict) and isinstance(raw.get("name"), str) and raw["name"] in LOSSES:
+            check_term(raw["name"], raw)
 
 
 def build_loss(spec: list[dict] | dict | None, student_config, teacher_config, *, causal: Optional[bool] = None,
                student_params: Optional[int] = None, teacher_params: Optional[int] = None) -> LossSum:
-    """Build the weighted sum from config. spec None -> kd, forward KL, T = 2, α = 0.5.
+    """Build the weighted sum from config. spec None -> DEFAULT_SPEC (kd, forward KL, the default T and α).
 
     `causal` overrides the detection from the student config (shift labels inside the loss);
     `temperature: "auto"` uses the given parameter counts, else counts them from the configs.
@@ -91,13 +106,17 @@ def build_loss(spec: list[dict] | dict | None, student_config, teacher_config, *
         weight = entry.pop("weight", 1.0)
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0:
             raise EdgekdError(f"loss {name!r}: weight must be a finite number >= 0, got {weight!r}")
-        _resolve_temperature(entry, student_config, teacher_config, (teacher_params, student_params))
         cls = LOSSES[name]
         allowed = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "setup")]
         for key in entry:
             if key not in allowed:
                 raise EdgekdError(f"loss {name!r}: unknown argument {key!r}; it takes "
                                   f"{', '.join(['weight'] + allowed)}")
+        check_term(name, entry)
+        if "temperature" in entry:
+            entry["temperature"] = hp.resolve_temperature(entry["temperature"], lambda: (
+                teacher_params if teacher_params is not None else param_count(teacher_config),
+                student_params if student_params is not None else param_count(student_config)))
         seen[name] = seen.get(name, 0) + 1
         key = name if seen[name] == 1 else f"{name}_{seen[name]}"
         terms.append((key, float(weight), cls(setup, **entry)))

@@ -11,8 +11,8 @@ import torch
 
 from edgekd import kernels
 from edgekd.errors import EdgekdError
+from edgekd.hyperparams import DEFAULT_ALPHA, DEFAULT_BETA, DEFAULT_DIVERGENCE, DEFAULT_SKEW, DEFAULT_TEMPERATURE
 from edgekd.losses.base import LossTerm, LossView, Setup, hard_label_loss, register_loss
-from edgekd.losses.response import check_response_args
 
 
 def aligned_rows(view: LossView, loss: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -45,9 +45,8 @@ class UniversalLogitLoss(LossTerm):
     needs_logits = True
     needs_alignment = True
 
-    def __init__(self, setup: Setup, temperature: float = 1.0, alpha: float = 0.5):
+    def __init__(self, setup: Setup, temperature: float = DEFAULT_TEMPERATURE, alpha: float = DEFAULT_ALPHA):
         super().__init__()
-        check_response_args(self.name, temperature, alpha)
         self.temperature, self.alpha = float(temperature), float(alpha)
 
     def forward(self, view: LossView) -> torch.Tensor:
@@ -75,10 +74,9 @@ class TokenAlignmentLoss(LossTerm):
     needs_logits = True
     needs_alignment = True
 
-    def __init__(self, setup: Setup, temperature: float = 1.0, alpha: float = 0.5, divergence: str = "forward_kl",
-                 beta: float = 0.5, skew: float = 0.1):
+    def __init__(self, setup: Setup, temperature: float = DEFAULT_TEMPERATURE, alpha: float = DEFAULT_ALPHA,
+                 divergence: str = DEFAULT_DIVERGENCE, beta: float = DEFAULT_BETA, skew: float = DEFAULT_SKEW):
         super().__init__()
-        check_response_args(self.name, temperature, alpha, divergence, beta, skew)
         self.temperature, self.alpha, self.divergence, self.beta = float(temperature), float(alpha), divergence, float(beta)
         self.skew = float(skew)
 

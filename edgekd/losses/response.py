@@ -6,49 +6,14 @@ rows whose label is -100; for causal LMs logits at t are matched with labels at 
 
 from __future__ import annotations
 
-import inspect
-import math
-
 import torch
 
 from edgekd import kernels
 from edgekd.errors import EdgekdError
-from edgekd.kernels.reference import DIVERGENCES
-from edgekd.losses.base import (IGNORE_INDEX, LOSSES, LossTerm, LossView, Setup, hard_label_loss, register_loss,
+from edgekd.hyperparams import DEFAULT_ALPHA, DEFAULT_BETA, DEFAULT_DIVERGENCE, DEFAULT_SKEW, DEFAULT_TEMPERATURE
+from edgekd.losses.base import (IGNORE_INDEX, LossTerm, LossView, Setup, hard_label_loss, register_loss,
                                 response_rows)
 from edgekd.losses.outputs import TeacherMixture, TopKLogits, get_field
-
-
-def check_response_args(loss: str, temperature, alpha, divergence="forward_kl", beta=0.5, skew=0.1) -> None:
-    """User-facing checks of T, α, divergence, β and the skew λ: one EdgekdError line naming the argument."""
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) \
-            or not math.isfinite(temperature) or temperature <= 0:
-        raise EdgekdError(f"loss {loss!r}: temperature must be a positive number or 'auto', got {temperature!r}")
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 <= alpha <= 1.0:
-        raise EdgekdError(f"loss {loss!r}: alpha must lie in [0, 1], got {alpha!r}")
-    check_divergence_args(loss, divergence, beta, skew)
-
-
-def check_divergence_args(loss: str, divergence="forward_kl", beta=0.5, skew=0.1) -> None:
-    """The divergence, β and skew λ of a response loss; also run on the --loss spec before a run loads anything."""
-    if divergence not in DIVERGENCES:
-        raise EdgekdError(f"loss {loss!r}: unknown divergence {divergence!r}; choose one of {', '.join(DIVERGENCES)}")
-    if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not 0.0 <= beta <= 1.0:
-        raise EdgekdError(f"loss {loss!r}: beta must lie in [0, 1], got {beta!r}")
-    if isinstance(skew, bool) or not isinstance(skew, (int, float)) or not 0.0 < skew <= 1.0:
-        raise EdgekdError(f"loss {loss!r}: skew must lie in (0, 1] (DistiLLM uses 0.1), got {skew!r}")
-
-
-def check_spec_divergences(spec) -> None:
-    """check_divergence_args for every term of a loss spec that takes a divergence (before any model is loaded)."""
-    for raw in spec or []:
-        name = raw.get("name") if isinstance(raw, dict) else None
-        cls = LOSSES.get(name) if isinstance(name, str) else None
-        if cls is None:
-            continue  # build_loss names what is wrong with it
-        params = inspect.signature(cls.__init__).parameters
-        if "divergence" in params:
-            check_divergence_args(name, *(raw.get(k, params[k].default) for k in ("divergence", "beta", "skew")))
 
 
 @register_loss("ce")
@@ -96,11 +61,11 @@ class KDLoss(LossTerm):
 
     takes_temperature = True
 
-    def __init__(self, setup: Setup, temperature: float = 2.0, alpha: float = 0.5,
-                 divergence: str = "forward_kl", beta: float = 0.5, skew: float = 0.1,
+    def __init__(self, setup: Setup, temperature: float = DEFAULT_TEMPERATURE,
+                 alpha: float = DEFAULT_ALPHA, divergence: str = DEFAULT_DIVERGENCE, beta: float = DEFAULT_BETA,
+                 skew: float = DEFAULT_SKEW,
                  fused_linear: bool | None = None, chunk_size: int | None = None):
         super().__init__()
-        check_response_args(self.name, temperature, alpha, divergence, beta, skew)
         if fused_linear is not None and not isinstance(fused_linear, bool):
             raise EdgekdError(f"loss {self.name!r}: fused_linear must be true, false or absent, got {fused_linear!r}")
         if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
@@ -168,8 +133,9 @@ class KDLoss(LossTerm):
 class FusedLinearKDLoss(KDLoss):
     """The "kd" loss with `fused_linear: true` (its name before that became the causal-LM default)."""
 
-    def __init__(self, setup: Setup, temperature: float = 2.0, alpha: float = 0.5,
-                 divergence: str = "forward_kl", beta: float = 0.5, skew: float = 0.1,
+    def __init__(self, setup: Setup, temperature: float = DEFAULT_TEMPERATURE,
+                 alpha: float = DEFAULT_ALPHA, divergence: str = DEFAULT_DIVERGENCE, beta: float = DEFAULT_BETA,
+                 skew: float = DEFAULT_SKEW,
                  chunk_size: int | None = None):
         super().__init__(setup, temperature, alpha, divergence, beta, skew, fused_linear=True, chunk_size=chunk_size)
 
@@ -185,9 +151,8 @@ class MSELogitsLoss(LossTerm):
     takes_temperature = True
     needs_logits = True
 
-    def __init__(self, setup: Setup, temperature: float = 2.0, alpha: float = 0.5):
+    def __init__(self, setup: Setup, temperature: float = DEFAULT_TEMPERATURE, alpha: float = DEFAULT_ALPHA):
         super().__init__()
-        check_response_args(self.name, temperature, alpha)
         self.temperature, self.alpha = float(temperature), float(alpha)
 
     def forward(self, view: LossView) -> torch.Tensor:

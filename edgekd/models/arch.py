@@ -11,7 +11,7 @@ the teacher (`select_layers`). Every path that builds a smaller config goes thro
 from __future__ import annotations
 
 import copy
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
 from edgekd.errors import EdgekdError
 
@@ -50,6 +50,23 @@ CLASSIFIER_FAMILIES = SUPPORTED
 ENCODER_DECODER = {"bart", "mbart", "marian", "t5", "mt5", "umt5", "pegasus", "pegasus_x", "blenderbot",
                    "blenderbot-small", "fsmt", "prophetnet", "led", "longt5", "m2m_100", "nllb-moe", "plbart",
                    "switch_transformers", "bigbird_pegasus", "encoder-decoder", "whisper", "seamless_m4t"}
+# The encoder-decoder families edgekd distils (edgekd.models.seq2seq: kind `seq2seq`).
+SEQ2SEQ_FAMILIES = ("marian", "bart")
+# Parameter counts of the families `arch_of` does not read (a dense stack it does): model_type -> count(config),
+# registered by the module that builds them (models/bilstm.py, models/seq2seq.py) when it is imported.
+PARAM_COUNTS: dict[str, Callable[[Any], int]] = {}
+
+
+def register_param_count(model_types, count: Callable[[Any], int]) -> None:
+    """`count(config)` counts the parameters of the models of these model_types (a config object or its dict)."""
+    for mt in model_types:
+        PARAM_COUNTS[mt] = count
+
+
+def is_seq2seq(config: Any) -> bool:
+    """Whether a config (an object or its dict) is one of the encoder-decoders edgekd distils."""
+    mt = config.get("model_type") if isinstance(config, Mapping) else getattr(config, "model_type", None)
+    return mt in SEQ2SEQ_FAMILIES
 
 
 def select_layers(n_teacher: int, n_student: int) -> list[int]:
@@ -76,8 +93,6 @@ def model_type_of(config: Any) -> str:
 def check_supported(config: Any) -> None:
     """A one-line EdgekdError for teachers edgekd cannot distill yet (encoder-decoder models other than
     edgekd.models.seq2seq's families)."""
-    from edgekd.models.seq2seq import SEQ2SEQ_FAMILIES
-
     get = _getter(config)
     mt = model_type_of(config)
     if (get("is_encoder_decoder") or mt in ENCODER_DECODER) and mt not in SEQ2SEQ_FAMILIES:
@@ -89,8 +104,6 @@ def check_supported(config: Any) -> None:
 def check_decoder_only(config: Any) -> None:
     """The shape readers below (search, cost models, width pruning) know decoder stacks and encoders, not
     encoder-decoders: one line for those."""
-    from edgekd.models.seq2seq import is_seq2seq
-
     check_supported(config)
     if is_seq2seq(config):
         raise EdgekdError(f"the student search and the latency models do not cover encoder-decoder models "
@@ -188,15 +201,14 @@ def _outside_layers(a: Mapping[str, Any]) -> int:
 def param_count(config: Any) -> int:
     """Parameters of the model a config describes (an HF config, its dict, or an arch_of result), from
     the config alone: the latency model weighs hundreds of candidates, too many to build. Exact for the
-    supported families (tests/models/test_families.py checks it against the built model) and edgekd's BiLSTM."""
-    if model_type_of(config) == BILSTM_MODEL_TYPE:
-        from edgekd.models.bilstm import bilstm_param_count
-
-        return bilstm_param_count(config)
-    from edgekd.models.seq2seq import is_seq2seq, seq2seq_param_count
-
-    if is_seq2seq(config):
-        return seq2seq_param_count(config)
+    supported families (tests/models/test_families.py checks it against the built model), edgekd's BiLSTM and
+    the encoder-decoders (their modules register their counts: PARAM_COUNTS)."""
+    mt = model_type_of(config)
+    if mt in PARAM_COUNTS:
+        return PARAM_COUNTS[mt](config)
+    if mt == BILSTM_MODEL_TYPE or is_seq2seq(config):  # loading or building such a model imports its module
+        raise RuntimeError(f"no parameter count is registered for {mt!r}: import edgekd.models.bilstm / "
+                           f"edgekd.models.seq2seq (loading or building the model does) before counting it")
     a = arch_of(config)
     return a["num_hidden_layers"] * _layer_params(a) + _outside_layers(a)
 

@@ -24,7 +24,7 @@ from transformers import PretrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from edgekd.errors import EdgekdError
-from edgekd.models.arch import BILSTM_MODEL_TYPE as MODEL_TYPE
+from edgekd.models.arch import BILSTM_MODEL_TYPE as MODEL_TYPE, arch_of, register_param_count
 
 NAME = "bilstm"  # what --student says (edgekd.models.arch.STUDENT_NAMES)
 
@@ -145,8 +145,6 @@ def bilstm_config(teacher_config, overrides: dict) -> BiLSTMConfig:
     """The BiLSTM student of a classifier teacher: the teacher's vocabulary, labels and padding id; the
     embedding as wide as the teacher's (so its word embeddings can be copied) and an LSTM half that wide,
     unless `overrides` say otherwise (embedding_size, hidden_size, classifier_dropout)."""
-    from edgekd.models.arch import arch_of
-
     archs = getattr(teacher_config, "architectures", None) or []
     if not any(str(a).endswith("ForSequenceClassification") for a in archs):
         raise EdgekdError(f"--student {NAME} is a sentence classifier: the teacher ({archs[0] if archs else 'a '}"
@@ -177,3 +175,6 @@ def bilstm_param_count(config) -> int:
     labels = len(get("id2label") or {}) or int(get("num_labels") or 2)
     direction = e * 4 * h + 4 * h + h * 4 * h
     return v * e + 2 * direction + 4 * h * labels + labels
+
+
+register_param_count((MODEL_TYPE,), bilstm_param_count)

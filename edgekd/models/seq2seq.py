@@ -13,17 +13,14 @@ from typing import Any, Mapping
 import torch
 
 from edgekd.errors import EdgekdError
+from edgekd.models.arch import SEQ2SEQ_FAMILIES, is_seq2seq, register_param_count, select_layers
 
-SEQ2SEQ_FAMILIES = ("marian", "bart")
+__all__ = ["SEQ2SEQ_FAMILIES", "SEQ2SEQ_SIZES", "is_seq2seq", "seq2seq_student_config", "seq2seq_param_count",
+           "init_from_teacher", "greedy_generation_config", "translate"]
 # The sizes a --student may set (the families' own names); everything else is the teacher's.
 SEQ2SEQ_SIZES = ("encoder_layers", "decoder_layers", "d_model", "encoder_ffn_dim", "decoder_ffn_dim",
                  "encoder_attention_heads", "decoder_attention_heads")
 STACKS = ("encoder", "decoder")
-
-
-def is_seq2seq(config: Any) -> bool:
-    mt = config.get("model_type") if isinstance(config, Mapping) else getattr(config, "model_type", None)
-    return mt in SEQ2SEQ_FAMILIES
 
 
 def seq2seq_student_config(teacher_config, overrides: Mapping[str, Any] | None = None):
@@ -68,8 +65,6 @@ def init_from_teacher(student, teacher) -> dict:
     """Copy the teacher into the student: student layer i of each stack from teacher layer select_layers(...)[i],
     everything outside the stacks by name; tensors whose shapes differ (a narrower student) keep their random
     start. Returns init_info: the layers kept and what was copied."""
-    from edgekd.models.arch import select_layers
-
     kept = {s: select_layers(getattr(teacher.config, f"{s}_layers"), getattr(student.config, f"{s}_layers"))
             for s in STACKS}
     t_state = teacher.state_dict()
@@ -131,3 +126,6 @@ def translate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_
 
 def _until_eos(ids: list[int], eos: int) -> list[int]:
     return ids[:ids.index(eos) + 1] if eos in ids else ids
+
+
+register_param_count(SEQ2SEQ_FAMILIES, seq2seq_param_count)

@@ -10,6 +10,7 @@ from typing import Any, Optional
 from edgekd.console import echo
 from edgekd.io import write_json, write_text
 from edgekd.precision import precision_of
+from edgekd.report.sections import fmt, register_section, render_markdown
 from edgekd.targets.spec import generation_budget_words, generation_misses
 
 
@@ -152,8 +153,6 @@ def failure_message(rep: dict, out: Path) -> Optional[str]:
 def write_job_report(out: Path, rep: dict) -> None:
     """report.json and report.md of the finished job (the engine's plots are already written; a generative
     job adds plots/generation.png)."""
-    from edgekd.report.write import render_markdown
-
     if rep.get("generation"):
         plot_generation(rep, out / "plots" / "generation.png")
     write_json(out / "report.json", rep)
@@ -194,6 +193,36 @@ def print_summary(out: Path, rep: dict) -> None:
                          if (rep.get(k) or {}).get("accuracy") is not None)
         echo(f"held-out accuracy / macro-F1: {line}")
     echo(f"job written to {out} (report.md, report.json, student/, export/, profile/, search/)")
+
+
+# The job's sections of report.md (edgekd.report.sections): a logits job's latency and exports tables
+# (a generative job's are in its target section) after the engine's, and the target section last.
+@register_section("latency", 110)
+def _latency_section(rep: dict, kind: str) -> list[str]:
+    lat = rep.get("latency") or {}
+    if not lat.get("measured") or rep.get("generation"):
+        return []
+    lines = ["## Latency", "", "| device | format | precision | p50 (ms) | p90 (ms) |", "|---|---|---|---:|---:|"]
+    for m in lat["measured"]:
+        lines.append(f"| {m.get('device')} | {m.get('format')} | {measured_precision(m)} | "
+                     f"{fmt(m.get('p50_ms'), 2)} | {fmt(m.get('p90_ms'), 2)} |")
+    return lines + [""]
+
+
+@register_section("exports", 120)
+def _exports_section(rep: dict, kind: str) -> list[str]:
+    if not rep.get("exports") or rep.get("generation"):
+        return []
+    lines = ["## Exports", "", "| format | path | max abs diff | top-1 agreement |", "|---|---|---:|---:|"]
+    for name, e in rep["exports"].items():
+        lines.append(f"| {name} | {e.get('path')} | {fmt(e.get('max_abs_diff'), 6)} | "
+                     f"{fmt(e.get('top1_agreement'), 3)} |")
+    return lines + [""]
+
+
+@register_section("target", 200)
+def _target_section(rep: dict, kind: str) -> list[str]:
+    return ["", render_target_section(rep)] if rep.get("search") else []
 
 
 def render_target_section(rep: dict) -> str:

@@ -7,8 +7,9 @@ from pathlib import Path
 from typing import Optional
 
 from edgekd.io import atomic_path, write_json, write_text
-from edgekd.report.job import measured_precision, render_target_section
 from edgekd.report.schema import SCHEMA_VERSION
+from edgekd.report.sections import KindView, fmt, kind_view, register_kind, register_section, render_markdown, \
+    status_banner
 from edgekd.targets.spec import generation_budget_words
 
 
@@ -155,112 +156,112 @@ def plot_temperature(examples: list, path: Path) -> None:
     plt.close(fig)
 
 
-def _fmt(v, nd=4):
-    if v is None:
-        return "—"
-    if isinstance(v, float):
-        return f"{v:.{nd}f}"
-    return str(v)
+# The engine's sections of report.md (edgekd.report.sections), by order: summary 10, verdict 20, ce_only 30,
+# table 40, init 50, the teacher's tokenizer 60, skipped steps 130, continuations 140, translations 150, plots 160.
+# Between them: the schemes' (70-100, distill/schemes/) and the job's (110-120, 200: report/job.py).
+register_kind("causal-lm", KindView("perplexity"))
+register_kind("seq2seq", KindView("chrf"))
+register_kind("classifier", KindView("accuracy", (("macro-F1", "macro_f1", 3),)))
 
 
-def render_markdown(rep: dict, kind: str = "causal-lm") -> str:
-    t, s, b = rep["teacher"], rep["student"], rep["scratch"]
-    metric = {"causal-lm": "perplexity", "seq2seq": "chrf"}.get(kind, "accuracy")
-    lines = ["# edgekd run report", ""] + status_banner(rep)
-    d = rep["distillation"]
-    gen = rep.get("generation")
+@register_section("summary", 10)
+def _summary(rep: dict, kind: str) -> list[str]:
+    d, gen = rep["distillation"], rep.get("generation")
     budget = (f"generation budget: **{generation_budget_words(gen['budget'])}**" if gen else
-              f"latency budget: **{_fmt(rep.get('latency_budget_ms'), 1)} ms**")
-    lines += [f"Target: **{rep.get('target') or 'none'}**, {budget}. "
-              f"Scheme `{d.get('scheme')}`, loss `{d.get('loss') or 'kd'}`, T = {_fmt(d.get('temperature'), 3)}, "
-              f"α = {_fmt(d.get('alpha'), 2)}, {d.get('steps')} steps.", ""]
-    if "eval_loss" in s and "eval_loss" in b:
-        verdict = "below" if s["eval_loss"] < b["eval_loss"] else "NOT below"
-        lines += [f"**The distilled student's held-out loss ({s['eval_loss']:.4f}) is {verdict} the scratch "
-                  f"baseline's ({b['eval_loss']:.4f})**, with the same architecture, data and steps.", ""]
-    c = rep.get("ce_only") or {}
-    kd = d.get("kd_vs_ce_only")
-    if kd:
-        closed = ("ce_only already reaches the teacher's held-out loss, so there is no gap to close (a teacher that "
-                  "is not better than its students is too weak to show what distillation buys)"
-                  if kd["gap_closed"] is None else f"closed **{kd['gap_closed']:.0%}** of the ce_only -> teacher loss gap")
-        ratio = "" if "accuracy_gained" in kd else f" (perplexity x {kd['perplexity_ratio']:.3f})"
-        labels = (f", {kd['accuracy_gained']:+.3f} accuracy and {_fmt(kd.get('macro_f1_gained'), 3)} macro-F1"
-                  if "accuracy_gained" in kd else f", {kd['chrf_gained']:+.2f} chrF" if "chrf_gained" in kd else "")
-        lines += [f"Against **ce_only** (the same student from the same start, data, steps and schedule on hard labels "
-                  f"alone), distillation saved {kd['loss_saved']:.4f} of held-out loss{ratio} and gained "
-                  f"{_fmt(kd['top1_agreement_gained'], 3)} top-1 agreement with the teacher{labels}; {closed}.", ""]
-    f1 = kind == "classifier"  # a classifier's macro-F1 beside its accuracy
-    lines += [f"| model | params | size (MB) | held-out loss | {metric} |{' macro-F1 |' if f1 else ''} top-1 agreement "
-              f"with teacher |", "|---|---:|---:|---:|---:|---:|" + ("---:|" if f1 else "")]
-    rows = (("teacher", t), ("distilled student", s), ("ce_only baseline", c), ("scratch baseline", b))
+              f"latency budget: **{fmt(rep.get('latency_budget_ms'), 1)} ms**")
+    return [f"Target: **{rep.get('target') or 'none'}**, {budget}. "
+            f"Scheme `{d.get('scheme')}`, loss `{d.get('loss') or 'kd'}`, T = {fmt(d.get('temperature'), 3)}, "
+            f"α = {fmt(d.get('alpha'), 2)}, {d.get('steps')} steps.", ""]
+
+
+@register_section("verdict", 20)
+def _verdict(rep: dict, kind: str) -> list[str]:
+    s, b = rep["student"], rep["scratch"]
+    if "eval_loss" not in s or "eval_loss" not in b:
+        return []
+    verdict = "below" if s["eval_loss"] < b["eval_loss"] else "NOT below"
+    return [f"**The distilled student's held-out loss ({s['eval_loss']:.4f}) is {verdict} the scratch "
+            f"baseline's ({b['eval_loss']:.4f})**, with the same architecture, data and steps.", ""]
+
+
+@register_section("ce_only", 30)
+def _against_ce_only(rep: dict, kind: str) -> list[str]:
+    kd = rep["distillation"].get("kd_vs_ce_only")
+    if not kd:
+        return []
+    closed = ("ce_only already reaches the teacher's held-out loss, so there is no gap to close (a teacher that "
+              "is not better than its students is too weak to show what distillation buys)"
+              if kd["gap_closed"] is None else f"closed **{kd['gap_closed']:.0%}** of the ce_only -> teacher loss gap")
+    ratio = "" if "accuracy_gained" in kd else f" (perplexity x {kd['perplexity_ratio']:.3f})"
+    labels = (f", {kd['accuracy_gained']:+.3f} accuracy and {fmt(kd.get('macro_f1_gained'), 3)} macro-F1"
+              if "accuracy_gained" in kd else f", {kd['chrf_gained']:+.2f} chrF" if "chrf_gained" in kd else "")
+    return [f"Against **ce_only** (the same student from the same start, data, steps and schedule on hard labels "
+            f"alone), distillation saved {kd['loss_saved']:.4f} of held-out loss{ratio} and gained "
+            f"{fmt(kd['top1_agreement_gained'], 3)} top-1 agreement with the teacher{labels}; {closed}.", ""]
+
+
+@register_section("table", 40)
+def _table(rep: dict, kind: str) -> list[str]:
+    view = kind_view(kind)
+    extra = "".join(f" {h} |" for h, _, _ in view.extra)
+    lines = [f"| model | params | size (MB) | held-out loss | {view.metric} |{extra} top-1 agreement "
+             f"with teacher |", "|---|---:|---:|---:|---:|---:|" + "---:|" * len(view.extra)]
+    rows = (("teacher", rep["teacher"]), ("distilled student", rep["student"]),
+            ("ce_only baseline", rep.get("ce_only") or {}), ("scratch baseline", rep["scratch"]))
     for name, e in ((n, e) for n, e in rows if e or n != "ce_only baseline"):
-        f1_cell = f" {_fmt(e.get('macro_f1'), 3)} |" if f1 else ""
-        lines.append(f"| {name} | {e.get('params', 0):,} | {_fmt(e.get('size_mb'), 2)} | {_fmt(e.get('eval_loss'))} | "
-                     f"{_fmt(e.get(metric), 3)} |{f1_cell} {_fmt(e.get('top1_agreement'), 3)} |")
-    lines.append("")
-    init = s.get("init", {})
-    if init.get("method") == "teacher" and kind == "seq2seq":
-        lines += [f"The student was initialised from the teacher: encoder layers {init['layers']['encoder']}, "
-                  f"decoder layers {init['layers']['decoder']} (every k-th); width {init.get('width')}.", ""]
-    elif init.get("method") == "teacher":
-        lines += [f"The student was initialised from the teacher: layers {init.get('layers')} (every k-th), "
-                  f"{init.get('hidden_kept')} hidden channels kept by measured activation magnitude.", ""]
-    elif init.get("why"):
-        lines += [f"**The student started from random weights**: {init['why']}.", ""]
-    if "eval_loss_own_tokens" in t:
-        lines += [f"The teacher has another tokenizer than the student: its held-out loss above is its loss on the same "
-                  f"text in nats per student token ({_fmt(t['eval_loss_own_tokens'])} per its own token, "
-                  f"{t.get('eval_tokens_own')} of them against the student's {t.get('eval_tokens')}); top-1 agreement "
-                  f"has no meaning across vocabularies.", ""]
-    if d.get("stages"):
-        lines += ["## Progressive stages", "", "Each stage was distilled from the one before it (the first from the "
-                  "teacher); the last is the student.", "",
-                  "| stage | layers | hidden | FFN | params | steps | held-out loss |", "|---:|---:|---:|---:|---:|---:|---:|"]
-        for st in d["stages"]:
-            c = st.get("config", {})
-            lines.append(f"| {st.get('stage')} | {_fmt(c.get('num_hidden_layers'))} | {_fmt(c.get('hidden_size'))} | "
-                         f"{_fmt(c.get('intermediate_size'))} | {st.get('params', 0):,} | {st.get('steps')} | "
-                         f"{_fmt(st.get('eval_loss'))} |")
-        lines.append("")
-    seq = d.get("sequence")
-    if seq:
-        lines += [f"Sequence-level KD: the student trained on the teacher's continuations of {seq.get('num_sequences')} "
-                  f"training prompts ({seq.get('generated_tokens')} generated tokens, {seq.get('train_tokens')} "
-                  f"training tokens with the prompts).", ""]
-    onp = d.get("on_policy")
-    if onp:
-        lines += [f"On-policy KD (GKD): {onp.get('on_policy_steps')} of {onp.get('steps')} steps (λ = {onp.get('lmbda')}) "
-                  f"trained on the student's own samples ({onp.get('max_new_tokens')} tokens after "
-                  f"{onp.get('prompt_len')}-token prompts at temperature {onp.get('sample_temperature')}), "
-                  f"scored by the teacher token by token.", ""]
-    cache = d.get("teacher_cache")
-    if cache:
-        lines += [f"Teacher top-k cache: `{cache.get('path')}` ({'built by this run' if cache.get('built') else 'reused'}).", ""]
-    lat = rep.get("latency") or {}
-    if lat.get("measured") and not gen:  # a generative job's measurements are in its target section
-        lines += ["## Latency", "", "| device | format | precision | p50 (ms) | p90 (ms) |", "|---|---|---|---:|---:|"]
-        for m in lat["measured"]:
-            lines.append(f"| {m.get('device')} | {m.get('format')} | {measured_precision(m)} | "
-                         f"{_fmt(m.get('p50_ms'), 2)} | {_fmt(m.get('p90_ms'), 2)} |")
-        lines.append("")
-    if rep.get("exports") and not gen:
-        lines += ["## Exports", "", "| format | path | max abs diff | top-1 agreement |", "|---|---|---:|---:|"]
-        for fmt, e in rep["exports"].items():
-            lines.append(f"| {fmt} | {e.get('path')} | {_fmt(e.get('max_abs_diff'), 6)} | {_fmt(e.get('top1_agreement'), 3)} |")
-        lines.append("")
-    skipped = {k: v for k, v in d.get("skipped_steps", {}).items() if v}
-    if skipped:
-        lines += [f"Skipped (non-finite) steps: {skipped}", ""]
-    lines += _continuations_section(d.get("continuations") or [])
-    lines += _translations_section(d.get("translations") or [])
-    lines += ["## Plots", "", "![held-out loss](plots/eval_curves.png)", "", "![loss curves](plots/loss_curves.png)", "",
-              "![temperature](plots/temperature.png)", "",
-              "Higher temperatures flatten the teacher's distribution, exposing how it ranks the wrong answers "
-              "(the 'dark knowledge' the student learns from).", ""]
-    if rep.get("search"):
-        lines += ["", render_target_section(rep)]
-    return "\n".join(lines)
+        cells = "".join(f" {fmt(e.get(k), nd)} |" for _, k, nd in view.extra)
+        lines.append(f"| {name} | {e.get('params', 0):,} | {fmt(e.get('size_mb'), 2)} | {fmt(e.get('eval_loss'))} | "
+                     f"{fmt(e.get(view.metric), 3)} |{cells} {fmt(e.get('top1_agreement'), 3)} |")
+    return lines + [""]
+
+
+@register_section("init", 50)
+def _init(rep: dict, kind: str) -> list[str]:
+    init = rep["student"].get("init", {})
+    if init.get("method") == "teacher" and isinstance(init.get("layers"), dict):  # an encoder-decoder's two stacks
+        return [f"The student was initialised from the teacher: encoder layers {init['layers']['encoder']}, "
+                f"decoder layers {init['layers']['decoder']} (every k-th); width {init.get('width')}.", ""]
+    if init.get("method") == "teacher":
+        return [f"The student was initialised from the teacher: layers {init.get('layers')} (every k-th), "
+                f"{init.get('hidden_kept')} hidden channels kept by measured activation magnitude.", ""]
+    if init.get("why"):
+        return [f"**The student started from random weights**: {init['why']}.", ""]
+    return []
+
+
+@register_section("teacher_tokenizer", 60)
+def _teacher_tokenizer(rep: dict, kind: str) -> list[str]:
+    t = rep["teacher"]
+    if "eval_loss_own_tokens" not in t:
+        return []
+    return [f"The teacher has another tokenizer than the student: its held-out loss above is its loss on the same "
+            f"text in nats per student token ({fmt(t['eval_loss_own_tokens'])} per its own token, "
+            f"{t.get('eval_tokens_own')} of them against the student's {t.get('eval_tokens')}); top-1 agreement "
+            f"has no meaning across vocabularies.", ""]
+
+
+@register_section("skipped_steps", 130)
+def _skipped(rep: dict, kind: str) -> list[str]:
+    skipped = {k: v for k, v in rep["distillation"].get("skipped_steps", {}).items() if v}
+    return [f"Skipped (non-finite) steps: {skipped}", ""] if skipped else []
+
+
+@register_section("continuations", 140)
+def _continuations(rep: dict, kind: str) -> list[str]:
+    return _continuations_section(rep["distillation"].get("continuations") or [])
+
+
+@register_section("translations", 150)
+def _translations(rep: dict, kind: str) -> list[str]:
+    return _translations_section(rep["distillation"].get("translations") or [])
+
+
+@register_section("plots", 160)
+def _plots(rep: dict, kind: str) -> list[str]:
+    return ["## Plots", "", "![held-out loss](plots/eval_curves.png)", "", "![loss curves](plots/loss_curves.png)", "",
+            "![temperature](plots/temperature.png)", "",
+            "Higher temperatures flatten the teacher's distribution, exposing how it ranks the wrong answers "
+            "(the 'dark knowledge' the student learns from).", ""]
 
 
 def _cell(text: str) -> str:
@@ -293,18 +294,6 @@ def _side_by_side(examples: list, title: str, key: str, key_label: str, column: 
         lines += [f"| {CURVE_LABELS.get(n, n).split(' (')[0]} | {_cell(ex[n])} |" for n in names]
         lines.append("")
     return lines
-
-
-STATUS_WORDS = {"incomplete": "INCOMPLETE", "failed": "FAILED", "interrupted": "INTERRUPTED"}
-
-
-def status_banner(rep: dict) -> list[str]:
-    """report.md's first lines for a run that did not finish: nothing half-done may look complete."""
-    st = rep.get("status", "complete")
-    if st == "complete":
-        return []
-    why = rep.get("error") or "the job stopped before its last phase; rerun with --resume to finish it"
-    return [f"> **{STATUS_WORDS.get(st, st.upper())}**: {why}", ""]
 
 
 def mark_status(run_dir: Path, status: str, error: Optional[str] = None, rep: Optional[dict] = None) -> None:

@@ -13,6 +13,8 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from edgekd.data.batching import BlockStream
 from edgekd.data.teacher_cache import TeacherCache
+from edgekd.distill import apply_settings
+from edgekd.settings import Settings
 from tests.distill.train_worker import join_group
 
 N, SEQ, K = 13, 16, 5  # an odd number of examples: the ranks' shares differ
@@ -28,6 +30,7 @@ def teacher_and_data():
 
 def main():
     cache_dir, out = sys.argv[1], sys.argv[2]
+    apply_settings(Settings.from_env())  # this script is an edge: EDGEKD_FAULT arms the fault hook
     rank, world = join_group()
     t, data = teacher_and_data()
     cache = TeacherCache.build_or_open(t, data, cache_dir, k=K, batch_size=2, dtype="float32", shard_examples=4)

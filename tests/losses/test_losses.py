@@ -202,7 +202,8 @@ def test_topk_teacher_equals_live_teacher_restricted_to_kept_entries(pair, batch
     s_model, t_model = pair
     so, to = run(s_model, batch), run(t_model, batch)
     k = 5
-    loss_fn = build_loss([{"name": "kd", "divergence": divergence, "alpha": 0.6}], s_model.config, t_model.config)
+    loss_fn = build_loss([{"name": "kd", "divergence": divergence, "alpha": 0.6, "temperature": 2.0}], s_model.config,
+                         t_model.config)
     sparse, _ = loss_fn(so, TopKLogits.from_logits(to.logits, k), batch["labels"])
     kth = to.logits.topk(k, -1).values[..., -1:]
     restricted = to.logits.masked_fill(to.logits < kth, float("-inf"))
@@ -331,8 +332,8 @@ def test_auto_temperature():
     ([{"name": "kd", "alpha": 1.5}], "alpha"),
     ([{"name": "kd", "temperature": 0}], "temperature"),
     ([{"name": "kd", "divergence": "tvd"}], "divergence"),
-    ([{"name": "kd", "divergence": "skew_kl", "skew": 1.5}], "skew must lie in"),
-    ([{"name": "kd_fused_linear", "divergence": "skew_reverse_kl", "skew": 0}], "skew must lie in"),
+    ([{"name": "kd", "divergence": "skew_kl", "skew": 1.5}], "skew must be a number in"),
+    ([{"name": "kd_fused_linear", "divergence": "skew_reverse_kl", "skew": 0}], "skew must be a number in"),
     ([{"name": "kd", "weight": -1}], "weight"),
     ([{"name": "feature", "distance": "l1"}], "distance"),
     ([{"name": "feature", "layer_map": {"5": 0}}], "layer_map"),

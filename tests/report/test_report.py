@@ -64,12 +64,17 @@ def test_job_report_fills_every_job_key_and_says_why_it_failed(tmp_path):
     facts = JobFacts(target="rpi5", search=res, attempts=[{"attempt": 0, "params": 300, "measured_ms": None}],
                      fmt="tflite", runtime="litert", seq_len=64, threads=4, exports=exports, measured=[],
                      timings={"search": {"wall_s": 1, "cpu_s": 1}}, calibration={"source": "priors", "path": None,
-                     "values": None}, target_facts={"name": "rpi5", "path": "x", "facts": {}, "measured": {}})
+                     "values": None}, target_facts={"name": "rpi5", "path": "x", "facts": {}, "measured": {}},
+                     extra={"budget_source": "target file",  # the pipeline's (its options, the run's size)
+                            "disk_mb": {"run": 1.0, "checkpoints": 0.5, "export": 0.2}})
     rep = build_job_report(engine, facts)
     assert missing_keys(rep, JOB_KEYS) == []
     assert rep["timings_s"] == {"distill": 1.0, "job": facts.timings} and rep["student"]["precision_deployed"] == "int8"
     assert rep["status"] == "failed" and "tflite-int8: top-1 0.5" in rep["error"]
-    assert "records the numbers" in failure_message(rep, tmp_path) and "status" not in engine or engine["status"] == "incomplete"
+    assert failure_message(rep, tmp_path) == f"{rep['error']}; the run {tmp_path} records the numbers"
+    assert engine["status"] == "incomplete"  # the job's report is a new dict: the engine's part is left as it was
+    unreachable = {**rep, "latency": {**rep["latency"], "device_error": "ssh: no route to host"}}
+    assert failure_message(unreachable, tmp_path).endswith(f"the run {tmp_path} holds the local results")
     assert failure_message(build_job_report(engine, facts.__class__(**{**facts.__dict__, "exports": {}})), tmp_path) is None
 
 
@@ -80,3 +85,48 @@ def test_markdown_says_when_ce_only_already_reaches_the_teacher():
                        student_config={})
     assert rep["distillation"]["kd_vs_ce_only"]["gap_closed"] is None
     assert "no gap to close" in render_markdown(rep)
+
+
+def test_a_part_adds_its_section_without_editing_the_renderer():
+    from edgekd.report.sections import SECTIONS, register_section
+
+    rep = {"teacher": {}, "student": {"eval_loss": 3.0}, "scratch": {"eval_loss": 2.0},
+           "distillation": {"my_scheme": {"rounds": 3}}}
+    before = render_markdown(rep)
+    try:
+        @register_section("my_scheme", 75)  # between the progressive stages (70) and sequence KD (80)
+        def _mine(r, kind):
+            return [f"My scheme ran {r['distillation']['my_scheme']['rounds']} rounds.", ""] \
+                if r["distillation"].get("my_scheme") else []
+
+        after = render_markdown(rep)
+        assert after.replace("My scheme ran 3 rounds.\n\n", "") == before
+        assert after.index("My scheme ran 3 rounds.") < after.index("## Plots")
+        assert after.index("| model | params") < after.index("My scheme ran 3 rounds.")
+        assert "My scheme" not in render_markdown({**rep, "distillation": {}})  # nothing recorded, nothing rendered
+    finally:
+        SECTIONS.pop("my_scheme", None)
+
+
+def test_the_schemes_sections_render_what_their_runs_record():
+    import edgekd.distill  # noqa: F401  (registers every scheme's section)
+
+    d = {"stages": [{"stage": 1, "config": {"num_hidden_layers": 2, "hidden_size": 16, "intermediate_size": 32},
+                     "params": 500, "steps": 10, "eval_loss": 3.6}],
+         "sequence": {"num_sequences": 5, "generated_tokens": 50, "train_tokens": 80},
+         "on_policy": {"on_policy_steps": 3, "steps": 6, "lmbda": 0.5, "max_new_tokens": 8, "prompt_len": 4,
+                       "sample_temperature": 1.0},
+         "teacher_cache": {"path": "/c", "built": False}}
+    md = render_markdown({"teacher": {}, "student": {}, "scratch": {}, "distillation": d})
+    order = ["| 1 | 2 | 16 | 32 | 500 | 10 | 3.6000 |", "continuations of 5 training prompts",
+             "3 of 6 steps (λ = 0.5)", "Teacher top-k cache: `/c` (reused)", "## Plots"]
+    assert [md.index(s) for s in order] == sorted(md.index(s) for s in order)
+
+
+def test_each_model_kind_shows_its_registered_quality_columns():
+    rep = {"teacher": {"perplexity": 7.0, "accuracy": 0.9, "macro_f1": 0.85, "chrf": 51.0}, "student": {},
+           "scratch": {}, "distillation": {}}
+    assert "| held-out loss | perplexity | top-1" in render_markdown(rep, "causal-lm")
+    assert "| held-out loss | chrf | top-1" in render_markdown(rep, "seq2seq")
+    md = render_markdown(rep, "classifier")
+    assert "| held-out loss | accuracy | macro-F1 | top-1" in md and "| 0.900 | 0.850 |" in md

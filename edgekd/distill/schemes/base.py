@@ -150,20 +150,20 @@ class Scheme:
         """Config of the model whose outputs teacher_outputs returns: build the loss against it."""
         return getattr(unwrap(self.teacher), "config", None) if self.teachers else None
 
-    def _one_teacher(self) -> None:
+    def require_one_teacher(self) -> None:
         if len(self.teachers) != 1:
             raise EdgekdError(f"scheme {self.name!r} takes exactly one teacher, got {len(self.teachers)}")
 
-    def _run(self, model: nn.Module, batch: dict, needs: Needs) -> LossInputs:
+    def run_teacher(self, model: nn.Module, batch: dict, needs: Needs) -> LossInputs:
         with torch.no_grad():
             return forward_for_loss(model, batch, needs)
 
     def teacher_outputs(self, batch: dict, student_out: Any):
         if self.tokens is None:
-            return self._run(self.teacher, batch, needs_of(student_out, self.loss_fn))
+            return self.run_teacher(self.teacher, batch, needs_of(student_out, self.loss_fn))
         al = self.tokens.align(batch["input_ids"].cpu(), None if batch.get("attention_mask") is None
                                else batch["attention_mask"].cpu())
-        out = self._run(self.teacher, {"input_ids": al.teacher_ids, "attention_mask": al.teacher_mask}, Needs())
+        out = self.run_teacher(self.teacher, {"input_ids": al.teacher_ids, "attention_mask": al.teacher_mask}, Needs())
         out.alignment, out.vocab_map = al, self.tokens.vocab_map
         return out
 

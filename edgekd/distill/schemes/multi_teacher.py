@@ -7,6 +7,7 @@ from typing import Optional
 
 from edgekd.distill.schemes.base import Scheme, freeze, needs_of, register_scheme
 from edgekd.errors import EdgekdError
+from edgekd.hyperparams import DEFAULT_TEMPERATURE, check_temperature
 from edgekd.losses import Needs, TeacherMixture, mixture_logits, unwrap
 
 @register_scheme("multi_teacher")
@@ -14,7 +15,7 @@ class MultiTeacherScheme(Scheme):
     """Weighted mean of the teachers' distributions at temperature T, as logits T · log Σ w_i p_i.
 
     weights default to equal and are normalised to sum to 1; T defaults to the loss's temperature
-    (`loss_fn`) or 2. A response loss at another T re-mixes at its own T (see TeacherMixture).
+    (`loss_fn`) or edgekd.hyperparams' default. A response loss at another T re-mixes at its own T (see TeacherMixture).
     Hidden states and attentions, where asked for, are the first teacher's.
     """
 
@@ -66,9 +67,8 @@ class MultiTeacherScheme(Scheme):
                               f"sum, got {weights!r}")
         self.weights = [w / sum(weights) for w in weights]
         if temperature is None:
-            temperature = getattr(loss_fn, "temperature", None) or 2.0
-        if not (isinstance(temperature, (int, float)) and temperature > 0 and math.isfinite(temperature)):
-            raise EdgekdError(f"scheme 'multi_teacher': temperature must be positive, got {temperature!r}")
+            temperature = getattr(loss_fn, "temperature", None) or DEFAULT_TEMPERATURE
+        check_temperature("scheme 'multi_teacher': temperature", temperature, auto=False)  # a scheme option
         self.temperature = float(temperature)
         vocabs = {getattr(getattr(unwrap(t), "config", None), "vocab_size", None) for t in teachers} - {None}
         if len(vocabs) > 1:
@@ -80,7 +80,7 @@ class MultiTeacherScheme(Scheme):
     def teacher_outputs(self, batch, student_out):
         needs = needs_of(student_out, self.loss_fn)  # the mixture is of logits: the 'kd' loss reads them as they are
         needs = Needs(True, needs.needs_hidden_states, needs.needs_attentions, False)
-        outs = [self._run(t, batch, needs if i == 0 else Needs()) for i, t in enumerate(self.teachers)]
+        outs = [self.run_teacher(t, batch, needs if i == 0 else Needs()) for i, t in enumerate(self.teachers)]
         members = [o.logits for o in outs]
         if len({m.shape[-1] for m in members}) > 1:
             raise EdgekdError(f"scheme 'multi_teacher': the teachers' vocabularies differ "

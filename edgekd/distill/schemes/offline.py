@@ -8,6 +8,7 @@ from typing import Optional
 from edgekd.data.teacher_cache import TeacherCache
 from edgekd.distill.schemes.base import Plan, Scheme, freeze, needs_of, register_scheme
 from edgekd.errors import EdgekdError
+from edgekd.report.sections import register_section
 
 
 def with_cache_data(plan: Plan) -> Plan:
@@ -40,7 +41,7 @@ class OfflineScheme(Scheme):
     def __init__(self, *, teachers, student, cache=None, cache_data=None, cache_k: Optional[int] = None, loss_fn=None):
         super().__init__(teachers=teachers, student=student, loss_fn=loss_fn)
         if cache is None or teachers:
-            self._one_teacher()
+            self.require_one_teacher()
             freeze(self.teacher)
         if cache is not None and not isinstance(cache, TeacherCache):
             teacher = self.teacher if teachers else None
@@ -59,3 +60,13 @@ class OfflineScheme(Scheme):
                                   "with it, or drop the cache")
             return self.cache.lookup(batch)
         return super().teacher_outputs(batch, student_out)
+
+
+@register_section("teacher_cache", 100)
+def teacher_cache_section(rep: dict, kind: str) -> list[str]:
+    """report.md: the top-k teacher cache the run read (report.json's distillation.teacher_cache)."""
+    cache = rep["distillation"].get("teacher_cache")
+    if not cache:
+        return []
+    how = "built by this run" if cache.get("built") else "reused"
+    return [f"Teacher top-k cache: `{cache.get('path')}` ({how}).", ""]

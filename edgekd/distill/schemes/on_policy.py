@@ -20,6 +20,7 @@ import torch
 from edgekd.distill.schemes.base import Plan, Scheme, freeze, register_scheme
 from edgekd.errors import EdgekdError
 from edgekd.losses import unwrap
+from edgekd.report.sections import register_section
 
 OPTIONS = ("lmbda", "prompt_len", "max_new_tokens", "sample_temperature")
 
@@ -76,7 +77,7 @@ class OnPolicyScheme(Scheme):
     def __init__(self, *, teachers, student, lmbda: float = 0.5, prompt_len: int = 16, max_new_tokens: int = 16,
                  sample_temperature: float = 1.0, seed: int = 0, loss_fn=None):
         super().__init__(teachers=teachers, student=student, loss_fn=loss_fn)
-        self._one_teacher()
+        self.require_one_teacher()
         freeze(self.teacher)
         self.lmbda, self.prompt_len, self.max_new_tokens = float(lmbda), int(prompt_len), int(max_new_tokens)
         self.sample_temperature, self.seed = float(sample_temperature), int(seed)
@@ -110,3 +111,12 @@ class OnPolicyScheme(Scheme):
                                       seed=self.seed + 1_000_003 * step + rank, batch_size=ids.shape[0])
         pad = getattr(unwrap(student).config, "pad_token_id", None)
         return next(seqs.batches(len(seqs), pad if pad is not None else 0))
+
+
+@register_section("on_policy", 90)
+def on_policy_section(rep: dict, kind: str) -> list[str]:
+    """report.md: the share of steps on the student's samples (report.json's distillation.on_policy)."""
+    o = rep["distillation"].get("on_policy") or {}
+    return [f"On-policy KD (GKD): {o.get('on_policy_steps')} of {o.get('steps')} steps (λ = {o.get('lmbda')}) "
+            f"trained on the student's own samples ({o.get('max_new_tokens')} tokens after {o.get('prompt_len')}-token "
+            f"prompts at temperature {o.get('sample_temperature')}), scored by the teacher token by token.", ""] if o else []

@@ -25,7 +25,7 @@ class OnlineScheme(Scheme):
 
     def __init__(self, *, teachers, student, teacher_weight: float = 1.0, causal: Optional[bool] = None, loss_fn=None):
         super().__init__(teachers=teachers, student=student, loss_fn=loss_fn)
-        self._one_teacher()
+        self.require_one_teacher()
         if not (isinstance(teacher_weight, (int, float)) and teacher_weight >= 0 and math.isfinite(teacher_weight)):
             raise EdgekdError(f"scheme 'online': teacher_weight must be a finite number >= 0, got {teacher_weight!r}")
         self.teacher_weight = float(teacher_weight)

@@ -8,6 +8,7 @@ from edgekd.distill.schemes.offline import OfflineScheme, with_cache_data
 from edgekd.errors import EdgekdError
 from edgekd.losses import unwrap
 from edgekd.models.arch import param_count
+from edgekd.report.sections import fmt, register_section
 
 
 def shrunk_config(config, overrides: dict):
@@ -110,3 +111,21 @@ class ProgressiveScheme(OfflineScheme):
                                 [run.teacher] if first else None, dict(options) if first else {}))
         record = {"progressive": {"stages": [{"config": arch_summary(c), "steps": k} for c, k in zip(configs, steps)]}}
         return with_cache_data(Plan(stages, record))
+
+
+@register_section("progressive_stages", 70)
+def stages_section(rep: dict, kind: str) -> list[str]:
+    """report.md: each stage of the chain (report.json's distillation.stages)."""
+    stages = rep["distillation"].get("stages")
+    if not stages:
+        return []
+    lines = ["## Progressive stages", "", "Each stage was distilled from the one before it (the first from the "
+             "teacher); the last is the student.", "",
+             "| stage | layers | hidden | FFN | params | steps | held-out loss |",
+             "|---:|---:|---:|---:|---:|---:|---:|"]
+    for st in stages:
+        c = st.get("config", {})
+        lines.append(f"| {st.get('stage')} | {fmt(c.get('num_hidden_layers'))} | {fmt(c.get('hidden_size'))} | "
+                     f"{fmt(c.get('intermediate_size'))} | {st.get('params', 0):,} | {st.get('steps')} | "
+                     f"{fmt(st.get('eval_loss'))} |")
+    return lines + [""]

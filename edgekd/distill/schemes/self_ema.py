@@ -39,7 +39,7 @@ class SelfScheme(Scheme):
         return getattr(self.ema, "config", None)
 
     def teacher_outputs(self, batch, student_out):
-        return self._run(self.ema, batch, needs_of(student_out, self.loss_fn))
+        return self.run_teacher(self.ema, batch, needs_of(student_out, self.loss_fn))
 
     def after_step(self, student, step):
         ema_update(self.ema, unwrap(student), self.decay)

@@ -11,6 +11,7 @@ from edgekd.distill.schemes.base import Plan, Stage, register_scheme, split_opti
 from edgekd.distill.schemes.offline import OfflineScheme, with_cache_data
 from edgekd.errors import EdgekdError
 from edgekd.losses import unwrap
+from edgekd.report.sections import register_section
 
 
 class SequenceData:
@@ -213,3 +214,14 @@ class SequenceScheme(OfflineScheme):
 
     def generate(self, prompts: Sequence, **kw) -> SequenceData:
         return generate_sequence_data(self.teacher, prompts, **kw)
+
+
+@register_section("sequence", 80)
+def sequence_section(rep: dict, kind: str) -> list[str]:
+    """report.md: what the student trained on (report.json's distillation.sequence)."""
+    seq = rep["distillation"].get("sequence")
+    if not seq:
+        return []
+    return [f"Sequence-level KD: the student trained on the teacher's continuations of {seq.get('num_sequences')} "
+            f"training prompts ({seq.get('generated_tokens')} generated tokens, {seq.get('train_tokens')} "
+            f"training tokens with the prompts).", ""]
