@@ -17,7 +17,7 @@ def print_table(result: "SearchResult", max_rows: int = 24) -> None:
 
     from edgekd.console import out
 
-    rows = result.table
+    rows = [r for r in result.table if "narrowing" not in r["fails"].split(",")]  # the rest: candidates.csv
     i = next(k for k, r in enumerate(rows) if r["chosen"])
     lo = max(0, min(i - max_rows // 2, len(rows) - max_rows))
     shown = rows[lo:lo + max_rows]
@@ -37,8 +37,8 @@ def print_table(result: "SearchResult", max_rows: int = 24) -> None:
                     style=style)
     console = out()
     console.print(tab)
-    if len(rows) > len(shown):
-        console.print(f"({len(rows) - len(shown)} more candidates in candidates.csv)")
+    if len(result.table) > len(shown):
+        console.print(f"({len(result.table) - len(shown)} more candidates in candidates.csv)")
 
 
 def plot_search(result: "SearchResult", path: str | Path) -> None:
