@@ -1,0 +1,166 @@
+"""The edge runtimes' weight quantisers written once each in torch, so a student can be trained in the
+numbers its exported file will hold (quantisation-aware distillation) and saved on their grid.
+
+Each recipe is what the installed builder does, read from its source and checked bit for bit against it
+(tests/quant/test_fake_quant.py):
+
+- onnxruntime's MatMulNBits quantiser (onnxruntime_genai's builder, `int4`/`int8`, block_size=32,
+  symmetric; MLAS `MlasQuantizeBlockwise`): per block of 32 input values of one output, the value of
+  largest magnitude `m` (a negative one on a tie) sets scale = m / -2^(bits-1), so m itself is -8 (int4)
+  or -128 (int8); q = round-half-away(w * (1/scale) + 2^(bits-1)) clamped to [0, 2^bits - 1], stored with
+  that offset; the last block of an input size that is not a multiple of 32 is padded with zeros. Only
+  MatMul weights (the lm_head included); the embedding table stays float.
+- ai_edge_quantizer's `dynamic_wi4_afp32`, `dynamic_wi4b32_afp32`, `dynamic_wi8_afp32` (litert-torch's
+  export_hf, min_max_uniform_quantize): symmetric, scale = max|w| / qmax (7 or 127; max|w| at least 1e-9)
+  per output channel (`c`) or per block of 32 input values (`b32`, the scale then rounded to bfloat16 and stored as float16),
+  q = round-half-even(w / scale) clamped to [-8, 7] (int4) or the narrow [-127, 127] (int8). Fully
+  connected weights and embedding tables (per row) alike.
+
+Both runtimes then quantise activations at run time (onnxruntime's accuracy_level=4: int8 per block of
+32 along the input, symmetric; XNNPACK's dynamic int8: per row, asymmetric) with their own kernels'
+rounding and accumulation order; `activations` in a Recipe says which, and quant_aware can imitate it,
+but no torch function reproduces those kernels bit for bit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+BLOCK = 32
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One runtime's weight quantiser: `rule` "ort" (MatMulNBits) or "litert" (ai_edge_quantizer),
+    `bits`, `block` (input values per scale; None = one scale per output channel), whether embedding
+    tables are quantised too, and how the runtime quantises activations at run time."""
+
+    name: str
+    rule: str
+    bits: int
+    block: int | None
+    embeddings: bool
+    activations: str
+
+    def describe(self) -> str:
+        grain = f"blocks of {self.block}" if self.block else "one scale per output channel"
+        return f"{self.name}: symmetric int{self.bits} weights in {grain} ({self.rule} rule); activations {self.activations}"
+
+
+ORT_ACT = "int8 per block of 32, symmetric, at run time (accuracy_level=4)"
+LITERT_ACT = "int8 per row, asymmetric, at run time (XNNPACK dynamic quantisation)"
+RECIPES = {
+    ("onnx-genai", "int4"): Recipe("onnx-genai int4", "ort", 4, BLOCK, False, ORT_ACT),
+    ("onnx-genai", "int8"): Recipe("onnx-genai int8", "ort", 8, BLOCK, False, ORT_ACT),
+    ("litert-lm", "int4"): Recipe("dynamic_wi4_afp32", "litert", 4, None, True, LITERT_ACT),
+    ("litert-lm", "int4b32"): Recipe("dynamic_wi4b32_afp32", "litert", 4, BLOCK, True, LITERT_ACT),
+    ("litert-lm", "int8"): Recipe("dynamic_wi8_afp32", "litert", 8, None, True, LITERT_ACT),
+}
+BY_NAME = {r.name: r for r in RECIPES.values()}
+
+
+def _blocks(w: torch.Tensor, block: int | None) -> tuple[torch.Tensor, int]:
+    """W [out, in] as [out, blocks, block] (zero-padded along the input), and the padding added."""
+    w = w.detach().float()
+    if block is None:
+        return w.reshape(w.shape[0], 1, -1), 0
+    pad = (-w.shape[1]) % block
+    if pad:
+        w = torch.nn.functional.pad(w, (0, pad))
+    return w.reshape(w.shape[0], -1, block), pad
+
+
+def _ort(b: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    lo, hi = b.amin(-1, keepdim=True), b.amax(-1, keepdim=True)
+    m = torch.where(hi.abs() > lo.abs(), hi, lo)
+    scale = m / -(2 ** (bits - 1))
+    recip = torch.where(scale != 0, 1.0 / scale, torch.zeros_like(scale))
+    zp = float(2 ** (bits - 1))
+    y = b * recip + zp
+    q = torch.where(y - torch.floor(y) == 0.5, torch.ceil(y), torch.round(y))  # roundf: half away from zero
+    return q.clamp(0, 2 ** bits - 1) - zp, scale
+
+
+def _litert(b: torch.Tensor, bits: int, blockwise: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    qmax = 2 ** (bits - 1) - 1
+    bound = b.abs().amax(-1, keepdim=True).clamp_min(1e-9)
+    scale = bound / qmax
+    if blockwise:  # stored as float16 with bfloat16's mantissa: a tiny scale underflows, maybe to 0
+        scale = scale.to(torch.bfloat16).to(torch.float16).float()
+    qmin = -qmax if bits >= 8 else -qmax - 1
+    q = torch.round(b / torch.where(scale == 0, torch.ones_like(scale), scale)).clamp(qmin, qmax)
+    return torch.where(scale == 0, torch.zeros_like(q), q), scale
+
+
+def quantize(w: torch.Tensor, recipe: Recipe) -> tuple[torch.Tensor, torch.Tensor]:
+    """The runtime's integers (as floats, [out, blocks, block] with any padding) and scales [out, blocks, 1]
+    of a weight W [out, in]."""
+    b, _ = _blocks(w, recipe.block)
+    if recipe.rule == "ort":
+        return _ort(b, recipe.bits)
+    return _litert(b, recipe.bits, recipe.block is not None)
+
+
+def dequantize(w: torch.Tensor, recipe: Recipe) -> torch.Tensor:
+    """W [out, in] as the runtime holds it after quantising: integer x scale, in float32."""
+    q, scale = quantize(w, recipe)
+    return (q * scale).reshape(w.shape[0], -1)[:, :w.shape[1]].to(w.dtype)
+
+
+def snap(w: torch.Tensor, recipe: Recipe, rounds: int = 4) -> torch.Tensor:
+    """W moved onto the runtime's grid so that quantising it again gives back the same values (a fixed
+    point): dequantize, repeated until nothing moves (a float32 scale max|w|/7 can shift by an ulp once)."""
+    for _ in range(rounds):
+        nxt = dequantize(w, recipe)
+        if torch.equal(nxt, w):
+            return w
+        w = nxt
+    return w
+
+
+class _StraightThrough(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, w, recipe):
+        return dequantize(w, recipe)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, None
+
+
+def fake_quant(w: torch.Tensor, recipe: Recipe) -> torch.Tensor:
+    """dequantize(W) forward, the identity backward (straight-through)."""
+    return _StraightThrough.apply(w, recipe)
+
+
+def int8_blocks(x: torch.Tensor, block: int = BLOCK) -> torch.Tensor:
+    """onnxruntime's run-time quantisation of a MatMulNBits input at accuracy_level=4 (MLAS CompInt8): per
+    block of 32 values along the last dim, scale = max|x| / 127, q = round-half-even(x * (1/scale)); the
+    dequantised values. Its matmul then equals the kernel's to float rounding (tests/quant)."""
+    k = x.shape[-1]
+    b = torch.nn.functional.pad(x, (0, (-k) % block)).reshape(*x.shape[:-1], -1, block)
+    scale = b.abs().amax(-1, keepdim=True) / 127
+    recip = torch.where(scale != 0, 1.0 / scale, torch.zeros_like(scale))
+    return (torch.round(b * recip) * scale).reshape(*x.shape[:-1], -1)[..., :k]
+
+
+class _StraightThroughActivations(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return int8_blocks(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad
+
+
+def fake_quant_activations(x: torch.Tensor, recipe: Recipe) -> torch.Tensor:
+    """X as the runtime quantises a matmul's input at run time, where that is reproduced here (onnxruntime's
+    blocks of 32); XNNPACK's per-row quantisation (LiteRT) is not, and X is returned as it is."""
+    return _StraightThroughActivations.apply(x) if recipe.rule == "ort" else x
+
+
+__all__ = ["BLOCK", "BY_NAME", "RECIPES", "Recipe", "dequantize", "fake_quant", "fake_quant_activations",
+           "int8_blocks", "quantize", "snap"]

@@ -1,0 +1,83 @@
+"""A Hugging Face causal LM whose weights go through a runtime's quantiser in every forward pass
+(straight-through gradients), and the same model saved with its weights on that quantiser's grid.
+
+    student = quant_aware(student, recipe_for_export("onnx-genai", "int4", student.config))
+    ... train ...
+    snap_model(student)      # plain nn.Linear/nn.Embedding again, weights = what the runtime will hold
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.nn.utils import parametrize
+
+from edgekd.errors import EdgekdError
+from edgekd.quant.fake_quant import RECIPES, Recipe, fake_quant, fake_quant_activations, snap
+
+
+class FakeQuant(torch.nn.Module):
+    """A parametrization: the weight as the runtime will hold it, gradients passed straight through."""
+
+    def __init__(self, recipe: Recipe):
+        super().__init__()
+        self.recipe = recipe
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        return fake_quant(w, self.recipe)
+
+
+def recipe_for_export(fmt: str, quantize: str, config) -> Recipe:
+    """The recipe the `fmt` export quantises MODEL with at `quantize` (litert-lm int4 blockwise where every
+    weight's input size is a multiple of 32, as export.generative_export.recipe_for chooses)."""
+    from edgekd.export.generative_export import LITERT_INT4_BLOCKWISE, recipe_for
+
+    cfg = config if isinstance(config, dict) else config.to_dict()
+    if (fmt, quantize) not in RECIPES:
+        known = ", ".join(f"{f} {q}" for f, q in RECIPES if q != "int4b32")
+        raise EdgekdError(f"no quantisation recipe for {fmt} {quantize}: known are {known}")
+    if (fmt, quantize) == ("litert-lm", "int4") and recipe_for(fmt, quantize, cfg)[0] == LITERT_INT4_BLOCKWISE[0]:
+        return RECIPES[("litert-lm", "int4b32")]
+    return RECIPES[(fmt, quantize)]
+
+
+def quantized_modules(model: torch.nn.Module, recipe: Recipe) -> list[tuple[str, torch.nn.Module]]:
+    """The modules whose weights the runtime quantises: every Linear (lm_head included), and the
+    embedding tables where the recipe quantises them (LiteRT's, not onnxruntime's)."""
+    kinds = (torch.nn.Linear, torch.nn.Embedding) if recipe.embeddings else (torch.nn.Linear,)
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, kinds) and m.weight.dim() == 2]
+
+
+def quant_aware(model: torch.nn.Module, recipe: Recipe, activations: bool = True) -> torch.nn.Module:
+    """MODEL (changed in place and returned) with each quantised module's weight through `recipe`'s fake
+    quantisation and, with `activations`, each quantised Linear's input as the runtime quantises it at run
+    time where that is reproduced (fake_quant_activations). A tied lm_head/embedding pair stays one
+    parameter: the lm_head reads it quantised, the embedding as the recipe says."""
+    hooks = []
+    for _, module in quantized_modules(model, recipe):
+        if not parametrize.is_parametrized(module, "weight"):
+            parametrize.register_parametrization(module, "weight", FakeQuant(recipe), unsafe=True)
+        if activations and isinstance(module, torch.nn.Linear):
+            hooks.append(module.register_forward_pre_hook(
+                lambda _m, args: (fake_quant_activations(args[0], recipe), *args[1:])))
+    model.quant_recipe, model.quant_hooks = recipe, hooks
+    return model
+
+
+def snap_model(model: torch.nn.Module) -> torch.nn.Module:
+    """MODEL (in place) with the fake quantisation removed and every quantised weight replaced by its
+    values on the runtime's grid (a fixed point of the runtime's quantiser). Tied weights are snapped once."""
+    recipe = getattr(model, "quant_recipe", None)
+    if recipe is None:
+        raise EdgekdError("snap_model needs a model from quant_aware(model, recipe)")
+    done = set()
+    with torch.no_grad():
+        for _, module in quantized_modules(model, recipe):
+            if parametrize.is_parametrized(module, "weight"):
+                parametrize.remove_parametrizations(module, "weight", leave_parametrized=False)
+            if id(module.weight) not in done:
+                module.weight.copy_(snap(module.weight, recipe))
+                done.add(id(module.weight))
+    for h in model.quant_hooks:
+        h.remove()
+    del model.quant_recipe, model.quant_hooks
+    return model

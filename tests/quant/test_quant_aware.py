@@ -1,0 +1,100 @@
+"""quant_aware / snap_model on Hugging Face causal LMs, against the recipes applied by hand."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from edgekd.errors import EdgekdError
+from edgekd.quant import RECIPES, dequantize, quant_aware, quantized_modules, recipe_for_export, snap_model
+
+
+def _llama(tie=False, intermediate=96):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=intermediate, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=1, head_dim=32, tie_word_embeddings=tie)
+    return LlamaForCausalLM(cfg).eval()
+
+
+@pytest.mark.parametrize("fmt,quantize", [("onnx-genai", "int4"), ("litert-lm", "int4"), ("litert-lm", "int8")])
+def test_forward_is_the_model_with_the_runtimes_weights(fmt, quantize):
+    model = _llama()
+    recipe = recipe_for_export(fmt, quantize, model.config)
+    ids = torch.randint(0, 128, (1, 12))
+    by_hand = _llama()
+    with torch.no_grad():
+        for _, m in quantized_modules(by_hand, recipe):
+            m.weight.copy_(dequantize(m.weight, recipe))
+        want = by_hand(ids).logits
+        got = quant_aware(model, recipe, activations=False)(ids).logits
+    assert torch.equal(got, want)
+    snap_model(model)
+    assert not hasattr(model, "quant_recipe")
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, want)  # the snapped model is the fake-quant model
+    for _, m in quantized_modules(model, recipe):
+        assert torch.equal(dequantize(m.weight, recipe), m.weight)  # and the runtime's quantiser keeps it
+
+
+def test_blockwise_only_where_every_input_is_a_multiple_of_32():
+    assert recipe_for_export("litert-lm", "int4", _llama(intermediate=96).config).name == "dynamic_wi4b32_afp32"
+    assert recipe_for_export("litert-lm", "int4", _llama(intermediate=80).config).name == "dynamic_wi4_afp32"
+    assert recipe_for_export("onnx-genai", "int4", _llama(intermediate=80).config).block == 32
+
+
+def test_embeddings_follow_the_runtime():
+    model = _llama()
+    ort = [n for n, _ in quantized_modules(model, RECIPES[("onnx-genai", "int4")])]
+    lite = [n for n, _ in quantized_modules(model, RECIPES[("litert-lm", "int4")])]
+    assert "lm_head" in ort and "model.embed_tokens" not in ort and "model.embed_tokens" in lite
+
+
+def test_straight_through_gradients_reach_the_float_weights():
+    model = quant_aware(_llama(tie=True), RECIPES[("onnx-genai", "int4")])
+    ids = torch.randint(0, 128, (2, 10))
+    model(ids, labels=ids).loss.backward()
+    w = model.model.layers[0].mlp.down_proj.parametrizations.weight.original
+    assert w.grad is not None and w.grad.abs().sum() > 0
+    snap_model(model)
+    assert model.lm_head.weight is model.model.embed_tokens.weight  # still tied, snapped once
+
+
+def test_unknown_recipe_is_one_line():
+    with pytest.raises(EdgekdError, match="no quantisation recipe for onnx-genai int2"):
+        recipe_for_export("onnx-genai", "int2", _llama().config)
+    with pytest.raises(EdgekdError, match="quant_aware"):
+        snap_model(_llama())
+
+
+def test_onnxruntime_activation_blocks_are_matmulnbits_at_accuracy_level_4():
+    """A Linear through quant_aware (weights and activations) against onnxruntime's MatMulNBits (int4,
+    block 32, accuracy_level=4) on the same weights and inputs: equal to float rounding, where weight-only
+    fake quant is off by the activations' rounding."""
+    import numpy as np
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(256, 64, bias=False)
+    x = torch.randn(3, 256)
+    x[0, 5] = 8.0
+    w = lin.weight.detach().T.contiguous().numpy()
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 256])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, 64])],
+                              [numpy_helper.from_array(w, "w")])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)])
+    q = MatMulNBitsQuantizer(proto, bits=4, block_size=32, is_symmetric=True, accuracy_level=4)
+    q.process()
+    session = ort.InferenceSession(q.model.model.SerializeToString(), providers=["CPUExecutionProvider"])
+    want = session.run(None, {"x": x.numpy()})[0]
+    recipe = RECIPES[("onnx-genai", "int4")]
+    holder = torch.nn.Sequential(lin)
+    with torch.no_grad():
+        weights_only = quant_aware(holder, recipe, activations=False)(x).numpy()
+        snap_model(holder)
+        both = quant_aware(holder, recipe)(x).numpy()
+    assert np.abs(both - want).max() < 1e-5 < np.abs(weights_only - want).max()
