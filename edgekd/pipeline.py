@@ -295,7 +295,7 @@ class _Job:
         from edgekd.search import print_table, search_student
 
         res = search_student(self.teacher_cfg, self.t, self.budget, cost_model=self.model, calibration=self.cal,
-                             max_params=max_params, settings=self.settings)
+                             max_params=max_params, train_params=self.trainable_params(), settings=self.settings)
         needed, limit = self.model.positions(res.budget), int(self.teacher_cfg.get("max_position_embeddings") or 2048)
         if needed > limit:
             raise EdgekdError(f"{self.t.name}'s budget ({self.model.budget_words(res.budget)}) needs {needed} positions, "
@@ -305,6 +305,19 @@ class _Job:
             print_table(res)
         faults.point("search")
         return res
+
+    def trainable_params(self) -> Optional[int]:
+        """The largest student this machine can train beside the teacher at the job's batch and sequence."""
+        import torch
+
+        from edgekd.distill.memory import trainable_params
+        from edgekd.models.loading import CLASSIFIER, model_kind
+
+        e = self.job.engine
+        device = torch.device(e.torch_device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        batch = e.micro_batch_size or -(-e.batch_size // self.settings.world_size)
+        return trainable_params(self.teacher_cfg, batch, e.seq_len, device,
+                                per_token=model_kind(self.teacher_cfg) != CLASSIFIER)
 
     def given_result(self):
         """The SearchResult of a student given as it is (nothing searched, nothing predicted): the budget it is

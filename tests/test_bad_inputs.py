@@ -178,6 +178,8 @@ def fx(tmp_path_factory):
     p["jsonl_gz"] = root / "corpus.jsonl.gz"
     p["jsonl_gz"].write_bytes(gz)
     p["jsonl_gz_cut"] = root / "cut.jsonl.gz"
+    p["short_corpus"] = root / "short.jsonl"  # a few dozen tokens: fewer than one sequence of 60
+    p["short_corpus"].write_text("".join(json.dumps({"text": f"line {i} is short"}) + "\n" for i in range(4)))
     p["jsonl_gz_cut"].write_bytes(gz[: len(gz) // 2])
     p["fifo"] = root / "fifo"
     os.mkfifo(p["fifo"])
@@ -376,6 +378,9 @@ CASES = [
      "num_hidden_layers is 1000000"),
     #    ... --seq-len beyond the teacher's window refused, never silently changed
     ("seq-len-beyond-window", [*DISTILL, "--seq-len", "100"], 2, "reads at most 64 positions"),
+    #    ... and beyond the corpus: refused with the count, never padded or cut silently
+    ("seq-len-beyond-corpus", [*DISTILL, "--data", "{short_corpus}", "--seq-len", "60"], 2,
+     "fewer than one sequence of --seq-len 60"),
     #    ... a real .jsonl.gz is a causal-LM corpus (it used to be "not UTF-8")
     ("works-jsonl-gz-corpus", [*DISTILL, "--data", "{jsonl_gz}"], 0, "", {"creates": "{out}/report.json"}),
     # -- issue 24 item 3: labels map onto the teacher's classes, by name or id; anything else names the value

@@ -209,14 +209,20 @@ def test_other_families_generate_like_pytorch(kind, fmt, tmp_path):
     assert rec["passed"] and rec["tokens_match_share"] == 1.0 and rec["run"]["prompt_source"] == "prompts"
 
 
-def test_run_dir_generative_variant(tmp_path):
-    from edgekd.export import GENERATIVE_VARIANTS, export_key, export_run
+def test_run_dir_generative_variant(tmp_path, monkeypatch):
+    from edgekd.export import GENERATIVE_VARIANTS, export_key, export_run, parity
 
     assert export_key("litert-lm", "int4") == "litert-lm-int4" and export_key("onnx-genai", "float32") == "onnx-genai"
     assert {v[:2] for v in GENERATIVE_VARIANTS} == {("litert-lm", "none"), ("litert-lm", "int4"),
                                                     ("onnx-genai", "none"), ("onnx-genai", "int4")}
     shutil.copytree(TEACHER, tmp_path / "student")
-    exports = export_run(tmp_path, variants=(("onnx-genai", "int4", "student-genai.int4"),), prompts=PROMPTS)
+    computed = []  # PyTorch's reference continuations are computed once per job, whatever the export count
+    real_init = parity.GenerationReference.__init__
+    monkeypatch.setattr(parity.GenerationReference, "__init__",
+                        lambda self, *a, **k: (computed.append(1), real_init(self, *a, **k))[1])
+    exports = export_run(tmp_path, variants=(("onnx-genai", "none", "student-genai"),
+                                             ("onnx-genai", "int4", "student-genai.int4")), prompts=PROMPTS)
+    assert len(computed) == 1 and exports["onnx-genai"]["tokens_match_share"] == 1.0
     rec = exports["onnx-genai-int4"]
     assert rec["passed"] and rec["path"] == "export/student-genai.int4" and rec["precision"] == "int4"
     assert {"recipe", "ppl_ratio", "top1_agreement", "tokens_match_share", "size_mb"} <= set(rec)

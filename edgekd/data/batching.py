@@ -62,7 +62,8 @@ class BlockStream(PositionedStream):
             raise EdgekdError(f"batch size {batch_size} is not divisible by the {world} processes: pick a multiple")
         self.n = tokens.numel() // seq_len
         if self.n < 1:
-            raise EdgekdError(f"the corpus has {tokens.numel()} tokens, fewer than one block of {seq_len}: add data or lower the sequence length")
+            raise EdgekdError(f"the corpus has {tokens.numel()} training tokens, fewer than one sequence of --seq-len {seq_len}: "
+                              f"add data or pass a smaller --seq-len")
         self.blocks = tokens[: self.n * seq_len].view(self.n, seq_len)
         self.seq_len, self.batch_size, self.seed = seq_len, batch_size, seed
         self.rank, self.world = rank, world
@@ -87,7 +88,8 @@ def eval_blocks(tokens: torch.Tensor, seq_len: int, max_blocks: Optional[int] = 
     """Held-out blocks in corpus order (no shuffling), optionally the first `max_blocks`, evenly spread."""
     n = tokens.numel() // seq_len
     if n < 1:
-        raise EdgekdError(f"the validation split has {tokens.numel()} tokens, fewer than one block of {seq_len}: add data or lower the sequence length")
+        raise EdgekdError(f"the validation split has {tokens.numel()} tokens, fewer than one sequence of --seq-len {seq_len}: "
+                          f"add data or pass a smaller --seq-len")
     blocks = tokens[: n * seq_len].view(n, seq_len)
     if max_blocks is not None and n > max_blocks:
         pick = torch.linspace(0, n - 1, max_blocks).round().long()

@@ -47,6 +47,20 @@ def training_bytes(teacher_params: int, student_params: int, student_cfg, batch:
     return parts
 
 
+def trainable_params(teacher_cfg: dict, batch: int, seq_len: int, device, per_token: bool = True) -> Optional[int]:
+    """The most student parameters whose training fits what `device` has free now, the teacher not yet
+    loaded: the estimate above with the teacher's own shape as the bound on the student's activations (a
+    narrowing is no wider nor deeper). None where the free memory cannot be read."""
+    from edgekd.models.arch import param_count
+
+    avail = available_bytes(device)
+    if avail is None:
+        return None
+    outputs = _size(teacher_cfg, "vocab_size") if per_token else _size(teacher_cfg, "num_labels", default=2)
+    fixed = training_bytes(param_count(teacher_cfg), 0, teacher_cfg, batch, seq_len, outputs, per_token)["total"]
+    return max((avail - fixed) // TRAIN_BYTES_PER_PARAM, 0)
+
+
 def available_bytes(device) -> Optional[int]:
     """Memory a run may still allocate on `device` (a torch.device): the GPU's free memory, else the lower of
     the kernel's MemAvailable, the cgroup's remaining limit and the address space RLIMIT_AS leaves. None where

@@ -141,14 +141,18 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def export_generative(model_dir, fmt: str, quantize: str = "none", out=None, prompts=None, new_tokens: int = 32,
-                      min_top1: float | None = None, *, show_progress: bool = True) -> dict:
+def export_generative(model_dir, fmt: str, quantize: str = "none", out=None, prompts=None,
+                      new_tokens: int = parity.GEN_NEW_TOKENS,
+                      min_top1: float | None = None, *, show_progress: bool = True,
+                      reference: "parity.GenerationReference | None" = None) -> dict:
     """Export MODEL_DIR as a generative `fmt` model at OUT, check greedy generation against PyTorch, return the record.
 
     The record is also written to OUT.json. A failed check (or build) leaves nothing at OUT, writes
     OUT.json with passed=false and the numbers, and raises JobFailed. `prompts`: held-out token-id lists
     (default: windows of the built-in corpus's validation files in the model's own tokenizer).
     `min_top1`: the quantised exports' least teacher-forced top-1 agreement (default parity.GEN_MIN_TOP1).
+    `reference`: PyTorch's continuations of MODEL_DIR already computed (a job shares one among its exports);
+    by default computed here from MODEL_DIR and `prompts`.
     """
     generative_args(fmt, quantize, new_tokens, min_top1, out)
     model_dir = check_model_dir(model_dir, "model directory")
@@ -157,7 +161,8 @@ def export_generative(model_dir, fmt: str, quantize: str = "none", out=None, pro
     out = Path(out or default_out(model_dir, fmt, quantize))
     out = output_file(out) if fmt == "litert-lm" else output_dir(out)
     with export_steps(show_progress, f"export {model_dir.name} -> {out.name}", ["load", "build", "parity"]) as step:
-        reference = parity.GenerationReference.load(model_dir, prompts, new_tokens)
+        if reference is None or reference.new_tokens != new_tokens:
+            reference = parity.GenerationReference.load(model_dir, prompts, new_tokens)
         cache_length = min(CACHE_LENGTH, reference.max_len)
         limit = cache_length if fmt == "litert-lm" else reference.max_len
         longest = max(len(p) for p in reference.prompts) + new_tokens

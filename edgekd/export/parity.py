@@ -94,6 +94,7 @@ GEN_MIN_TOP1 = 0.80
 GEN_MAX_PPL_RATIO = 1.10
 GEN_DECISIVE_MARGIN = 0.05
 GEN_PROMPTS = 8
+GEN_NEW_TOKENS = 32  # tokens each export generates per prompt, compared with PyTorch's
 GEN_PROMPT_TOKENS = 48
 
 

@@ -66,6 +66,7 @@ def export_run(run_dir, seq_len: int = 64, calib_inputs=None, min_top1: float = 
     if not (student / "config.json").is_file():
         raise EdgekdError(f"{run} has no student/ model to export: run `edgekd distill` first")
     exports, files, floats = {}, {}, {}
+    reference = None  # PyTorch's greedy continuations, computed once and shared by every generative export
     for fmt, quant, name in variants:
         out = run / "export" / name
         base = {"path": str(out.relative_to(run)), "format": fmt, "quantize": quant, "precision": precision_of(quant)}
@@ -74,8 +75,10 @@ def export_run(run_dir, seq_len: int = 64, calib_inputs=None, min_top1: float = 
         try:
             if generative:
                 from edgekd.export.generative_export import export_generative
+                from edgekd.export.parity import GEN_NEW_TOKENS, GenerationReference
 
-                rec = export_generative(student, fmt, quant, out=out, prompts=prompts)
+                reference = reference or GenerationReference.load(student, prompts, GEN_NEW_TOKENS)
+                rec = export_generative(student, fmt, quant, out=out, prompts=prompts, reference=reference)
             else:
                 rec = export_model(student, fmt, quant, seq_len=seq_len, out=out, calib_inputs=calib_inputs,
                                    min_top1=min_top1, float_file=floats.get(fmt))  # int8 from the float file

@@ -170,37 +170,39 @@ def candidates(teacher_config: Any, precisions: tuple[str, ...] = ("float32", "i
     return out
 
 
-def _fails(t: Target, row: Mapping, max_params: Optional[int], narrowing: Optional[str]) -> list[str]:
-    """The limits every candidate meets whatever it is budgeted on: file size, RAM, max_params, and
-    starting from the teacher's weights."""
+def _fails(t: Target, row: Mapping, max_params: Optional[int], train_params: Optional[int],
+           narrowing: Optional[str]) -> list[str]:
+    """The limits every candidate meets whatever it is budgeted on (cost_model.LIMITS)."""
     limits = (("size", row["size_mb"] > float(t.budget["max_model_mb"])),
               ("ram", row["peak_mem_mb"] > float(t.memory["ram_mb"]) * RAM_FRACTION),
               ("max_params", max_params is not None and row["params"] >= max_params),
+              ("train_memory", train_params is not None and row["params"] > train_params),
               ("narrowing", narrowing is not None))
     return [why for why, bad in limits if bad]
 
 
 def _row(c: dict, teacher: dict, t: Target, model: CostModel, budget: Mapping, fmt: str, calibration,
-         threads: Optional[int], max_params: Optional[int]) -> dict:
+         threads: Optional[int], max_params: Optional[int], train_params: Optional[int]) -> dict:
     """One candidate with the cost model's predicted numbers and the constraints it fails."""
     cfg = {**teacher, **{k: c[k] for k in OVERRIDE_KEYS}}
     row = {**c, "params": param_count(cfg), **model.predict_row(cfg, t, c["precision"], budget, calibration,
                                                                 threads, fmt)}
     narrowing = narrowing_problem(teacher, cfg)
-    fails = model.misses(row, budget) + _fails(t, row, max_params, narrowing)
+    fails = model.misses(row, budget) + _fails(t, row, max_params, train_params, narrowing)
     return row | {"fits": not fails, "fails": ",".join(fails), "chosen": False,
                   **({"not_narrowing": narrowing} if narrowing else {})}
 
 
 def search_student(teacher_config: Any, target: Target | str, budget: Optional[Mapping] = None, *,
                    cost_model: "str | CostModel" = "latency", calibration: Any = None,
-                   max_params: Optional[int] = None, fmt: str | None = None,
+                   max_params: Optional[int] = None, train_params: Optional[int] = None, fmt: str | None = None,
                    precisions: tuple[str, ...] | None = None, threads: int | None = None,
                    settings: Optional[Settings] = None) -> SearchResult:
     """Choose the student: the most parameters within the cost model's budget (the target's, with
     `budget`'s keys on top: {"latency_ms", "seq_len"} for `latency`; {"decode_tok_s", "ttft_ms",
     "prompt_len", "decode_len"} for `generation`), the target's max model size and RAM, fewer than
-    `max_params` parameters when given (the job's strictly smaller student after a recalibration), and
+    `max_params` parameters when given (the job's strictly smaller student after a recalibration), at most
+    `train_params` when given (what this machine can train: edgekd.distill.memory.trainable_params), and
     a narrowing of the teacher. `calibration`: the cost model's calibration, or None for the datasheet
     priors. Raises EdgekdError when nothing fits, naming the nearest candidate."""
     model = get_cost_model(cost_model)
@@ -210,7 +212,7 @@ def search_student(teacher_config: Any, target: Target | str, budget: Optional[M
     b = model.budget(t, budget)
     fmt = fmt or (calibration.fmt if calibration is not None else model.target_format(t))
     model.runtime(fmt)  # an unknown format: one line now
-    table = [_row(c, teacher, t, model, b, fmt, calibration, threads, max_params)
+    table = [_row(c, teacher, t, model, b, fmt, calibration, threads, max_params, train_params)
              for c in candidates(teacher_config, tuple(precisions or model.precisions))]
     table.sort(key=lambda r: (-r["params"], -model.speed(r)))
     fitting = [r for r in table if r["fits"]]

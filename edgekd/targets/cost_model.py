@@ -27,7 +27,10 @@ from edgekd.targets.spec import Target
 ARCH_COLUMNS = ("num_hidden_layers", "hidden_size", "num_attention_heads", "num_key_value_heads", "head_dim",
                 "intermediate_size")
 TAIL_COLUMNS = ("fits", "fails", "chosen")
-LIMITS = ("size", "ram", "max_params", "narrowing")  # the constraints every candidate meets, whatever the budget
+# The constraints every candidate meets, whatever the budget: the target's file size and RAM, the job's
+# max_params (a strictly smaller student after a recalibration), training within this machine's memory,
+# starting from the teacher's weights.
+LIMITS = ("size", "ram", "max_params", "train_memory", "narrowing")
 
 
 class CostModel(ABC):
@@ -129,7 +132,7 @@ class CostModel(ABC):
             best = max(meets, key=lambda r: r["params"])
             why += f"; the largest meeting the budget alone ({describe(best)}) fails {best['fails']}"
         other = sorted({f for r in pool for f in r["fails"].split(",") if f in LIMITS and f != "narrowing"})
-        limits = f"; also over the target's {'/'.join(other)} limit for some" if other else ""
+        limits = f"; also over the {'/'.join(other)} limit for some" if other else ""
         smaller = f" smaller than {max_params:,} parameters" if max_params is not None else ""
         opts = "/".join(self.budget_options[k] for k in self.budget_keys if budget.get(k) is not None)
         return EdgekdError(f"no student{smaller} meets {target}'s budget ({self.budget_words(budget)}): {why}{limits}; "

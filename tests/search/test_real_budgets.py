@@ -50,3 +50,22 @@ def test_far_budget_says_what_is_feasible():
         search_student(QWEN25_15B, "raspberry-pi-4", {"decode_tok_s": 5000}, cost_model="generation")
     msg = str(e.value)
     assert "the nearest" in msg and "tok/s decode" in msg and "--decode-tok-s" in msg and "\n" not in msg
+
+
+def test_search_keeps_to_what_this_machine_can_train(monkeypatch):
+    """android-arm64-flagship's budget alone takes a 1.36B student from Qwen2.5-1.5B, which with AdamW
+    (16 bytes a parameter) and the teacher does not train in 24 GB: the job's memory bound stops it."""
+    from edgekd.distill import memory
+
+    free = 24 * 2**30
+    monkeypatch.setattr(memory, "available_bytes", lambda device: free)
+    limit = memory.trainable_params(QWEN25_15B, batch=8, seq_len=256, device="cpu")
+    # by hand: teacher float32, the teacher-shaped activations and three logit buffers of 8 x 256 tokens
+    tokens, h, f, L, V = 8 * 256, 1536, 8960, 28, 151936
+    fixed = 4 * param_count(QWEN25_15B) + 4 * tokens * L * (8 * h + 2 * f) + 3 * 4 * tokens * V
+    assert limit == (free - fixed) // 16
+    free_only = search_student(QWEN25_15B, "android-arm64-flagship", {}, cost_model="generation")
+    bound = search_student(QWEN25_15B, "android-arm64-flagship", {}, cost_model="generation", train_params=limit)
+    assert free_only.choice_row["params"] > limit >= bound.choice_row["params"] > 2e7
+    over = [r for r in bound.table if r["params"] > limit]
+    assert over and all("train_memory" in r["fails"].split(",") for r in over)
