@@ -132,3 +132,40 @@ def check_seq_len(requested: int, default: int, window: Optional[int], teacher: 
     console.note(f"sequences are {window} tokens, the teacher's window (max_position_embeddings), not the default "
                  f"{default}")
     return window
+
+
+class Parked:
+    """A trained model whose weights wait on disk while the run trains the next one: written with safetensors
+    (atomically), then each parameter's storage released, until `restore()` reads them back into the same
+    Parameter objects (tied weights stay tied, an optimiser's references stay valid). The job keeps the
+    teacher and one model in training in memory, not every model trained so far with it."""
+
+    def __init__(self, model, folder: Path, name: str):
+        import os
+
+        import torch
+        from safetensors.torch import save_file
+
+        self.model, self.path = model, folder / f"{name}.safetensors"
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        save_file({k: p.detach().contiguous() for k, p in model.named_parameters()}, str(tmp))
+        os.replace(tmp, self.path)
+        for p in model.parameters():
+            p.grad = None
+            p.data = torch.empty(0, dtype=p.dtype, device=p.device)
+
+    def restore(self):
+        """The model with its weights back (the file removed, and its folder once empty)."""
+        from safetensors.torch import load_file
+
+        params = dict(self.model.named_parameters())
+        device = next(iter(params.values())).device if params else "cpu"
+        for name, t in load_file(str(self.path), device=str(device)).items():
+            params[name].data = t
+        self.path.unlink()
+        try:
+            self.path.parent.rmdir()
+        except OSError:  # other models still parked there
+            pass
+        return self.model

@@ -166,14 +166,31 @@ def _run(cfg: DistillConfig, out: Path, status: str, settings: Settings) -> RunR
             trained.append(train_stage(ctx, stage, trained[-1].model if trained else None))
     if ctx.rank == 0:
         save_model(trained[-1].model, ctx.tokenizer, out / "student")
-    baselines = {name: train_baseline(ctx, name) for name in BASELINES if name in cfg.baselines}
+    # Each trained model waits on disk while the next trains: memory holds the teacher and one model in training.
+    parked = _park({f"stage{i + 1}": t.model for i, t in enumerate(trained)}, ctx)
+    baselines = {}
+    for name in (n for n in BASELINES if n in cfg.baselines):
+        baselines[name] = train_baseline(ctx, name)
+        parked += _park({name: baselines[name].model}, ctx)
     if ctx.world > 1:
         import torch.distributed as dist
 
         dist.barrier()
     if ctx.rank != 0:
         return RunResult(out, {}, ctx.kind, ctx.data.heldout_ids)
+    for p in parked:
+        p.restore()
     return report_run(ctx, plan, trained, baselines, status)
+
+
+def _park(models: dict, ctx: RunContext) -> list:
+    """`models` written to RUN/checkpoints/parked and released until the report (one process only: a
+    distributed run's ranks share the models' storage through their process group)."""
+    from edgekd.distill.memory import Parked
+
+    if ctx.world > 1:
+        return []
+    return [Parked(m, ctx.out / "checkpoints" / "parked", name) for name, m in models.items()]
 
 
 def load_run(cfg: DistillConfig, out: Path, settings: Settings) -> RunContext:

@@ -8,17 +8,11 @@ import pytest
 
 from edgekd.models.arch import param_count
 from edgekd.models.builtin import demo_budget
+from edgekd.models.published import PUBLISHED
 from edgekd.search import search_student
 from edgekd.targets import known_targets, load_target, measure_target
 
-# Published config.json values (Hugging Face model cards), no weights needed by the search.
-QWEN25_05B = dict(model_type="qwen2", vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
-                  num_attention_heads=14, num_key_value_heads=2, tie_word_embeddings=True, max_position_embeddings=32768)
-LLAMA32_1B = dict(model_type="llama", vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
-                  num_attention_heads=32, num_key_value_heads=8, head_dim=64, tie_word_embeddings=True,
-                  max_position_embeddings=131072)
-QWEN25_15B = dict(model_type="qwen2", vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
-                  num_attention_heads=12, num_key_value_heads=2, tie_word_embeddings=True, max_position_embeddings=32768)
+QWEN25_05B, LLAMA32_1B, QWEN25_15B = (PUBLISHED[k] for k in ("qwen2.5-0.5b", "llama3.2-1b", "qwen2.5-1.5b"))
 
 
 @pytest.mark.parametrize("teacher", [QWEN25_05B, LLAMA32_1B, QWEN25_15B], ids=["qwen2.5-0.5b", "llama3.2-1b", "qwen2.5-1.5b"])
