@@ -315,9 +315,8 @@ class _Job:
 
         e = self.job.engine
         device = torch.device(e.torch_device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        batch = e.micro_batch_size or -(-e.batch_size // self.settings.world_size)
-        return trainable_params(self.teacher_cfg, batch, e.seq_len, device,
-                                per_token=model_kind(self.teacher_cfg) != CLASSIFIER)
+        return trainable_params(self.teacher_cfg, -(-e.batch_size // self.settings.world_size), e.seq_len, device,
+                                per_token=model_kind(self.teacher_cfg) != CLASSIFIER, micro=e.micro_batch_size)
 
     def given_result(self):
         """The SearchResult of a student given as it is (nothing searched, nothing predicted): the budget it is

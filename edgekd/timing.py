@@ -36,6 +36,7 @@ class PhaseTimer:
     def __init__(self, path: Optional[Path] = None, resume: bool = False):
         self.path = Path(path) if path is not None else None
         self.phases: dict[str, dict[str, float]] = {}
+        self.spans: list[list] = []  # [phase, start, end] in Unix seconds, this invocation's, in order
         self.invocations = 1
         if resume and self.path is not None and self.path.is_file():
             try:
@@ -53,7 +54,9 @@ class PhaseTimer:
         try:
             yield
         finally:
-            self.add(name, time.time() - w, cpu_s() - c)
+            end = time.time()
+            self.spans.append([name, round(w, 2), round(end, 2)])
+            self.add(name, end - w, cpu_s() - c)
 
     def add(self, name: str, wall_s: float, cpu: float) -> None:
         p = self.phases.setdefault(name, {"wall_s": 0.0, "cpu_s": 0.0})
@@ -66,7 +69,7 @@ class PhaseTimer:
     def save(self) -> None:
         """Record this invocation (also before its first phase ends, so a kill mid-phase still counts)."""
         if self.path is not None:
-            write_json(self.path, {"phases": self.phases, "invocations": self.invocations})
+            write_json(self.path, {"phases": self.phases, "invocations": self.invocations, "spans": self.spans})
 
     def summary(self) -> dict:
         out = dict(self.phases)

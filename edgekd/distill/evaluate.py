@@ -26,7 +26,7 @@ def evaluate(models: dict, teacher, batches: list[dict], kind: str = "causal-lm"
     for m in mods.values():
         m.eval()
     try:
-        for b in batches:
+        for b in _rows_bounded(batches, mods, kind):
             if device is not None:
                 b = {k: v.to(device) for k, v in b.items()}
             kw = {"input_ids": b["input_ids"], "attention_mask": b.get("attention_mask"), **decoder_inputs(b)}
@@ -74,6 +74,22 @@ def evaluate(models: dict, teacher, batches: list[dict], kind: str = "causal-lm"
         r["eval_examples" if kind == "classifier" else "eval_tokens"] = count
         out[n] = r
     return out
+
+
+def _rows_bounded(batches: list[dict], mods: dict, kind: str):
+    """The batches, each split into as many rows per forward as keep its token logits within
+    memory.FORWARD_BYTES (a 151,936-token vocabulary: one 256-token row's logits are 150 MB a copy)."""
+    from edgekd.distill.memory import EVAL_LOGIT_COPIES, F32, rows_per_forward
+
+    if kind == "classifier":
+        yield from batches
+        return
+    vocab = max((getattr(getattr(m, "config", None), "vocab_size", 0) or 0) for m in mods.values())
+    for b in batches:
+        n, t = b["input_ids"].shape[:2]
+        step = rows_per_forward(n, t * vocab * F32 * EVAL_LOGIT_COPIES)
+        for i in range(0, n, step):
+            yield {k: v[i:i + step] for k, v in b.items()} if step < n else b
 
 
 @torch.no_grad()

@@ -24,6 +24,29 @@ LOGIT_BUFFERS = 3
 HIDDEN_ACTIVATIONS, FFN_ACTIVATIONS = 8, 2
 
 
+# The bytes of activations and logits one forward may hold where the run does not set --micro-batch-size: a
+# large vocabulary (Qwen's 151,936 tokens) makes the logits of a whole batch gigabytes, several times over in
+# the loss's temporaries. Training splits each batch into micro-batches (gradient accumulation: the same
+# update), evaluation into fewer rows per forward (the same sums). The built-in runs stay whole batches.
+FORWARD_BYTES = 1 << 30
+# Logit-sized float32 copies an evaluation forward holds: the logits, their float copy, the shifted rows and
+# the log-softmax.
+EVAL_LOGIT_COPIES = 4
+
+
+def rows_per_forward(batch: int, bytes_per_row: int, divisor: bool = False) -> int:
+    """The most rows of `batch` (a divisor of it where `divisor`) whose `bytes_per_row` fit FORWARD_BYTES; 1 at least."""
+    fits = [d for d in range(1, batch + 1) if d * bytes_per_row <= FORWARD_BYTES and (not divisor or batch % d == 0)]
+    return max(fits, default=1)
+
+
+def micro_batch(batch: int, seq_len: int, cfg, outputs: int, per_token: bool = True) -> int:
+    """The micro-batch a run trains with where it does not say: the largest divisor of `batch` whose activations
+    and logit buffers (training_bytes, for a model shaped `cfg`) fit FORWARD_BYTES."""
+    per_row = training_bytes(0, 0, cfg, 1, seq_len, outputs, per_token)["activations"]
+    return rows_per_forward(batch, per_row, divisor=True)
+
+
 def _size(cfg, *names, default: int = 0) -> int:
     for n in names:
         v = cfg.get(n) if isinstance(cfg, dict) else getattr(cfg, n, None)
@@ -47,17 +70,20 @@ def training_bytes(teacher_params: int, student_params: int, student_cfg, batch:
     return parts
 
 
-def trainable_params(teacher_cfg: dict, batch: int, seq_len: int, device, per_token: bool = True) -> Optional[int]:
+def trainable_params(teacher_cfg: dict, batch: int, seq_len: int, device, per_token: bool = True,
+                     micro: Optional[int] = None) -> Optional[int]:
     """The most student parameters whose training fits what `device` has free now, the teacher not yet
     loaded: the estimate above with the teacher's own shape as the bound on the student's activations (a
-    narrowing is no wider nor deeper). None where the free memory cannot be read."""
+    narrowing is no wider nor deeper), at the micro-batch given or the one the run would choose (micro_batch).
+    None where the free memory cannot be read."""
     from edgekd.models.arch import param_count
 
     avail = available_bytes(device)
     if avail is None:
         return None
     outputs = _size(teacher_cfg, "vocab_size") if per_token else _size(teacher_cfg, "num_labels", default=2)
-    fixed = training_bytes(param_count(teacher_cfg), 0, teacher_cfg, batch, seq_len, outputs, per_token)["total"]
+    micro = micro or micro_batch(batch, seq_len, teacher_cfg, outputs, per_token)
+    fixed = training_bytes(param_count(teacher_cfg), 0, teacher_cfg, micro, seq_len, outputs, per_token)["total"]
     return max((avail - fixed) // TRAIN_BYTES_PER_PARAM, 0)
 
 

@@ -58,6 +58,7 @@ class RunContext:
     started: float = field(default_factory=time.time)
     cross: Any = None                       # data.alignment.CrossTokenizer: the teacher has another tokenizer
     teacher_tokenizer: Any = None           # the teacher's own (ctx.tokenizer is the student's and the data's)
+    micro_batch: Optional[int] = None       # rows per forward in training, None: whole batches (check_run_size)
 
     def new_student(self, teacher, config, calibration, init: str, seed: int):
         """(model, init_info): a student of `config`; from the teacher's weights where they fit, or, when the
@@ -82,7 +83,7 @@ class RunContext:
         from edgekd.distill.trainer import TrainConfig
 
         c = self.cfg
-        return TrainConfig(steps=steps, batch_size=c.batch_size, micro_batch_size=c.micro_batch_size, lr=c.lr,
+        return TrainConfig(steps=steps, batch_size=c.batch_size, micro_batch_size=self.micro_batch, lr=c.lr,
                            warmup_steps=c.warmup_steps if c.warmup_steps is not None else max(1, steps // 10),
                            checkpoint_every=c.checkpoint_every or max(1, steps // 4), seed=c.seed, bf16=c.bf16,
                            keep_checkpoints=c.keep_checkpoints,
@@ -135,19 +136,23 @@ def run(config: DistillConfig | dict, *, status: str = "complete", settings: Opt
         return _run(cfg, out, status, settings)
 
 
-def check_run_size(cfg: DistillConfig, teacher, s_cfg, kind: str, device, world: int) -> None:
+def check_run_size(cfg: DistillConfig, teacher, s_cfg, kind: str, device, world: int) -> int:
     """--seq-len within the teacher's window (the default capped, and said), then the run's memory estimate
-    (edgekd.distill.memory) against what the device has free, the teacher loaded."""
-    from edgekd.distill.memory import check_fits, check_seq_len, training_bytes
+    (edgekd.distill.memory) against what the device has free, the teacher loaded. Returns the micro-batch the
+    run trains with (--micro-batch-size, else the largest whose activations fit memory.FORWARD_BYTES)."""
+    from edgekd.distill.memory import check_fits, check_seq_len, micro_batch, training_bytes
     from edgekd.models.arch import param_count
 
     window = getattr(teacher.config, "max_position_embeddings", None)
     seq = check_seq_len(cfg.seq_len, DistillConfig().seq_len, window if kind != SEQ2SEQ else None, cfg.teacher)
-    batch = cfg.micro_batch_size or -(-cfg.batch_size // world)
     outputs = getattr(teacher.config, "num_labels", 2) if kind == CLASSIFIER else getattr(teacher.config, "vocab_size", 0)
+    per_token = kind != CLASSIFIER
+    share = -(-cfg.batch_size // world)
+    batch = cfg.micro_batch_size or micro_batch(share, seq, s_cfg, outputs, per_token)
     t_params = param_count(teacher.config)
-    parts = training_bytes(t_params, param_count(s_cfg), s_cfg, batch, seq, outputs, per_token=kind != CLASSIFIER)
+    parts = training_bytes(t_params, param_count(s_cfg), s_cfg, batch, seq, outputs, per_token=per_token)
     check_fits(parts, device, batch, seq, already_loaded=parts["teacher"])  # the teacher is loaded (on `device`)
+    return cfg.micro_batch_size or (batch if batch < share else None)
 
 
 def _run(cfg: DistillConfig, out: Path, status: str, settings: Settings) -> RunResult:
@@ -223,7 +228,7 @@ def load_run(cfg: DistillConfig, out: Path, settings: Settings) -> RunContext:
     if kind == SEQ2SEQ and cfg.scheme != "offline":
         raise EdgekdError(f"scheme {cfg.scheme!r} does not distil encoder-decoder teachers yet: use --scheme offline "
                           f"(word-level KD on the decoder)")
-    check_run_size(cfg, teacher, s_cfg, kind, device, world)  # before the first batch is built
+    micro = check_run_size(cfg, teacher, s_cfg, kind, device, world)  # before the first batch is built
     data = RunData(cfg, tokenizer, kind, rank, world, getattr(teacher.config, "max_position_embeddings", None),
                    getattr(teacher.config, "decoder_start_token_id", None),
                    teacher_classes(teacher.config) if kind == CLASSIFIER else None)
@@ -235,7 +240,7 @@ def load_run(cfg: DistillConfig, out: Path, settings: Settings) -> RunContext:
     steps = cfg.steps or DEFAULT_STEPS
     ctx = RunContext(cfg, out, teacher, tokenizer, kind, data, s_cfg, steps, device, rank, world, temperature,
                      parse_loss_spec(cfg.loss), init_batches, {}, timer, cross=cross,
-                     teacher_tokenizer=teacher_tokenizer)
+                     teacher_tokenizer=teacher_tokenizer, micro_batch=micro)
     ctx.resolved = asdict(cfg) | {
         "out": str(out), "steps": steps, "temperature": temperature, "temperature_requested": cfg.temperature,
         "loss": ctx.loss_spec, "kind": kind, "seq_len": data.seq_len, "world_size": world,
