@@ -29,6 +29,9 @@ HIDDEN_ACTIVATIONS, FFN_ACTIVATIONS = 8, 2
 # the loss's temporaries. Training splits each batch into micro-batches (gradient accumulation: the same
 # update), evaluation into fewer rows per forward (the same sums). The built-in runs stay whole batches.
 FORWARD_BYTES = 1 << 30
+# The most micro-batches a step is split into without --micro-batch-size: a batch that needs more is too
+# large for this machine, and the memory check says so (a batch of 100,000 is a mistake, not a plan).
+MAX_ACCUMULATION = 8
 # Logit-sized float32 copies an evaluation forward holds: the logits, their float copy, the shifted rows and
 # the log-softmax.
 EVAL_LOGIT_COPIES = 4
@@ -42,9 +45,12 @@ def rows_per_forward(batch: int, bytes_per_row: int, divisor: bool = False) -> i
 
 def micro_batch(batch: int, seq_len: int, cfg, outputs: int, per_token: bool = True) -> int:
     """The micro-batch a run trains with where it does not say: the largest divisor of `batch` whose activations
-    and logit buffers (training_bytes, for a model shaped `cfg`) fit FORWARD_BYTES."""
+    and logit buffers (training_bytes, for a model shaped `cfg`) fit FORWARD_BYTES, and never a share smaller
+    than 1/MAX_ACCUMULATION of the batch."""
     per_row = training_bytes(0, 0, cfg, 1, seq_len, outputs, per_token)["activations"]
-    return rows_per_forward(batch, per_row, divisor=True)
+    fits = rows_per_forward(batch, per_row, divisor=True)
+    least = min(d for d in range(1, batch + 1) if batch % d == 0 and d * MAX_ACCUMULATION >= batch)
+    return max(fits, least)
 
 
 def _size(cfg, *names, default: int = 0) -> int:

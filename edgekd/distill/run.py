@@ -152,6 +152,9 @@ def check_run_size(cfg: DistillConfig, teacher, s_cfg, kind: str, device, world:
     t_params = param_count(teacher.config)
     parts = training_bytes(t_params, param_count(s_cfg), s_cfg, batch, seq, outputs, per_token=per_token)
     check_fits(parts, device, batch, seq, already_loaded=parts["teacher"])  # the teacher is loaded (on `device`)
+    if batch < share:  # the teacher still reads whole batches (the student's initialisation): that pass must fit too
+        whole = training_bytes(t_params, 0, teacher.config, share, seq, outputs, per_token=per_token)
+        check_fits(whole, device, share, seq, already_loaded=whole["teacher"])
     return cfg.micro_batch_size or (batch if batch < share else None)
 
 

@@ -31,6 +31,8 @@ def test_micro_batch_is_whole_for_the_builtin_and_split_for_real_vocabularies():
     q = PUBLISHED["qwen2.5-0.5b"]
     per_row = 3 * 256 * 151936 * 4 + 256 * 24 * (8 * 896 + 2 * 4864) * 4
     assert memory.micro_batch(8, 256, q, 151936) == memory.FORWARD_BYTES // per_row == 1
+    # never more than MAX_ACCUMULATION micro-batches a step: a batch of 100,000 stays too large (and is refused)
+    assert memory.micro_batch(100000, 256, q, 151936) == 12500
 
 
 def test_split_evaluation_gives_the_same_numbers(monkeypatch):
