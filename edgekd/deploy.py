@@ -68,11 +68,16 @@ class LogitsDeployment(Deployment):
         from edgekd.models.loading import CLASSIFIER
         from edgekd.profile.exports import profile_exports
 
+        top1 = None
         if result.kind == CLASSIFIER:
             rows = heldout_sentences(where, data)
-        else:
-            rows = None if result.heldout_ids is None else result.heldout_ids[:PARITY_ROWS, :where.seq_len]
-        exports = export_run(where.out, seq_len=where.seq_len, calib_inputs=rows)
+        elif result.heldout_ids is None:
+            rows = None
+        else:  # held-out blocks: parity, and each file's own quality, on them
+            rows = {"input_ids": result.heldout_ids[:PARITY_ROWS, :where.seq_len],
+                    "source": "held-out blocks (those the report evaluates on)"}
+            top1 = None if result.teacher_top1 is None else result.teacher_top1[:PARITY_ROWS, :where.seq_len - 1]
+        exports = export_run(where.out, seq_len=where.seq_len, calib_inputs=rows, teacher_top1=top1)
         measured = profile_exports(where.out, exports, device="local", runs=where.runs, warmup=where.warmup,
                                    threads=where.local_threads)
         return exports, measured

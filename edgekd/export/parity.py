@@ -41,12 +41,13 @@ def runtime_input(runtime_name: str, names) -> str:
     raise JobFailed(f"the exported file has an input {runtime_name!r} that is none of {', '.join(names)}")
 
 
-def exported_logits(path: str, feeds: dict[str, torch.Tensor]) -> list[np.ndarray]:
-    """The exported file's logits of each row of `feeds`, run in its own runtime (onnxruntime, LiteRT)."""
+def exported_logits(path: str, feeds: dict[str, torch.Tensor]) -> tuple[list[np.ndarray], str]:
+    """The exported file's logits of each row of `feeds`, run in its own runtime (onnxruntime, LiteRT), and
+    that runtime (name and version)."""
     model = graph_runtime.load(path)
     take = [(name, runtime_input(name, feeds), dtype) for name, _shape, dtype in model.inputs]
     return [model.run({name: feeds[ours][i:i + 1].numpy().astype(dtype) for name, ours, dtype in take})[0]
-            for i in range(_count(feeds))]
+            for i in range(_count(feeds))], model.runtime
 
 
 def compare(ref: list[np.ndarray], got: list[np.ndarray], quantized: bool, min_top1: float,
@@ -172,19 +173,30 @@ class HeldoutText:
                 "top1_agreement_teacher": None if self.teacher_top1 is None
                 else float((top1 == self.teacher_top1).mean())}
 
+    def compare(self, file: tuple[np.ndarray, np.ndarray], pytorch: tuple[np.ndarray, np.ndarray]) -> dict:
+        """An export record's quality keys from the file's and PyTorch float's (per-position loss, argmax) on
+        this text (`_scored`)."""
+        got, ref = self.scores(*file), self.scores(*pytorch)
+        return got | {"top1_agreement_pytorch": float((file[1] == pytorch[1]).mean()), "pytorch_float": ref,
+                      "eval_loss_vs_pytorch": got["eval_loss"] - ref["eval_loss"], "quality_on": self.on()}
+
+    def measure(self, file_logits, pytorch_logits) -> dict:
+        """compare() of the file's and PyTorch's logits of each window (iterables of [window, vocab] arrays)."""
+        return self.compare(_scored(file_logits, self.ids), _scored(pytorch_logits, self.ids))
+
     def on(self) -> dict:
         """What the numbers were measured on (an export record's `quality_on`)."""
         return {"blocks": int(self.ids.shape[0]), "window": int(self.ids.shape[1]),
                 "tokens": int(self.ids.shape[0] * (self.ids.shape[1] - 1)), "source": self.source}
 
 
-def _scored(logits_of, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _scored(logits, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per window of `ids`, the loss of each next token and the argmax that predicts it ([blocks, window - 1]);
-    `logits_of(window)` gives its teacher-forced logits, one window in memory at a time (an LLM's vocabulary
-    makes a window's logits large)."""
+    `logits`: each window's teacher-forced logits ([window, vocab]), best a generator, so that one window's are
+    in memory at a time (an LLM's vocabulary makes them large)."""
     nll, top1 = [], []
-    for row in ids:
-        x = logits_of(row)
+    for x, row in zip(logits, ids):
+        x = x.reshape(-1, x.shape[-1])
         nll.append(_nll(x, list(row)))
         top1.append(x[:-1].argmax(-1))
     return np.stack(nll), np.stack(top1)
@@ -213,8 +225,8 @@ class GenerationReference:
                     raise RuntimeError(f"PyTorch generated {len(self.tokens[-1])} tokens, not {new_tokens}")
                 self.logits.append(model(ids).logits[0].float().numpy())
             if heldout is not None:  # PyTorch float on exactly the tokens the files are scored on
-                self.heldout_scored = _scored(lambda row: model(torch.from_numpy(row)[None]).logits[0].float().numpy(),
-                                              heldout.ids)
+                self.heldout_scored = _scored((model(torch.from_numpy(row)[None]).logits[0].float().numpy()
+                                               for row in heldout.ids), heldout.ids)
 
     @classmethod
     def load(cls, model_dir, prompts, new_tokens: int, heldout: Optional[HeldoutText] = None) -> "GenerationReference":
@@ -244,12 +256,10 @@ class GenerationReference:
         if h is None:
             return {}
         started = time.perf_counter()
-        nll, top1 = _scored(lambda row: model.next_token_logits([int(t) for t in row]), h.ids)
-        ref_nll, ref_top1 = self.heldout_scored
-        file, ref = h.scores(nll, top1), h.scores(ref_nll, ref_top1)
-        return file | {"top1_agreement_pytorch": float((top1 == ref_top1).mean()), "pytorch_float": ref,
-                       "eval_loss_vs_pytorch": file["eval_loss"] - ref["eval_loss"],
-                       "quality_on": h.on() | {"runtime": model.version, "seconds": time.perf_counter() - started}}
+        rec = h.compare(_scored((model.next_token_logits([int(t) for t in row]) for row in h.ids), h.ids),
+                        self.heldout_scored)
+        rec["quality_on"] |= {"runtime": model.version, "seconds": time.perf_counter() - started}
+        return rec
 
     def check(self, path: str, quantized: bool, min_top1: float | None) -> dict:
         """Greedy tokens, perplexity ratio and top-1 agreement of the export at PATH, and pass or fail."""
