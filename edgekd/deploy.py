@@ -75,7 +75,7 @@ class LogitsDeployment(Deployment):
             rows = None
         else:  # held-out blocks: parity, and each file's own quality, on them
             rows = {"input_ids": result.heldout_ids[:PARITY_ROWS, :where.seq_len],
-                    "source": "held-out blocks (those the report evaluates on)"}
+                    "source": "held-out blocks the report evaluates on"}
             top1 = None if result.teacher_top1 is None else result.teacher_top1[:PARITY_ROWS, :where.seq_len - 1]
         exports = export_run(where.out, seq_len=where.seq_len, calib_inputs=rows, teacher_top1=top1)
         measured = profile_exports(where.out, exports, device="local", runs=where.runs, warmup=where.warmup,
@@ -123,7 +123,7 @@ class GenerativeDeployment(Deployment):
             prompts = [[int(x) for x in row[:GEN_PROMPT_TOKENS]] for row in result.heldout_ids[:GEN_PROMPTS]]
             top1 = None if result.teacher_top1 is None else result.teacher_top1.numpy()
             heldout = HeldoutText.of(result.heldout_ids.numpy(), top1, CACHE_LENGTH,
-                                     source="held-out blocks (those the report evaluates on)")
+                                     source="held-out blocks the report evaluates on")
         exports = export_run(where.out, variants=generative_variants(("float32", search.precision)), prompts=prompts,
                              heldout=heldout)
         b = search.budget

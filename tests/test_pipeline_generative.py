@@ -63,7 +63,9 @@ def test_generative_job_exports_profiles_and_reports(job):
         assert record["passed"] and record["run"]["new_tokens"] >= 32
     assert (job / "export" / "student.litertlm").is_file() and (job / "export" / "student-genai" / "genai_config.json").is_file()
     # each kept file's own quality in its runtime on the report's held-out blocks, beside PyTorch float's on them
-    blocks = min(8, rep["student"]["eval_tokens"] // 31)  # --seq-len 32: whole blocks, shorter than the bundle's cache
+    from edgekd.export.parity import QUALITY_BLOCKS
+
+    blocks = min(QUALITY_BLOCKS, rep["student"]["eval_tokens"] // 31)  # --seq-len 32: whole blocks (< the cache)
     on = {"blocks": blocks, "window": 32, "tokens": blocks * 31}
     pytorch = rep["exports"]["litert-lm"]["pytorch_float"]
     for key, e in rep["exports"].items():

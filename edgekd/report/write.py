@@ -239,9 +239,11 @@ def _file_rows(rep: dict, view: KindView) -> list[str]:
                  rep["student"].get("size_mb"))]
     lines += [row(f"{k}: the {e['precision']} file in {e['quality_on']['runtime']}", e, e.get("size_mb"))
               for k, e in files]
-    return lines + ["", f"† Measured on {on['source']} ({on['tokens']:,} scored tokens; the rows above on all "
-                        f"{fmt(rep['student'].get('eval_tokens'))}): each exported file run in its own runtime on this "
-                        f"machine, and the PyTorch float student on exactly the same tokens."]
+    whole = rep["student"].get("eval_tokens")
+    return lines + ["", f"† Measured on {on['source']}: {on['tokens']:,} scored tokens"
+                        + (f" (the rows above: all {whole:,} held-out tokens)" if whole else "")
+                        + ". Each exported file ran in its own runtime on this machine, and the PyTorch float student "
+                          "on exactly the same tokens."]
 
 
 @register_section("init", 50)
