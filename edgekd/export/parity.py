@@ -139,12 +139,13 @@ def _nll(logits: np.ndarray, ids: list[int]) -> np.ndarray:
     return -logp[np.arange(len(ids) - 1), ids[1:]]
 
 
-# The held-out text each kept generative export's own quality is measured on, in its runtime: the first
-# QUALITY_BLOCKS held-out blocks (a third of the job's 48), each cut to what every export holds (the
+# The held-out text each kept generative export's own quality is measured on, in its runtime: QUALITY_BLOCKS
+# held-out blocks (a third of the job's 48, spread over them), each cut to what every export holds (the
 # litert-lm bundle's KV cache, generative_export.CACHE_LENGTH). The runtimes score one token per decode
 # step: 8 blocks x 191 tokens took 0.6-1.5 s an export for the built-in default's student on 2 busy cores
-# (4.3 s for its four exports, of a 20-minute job there), so 16 keep it to seconds. Fewer blocks made the
-# sample unlike the whole: PyTorch float scored 4.02 on 8 blocks against 3.49 on all 48.
+# (16 spread blocks: 9.3 s for its four exports, of a 20-minute job there). The held-out blocks differ a lot
+# (code, tables): PyTorch float scored 4.02 on the first 8 and 2.65 on the first 16, 3.42 on 16 spread over
+# the 48, against 3.49 on all of them.
 QUALITY_BLOCKS = 16
 
 
@@ -160,12 +161,15 @@ class HeldoutText:
     @classmethod
     def of(cls, ids, teacher_top1, window: int, blocks: int = QUALITY_BLOCKS,
            source: str = "held-out blocks") -> "HeldoutText":
-        """The first `window` tokens of the first `blocks` rows of `ids` (the teacher's argmax cut alike: a
-        causal model's prediction at a position reads nothing after it)."""
-        n, w = min(blocks, len(ids)), min(window, int(ids.shape[1]))
-        top1 = None if teacher_top1 is None else np.asarray(teacher_top1[:n, :w - 1], dtype=np.int64)
-        return cls(np.asarray(ids[:n, :w], dtype=np.int64), top1,
-                   f"the first {w} tokens of {n} {source}")
+        """The first `window` tokens of `blocks` rows of `ids` spread evenly over them (consecutive blocks come
+        from the same few files), the teacher's argmax cut alike (a causal model's prediction at a position
+        reads nothing after it)."""
+        ids = np.asarray(ids, dtype=np.int64)
+        rows = np.unique(np.linspace(0, len(ids) - 1, min(blocks, len(ids))).round().astype(np.int64))
+        w = min(window, ids.shape[1])
+        top1 = None if teacher_top1 is None else np.asarray(teacher_top1, dtype=np.int64)[rows, :w - 1]
+        spread = "" if len(rows) == len(ids) else f", spread evenly over all {len(ids)}"
+        return cls(ids[rows, :w], top1, f"the first {w} tokens of {len(rows)} {source}{spread}")
 
     def scores(self, nll: np.ndarray, top1: np.ndarray) -> dict:
         """eval_loss (mean next-token cross-entropy), perplexity and top-1 agreement with the teacher of
