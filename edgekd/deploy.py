@@ -68,11 +68,16 @@ class LogitsDeployment(Deployment):
         from edgekd.models.loading import CLASSIFIER
         from edgekd.profile.exports import profile_exports
 
+        top1 = None
         if result.kind == CLASSIFIER:
             rows = heldout_sentences(where, data)
-        else:
-            rows = None if result.heldout_ids is None else result.heldout_ids[:PARITY_ROWS, :where.seq_len]
-        exports = export_run(where.out, seq_len=where.seq_len, calib_inputs=rows)
+        elif result.heldout_ids is None:
+            rows = None
+        else:  # held-out blocks: parity, and each file's own quality, on them
+            rows = {"input_ids": result.heldout_ids[:PARITY_ROWS, :where.seq_len],
+                    "source": "held-out blocks the report evaluates on"}
+            top1 = None if result.teacher_top1 is None else result.teacher_top1[:PARITY_ROWS, :where.seq_len - 1]
+        exports = export_run(where.out, seq_len=where.seq_len, calib_inputs=rows, teacher_top1=top1)
         measured = profile_exports(where.out, exports, device="local", runs=where.runs, warmup=where.warmup,
                                    threads=where.local_threads)
         return exports, measured
@@ -108,12 +113,19 @@ class GenerativeDeployment(Deployment):
 
     def export_and_time(self, where: Where, search, result, data: dict) -> tuple[dict, list]:
         from edgekd.export import export_run
+        from edgekd.export.generative_export import CACHE_LENGTH
+        from edgekd.export.parity import HeldoutText
         from edgekd.export.run_dir import generative_variants
         from edgekd.profile.exports import profile_generative_export
 
-        prompts = None if result.heldout_ids is None else [
-            [int(x) for x in row[:GEN_PROMPT_TOKENS]] for row in result.heldout_ids[:GEN_PROMPTS]]
-        exports = export_run(where.out, variants=generative_variants(("float32", search.precision)), prompts=prompts)
+        prompts = heldout = None
+        if result.heldout_ids is not None:
+            prompts = [[int(x) for x in row[:GEN_PROMPT_TOKENS]] for row in result.heldout_ids[:GEN_PROMPTS]]
+            top1 = None if result.teacher_top1 is None else result.teacher_top1.numpy()
+            heldout = HeldoutText.of(result.heldout_ids.numpy(), top1, CACHE_LENGTH,
+                                     source="held-out blocks the report evaluates on")
+        exports = export_run(where.out, variants=generative_variants(("float32", search.precision)), prompts=prompts,
+                             heldout=heldout)
         b = search.budget
         measured = []
         for e in exports.values():

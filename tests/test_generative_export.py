@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -289,3 +290,45 @@ def test_litert_lm_int4_is_blockwise_where_the_weights_allow(tmp_path):
     assert rec["passed"] and rec["builder_argument"] == "dynamic_wi4b32_afp32" and "blocks of 32" in rec["recipe"]
     arg, what = recipe_for("litert-lm", "int4", read_config_dict(TEACHER))
     assert arg == "dynamic_wi4_afp32" and "688 is not a multiple" in what
+
+
+def test_each_file_scores_the_heldout_text_in_its_runtime(teacher_exports):
+    """An export's own quality in its runtime (parity.GenerationReference.quality): on the built-in teacher's
+    float exports it is PyTorch's on the same tokens (loss by transformers' own cross-entropy, argmax the
+    teacher's from the engine's evaluate); int4's is measured and differs."""
+    from transformers import AutoModelForCausalLM
+
+    from edgekd.distill.evaluate import evaluate
+    from edgekd.export import generative_runtime
+    from edgekd.export.parity import GenerationReference, HeldoutText, builtin_prompts
+
+    blocks = torch.tensor(builtin_prompts(TEACHER, 8, 256))  # 8 held-out blocks, longer than the bundle's cache
+    model = AutoModelForCausalLM.from_pretrained(TEACHER).eval()
+    top1 = []  # the teacher's argmax per position, as the engine hands it to the export phase
+    evaluate({}, model, [{"input_ids": blocks, "attention_mask": torch.ones_like(blocks), "labels": blocks}],
+             teacher_top1=top1)
+    heldout = HeldoutText.of(blocks.numpy(), torch.cat(top1).numpy(), 192, blocks=6)  # rows 0 1 3 4 6 7 of 8
+    windows = blocks[[0, 1, 3, 4, 6, 7], :192]
+    with torch.no_grad():
+        loss = float(model(windows, labels=windows).loss)  # transformers' mean next-token cross-entropy
+    reference = GenerationReference.load(TEACHER, PROMPTS, 8, heldout)
+    got = {}
+    for key, rec in teacher_exports.items():
+        m = generative_runtime.load(rec["path"])
+        got[key] = q = reference.quality(m)
+        m.close()
+        assert q["quality_on"] | {"seconds": 0} == {"blocks": 6, "window": 192, "tokens": 6 * 191, "seconds": 0,
+                                                     "runtime": m.version,
+                                                     "source": "the first 192 tokens of 6 held-out blocks, "
+                                                               "spread evenly over all 8"}
+        assert q["pytorch_float"]["eval_loss"] == pytest.approx(loss, abs=1e-5)
+        assert q["pytorch_float"]["top1_agreement_teacher"] >= 0.995  # the teacher is the model here
+        assert q["perplexity"] == pytest.approx(np.exp(q["eval_loss"]))
+        assert q["eval_loss_vs_pytorch"] == pytest.approx(q["eval_loss"] - loss, abs=1e-5)
+    for fmt in ("litert-lm", "onnx-genai"):
+        flt, int4 = got[(fmt, "none")], got[(fmt, "int4")]
+        assert flt["eval_loss"] == pytest.approx(loss, abs=1e-4) and flt["top1_agreement_pytorch"] >= 0.995
+        assert flt["top1_agreement_teacher"] >= 0.995
+        # int4's is its own: argmaxes flip and the loss moves (by how much depends on the text: 6e-5 to 0.03)
+        assert int4["eval_loss"] != pytest.approx(flt["eval_loss"], abs=1e-6), (fmt, int4, flt)
+        assert 0.8 < int4["top1_agreement_pytorch"] < 1.0 and 0.8 < int4["top1_agreement_teacher"] < 1.0, (fmt, int4)

@@ -108,6 +108,15 @@ def test_job_report_has_every_design_key(job):
         e = rep["exports"][fmt]
         assert e["path"] == f"export/student.{fmt}" and e["max_abs_diff"] >= 0 and e["top1_agreement"] >= 0.99
         assert rep["exports"][f"{fmt}-int8"]["passed"]
+    # each file's own quality in its runtime on the held-out blocks parity runs (16 of them, 32 tokens each)
+    for key, e in rep["exports"].items():
+        assert e["quality_on"]["tokens"] == e["quality_on"]["blocks"] * 31 and e["quality_on"]["blocks"] > 0, key
+        assert e["eval_loss"] > 0 and 0 <= e["top1_agreement_teacher"] <= 1, key
+        if e["precision"] == "float32":
+            assert e["eval_loss"] == pytest.approx(e["pytorch_float"]["eval_loss"], abs=1e-4), key
+    md = (job / "report.md").read_text()
+    shipped = next(k for k, e in rep["exports"].items() if (e["format"], e["precision"]) == (lat["format"], lat["precision"]))
+    assert f"The file that ships, {shipped} (`{rep['exports'][shipped]['path']}`)" in md and md.count(" file in ") == 4
     assert rep["search"]["table"] == "search/candidates.csv" and rep["search"]["plot"] == "search/search.png"
     assert rep["search"]["choice"]["precision"] in ("float32", "int8")
     job_t = rep["timings_s"]["job"]

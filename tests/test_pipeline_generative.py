@@ -5,6 +5,7 @@ report.json's `generation`, report.md's table and plot, and recalibrate-and-shri
 from __future__ import annotations
 
 import json
+import math
 import sys
 
 import pytest
@@ -61,6 +62,20 @@ def test_generative_job_exports_profiles_and_reports(job):
         record = json.loads((job / (e["path"] + ".json")).read_text())
         assert record["passed"] and record["run"]["new_tokens"] >= 32
     assert (job / "export" / "student.litertlm").is_file() and (job / "export" / "student-genai" / "genai_config.json").is_file()
+    # each kept file's own quality in its runtime on the report's held-out blocks, beside PyTorch float's on them
+    from edgekd.export.parity import QUALITY_BLOCKS
+
+    blocks = min(QUALITY_BLOCKS, rep["student"]["eval_tokens"] // 31)  # --seq-len 32: whole blocks (< the cache)
+    on = {"blocks": blocks, "window": 32, "tokens": blocks * 31}
+    pytorch = rep["exports"]["litert-lm"]["pytorch_float"]
+    for key, e in rep["exports"].items():
+        assert {k: e["quality_on"][k] for k in on} == on and e["quality_on"]["seconds"] > 0, key
+        assert e["perplexity"] == pytest.approx(math.exp(e["eval_loss"])) and 0 <= e["top1_agreement_teacher"] <= 1
+        assert e["pytorch_float"] == pytorch and e["eval_loss_vs_pytorch"] == pytest.approx(e["eval_loss"] - pytorch["eval_loss"])
+        if e["precision"] == "float32":
+            assert abs(e["eval_loss_vs_pytorch"]) < 1e-4 and e["top1_agreement_pytorch"] >= 0.99, key
+    # PyTorch float on those blocks scores as the engine's evaluation of the whole held-out set, within sampling
+    assert pytorch["eval_loss"] == pytest.approx(rep["student"]["eval_loss"], rel=0.2)
     # every passing export was timed generating here, at the budget's lengths
     assert len(gen["measured"]) == len(rep["exports"])
     for m in gen["measured"]:
@@ -75,6 +90,9 @@ def test_generative_job_exports_profiles_and_reports(job):
     assert missing_keys(rep, ENGINE_KEYS) == [] and missing_keys(rep, JOB_KEYS) == []
     md = (job / "report.md").read_text()
     assert "plots/generation.png" in md and "decode (tok/s)" in md and "Generation parity" in md
+    shipped = f"litert-lm-{gen['precision']}" if gen["precision"] != "float32" else "litert-lm"
+    assert f"The file that ships, {shipped} (`{rep['exports'][shipped]['path']}`), run in ai_edge_litert" in md
+    assert md.count(" file in ") == len(rep["exports"]) and "distilled student, PyTorch float (on the files' tokens) †" in md
     assert (job / "plots" / "generation.png").stat().st_size > 1000
 
 

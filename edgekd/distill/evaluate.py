@@ -15,9 +15,14 @@ from edgekd.distill.objective import decoder_inputs
 
 
 @torch.no_grad()
-def evaluate(models: dict, teacher, batches: list[dict], kind: str = "causal-lm", device=None) -> dict:
+def evaluate(models: dict, teacher, batches: list[dict], kind: str = "causal-lm", device=None,
+             teacher_top1: Optional[list] = None) -> dict:
     """{name: {eval_loss, perplexity and next_token_accuracy | accuracy and macro_f1, top1_agreement}} for each
-    model in `models` and the teacher (None: no teacher, and no top-1 agreement)."""
+    model in `models` and the teacher (None: no teacher, and no top-1 agreement).
+
+    `teacher_top1`: a list that receives, batch by batch, the teacher's argmax at every position ([b, S - 1],
+    int32, on the CPU; row i of a causal LM's batch predicts token i + 1), for what is measured after the
+    teacher has gone (the exported files' top-1 agreement with it)."""
     names = (["teacher"] if teacher is not None else []) + list(models)
     mods = ({"teacher": teacher} if teacher is not None else {}) | models
     acc = {n: {"loss": 0.0, "agree": 0, "correct": 0, "pred": [], "true": []} for n in names}
@@ -54,6 +59,8 @@ def evaluate(models: dict, teacher, batches: list[dict], kind: str = "causal-lm"
                     acc[n]["true"].append(lab[k].cpu())
                 if n == "teacher":
                     t_logits = pred
+                    if teacher_top1 is not None:
+                        teacher_top1.append(pred.reshape(labels.shape).to(torch.int32).cpu())
                 if t_logits is not None:
                     acc[n]["agree"] += int((pred[k] == t_logits[k]).sum())
                 if n == names[0]:

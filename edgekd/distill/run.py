@@ -33,6 +33,9 @@ class RunResult:
     histories: dict = field(default_factory=dict)
     temperature_examples: list = field(default_factory=list)
     heldout_pairs: list = field(default_factory=list)   # seq2seq: held-out (source, reference), for export parity
+    teacher_top1: Optional[torch.Tensor] = None          # the teacher's argmax at each position of heldout_ids
+    #                                                      ([n, seq_len - 1], int32: row i predicts token i + 1), for
+    #                                                      the exported files' top-1 agreement after the teacher is gone
 
 
 @dataclass
@@ -376,9 +379,10 @@ def report_run(ctx: RunContext, plan, trained: list, baselines: dict, status: st
     stages = {f"stage{i + 1}": t.model for i, t in enumerate(trained[:-1])}
     named = {"student": student} | {k: b.model for k, b in baselines.items()}
     models = named | stages
+    teacher_top1 = [] if ctx.causal else None
     with ctx.timer("eval"):
         if ctx.cross is None:
-            evals = evaluate(models, ctx.teacher, ctx.data.eval_batches, ctx.kind, ctx.device)
+            evals = evaluate(models, ctx.teacher, ctx.data.eval_batches, ctx.kind, ctx.device, teacher_top1)
         else:  # the teacher reads the same held-out text in its own tokens
             evals = evaluate(models, None, ctx.data.eval_batches, ctx.kind, ctx.device)
             evals["teacher"] = teacher_on_own_tokens(ctx.teacher, ctx.cross, ctx.data.eval_batches, ctx.device)
@@ -418,7 +422,8 @@ def report_run(ctx: RunContext, plan, trained: list, baselines: dict, status: st
     write_run_report(ctx.out, rep, histories, temps, ctx.kind)
     if not ctx.cfg.quiet and status == "complete":  # inside the job, the job prints the summary
         _print_summary(ctx.out, evals)
-    return RunResult(ctx.out, rep, ctx.kind, ctx.data.heldout_ids, histories, temps, ctx.data.heldout_pairs)
+    return RunResult(ctx.out, rep, ctx.kind, ctx.data.heldout_ids, histories, temps, ctx.data.heldout_pairs,
+                     torch.cat(teacher_top1) if teacher_top1 else None)
 
 
 def _joined_history(trained: list, what: str = "history") -> list:

@@ -89,7 +89,7 @@ def export_steps(show: bool, title: str, names: list[str]):
 
 def export_model(model_dir, fmt: str = "onnx", quantize: str = "none", seq_len: int = 64, out=None,
                  calib_inputs=None, min_top1: float = 0.9, *, show_progress: bool = True,
-                 float_file: Path | None = None) -> dict:
+                 float_file: Path | None = None, teacher_top1=None) -> dict:
     """Export MODEL_DIR to FILE and write its parity record FILE.json; return the record.
 
     `float_file`: for a quantised export, the float export of the same model at the same seq_len (FILE with
@@ -100,6 +100,9 @@ def export_model(model_dir, fmt: str = "onnx", quantize: str = "none", seq_len: 
     int8 every other row calibrates and the rows between check, so parity is measured on
     rows the calibration never saw. A failed check leaves no FILE, writes FILE.json with passed=false,
     and raises EdgekdError with the numbers.
+    A causal LM's file given held-out `calib_inputs` also records its own quality on the rows it is checked on
+    (parity.HeldoutText.compare: eval_loss, perplexity, top1_agreement_teacher against `teacher_top1`, the
+    teacher's argmax at each position of those rows [N, seq_len - 1], ..., beside PyTorch float's).
     """
     export_args(fmt, quantize, seq_len, min_top1, out)
     model_dir = check_model_dir(model_dir, "model directory")
@@ -144,10 +147,18 @@ def export_model(model_dir, fmt: str = "onnx", quantize: str = "none", seq_len: 
             step("parity")
             ref = parity.reference_logits(loaded.module, check_rows)
             try:
-                got = parity.exported_logits(str(final), check_rows)
+                got, runtime = parity.exported_logits(str(final), check_rows)
             except Exception as e:
                 raise JobFailed(f"the exported {out.name} does not run: {str(e).splitlines()[0][:300]}") from e
             check = parity.compare(ref, got, quantized, min_top1, labels_must_agree=loaded.kind == CLASSIFIER)
+            if calib_inputs is not None and loaded.kind != CLASSIFIER and check["passed"]:
+                top1 = None if teacher_top1 is None else torch.as_tensor(teacher_top1)
+                if top1 is not None and check_rows is not rows:  # static int8 checks every other row
+                    top1 = _half({"t": top1}, False)["t"]
+                ids = check_rows["input_ids"].numpy()
+                check |= parity.HeldoutText.of(ids, None if top1 is None else top1.numpy(), ids.shape[1], len(ids),
+                                               source).measure(got, ref)
+                check["quality_on"]["runtime"] = runtime
             record = {"path": str(out), "format": fmt, "quantize": quantize, "precision": precision_of(quantize),
                       "seq_len": seq_len,
                       "size_mb": final.stat().st_size / 1e6, "float_size_mb": float_path.stat().st_size / 1e6,

@@ -3,6 +3,11 @@ fixed-window files (onnx/tflite), greedy generation of the generative exports (l
 
 from __future__ import annotations
 
+import math
+import time
+from dataclasses import dataclass
+from typing import Optional
+
 import numpy as np
 import torch
 
@@ -36,12 +41,13 @@ def runtime_input(runtime_name: str, names) -> str:
     raise JobFailed(f"the exported file has an input {runtime_name!r} that is none of {', '.join(names)}")
 
 
-def exported_logits(path: str, feeds: dict[str, torch.Tensor]) -> list[np.ndarray]:
-    """The exported file's logits of each row of `feeds`, run in its own runtime (onnxruntime, LiteRT)."""
+def exported_logits(path: str, feeds: dict[str, torch.Tensor]) -> tuple[list[np.ndarray], str]:
+    """The exported file's logits of each row of `feeds`, run in its own runtime (onnxruntime, LiteRT), and
+    that runtime (name and version)."""
     model = graph_runtime.load(path)
     take = [(name, runtime_input(name, feeds), dtype) for name, _shape, dtype in model.inputs]
     return [model.run({name: feeds[ours][i:i + 1].numpy().astype(dtype) for name, ours, dtype in take})[0]
-            for i in range(_count(feeds))]
+            for i in range(_count(feeds))], model.runtime
 
 
 def compare(ref: list[np.ndarray], got: list[np.ndarray], quantized: bool, min_top1: float,
@@ -133,12 +139,86 @@ def _nll(logits: np.ndarray, ids: list[int]) -> np.ndarray:
     return -logp[np.arange(len(ids) - 1), ids[1:]]
 
 
+# The held-out text each kept generative export's own quality is measured on, in its runtime: QUALITY_BLOCKS
+# held-out blocks (a third of the job's 48, spread over them), each cut to what every export holds (the
+# litert-lm bundle's KV cache, generative_export.CACHE_LENGTH). The runtimes score one token per decode
+# step: 8 blocks x 191 tokens took 0.6-1.5 s an export for the built-in default's student on 2 busy cores
+# (16 spread blocks: 9.3 s for its four exports, of a 20-minute job there). The held-out blocks differ a lot
+# (code, tables): PyTorch float scored 4.02 on the first 8 and 2.65 on the first 16, 3.42 on 16 spread over
+# the 48, against 3.49 on all of them.
+QUALITY_BLOCKS = 16
+
+
+@dataclass(frozen=True)
+class HeldoutText:
+    """Held-out token windows ([blocks, window]) and the teacher's argmax at each scored position
+    ([blocks, window - 1]: row i predicts token i + 1; None without a teacher of the same vocabulary)."""
+
+    ids: np.ndarray
+    teacher_top1: Optional[np.ndarray]
+    source: str
+
+    @classmethod
+    def of(cls, ids, teacher_top1, window: int, blocks: int = QUALITY_BLOCKS,
+           source: str = "held-out blocks") -> "HeldoutText":
+        """The first `window` tokens of `blocks` rows of `ids` spread evenly over them (consecutive blocks come
+        from the same few files), the teacher's argmax cut alike (a causal model's prediction at a position
+        reads nothing after it)."""
+        ids = np.asarray(ids, dtype=np.int64)
+        rows = np.unique(np.linspace(0, len(ids) - 1, min(blocks, len(ids))).round().astype(np.int64))
+        w = min(window, ids.shape[1])
+        top1 = None if teacher_top1 is None else np.asarray(teacher_top1, dtype=np.int64)[rows, :w - 1]
+        spread = "" if len(rows) == len(ids) else f", spread evenly over all {len(ids)}"
+        return cls(ids[rows, :w], top1, f"the first {w} tokens of {len(rows)} {source}{spread}")
+
+    def scores(self, nll: np.ndarray, top1: np.ndarray) -> dict:
+        """eval_loss (mean next-token cross-entropy), perplexity and top-1 agreement with the teacher of
+        per-position losses and argmaxes ([blocks, window - 1])."""
+        loss = float(nll.mean())
+        return {"eval_loss": loss, "perplexity": math.exp(min(loss, 80.0)),
+                "top1_agreement_teacher": None if self.teacher_top1 is None
+                else float((top1 == self.teacher_top1).mean())}
+
+    def compare(self, file: tuple[np.ndarray, np.ndarray], pytorch: tuple[np.ndarray, np.ndarray]) -> dict:
+        """An export record's quality keys from the file's and PyTorch float's (per-position loss, argmax) on
+        this text (`_scored`)."""
+        got, ref = self.scores(*file), self.scores(*pytorch)
+        return got | {"top1_agreement_pytorch": float((file[1] == pytorch[1]).mean()), "pytorch_float": ref,
+                      "eval_loss_vs_pytorch": got["eval_loss"] - ref["eval_loss"], "quality_on": self.on()}
+
+    def measure(self, file_logits, pytorch_logits) -> dict:
+        """compare() of the file's and PyTorch's logits of each window (iterables of [window, vocab] arrays)."""
+        return self.compare(_scored(file_logits, self.ids), _scored(pytorch_logits, self.ids))
+
+    def on(self) -> dict:
+        """What the numbers were measured on (an export record's `quality_on`)."""
+        return {"blocks": int(self.ids.shape[0]), "window": int(self.ids.shape[1]),
+                "tokens": int(self.ids.shape[0] * (self.ids.shape[1] - 1)), "source": self.source}
+
+
+def _scored(logits, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per window of `ids`, the loss of each next token and the argmax that predicts it ([blocks, window - 1]);
+    `logits`: each window's teacher-forced logits ([window, vocab]), best a generator, so that one window's are
+    in memory at a time (an LLM's vocabulary makes them large)."""
+    nll, top1 = [], []
+    for x, row in zip(logits, ids):
+        x = x.reshape(-1, x.shape[-1])
+        nll.append(_nll(x, list(row)))
+        top1.append(x[:-1].argmax(-1))
+    return np.stack(nll), np.stack(top1)
+
+
+def _does_not_run(e: Exception) -> JobFailed:
+    return JobFailed(f"the exported model does not run in its runtime: {str(e).splitlines()[0][:300]}")
+
+
 class GenerationReference:
     """PyTorch float's greedy continuations and teacher-forced logits on held-out prompts, computed once,
     against which each exported model is checked in its runtime (export/generative_runtime.py)."""
 
-    def __init__(self, model, prompts: list[list[int]], source: str, new_tokens: int):
-        self.prompts, self.source, self.new_tokens = prompts, source, new_tokens
+    def __init__(self, model, prompts: list[list[int]], source: str, new_tokens: int,
+                 heldout: Optional[HeldoutText] = None):
+        self.prompts, self.source, self.new_tokens, self.heldout = prompts, source, new_tokens, heldout
         self.max_len = int(getattr(model.config, "max_position_embeddings", 0) or 2048)
         self.tokens, self.logits = [], []
         with torch.no_grad():
@@ -150,9 +230,12 @@ class GenerationReference:
                 if len(self.tokens[-1]) != new_tokens:
                     raise RuntimeError(f"PyTorch generated {len(self.tokens[-1])} tokens, not {new_tokens}")
                 self.logits.append(model(ids).logits[0].float().numpy())
+            if heldout is not None:  # PyTorch float on exactly the tokens the files are scored on
+                self.heldout_scored = _scored((model(torch.from_numpy(row)[None]).logits[0].float().numpy()
+                                               for row in heldout.ids), heldout.ids)
 
     @classmethod
-    def load(cls, model_dir, prompts, new_tokens: int) -> "GenerationReference":
+    def load(cls, model_dir, prompts, new_tokens: int, heldout: Optional[HeldoutText] = None) -> "GenerationReference":
         from edgekd.models.loading import load_model
 
         model, _, _ = load_model(model_dir, with_tokenizer=False, what="model")
@@ -165,7 +248,24 @@ class GenerationReference:
         if not prompts or any(len(p) < 2 for p in prompts) or any(t < 0 or t >= vocab for p in prompts for t in p):
             raise EdgekdError(f"prompts must be lists of at least 2 token ids in [0, {vocab}): tokenise with the "
                               f"model's own tokenizer")
-        return cls(model, prompts, source, new_tokens)
+        if heldout is not None and (heldout.ids.size == 0 or heldout.ids.shape[1] < 2 or int(heldout.ids.max()) >= vocab):
+            raise EdgekdError(f"held-out text must be windows of at least 2 token ids in [0, {vocab}): tokenise it "
+                              f"with the model's own tokenizer")
+        return cls(model, prompts, source, new_tokens, heldout)
+
+    def quality(self, model) -> dict:
+        """The export's own quality in its runtime (`model`, from generative_runtime.load) on the held-out text,
+        beside PyTorch float's on the same tokens (an export record's `eval_loss`, `perplexity`,
+        `top1_agreement_teacher`, `top1_agreement_pytorch`, `pytorch_float`, `quality_on`); {} without held-out
+        text."""
+        h = self.heldout
+        if h is None:
+            return {}
+        started = time.perf_counter()
+        rec = h.compare(_scored((model.next_token_logits([int(t) for t in row]) for row in h.ids), h.ids),
+                        self.heldout_scored)
+        rec["quality_on"] |= {"runtime": model.version, "seconds": time.perf_counter() - started}
+        return rec
 
     def check(self, path: str, quantized: bool, min_top1: float | None) -> dict:
         """Greedy tokens, perplexity ratio and top-1 agreement of the export at PATH, and pass or fail."""
@@ -176,7 +276,7 @@ class GenerationReference:
             got = [model.generate(p, self.new_tokens) for p in self.prompts]
             logits = [model.next_token_logits(p) for p in self.prompts]
         except Exception as e:
-            raise JobFailed(f"the exported model does not run in its runtime: {str(e).splitlines()[0][:300]}") from e
+            raise _does_not_run(e) from e
         first = [next((i for i, (a, b) in enumerate(zip(r, g)) if a != b), None) for r, g in zip(self.tokens, got)]
         ref_nll = np.concatenate([_nll(r, p) for r, p in zip(self.logits, self.prompts)])
         got_nll = np.concatenate([_nll(g, p) for g, p in zip(logits, self.prompts)])
@@ -197,7 +297,6 @@ class GenerationReference:
                        "reference": "transformers generate(do_sample=False) in float32; teacher-forced logits "
                                     "over each prompt for perplexity and top-1 agreement",
                        "context_length": getattr(model, "context_length", getattr(model, "cache_length", None))}}
-        model.close()
         rec["ppl_ratio"] = rec["ppl_export"] / rec["ppl_reference"]
         if quantized:
             bound = GEN_MIN_TOP1 if min_top1 is None else min_top1
@@ -208,6 +307,12 @@ class GenerationReference:
         else:
             rec["threshold"] = {"tokens_match_share": 1.0}
             rec["passed"] = rec["tokens_match_share"] == 1.0
+        try:  # a file that is kept: its own quality on the held-out text
+            rec |= self.quality(model) if rec["passed"] else {}
+        except Exception as e:
+            raise _does_not_run(e) from e
+        finally:
+            model.close()
         return rec
 
 

@@ -50,8 +50,16 @@ def _generative_record(rec: dict) -> dict:
     return {k: rec[k] for k in keys}
 
 
+# The quality the file itself achieves in its runtime on the held-out text (parity.HeldoutText.compare: a
+# generative export's on held-out blocks, a causal LM's logits file's on the held-out rows parity runs).
+# `top1_agreement` stays the parity check's (the file's argmax against PyTorch's); the teacher's is
+# `top1_agreement_teacher`.
+QUALITY_KEYS = ("eval_loss", "perplexity", "top1_agreement_teacher", "top1_agreement_pytorch", "pytorch_float",
+                "eval_loss_vs_pytorch", "quality_on")
+
+
 def export_run(run_dir, seq_len: int = 64, calib_inputs=None, min_top1: float = 0.9, variants=VARIANTS,
-               prompts=None) -> dict[str, dict]:
+               prompts=None, heldout=None, teacher_top1=None) -> dict[str, dict]:
     """Fill RUN/export (files, parity records, export.json); return report.json's `exports`.
 
     `variants`: (format, quantize, name) rows of VARIANTS and GENERATIVE_VARIANTS. Each record: path
@@ -59,7 +67,10 @@ def export_run(run_dir, seq_len: int = 64, calib_inputs=None, min_top1: float = 
     and top1_agreement; the generative ones add recipe, tokens_match_share, mean_first_divergence,
     ppl_ratio) and `error` when it failed. A variant that fails its check is recorded with its error and
     the others go on; the caller decides what a failure means for the job. `prompts`: the generative
-    parity's held-out token ids (default: built-in held-out text).
+    parity's held-out token ids (default: built-in held-out text). `heldout`: a parity.HeldoutText on which
+    each generative export's own quality is measured in its runtime (QUALITY_KEYS; none without it);
+    `teacher_top1`: the teacher's argmax at each position of a causal LM's `calib_inputs` rows, for the logits
+    files' (measured on those rows).
     """
     run = Path(run_dir)
     student = run / "student"
@@ -77,11 +88,12 @@ def export_run(run_dir, seq_len: int = 64, calib_inputs=None, min_top1: float = 
                 from edgekd.export.generative_export import export_generative
                 from edgekd.export.parity import GEN_NEW_TOKENS, GenerationReference
 
-                reference = reference or GenerationReference.load(student, prompts, GEN_NEW_TOKENS)
+                reference = reference or GenerationReference.load(student, prompts, GEN_NEW_TOKENS, heldout)
                 rec = export_generative(student, fmt, quant, out=out, prompts=prompts, reference=reference)
             else:
                 rec = export_model(student, fmt, quant, seq_len=seq_len, out=out, calib_inputs=calib_inputs,
-                                   min_top1=min_top1, float_file=floats.get(fmt))  # int8 from the float file
+                                   min_top1=min_top1, float_file=floats.get(fmt),  # int8 from the float file
+                                   teacher_top1=teacher_top1)
                 if quant == "none":
                     floats[fmt] = out
         except (EdgekdError, JobFailed) as e:
@@ -89,6 +101,7 @@ def export_run(run_dir, seq_len: int = 64, calib_inputs=None, min_top1: float = 
             files[key] = exports[key]
             continue
         numbers = _generative_record(rec) if generative else {"max_abs_diff": rec["max_abs_diff"], "size_mb": rec["size_mb"]}
+        numbers |= {k: rec[k] for k in QUALITY_KEYS if k in rec}
         exports[key] = base | {"top1_agreement": rec["top1_agreement"], **numbers, "passed": True}
         files[key] = exports[key] | {"record": base["path"] + ".json"}
         faults.point("export")

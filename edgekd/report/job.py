@@ -3,6 +3,7 @@ section, and the summary lines the job prints: report/ is the one place that sha
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -11,6 +12,7 @@ from edgekd.console import echo
 from edgekd.io import write_json, write_text
 from edgekd.precision import precision_of
 from edgekd.report.sections import fmt, register_section, render_markdown
+from edgekd.report.write import files_measured
 from edgekd.targets.spec import generation_budget_words, generation_misses
 
 
@@ -163,6 +165,41 @@ def _gen_words(n: dict) -> str:
     return f"{n['decode_tok_s']:.1f} tok/s decode, {n['ttft_ms']:.2f} ms TTFT"
 
 
+def shipped(rep: dict) -> Optional[tuple[str, dict]]:
+    """(key, record) of the export that ships: the searched precision in the target's format."""
+    want = rep.get("generation") or rep.get("latency") or {}
+    return next(((k, e) for k, e in (rep.get("exports") or {}).items()
+                 if e.get("format") == want.get("format") and e.get("precision") == want.get("precision")), None)
+
+
+def shipped_quality_words(rep: dict, bold: bool = False) -> Optional[str]:
+    """The shipped file's own quality in its runtime beside the PyTorch float student's on the same tokens, in
+    words (report.md's headline, the console's summary); None where no export was measured."""
+    if not files_measured(rep):
+        return None
+    b = "**" if bold else ""
+    found = shipped(rep)
+    if found is None or found[1].get("eval_loss") is None:
+        key = "" if found is None else f" ({found[0]}{': ' + found[1]['error'] if found[1].get('error') else ''})"
+        return f"{b}The file that ships{key} has no quality measured in its runtime{b}."
+    k, e = found
+    p, on = e["pytorch_float"], e["quality_on"]
+    d = e["eval_loss_vs_pytorch"]
+    agree = lambda x: "—" if x.get("top1_agreement_teacher") is None else f"{x['top1_agreement_teacher']:.3f}"  # noqa: E731
+    return (f"{b}The file that ships, {k} (`{e['path']}`), run in {on['runtime']} on this machine: held-out loss "
+            f"{e['eval_loss']:.4f} (perplexity {e['perplexity']:.3f}), top-1 agreement with the teacher "
+            f"{agree(e)}{b}; the PyTorch float student it was built from scores {p['eval_loss']:.4f} (perplexity "
+            f"{p['perplexity']:.3f}), {agree(p)} on the same {on['tokens']:,} held-out tokens: the file's loss is "
+            f"{abs(d):.4f} {'higher' if d > 0 else 'lower' if d < 0 else 'the same'}"
+            f"{'' if d == 0 else f' (perplexity x {math.exp(d):.3f})'}.")
+
+
+@register_section("shipped", 15)
+def _shipped_section(rep: dict, kind: str) -> list[str]:
+    words = shipped_quality_words(rep, bold=True)
+    return [words, ""] if words else []
+
+
 def print_summary(out: Path, rep: dict) -> None:
     """The job's last lines on the console: the student against the budget, the losses, where it is."""
     lat, s, b, gen = rep["latency"], rep["student"], rep["scratch"], rep.get("generation")
@@ -185,8 +222,11 @@ def print_summary(out: Path, rep: dict) -> None:
     if "eval_loss" in s and "eval_loss" in b:
         c = rep.get("ce_only") or {}
         ce = f", ce_only {c['eval_loss']:.4f}" if "eval_loss" in c else ""
-        echo(f"held-out loss: distilled {s['eval_loss']:.4f} vs teacher {rep['teacher']['eval_loss']:.4f}{ce}, "
-             f"scratch {b['eval_loss']:.4f}")
+        echo(f"held-out loss (PyTorch float): distilled {s['eval_loss']:.4f} vs teacher {rep['teacher']['eval_loss']:.4f}"
+             f"{ce}, scratch {b['eval_loss']:.4f}")
+    words = shipped_quality_words(rep)
+    if words:
+        echo(words)
     if s.get("accuracy") is not None:  # a classifier's
         line = ", ".join(f"{name} {rep[k]['accuracy']:.3f} / {rep[k]['macro_f1']:.3f}" for k, name in
                          (("teacher", "teacher"), ("student", "distilled"), ("ce_only", "ce_only"), ("scratch", "scratch"))

@@ -38,6 +38,11 @@ JOB_KEYS: dict = {
                 "threads": None, "calibrated": None, "meets_budget_predicted": None, "measured_on_target_ms": None,
                 "meets_budget_measured": None, "measured": None},  # optional: device_error, shrink_stopped
     "exports": None,                     # onnx, onnx-int8, tflite, tflite-int8: path, format, quantize, precision, ...
+    # A kept generative export (litert-lm*, onnx-genai*) also holds its own quality, run in its runtime on the
+    # held-out text (export/run_dir.py QUALITY_KEYS): eval_loss, perplexity, top1_agreement_teacher,
+    # top1_agreement_pytorch, pytorch_float {eval_loss, perplexity, top1_agreement_teacher} on the same tokens,
+    # eval_loss_vs_pytorch, quality_on {blocks, window, tokens, source, runtime, seconds}. Its `top1_agreement`
+    # stays the parity check's (against PyTorch float on the parity prompts).
     "search": {"table": None, "json": None, "plot": None, "choice": None, "predicted_ms": None, "params": None,
                "calibrated": None, "candidates": None, "attempts": None},
     "calibration": {"source": None, "path": None, "values": None},   # which calibration the search started from

@@ -212,7 +212,38 @@ def _table(rep: dict, kind: str) -> list[str]:
         cells = "".join(f" {fmt(e.get(k), nd)} |" for _, k, nd in view.extra)
         lines.append(f"| {name} | {e.get('params', 0):,} | {fmt(e.get('size_mb'), 2)} | {fmt(e.get('eval_loss'))} | "
                      f"{fmt(e.get(view.metric), 3)} |{cells} {fmt(e.get('top1_agreement'), 3)} |")
-    return lines + [""]
+    return lines + _file_rows(rep, view) + [""]
+
+
+def files_measured(rep: dict) -> list[tuple[str, dict]]:
+    """The exports whose own quality was measured in their runtime (report.json `exports` records with
+    `eval_loss`), by key."""
+    return [(k, e) for k, e in (rep.get("exports") or {}).items() if e.get("eval_loss") is not None]
+
+
+def _file_rows(rep: dict, view: KindView) -> list[str]:
+    """The quality table's rows of the exported files, each run in its own runtime on this machine, and of the
+    PyTorch float student on the same (fewer) held-out tokens, with what those tokens are."""
+    files = files_measured(rep)
+    if not files:
+        return []
+    params = rep["student"].get("params", 0)
+    on = files[0][1]["quality_on"]
+
+    def row(name: str, e: dict, size) -> str:
+        cells = "".join(f" {fmt(e.get(k), nd)} |" for _, k, nd in view.extra)
+        return (f"| {name} † | {params:,} | {fmt(size, 2)} | {fmt(e.get('eval_loss'))} | {fmt(e.get(view.metric), 3)} |"
+                f"{cells} {fmt(e.get('top1_agreement_teacher'), 3)} |")
+
+    lines = [row("distilled student, PyTorch float (on the files' tokens)", files[0][1]["pytorch_float"],
+                 rep["student"].get("size_mb"))]
+    lines += [row(f"{k}: the {e['precision']} file in {e['quality_on']['runtime']}", e, e.get("size_mb"))
+              for k, e in files]
+    whole = rep["student"].get("eval_tokens")
+    return lines + ["", f"† Measured on {on['source']}: {on['tokens']:,} scored tokens"
+                        + (f" (the rows above: all {whole:,} held-out tokens)" if whole else "")
+                        + ". Each exported file ran in its own runtime on this machine, and the PyTorch float student "
+                          "on exactly the same tokens."]
 
 
 @register_section("init", 50)

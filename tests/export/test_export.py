@@ -103,6 +103,37 @@ def test_calib_inputs_are_used_and_checked(llama_dir, bert_dir, tmp_path):
                      show_progress=False)
 
 
+def test_a_causal_lm_file_scores_its_heldout_rows(llama_dir, tmp_path):
+    """A logits file given held-out rows records its own quality on them in its runtime, beside PyTorch float's
+    (loss by transformers' own cross-entropy); static int8 checks (and scores) every other row, with the
+    teacher's argmax of those rows."""
+    from transformers import AutoModelForCausalLM
+
+    from edgekd.export import export_model
+
+    rows = torch.randint(0, 512, (6, SEQ), generator=torch.Generator().manual_seed(3))
+    model = AutoModelForCausalLM.from_pretrained(llama_dir).eval()
+    with torch.no_grad():
+        top1 = model(rows).logits[:, :-1].argmax(-1)  # the model stands in for the teacher
+        loss = {n: float(model(r, labels=r).loss) for n, r in (("all", rows), ("odd", rows[1::2]))}
+    given = {"input_ids": rows, "source": "held-out rows"}
+    flt = export_model(llama_dir, "onnx", "none", seq_len=SEQ, out=tmp_path / "f.onnx", calib_inputs=given,
+                       teacher_top1=top1, show_progress=False)
+    assert flt["quality_on"] == {"blocks": 6, "window": SEQ, "tokens": 6 * (SEQ - 1), "runtime": flt["quality_on"]["runtime"],
+                                 "source": f"the first {SEQ} tokens of 6 held-out rows"}
+    assert flt["quality_on"]["runtime"].startswith("onnxruntime ")
+    assert flt["eval_loss"] == pytest.approx(loss["all"], abs=1e-5) == flt["pytorch_float"]["eval_loss"]
+    assert flt["top1_agreement_teacher"] == flt["top1_agreement_pytorch"] == 1.0
+    q = export_model(llama_dir, "onnx", "int8", seq_len=SEQ, out=tmp_path / "q.onnx", calib_inputs=given,
+                     teacher_top1=top1, min_top1=0.5, show_progress=False)  # near-tied random logits: see CASES
+    assert q["quality_on"]["blocks"] == 3 and q["pytorch_float"]["eval_loss"] == pytest.approx(loss["odd"], abs=1e-5)
+    assert q["pytorch_float"]["top1_agreement_teacher"] == 1.0  # the odd rows' argmax, matched to the odd rows
+    assert q["top1_agreement_teacher"] == q["top1_agreement_pytorch"] and q["eval_loss"] != flt["eval_loss"]
+    # random ids (no held-out rows given) are no held-out text: no quality
+    assert "eval_loss" not in export_model(llama_dir, "onnx", "none", seq_len=SEQ, out=tmp_path / "r.onnx",
+                                           show_progress=False)
+
+
 def test_bad_arguments_name_the_problem(llama_dir, tmp_path):
     from edgekd.export import export_model
 

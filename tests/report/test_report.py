@@ -130,3 +130,46 @@ def test_each_model_kind_shows_its_registered_quality_columns():
     assert "| held-out loss | chrf | top-1" in render_markdown(rep, "seq2seq")
     md = render_markdown(rep, "classifier")
     assert "| held-out loss | accuracy | macro-F1 | top-1" in md and "| 0.900 | 0.850 |" in md
+
+
+def _file(fmt: str, precision: str, loss: float, agree: float, path: str) -> dict:
+    """An export record as export_run writes it for a kept generative export whose quality was measured."""
+    pytorch = {"eval_loss": 2.5, "perplexity": math.exp(2.5), "top1_agreement_teacher": 0.6}
+    return {"path": path, "format": fmt, "precision": precision, "passed": True, "size_mb": 1.0, "top1_agreement": 0.97,
+            "eval_loss": loss, "perplexity": math.exp(loss), "top1_agreement_teacher": agree,
+            "top1_agreement_pytorch": 0.95, "pytorch_float": pytorch, "eval_loss_vs_pytorch": loss - 2.5,
+            "quality_on": {"blocks": 8, "window": 192, "tokens": 1528, "runtime": f"{fmt}-runtime 1.0",
+                           "source": "the first 192 tokens of 8 held-out blocks"}}
+
+
+def test_the_shipped_files_quality_heads_the_report_beside_pytorch():
+    from edgekd.report.job import shipped_quality_words
+
+    rep = {"teacher": {"params": 1000}, "student": {"params": 300, "size_mb": 1.2, "eval_loss": 2.4, "eval_tokens": 12240},
+           "scratch": {}, "distillation": {},
+           "generation": {"format": "litert-lm", "precision": "int4", "budget": {"decode_tok_s": 20.0,
+                                                                                     "prompt_len": 64, "decode_len": 128}},
+           "exports": {"litert-lm": _file("litert-lm", "float32", 2.5, 0.6, "export/student.litertlm"),
+                       "litert-lm-int4": _file("litert-lm", "int4", 2.6, 0.55, "export/student.int4.litertlm"),
+                       "onnx-genai-int4": {"path": "export/student-genai.int4", "format": "onnx-genai",
+                                           "precision": "int4", "passed": False, "error": "parity"}}}
+    md = render_markdown(rep, "causal-lm")
+    # the headline is the shipped file's (the searched precision in the target's format), PyTorch's beside it
+    head = md.index("The file that ships, litert-lm-int4 (`export/student.int4.litertlm`), run in litert-lm-runtime 1.0")
+    assert head < md.index("| model | params")
+    assert "held-out loss 2.6000 (perplexity 13.464), top-1 agreement with the teacher 0.550" in md
+    assert "scores 2.5000 (perplexity 12.182), 0.600 on the same 1,528 held-out tokens: the file's loss is " \
+           "0.1000 higher (perplexity x 1.105)" in md
+    # the quality table: the files' rows and PyTorch float's on their tokens, labelled, after the PyTorch rows
+    rows = ["| distilled student | 300 |", "| distilled student, PyTorch float (on the files' tokens) † | 300 | 1.20 | "
+            "2.5000 | 12.182 | 0.600 |", "| litert-lm: the float32 file in litert-lm-runtime 1.0 † | 300 | 1.00 | 2.5000 |",
+            "| litert-lm-int4: the int4 file in litert-lm-runtime 1.0 † | 300 | 1.00 | 2.6000 | 13.464 | 0.550 |",
+            "† Measured on the first 192 tokens of 8 held-out blocks: 1,528 scored tokens (the rows above: all 12,240 "
+            "held-out tokens). Each exported file ran in its own runtime"]
+    assert [md.index(r) for r in rows] == sorted(md.index(r) for r in rows)
+    assert "onnx-genai-int4:" not in md  # a failed export has no quality row
+    rep["generation"] = {**rep["generation"], "format": "onnx-genai"}  # the shipped one failed: said, not hidden
+    assert shipped_quality_words(rep) == "The file that ships (onnx-genai-int4: parity) has no quality measured in " \
+                                         "its runtime."
+    assert shipped_quality_words({**rep, "exports": {}}) is None and "file that ships" not in \
+        render_markdown({**rep, "exports": {}}, "causal-lm")
