@@ -41,24 +41,15 @@ PHASES = ("search", "distill", "scratch", "ce_only", "eval", "export+parity+loca
 
 def make_teacher(name: str, where: Path) -> tuple[Path, int]:
     """A random-weight teacher of the toy or published shape `name`; (dir, params)."""
-    import torch
-    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
-
-    from edgekd.models.builtin import BUILTIN_DIR
     from edgekd.models.published import PUBLISHED, random_teacher
 
     out = where / name
     if name in PUBLISHED:
         return out, random_teacher(name, out)
     h, L, nh, nkv, f = TOY[name]
-    torch.manual_seed(0)
-    cfg = Qwen2Config(vocab_size=4096, hidden_size=h, num_hidden_layers=L, num_attention_heads=nh,
-                      num_key_value_heads=nkv, intermediate_size=f, max_position_embeddings=512,
-                      tie_word_embeddings=False)
-    model = Qwen2ForCausalLM(cfg)
-    model.save_pretrained(out)
-    AutoTokenizer.from_pretrained(BUILTIN_DIR).save_pretrained(out)
-    return out, sum(p.numel() for p in model.parameters())
+    return out, random_teacher(dict(model_type="qwen2", vocab_size=4096, hidden_size=h, num_hidden_layers=L,
+                                    num_attention_heads=nh, num_key_value_heads=nkv, intermediate_size=f,
+                                    max_position_embeddings=512, tie_word_embeddings=False), out)
 
 
 def tree_rss_kb(root: int) -> int:

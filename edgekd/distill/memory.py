@@ -173,16 +173,14 @@ class Parked:
     teacher and one model in training in memory, not every model trained so far with it."""
 
     def __init__(self, model, folder: Path, name: str):
-        import os
-
         import torch
         from safetensors.torch import save_file
 
+        from edgekd.io import atomic_path
+
         self.model, self.path = model, folder / f"{name}.safetensors"
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        save_file({k: p.detach().contiguous() for k, p in model.named_parameters()}, str(tmp))
-        os.replace(tmp, self.path)
+        with atomic_path(self.path) as tmp:
+            save_file({k: p.detach().contiguous() for k, p in model.named_parameters()}, str(tmp))
         for p in model.parameters():
             p.grad = None
             p.data = torch.empty(0, dtype=p.dtype, device=p.device)

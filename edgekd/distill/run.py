@@ -158,7 +158,7 @@ def check_run_size(cfg: DistillConfig, teacher, s_cfg, kind: str, device, world:
     if batch < share:  # the teacher still reads whole batches (the student's initialisation): that pass must fit too
         whole = training_bytes(t_params, 0, teacher.config, share, seq, outputs, per_token=per_token)
         check_fits(whole, device, share, seq, already_loaded=whole["teacher"])
-    return cfg.micro_batch_size or (batch if batch < share else None)
+    return batch if cfg.micro_batch_size or batch < share else None
 
 
 def _run(cfg: DistillConfig, out: Path, status: str, settings: Settings) -> RunResult:

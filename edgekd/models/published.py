@@ -17,15 +17,16 @@ PUBLISHED = {
 }
 
 
-def random_teacher(name: str, out, tokenizer_dir=None, seed: int = 0):
-    """A random-weight causal LM of PUBLISHED[name]'s shape saved to `out` (with the tokenizer of
-    `tokenizer_dir`, default the built-in teacher's: its ids are a subset of any real vocabulary); its size."""
+def random_teacher(name: str | dict, out, tokenizer_dir=None, seed: int = 0):
+    """A random-weight causal LM of PUBLISHED[name]'s shape (or of `name`'s config fields, model_type among
+    them) saved to `out` (with the tokenizer of `tokenizer_dir`, default the built-in teacher's: its ids are a
+    subset of any real vocabulary); its size."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     from edgekd.models.builtin import BUILTIN_DIR
 
-    fields = dict(PUBLISHED[name])
+    fields = dict(PUBLISHED[name] if isinstance(name, str) else name)
     cfg = AutoConfig.for_model(fields.pop("model_type"), **fields)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(cfg)
