@@ -157,6 +157,13 @@ ParallelOpt = Annotated[str, _opt("--parallel", help="Under torchrun: ddp (a rep
 QuietOpt = Annotated[bool, _opt("--quiet", help="No progress bars.")]
 KeepCheckpointsOpt = Annotated[int, _opt("--keep-checkpoints", help="Checkpoints kept per trained model (default: "
                                                                   "the newest).")]
+QuantAwareOpt = Annotated[Optional[bool], _opt("--quant-aware/--no-quant-aware", help="With --target: distil the "
+                                              "student that ships as int4/int8 into its runtime's quantised numbers "
+                                              "after float distillation (QAD, the default), measuring the float "
+                                              "student quantised after training beside it; --no-quant-aware ships "
+                                              "that post-training-quantised file instead.")]
+QadStepsOpt = Annotated[Optional[int], _opt("--qad-steps", help="Quantisation-aware steps per quantised export "
+                                                               "(default: --steps / 3).")]
 BaselinesOpt = Annotated[str, _opt("--baselines", help="Baselines trained beside the student on hard labels alone: "
                                                        "ce_only,scratch (default), ce_only, scratch or none.")]
 
@@ -174,7 +181,8 @@ def distill(teacher: TeacherOpt = "builtin", data: DataOpt = "builtin", text_col
             known_hosts: KnownHostsOpt = None, insecure_host_key: InsecureOpt = False,
             remote_python: RemotePythonOpt = "python3", batch_size: BatchOpt = 8, seq_len: SeqLenOpt = 256,
             lr: LrOpt = 2e-3, parallel: ParallelOpt = "ddp", quiet: QuietOpt = False,
-            baselines: BaselinesOpt = "ce_only,scratch", keep_checkpoints: KeepCheckpointsOpt = 1) -> None:
+            baselines: BaselinesOpt = "ce_only,scratch", keep_checkpoints: KeepCheckpointsOpt = 1,
+            quant_aware: QuantAwareOpt = None, qad_steps: QadStepsOpt = None) -> None:
     """Distill the teacher into a student, train the scratch baseline, evaluate both, write the run."""
     from edgekd.checks import input_file, optional_number
     from edgekd.run_inputs import distill_inputs
@@ -199,11 +207,12 @@ def distill(teacher: TeacherOpt = "builtin", data: DataOpt = "builtin", text_col
                            label_column=label_column, student=_student(student), steps=steps, out=_path(out),
                            resume=resume, temperature=temp, alpha=alpha, loss=loss, scheme=scheme, seed=seed,
                            batch_size=batch_size, seq_len=seq_len, lr=lr, quiet=quiet, parallel=parallel,
-                           baselines=baselines, keep_checkpoints=keep_checkpoints, scheme_config=_scheme_paths(_json_option("--scheme-config", scheme_config)))
+                           baselines=baselines, keep_checkpoints=keep_checkpoints, qad_steps=qad_steps,
+                           scheme_config=_scheme_paths(_json_option("--scheme-config", scheme_config)))
     target = _path(target) if target and target.endswith(".toml") else target
     distill_job(JobConfig(engine=engine, target=target, latency_budget_ms=latency_budget, device=device,
                           calibration=calibration, save_calibration=save_calibration, generative=generative,
-                          decode_tok_s=decode_tok_s, ttft_ms=ttft_ms,
+                          decode_tok_s=decode_tok_s, ttft_ms=ttft_ms, quant_aware=quant_aware,
                           profile=dict(identity_file=_path(identity_file), known_hosts=_path(known_hosts),
                                        insecure_host_key=insecure_host_key, remote_python=remote_python)),
                 settings=settings)

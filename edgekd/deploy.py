@@ -55,6 +55,11 @@ class Deployment:
         recalibration."""
         raise NotImplementedError
 
+    def quant_aware_recipes(self, search) -> list[str]:
+        """The runtime recipes ("FORMAT:QUANTIZE") the student is distilled into after float distillation, so each
+        quantised file holds a model that was measured (DistillConfig.quant_aware); none by default."""
+        return []
+
     def profile_on_device(self, where: Where, search, export: dict) -> dict:
         """One export timed on the device; its measured entry."""
         raise NotImplementedError
@@ -125,7 +130,7 @@ class GenerativeDeployment(Deployment):
             heldout = HeldoutText.of(result.heldout_ids.numpy(), top1, CACHE_LENGTH,
                                      source="held-out blocks the report evaluates on")
         exports = export_run(where.out, variants=generative_variants(("float32", search.precision)), prompts=prompts,
-                             heldout=heldout)
+                             heldout=heldout, quant_aware=result.quant_aware)
         b = search.budget
         measured = []
         for e in exports.values():
@@ -137,6 +142,13 @@ class GenerativeDeployment(Deployment):
 
     def device_precisions(self, search) -> tuple[str, ...]:
         return tuple(dict.fromkeys((search.precision, "float32")))
+
+    def quant_aware_recipes(self, search) -> list[str]:
+        """Every quantised generative export's recipe (both runtimes': each file is built from its own student)."""
+        from edgekd.export.run_dir import generative_variants
+
+        return [f"{fmt}:{quant}" for fmt, quant, _ in generative_variants(("float32", search.precision))
+                if quant != "none"]
 
     def profile_on_device(self, where: Where, search, export: dict) -> dict:
         from edgekd.profile.exports import profile_generative_export

@@ -58,6 +58,9 @@ class JobConfig:
     `profile`: extra keywords for profile_model on the device (identity_file, known_hosts, ...).
     `generative`: the LLM job (generation budget, litert-lm/onnx-genai exports) or the logits-graph job;
     None chooses by the teacher (causal LM: generative). `decode_tok_s`, `ttft_ms`: its budget overrides.
+    `quant_aware`: the student that ships quantised is distilled into its runtime's numbers after float
+    distillation (edgekd.distill.quant_aware) and the float student quantised after training is measured beside
+    it (None: on; False: post-training quantisation only, today's `--no-quant-aware`).
     """
 
     engine: DistillConfig = field(default_factory=DistillConfig)
@@ -74,6 +77,7 @@ class JobConfig:
     generative: Optional[bool] = None   # None: generative for a causal-LM teacher, the logits job otherwise
     decode_tok_s: Optional[float] = None  # generation budget overrides (default: the target file's)
     ttft_ms: Optional[float] = None
+    quant_aware: Optional[bool] = None  # None/True: quantised exports distilled into their runtime's numbers (QAD)
 
     @classmethod
     def from_dict(cls, d: dict) -> "JobConfig":
@@ -93,7 +97,7 @@ class JobConfig:
 
 JOB_ONLY = {"latency_budget_ms": "--latency-budget", "decode_tok_s": "--decode-tok-s", "ttft_ms": "--ttft-ms",
             "calibration": "--calibration", "save_calibration": "--save-calibration", "generative": "--generative/--logits",
-            "device": "--device"}
+            "device": "--device", "quant_aware": "--quant-aware/--no-quant-aware"}
 
 
 def distill_job(config: JobConfig, *, settings: Optional[Settings] = None):
@@ -360,7 +364,7 @@ class _Job:
 
         e = self.job.engine
         with self.timer("distill+scratch+eval"):
-            result = run(replace(e, student=e.student if self.given else res.arch,
+            result = run(replace(e, student=e.student if self.given else res.arch, quant_aware=self.quant_aware(res),
                                  resume=resume and (self.out / "config.json").is_file()), status="incomplete",
                          settings=self.settings)
         with self.timer("export+parity+local_profile"):
@@ -371,6 +375,15 @@ class _Job:
         self.attempts.append({"attempt": k, "choice": res.choice, "params": params, "predicted_ms": res.predicted_ms,
                               "calibrated": res.calibrated} | self.model.attempt_numbers(res, on_dev.get(res.precision)))
         return result, exports, measured, on_dev
+
+    def quant_aware(self, res) -> list[str]:
+        """The recipes the engine distils the student into (its quantised exports'), or none with --no-quant-aware."""
+        if self.job.quant_aware is False:
+            if res.precision == "float32":
+                raise EdgekdError(f"--no-quant-aware: the student for {self.t.name} ships in float32, so there is "
+                                  f"nothing quantised to train for: drop it")
+            return list(self.job.engine.quant_aware)
+        return list(dict.fromkeys([*self.job.engine.quant_aware, *self.deploy.quant_aware_recipes(res)]))
 
     def measure_on_device(self, res, exports: dict, measured: list) -> dict:
         """The deployed file and its other precision on the device (both inform a recalibration)."""

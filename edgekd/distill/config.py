@@ -51,6 +51,8 @@ class DistillConfig:
     eval_every: Optional[int] = None               # held-out loss curve every N steps; None: steps // 10, 0: off
     baselines: Union[str, list] = "ce_only,scratch"  # the baselines trained beside the student (BASELINE_NAMES), or "none"
     student_init: str = "teacher"
+    quant_aware: list = field(default_factory=list)  # runtime recipes to distil into after float ("litert-lm:int4", ...)
+    qad_steps: Optional[int] = None                # QAD steps per recipe; None: steps // 3 (distill.quant_aware)
     init_batches: int = 4                          # batches the student's initialisation may look at
     loss_impl: str = "fused"                       # "eager": plain PyTorch loss (benchmarks)
     bf16: Optional[bool] = None
@@ -157,6 +159,7 @@ def validate(cfg: DistillConfig, world_size: int = 1) -> None:
     `world_size`: the processes torchrun started (Settings.world_size)."""
     from edgekd.checks import number
     from edgekd.distill.parallel import check_parallel
+    from edgekd.distill.quant_aware import check_config, recipe_keys
     from edgekd.distill.schemes import SCHEMES
     from edgekd.losses.combine import check_spec
     from edgekd.models.loading import read_config_dict, resolve_model_dir
@@ -172,3 +175,5 @@ def validate(cfg: DistillConfig, world_size: int = 1) -> None:
     teacher_config = read_config_dict(resolve_model_dir(cfg.teacher)) if cfg.teacher == "builtin" else None
     distill_inputs(asdict(cfg), teacher_config)
     check_spec(parse_loss_spec(cfg.loss))
+    check_config(cfg.quant_aware, cfg.qad_steps, None)
+    cfg.quant_aware = [f"{f}:{q}" for f, q in recipe_keys(cfg.quant_aware)]

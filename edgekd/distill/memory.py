@@ -199,3 +199,16 @@ class Parked:
         except OSError:  # other models still parked there
             pass
         return self.model
+
+    def copy(self):
+        """A new model with the parked weights (the parked one stays parked): what a later phase trains on."""
+        import copy
+
+        from safetensors.torch import load_file
+
+        model = copy.deepcopy(self.model)  # the released parameters copy as empty tensors
+        params = dict(model.named_parameters())
+        device = next(iter(params.values())).device if params else "cpu"
+        for name, t in load_file(str(self.path), device=str(device)).items():
+            params[name].data = t
+        return model

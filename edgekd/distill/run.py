@@ -3,6 +3,7 @@ report. The run directory's layout is DESIGN.md's; `run()` returns a RunResult f
 
 from __future__ import annotations
 
+import copy
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
@@ -36,6 +37,7 @@ class RunResult:
     teacher_top1: Optional[torch.Tensor] = None          # the teacher's argmax at each position of heldout_ids
     #                                                      ([n, seq_len - 1], int32: row i predicts token i + 1), for
     #                                                      the exported files' top-1 agreement after the teacher is gone
+    quant_aware: dict = field(default_factory=dict)      # recipe key ("litert-lm-int4") -> its QAD student's directory
 
 
 @dataclass
@@ -162,6 +164,7 @@ def check_run_size(cfg: DistillConfig, teacher, s_cfg, kind: str, device, world:
 
 
 def _run(cfg: DistillConfig, out: Path, status: str, settings: Settings) -> RunResult:
+    from edgekd.distill.quant_aware import train_quant_aware
     from edgekd.distill.schemes import scheme_class
 
     ctx = load_run(cfg, out, settings)
@@ -179,6 +182,14 @@ def _run(cfg: DistillConfig, out: Path, status: str, settings: Settings) -> RunR
         save_model(trained[-1].model, ctx.tokenizer, out / "student")
     # Each trained model waits on disk while the next trains: memory holds the teacher and one model in training.
     parked = _park({f"stage{i + 1}": t.model for i, t in enumerate(trained)}, ctx)
+    float_copy = parked[-1].copy if parked else (lambda: copy.deepcopy(trained[-1].model))
+    qad = {}
+    for key, fmt, quant in _qad_recipes(cfg):
+        with ctx.timer(f"qad-{key}"):
+            qad[key] = train_quant_aware(ctx, float_copy(), fmt, quant)
+        if ctx.rank == 0:
+            save_model(qad[key].model, ctx.tokenizer, out / "qad" / key)
+        parked += _park({f"qad-{key}": qad[key].model}, ctx)
     baselines = {}
     for name in (n for n in BASELINES if n in cfg.baselines):
         baselines[name] = train_baseline(ctx, name)
@@ -191,7 +202,14 @@ def _run(cfg: DistillConfig, out: Path, status: str, settings: Settings) -> RunR
         return RunResult(out, {}, ctx.kind, ctx.data.heldout_ids)
     for p in parked:
         p.restore()
-    return report_run(ctx, plan, trained, baselines, status)
+    return report_run(ctx, plan, trained, baselines, status, qad)
+
+
+def _qad_recipes(cfg: DistillConfig) -> list[tuple[str, str, str]]:
+    """(key, format, quantize) of each recipe the run distils its student into (--quant-aware)."""
+    from edgekd.distill.quant_aware import qad_key, recipe_keys
+
+    return [(qad_key(f, q), f, q) for f, q in recipe_keys(cfg.quant_aware)]
 
 
 def _park(models: dict, ctx: RunContext) -> list:
@@ -210,6 +228,7 @@ def load_run(cfg: DistillConfig, out: Path, settings: Settings) -> RunContext:
     from edgekd.data.labels import teacher_classes
     from edgekd.data.tokenizer import check_fits_embedding
     from edgekd.distill.data import RunData
+    from edgekd.distill.quant_aware import check_config as check_quant_aware
     from edgekd.distill.schemes import freeze
     from edgekd.hyperparams import resolve_temperature
     from edgekd.models.arch import param_count
@@ -223,6 +242,7 @@ def load_run(cfg: DistillConfig, out: Path, settings: Settings) -> RunContext:
     device = torch.device(cfg.torch_device or ("cuda" if torch.cuda.is_available() else "cpu"))
     timer = PhaseTimer(out / "checkpoints" / "timings.json", resume=cfg.resume)
     teacher, tokenizer, kind = load_model(cfg.teacher)
+    check_quant_aware(cfg.quant_aware, cfg.qad_steps, kind)
     check_fits_embedding(tokenizer, teacher)
     freeze(teacher.to(device))
     teacher_tokenizer, cross = tokenizer, None
@@ -368,7 +388,7 @@ def train_baseline(ctx: RunContext, name: str) -> Trained:
     return Trained(trainer.unsharded_model(), trainer, info)
 
 
-def report_run(ctx: RunContext, plan, trained: list, baselines: dict, status: str) -> RunResult:
+def report_run(ctx: RunContext, plan, trained: list, baselines: dict, status: str, qad: Optional[dict] = None) -> RunResult:
     """Evaluate every model on the held-out batches and write report.json, report.md and the plots."""
     from edgekd.distill.evaluate import continuations, evaluate, teacher_on_own_tokens, temperature_examples
     from edgekd.distill.schemes import arch_summary
@@ -378,7 +398,8 @@ def report_run(ctx: RunContext, plan, trained: list, baselines: dict, status: st
     student = trained[-1].model
     stages = {f"stage{i + 1}": t.model for i, t in enumerate(trained[:-1])}
     named = {"student": student} | {k: b.model for k, b in baselines.items()}
-    models = named | stages
+    qad = qad or {}
+    models = named | stages | {f"qad:{k}": runtime_numerics(t) for k, t in qad.items()}
     teacher_top1 = [] if ctx.causal else None
     with ctx.timer("eval"):
         if ctx.cross is None:
@@ -419,11 +440,25 @@ def report_run(ctx: RunContext, plan, trained: list, baselines: dict, status: st
             for i, t in enumerate(trained)]
     rep["distillation"].update({k: v for k, v in plan.record.items() if k != "progressive"})
     rep["distillation"]["baselines"] = list(baselines)
+    if qad:
+        from edgekd.distill.quant_aware import record
+
+        rep["distillation"]["quant_aware"] = record(qad, evals, {k: f"qad/{k}" for k in qad})
     write_run_report(ctx.out, rep, histories, temps, ctx.kind)
     if not ctx.cfg.quiet and status == "complete":  # inside the job, the job prints the summary
         _print_summary(ctx.out, evals)
     return RunResult(ctx.out, rep, ctx.kind, ctx.data.heldout_ids, histories, temps, ctx.data.heldout_pairs,
-                     torch.cat(teacher_top1) if teacher_top1 else None)
+                     torch.cat(teacher_top1) if teacher_top1 else None,
+                     {k: ctx.out / "qad" / k for k in qad})
+
+
+def runtime_numerics(t: Trained):
+    """A quantisation-aware student (weights on its recipe's grid) run as its file runs: the recipe's quantisers
+    back in place (the weights' a fixed point, the matmul inputs quantised as the runtime does): PyTorch fake-quant."""
+    from edgekd.quant import quant_aware
+    from edgekd.quant.fake_quant import BY_NAME
+
+    return quant_aware(t.model, BY_NAME[t.init_info["recipe_name"]])
 
 
 def _joined_history(trained: list, what: str = "history") -> list:

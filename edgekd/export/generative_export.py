@@ -144,7 +144,8 @@ def _remove(path: Path) -> None:
 def export_generative(model_dir, fmt: str, quantize: str = "none", out=None, prompts=None,
                       new_tokens: int = parity.GEN_NEW_TOKENS,
                       min_top1: float | None = None, *, show_progress: bool = True,
-                      reference: "parity.GenerationReference | None" = None) -> dict:
+                      reference: "parity.GenerationReference | None" = None,
+                      float_reference: "parity.GenerationReference | None" = None) -> dict:
     """Export MODEL_DIR as a generative `fmt` model at OUT, check greedy generation against PyTorch, return the record.
 
     The record is also written to OUT.json. A failed check (or build) leaves nothing at OUT, writes
@@ -152,7 +153,8 @@ def export_generative(model_dir, fmt: str, quantize: str = "none", out=None, pro
     (default: windows of the built-in corpus's validation files in the model's own tokenizer).
     `min_top1`: the quantised exports' least teacher-forced top-1 agreement (default parity.GEN_MIN_TOP1).
     `reference`: PyTorch's continuations of MODEL_DIR already computed (a job shares one among its exports);
-    by default computed here from MODEL_DIR and `prompts`.
+    by default computed here from MODEL_DIR and `prompts`. `float_reference`: MODEL_DIR is a quantisation-aware
+    student on this recipe's grid and that is its float student's (parity.GenerationReference.check).
     """
     generative_args(fmt, quantize, new_tokens, min_top1, out)
     model_dir = check_model_dir(model_dir, "model directory")
@@ -183,7 +185,8 @@ def export_generative(model_dir, fmt: str, quantize: str = "none", out=None, pro
                                                                "passed": False, "error": str(e)})
                 raise
             step("parity")
-            check = reference.check(str(produced), quantized=quantize != "none", min_top1=min_top1)
+            check = reference.check(str(produced), quantized=quantize != "none", min_top1=min_top1,
+                                    float_reference=float_reference)
             record = {"path": str(out), "format": fmt, "quantize": quantize, "precision": precision_of(quantize),
                       "recipe": recipe[1], "builder_argument": recipe[0],
                       "prefill_lengths": list(PREFILL_LENGTHS) if fmt == "litert-lm" else None,

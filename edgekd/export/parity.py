@@ -97,6 +97,11 @@ def compare(ref: list[np.ndarray], got: list[np.ndarray], quantized: bool, min_t
 # broken quantiser (a barely trained tiny model, whose predictions are nearly flat, gave 0.34-0.64 over
 # all positions at a perplexity ratio of 1.00). The ratio of perplexities judges the whole distribution.
 GEN_MIN_TOP1 = 0.80
+# A file built from a quantisation-aware student holds that student's weights exactly; what still differs is
+# the runtime's own quantisation of activations while it runs (onnxruntime's int8 blocks, XNNPACK's int8 rows)
+# and its kernels' accumulation order. It must continue at least 7 of 8 prompts (32 tokens each) exactly as
+# that PyTorch model does.
+GEN_QAD_MIN_MATCH = 0.875
 GEN_MAX_PPL_RATIO = 1.10
 GEN_DECISIVE_MARGIN = 0.05
 GEN_PROMPTS = 8
@@ -235,11 +240,19 @@ class GenerationReference:
                                                for row in heldout.ids), heldout.ids)
 
     @classmethod
-    def load(cls, model_dir, prompts, new_tokens: int, heldout: Optional[HeldoutText] = None) -> "GenerationReference":
+    def load(cls, model_dir, prompts, new_tokens: int, heldout: Optional[HeldoutText] = None,
+             recipe=None) -> "GenerationReference":
+        """`recipe`: MODEL_DIR is a quantisation-aware student on that edgekd.quant recipe's grid; it runs with the
+        runtime's quantisers in place (its weights unchanged by them, its matmul inputs quantised as the runtime
+        does at run time): PyTorch fake-quant, the numerics of the file built from it."""
         from edgekd.models.loading import load_model
 
         model, _, _ = load_model(model_dir, with_tokenizer=False, what="model")
         model.eval()
+        if recipe is not None:
+            from edgekd.quant import quant_aware
+
+            quant_aware(model, recipe)
         vocab = int(model.config.vocab_size)
         source = "prompts"
         if prompts is None:
@@ -267,8 +280,34 @@ class GenerationReference:
         rec["quality_on"] |= {"runtime": model.version, "seconds": time.perf_counter() - started}
         return rec
 
-    def check(self, path: str, quantized: bool, min_top1: float | None) -> dict:
-        """Greedy tokens, perplexity ratio and top-1 agreement of the export at PATH, and pass or fail."""
+    def figures(self, got: list[list[int]], logits: list[np.ndarray]) -> dict:
+        """How a file's greedy tokens and teacher-forced logits on these prompts compare with this reference's."""
+        first = [next((i for i, (a, b) in enumerate(zip(r, g)) if a != b), None) for r, g in zip(self.tokens, got)]
+        ref_nll = np.concatenate([_nll(r, p) for r, p in zip(self.logits, self.prompts)])
+        got_nll = np.concatenate([_nll(g, p) for g, p in zip(logits, self.prompts)])
+        rows = np.concatenate([r.argmax(-1) == g.argmax(-1) for r, g in zip(self.logits, logits)])
+        decisive = np.concatenate([_margin(r) >= GEN_DECISIVE_MARGIN for r in self.logits])
+        rec = {"tokens_match_share": float(np.mean([f is None for f in first])),
+               "prompts_matched": int(sum(f is None for f in first)), "prompts": len(self.prompts),
+               "first_divergence": first,
+               "mean_first_divergence": float(np.mean([self.new_tokens if f is None else f for f in first])),
+               "ppl_reference": float(np.exp(ref_nll.mean())), "ppl_export": float(np.exp(got_nll.mean())),
+               "top1_agreement": float(rows.mean()),
+               "top1_agreement_decisive": float(rows[decisive].mean()) if decisive.any() else None,
+               "decisive_positions": int(decisive.sum()), "positions": int(rows.size),
+               "max_abs_logit_diff": float(max(np.abs(r - g).max() for r, g in zip(self.logits, logits)))}
+        rec["ppl_ratio"] = rec["ppl_export"] / rec["ppl_reference"]
+        return rec
+
+    def check(self, path: str, quantized: bool, min_top1: float | None,
+              float_reference: "GenerationReference | None" = None) -> dict:
+        """Greedy tokens, perplexity ratio and top-1 agreement of the export at PATH, and pass or fail.
+
+        `float_reference`: this reference is a quantisation-aware student whose weights are on the file's grid
+        (edgekd.distill.quant_aware), and that is the float student's. The file is then held to this model's
+        greedy tokens (GEN_QAD_MIN_MATCH of the prompts, and the quantised bounds); how it compares with the
+        float student stays in the record (`vs_float`) as quality figures, and its held-out quality is given
+        beside both PyTorch models."""
         from edgekd.export import generative_runtime
 
         try:
@@ -277,38 +316,37 @@ class GenerationReference:
             logits = [model.next_token_logits(p) for p in self.prompts]
         except Exception as e:
             raise _does_not_run(e) from e
-        first = [next((i for i, (a, b) in enumerate(zip(r, g)) if a != b), None) for r, g in zip(self.tokens, got)]
-        ref_nll = np.concatenate([_nll(r, p) for r, p in zip(self.logits, self.prompts)])
-        got_nll = np.concatenate([_nll(g, p) for g, p in zip(logits, self.prompts)])
-        rows = np.concatenate([r.argmax(-1) == g.argmax(-1) for r, g in zip(self.logits, logits)])
-        decisive = np.concatenate([_margin(r) >= GEN_DECISIVE_MARGIN for r in self.logits])
-        rec = {"tokens_match_share": float(np.mean([f is None for f in first])),
-               "first_divergence": first,
-               "mean_first_divergence": float(np.mean([self.new_tokens if f is None else f for f in first])),
-               "ppl_reference": float(np.exp(ref_nll.mean())), "ppl_export": float(np.exp(got_nll.mean())),
-               "top1_agreement": float(rows.mean()),
-               "top1_agreement_decisive": float(rows[decisive].mean()) if decisive.any() else None,
-               "decisive_positions": int(decisive.sum()), "positions": int(rows.size),
-               "max_abs_logit_diff": float(max(np.abs(r - g).max() for r, g in zip(self.logits, logits))),
-               "run": {"runtime": model.runtime, "runner": model.runner, "version": model.version,
-                       "prompts": len(self.prompts), "prompt_source": self.source,
-                       "prompt_tokens": [len(p) for p in self.prompts], "new_tokens": self.new_tokens,
-                       "sampler": "greedy (argmax of the runtime's logits), no start token or template added",
-                       "reference": "transformers generate(do_sample=False) in float32; teacher-forced logits "
-                                    "over each prompt for perplexity and top-1 agreement",
-                       "context_length": getattr(model, "context_length", getattr(model, "cache_length", None))}}
-        rec["ppl_ratio"] = rec["ppl_export"] / rec["ppl_reference"]
+        rec = self.figures(got, logits)
+        rec["run"] = {"runtime": model.runtime, "runner": model.runner, "version": model.version,
+                      "prompts": len(self.prompts), "prompt_source": self.source,
+                      "prompt_tokens": [len(p) for p in self.prompts], "new_tokens": self.new_tokens,
+                      "sampler": "greedy (argmax of the runtime's logits), no start token or template added",
+                      "reference": ("the quantisation-aware student (weights on the file's grid)" if float_reference
+                                    else "the float student") + ": transformers generate(do_sample=False) in float32; "
+                                   "teacher-forced logits over each prompt for perplexity and top-1 agreement",
+                      "context_length": getattr(model, "context_length", getattr(model, "cache_length", None))}
         if quantized:
             bound = GEN_MIN_TOP1 if min_top1 is None else min_top1
             rec["threshold"] = {"top1_agreement_decisive": bound, "ppl_ratio": GEN_MAX_PPL_RATIO,
                                 "decisive_margin": GEN_DECISIVE_MARGIN}
             agree = rec["top1_agreement_decisive"]
             rec["passed"] = bool((agree is None or agree >= bound) and rec["ppl_ratio"] <= GEN_MAX_PPL_RATIO)
+            if float_reference is not None:
+                rec["threshold"]["tokens_match_share"] = GEN_QAD_MIN_MATCH
+                rec["passed"] = rec["passed"] and rec["tokens_match_share"] >= GEN_QAD_MIN_MATCH
+                vs = float_reference.figures(got, logits)
+                rec["vs_float"] = {k: vs[k] for k in ("tokens_match_share", "prompts_matched", "mean_first_divergence",
+                                                      "ppl_ratio", "top1_agreement_decisive")}
         else:
             rec["threshold"] = {"tokens_match_share": 1.0}
             rec["passed"] = rec["tokens_match_share"] == 1.0
         try:  # a file that is kept: its own quality on the held-out text
-            rec |= self.quality(model) if rec["passed"] else {}
+            if rec["passed"]:
+                rec |= (float_reference or self).quality(model)
+                if float_reference is not None and self.heldout is not None and "eval_loss" in rec:
+                    own = self.heldout.scores(*self.heldout_scored)
+                    rec["pytorch_quant_aware"] = own
+                    rec["eval_loss_vs_quant_aware"] = rec["eval_loss"] - own["eval_loss"]
         except Exception as e:
             raise _does_not_run(e) from e
         finally:
@@ -322,6 +360,12 @@ def generation_failure_line(name: str, rec: dict) -> str:
                 f"continue exactly as PyTorch's greedy {rec['run']['new_tokens']} tokens (mean first divergence at "
                 f"token {rec['mean_first_divergence']:.1f}): the builder changed the numerics; report the model")
     agree = rec["top1_agreement_decisive"]
+    if "tokens_match_share" in rec["threshold"] and rec["tokens_match_share"] < rec["threshold"]["tokens_match_share"]:
+        return (f"{name} failed generation parity: {rec['prompts_matched']} of {rec['run']['prompts']} prompts continue "
+                f"exactly as the quantisation-aware PyTorch student's greedy {rec['run']['new_tokens']} tokens (least "
+                f"{rec['threshold']['tokens_match_share']:.0%}; mean first divergence at token "
+                f"{rec['mean_first_divergence']:.1f}), whose weights the file holds: the runtime quantised them "
+                f"differently from edgekd.quant's recipe; report the model, or pass --no-quant-aware")
     return (f"{name} failed generation parity: top-1 agreement {'-' if agree is None else format(agree, '.4f')} on "
             f"the {rec['decisive_positions']} of {rec['positions']} positions where PyTorch is decisive (least "
             f"{rec['threshold']['top1_agreement_decisive']}), perplexity ratio {rec['ppl_ratio']:.4f} (most "

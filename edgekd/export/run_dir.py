@@ -45,7 +45,7 @@ def export_key(fmt: str, precision: str) -> str:
 
 
 def _generative_record(rec: dict) -> dict:
-    keys = ("recipe", "tokens_match_share", "mean_first_divergence", "ppl_ratio", "top1_agreement_decisive", "size_mb",
+    keys = ("recipe", "tokens_match_share", "prompts_matched", "prompts", "mean_first_divergence", "ppl_ratio", "top1_agreement_decisive", "size_mb",
             "convert_s", "cache_length", "prefill_lengths")
     return {k: rec[k] for k in keys}
 
@@ -58,8 +58,38 @@ QUALITY_KEYS = ("eval_loss", "perplexity", "top1_agreement_teacher", "top1_agree
                 "eval_loss_vs_pytorch", "quality_on")
 
 
+# A file built from a quantisation-aware student: how it compares with the float student (parity's figures) and
+# that student's own held-out quality in PyTorch on the same tokens.
+QAD_KEYS = ("vs_float", "pytorch_quant_aware", "eval_loss_vs_quant_aware")
+
+
+def _recipe(model_dir: Path, fmt: str, quant: str):
+    """The edgekd.quant recipe a quantisation-aware student in MODEL_DIR was trained for and the builder applies."""
+    from edgekd.models.loading import read_config_dict
+    from edgekd.quant import recipe_for_export
+
+    return recipe_for_export(fmt, quant, read_config_dict(model_dir))
+
+
+def _ptq_baseline(run: Path, student: Path, fmt: str, quant: str, name: str, prompts, reference) -> dict:
+    """The float student quantised after training (PTQ), exported to export/ptq/NAME and scored in its runtime
+    like the shipped file: the baseline that shows what quantisation-aware distillation bought. Never fails the
+    job: a failed check is its record's `error`."""
+    from edgekd.export.generative_export import export_generative
+
+    out = run / "export" / "ptq" / name
+    try:
+        rec = export_generative(student, fmt, quant, out=out, prompts=prompts, reference=reference)
+    except (EdgekdError, JobFailed) as e:
+        return {"path": str(out.relative_to(run)), "passed": False, "error": str(e)}
+    keep = ("tokens_match_share", "prompts_matched", "prompts", "mean_first_divergence", "ppl_ratio", "top1_agreement_decisive",
+            "size_mb", "convert_s") + QUALITY_KEYS
+    return {"path": str(out.relative_to(run)), "passed": True, "recipe": rec["recipe"]} | \
+        {k: rec[k] for k in keep if k in rec}
+
+
 def export_run(run_dir, seq_len: int = 64, calib_inputs=None, min_top1: float = 0.9, variants=VARIANTS,
-               prompts=None, heldout=None, teacher_top1=None) -> dict[str, dict]:
+               prompts=None, heldout=None, teacher_top1=None, quant_aware=None) -> dict[str, dict]:
     """Fill RUN/export (files, parity records, export.json); return report.json's `exports`.
 
     `variants`: (format, quantize, name) rows of VARIANTS and GENERATIVE_VARIANTS. Each record: path
@@ -70,14 +100,26 @@ def export_run(run_dir, seq_len: int = 64, calib_inputs=None, min_top1: float = 
     parity's held-out token ids (default: built-in held-out text). `heldout`: a parity.HeldoutText on which
     each generative export's own quality is measured in its runtime (QUALITY_KEYS; none without it);
     `teacher_top1`: the teacher's argmax at each position of a causal LM's `calib_inputs` rows, for the logits
-    files' (measured on those rows).
+    files' (measured on those rows). `quant_aware`: {export key: directory} of the quantisation-aware students
+    (RunResult.quant_aware): such a variant is built from its student, checked against it (and figured against the
+    float student), and the float student quantised after training is exported beside it in export/ptq/ as the
+    baseline (its record under the variant's `ptq`).
     """
     run = Path(run_dir)
     student = run / "student"
     if not (student / "config.json").is_file():
         raise EdgekdError(f"{run} has no student/ model to export: run `edgekd distill` first")
     exports, files, floats = {}, {}, {}
-    reference = None  # PyTorch's greedy continuations, computed once and shared by every generative export
+    quant_aware = {k: Path(v) for k, v in (quant_aware or {}).items()}
+    references = {}  # PyTorch's greedy continuations of each source model, computed once and shared by its exports
+
+    def reference(src: Path, recipe=None):
+        from edgekd.export.parity import GEN_NEW_TOKENS, GenerationReference
+
+        if src not in references:
+            references[src] = GenerationReference.load(src, prompts, GEN_NEW_TOKENS, heldout, recipe)
+        return references[src]
+
     for fmt, quant, name in variants:
         out = run / "export" / name
         base = {"path": str(out.relative_to(run)), "format": fmt, "quantize": quant, "precision": precision_of(quant)}
@@ -86,10 +128,14 @@ def export_run(run_dir, seq_len: int = 64, calib_inputs=None, min_top1: float = 
         try:
             if generative:
                 from edgekd.export.generative_export import export_generative
-                from edgekd.export.parity import GEN_NEW_TOKENS, GenerationReference
 
-                reference = reference or GenerationReference.load(student, prompts, GEN_NEW_TOKENS, heldout)
-                rec = export_generative(student, fmt, quant, out=out, prompts=prompts, reference=reference)
+                qad = quant_aware.get(key)
+                if qad is not None:
+                    base["ptq"] = _ptq_baseline(run, student, fmt, quant, name, prompts, reference(student))
+                    base["model_dir"] = str(qad.relative_to(run)) if qad.is_relative_to(run) else str(qad)
+                own = reference(student) if qad is None else reference(qad, _recipe(qad, fmt, quant))
+                rec = export_generative(qad or student, fmt, quant, out=out, prompts=prompts, reference=own,
+                                        float_reference=None if qad is None else reference(student))
             else:
                 rec = export_model(student, fmt, quant, seq_len=seq_len, out=out, calib_inputs=calib_inputs,
                                    min_top1=min_top1, float_file=floats.get(fmt),  # int8 from the float file
@@ -101,7 +147,7 @@ def export_run(run_dir, seq_len: int = 64, calib_inputs=None, min_top1: float = 
             files[key] = exports[key]
             continue
         numbers = _generative_record(rec) if generative else {"max_abs_diff": rec["max_abs_diff"], "size_mb": rec["size_mb"]}
-        numbers |= {k: rec[k] for k in QUALITY_KEYS if k in rec}
+        numbers |= {k: rec[k] for k in QUALITY_KEYS + QAD_KEYS if k in rec}
         exports[key] = base | {"top1_agreement": rec["top1_agreement"], **numbers, "passed": True}
         files[key] = exports[key] | {"record": base["path"] + ".json"}
         faults.point("export")

@@ -18,8 +18,8 @@ Each recipe is what the installed builder does, read from its source and checked
 
 Both runtimes then quantise activations at run time (onnxruntime's accuracy_level=4: int8 per block of
 32 along the input, symmetric; XNNPACK's dynamic int8: per row, asymmetric) with their own kernels'
-rounding and accumulation order; `activations` in a Recipe says which, and quant_aware can imitate it,
-but no torch function reproduces those kernels bit for bit.
+rounding and accumulation order; `activations` in a Recipe says which, and quant_aware imitates both
+(int8_blocks, int8_rows), but no torch function reproduces those kernels' accumulation bit for bit.
 """
 
 from __future__ import annotations
@@ -146,21 +146,36 @@ def int8_blocks(x: torch.Tensor, block: int = BLOCK) -> torch.Tensor:
     return (torch.round(b * recip) * scale).reshape(*x.shape[:-1], -1)[..., :k]
 
 
+def int8_rows(x: torch.Tensor) -> torch.Tensor:
+    """XNNPACK's dynamic quantisation of a fully connected layer's input (LiteRT's dynamic_wi*_afp32 recipes):
+    per row (token), asymmetric int8 over the row's range widened to hold 0: scale = (max - min) / 255, the zero
+    point the nearer end's, rounded and clamped to [-128, 127]; q = round(x / scale) + zero point, clamped; the
+    dequantised values."""
+    lo = x.amin(-1, keepdim=True).clamp(max=0)
+    hi = x.amax(-1, keepdim=True).clamp(min=0)
+    scale = (hi - lo) / 255
+    safe = torch.where(scale > 0, scale, torch.ones_like(scale))
+    zmin, zmax = -128 - lo / safe, 127 - hi / safe
+    zp = torch.round(torch.where((-128 + lo / safe) + (127 + hi / safe) > 0, zmin, zmax).clamp(-128, 127))
+    q = (torch.round(x / safe) + zp).clamp(-128, 127)
+    return torch.where(scale > 0, (q - zp) * scale, x)
+
+
 class _StraightThroughActivations(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x):
-        return int8_blocks(x)
+    def forward(ctx, x, rule):
+        return int8_blocks(x) if rule == "ort" else int8_rows(x)
 
     @staticmethod
     def backward(ctx, grad):
-        return grad
+        return grad, None
 
 
 def fake_quant_activations(x: torch.Tensor, recipe: Recipe) -> torch.Tensor:
-    """X as the runtime quantises a matmul's input at run time, where that is reproduced here (onnxruntime's
-    blocks of 32); XNNPACK's per-row quantisation (LiteRT) is not, and X is returned as it is."""
-    return _StraightThroughActivations.apply(x) if recipe.rule == "ort" else x
+    """X as the runtime quantises a matmul's input at run time (onnxruntime's int8 blocks of 32, int8_blocks;
+    XNNPACK's int8 rows, int8_rows), straight-through backward."""
+    return _StraightThroughActivations.apply(x, recipe.rule)
 
 
-__all__ = ["BLOCK", "BY_NAME", "RECIPES", "Recipe", "dequantize", "fake_quant", "fake_quant_activations",
+__all__ = ["BLOCK", "BY_NAME", "RECIPES", "Recipe", "dequantize", "fake_quant", "fake_quant_activations", "int8_rows",
            "int8_blocks", "quantize", "snap"]

@@ -135,6 +135,9 @@ def build_job_report(engine: dict, f: JobFacts) -> dict:
     rep["target_facts"] = f.target_facts
     rep["timings_s"] = {**rep.get("timings_s", {}), "job": f.timings}
     rep["student"] = {**rep["student"], "precision_deployed": res.precision}
+    if rep.get("distillation", {}).get("quant_aware"):
+        rep["distillation"] = {**rep["distillation"],
+                               "quant_aware": quant_aware_files(rep["distillation"]["quant_aware"], f.exports)}
     rep.update(f.extra)
     problem = _problem(rep, f)
     rep["status"] = "failed" if problem else "complete"
@@ -142,6 +145,58 @@ def build_job_report(engine: dict, f: JobFacts) -> dict:
     if problem:
         rep["error"] = problem
     return rep
+
+
+def quant_aware_files(engine: dict, exports: dict) -> dict:
+    """report.json's `distillation.quant_aware`: the engine's record of each recipe (how it was trained, its
+    PyTorch numbers) with the held-out losses of three files measured in the same runtime on the same tokens:
+    the float export, the float student quantised after training (`ptq`) and the quantisation-aware student's
+    (`qad`, the one that ships), what QAD saved, the share of the ptq -> float gap it closed, and the held-out
+    prompts each quantised file continues exactly as its PyTorch model."""
+    out = {}
+    for key, r in engine.items():
+        qad = exports.get(key) or {}
+        flt = exports.get(r["format"]) or {}
+        ptq = qad.get("ptq") or {}
+        loss = {"float": flt.get("eval_loss"), "ptq": ptq.get("eval_loss"), "qad": qad.get("eval_loss")}
+        known = all(v is not None for v in loss.values())
+        gap = loss["ptq"] - loss["float"] if known else None
+        prompts = {"ptq_vs_float_student": ptq.get("prompts_matched"), "qad_vs_its_student": qad.get("prompts_matched"),
+                   "qad_vs_float_student": (qad.get("vs_float") or {}).get("prompts_matched")}
+        out[key] = r | {"files_eval_loss": loss, "measured_in": (qad.get("quality_on") or {}).get("runtime"),
+                        "qad_saved": loss["ptq"] - loss["qad"] if known else None,
+                        "gap_closed": (loss["ptq"] - loss["qad"]) / gap if known and gap > 0 else None,
+                        "prompts_matched": prompts, "prompts": qad.get("prompts")}
+    return out
+
+
+@register_section("quant_aware", 16)
+def _quant_aware_section(rep: dict, kind: str) -> list[str]:
+    """report.md: what quantisation-aware distillation bought, per quantised export, through the files."""
+    qa = (rep.get("distillation") or {}).get("quant_aware")
+    if not qa:
+        quantised = [k for k, e in (rep.get("exports") or {}).items() if e.get("precision") not in (None, "float32")]
+        if quantised and rep.get("generation") and (rep.get("job") or {}).get("quant_aware") is False:
+            return ["The quantised files hold the float student quantised after training (--no-quant-aware): their "
+                    "parity is judged against the float student with the quantised bounds.", ""]
+        return []
+    lines = ["### Quantisation-aware distillation", "",
+             "Each quantised file is built from a student distilled into its runtime's numbers after float "
+             "distillation; the float student quantised after training (ptq) was exported and measured beside it. "
+             "Held-out loss of each file in its runtime, on the same tokens:", "",
+             "| export | recipe | QAD steps | float file | ptq file | QAD file | QAD saved | ptq → float gap closed | "
+             "prompts continued exactly: ptq vs float student / QAD vs its student |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---|"]
+    for key, r in qa.items():
+        loss, p, n = r.get("files_eval_loss") or {}, r.get("prompts_matched") or {}, r.get("prompts")
+        closed = "—" if r.get("gap_closed") is None else f"{r['gap_closed']:.0%}"
+        of = f" of {n}" if n else ""
+        lines.append(f"| {key} | {r.get('recipe_name')} | {r.get('steps')} | {fmt(loss.get('float'))} | "
+                     f"{fmt(loss.get('ptq'))} | {fmt(loss.get('qad'))} | {fmt(r.get('qad_saved'))} | {closed} | "
+                     f"{fmt(p.get('ptq_vs_float_student'), 0)}{of} / {fmt(p.get('qad_vs_its_student'), 0)}{of} |")
+    return lines + ["", "A gap closed near 0 or negative means QAD bought no held-out loss at this size (the ptq → float "
+                        "gap is then within the noise of the held-out text); the prompts column is what the parity check "
+                        "holds each file to.", ""]
 
 
 def failure_message(rep: dict, out: Path) -> Optional[str]:
@@ -186,9 +241,13 @@ def shipped_quality_words(rep: dict, bold: bool = False) -> Optional[str]:
     p, on = e["pytorch_float"], e["quality_on"]
     d = e["eval_loss_vs_pytorch"]
     agree = lambda x: "—" if x.get("top1_agreement_teacher") is None else f"{x['top1_agreement_teacher']:.3f}"  # noqa: E731
+    q = e.get("pytorch_quant_aware")
+    qad = "" if not q else (f"; it was built from the quantisation-aware student (`{e.get('model_dir')}`), which scores "
+                            f"{q['eval_loss']:.4f} in PyTorch with the file's weights")
     return (f"{b}The file that ships, {k} (`{e['path']}`), run in {on['runtime']} on this machine: held-out loss "
             f"{e['eval_loss']:.4f} (perplexity {e['perplexity']:.3f}), top-1 agreement with the teacher "
-            f"{agree(e)}{b}; the PyTorch float student it was built from scores {p['eval_loss']:.4f} (perplexity "
+            f"{agree(e)}{b}{qad}; the PyTorch float student {'distilled before it' if q else 'it was built from'} "
+            f"scores {p['eval_loss']:.4f} (perplexity "
             f"{p['perplexity']:.3f}), {agree(p)} on the same {on['tokens']:,} held-out tokens: the file's loss is "
             f"{abs(d):.4f} {'higher' if d > 0 else 'lower' if d < 0 else 'the same'}"
             f"{'' if d == 0 else f' (perplexity x {math.exp(d):.3f})'}.")

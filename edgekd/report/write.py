@@ -237,8 +237,11 @@ def _file_rows(rep: dict, view: KindView) -> list[str]:
 
     lines = [row("distilled student, PyTorch float (on the files' tokens)", files[0][1]["pytorch_float"],
                  rep["student"].get("size_mb"))]
-    lines += [row(f"{k}: the {e['precision']} file in {e['quality_on']['runtime']}", e, e.get("size_mb"))
-              for k, e in files]
+    for k, e in files:
+        if e.get("pytorch_quant_aware"):  # built from a quantisation-aware student: that PyTorch model beside it
+            lines.append(row(f"{k}: its quantisation-aware student, PyTorch (weights on the file's grid)",
+                             e["pytorch_quant_aware"], None))
+        lines.append(row(f"{k}: the {e['precision']} file in {e['quality_on']['runtime']}", e, e.get("size_mb")))
     whole = rep["student"].get("eval_tokens")
     return lines + ["", f"† Measured on {on['source']}: {on['tokens']:,} scored tokens"
                         + (f" (the rows above: all {whole:,} held-out tokens)" if whole else "")
