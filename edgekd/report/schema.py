@@ -44,7 +44,10 @@ JOB_KEYS: dict = {
     # eval_loss_vs_pytorch, quality_on {blocks, window, tokens, source, runtime, seconds}. Its `top1_agreement`
     # stays the parity check's (against PyTorch float on the parity prompts).
     "search": {"table": None, "json": None, "plot": None, "choice": None, "predicted_ms": None, "params": None,
-               "calibrated": None, "candidates": None, "attempts": None},
+               "calibrated": None, "candidates": None, "attempts": None,
+               # the weight recipe of the chosen student's quantised file and why (blockwise or per channel):
+               # {format, quantize, recipe, blockwise, grain, why}; None for float32 or ONNX/TFLite
+               "quant_recipe": None},
     "calibration": {"source": None, "path": None, "values": None},   # which calibration the search started from
     "budget_source": None,               # options | built-in teacher's demo budget | target file
     "disk_mb": {"run": None, "checkpoints": None, "export": None},  # the run directory's size at the end

@@ -70,6 +70,7 @@ def test_job_report_fills_every_job_key_and_says_why_it_failed(tmp_path):
     rep = build_job_report(engine, facts)
     assert missing_keys(rep, JOB_KEYS) == []
     assert rep["timings_s"] == {"distill": 1.0, "job": facts.timings} and rep["student"]["precision_deployed"] == "int8"
+    assert rep["search"]["quant_recipe"] is None  # tflite int8: the converter's own, no recipe of edgekd's to state
     assert rep["status"] == "failed" and "tflite-int8: top-1 0.5" in rep["error"]
     assert failure_message(rep, tmp_path) == f"{rep['error']}; the run {tmp_path} records the numbers"
     assert engine["status"] == "incomplete"  # the job's report is a new dict: the engine's part is left as it was
