@@ -73,16 +73,16 @@ class LogitsDeployment(Deployment):
         from edgekd.models.loading import CLASSIFIER
         from edgekd.profile.exports import profile_exports
 
-        top1 = None
-        if result.kind == CLASSIFIER:
-            rows = heldout_sentences(where, data)
+        top1 = labelled = None
+        if result.kind == CLASSIFIER:  # parity rows, and labelled sentences each file's accuracy is measured on
+            rows, labelled = heldout_sentences(where, data, result.report.get("student", {}).get("eval_examples"))
         elif result.heldout_ids is None:
             rows = None
         else:  # held-out blocks: parity, and each file's own quality, on them
             rows = {"input_ids": result.heldout_ids[:PARITY_ROWS, :where.seq_len],
                     "source": "held-out blocks the report evaluates on"}
             top1 = None if result.teacher_top1 is None else result.teacher_top1[:PARITY_ROWS, :where.seq_len - 1]
-        exports = export_run(where.out, seq_len=where.seq_len, calib_inputs=rows, teacher_top1=top1)
+        exports = export_run(where.out, seq_len=where.seq_len, calib_inputs=rows, teacher_top1=top1, labelled=labelled)
         measured = profile_exports(where.out, exports, device="local", runs=where.runs, warmup=where.warmup,
                                    threads=where.local_threads)
         return exports, measured
@@ -97,19 +97,25 @@ class LogitsDeployment(Deployment):
                               settings=where.settings, **where.profile_kw)
 
 
-def heldout_sentences(where: Where, data: dict) -> dict:
+def heldout_sentences(where: Where, data: dict, scored: Optional[int] = None) -> tuple[dict, Any]:
     """A classifier's parity rows: held-out (validation) sentences from the shortest to the longest, each
-    padded to the exported length with its attention mask, in the student's tokenizer."""
+    padded to the exported length with its attention mask, in the student's tokenizer; and the labelled
+    held-out sentences its files' own accuracy is measured on (parity.HeldoutSentences: the first `scored`,
+    those the engine scored the models on, at most parity.QUALITY_SENTENCES)."""
     from edgekd.data.batching import sentences_of_every_length
     from edgekd.data.corpus import load_corpus
     from edgekd.data.tokenizer import load_tokenizer
+    from edgekd.export.parity import HeldoutSentences
+    from edgekd.models.loading import read_config_dict
 
     corpus = load_corpus(data["data"], data["text_column"], data["label_column"])
-    rows = sentences_of_every_length(corpus.validation, load_tokenizer(where.out / "student"), where.seq_len,
-                                     PARITY_ROWS)
+    tokenizer = load_tokenizer(where.out / "student")
+    rows = sentences_of_every_length(corpus.validation, tokenizer, where.seq_len, PARITY_ROWS)
     lengths = rows["attention_mask"].sum(1)
+    labelled = HeldoutSentences.of(corpus, read_config_dict(where.out / "student"), tokenizer, where.seq_len, scored,
+                                   str(data["data"]))
     return rows | {"source": f"held-out sentences (the validation split) of {int(lengths.min())} to "
-                             f"{int(lengths.max())} tokens, padded to {where.seq_len} and masked"}
+                             f"{int(lengths.max())} tokens, padded to {where.seq_len} and masked"}, labelled
 
 
 class GenerativeDeployment(Deployment):

@@ -185,7 +185,75 @@ def test_distilbert_short_sentence_padded_to_the_window_gives_pytorchs_logits(di
     rec = export_model(distilbert, fmt, "none", seq_len=SEQ, out=tmp_path / f"m.{fmt}", show_progress=False)
     assert rec["passed"] and rec["inputs"] == ["input_ids", "attention_mask"]
     assert len(set(rec["parity_inputs"]["lengths"])) > 4  # the check itself ran sentences of many lengths
+    assert "accuracy" not in rec and "quality_on" not in rec  # no labelled sentences given: no quality claimed
     assert_padding_is_masked(distilbert, tmp_path / f"m.{fmt}")
+
+
+def _macro_f1_by_confusion(pred: np.ndarray, true: np.ndarray) -> float:
+    """scikit-learn's f1_score(average="macro") by its definition, from a confusion matrix (sklearn is not
+    installed): per class present in either array, F1 = 2 C[c,c] / (row sum + column sum)."""
+    classes = np.union1d(pred, true)
+    m = np.array([[np.sum((true == a) & (pred == b)) for b in classes] for a in classes])
+    return float(np.mean([2 * m[i, i] / (m[i].sum() + m[:, i].sum()) for i in range(len(classes))]))
+
+
+def _file_labels(path, enc: dict) -> np.ndarray:
+    """The labels an exported classifier gives each encoded sentence, run by hand one sentence at a time:
+    onnxruntime's own session for .onnx, LiteRT through the runtime module boards use for .tflite."""
+    from edgekd.export import graph_runtime
+
+    n = len(enc["input_ids"])
+    if str(path).endswith(".onnx"):
+        import onnxruntime as ort
+
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return np.array([sess.run(None, {k: enc[k][i:i + 1].astype(np.int64) for k in ("input_ids", "attention_mask")})[0]
+                         .argmax(-1)[0] for i in range(n)])
+    m = graph_runtime.load(str(path))
+    return np.array([m.run({name: enc["attention_mask" if "mask" in name else "input_ids"][i:i + 1].astype(dt)
+                            for name, _shape, dt in m.inputs})[0].argmax(-1)[0] for i in range(n)])
+
+
+def test_each_classifier_file_scores_labelled_heldout_sentences_in_its_runtime(bert, data, tmp_path):
+    """A classifier's ONNX file (float, int8) records its own accuracy and macro-F1 on labelled held-out sentences,
+    run in its runtime, beside PyTorch float's on the same sentences: checked against onnxruntime run here by
+    hand and a confusion-matrix macro-F1, and PyTorch float against transformers' model. (TFLite's: the job
+    tests below.)"""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from edgekd.data.corpus import load_corpus
+    from edgekd.export import export_model
+    from edgekd.export.parity import HeldoutSentences
+    from edgekd.models.loading import read_config_dict
+
+    tok = AutoTokenizer.from_pretrained(bert)
+    labelled = HeldoutSentences.of(load_corpus(data / "train.jsonl"), read_config_dict(bert), tok, SEQ)
+    corpus = load_corpus(data / "train.jsonl")  # the labels as the data holds them (ids 0, 1: the teacher's own)
+    texts, labels = corpus.validation, np.array([corpus.label_values[i] for i in corpus.validation_labels])
+    assert 10 <= len(texts) <= 40 and labelled.labels.tolist() == labels.tolist()
+    enc = tok(texts, padding="max_length", max_length=SEQ, truncation=True, return_tensors="np")
+    with torch.no_grad():
+        model = AutoModelForSequenceClassification.from_pretrained(bert).eval()
+        torch_pred = model(**{k: torch.from_numpy(v) for k, v in enc.items() if k != "token_type_ids"}).logits.argmax(-1)
+    records = {}
+    for quant in ("none", "int8-dynamic"):
+        out = tmp_path / f"m.{quant}.onnx"
+        records[quant] = rec = export_model(bert, "onnx", quant, seq_len=SEQ, out=out, show_progress=False,
+                                            labelled=labelled, float_file=tmp_path / "m.none.onnx" if quant != "none" else None)
+        pred = _file_labels(out, enc)
+        assert rec["accuracy"] == pytest.approx(float((pred == labels).mean()))
+        assert rec["macro_f1"] == pytest.approx(_macro_f1_by_confusion(pred, labels))
+        assert rec["top1_agreement_pytorch"] == pytest.approx(float((pred == torch_pred.numpy()).mean()))
+        p = rec["pytorch_float"]
+        assert p["accuracy"] == pytest.approx(float((torch_pred.numpy() == labels).mean()))
+        assert p["macro_f1"] == pytest.approx(_macro_f1_by_confusion(torch_pred.numpy(), labels))
+        assert rec["eval_loss_vs_pytorch"] == pytest.approx(rec["eval_loss"] - p["eval_loss"])
+        on = rec["quality_on"]
+        assert on["sentences"] == len(texts) and "held-out sentences" in on["source"] and on["runtime"]
+        assert on["seconds"] < 30
+    # the float file is PyTorch's numerics: the same labels, the same loss to float rounding
+    assert records["none"]["accuracy"] == records["none"]["pytorch_float"]["accuracy"]
+    assert records["none"]["eval_loss"] == pytest.approx(records["none"]["pytorch_float"]["eval_loss"], abs=1e-4)
 
 
 def test_a_float_export_whose_labels_flip_fails_parity():
@@ -200,7 +268,7 @@ def test_a_float_export_whose_labels_flip_fails_parity():
 
 # --- the job --------------------------------------------------------------------------------------
 
-def _check_run(out, kind_of_student: str, seq_len: int = SEQ):
+def _check_run(out, kind_of_student: str, data_file, seq_len: int = SEQ):
     from edgekd.models.loading import load_model
     from edgekd.report import CLASSIFIER_KEYS, ENGINE_KEYS, JOB_KEYS, missing_keys
 
@@ -238,6 +306,25 @@ def _check_run(out, kind_of_student: str, seq_len: int = SEQ):
         assert got.argmax(-1) == ref.argmax(-1) and np.abs(got - ref).max() <= 1e-3 * max(1.0, np.abs(ref).max())
     for fmt in ("onnx", "tflite"):
         assert_padding_is_masked(out / "student", out / rep["exports"][fmt]["path"], seq_len)
+    # each kept file's own accuracy and macro-F1 on the labelled held-out sentences the engine scored the models on,
+    # in its runtime: against the file run here by hand, beside PyTorch float's (the engine's student numbers)
+    from edgekd.data.corpus import load_corpus
+
+    corpus = load_corpus(data_file)
+    n = rep["student"]["eval_examples"]
+    labels = np.array([corpus.label_values[i] for i in corpus.validation_labels[:n]])
+    enc = tok(corpus.validation[:n], padding="max_length", max_length=seq_len, truncation=True, return_tensors="np")
+    md_rows = md[md.index("| model | params"):]
+    for name, e in rep["exports"].items():
+        pred = _file_labels(out / e["path"], enc)
+        assert e["quality_on"]["sentences"] == n and e["quality_on"]["runtime"], name
+        assert e["accuracy"] == pytest.approx(float((pred == labels).mean())), name
+        assert e["macro_f1"] == pytest.approx(_macro_f1_by_confusion(pred, labels)), name
+        # PyTorch float on the files' sentences is the engine's student on its held-out ones (one sentence at a
+        # time against batches of 16: a near-tie may flip one label)
+        assert e["pytorch_float"]["accuracy"] == pytest.approx(rep["student"]["accuracy"], abs=1.01 / n), name
+        assert f"| {name}: the {e['precision']} file in {e['quality_on']['runtime']} † |" in md_rows, name
+    assert f"the same {n:,} held-out sentences" in md and "scored sentences" in md
     return rep
 
 
@@ -247,7 +334,7 @@ def test_job_distills_bert_into_a_smaller_bert_from_jsonl(bert, data, tmp_path, 
     code, out, err = cli(monkeypatch, capsys, "distill", "--target", "host", "--teacher", bert, "--data",
                          data / "train.jsonl", "--out", "runs/bert", *JOB)
     assert code == 0, err
-    rep = _check_run(tmp_path / "runs" / "bert", "bert")
+    rep = _check_run(tmp_path / "runs" / "bert", "bert", data / "train.jsonl")
     assert rep["search"]["table"] == "search/candidates.csv"
     assert rep["student"]["params"] < rep["teacher"]["params"]
     print("\nbert->bert:", {k: (round(rep[k]["accuracy"], 3), round(rep[k]["macro_f1"], 3))
@@ -262,7 +349,7 @@ def test_job_distills_bert_into_a_bilstm_from_csv(bert, data, tmp_path, monkeypa
     code, out, err = cli(monkeypatch, capsys, "distill", "--target", "host", "--teacher", bert, "--data",
                          data / "train.csv", "--student", "bilstm", "--out", "runs/lstm", *JOB, "--seq-len", "24")
     assert code == 0, err
-    rep = _check_run(tmp_path / "runs" / "lstm", "edgekd_bilstm", 24)  # the recurrence unrolls: a shorter window
+    rep = _check_run(tmp_path / "runs" / "lstm", "edgekd_bilstm", data / "train.csv", 24)  # the recurrence unrolls: a shorter window
     assert rep["search"]["table"] is None and rep["latency"]["predicted_ms"] is None
     assert rep["latency"]["measured_on_target_ms"] > 0 and rep["latency"]["meets_budget_measured"] is True
     assert rep["student"]["init"]["method"] == "teacher"  # the teacher's word embeddings

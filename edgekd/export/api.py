@@ -89,7 +89,8 @@ def export_steps(show: bool, title: str, names: list[str]):
 
 def export_model(model_dir, fmt: str = "onnx", quantize: str = "none", seq_len: int = 64, out=None,
                  calib_inputs=None, min_top1: float = 0.9, *, show_progress: bool = True,
-                 float_file: Path | None = None, teacher_top1=None) -> dict:
+                 float_file: Path | None = None, teacher_top1=None,
+                 labelled: "parity.HeldoutSentences | None" = None) -> dict:
     """Export MODEL_DIR to FILE and write its parity record FILE.json; return the record.
 
     `float_file`: for a quantised export, the float export of the same model at the same seq_len (FILE with
@@ -103,6 +104,8 @@ def export_model(model_dir, fmt: str = "onnx", quantize: str = "none", seq_len: 
     A causal LM's file given held-out `calib_inputs` also records its own quality on the rows it is checked on
     (parity.HeldoutText.compare: eval_loss, perplexity, top1_agreement_teacher against `teacher_top1`, the
     teacher's argmax at each position of those rows [N, seq_len - 1], ..., beside PyTorch float's).
+    A classifier's file given `labelled` held-out sentences (parity.HeldoutSentences) records its own accuracy
+    and macro-F1 on them in its runtime (with eval_loss, top1_agreement_pytorch, ..., beside PyTorch float's).
     """
     export_args(fmt, quantize, seq_len, min_top1, out)
     model_dir = check_model_dir(model_dir, "model directory")
@@ -159,6 +162,14 @@ def export_model(model_dir, fmt: str = "onnx", quantize: str = "none", seq_len: 
                 check |= parity.HeldoutText.of(ids, None if top1 is None else top1.numpy(), ids.shape[1], len(ids),
                                                source).measure(got, ref)
                 check["quality_on"]["runtime"] = runtime
+            if labelled is not None and loaded.kind == CLASSIFIER and check["passed"]:
+                started = time.perf_counter()
+                try:
+                    scored, _ = parity.exported_logits(str(final), labelled.feeds)
+                except Exception as e:
+                    raise JobFailed(f"the exported {out.name} does not run: {str(e).splitlines()[0][:300]}") from e
+                check |= labelled.measure(scored, labelled.pytorch(loaded.module, model_dir))
+                check["quality_on"] |= {"runtime": runtime, "seconds": time.perf_counter() - started}
             record = {"path": str(out), "format": fmt, "quantize": quantize, "precision": precision_of(quantize),
                       "seq_len": seq_len,
                       "size_mb": final.stat().st_size / 1e6, "float_size_mb": float_path.stat().st_size / 1e6,

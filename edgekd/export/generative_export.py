@@ -83,15 +83,14 @@ def check_architecture(model_dir: Path, fmt: str) -> str:
 def recipe_for(fmt: str, quantize: str, config: dict) -> tuple[str, str]:
     """(builder argument, description) for MODEL's export: litert-lm int4 blockwise where the weights allow."""
     if (fmt, quantize) == ("litert-lm", "int4"):
-        from edgekd.models.arch import arch_of
+        from edgekd.quant.fake_quant import BLOCK, unblocked_inputs
 
-        a = arch_of(config)
-        inputs = (a["hidden_size"], a["intermediate_size"], a["num_attention_heads"] * a["head_dim"])
-        if all(n % 32 == 0 for n in inputs):
+        bad = unblocked_inputs(config)
+        if not bad:
             return LITERT_INT4_BLOCKWISE
         arg, what = RECIPES[(fmt, quantize)]
-        return arg, f"{what} (not blockwise: a weight's input size of {[n for n in inputs if n % 32][0]} is not a " \
-                    f"multiple of the 32-wide block)"
+        return arg, f"{what} (not blockwise: a weight's input size of {next(iter(bad.values()))} is not a " \
+                    f"multiple of the {BLOCK}-wide block)"
     return RECIPES[(fmt, quantize)]
 
 

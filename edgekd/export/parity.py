@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import numpy as np
@@ -211,6 +211,76 @@ def _scored(logits, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         nll.append(_nll(x, list(row)))
         top1.append(x[:-1].argmax(-1))
     return np.stack(nll), np.stack(top1)
+
+
+# The labelled held-out sentences a classifier's files' own accuracy and macro-F1 are measured on, in their
+# runtime: the first of the validation split's sentences, those the engine scores every model on
+# (distill/data.py: its first eval_blocks x 4), at most QUALITY_SENTENCES. The files run one sentence per call.
+QUALITY_SENTENCES = 256
+
+
+@dataclass(frozen=True)
+class HeldoutSentences:
+    """Labelled held-out sentences as a classifier reads them ({"input_ids", "attention_mask"} [n, seq_len]) and
+    their labels in the teacher's classes ([n]), on which each classifier file's accuracy and macro-F1 are
+    measured in its runtime, beside PyTorch float's (`measure`)."""
+
+    feeds: dict
+    labels: np.ndarray
+    source: str
+    _pytorch: dict = field(default_factory=dict, compare=False, repr=False)  # model dir -> PyTorch's logits
+
+    @classmethod
+    def of(cls, corpus, config, tokenizer, seq_len: int, n: Optional[int] = None,
+           where: str = "the data") -> "HeldoutSentences":
+        """The first min(n, QUALITY_SENTENCES) validation sentences of a labelled `corpus` (data.corpus.Corpus,
+        its labels mapped here onto the classes of `config`, the classifier's config, as the engine maps them:
+        distill.data.remap_to_teacher), encoded with `tokenizer` to `seq_len` (data.batching.encode_sentences)."""
+        from types import SimpleNamespace
+
+        from edgekd.data.batching import encode_sentences
+        from edgekd.data.labels import teacher_classes
+        from edgekd.distill.data import remap_to_teacher
+
+        if not corpus.validation or corpus.validation_labels is None:
+            raise EdgekdError(f"{where} has no labelled held-out sentences to score the exported classifier on: "
+                              f"give labelled data with a validation split")
+        remap_to_teacher(corpus, teacher_classes(SimpleNamespace(**config) if isinstance(config, dict) else config),
+                         where)
+        k = min(len(corpus.validation), QUALITY_SENTENCES, n or QUALITY_SENTENCES)
+        ids, mask = encode_sentences(corpus.validation[:k], tokenizer, seq_len)
+        return cls({"input_ids": ids, "attention_mask": mask}, np.asarray(corpus.validation_labels[:k], dtype=np.int64),
+                   f"the first {k} of the {len(corpus.validation)} held-out sentences (the validation split), padded "
+                   f"to {seq_len} and masked")
+
+    def scores(self, logits: np.ndarray) -> dict:
+        """eval_loss (the labels' mean cross-entropy), accuracy and macro-F1 (distill.evaluate.macro_f1) of
+        logits [n, classes]."""
+        from edgekd.distill.evaluate import macro_f1
+
+        x = logits.reshape(len(self.labels), -1).astype(np.float64)
+        x = x - x.max(-1, keepdims=True)
+        nll = np.log(np.exp(x).sum(-1)) - x[np.arange(len(self.labels)), self.labels]
+        pred = x.argmax(-1)
+        return {"eval_loss": float(nll.mean()), "accuracy": float((pred == self.labels).mean()),
+                "macro_f1": macro_f1(torch.from_numpy(pred), torch.from_numpy(self.labels))}
+
+    def pytorch(self, module: torch.nn.Module, key) -> list[np.ndarray]:
+        """PyTorch's logits of each sentence, one at a time as the files run (reference_logits), computed once
+        per model (`key`: its directory) and shared by its exports."""
+        if str(key) not in self._pytorch:
+            self._pytorch[str(key)] = reference_logits(module, self.feeds)
+        return self._pytorch[str(key)]
+
+    def measure(self, file_logits: list[np.ndarray], pytorch_logits: list[np.ndarray]) -> dict:
+        """An export record's quality keys: the file's eval_loss, accuracy and macro_f1, the share of sentences
+        whose label it gives as PyTorch does (`top1_agreement_pytorch`), PyTorch float's numbers on the same
+        sentences (`pytorch_float`), `eval_loss_vs_pytorch` and `quality_on`."""
+        got, ref = np.concatenate(file_logits), np.concatenate(pytorch_logits)
+        g, r = self.scores(got), self.scores(ref)
+        return g | {"top1_agreement_pytorch": float((got.argmax(-1) == ref.argmax(-1)).mean()), "pytorch_float": r,
+                    "eval_loss_vs_pytorch": g["eval_loss"] - r["eval_loss"],
+                    "quality_on": {"sentences": int(len(self.labels)), "source": self.source}}
 
 
 def _does_not_run(e: Exception) -> JobFailed:

@@ -55,7 +55,7 @@ def _generative_record(rec: dict) -> dict:
 # `top1_agreement` stays the parity check's (the file's argmax against PyTorch's); the teacher's is
 # `top1_agreement_teacher`.
 QUALITY_KEYS = ("eval_loss", "perplexity", "top1_agreement_teacher", "top1_agreement_pytorch", "pytorch_float",
-                "eval_loss_vs_pytorch", "quality_on")
+                "eval_loss_vs_pytorch", "quality_on", "accuracy", "macro_f1")  # the last two: a classifier's
 
 
 # A file built from a quantisation-aware student: how it compares with the float student (parity's figures) and
@@ -89,7 +89,7 @@ def _ptq_baseline(run: Path, student: Path, fmt: str, quant: str, name: str, pro
 
 
 def export_run(run_dir, seq_len: int = 64, calib_inputs=None, min_top1: float = 0.9, variants=VARIANTS,
-               prompts=None, heldout=None, teacher_top1=None, quant_aware=None) -> dict[str, dict]:
+               prompts=None, heldout=None, teacher_top1=None, labelled=None, quant_aware=None) -> dict[str, dict]:
     """Fill RUN/export (files, parity records, export.json); return report.json's `exports`.
 
     `variants`: (format, quantize, name) rows of VARIANTS and GENERATIVE_VARIANTS. Each record: path
@@ -100,10 +100,12 @@ def export_run(run_dir, seq_len: int = 64, calib_inputs=None, min_top1: float = 
     parity's held-out token ids (default: built-in held-out text). `heldout`: a parity.HeldoutText on which
     each generative export's own quality is measured in its runtime (QUALITY_KEYS; none without it);
     `teacher_top1`: the teacher's argmax at each position of a causal LM's `calib_inputs` rows, for the logits
-    files' (measured on those rows). `quant_aware`: {export key: directory} of the quantisation-aware students
-    (RunResult.quant_aware): such a variant is built from its student, checked against it (and figured against the
-    float student), and the float student quantised after training is exported beside it in export/ptq/ as the
-    baseline (its record under the variant's `ptq`).
+    files' (measured on those rows); `labelled`: a classifier's labelled held-out sentences
+    (parity.HeldoutSentences), on which each of its files' accuracy and macro-F1 are measured. `quant_aware`:
+    {export key: directory} of the quantisation-aware students (RunResult.quant_aware): such a variant is built
+    from its student, checked against it (and figured against the float student), and the float student
+    quantised after training is exported beside it in export/ptq/ as the baseline (its record under the
+    variant's `ptq`).
     """
     run = Path(run_dir)
     student = run / "student"
@@ -139,7 +141,7 @@ def export_run(run_dir, seq_len: int = 64, calib_inputs=None, min_top1: float = 
             else:
                 rec = export_model(student, fmt, quant, seq_len=seq_len, out=out, calib_inputs=calib_inputs,
                                    min_top1=min_top1, float_file=floats.get(fmt),  # int8 from the float file
-                                   teacher_top1=teacher_top1)
+                                   teacher_top1=teacher_top1, labelled=labelled)
                 if quant == "none":
                     floats[fmt] = out
         except (EdgekdError, JobFailed) as e:

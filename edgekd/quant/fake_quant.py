@@ -61,6 +61,20 @@ RECIPES = {
 BY_NAME = {r.name: r for r in RECIPES.values()}
 
 
+def unblocked_inputs(config, block: int = BLOCK) -> dict[str, int]:
+    """The weight input sizes of a model of `config` (a config of a family edgekd reads, or its arch_of dict)
+    that are not a multiple of `block`, {what: size}, in the order hidden, FFN, attention; empty when every
+    weight's input is whole blocks. The inputs: the hidden size (the q/k/v, gate/up and lm_head projections,
+    the embedding rows), the FFN size (down_proj) and heads x head size (o_proj). LiteRT's blockwise recipe
+    (dynamic_wi4b32_afp32) refuses a model with any; onnxruntime's MatMulNBits pads their last block."""
+    from edgekd.models.arch import arch_of
+
+    a = arch_of(config)
+    sizes = {"hidden size": a["hidden_size"], "FFN size": a["intermediate_size"],
+             "attention width (heads x head size)": a["num_attention_heads"] * a["head_dim"]}
+    return {what: n for what, n in sizes.items() if n % block}
+
+
 def _blocks(w: torch.Tensor, block: int | None) -> tuple[torch.Tensor, int]:
     """W [out, in] as [out, blocks, block] (zero-padded along the input), and the padding added."""
     w = w.detach().float()
@@ -178,4 +192,4 @@ def fake_quant_activations(x: torch.Tensor, recipe: Recipe) -> torch.Tensor:
 
 
 __all__ = ["BLOCK", "BY_NAME", "RECIPES", "Recipe", "dequantize", "fake_quant", "fake_quant_activations", "int8_rows",
-           "int8_blocks", "quantize", "snap"]
+           "int8_blocks", "quantize", "snap", "unblocked_inputs"]

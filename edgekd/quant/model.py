@@ -12,7 +12,7 @@ import torch
 from torch.nn.utils import parametrize
 
 from edgekd.errors import EdgekdError
-from edgekd.quant.fake_quant import RECIPES, Recipe, fake_quant, fake_quant_activations, snap
+from edgekd.quant.fake_quant import BLOCK, RECIPES, Recipe, fake_quant, fake_quant_activations, snap, unblocked_inputs
 
 
 class FakeQuant(torch.nn.Module):
@@ -28,16 +28,37 @@ class FakeQuant(torch.nn.Module):
 
 def recipe_for_export(fmt: str, quantize: str, config) -> Recipe:
     """The recipe the `fmt` export quantises MODEL with at `quantize` (litert-lm int4 blockwise where every
-    weight's input size is a multiple of 32, as export.generative_export.recipe_for chooses)."""
-    from edgekd.export.generative_export import LITERT_INT4_BLOCKWISE, recipe_for
-
+    weight's input size is a multiple of 32, `unblocked_inputs`, as export.generative_export.recipe_for chooses)."""
     cfg = config if isinstance(config, dict) else config.to_dict()
     if (fmt, quantize) not in RECIPES:
         known = ", ".join(f"{f} {q}" for f, q in RECIPES if q != "int4b32")
         raise EdgekdError(f"no quantisation recipe for {fmt} {quantize}: known are {known}")
-    if (fmt, quantize) == ("litert-lm", "int4") and recipe_for(fmt, quantize, cfg)[0] == LITERT_INT4_BLOCKWISE[0]:
+    if (fmt, quantize) == ("litert-lm", "int4") and not unblocked_inputs(cfg):
         return RECIPES[("litert-lm", "int4b32")]
     return RECIPES[(fmt, quantize)]
+
+
+def recipe_words(fmt: str, quantize: str, config, unaligned_because: str | None = None) -> dict:
+    """Which weight recipe a model of `config` gets in the `fmt` export at `quantize`, and why, for reports:
+    {"format", "quantize", "recipe" (the runtime's name), "blockwise" (a scale per block of 32 input values,
+    what phones ship, rather than per output channel), "grain" (that in words), "why"}. `unaligned_because`: why the model's sizes are
+    not whole blocks (the student search's words), added where that decides the recipe."""
+    recipe = recipe_for_export(fmt, quantize, config)
+    bad = unblocked_inputs(config)
+    sizes = ", ".join(f"{what} {n}" for what, n in bad.items())
+    because = f" ({unaligned_because})" if unaligned_because else ""
+    if recipe.block and not bad:
+        why = f"every weight's input size is a multiple of the {recipe.block}-wide block"
+    elif recipe.block:
+        why = f"the last block of each weight input of {sizes} is padded with zeros{because}"
+    elif (fmt, quantize) == ("litert-lm", "int4"):
+        why = f"per output channel, not blockwise: the blockwise recipe needs every weight's input size to be a " \
+              f"multiple of {BLOCK}, and the {sizes} {'is' if len(bad) == 1 else 'are'} not{because}"
+    else:
+        why = f"the runtime's {quantize} recipe has one scale per output channel"
+    return {"format": fmt, "quantize": quantize, "recipe": recipe.name, "blockwise": recipe.block is not None,
+            "grain": f"blocks of {recipe.block} input values" if recipe.block else "one scale per output channel",
+            "why": why}
 
 
 def quantized_modules(model: torch.nn.Module, recipe: Recipe) -> list[tuple[str, torch.nn.Module]]:

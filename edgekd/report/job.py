@@ -130,7 +130,8 @@ def build_job_report(engine: dict, f: JobFacts) -> dict:
                      "json": f"{d}/candidates.json" if searched else None,
                      "plot": f"{d}/search.png" if searched else None, "choice": res.choice,
                      "predicted_ms": res.predicted_ms, "params": f.attempts[-1]["params"],
-                     "calibrated": res.calibrated, "candidates": len(res.table), "attempts": f.attempts}
+                     "calibrated": res.calibrated, "candidates": len(res.table), "attempts": f.attempts,
+                     "quant_recipe": res.quant_recipe}
     rep["calibration"] = f.calibration
     rep["target_facts"] = f.target_facts
     rep["timings_s"] = {**rep.get("timings_s", {}), "job": f.timings}
@@ -239,6 +240,11 @@ def shipped_quality_words(rep: dict, bold: bool = False) -> Optional[str]:
         return f"{b}The file that ships{key} has no quality measured in its runtime{b}."
     k, e = found
     p, on = e["pytorch_float"], e["quality_on"]
+    if e.get("accuracy") is not None:  # a classifier's file
+        return (f"{b}The file that ships, {k} (`{e['path']}`), run in {on['runtime']} on this machine: held-out "
+                f"accuracy {e['accuracy']:.3f}, macro-F1 {e['macro_f1']:.3f}{b}; the PyTorch float student it was "
+                f"built from scores {p['accuracy']:.3f} and {p['macro_f1']:.3f} on the same {on['sentences']:,} "
+                f"held-out sentences, and the file gives PyTorch's label on {e['top1_agreement_pytorch']:.1%} of them.")
     d = e["eval_loss_vs_pytorch"]
     agree = lambda x: "—" if x.get("top1_agreement_teacher") is None else f"{x['top1_agreement_teacher']:.3f}"  # noqa: E731
     q = e.get("pytorch_quant_aware")
@@ -346,7 +352,7 @@ def render_target_section(rep: dict) -> str:
                  f"{'calibrated' if lat['calibrated'] else 'uncalibrated (datasheet priors)'} latency model and chose "
                  f"the largest that fits: {c['num_hidden_layers']} layers, hidden {c['hidden_size']}, "
                  f"{c['num_attention_heads']} heads, FFN {c['intermediate_size']}, {c['precision']} "
-                 f"({s['params']:,} parameters).", "",
+                 f"({s['params']:,} parameters).{recipe_words(s)}", "",
                  "| | latency (ms) | within budget |", "|---|---:|---|",
                  f"| predicted on {rep['target']} | {lat['predicted_ms']:.3f} | "
                  f"{'yes' if lat['meets_budget_predicted'] else 'NO'} |"]
@@ -384,6 +390,16 @@ def _choice_words(rep: dict) -> str:
             f"{c['intermediate_size']}, {c['precision']} ({s['params']:,} parameters)")
 
 
+def recipe_words(search: dict) -> str:
+    """The sentence saying which weight recipe the chosen student's quantised file gets and why (report.json
+    search.quant_recipe), with a leading space; empty where there is none (float32, ONNX/TFLite)."""
+    r = search.get("quant_recipe")
+    if not r:
+        return ""
+    return (f" Its {r['quantize']} {r['format']} file gets `{r['recipe']}`, "
+            f"{'blockwise' if r['blockwise'] else 'not blockwise'} ({r['grain']}): {r['why']}.")
+
+
 def _cell(v, fmt: str) -> str:
     return "—" if v is None else format(v, fmt)
 
@@ -397,7 +413,7 @@ def render_generation_section(rep: dict) -> str:
              f"Target **{rep['target']}**, generation budget **{generation_budget_words(b)}** tokens ({g['format']} "
              f"export on the {g['runtime']} runtime, {g['threads']} threads). The search weighed {s['candidates']} candidates "
              f"([table]({s['table']})) with the {'calibrated' if g['calibrated'] else 'uncalibrated (datasheet priors)'}"
-             f" generation model and chose the largest that fits: {_choice_words(rep)}.", "",
+             f" generation model and chose the largest that fits: {_choice_words(rep)}.{recipe_words(s)}", "",
              "| | export | decode (tok/s) | TTFT (ms) | prefill (tok/s) | peak RSS (MB) | size (MB) | within budget |",
              "|---|---|---:|---:|---:|---:|---:|---|",
              f"| predicted on {rep['target']} | {g['format']} {g['precision']} | {p['decode_tok_s']:.1f} | "

@@ -42,9 +42,15 @@ JOB_KEYS: dict = {
     # held-out text (export/run_dir.py QUALITY_KEYS): eval_loss, perplexity, top1_agreement_teacher,
     # top1_agreement_pytorch, pytorch_float {eval_loss, perplexity, top1_agreement_teacher} on the same tokens,
     # eval_loss_vs_pytorch, quality_on {blocks, window, tokens, source, runtime, seconds}. Its `top1_agreement`
-    # stays the parity check's (against PyTorch float on the parity prompts).
+    # stays the parity check's (against PyTorch float on the parity prompts). A classifier's kept ONNX/TFLite file
+    # holds accuracy, macro_f1, eval_loss, top1_agreement_pytorch (labels as PyTorch's), pytorch_float {eval_loss,
+    # accuracy, macro_f1}, eval_loss_vs_pytorch and quality_on {sentences, source, runtime, seconds}, measured on
+    # labelled held-out sentences (export.parity.HeldoutSentences).
     "search": {"table": None, "json": None, "plot": None, "choice": None, "predicted_ms": None, "params": None,
-               "calibrated": None, "candidates": None, "attempts": None},
+               "calibrated": None, "candidates": None, "attempts": None,
+               # the weight recipe of the chosen student's quantised file and why (blockwise or per channel):
+               # {format, quantize, recipe, blockwise, grain, why}; None for float32 or ONNX/TFLite
+               "quant_recipe": None},
     "calibration": {"source": None, "path": None, "values": None},   # which calibration the search started from
     "budget_source": None,               # options | built-in teacher's demo budget | target file
     "disk_mb": {"run": None, "checkpoints": None, "export": None},  # the run directory's size at the end

@@ -223,7 +223,7 @@ def files_measured(rep: dict) -> list[tuple[str, dict]]:
 
 def _file_rows(rep: dict, view: KindView) -> list[str]:
     """The quality table's rows of the exported files, each run in its own runtime on this machine, and of the
-    PyTorch float student on the same (fewer) held-out tokens, with what those tokens are."""
+    PyTorch float student on the same (fewer) held-out tokens or sentences, with what they are."""
     files = files_measured(rep)
     if not files:
         return []
@@ -235,18 +235,19 @@ def _file_rows(rep: dict, view: KindView) -> list[str]:
         return (f"| {name} † | {params:,} | {fmt(size, 2)} | {fmt(e.get('eval_loss'))} | {fmt(e.get(view.metric), 3)} |"
                 f"{cells} {fmt(e.get('top1_agreement_teacher'), 3)} |")
 
-    lines = [row("distilled student, PyTorch float (on the files' tokens)", files[0][1]["pytorch_float"],
+    unit = "sentences" if "sentences" in on else "tokens"  # a classifier's files are scored on sentences
+    lines = [row(f"distilled student, PyTorch float (on the files' {unit})", files[0][1]["pytorch_float"],
                  rep["student"].get("size_mb"))]
     for k, e in files:
         if e.get("pytorch_quant_aware"):  # built from a quantisation-aware student: that PyTorch model beside it
-            lines.append(row(f"{k}: its quantisation-aware student, PyTorch (weights on the file's grid)",
-                             e["pytorch_quant_aware"], None))
+            lines.append(row(f"{k}: its quantisation-aware student, PyTorch fake-quant (the file's weights and "
+                             f"activation quantisation)", e["pytorch_quant_aware"], None))
         lines.append(row(f"{k}: the {e['precision']} file in {e['quality_on']['runtime']}", e, e.get("size_mb")))
-    whole = rep["student"].get("eval_tokens")
-    return lines + ["", f"† Measured on {on['source']}: {on['tokens']:,} scored tokens"
-                        + (f" (the rows above: all {whole:,} held-out tokens)" if whole else "")
+    whole = rep["student"].get("eval_examples" if unit == "sentences" else "eval_tokens")
+    return lines + ["", f"† Measured on {on['source']}: {on[unit]:,} scored {unit}"
+                        + (f" (the rows above: all {whole:,} held-out {unit})" if whole else "")
                         + ". Each exported file ran in its own runtime on this machine, and the PyTorch float student "
-                          "on exactly the same tokens."]
+                          f"on exactly the same {unit}."]
 
 
 @register_section("init", 50)

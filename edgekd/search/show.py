@@ -39,6 +39,10 @@ def print_table(result: "SearchResult", max_rows: int = 24) -> None:
     console.print(tab)
     if len(result.table) > len(shown):
         console.print(f"({len(result.table) - len(shown)} more candidates in candidates.csv)")
+    r = result.quant_recipe
+    if r:
+        console.print(f"{r['quantize']} {r['format']} weights: {r['recipe']}, {'blockwise' if r['blockwise'] else 'not blockwise'} "
+                      f"({r['grain']}): {r['why']}", markup=False)
 
 
 def plot_search(result: "SearchResult", path: str | Path) -> None:

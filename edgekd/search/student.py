@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional
@@ -50,6 +51,10 @@ class SearchResult:
     cost_model: str = "latency"     # the edgekd.targets cost model the search ran on
     budget: dict = field(default_factory=dict)  # that model's budget (its bounds and the lengths they hold at)
     fmt: str = ""                   # the export format it predicted
+    # The weight recipe the chosen student's quantised file gets in `fmt` and why (quant.recipe_words: format,
+    # quantize, recipe, blockwise, grain, why); None for a float32 choice or a format without edgekd's weight
+    # recipes (ONNX/TFLite).
+    quant_recipe: Optional[dict] = None
 
     @property
     def columns(self) -> list[str]:
@@ -91,7 +96,7 @@ class SearchResult:
                                          "calibrated": self.calibrated, "choice": self.choice,
                                          "predicted_ms": self.predicted_ms, "generation": self.generation,
                                          "cost_model": self.cost_model, "budget": self.budget, "fmt": self.fmt,
-                                         "candidates": self.table})
+                                         "quant_recipe": self.quant_recipe, "candidates": self.table})
         plot_search(self, out / FILES["plot"])
         return {k: out / f for k, f in FILES.items()}
 
@@ -105,7 +110,8 @@ class SearchResult:
                        latency_budget_ms=saved["latency_budget_ms"], predicted_ms=saved["predicted_ms"],
                        calibrated=saved["calibrated"], generation=saved.get("generation"),
                        cost_model=saved.get("cost_model", "generation" if saved.get("generation") else "latency"),
-                       budget=saved.get("budget") or _old_budget(saved), fmt=saved.get("fmt", ""))
+                       budget=saved.get("budget") or _old_budget(saved), fmt=saved.get("fmt", ""),
+                       quant_recipe=saved.get("quant_recipe"))
         except OSError as e:
             raise EdgekdError(f"{path}: cannot read the saved search ({e.strerror}): start a new run with another "
                               f"--out") from e
@@ -145,28 +151,74 @@ def kv_heads_for(nh: int, teacher: Mapping) -> int:
     return nh
 
 
+def _widths(a: Mapping, max_widths: int, block: int = 1) -> list[tuple[int, int]]:
+    """(head size, width) pairs: the teacher's head size (and half of it, where that is still a RoPE-able 16 or
+    more) and up to `max_widths` widths evenly spread, each a multiple of the head size and of `block`, up to
+    the teacher's width."""
+    hd_t = a["head_dim"]
+    out = []
+    for hd in [hd_t] + ([hd_t // 2] if hd_t // 2 >= 16 and (hd_t // 2) % 2 == 0 else []):
+        step = math.lcm(hd, block)
+        if step <= a["hidden_size"]:
+            out += [(hd, k * step) for k in _spread(1, a["hidden_size"] // step, max_widths)]
+    return out
+
+
+def block_problem(teacher_config: Any) -> Optional[str]:
+    """Why the teacher's sizes allow no quantised student whose every weight input is whole 32-wide blocks
+    (fake_quant.BLOCK: the runtimes' int4/int8 weight blocks; LiteRT's blockwise int4 takes nothing else), or
+    None when they do: no width within the teacher's that is a multiple of both its head size and the block
+    (a student keeps the teacher's head size), or an FFN narrower than one block."""
+    from edgekd.quant.fake_quant import BLOCK
+
+    a = arch_of(teacher_config)
+    hd, h, f = a["head_dim"], a["hidden_size"], a["intermediate_size"]
+    if math.lcm(hd, BLOCK) > h:
+        return (f"the teacher's head size {hd} makes every width a multiple of {hd}, and none up to its hidden size "
+                f"{h} is a multiple of {BLOCK} too")
+    if f < BLOCK:
+        return f"the teacher's FFN size {f} is narrower than one {BLOCK}-wide block"
+    return None
+
+
 def candidates(teacher_config: Any, precisions: tuple[str, ...] = ("float32", "int8"), max_widths: int = 8,
                max_depths: int = 8, ffn_ratios: tuple[float, ...] = (1.0, 0.75, 0.5)) -> list[dict]:
     """Architectures of the teacher's family smaller than it: width a multiple of the head size,
-    heads dividing the width, key/value heads the teacher's grouping allows (kv_heads_for)."""
+    heads dividing the width, key/value heads the teacher's grouping allows (kv_heads_for), FFN a multiple
+    of 8. A quantised candidate (int8, int4) keeps to the runtimes' 32-wide weight blocks (fake_quant.BLOCK):
+    its width and FFN size are multiples of 32 (the FFN rounded, at most the teacher's rounded down), so that
+    every weight's input is whole blocks and the int4 file gets LiteRT's blockwise recipe, what phones ship;
+    where the teacher's sizes allow none (`block_problem`), it takes the float candidates' sizes. float32
+    candidates come in both sizes, so no shape is searched in a quantised precision only."""
+    from edgekd.quant.fake_quant import BLOCK
+
     a = arch_of(teacher_config)
     teacher_params = param_count(a)
-    hd_t, H_t, L_t = a["head_dim"], a["hidden_size"], a["num_hidden_layers"]
-    ffn_ratio_t = a["intermediate_size"] / H_t
-    head_dims = [hd_t] + ([hd_t // 2] if hd_t // 2 >= 16 and (hd_t // 2) % 2 == 0 else [])
+    L_t, F_t = a["num_hidden_layers"], a["intermediate_size"]
+    ffn_ratio_t = F_t / a["hidden_size"]
+    precs = list(dict.fromkeys(normalize_precision(p) for p in precisions))
+    floats, quantised = [p for p in precs if p == "float32"], [p for p in precs if p != "float32"]
+    # (widths, FFN step, precisions): every precision on a plain grid of multiples of 8, or the quantised ones on
+    # whole blocks (and float32 there too) where the teacher allows them
+    blocked = block_problem(a) is None
+    grids = [(_widths(a, max_widths), 8, floats + ([] if blocked else quantised))]
+    if blocked:
+        grids.append((_widths(a, max_widths, BLOCK), BLOCK, floats + quantised))
     out, seen = [], set()
-    for hd in head_dims:
-        for h in (k * hd for k in _spread(1, H_t // hd, max_widths)):
+    for widths, step, grid_precs in grids:
+        top = F_t // step * step if step == BLOCK else None  # an aligned FFN stays within the teacher's
+        for hd, h in widths if grid_precs else ():
             nh = h // hd
             for L in _spread(1, L_t, max_depths):
                 for r in ffn_ratios:
-                    f = max(8, int(round(ffn_ratio_t * r * h / 8)) * 8)
+                    f = max(step, int(round(ffn_ratio_t * r * h / step)) * step)
+                    f = f if top is None else min(f, top)
                     arch = dict(zip(OVERRIDE_KEYS, (L, h, nh, kv_heads_for(nh, a), hd, f)))
-                    key = tuple(arch.values())
-                    if key in seen or param_count({**a, **arch}) >= teacher_params:  # a student is smaller
+                    if param_count({**a, **arch}) >= teacher_params:  # a student is smaller
                         continue
-                    seen.add(key)
-                    out += [arch | {"precision": normalize_precision(p)} for p in precisions]
+                    new = [p for p in grid_precs if (*arch.values(), p) not in seen]
+                    seen.update((*arch.values(), p) for p in new)
+                    out += [arch | {"precision": p} for p in new]
     return out
 
 
@@ -224,4 +276,15 @@ def search_student(teacher_config: Any, target: Target | str, budget: Optional[M
     extras = model.search_extras(best, cfg, t, b, calibration, threads, fmt)
     return SearchResult(choice={k: best[k] for k in OVERRIDE_KEYS} | {"precision": best["precision"]}, table=table,
                         target=t.name, calibrated=calibration is not None, cost_model=model.name, budget=b, fmt=fmt,
-                        **extras)
+                        quant_recipe=quant_recipe(fmt, best["precision"], cfg, teacher), **extras)
+
+
+def quant_recipe(fmt: str, precision: str, student: Mapping, teacher: Mapping) -> Optional[dict]:
+    """The weight recipe a searched student's `precision` file gets in `fmt`, and why (quant.recipe_words;
+    where its sizes are not whole blocks, the teacher's sizes that forbade it, `block_problem`); None for
+    float32 or a format edgekd has no weight recipes for (ONNX/TFLite: the converters' own int8)."""
+    from edgekd.quant import RECIPES, recipe_words
+
+    if (fmt, precision) not in RECIPES:
+        return None
+    return recipe_words(fmt, precision, student, block_problem(teacher))

@@ -70,6 +70,7 @@ def test_job_report_fills_every_job_key_and_says_why_it_failed(tmp_path):
     rep = build_job_report(engine, facts)
     assert missing_keys(rep, JOB_KEYS) == []
     assert rep["timings_s"] == {"distill": 1.0, "job": facts.timings} and rep["student"]["precision_deployed"] == "int8"
+    assert rep["search"]["quant_recipe"] is None  # tflite int8: the converter's own, no recipe of edgekd's to state
     assert rep["status"] == "failed" and "tflite-int8: top-1 0.5" in rep["error"]
     assert failure_message(rep, tmp_path) == f"{rep['error']}; the run {tmp_path} records the numbers"
     assert engine["status"] == "incomplete"  # the job's report is a new dict: the engine's part is left as it was
@@ -173,3 +174,31 @@ def test_the_shipped_files_quality_heads_the_report_beside_pytorch():
                                          "its runtime."
     assert shipped_quality_words({**rep, "exports": {}}) is None and "file that ships" not in \
         render_markdown({**rep, "exports": {}}, "causal-lm")
+
+
+def test_a_classifiers_files_show_their_accuracy_beside_pytorch():
+    """A classifier's kept ONNX/TFLite files (export.parity.HeldoutSentences.measure's keys): the headline is the
+    shipped file's accuracy and macro-F1 beside PyTorch float's on the same sentences, the quality table has a
+    row per file, and the footnote counts sentences."""
+    def file(fmt, precision, acc, f1, loss):
+        return {"path": f"export/student.{fmt}", "format": fmt, "precision": precision, "passed": True, "size_mb": 0.5,
+                "top1_agreement": 1.0, "eval_loss": loss, "accuracy": acc, "macro_f1": f1, "top1_agreement_pytorch": 0.95,
+                "pytorch_float": {"eval_loss": 0.40, "accuracy": 0.90, "macro_f1": 0.89}, "eval_loss_vs_pytorch": loss - 0.4,
+                "quality_on": {"sentences": 20, "runtime": f"{fmt}-rt 1.0", "source": "the first 20 of the 20 held-out "
+                               "sentences (the validation split), padded to 32 and masked"}}
+
+    rep = {"teacher": {"params": 1000, "accuracy": 0.95, "macro_f1": 0.95},
+           "student": {"params": 300, "size_mb": 1.2, "eval_loss": 0.4, "accuracy": 0.9, "macro_f1": 0.89,
+                       "eval_examples": 20},
+           "scratch": {}, "distillation": {}, "latency": {"format": "tflite", "precision": "int8"},
+           "exports": {"onnx": file("onnx", "float32", 0.90, 0.89, 0.40), "tflite-int8": file("tflite", "int8", 0.85, 0.84, 0.45)}}
+    md = render_markdown(rep, "classifier")
+    assert md.index("The file that ships, tflite-int8 (`export/student.tflite`), run in tflite-rt 1.0 on this machine: "
+                    "held-out accuracy 0.850, macro-F1 0.840") < md.index("| model | params")
+    assert "scores 0.900 and 0.890 on the same 20 held-out sentences, and the file gives PyTorch's label on 95.0% of them" in md
+    rows = ["| distilled student, PyTorch float (on the files' sentences) † | 300 | 1.20 | 0.4000 | 0.900 | 0.890 | — |",
+            "| onnx: the float32 file in onnx-rt 1.0 † | 300 | 0.50 | 0.4000 | 0.900 | 0.890 | — |",
+            "| tflite-int8: the int8 file in tflite-rt 1.0 † | 300 | 0.50 | 0.4500 | 0.850 | 0.840 | — |",
+            "† Measured on the first 20 of the 20 held-out sentences (the validation split), padded to 32 and masked: 20 "
+            "scored sentences (the rows above: all 20 held-out sentences)"]
+    assert [md.index(r) for r in rows] == sorted(md.index(r) for r in rows)
