@@ -22,14 +22,12 @@ def teacher(tmp_path_factory):
     return tiny_teacher(tmp_path_factory.mktemp("teacher") / "t", **TEACHER)
 
 
-@pytest.fixture(scope="module")
-def job(teacher, data, tmp_path_factory):
-    """`edgekd distill --target android-arm64` on a causal-LM teacher, through the CLI, with the target's budget."""
+def _run_job(teacher, data, out, *extra):
     from edgekd.cli import main
 
-    mp, out = pytest.MonkeyPatch(), tmp_path_factory.mktemp("job") / "run"
+    mp = pytest.MonkeyPatch()
     mp.setattr(sys, "argv", ["edgekd", "distill", "--target", "android-arm64", "--teacher", str(teacher),
-                             "--data", str(data), "--out", str(out), *JOB])
+                             "--data", str(data), "--out", str(out), *extra, *JOB])
     try:
         main()
     except SystemExit as e:
@@ -37,6 +35,14 @@ def job(teacher, data, tmp_path_factory):
     finally:
         mp.undo()
     return out
+
+
+@pytest.fixture(scope="module")
+def job(teacher, data, tmp_path_factory):
+    """`edgekd distill --target android-arm64` on a causal-LM teacher, through the CLI, with a decode budget only
+    an int4 student of this teacher meets (its float candidates of the same size are predicted at ~4,500 tok/s,
+    int4 at ~6,400): the student ships quantised, so the job distils it quantisation-aware too."""
+    return _run_job(teacher, data, tmp_path_factory.mktemp("job") / "run", "--decode-tok-s", "6300")
 
 
 @pytest.mark.slow
@@ -97,6 +103,54 @@ def test_generative_job_exports_profiles_and_reports(job):
 
 
 @pytest.mark.slow
+def test_quantised_files_are_built_from_quant_aware_students(job):
+    """Each quantised export is built from its QAD student (weights a fixed point of the runtime's quantiser),
+    held to that PyTorch fake-quant model's greedy tokens, and measured beside the float student quantised after
+    training (export/ptq/), in the same runtime on the same tokens (distillation.quant_aware)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from edgekd.export.parity import GEN_QAD_MIN_MATCH
+    from edgekd.quant import quantized_modules
+    from edgekd.quant.fake_quant import BY_NAME, dequantize
+
+    rep = json.loads((job / "report.json").read_text())
+    p = rep["generation"]["precision"]
+    assert p == "int4" and rep["status"] == "complete"
+    qa = rep["distillation"]["quant_aware"]
+    assert set(qa["by_export"]) == {f"litert-lm-{p}", f"onnx-genai-{p}"} and qa["shipped"] == f"litert-lm-{p}"
+    for k in ("precision", "recipe", "steps", "float", "ptq", "qad"):  # DESIGN.md's keys, of the file that ships
+        assert qa[k] == qa["by_export"][qa["shipped"]][k], k
+    for key, r in qa["by_export"].items():
+        e, flt = rep["exports"][key], rep["exports"][r["format"]]
+        assert e["passed"] and e["model_dir"] == r["model_dir"] == f"qad/{key}" and r["precision"] == p
+        model = AutoModelForCausalLM.from_pretrained(job / r["model_dir"])
+        recipe = BY_NAME[r["recipe_name"]]
+        for name, m in quantized_modules(model, recipe):
+            assert torch.equal(dequantize(m.weight, recipe), m.weight.float()), (key, name)
+        record = json.loads((job / (e["path"] + ".json")).read_text())
+        assert record["threshold"]["tokens_match_share"] == GEN_QAD_MIN_MATCH
+        assert record["run"]["reference"].startswith("the quantisation-aware student")
+        assert e["prompts_matched"] >= GEN_QAD_MIN_MATCH * e["prompts"] and e["prompts"] == 8
+        assert set(e["vs_float"]) >= {"tokens_match_share", "ppl_ratio", "top1_agreement_decisive"}
+        assert e["eval_loss_vs_quant_aware"] == pytest.approx(e["eval_loss"] - e["pytorch_quant_aware"]["eval_loss"])
+        ptq = e["ptq"]
+        assert ptq["path"].startswith("export/ptq/")
+        if ptq["passed"]:
+            assert (job / ptq["path"]).exists() and ptq["pytorch_float"] == e["pytorch_float"]
+        assert (r["float"]["eval_loss"], r["ptq"]["eval_loss"], r["qad"]["eval_loss"]) == \
+            (flt["eval_loss"], ptq.get("eval_loss"), e["eval_loss"])
+        loss = {k: r[k]["eval_loss"] for k in ("float", "ptq", "qad")}
+        if loss["ptq"] is not None and loss["ptq"] > loss["float"]:
+            assert r["gap_closed"] == pytest.approx((loss["ptq"] - loss["qad"]) / (loss["ptq"] - loss["float"]))
+        assert r["qad"]["prompts_matched"] == e["prompts_matched"] and r["measured_in"] == e["quality_on"]["runtime"]
+    md = (job / "report.md").read_text()
+    assert "### Quantisation-aware distillation" in md and "it was built from the quantisation-aware student" in md
+    assert md.count("its quantisation-aware student, PyTorch fake-quant") == 2
+    assert not any(m.get("path", "").startswith("export/ptq") for m in rep["generation"]["measured"])
+
+
+@pytest.mark.slow
 def test_generative_flags_are_checked_before_work(teacher, data, tmp_path, monkeypatch, capsys):
     for args, needle in ((["--latency-budget", "3"], "--latency-budget is not a budget of the generation job"),
                          (["--decode-tok-s", "0"], "--decode-tok-s must be"),
@@ -105,6 +159,14 @@ def test_generative_flags_are_checked_before_work(teacher, data, tmp_path, monke
                            "--data", data, "--out", tmp_path / "run", *args, *JOB)
         assert code == 2 and needle in err and len(err.strip().splitlines()) == 1, err
         assert not (tmp_path / "run" / "config.json").exists()
+    code, _, err = cli(monkeypatch, capsys, "distill", "--target", "android-arm64", "--decode-tok-s", "1",
+                       "--ttft-ms", "1e4", "--no-quant-aware", "--teacher", teacher, "--data", data, "--out",
+                       tmp_path / "float", *JOB)
+    assert code == 2 and "--no-quant-aware" in err and "float32" in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "float" / "config.json").exists()
+    code, _, err = cli(monkeypatch, capsys, "distill", "--no-quant-aware", "--teacher", teacher, "--data", data,
+                       "--out", tmp_path / "engine", *JOB)
+    assert code == 2 and "--quant-aware/--no-quant-aware goes with --target" in err, err
     code, _, err = cli(monkeypatch, capsys, "distill", "--target", "android-arm64", "--decode-tok-s", "1e9",
                        "--teacher", teacher, "--data", data, "--out", tmp_path / "run", *JOB)
     assert code == 2 and "no student meets" in err and "tok/s" in err, err

@@ -91,7 +91,7 @@ def train_quant_aware(ctx, model, fmt: str, quant: str):
 
 
 def record(trained: dict, evals: dict, dirs: dict) -> dict:
-    """report.json's `distillation.quant_aware` from the engine: per recipe key, how it was trained and its
+    """report.json's `distillation.quant_aware` from the engine, `by_export`: per recipe key, how it was trained and its
     PyTorch held-out numbers (the snapped model, which is what the file holds), with the curve's first point
     (the float student fake-quantised before QAD: PTQ in PyTorch)."""
     out = {}
@@ -101,7 +101,7 @@ def record(trained: dict, evals: dict, dirs: dict) -> dict:
         out[key] = t.init_info | {"model_dir": dirs[key],
                                   "pytorch": {k: e.get(k) for k in ("eval_loss", "perplexity", "top1_agreement")},
                                   "pytorch_before_qad": curve[0]["eval_loss"] if curve else None}
-    return out
+    return {"by_export": out}
 
 
 def check_config(quant_aware, qad_steps_given: Optional[int], kind: str) -> None:

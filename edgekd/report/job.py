@@ -138,7 +138,7 @@ def build_job_report(engine: dict, f: JobFacts) -> dict:
     rep["student"] = {**rep["student"], "precision_deployed": res.precision}
     if rep.get("distillation", {}).get("quant_aware"):
         rep["distillation"] = {**rep["distillation"],
-                               "quant_aware": quant_aware_files(rep["distillation"]["quant_aware"], f.exports)}
+                               "quant_aware": quant_aware_files(rep["distillation"]["quant_aware"], f.exports, f.fmt)}
     rep.update(f.extra)
     problem = _problem(rep, f)
     rep["status"] = "failed" if problem else "complete"
@@ -148,34 +148,45 @@ def build_job_report(engine: dict, f: JobFacts) -> dict:
     return rep
 
 
-def quant_aware_files(engine: dict, exports: dict) -> dict:
-    """report.json's `distillation.quant_aware`: the engine's record of each recipe (how it was trained, its
-    PyTorch numbers) with the held-out losses of three files measured in the same runtime on the same tokens:
-    the float export, the float student quantised after training (`ptq`) and the quantisation-aware student's
-    (`qad`, the one that ships), what QAD saved, the share of the ptq -> float gap it closed, and the held-out
-    prompts each quantised file continues exactly as its PyTorch model."""
-    out = {}
-    for key, r in engine.items():
+def quant_aware_files(engine: dict, exports: dict, fmt: str) -> dict:
+    """report.json's `distillation.quant_aware` (DESIGN.md): for the file that ships (the target's format, `fmt`),
+    its `precision`, `recipe` and QAD `steps`, and the three files measured in the same runtime on the same
+    held-out tokens: `float` (the float export), `ptq` (the float student quantised after training) and `qad`
+    (the quantisation-aware student's, the one that ships), each with `eval_loss`, `perplexity`, `path` and the
+    prompts it continues exactly as its PyTorch model; what QAD saved and the share of the ptq -> float gap it
+    closed. `by_export` has the same for every quantised export (each runtime's, from its own QAD student)
+    with the engine's record of its training."""
+    def file(e: dict, matched) -> dict:
+        return {"path": e.get("path"), "eval_loss": e.get("eval_loss"), "perplexity": e.get("perplexity"),
+                "prompts_matched": matched, "passed": e.get("passed"), **({"error": e["error"]} if e.get("error") else {})}
+
+    by = {}
+    for key, r in engine["by_export"].items():
         qad = exports.get(key) or {}
-        flt = exports.get(r["format"]) or {}
-        ptq = qad.get("ptq") or {}
-        loss = {"float": flt.get("eval_loss"), "ptq": ptq.get("eval_loss"), "qad": qad.get("eval_loss")}
+        flt, ptq = exports.get(r["format"]) or {}, qad.get("ptq") or {}
+        files = {"float": file(flt, flt.get("prompts_matched")),
+                 "ptq": file(ptq, ptq.get("prompts_matched")), "qad": file(qad, qad.get("prompts_matched"))}
+        loss = {k: v["eval_loss"] for k, v in files.items()}
         known = all(v is not None for v in loss.values())
         gap = loss["ptq"] - loss["float"] if known else None
-        prompts = {"ptq_vs_float_student": ptq.get("prompts_matched"), "qad_vs_its_student": qad.get("prompts_matched"),
-                   "qad_vs_float_student": (qad.get("vs_float") or {}).get("prompts_matched")}
-        out[key] = r | {"files_eval_loss": loss, "measured_in": (qad.get("quality_on") or {}).get("runtime"),
-                        "qad_saved": loss["ptq"] - loss["qad"] if known else None,
-                        "gap_closed": (loss["ptq"] - loss["qad"]) / gap if known and gap > 0 else None,
-                        "prompts_matched": prompts, "prompts": qad.get("prompts")}
-    return out
+        by[key] = r | files | {
+            "precision": qad.get("precision"), "measured_in": (qad.get("quality_on") or {}).get("runtime"),
+            "prompts": qad.get("prompts"), "qad_vs_float_student": (qad.get("vs_float") or {}).get("prompts_matched"),
+            "qad_saved": loss["ptq"] - loss["qad"] if known else None,
+            "gap_closed": (loss["ptq"] - loss["qad"]) / gap if known and gap > 0 else None,
+            "compared_with": {"float": "the float student (its float export)", "ptq": "the float student",
+                              "qad": "its quantisation-aware student in PyTorch fake-quant"}}
+    shipped = next((k for k, r in by.items() if r["format"] == fmt), next(iter(by), None))
+    top = {k: by[shipped][k] for k in ("precision", "recipe", "recipe_name", "steps", "float", "ptq", "qad", "qad_saved",
+                                       "gap_closed", "measured_in", "prompts")} if shipped else {}
+    return top | {"shipped": shipped, "by_export": by}
 
 
 @register_section("quant_aware", 16)
 def _quant_aware_section(rep: dict, kind: str) -> list[str]:
     """report.md: what quantisation-aware distillation bought, per quantised export, through the files."""
     qa = (rep.get("distillation") or {}).get("quant_aware")
-    if not qa:
+    if not qa or "float" not in qa:  # the engine alone measures no files
         quantised = [k for k, e in (rep.get("exports") or {}).items() if e.get("precision") not in (None, "float32")]
         if quantised and rep.get("generation") and (rep.get("job") or {}).get("quant_aware") is False:
             return ["The quantised files hold the float student quantised after training (--no-quant-aware): their "
@@ -184,20 +195,22 @@ def _quant_aware_section(rep: dict, kind: str) -> list[str]:
     lines = ["### Quantisation-aware distillation", "",
              "Each quantised file is built from a student distilled into its runtime's numbers after float "
              "distillation; the float student quantised after training (ptq) was exported and measured beside it. "
-             "Held-out loss of each file in its runtime, on the same tokens:", "",
+             "Held-out loss of each file, run in its own runtime, on the same tokens:", "",
              "| export | recipe | QAD steps | float file | ptq file | QAD file | QAD saved | ptq → float gap closed | "
              "prompts continued exactly: ptq vs float student / QAD vs its student |",
              "|---|---|---:|---:|---:|---:|---:|---:|---|"]
-    for key, r in qa.items():
-        loss, p, n = r.get("files_eval_loss") or {}, r.get("prompts_matched") or {}, r.get("prompts")
-        closed = "—" if r.get("gap_closed") is None else f"{r['gap_closed']:.0%}"
+    for key, r in qa["by_export"].items():
+        n = r.get("prompts")
         of = f" of {n}" if n else ""
-        lines.append(f"| {key} | {r.get('recipe_name')} | {r.get('steps')} | {fmt(loss.get('float'))} | "
-                     f"{fmt(loss.get('ptq'))} | {fmt(loss.get('qad'))} | {fmt(r.get('qad_saved'))} | {closed} | "
-                     f"{fmt(p.get('ptq_vs_float_student'), 0)}{of} / {fmt(p.get('qad_vs_its_student'), 0)}{of} |")
-    return lines + ["", "A gap closed near 0 or negative means QAD bought no held-out loss at this size (the ptq → float "
-                        "gap is then within the noise of the held-out text); the prompts column is what the parity check "
-                        "holds each file to.", ""]
+        closed = "—" if r.get("gap_closed") is None else f"{r['gap_closed']:.0%}"
+        lines.append(f"| {key} | {r.get('recipe_name')} | {r.get('steps')} | {fmt(r['float']['eval_loss'])} | "
+                     f"{fmt(r['ptq']['eval_loss'])} | {fmt(r['qad']['eval_loss'])} | {fmt(r.get('qad_saved'))} | {closed} | "
+                     f"{fmt(r['ptq']['prompts_matched'], 0)}{of} / {fmt(r['qad']['prompts_matched'], 0)}{of} |")
+    return lines + ["", "The gap closed is (ptq - QAD) / (ptq - float): near 0 or negative, QAD bought no held-out loss "
+                        "at this size; above 100%, the QAD steps also trained the student further than the float "
+                        "student's steps did. The prompts column is what each file's parity check holds it to: the ptq "
+                        "file against the float student, the QAD file against its own student in PyTorch fake-quant.",
+                    ""]
 
 
 def failure_message(rep: dict, out: Path) -> Optional[str]:

@@ -51,6 +51,11 @@ JOB_KEYS: dict = {
                # the weight recipe of the chosen student's quantised file and why (blockwise or per channel):
                # {format, quantize, recipe, blockwise, grain, why}; None for float32 or ONNX/TFLite
                "quant_recipe": None},
+    # When the student ships quantised (a generative job, QAD on), distillation.quant_aware (report/job.py
+    # quant_aware_files): precision, recipe, steps, float / ptq / qad {path, eval_loss, perplexity, prompts_matched,
+    # passed}, qad_saved, gap_closed, measured_in, shipped, by_export {KEY: the same per quantised export, with
+    # the engine's record of its QAD training}. A QAD-built export's record adds model_dir, vs_float,
+    # pytorch_quant_aware, eval_loss_vs_quant_aware and `ptq` (the baseline file's record).
     "calibration": {"source": None, "path": None, "values": None},   # which calibration the search started from
     "budget_source": None,               # options | built-in teacher's demo budget | target file
     "disk_mb": {"run": None, "checkpoints": None, "export": None},  # the run directory's size at the end
