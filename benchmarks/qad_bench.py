@@ -63,7 +63,7 @@ def rows(teacher: str, qad: dict, ptq_only: dict) -> list[dict]:
     rep = qad["report"]
     out = []
     for key, r in ((rep.get("distillation") or {}).get("quant_aware") or {}).get("by_export", {}).items():
-        plain = ptq_only["report"]["exports"].get(key, {})
+        plain = {} if ptq_only is qad else ptq_only["report"]["exports"].get(key, {})
         out.append({"teacher": teacher, "teacher_params": rep["teacher"]["params"], "student_params": rep["student"]["params"],
                     "export": key, "recipe": r["recipe_name"], "qad_steps": r["steps"],
                     "float": r["float"]["eval_loss"], "ptq": r["ptq"]["eval_loss"], "qad": r["qad"]["eval_loss"],
@@ -85,6 +85,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=150)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "qad_bench.json"))
     ap.add_argument("--keep", default=None, help="keep the run directories here")
+    ap.add_argument("--job-args", default="", help="more options for every job (e.g. '--baselines none')")
+    ap.add_argument("--qad-only", action="store_true", help="skip the --no-quant-aware job (its ptq file is in "
+                                                              "the QAD job's report too)")
     args = ap.parse_args()
     from job_memory_bench import make_teacher
 
@@ -100,14 +103,16 @@ def main() -> None:
         if name != "builtin":
             path, _ = make_teacher(name, where / "teachers")
             teacher, extra = str(path), ["--decode-tok-s", f"{int4_budget(path, args.target):.1f}"]
+        extra += args.job_args.split()
         qad = run_job(teacher, args.target, args.steps, where / f"{name}-qad", extra)
-        ptq = run_job(teacher, args.target, args.steps, where / f"{name}-no-qad", extra + ["--no-quant-aware"])
+        ptq = qad if args.qad_only else run_job(teacher, args.target, args.steps, where / f"{name}-no-qad",
+                                                extra + ["--no-quant-aware"])
         result["teachers"][name] = {
             v: {"wall_s": j["wall_s"], "exit": j["exit"], "status": j["status"],
                 "phases_s": {k: p["wall_s"] for k, p in j["report"]["timings_s"].get("job", {}).items()
                              if isinstance(p, dict)},
                 "engine_phases_s": {k: v2 for k, v2 in j["report"]["timings_s"].items() if isinstance(v2, (int, float))}}
-            for v, j in (("qad", qad), ("no_qad", ptq))}
+            for v, j in (("qad", qad), ("no_qad", ptq)) if v == "qad" or not args.qad_only}
         result["rows"] += rows(name, qad, ptq)
     result["machine"]["load_after"] = os.getloadavg()
     Path(args.out).write_text(json.dumps(result, indent=1))
@@ -119,7 +124,7 @@ def main() -> None:
         closed = "—" if r["gap_closed"] is None else f"{r['gap_closed']:.0%}"
         t.add_row(r["teacher"], r["export"], r["recipe"], f"{r['float']:.4f}", f"{r['ptq']:.4f}", f"{r['qad']:.4f}",
                   closed, f"{r['ptq_prompts_vs_float']}/{r['prompts']} / {r['qad_prompts_vs_its_student']}/{r['prompts']}",
-                  f"{w['qad']['wall_s']:.0f} / {w['no_qad']['wall_s']:.0f}")
+                  f"{w['qad']['wall_s']:.0f} / {w['no_qad']['wall_s']:.0f}" if "no_qad" in w else f"{w['qad']['wall_s']:.0f} / —")
     console.print(t)
     console.print(f"load average before {result['machine']['load_before']}, after {result['machine']['load_after']}; "
                   f"written {args.out}")
