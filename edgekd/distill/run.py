@@ -458,7 +458,7 @@ def runtime_numerics(t: Trained):
     from edgekd.quant import quant_aware
     from edgekd.quant.fake_quant import BY_NAME
 
-    return quant_aware(t.model, BY_NAME[t.init_info["recipe_name"]])
+    return quant_aware(t.model, BY_NAME[t.init_info["recipe_name"]], weights=False)  # snapped: on the grid
 
 
 def _joined_history(trained: list, what: str = "history") -> list:

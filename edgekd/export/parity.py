@@ -322,7 +322,7 @@ class GenerationReference:
         if recipe is not None:
             from edgekd.quant import quant_aware
 
-            quant_aware(model, recipe)
+            quant_aware(model, recipe, weights=False)  # already on its grid
         vocab = int(model.config.vocab_size)
         source = "prompts"
         if prompts is None:

@@ -68,14 +68,17 @@ def quantized_modules(model: torch.nn.Module, recipe: Recipe) -> list[tuple[str,
     return [(n, m) for n, m in model.named_modules() if isinstance(m, kinds) and m.weight.dim() == 2]
 
 
-def quant_aware(model: torch.nn.Module, recipe: Recipe, activations: bool = True) -> torch.nn.Module:
+def quant_aware(model: torch.nn.Module, recipe: Recipe, activations: bool = True,
+                weights: bool = True) -> torch.nn.Module:
     """MODEL (changed in place and returned) with each quantised module's weight through `recipe`'s fake
     quantisation and, with `activations`, each quantised Linear's input as the runtime quantises it at run
     time where that is reproduced (fake_quant_activations). A tied lm_head/embedding pair stays one
-    parameter: the lm_head reads it quantised, the embedding as the recipe says."""
+    parameter: the lm_head reads it quantised, the embedding as the recipe says. `weights=False` leaves the
+    weights as they are: a model already on the recipe's grid (snap_model) runs as its file does with the
+    activations' quantisation alone, without requantising every weight in every forward pass."""
     hooks = []
     for _, module in quantized_modules(model, recipe):
-        if not parametrize.is_parametrized(module, "weight"):
+        if weights and not parametrize.is_parametrized(module, "weight"):
             parametrize.register_parametrization(module, "weight", FakeQuant(recipe), unsafe=True)
         if activations and isinstance(module, torch.nn.Linear):
             hooks.append(module.register_forward_pre_hook(

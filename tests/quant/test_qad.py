@@ -81,3 +81,26 @@ def test_engine_refuses_qad_for_a_classifier(tmp_path):
         check_config(["onnx-genai:int4"], None, "sequence-classifier")
     with pytest.raises(EdgekdError, match="--qad-steps"):
         check_config([], 0, None)
+
+
+@pytest.mark.parametrize("fmt", ["litert-lm", "onnx-genai"])
+def test_a_snapped_model_runs_as_its_fake_quant_model_without_requantising(fmt):
+    """weights=False on a model on its grid: the same logits as the full fake-quant model (its weights are a
+    fixed point), so the reference and the evaluation need not requantise every weight in every forward."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from edgekd.quant import quant_aware, recipe_for_export, snap_model
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=1, head_dim=32)
+    recipe = recipe_for_export(fmt, "int4", cfg)
+    snapped = snap_model(quant_aware(LlamaForCausalLM(cfg).eval(), recipe))
+    state = {k: v.clone() for k, v in snapped.state_dict().items()}
+    ids = torch.randint(0, 128, (2, 10))
+    with torch.no_grad():
+        light = quant_aware(snapped, recipe, weights=False)(ids).logits
+        full = LlamaForCausalLM(cfg).eval()
+        full.load_state_dict(state)
+        full = quant_aware(full, recipe)(ids).logits
+    assert torch.equal(light, full)
