@@ -404,7 +404,9 @@ class _Job:
                         self.device_error = str(err)
                         break
                     measured.append(m)
-                if m is not None:
+                if m is not None and m.get("emulated"):  # real tokens, meaningless times: never judged or fitted
+                    m["on_target"] = False
+                elif m is not None:
                     m["on_target"] = True
                     on_dev[prec] = m
         return on_dev

@@ -9,13 +9,15 @@ import sys
 from pathlib import Path
 
 from edgekd.errors import EdgekdError
-from edgekd.export import graph_runtime
+from edgekd.export import generative_runtime, graph_runtime
 from edgekd.formats import FORMATS, GRAPH, format_names
 
 # The standalone scripts a device runs, in the order they are shipped: the last one runs and imports the
 # others from beside it (on a board) or from edgekd (here).
+FACTS_FILES = (Path(__file__).with_name("board_facts.py"),)
 TIMER_FILES = (Path(graph_runtime.__file__), Path(__file__).with_name("board_timer.py"))
-GENBENCH_FILES = (*TIMER_FILES, Path(__file__).with_name("board_genbench.py"))
+GENBENCH_FILES = (*FACTS_FILES, *TIMER_FILES, Path(generative_runtime.__file__),
+                  Path(__file__).with_name("board_genbench.py"))
 
 STAT_KEYS = ("device", "format", "runs", "threads", "mean_ms", "p50_ms", "p90_ms", "p99_ms", "std_ms",
              "min_ms", "max_ms", "init_ms", "peak_rss_mb", "size_mb", "ops")
@@ -92,8 +94,14 @@ class Runner:
         raise NotImplementedError
 
     def profile_generation(self, path: Path, fmt: str, prompt_len: int, decode_len: int, runs: int, warmup: int,
-                           threads: int | None, timeout: float) -> dict:
-        """Time generation of one generative export of format `fmt`: board_genbench.py's statistics."""
+                           threads: int | None, timeout: float, parity: dict | None = None) -> dict:
+        """Time generation of one generative export of format `fmt`: board_genbench.py's statistics. `parity`
+        ({"prompts", "new_tokens"}): also run the file's side of generation parity there (`parity_run` in the
+        statistics); a runner that cannot says why in `parity_unchecked`."""
+        raise NotImplementedError
+
+    def facts(self, timeout: float = 300.0) -> dict:
+        """What the device has (board_facts.py's keys: machine, python, runtimes and versions, threads, emulated)."""
         raise NotImplementedError
 
 
@@ -107,10 +115,14 @@ def timer_args(runs: int, warmup: int, threads: int | None, seq_len: int, vocab:
     return args
 
 
-def genbench_args(prompt_len: int, decode_len: int, runs: int, warmup: int, threads: int | None) -> list[str]:
-    """board_genbench.py's command line."""
+def genbench_args(prompt_len: int, decode_len: int, runs: int, warmup: int, threads: int | None,
+                  parity: dict | None = None) -> list[str]:
+    """board_genbench.py's command line; `parity` ({"prompts", "new_tokens"}) adds the file's parity run."""
     args = ["--prompt-len", str(prompt_len), "--decode-len", str(decode_len), "--runs", str(runs),
             "--warmup", str(warmup)]
+    if parity:
+        args += ["--parity-prompts", json.dumps(parity["prompts"], separators=(",", ":")),
+                 "--parity-new-tokens", str(parity["new_tokens"])]
     return args + (["--threads", str(threads)] if threads else [])
 
 

@@ -100,6 +100,10 @@ def _problem(rep: dict, f: JobFacts) -> Optional[str]:
         return f.device_error
     if failed:
         return f"export parity failed ({'; '.join(failed)})"
+    on_device = [m["parity"].get("error", f"{m['format']}-{m['precision']} failed generation parity on {m['device']}")
+                 for m in f.measured if (m.get("parity") or {}).get("passed") is False]
+    if on_device:
+        return "; ".join(on_device)
     gen = rep.get("generation")
     if gen and gen["meets_budget_measured"] is False:
         m, b = gen["measured_on_target"], gen["budget"]
