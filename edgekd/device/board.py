@@ -183,7 +183,8 @@ def _install_runtimes(home: Path, root: Path, say) -> None:
 
 class proc_mounted:
     """/proc mounted in the board while the block runs (never /sys: onnxruntime's cpuinfo crashes under qemu
-    reading the host's CPU topology there); left alone if it already was."""
+    reading the host's CPU topology there; _cpu_lists gives the runtimes the little they need of it); left alone if
+    it already was."""
 
     def __init__(self, root: Path):
         self.path, self.mounted = root / "proc", False
@@ -199,6 +200,18 @@ class proc_mounted:
     def __exit__(self, *exc):
         if self.mounted:
             subprocess.run(["umount", "-l", str(self.path)], capture_output=True)
+
+
+def _cpu_lists(root: Path) -> None:
+    """The board's /sys/devices/system/cpu/{possible,present,online} as plain files naming the CPUs it may use (the
+    host's /sys is never mounted there): LiteRT-LM's tcmalloc aborts without them, and with the host's whole CPU
+    topology onnxruntime's cpuinfo crashes under qemu."""
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+    listed = ",".join(str(c) for c in cpus)
+    d = root / "sys" / "devices" / "system" / "cpu"
+    d.mkdir(parents=True, exist_ok=True)
+    for name in ("possible", "present", "online"):
+        (d / name).write_text(listed + "\n")
 
 
 def _free_port() -> int:
@@ -283,6 +296,7 @@ def start_board(settings: Settings | None = None, *, port: int | None = None, ti
 
 def _serve(home: Path, root: Path, port: int | None = None, timeout: float = 120.0) -> Board:
     host_key, user_key = _keys(home, root)
+    _cpu_lists(root)
     port = port or _free_port()
     (root / "run" / "sshd").mkdir(parents=True, exist_ok=True)
     (root / "etc" / "ssh" / "edgekd_sshd_config").write_text(f"""ListenAddress 127.0.0.1

@@ -81,8 +81,9 @@ def setup_device(device: str, settings: Settings | None = None, *, venv: str = D
         stamp = json.dumps({"requirements": want, "machine": base["machine"], "python": base["python"]})
         runner.shell(f"printf %s {shlex.quote(stamp)} > {q}/{STAMP}", 60)
     python = f"{path}/bin/python"
-    return device_facts(device, settings, remote_python=python, **options) | {"remote_python": python, "venv": path,
-                                                                              "installed": want}
+    runtime = any(r.split("=")[0] in GENERATIVE_RUNTIMES for r in want)
+    return device_facts(device, settings, require_runtime=runtime, remote_python=python, **options) | \
+        {"remote_python": python, "venv": path, "installed": want}
 
 
 __all__ = ["DEFAULT_VENV", "GENERATIVE_RUNTIMES", "device_facts", "setup_device"]
