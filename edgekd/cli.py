@@ -167,6 +167,9 @@ QuantAwareOpt = Annotated[Optional[bool], _opt("--quant-aware/--no-quant-aware",
                                               "that post-training-quantised file instead.")]
 QadStepsOpt = Annotated[Optional[int], _opt("--qad-steps", help="Quantisation-aware steps per quantised export "
                                                                "(default: --steps / 3).")]
+RuntimeOpt = Annotated[Optional[str], _opt("--runtime", help="With --target on a causal LM: the LLM runtime the "
+                                                          "student is searched for and shipped in, litert-lm or "
+                                                          "onnx-genai (default: the target file's).")]
 BaselinesOpt = Annotated[str, _opt("--baselines", help="Baselines trained beside the student on hard labels alone: "
                                                        "ce_only,scratch (default), ce_only, scratch or none.")]
 
@@ -185,7 +188,7 @@ def distill(teacher: TeacherOpt = "builtin", data: DataOpt = "builtin", text_col
             remote_python: RemotePythonOpt = "python3", batch_size: BatchOpt = 8, seq_len: SeqLenOpt = 256,
             lr: LrOpt = 2e-3, parallel: ParallelOpt = "ddp", quiet: QuietOpt = False,
             baselines: BaselinesOpt = "ce_only,scratch", keep_checkpoints: KeepCheckpointsOpt = 1,
-            quant_aware: QuantAwareOpt = None, qad_steps: QadStepsOpt = None) -> None:
+            quant_aware: QuantAwareOpt = None, qad_steps: QadStepsOpt = None, runtime: RuntimeOpt = None) -> None:
     """Distill the teacher into a student, train the scratch baseline, evaluate both, write the run."""
     from edgekd.checks import input_file, optional_number
     from edgekd.run_inputs import distill_inputs
@@ -215,7 +218,7 @@ def distill(teacher: TeacherOpt = "builtin", data: DataOpt = "builtin", text_col
     target = _path(target) if target and target.endswith(".toml") else target
     distill_job(JobConfig(engine=engine, target=target, latency_budget_ms=latency_budget, device=device,
                           calibration=calibration, save_calibration=save_calibration, generative=generative,
-                          decode_tok_s=decode_tok_s, ttft_ms=ttft_ms, quant_aware=quant_aware,
+                          decode_tok_s=decode_tok_s, ttft_ms=ttft_ms, quant_aware=quant_aware, runtime=runtime,
                           profile=dict(identity_file=_path(identity_file), known_hosts=_path(known_hosts),
                                        insecure_host_key=insecure_host_key, remote_python=remote_python)),
                 settings=settings)

@@ -31,6 +31,7 @@ class AdbRunner(Runner):
 
     scheme = "adb"
     usage = "adb[:SERIAL]"
+    no_parity = ADB_PARITY_UNCHECKED
 
     def __init__(self, device: str, *, benchmark_binary: str | None = None, **options):
         from edgekd.checks import input_file
@@ -57,11 +58,7 @@ class AdbRunner(Runner):
                               f"{path.name} with --format litert-lm")
         stats = profile_adb_generation(path, self.serial, prompt_len, decode_len, runs, warmup, threads,
                                        self.benchmark_binary, timeout)
-        stats["machine"] = adb_run([*adb_base(self.serial), "shell", "uname -m"], 30).stdout.strip() or None
-        stats["emulated"] = False
-        if parity:
-            stats["parity_unchecked"] = ADB_PARITY_UNCHECKED
-        return stats
+        return stats | {"emulated": False}
 
     def facts(self, timeout: float = 300.0) -> dict:
         if shutil.which("adb") is None:

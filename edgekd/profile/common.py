@@ -72,6 +72,7 @@ class Runner:
 
     scheme = ""  # the device string's scheme: "local", "ssh", "adb"
     usage = ""   # how such a device is written, for error lines: "ssh://USER@HOST[:PORT]"
+    no_parity: str | None = None  # why generation parity cannot be checked on such a device (None: it can)
 
     def __init__(self, device: str, **options):
         self.device = device
@@ -97,7 +98,7 @@ class Runner:
                            threads: int | None, timeout: float, parity: dict | None = None) -> dict:
         """Time generation of one generative export of format `fmt`: board_genbench.py's statistics. `parity`
         ({"prompts", "new_tokens"}): also run the file's side of generation parity there (`parity_run` in the
-        statistics); a runner that cannot says why in `parity_unchecked`."""
+        statistics); a runner that cannot says why in its `no_parity`."""
         raise NotImplementedError
 
     def facts(self, timeout: float = 300.0) -> dict:

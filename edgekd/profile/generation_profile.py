@@ -57,7 +57,7 @@ def profile_generation(path, device: str | Runner = "local", prompt_len: int = 6
     fmt = generative_format(path)
     record, request, why = sidecar(path), None, None
     if parity if parity is not None else runner.scheme != "local":
-        request, why = parity_request(record)
+        request, why = (None, runner.no_parity) if runner.no_parity else parity_request(record)
     stats = runner.profile_generation(path, fmt, prompt_len, decode_len, runs, warmup, threads, timeout,
                                       parity=request)
     stats["device"] = runner.device
@@ -69,7 +69,7 @@ def profile_generation(path, device: str | Runner = "local", prompt_len: int = 6
 
         stats["parity"] = check_device_run(record, run, stats)
     elif request is not None or why is not None:
-        stats["parity"] = {"checked": False, "why": stats.pop("parity_unchecked", None) or why}
+        stats["parity"] = {"checked": False, "why": why}
     return {k: stats.get(k) for k in GEN_KEYS} | {k: v for k, v in stats.items() if k not in GEN_KEYS}
 
 

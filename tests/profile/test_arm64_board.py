@@ -115,3 +115,55 @@ def test_device_setup_installs_into_a_venv_there(arm64_board):
                          known_hosts=b.known_hosts)
     assert facts["remote_python"] == "/tmp/edgekd-test-venv/bin/python" == facts["python_path"]
     assert facts["runtimes"]["numpy"] == numpy.split("==")[1] and facts["runtimes"]["onnxruntime-genai"] is None
+    from edgekd.profile import runner_for
+
+    runner_for(b.url, identity_file=b.identity_file, known_hosts=b.known_hosts).shell("rm -rf /tmp/edgekd-test-venv")
+
+
+def test_the_job_on_the_board(arm64_board, tiny_exports, tmp_path, monkeypatch, capsys):
+    """`edgekd distill --target raspberry-pi-5 --device ssh://...` against the board: its device rows are marked
+    emulated and never judged against the budget or calibrated on, and its files' parity was checked on arm64. The
+    target file is the packaged one with as many threads as the board has CPUs (this machine's)."""
+    import os
+    import re
+    from pathlib import Path
+
+    from edgekd.cli import main
+    from tests.distill.helpers import write_text_dir
+
+    model, _ = tiny_exports
+    targets = tmp_path / "targets"
+    targets.mkdir()
+    pi = (Path(__file__).resolve().parents[2] / "targets" / "raspberry-pi-5.toml").read_text()
+    threads = min(2, len(os.sched_getaffinity(0)))
+    (targets / "raspberry-pi-5.toml").write_text(re.sub(r"default_threads = \d+", f"default_threads = {threads}", pi))
+    for k, v in {"EDGEKD_TARGETS_DIR": targets, "EDGEKD_CACHE": tmp_path / "cache"}.items():
+        monkeypatch.setenv(k, str(v))
+    b, out = arm64_board, tmp_path / "run"
+    monkeypatch.setattr(sys, "argv", ["edgekd", "distill", "--target", "raspberry-pi-5", "--teacher", str(model),
+                                      "--data", str(write_text_dir(tmp_path / "data")), "--out", str(out),
+                                      "--device", b.url, "--identity-file", b.identity_file, "--known-hosts",
+                                      b.known_hosts, "--remote-python", b.remote_python, "--steps", "4", "--seq-len",
+                                      "32", "--batch-size", "4", "--baselines", "none", "--quiet"])
+    try:
+        main()
+        code = 0
+    except SystemExit as e:
+        code = e.code or 0
+    rep = json.loads((out / "report.json").read_text())
+    gen = rep["generation"]
+    on_board = [m for m in gen["measured"] if m["device"] == b.url]
+    assert on_board and all(m["emulated"] and m["machine"] == "aarch64" and m["on_target"] is False for m in on_board)
+    assert gen["measured_on_target"] is None and gen["meets_budget_measured"] is None  # emulated times judge nothing
+    assert rep["search"]["attempts"][-1]["misses"] == [] and len(rep["search"]["attempts"]) == 1
+    for m in on_board:
+        p = m["parity"]
+        assert p["checked"] and p["machine"] == "aarch64" and p["prompts"] == 8
+        assert (p["passed"] or m["precision"] != "float32"), p
+        assert json.loads((out / m["profile"]).read_text())["parity"]["tokens"]
+    failed = [m for m in on_board if not m["parity"]["passed"]]
+    assert code == (1 if failed else 0) and rep["status"] == ("failed" if failed else "complete")
+    if failed:
+        assert "failed generation parity on " + b.url in rep["error"]
+    md = (out / "report.md").read_text()
+    assert "EMULATED" in md and "Generation parity on the device" in md
