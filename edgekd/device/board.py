@@ -97,6 +97,11 @@ def why_not(settings: Settings | None = None, *, install: bool = False, built: b
         if not _binfmt_ready():
             return ("qemu-aarch64 is not registered with binfmt_misc: mount -t binfmt_misc binfmt_misc "
                     "/proc/sys/fs/binfmt_misc, then register /usr/lib/binfmt.d/qemu-aarch64.conf")
+        flags = next((ln.split(":", 1)[1].strip() for ln in (BINFMT / "qemu-aarch64").read_text().splitlines()
+                      if ln.startswith("flags:")), "")
+        if "F" not in flags:  # the emulator must be opened when registered, or a chroot cannot find it
+            return ("qemu-aarch64 is registered with binfmt_misc without the F flag (qemu-user-binfmt's): a chroot "
+                    "cannot run arm64 programs; register qemu-user-static's /usr/lib/binfmt.d/qemu-aarch64.conf")
     elif shutil.which("mmdebstrap") is None and not built:
         return "mmdebstrap not installed: apt-get install mmdebstrap"
     return None

@@ -467,7 +467,7 @@ def generation_failure_line(name: str, rec: dict) -> str:
 
 
 # --- the same check where the file runs ------------------------------------------------------------------------
-_REFERENCES: dict = {}  # (model dir, quant-aware, prompts, new tokens) -> GenerationReference, for this process
+_REFERENCES: dict = {}  # (model dir and its files, quant-aware, prompts, new tokens) -> GenerationReference
 
 
 def reference_of_record(record: dict) -> tuple["GenerationReference", "GenerationReference | None"]:
@@ -486,7 +486,9 @@ def reference_of_record(record: dict) -> tuple["GenerationReference", "Generatio
         if not (Path(model_dir) / "config.json").is_file():
             raise EdgekdError(f"{model_dir}, the model {record.get('path', 'the export')} was checked against, is "
                               f"gone: device parity rebuilds PyTorch's tokens from it; export the file again")
-        key = (str(Path(model_dir).resolve()), recipe is not None, tuple(map(tuple, prompts)), ref["new_tokens"])
+        d = Path(model_dir).resolve()  # its files' sizes and times too: the shrink loop trains anew where it was
+        files = tuple(sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in d.iterdir() if f.is_file()))
+        key = (str(d), files, recipe is not None, tuple(map(tuple, prompts)), ref["new_tokens"])
         if key not in _REFERENCES:
             _REFERENCES[key] = GenerationReference.load(model_dir, prompts, ref["new_tokens"], recipe=recipe)
         return _REFERENCES[key]
