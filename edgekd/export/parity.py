@@ -498,7 +498,9 @@ def reference_of_record(record: dict) -> tuple["GenerationReference", "Generatio
     from edgekd.models.loading import read_config_dict
     from edgekd.quant import recipe_for_export
 
-    recipe = recipe_for_export(record["format"], record["quantize"], read_config_dict(ref["model_dir"]))
+    from pathlib import Path
+
+    recipe = recipe_for_export(record["format"], record["quantize"], read_config_dict(Path(ref["model_dir"])))
     return load(ref["model_dir"], recipe), load(ref["float_model_dir"], None)
 
 

@@ -123,7 +123,8 @@ def test_device_setup_installs_into_a_venv_there(arm64_board):
 def test_the_job_on_the_board(arm64_board, tiny_exports, tmp_path, monkeypatch, capsys):
     """`edgekd distill --target raspberry-pi-5 --device ssh://...` against the board: its device rows are marked
     emulated and never judged against the budget or calibrated on, and its files' parity was checked on arm64. The
-    target file is the packaged one with as many threads as the board has CPUs (this machine's)."""
+    target file is the packaged one with as many threads as the board has CPUs (this machine's) and budget lengths
+    the tiny model holds."""
     import os
     import re
     from pathlib import Path
@@ -136,7 +137,9 @@ def test_the_job_on_the_board(arm64_board, tiny_exports, tmp_path, monkeypatch, 
     targets.mkdir()
     pi = (Path(__file__).resolve().parents[2] / "targets" / "raspberry-pi-5.toml").read_text()
     threads = min(2, len(os.sched_getaffinity(0)))
-    (targets / "raspberry-pi-5.toml").write_text(re.sub(r"default_threads = \d+", f"default_threads = {threads}", pi))
+    pi = re.sub(r"default_threads = \d+", f"default_threads = {threads}", pi)  # the board has this machine's CPUs
+    pi = re.sub(r"prompt_len = \d+", "prompt_len = 16", re.sub(r"decode_len = \d+", "decode_len = 16", pi))
+    (targets / "raspberry-pi-5.toml").write_text(pi)  # lengths within the tiny model's 128 positions
     for k, v in {"EDGEKD_TARGETS_DIR": targets, "EDGEKD_CACHE": tmp_path / "cache"}.items():
         monkeypatch.setenv(k, str(v))
     b, out = arm64_board, tmp_path / "run"

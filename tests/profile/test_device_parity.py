@@ -131,3 +131,15 @@ def test_device_check_bad_input_is_one_line_exit_2(sshd):
     if bare.returncode != 0:  # the system python: a device without a runtime
         proc = _cli("device", "check", sshd["url"], "--remote-python", "/usr/bin/python3", *opts)
         assert proc.returncode == 2 and "has no runtime edgekd runs" in proc.stderr and "device setup" in proc.stderr
+
+
+def test_a_file_built_from_a_quant_aware_student_is_held_to_that_student_on_the_device(pytorch_run):
+    """The reference a quantised file's record names is the quantisation-aware student with the runtime's quantisers
+    in place (here the built-in teacher stands for both students): the device's tokens are held to it, with the
+    float student's figures beside them (`vs_float`) and the 7-of-8 prompts bound."""
+    rec = _record("int4")
+    rec["parity_reference"] |= {"quant_aware": True, "float_model_dir": str(TEACHER)}
+    got = check_device_run(rec, pytorch_run, DEVICE)
+    assert "tokens_match_share" in got["threshold"] and got["vs_float"]["prompts_matched"] == 3
+    assert "quantisation-aware" in got["run"]["reference"]
+    assert got["passed"] == (got["tokens_match_share"] >= 0.875 and got["ppl_ratio"] <= 1.1)
