@@ -64,7 +64,10 @@ def profile_generation(path, device: str | Runner = "local", prompt_len: int = 6
     stats.setdefault("precision", record.get("precision"))  # the export's parity record says it
     stats["model"] = str(path)
     run = stats.pop("parity_run", None)
-    if run is not None:
+    if run is not None and "unavailable" in run:
+        stats["parity"] = {"checked": False, "why": f"{run['unavailable']} on the device (edgekd device setup installs "
+                                                    f"it)"}
+    elif run is not None:
         from edgekd.export.parity import check_device_run
 
         stats["parity"] = check_device_run(record, run, stats)
