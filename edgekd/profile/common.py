@@ -15,9 +15,8 @@ from edgekd.formats import FORMATS, GRAPH, format_names
 # The standalone scripts a device runs, in the order they are shipped: the last one runs and imports the
 # others from beside it (on a board) or from edgekd (here).
 FACTS_FILES = (Path(__file__).with_name("board_facts.py"),)
-TIMER_FILES = (Path(graph_runtime.__file__), Path(__file__).with_name("board_timer.py"))
-GENBENCH_FILES = (*FACTS_FILES, *TIMER_FILES, Path(generative_runtime.__file__),
-                  Path(__file__).with_name("board_genbench.py"))
+TIMER_FILES = (*FACTS_FILES, Path(graph_runtime.__file__), Path(__file__).with_name("board_timer.py"))
+GENBENCH_FILES = (*TIMER_FILES, Path(generative_runtime.__file__), Path(__file__).with_name("board_genbench.py"))
 
 STAT_KEYS = ("device", "format", "runs", "threads", "mean_ms", "p50_ms", "p90_ms", "p99_ms", "std_ms",
              "min_ms", "max_ms", "init_ms", "peak_rss_mb", "size_mb", "ops")

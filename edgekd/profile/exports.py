@@ -37,7 +37,8 @@ def write_profile(run_dir: Path, export: dict, stats: dict) -> dict:
     return {"device": stats["device"], "format": stats["format"], "quantize": stats["quantize"],
             "precision": stats["precision"], "p50_ms": stats["p50_ms"], "p90_ms": stats["p90_ms"],
             "mean_ms": stats["mean_ms"], "peak_rss_mb": stats.get("peak_rss_mb"), "size_mb": stats.get("size_mb"),
-            "threads": stats.get("threads"), "profile": rel}
+            "threads": stats.get("threads"), "profile": rel} | \
+        ({"machine": stats["machine"], "emulated": bool(stats.get("emulated"))} if "machine" in stats else {})
 
 
 def write_generation_profile(run_dir: Path, export: dict, stats: dict) -> dict:

@@ -170,3 +170,10 @@ def test_the_job_on_the_board(arm64_board, tiny_exports, tmp_path, monkeypatch, 
         assert "failed generation parity on " + b.url in rep["error"]
     md = (out / "report.md").read_text()
     assert "EMULATED" in md and "Generation parity on the device" in md
+
+
+def test_a_graph_file_timed_on_the_board_says_where_it_ran(arm64_board, tiny_onnx):
+    from edgekd.profile import profile_model
+
+    stats = profile_model(tiny_onnx, device=arm64_board.url, runs=2, warmup=0, threads=1, **arm64_board.options())
+    assert (stats["machine"], stats["emulated"]) == ("aarch64", True) and stats["format"] == "onnx"
