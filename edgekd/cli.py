@@ -436,7 +436,7 @@ def _print_facts(facts: dict, json_out: bool) -> None:
     if json_out:
         echo(json.dumps(facts))
         return
-    emulated = f", EMULATED ({facts.get('emulated_by')}): its times mean nothing" if facts.get("emulated") else ""
+    emulated = f", EMULATED ({facts.get('emulated_by')})" if facts.get("emulated") else ""
     echo(f"{facts.get('device')}: {facts.get('machine')} {facts.get('system') or ''}, Python {facts.get('python')} "
          f"({facts.get('python_path') or '-'}), {facts.get('libc') or '-'}, {facts.get('threads')} threads{emulated}")
     for dist, ver in (facts.get("runtimes") or {}).items():
@@ -496,6 +496,13 @@ def device_board(port: Optional[int] = typer.Option(None, help="Port on 127.0.0.
     if build_only:
         echo(json.dumps({"root": str(root)}) if json_out else f"the arm64 board is built in {root}")
         return
+    import signal
+
+    def stop(signum, frame):  # a `kill` stops the board as Ctrl-C does: its sshd ended, /proc unmounted
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)  # also where a background shell started it with SIGINT ignored
     with start_board(settings, port=port) as board:
         if json_out:
             echo(json.dumps({"device": board.url, **board.options(), "emulated": board.emulated}))

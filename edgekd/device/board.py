@@ -322,8 +322,11 @@ LogLevel ERROR
     known.write_text(f"[127.0.0.1]:{port} {pub[0]} {pub[1]}\n")
     mount = proc_mounted(root).__enter__()
     log = open(home / "sshd.log", "w")
+    from edgekd.profile.common import die_with_parent
+
     proc = subprocess.Popen(["chroot", str(root), "/usr/sbin/sshd", "-D", "-e", "-f", "/etc/ssh/edgekd_sshd_config",
-                             "-p", str(port)], stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
+                             "-p", str(port)], stdout=subprocess.DEVNULL, stderr=log, start_new_session=True,
+                            preexec_fn=die_with_parent())  # never outlives edgekd, however edgekd ends
     board = Board(root=root, port=port, identity_file=str(user_key), known_hosts=str(known), emulated=not native(),
                   _proc=proc, _proc_mount=mount)
     deadline = time.time() + timeout

@@ -131,7 +131,7 @@ def last_line(text: str, default: str = "no output") -> str:
     return (text.strip().splitlines() or [default])[-1]
 
 
-def _die_with_parent():
+def die_with_parent():
     """A preexec_fn that has the kernel kill the child when edgekd dies, however it dies (Linux); None
     where prctl is not there. Resolved here in the parent: the child only makes the call."""
     import os
@@ -160,5 +160,5 @@ def run_child(cmd: list[str], timeout: float, **kw) -> subprocess.CompletedProce
     SIGTERM or SIGKILL of edgekd itself, where no Python code runs.
     """
     if sys.platform.startswith("linux") and "preexec_fn" not in kw:
-        kw["preexec_fn"] = _die_with_parent()
+        kw["preexec_fn"] = die_with_parent()
     return subprocess.run(cmd, timeout=timeout, **kw)
