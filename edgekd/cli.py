@@ -18,6 +18,9 @@ teacher_app = typer.Typer(no_args_is_help=True, help="Teachers: the built-in one
 app.add_typer(kernel_app, name="kernel")
 app.add_typer(targets_app, name="targets")
 app.add_typer(teacher_app, name="teacher")
+device_app = typer.Typer(no_args_is_help=True, help="Devices: what one has, putting the runtimes there, the emulated "
+                                                    "arm64 board.")
+app.add_typer(device_app, name="device")
 
 def _work(fn):
     """A command that does real work: from its start, third-party output goes to the log (not --verbose)."""
@@ -164,6 +167,9 @@ QuantAwareOpt = Annotated[Optional[bool], _opt("--quant-aware/--no-quant-aware",
                                               "that post-training-quantised file instead.")]
 QadStepsOpt = Annotated[Optional[int], _opt("--qad-steps", help="Quantisation-aware steps per quantised export "
                                                                "(default: --steps / 3).")]
+RuntimeOpt = Annotated[Optional[str], _opt("--runtime", help="With --target on a causal LM: the LLM runtime the "
+                                                          "student is searched for and shipped in, litert-lm or "
+                                                          "onnx-genai (default: the target file's).")]
 BaselinesOpt = Annotated[str, _opt("--baselines", help="Baselines trained beside the student on hard labels alone: "
                                                        "ce_only,scratch (default), ce_only, scratch or none.")]
 
@@ -182,7 +188,7 @@ def distill(teacher: TeacherOpt = "builtin", data: DataOpt = "builtin", text_col
             remote_python: RemotePythonOpt = "python3", batch_size: BatchOpt = 8, seq_len: SeqLenOpt = 256,
             lr: LrOpt = 2e-3, parallel: ParallelOpt = "ddp", quiet: QuietOpt = False,
             baselines: BaselinesOpt = "ce_only,scratch", keep_checkpoints: KeepCheckpointsOpt = 1,
-            quant_aware: QuantAwareOpt = None, qad_steps: QadStepsOpt = None) -> None:
+            quant_aware: QuantAwareOpt = None, qad_steps: QadStepsOpt = None, runtime: RuntimeOpt = None) -> None:
     """Distill the teacher into a student, train the scratch baseline, evaluate both, write the run."""
     from edgekd.checks import input_file, optional_number
     from edgekd.run_inputs import distill_inputs
@@ -212,7 +218,7 @@ def distill(teacher: TeacherOpt = "builtin", data: DataOpt = "builtin", text_col
     target = _path(target) if target and target.endswith(".toml") else target
     distill_job(JobConfig(engine=engine, target=target, latency_budget_ms=latency_budget, device=device,
                           calibration=calibration, save_calibration=save_calibration, generative=generative,
-                          decode_tok_s=decode_tok_s, ttft_ms=ttft_ms, quant_aware=quant_aware,
+                          decode_tok_s=decode_tok_s, ttft_ms=ttft_ms, quant_aware=quant_aware, runtime=runtime,
                           profile=dict(identity_file=_path(identity_file), known_hosts=_path(known_hosts),
                                        insecure_host_key=insecure_host_key, remote_python=remote_python)),
                 settings=settings)
@@ -399,6 +405,114 @@ def profile(
         from edgekd.profile.table import print_profile
 
         print_profile(stats)
+    if generative:  # a file that fails generation parity on the device fails as it would here
+        from edgekd.errors import JobFailed
+        from edgekd.profile.generation_profile import parity_failure
+
+        failed = parity_failure(stats)
+        if failed:
+            raise JobFailed(failed)
+
+
+# --- device -------------------------------------------------------------------------------------------------
+
+def _ssh_options(remote_python, identity_file, known_hosts, insecure_host_key) -> dict:
+    return dict(remote_python=remote_python, identity_file=_path(identity_file), known_hosts=_path(known_hosts),
+                insecure_host_key=insecure_host_key)
+
+
+RemotePythonOpt = Annotated[str, _opt("--remote-python", help="ssh: the python on the device.")]
+IdentityOpt = Annotated[Optional[str], _opt("--identity-file", help="ssh: private key (default: ssh's, or EDGEKD_SSH_KEY).")]
+KnownHostsOpt = Annotated[Optional[str], _opt("--known-hosts", help="ssh: known_hosts file to check the host key against.")]
+InsecureOpt = Annotated[bool, _opt("--insecure-host-key", help="ssh: do not check the host key.")]
+JsonOpt = Annotated[bool, _opt("--json", help="Print one JSON object.")]
+
+
+def _print_facts(facts: dict, json_out: bool) -> None:
+    import json
+
+    from edgekd.console import echo
+
+    if json_out:
+        echo(json.dumps(facts))
+        return
+    emulated = f", EMULATED ({facts.get('emulated_by')})" if facts.get("emulated") else ""
+    echo(f"{facts.get('device')}: {facts.get('machine')} {facts.get('system') or ''}, Python {facts.get('python')} "
+         f"({facts.get('python_path') or '-'}), {facts.get('libc') or '-'}, {facts.get('threads')} threads{emulated}")
+    for dist, ver in (facts.get("runtimes") or {}).items():
+        echo(f"  {dist:<20} {ver or '-'}")
+
+
+@device_app.command("check")
+def device_check(device: str = typer.Argument(..., help="ssh://USER@HOST[:PORT] | adb[:SERIAL] | local"),
+                 remote_python: RemotePythonOpt = "python3", identity_file: IdentityOpt = None,
+                 known_hosts: KnownHostsOpt = None, insecure_host_key: InsecureOpt = False,
+                 json_out: JsonOpt = False) -> None:
+    """What a device has: machine, Python, runtimes and their versions, threads, and whether it is emulated."""
+    from edgekd.device.setup import device_facts
+    from edgekd.settings import Settings
+
+    _print_facts(device_facts(device, Settings.from_env(), **_ssh_options(remote_python, identity_file, known_hosts,
+                                                                           insecure_host_key)), json_out)
+
+
+@device_app.command("setup")
+@_work
+def device_setup(device: str = typer.Argument(..., help="ssh://USER@HOST[:PORT]"),
+                 venv: str = typer.Option("~/.edgekd/venv", help="Where the runtimes' venv goes on the device."),
+                 remote_python: RemotePythonOpt = "python3", identity_file: IdentityOpt = None,
+                 known_hosts: KnownHostsOpt = None, insecure_host_key: InsecureOpt = False,
+                 json_out: JsonOpt = False) -> None:
+    """Install the runtimes (this machine's versions, as wheels for the device's platform downloaded here) into a
+    venv on an ssh device; then profile with --remote-python VENV/bin/python."""
+    from edgekd.console import echo
+    from edgekd.device.setup import setup_device
+    from edgekd.settings import Settings
+
+    opts = _ssh_options(remote_python, identity_file, known_hosts, insecure_host_key)
+    facts = setup_device(device, Settings.from_env(), venv=venv, say=None if json_out else echo, **opts)
+    _print_facts(facts, json_out)
+    if not json_out:
+        echo(f"profile there with --remote-python {facts['remote_python']}")
+
+
+@device_app.command("board")
+@_work
+def device_board(port: Optional[int] = typer.Option(None, help="Port on 127.0.0.1 (default: a free one)."),
+                 build_only: bool = typer.Option(False, "--build-only", help="Build (or find cached) and exit."),
+                 json_out: JsonOpt = False) -> None:
+    """An emulated arm64 Linux board (Debian under qemu-user, the runtimes in a venv) served over ssh on 127.0.0.1
+    until Ctrl-C: real arm64 runtimes and tokens, meaningless times. Needs root; built once (about 10 minutes) and
+    cached in EDGEKD_BOARD_DIR or CACHE/arm64-board."""
+    import json
+    import time
+
+    from edgekd.console import echo
+    from edgekd.device.board import build_board, start_board
+    from edgekd.settings import Settings
+
+    settings = Settings.from_env()
+    root = build_board(settings, install=True, say=None if json_out else echo)
+    if build_only:
+        echo(json.dumps({"root": str(root)}) if json_out else f"the arm64 board is built in {root}")
+        return
+    import signal
+
+    def stop(signum, frame):  # a `kill` stops the board as Ctrl-C does: its sshd ended, /proc unmounted
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)  # also where a background shell started it with SIGINT ignored
+    with start_board(settings, port=port) as board:
+        if json_out:
+            echo(json.dumps({"device": board.url, **board.options(), "emulated": board.emulated}))
+        else:
+            echo(f"arm64 board (emulated: its times mean nothing) at {board.url}; Ctrl-C stops it. Use:\n"
+                 f"  edgekd device check {board.url} --identity-file {board.identity_file} --known-hosts "
+                 f"{board.known_hosts} --remote-python {board.remote_python}\n"
+                 f"  edgekd profile FILE --generative {board.command_line()}")
+        while True:
+            time.sleep(3600)
 
 
 @app.command("predict")

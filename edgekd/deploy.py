@@ -64,6 +64,11 @@ class Deployment:
         """One export timed on the device; its measured entry."""
         raise NotImplementedError
 
+    def compared_on_device(self, search, fmt: str) -> list[tuple[str, str]]:
+        """(format, precision) of the files also timed on the device beside the deployed format's, to say which
+        runtime to ship there; none by default."""
+        return []
+
 
 class LogitsDeployment(Deployment):
     """The logits graph four ways (ONNX, TFLite, float and int8), each timed as one forward."""
@@ -148,6 +153,12 @@ class GenerativeDeployment(Deployment):
 
     def device_precisions(self, search) -> tuple[str, ...]:
         return tuple(dict.fromkeys((search.precision, "float32")))
+
+    def compared_on_device(self, search, fmt: str) -> list[tuple[str, str]]:
+        """The other LLM runtime's file at the deployed precision."""
+        from edgekd.export.run_dir import generative_variants
+
+        return [(f, search.precision) for f in dict.fromkeys(v[0] for v in generative_variants()) if f != fmt]
 
     def quant_aware_recipes(self, search) -> list[str]:
         """Every quantised generative export's recipe (both runtimes': each file is built from its own student)."""

@@ -78,6 +78,7 @@ class JobConfig:
     decode_tok_s: Optional[float] = None  # generation budget overrides (default: the target file's)
     ttft_ms: Optional[float] = None
     quant_aware: Optional[bool] = None  # None/True: quantised exports distilled into their runtime's numbers (QAD)
+    runtime: Optional[str] = None       # the LLM runtime searched for and shipped (default: the target file's)
 
     @classmethod
     def from_dict(cls, d: dict) -> "JobConfig":
@@ -97,7 +98,7 @@ class JobConfig:
 
 JOB_ONLY = {"latency_budget_ms": "--latency-budget", "decode_tok_s": "--decode-tok-s", "ttft_ms": "--ttft-ms",
             "calibration": "--calibration", "save_calibration": "--save-calibration", "generative": "--generative/--logits",
-            "device": "--device", "quant_aware": "--quant-aware/--no-quant-aware"}
+            "device": "--device", "quant_aware": "--quant-aware/--no-quant-aware", "runtime": "--runtime"}
 
 
 def distill_job(config: JobConfig, *, settings: Optional[Settings] = None):
@@ -280,6 +281,12 @@ class _Job:
             raise EdgekdError("--student bilstm is a sentence classifier: give a *ForSequenceClassification teacher, "
                               "or drop --student to search a student of the causal LM's family")
         self.fmt = self.model.target_format(t)
+        if job.runtime is not None:
+            if job.runtime not in self.model.runtimes:  # noqa: SIM102
+                raise EdgekdError(f"--runtime {job.runtime}: the {self.model.name} job runs "
+                                  f"{' or '.join(self.model.runtimes) or 'its target file runtime only'}"
+                                  + (": drop --runtime, or --logits" if self.model.runtimes else ": drop --runtime"))
+            self.fmt = job.runtime
         self.deploy = deployment_for(self.model.name)
         self.threads = int(t.runtime.get("default_threads") or 0) or None
         on_target_local = t.access.get("method") == "local"  # `host`: this machine is the device
@@ -299,7 +306,8 @@ class _Job:
         from edgekd.search import print_table, search_student
 
         res = search_student(self.teacher_cfg, self.t, self.budget, cost_model=self.model, calibration=self.cal,
-                             max_params=max_params, train_params=self.trainable_params(), settings=self.settings)
+                             max_params=max_params, train_params=self.trainable_params(), settings=self.settings,
+                             fmt=self.fmt)
         needed, limit = self.model.positions(res.budget), int(self.teacher_cfg.get("max_position_embeddings") or 2048)
         if needed > limit:
             raise EdgekdError(f"{self.t.name}'s budget ({self.model.budget_words(res.budget)}) needs {needed} positions, "
@@ -404,9 +412,19 @@ class _Job:
                         self.device_error = str(err)
                         break
                     measured.append(m)
-                if m is not None:
+                if m is not None and m.get("emulated"):  # real tokens, meaningless times: never judged or fitted
+                    m["on_target"] = False
+                elif m is not None:
                     m["on_target"] = True
                     on_dev[prec] = m
+            for fmt, prec in ([] if self.device_error or self.measure_device == "local"
+                              else self.deploy.compared_on_device(res, self.fmt)):
+                e = exports.get(export_key(fmt, prec), {})
+                if e.get("passed"):  # the other runtime's file, beside it: which one to ship there (report)
+                    try:
+                        measured.append(self.deploy.profile_on_device(self.where, res, e) | {"on_target": False})
+                    except EdgekdError as err:
+                        self.device_error = str(err)
         return on_dev
 
     def shrink_wanted(self, k: int) -> bool:

@@ -31,6 +31,7 @@ class Settings:
     ssh_key: Optional[str] = None         # EDGEKD_SSH_KEY: default --identity-file
     ssh_known_hosts: Optional[str] = None  # EDGEKD_SSH_KNOWN_HOSTS: default --known-hosts
     ssh_insecure_host_key: bool = False   # EDGEKD_SSH_INSECURE_HOST_KEY: no host key check without --known-hosts
+    board_dir: Optional[Path] = None      # EDGEKD_BOARD_DIR: the emulated arm64 board (default CACHE/arm64-board)
     rank: int = 0                         # RANK (torchrun): this process's rank
     world_size: int = 1                   # WORLD_SIZE (torchrun): the processes of the run
     local_rank: int = 0                   # LOCAL_RANK (torchrun): this process's GPU on its machine
@@ -44,6 +45,7 @@ class Settings:
                    fault=env.get("EDGEKD_FAULT") or None, ssh_key=env.get("EDGEKD_SSH_KEY") or None,
                    ssh_known_hosts=env.get("EDGEKD_SSH_KNOWN_HOSTS") or None,
                    ssh_insecure_host_key=env.get("EDGEKD_SSH_INSECURE_HOST_KEY", "").lower() in TRUE,
+                   board_dir=Path(env["EDGEKD_BOARD_DIR"]) if env.get("EDGEKD_BOARD_DIR") else None,
                    rank=_int(env, "RANK", 0), world_size=_int(env, "WORLD_SIZE", 1),
                    local_rank=_int(env, "LOCAL_RANK", 0))
 

@@ -463,6 +463,15 @@ CASES = [
     ("profile-adb-no-phone", ["profile", "{fake_tflite}", "--device", "adb"], 2, "no devices"),
     ("profile-adb-binary-missing", ["profile", "{fake_tflite}", "--device", "adb", "--benchmark-binary",
                                     "{root}/benchmark_model"], 2, "--benchmark-binary"),
+    # -- device
+    ("device-check-refused", ["device", "check", "ssh://pi@127.0.0.1:1", "--known-hosts", "{known_hosts}"], 2,
+     "connection refused"),
+    ("device-check-bad-url", ["device", "check", "ssh://"], 2, "bad device"),
+    ("device-check-unknown", ["device", "check", "usb"], 2, "unknown device"),
+    ("device-setup-not-ssh", ["device", "setup", "adb"], 2, "installs over ssh"),
+    ("device-setup-refused", ["device", "setup", "ssh://pi@127.0.0.1:1", "--known-hosts", "{known_hosts}"], 2,
+     "connection refused"),
+    ("distill-runtime-without-target", ["distill", "--runtime", "onnx-genai", "--steps", "1"], 2, "--runtime goes with --target"),
     # -- targets
     ("targets-show-unknown", ["targets", "show", "nope"], 2, "unknown target 'nope'; known targets:"),
     ("targets-show-malformed", ["targets", "show", "{tg_bad_toml}"], 2, "not valid TOML"),

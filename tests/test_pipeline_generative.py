@@ -154,7 +154,10 @@ def test_quantised_files_are_built_from_quant_aware_students(job):
 def test_generative_flags_are_checked_before_work(teacher, data, tmp_path, monkeypatch, capsys):
     for args, needle in ((["--latency-budget", "3"], "--latency-budget is not a budget of the generation job"),
                          (["--decode-tok-s", "0"], "--decode-tok-s must be"),
-                         (["--logits", "--ttft-ms", "5"], "--ttft-ms is not a budget of the latency job")):
+                         (["--logits", "--ttft-ms", "5"], "--ttft-ms is not a budget of the latency job"),
+                         (["--runtime", "tflite"], "--runtime tflite: the generation job runs litert-lm or onnx-genai"),
+                         (["--logits", "--runtime", "onnx-genai"], "--runtime onnx-genai: the latency job runs its "
+                                                                   "target file runtime only")):
         code, _, err = cli(monkeypatch, capsys, "distill", "--target", "android-arm64", "--teacher", teacher,
                            "--data", data, "--out", tmp_path / "run", *args, *JOB)
         assert code == 2 and needle in err and len(err.strip().splitlines()) == 1, err

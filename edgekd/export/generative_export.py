@@ -192,6 +192,12 @@ def export_generative(model_dir, fmt: str, quantize: str = "none", out=None, pro
                       "cache_length": cache_length if fmt == "litert-lm" else check["run"]["context_length"],
                       "size_mb": graph_runtime.size_mb(str(produced)), "convert_s": seconds, **check,
                       "model_dir": str(model_dir), "architecture": architecture,
+                      # what a device's run of the file is checked against (parity.reference_of_record)
+                      "parity_reference": {"model_dir": reference.model_dir or str(model_dir),
+                                           "quant_aware": float_reference is not None,
+                                           "float_model_dir": None if float_reference is None
+                                           else float_reference.model_dir,
+                                           "new_tokens": new_tokens, "min_top1": min_top1},
                       "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
             _remove(out)
             if record["passed"]:

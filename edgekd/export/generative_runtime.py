@@ -131,6 +131,33 @@ def check_bundle(path: str) -> None:
             raise EdgekdError(str(e)) from e
 
 
+def scored_rows(logits, ids) -> tuple[list[int], list[float]]:
+    """What generation parity needs of a file's teacher-forced logits over `ids` ([len(ids), vocab], row i predicts
+    ids[i + 1]): the argmax of every row and the negative log-likelihood of each next token (float64), so that a
+    device sends back two numbers a position, not its logits."""
+    np = _np()
+    x = np.asarray(logits, dtype=np.float64).reshape(len(ids), -1)
+    z = x[:-1] - x[:-1].max(-1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(-1, keepdims=True))
+    nll = -logp[np.arange(len(ids) - 1), np.asarray(ids[1:], dtype=np.int64)]
+    return [int(a) for a in x.argmax(-1)], [float(v) for v in nll]
+
+
+def parity_run(model, prompts: list[list[int]], new_tokens: int) -> dict:
+    """A loaded model's side of generation parity on `prompts`: its greedy `new_tokens` after each prompt and
+    scored_rows of its teacher-forced logits over each prompt (what export/parity.py's GenerationReference
+    compares with PyTorch's, here and on a device)."""
+    import time
+
+    started = time.perf_counter()
+    tokens = [model.generate([int(t) for t in p], new_tokens) for p in prompts]
+    scored = [scored_rows(model.next_token_logits([int(t) for t in p]), p) for p in prompts]
+    return {"tokens": tokens, "argmax": [a for a, _ in scored], "nll": [n for _, n in scored],
+            "runtime": model.runtime, "version": model.version, "runner": model.runner,
+            "context_length": getattr(model, "context_length", getattr(model, "cache_length", None)),
+            "seconds": time.perf_counter() - started}
+
+
 class LiteRtLmModel:
     """A .litertlm bundle's prefill/decode model, run signature by signature with explicit KV-cache tensors."""
 

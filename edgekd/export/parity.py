@@ -4,6 +4,8 @@ fixed-window files (onnx/tflite), greedy generation of the generative exports (l
 from __future__ import annotations
 
 import math
+import os
+import platform
 import time
 from dataclasses import dataclass, field
 from typing import Optional
@@ -294,6 +296,7 @@ class GenerationReference:
     def __init__(self, model, prompts: list[list[int]], source: str, new_tokens: int,
                  heldout: Optional[HeldoutText] = None):
         self.prompts, self.source, self.new_tokens, self.heldout = prompts, source, new_tokens, heldout
+        self.model_dir = self.recipe = None  # set by load(): what device parity rebuilds this reference from
         self.max_len = int(getattr(model.config, "max_position_embeddings", 0) or 2048)
         self.tokens, self.logits = [], []
         with torch.no_grad():
@@ -334,7 +337,9 @@ class GenerationReference:
         if heldout is not None and (heldout.ids.size == 0 or heldout.ids.shape[1] < 2 or int(heldout.ids.max()) >= vocab):
             raise EdgekdError(f"held-out text must be windows of at least 2 token ids in [0, {vocab}): tokenise it "
                               f"with the model's own tokenizer")
-        return cls(model, prompts, source, new_tokens, heldout)
+        ref = cls(model, prompts, source, new_tokens, heldout)
+        ref.model_dir, ref.recipe = str(model_dir), recipe
+        return ref
 
     def quality(self, model) -> dict:
         """The export's own quality in its runtime (`model`, from generative_runtime.load) on the held-out text,
@@ -352,10 +357,21 @@ class GenerationReference:
 
     def figures(self, got: list[list[int]], logits: list[np.ndarray]) -> dict:
         """How a file's greedy tokens and teacher-forced logits on these prompts compare with this reference's."""
-        first = [next((i for i, (a, b) in enumerate(zip(r, g)) if a != b), None) for r, g in zip(self.tokens, got)]
+        from edgekd.export.generative_runtime import scored_rows
+
+        scored = [scored_rows(g, p) for g, p in zip(logits, self.prompts)]
+        rec = self.figures_of(got, [a for a, _ in scored], [n for _, n in scored])
+        rec["max_abs_logit_diff"] = float(max(np.abs(r - g).max() for r, g in zip(self.logits, logits)))
+        return rec
+
+    def figures_of(self, got: list[list[int]], argmax: list[list[int]], nll: list[list[float]]) -> dict:
+        """figures() from what a file gives back on a device (generative_runtime.parity_run): its greedy tokens,
+        and per prompt the argmax of each teacher-forced row and the loss of each next token."""
+        first = [next((i for i, (a, b) in enumerate(zip(r, g)) if a != b), None if len(g) >= len(r) else len(g))
+                 for r, g in zip(self.tokens, got)]
         ref_nll = np.concatenate([_nll(r, p) for r, p in zip(self.logits, self.prompts)])
-        got_nll = np.concatenate([_nll(g, p) for g, p in zip(logits, self.prompts)])
-        rows = np.concatenate([r.argmax(-1) == g.argmax(-1) for r, g in zip(self.logits, logits)])
+        got_nll = np.concatenate([np.asarray(n, dtype=np.float64) for n in nll])
+        rows = np.concatenate([r.argmax(-1) == np.asarray(a) for r, a in zip(self.logits, argmax)])
         decisive = np.concatenate([_margin(r) >= GEN_DECISIVE_MARGIN for r in self.logits])
         rec = {"tokens_match_share": float(np.mean([f is None for f in first])),
                "prompts_matched": int(sum(f is None for f in first)), "prompts": len(self.prompts),
@@ -364,9 +380,29 @@ class GenerationReference:
                "ppl_reference": float(np.exp(ref_nll.mean())), "ppl_export": float(np.exp(got_nll.mean())),
                "top1_agreement": float(rows.mean()),
                "top1_agreement_decisive": float(rows[decisive].mean()) if decisive.any() else None,
-               "decisive_positions": int(decisive.sum()), "positions": int(rows.size),
-               "max_abs_logit_diff": float(max(np.abs(r - g).max() for r, g in zip(self.logits, logits)))}
+               "decisive_positions": int(decisive.sum()), "positions": int(rows.size)}
         rec["ppl_ratio"] = rec["ppl_export"] / rec["ppl_reference"]
+        return rec
+
+    def judge(self, rec: dict, quantized: bool, min_top1: float | None, vs_float: dict | None = None) -> dict:
+        """Pass or fail a file's figures (figures/figures_of) by the one bar, here or on a device: float, every
+        prompt's greedy tokens; quantised, the top-1 and perplexity-ratio bounds, and against a quantisation-aware
+        student (`vs_float`: the figures against its float student) GEN_QAD_MIN_MATCH of the prompts too."""
+        if quantized:
+            bound = GEN_MIN_TOP1 if min_top1 is None else min_top1
+            rec["threshold"] = {"top1_agreement_decisive": bound, "ppl_ratio": GEN_MAX_PPL_RATIO,
+                                "decisive_margin": GEN_DECISIVE_MARGIN}
+            agree = rec["top1_agreement_decisive"]
+            rec["passed"] = bool((agree is None or agree >= bound) and rec["ppl_ratio"] <= GEN_MAX_PPL_RATIO)
+            if vs_float is not None:
+                rec["threshold"]["tokens_match_share"] = GEN_QAD_MIN_MATCH
+                rec["passed"] = rec["passed"] and rec["tokens_match_share"] >= GEN_QAD_MIN_MATCH
+                rec["vs_float"] = {k: vs_float[k] for k in ("tokens_match_share", "prompts_matched",
+                                                            "mean_first_divergence", "ppl_ratio",
+                                                            "top1_agreement_decisive")}
+        else:
+            rec["threshold"] = {"tokens_match_share": 1.0}
+            rec["passed"] = rec["tokens_match_share"] == 1.0
         return rec
 
     def check(self, path: str, quantized: bool, min_top1: float | None,
@@ -388,28 +424,16 @@ class GenerationReference:
             raise _does_not_run(e) from e
         rec = self.figures(got, logits)
         rec["run"] = {"runtime": model.runtime, "runner": model.runner, "version": model.version,
-                      "prompts": len(self.prompts), "prompt_source": self.source,
+                      "prompts": len(self.prompts), "prompt_source": self.source, "prompt_ids": self.prompts,
+                      "machine": platform.machine(),
                       "prompt_tokens": [len(p) for p in self.prompts], "new_tokens": self.new_tokens,
                       "sampler": "greedy (argmax of the runtime's logits), no start token or template added",
                       "reference": ("the quantisation-aware student (weights on the file's grid)" if float_reference
                                     else "the float student") + ": transformers generate(do_sample=False) in float32; "
                                    "teacher-forced logits over each prompt for perplexity and top-1 agreement",
                       "context_length": getattr(model, "context_length", getattr(model, "cache_length", None))}
-        if quantized:
-            bound = GEN_MIN_TOP1 if min_top1 is None else min_top1
-            rec["threshold"] = {"top1_agreement_decisive": bound, "ppl_ratio": GEN_MAX_PPL_RATIO,
-                                "decisive_margin": GEN_DECISIVE_MARGIN}
-            agree = rec["top1_agreement_decisive"]
-            rec["passed"] = bool((agree is None or agree >= bound) and rec["ppl_ratio"] <= GEN_MAX_PPL_RATIO)
-            if float_reference is not None:
-                rec["threshold"]["tokens_match_share"] = GEN_QAD_MIN_MATCH
-                rec["passed"] = rec["passed"] and rec["tokens_match_share"] >= GEN_QAD_MIN_MATCH
-                vs = float_reference.figures(got, logits)
-                rec["vs_float"] = {k: vs[k] for k in ("tokens_match_share", "prompts_matched", "mean_first_divergence",
-                                                      "ppl_ratio", "top1_agreement_decisive")}
-        else:
-            rec["threshold"] = {"tokens_match_share": 1.0}
-            rec["passed"] = rec["tokens_match_share"] == 1.0
+        rec["generated"] = got  # the file's greedy tokens here: what a device's run of it is compared with too
+        self.judge(rec, quantized, min_top1, None if float_reference is None else float_reference.figures(got, logits))
         try:  # a file that is kept: its own quality on the held-out text
             if rec["passed"]:
                 rec |= (float_reference or self).quality(model)
@@ -440,3 +464,82 @@ def generation_failure_line(name: str, rec: dict) -> str:
             f"the {rec['decisive_positions']} of {rec['positions']} positions where PyTorch is decisive (least "
             f"{rec['threshold']['top1_agreement_decisive']}), perplexity ratio {rec['ppl_ratio']:.4f} (most "
             f"{rec['threshold']['ppl_ratio']}): try int8, or a lower --min-top1")
+
+
+# --- the same check where the file runs ------------------------------------------------------------------------
+_REFERENCES: dict = {}  # (model dir and its files, quant-aware, prompts, new tokens) -> GenerationReference
+
+
+def reference_of_record(record: dict) -> tuple["GenerationReference", "GenerationReference | None"]:
+    """The PyTorch reference an export's record (export_generative's, `parity_reference`) was checked against, and
+    its float student's for a file built from a quantisation-aware student: rebuilt from the model directories,
+    prompts and new-token count it names (computed once per process). One line if the record cannot say."""
+    ref = record.get("parity_reference")
+    prompts = (record.get("run") or {}).get("prompt_ids")
+    if not ref or not prompts:
+        raise EdgekdError(f"{record.get('path', 'the export')}'s parity record names no PyTorch reference (exported "
+                          f"by an older edgekd): export it again to check it on the device")
+
+    def load(model_dir: str, recipe):
+        from pathlib import Path
+
+        if not (Path(model_dir) / "config.json").is_file():
+            raise EdgekdError(f"{model_dir}, the model {record.get('path', 'the export')} was checked against, is "
+                              f"gone: device parity rebuilds PyTorch's tokens from it; export the file again")
+        d = Path(model_dir).resolve()  # its files' sizes and times too: the shrink loop trains anew where it was
+        files = tuple(sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in d.iterdir() if f.is_file()))
+        key = (str(d), files, recipe is not None, tuple(map(tuple, prompts)), ref["new_tokens"])
+        if key not in _REFERENCES:
+            _REFERENCES[key] = GenerationReference.load(model_dir, prompts, ref["new_tokens"], recipe=recipe)
+        return _REFERENCES[key]
+
+    if not ref.get("quant_aware"):
+        return load(ref["model_dir"], None), None
+    from edgekd.models.loading import read_config_dict
+    from edgekd.quant import recipe_for_export
+
+    from pathlib import Path
+
+    recipe = recipe_for_export(record["format"], record["quantize"], read_config_dict(Path(ref["model_dir"])))
+    return load(ref["model_dir"], recipe), load(ref["float_model_dir"], None)
+
+
+def check_device_run(record: dict, run: dict, device: dict) -> dict:
+    """Generation parity on a device: what the file gave there (`run`, generative_runtime.parity_run's, made by
+    board_genbench.py on the device) against the same PyTorch reference and by the same bar as the export's check
+    here (GenerationReference.judge), and against the file's own tokens here (`matched_here`: prompts whose greedy
+    tokens the device repeats exactly). `device`: its facts (machine, emulated, ...)."""
+    reference, float_reference = reference_of_record(record)
+    min_top1 = (record.get("parity_reference") or {}).get("min_top1")
+    rec = reference.figures_of(run["tokens"], run["argmax"], run["nll"])
+    vs_float = None if float_reference is None else float_reference.figures_of(run["tokens"], run["argmax"], run["nll"])
+    reference.judge(rec, record["quantize"] != "none", min_top1, vs_float)
+    here = record.get("generated")
+    rec["here"] = None if here is None else {
+        "machine": (record.get("run") or {}).get("machine"), "prompts_matched": record.get("prompts_matched"),
+        "same_tokens_as_device": int(sum(a == b for a, b in zip(here, run["tokens"])))}
+    rec["run"] = {k: run.get(k) for k in ("runtime", "version", "runner", "context_length", "seconds", "threads")} | {
+        "prompts": len(reference.prompts), "new_tokens": reference.new_tokens,
+        "reference": ("the quantisation-aware student" if float_reference is not None else "the float student") +
+                     f" ({reference.model_dir}), recomputed here: transformers generate(do_sample=False) in float32"}
+    rec |= {"device": device.get("device"), "machine": device.get("machine"), "emulated": bool(device.get("emulated")),
+            "tokens": run["tokens"]}
+    if not rec["passed"]:
+        rec["error"] = device_failure_line(os.path.basename(str(record.get("path", "the export"))), rec)
+    return rec
+
+
+def device_failure_line(name: str, rec: dict) -> str:
+    """The one line of a file that fails generation parity on a device (`rec`: check_device_run's)."""
+    t = rec.get("threshold") or {}
+    where = f"{rec.get('device')} ({rec.get('machine')}{', emulated' if rec.get('emulated') else ''})"
+    bar = ("every prompt's greedy tokens" if "top1_agreement_decisive" not in t else
+           f"top-1 agreement {t['top1_agreement_decisive']} where decisive, perplexity ratio {t['ppl_ratio']}"
+           + (f", {t['tokens_match_share']:.0%} of prompts" if "tokens_match_share" in t else ""))
+    agree, here = rec.get("top1_agreement_decisive"), rec.get("here") or {}
+    here_words = f"; here on {here['machine']} it matched {here.get('prompts_matched')}" if here.get("machine") else ""
+    return (f"{name} failed generation parity on {where}: {rec['prompts_matched']} of {rec['prompts']} prompts "
+            f"continue as PyTorch's greedy tokens (first divergences {rec['first_divergence']}), top-1 agreement "
+            f"{'-' if agree is None else format(agree, '.3f')}, perplexity ratio {rec['ppl_ratio']:.4f} (the bar: "
+            f"{bar}{here_words}): the runtime's {rec.get('machine')} kernels change the numerics; ship float, or "
+            f"another runtime or precision there")

@@ -16,6 +16,9 @@ from edgekd.profile.board_timer import pick_big_cores
 from edgekd.profile.common import Runner, run_child
 
 REMOTE_ROOT = "/data/local/tmp/edgekd"
+# Over adb, LiteRT-LM's Android binary takes and gives text, not token ids: greedy token parity is not checked there.
+ADB_PARITY_UNCHECKED = (f"over adb the phone runs LiteRT-LM's {LITERT_LM_BINARY}, which takes and returns text, not "
+                        "token ids: generation parity was not checked on the phone (only here, on this machine's ISA)")
 DEVICE_BENCHMARK = "/data/local/tmp/benchmark_model"
 INSTALL_HINT = ("install Android platform-tools (https://developer.android.com/tools/releases/platform-tools, "
                 "or apt-get install adb) and put adb on PATH")
@@ -28,6 +31,7 @@ class AdbRunner(Runner):
 
     scheme = "adb"
     usage = "adb[:SERIAL]"
+    no_parity = ADB_PARITY_UNCHECKED
 
     def __init__(self, device: str, *, benchmark_binary: str | None = None, **options):
         from edgekd.checks import input_file
@@ -48,12 +52,23 @@ class AdbRunner(Runner):
         return profile_adb(model, self.serial, runs, warmup, threads, self.benchmark_binary, timeout)
 
     def profile_generation(self, path: Path, fmt: str, prompt_len: int, decode_len: int, runs: int, warmup: int,
-                           threads: int | None, timeout: float = 1800.0) -> dict:
+                           threads: int | None, timeout: float = 1800.0, parity: dict | None = None) -> dict:
         if fmt != "litert-lm":
             raise EdgekdError(f"over adb edgekd profiles .litertlm bundles with LiteRT-LM's {LITERT_LM_BINARY}: export "
                               f"{path.name} with --format litert-lm")
-        return profile_adb_generation(path, self.serial, prompt_len, decode_len, runs, warmup, threads,
-                                      self.benchmark_binary, timeout)
+        stats = profile_adb_generation(path, self.serial, prompt_len, decode_len, runs, warmup, threads,
+                                       self.benchmark_binary, timeout)
+        return stats | {"emulated": False}
+
+    def facts(self, timeout: float = 300.0) -> dict:
+        if shutil.which("adb") is None:
+            raise EdgekdError(f"adb not found on PATH: {INSTALL_HINT}")
+        out = adb_run([*adb_base(self.serial), "shell", "uname -m; getprop ro.build.version.release; nproc"],
+                      timeout).stdout.split()
+        return {"device": self.describe(), "machine": out[0] if out else None, "system": "Android",
+                "android": out[1] if len(out) > 1 else None, "threads": int(out[2]) if len(out) > 2 else None,
+                "python": None, "runtimes": {LITERT_LM_BINARY: "pushed per run (--benchmark-binary)"},
+                "emulated": False, "emulated_by": None}
 
 
 def parse_adb_device(device: str) -> str | None:

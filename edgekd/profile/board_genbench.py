@@ -30,10 +30,14 @@ import time
 _HERE = os.path.dirname(os.path.abspath(__file__))
 if os.path.isfile(os.path.join(_HERE, "graph_runtime.py")):  # on a board: shipped beside this file
     sys.path.insert(0, _HERE)
+    import board_facts as bf  # noqa: E402
     import board_timer as bt  # noqa: E402
+    import generative_runtime as genrt  # noqa: E402
     import graph_runtime as gr  # noqa: E402
 else:
+    import edgekd.export.generative_runtime as genrt  # noqa: E402
     import edgekd.export.graph_runtime as gr  # noqa: E402
+    import edgekd.profile.board_facts as bf  # noqa: E402
     import edgekd.profile.board_timer as bt  # noqa: E402
 
 RunnerError = gr.RunnerError
@@ -170,9 +174,28 @@ def _version(*dists: str) -> str:
 BENCHES = {"litert-lm": bench_litert_lm, "onnx-genai": bench_onnx_genai}
 
 
+def parity(path: str, prompts: list[list[int]], new_tokens: int, threads: int) -> dict:
+    """The file's side of generation parity here (generative_runtime.parity_run, on `threads` threads): its greedy
+    tokens after each prompt and its teacher-forced argmax and losses, which the host compares with PyTorch's."""
+    try:
+        model = genrt.load(path, threads)
+    except genrt.GenRuntimeError as e:
+        if e.kind == "no-runtime":  # timed, but its tokens cannot be read here: said in the profile, not fatal
+            return {"unavailable": str(e)}
+        raise RunnerError(e.kind, str(e)) from e
+    try:
+        return genrt.parity_run(model, prompts, new_tokens) | {"threads": threads}
+    except Exception as e:
+        raise RunnerError("bad-model", f"{path} loads but its parity run fails: {gr.first_line(e)}") from e
+    finally:
+        model.close()
+
+
 def profile(path: str, prompt_len: int = 64, decode_len: int = 128, runs: int = 3, warmup: int = 1,
-            threads: int | None = None, pin: bool = True) -> dict:
-    """Warmup generations, then `runs` timed ones on the fastest cores; the profile's keys."""
+            threads: int | None = None, pin: bool = True, parity_prompts: list[list[int]] | None = None,
+            parity_new_tokens: int = 32) -> dict:
+    """Warmup generations, then `runs` timed ones on the fastest cores; the profile's keys, the device's machine
+    and whether it is emulated (board_facts), and with `parity_prompts` the file's parity run (`parity_run`)."""
     if runs < 1 or warmup < 0 or prompt_len < 1 or decode_len < 1:
         raise RunnerError("bad-args", f"runs, prompt and decode lengths must be >= 1 and warmup >= 0 (got runs={runs}, "
                                       f"warmup={warmup}, prompt_len={prompt_len}, decode_len={decode_len})")
@@ -185,10 +208,15 @@ def profile(path: str, prompt_len: int = 64, decode_len: int = 128, runs: int = 
         os.sched_setaffinity(0, cores)
     threads = threads or len(cores)
     got = BENCHES[fmt](path, prompt_len, decode_len, runs, warmup, threads)
+    facts = bf.facts()
     stats = {"format": fmt, "runtime": got["runtime"], "prompt_len": prompt_len, "decode_len": decode_len,
              "runs": runs, "warmup": warmup, "threads": threads, "cores": cores,
              **{k: spread(got[k]) for k in SPREAD_KEYS}, "init_ms": got["init_ms"],
-             "peak_rss_mb": bt.peak_rss_mb(), "size_mb": gr.size_mb(path)}
+             "peak_rss_mb": bt.peak_rss_mb(), "size_mb": gr.size_mb(path),
+             "machine": facts["machine"], "emulated": facts["emulated"], "emulated_by": facts["emulated_by"],
+             "python": facts["python"]}
+    if parity_prompts:  # after the timing, so peak RSS is the timed generation's
+        stats["parity_run"] = parity(path, parity_prompts, parity_new_tokens, threads)
     return stats | {k: v for k, v in got.items() if k not in stats and k not in SPREAD_KEYS}
 
 
@@ -201,9 +229,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--no-pin", action="store_true")
+    ap.add_argument("--parity-prompts", default=None, help="JSON list of token-id lists: also run generation parity")
+    ap.add_argument("--parity-new-tokens", type=int, default=32)
     a = ap.parse_args(argv)
+    prompts = json.loads(a.parity_prompts) if a.parity_prompts else None
     return bt.print_result(lambda: profile(a.model, a.prompt_len, a.decode_len, a.runs, a.warmup, a.threads,
-                                           pin=not a.no_pin))
+                                           pin=not a.no_pin, parity_prompts=prompts,
+                                           parity_new_tokens=a.parity_new_tokens))
 
 
 if __name__ == "__main__":

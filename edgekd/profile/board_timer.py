@@ -19,9 +19,11 @@ import time
 _HERE = os.path.dirname(os.path.abspath(__file__))
 if os.path.isfile(os.path.join(_HERE, "graph_runtime.py")):  # on a board: shipped beside this file
     sys.path.insert(0, _HERE)
+    import board_facts as bf  # noqa: E402
     import graph_runtime as gr  # noqa: E402
 else:
     import edgekd.export.graph_runtime as gr  # noqa: E402
+    import edgekd.profile.board_facts as bf  # noqa: E402
 
 RunnerError = gr.RunnerError
 
@@ -119,7 +121,8 @@ def profile(path: str, runs: int = 50, warmup: int = 5, threads: int | None = No
              "init_ms": init_ms, "peak_rss_mb": peak_rss_mb(),
              "size_mb": gr.size_mb(path), "ops": ops,
              "inputs": {k: list(v.shape) for k, v in feeds.items()}}
-    return stats
+    facts = bf.facts()  # where it ran: an emulated device's times mean nothing
+    return stats | {"machine": facts["machine"], "emulated": facts["emulated"], "emulated_by": facts["emulated_by"]}
 
 
 def _onnx_ops(path: str, threads: int, feeds: dict, runs: int) -> list[dict]:

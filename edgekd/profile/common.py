@@ -9,13 +9,14 @@ import sys
 from pathlib import Path
 
 from edgekd.errors import EdgekdError
-from edgekd.export import graph_runtime
+from edgekd.export import generative_runtime, graph_runtime
 from edgekd.formats import FORMATS, GRAPH, format_names
 
 # The standalone scripts a device runs, in the order they are shipped: the last one runs and imports the
 # others from beside it (on a board) or from edgekd (here).
-TIMER_FILES = (Path(graph_runtime.__file__), Path(__file__).with_name("board_timer.py"))
-GENBENCH_FILES = (*TIMER_FILES, Path(__file__).with_name("board_genbench.py"))
+FACTS_FILES = (Path(__file__).with_name("board_facts.py"),)
+TIMER_FILES = (*FACTS_FILES, Path(graph_runtime.__file__), Path(__file__).with_name("board_timer.py"))
+GENBENCH_FILES = (*TIMER_FILES, Path(generative_runtime.__file__), Path(__file__).with_name("board_genbench.py"))
 
 STAT_KEYS = ("device", "format", "runs", "threads", "mean_ms", "p50_ms", "p90_ms", "p99_ms", "std_ms",
              "min_ms", "max_ms", "init_ms", "peak_rss_mb", "size_mb", "ops")
@@ -70,6 +71,7 @@ class Runner:
 
     scheme = ""  # the device string's scheme: "local", "ssh", "adb"
     usage = ""   # how such a device is written, for error lines: "ssh://USER@HOST[:PORT]"
+    no_parity: str | None = None  # why generation parity cannot be checked on such a device (None: it can)
 
     def __init__(self, device: str, **options):
         self.device = device
@@ -92,8 +94,14 @@ class Runner:
         raise NotImplementedError
 
     def profile_generation(self, path: Path, fmt: str, prompt_len: int, decode_len: int, runs: int, warmup: int,
-                           threads: int | None, timeout: float) -> dict:
-        """Time generation of one generative export of format `fmt`: board_genbench.py's statistics."""
+                           threads: int | None, timeout: float, parity: dict | None = None) -> dict:
+        """Time generation of one generative export of format `fmt`: board_genbench.py's statistics. `parity`
+        ({"prompts", "new_tokens"}): also run the file's side of generation parity there (`parity_run` in the
+        statistics); a runner that cannot says why in its `no_parity`."""
+        raise NotImplementedError
+
+    def facts(self, timeout: float = 300.0) -> dict:
+        """What the device has (board_facts.py's keys: machine, python, runtimes and versions, threads, emulated)."""
         raise NotImplementedError
 
 
@@ -107,10 +115,14 @@ def timer_args(runs: int, warmup: int, threads: int | None, seq_len: int, vocab:
     return args
 
 
-def genbench_args(prompt_len: int, decode_len: int, runs: int, warmup: int, threads: int | None) -> list[str]:
-    """board_genbench.py's command line."""
+def genbench_args(prompt_len: int, decode_len: int, runs: int, warmup: int, threads: int | None,
+                  parity: dict | None = None) -> list[str]:
+    """board_genbench.py's command line; `parity` ({"prompts", "new_tokens"}) adds the file's parity run."""
     args = ["--prompt-len", str(prompt_len), "--decode-len", str(decode_len), "--runs", str(runs),
             "--warmup", str(warmup)]
+    if parity:
+        args += ["--parity-prompts", json.dumps(parity["prompts"], separators=(",", ":")),
+                 "--parity-new-tokens", str(parity["new_tokens"])]
     return args + (["--threads", str(threads)] if threads else [])
 
 
@@ -119,7 +131,7 @@ def last_line(text: str, default: str = "no output") -> str:
     return (text.strip().splitlines() or [default])[-1]
 
 
-def _die_with_parent():
+def die_with_parent():
     """A preexec_fn that has the kernel kill the child when edgekd dies, however it dies (Linux); None
     where prctl is not there. Resolved here in the parent: the child only makes the call."""
     import os
@@ -148,5 +160,5 @@ def run_child(cmd: list[str], timeout: float, **kw) -> subprocess.CompletedProce
     SIGTERM or SIGKILL of edgekd itself, where no Python code runs.
     """
     if sys.platform.startswith("linux") and "preexec_fn" not in kw:
-        kw["preexec_fn"] = _die_with_parent()
+        kw["preexec_fn"] = die_with_parent()
     return subprocess.run(cmd, timeout=timeout, **kw)

@@ -37,7 +37,8 @@ def write_profile(run_dir: Path, export: dict, stats: dict) -> dict:
     return {"device": stats["device"], "format": stats["format"], "quantize": stats["quantize"],
             "precision": stats["precision"], "p50_ms": stats["p50_ms"], "p90_ms": stats["p90_ms"],
             "mean_ms": stats["mean_ms"], "peak_rss_mb": stats.get("peak_rss_mb"), "size_mb": stats.get("size_mb"),
-            "threads": stats.get("threads"), "profile": rel}
+            "threads": stats.get("threads"), "profile": rel} | \
+        ({"machine": stats["machine"], "emulated": bool(stats.get("emulated"))} if "machine" in stats else {})
 
 
 def write_generation_profile(run_dir: Path, export: dict, stats: dict) -> dict:
@@ -47,7 +48,31 @@ def write_generation_profile(run_dir: Path, export: dict, stats: dict) -> dict:
     stats, rel = _write(Path(run_dir), export, stats)
     entry = {k: stats.get(k) for k in ("device", "format", "quantize", "precision", "runtime", "prompt_len",
                                        "decode_len", "runs", "threads", "init_ms", "peak_rss_mb", "size_mb")}
-    return entry | {k: median_of(stats.get(k)) for k in ("ttft_ms", "prefill_tok_s", "decode_tok_s")} | {"profile": rel}
+    entry |= {k: median_of(stats.get(k)) for k in ("ttft_ms", "prefill_tok_s", "decode_tok_s")} | {"profile": rel}
+    if "machine" in stats:
+        entry |= {"machine": stats["machine"], "emulated": bool(stats.get("emulated"))}
+    if "parity" in stats:
+        entry["parity"] = parity_summary(stats["parity"])
+    return entry
+
+
+# A device's generation parity as report.json's measured entries hold it (the full record, tokens included, is in
+# the RUN/profile file).
+PARITY_SUMMARY_KEYS = ("checked", "passed", "error", "why", "prompts_matched", "prompts", "first_divergence",
+                       "tokens_match_share", "top1_agreement_decisive", "ppl_ratio", "threshold", "machine", "emulated")
+
+
+def parity_summary(parity: dict) -> dict:
+    """The measured entry's `parity`: prompts matched against PyTorch and first divergences on the device, its
+    machine, and how many prompts it continued exactly as the same file did here (`same_tokens_as_here`)."""
+    out = {"checked": parity.get("checked", True)} | {k: parity[k] for k in PARITY_SUMMARY_KEYS[1:] if k in parity}
+    here = parity.get("here") or {}
+    if here:
+        out |= {"same_tokens_as_here": here.get("same_tokens_as_device"), "here_machine": here.get("machine"),
+                "here_prompts_matched": here.get("prompts_matched")}
+    if parity.get("run"):
+        out["runtime"] = parity["run"].get("version")
+    return out
 
 
 def profile_export(run_dir, export: dict, device: str | Runner = "local", runs: int = 20, warmup: int = 3,

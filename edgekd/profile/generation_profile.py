@@ -35,13 +35,16 @@ def generative_format(path: Path) -> str:
 
 def profile_generation(path, device: str | Runner = "local", prompt_len: int = 64, decode_len: int = 128, runs: int = 3,
                        warmup: int = 1, threads: int | None = None, *, timeout: float = 1800.0,
-                       settings: Settings | None = None, **device_options) -> dict:
+                       settings: Settings | None = None, parity: bool | None = None, **device_options) -> dict:
     """Time generation of PATH on `device` ("local", "ssh://USER@HOST[:PORT]", "adb[:SERIAL]", or its runner from
     `runner_for`/`check_device`, whose options then stand).
 
     `device_options`: what the device's runner reads (remote_python, identity_file, known_hosts, ... for ssh;
     benchmark_binary for adb). Returns DESIGN.md's generation keys (ttft_ms, prefill_tok_s, decode_tok_s as
-    {mean, median, min, max, std, values} over `runs`) plus the runner's details.
+    {mean, median, min, max, std, values} over `runs`) plus the runner's details, the device's `machine` and
+    whether it is `emulated`, and `parity`: the export's greedy generation checked on the device against the
+    PyTorch reference its record names (edgekd.export.parity.check_device_run), by default on every device but
+    this machine (where the export's own check ran); {"checked": false, "why"} where it could not be.
     """
     from edgekd.checks import number
 
@@ -51,12 +54,47 @@ def profile_generation(path, device: str | Runner = "local", prompt_len: int = 6
     runner = runner_for(device, settings, **device_options)
     runner.check_threads(threads)
     path = Path(path)
-    stats = runner.profile_generation(path, generative_format(path), prompt_len, decode_len, runs, warmup, threads,
-                                      timeout)
+    fmt = generative_format(path)
+    record, request, why = sidecar(path), None, None
+    if parity if parity is not None else runner.scheme != "local":
+        request, why = (None, runner.no_parity) if runner.no_parity else parity_request(record)
+    stats = runner.profile_generation(path, fmt, prompt_len, decode_len, runs, warmup, threads, timeout,
+                                      parity=request)
     stats["device"] = runner.device
-    stats.setdefault("precision", sidecar(path).get("precision"))  # the export's parity record says it
+    stats.setdefault("precision", record.get("precision"))  # the export's parity record says it
     stats["model"] = str(path)
+    run = stats.pop("parity_run", None)
+    if run is not None and "unavailable" in run:
+        stats["parity"] = {"checked": False, "why": f"{run['unavailable']} on the device (edgekd device setup installs "
+                                                    f"it)"}
+    elif run is not None:
+        from edgekd.export.parity import check_device_run
+
+        stats["parity"] = check_device_run(record, run, stats)
+    elif request is not None or why is not None:
+        stats["parity"] = {"checked": False, "why": why}
     return {k: stats.get(k) for k in GEN_KEYS} | {k: v for k, v in stats.items() if k not in GEN_KEYS}
+
+
+def parity_request(record: dict) -> tuple[dict | None, str | None]:
+    """What the device runs for generation parity ({"prompts", "new_tokens"}: the export's own check's), its PyTorch
+    reference rebuilt here first (so a reference that cannot be is said before the device works); or why not."""
+    from edgekd.errors import EdgekdError
+    from edgekd.export.parity import reference_of_record
+
+    if not record:
+        return None, "the export has no parity record beside it (FILE.json): export it with edgekd export"
+    try:
+        reference_of_record(record)
+    except EdgekdError as e:
+        return None, str(e)
+    return {"prompts": record["run"]["prompt_ids"], "new_tokens": record["parity_reference"]["new_tokens"]}, None
+
+
+def parity_failure(stats: dict) -> str | None:
+    """The one line of a profile whose file failed generation parity on the device, or None."""
+    p = stats.get("parity") or {}
+    return p.get("error", "generation parity failed on the device") if p.get("passed") is False else None
 
 
 def median_of(value) -> float | None:
@@ -66,4 +104,4 @@ def median_of(value) -> float | None:
     return value if value is None else float(value)
 
 
-__all__ = ["GEN_KEYS", "profile_generation", "generative_format", "median_of"]
+__all__ = ["GEN_KEYS", "profile_generation", "generative_format", "median_of", "parity_failure", "parity_request"]

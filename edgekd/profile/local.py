@@ -32,9 +32,14 @@ class LocalRunner(Runner):
         return run_local(TIMER_FILES[-1], model, timer_args(runs, warmup, threads, seq_len, vocab), timeout)
 
     def profile_generation(self, path: Path, fmt: str, prompt_len: int, decode_len: int, runs: int, warmup: int,
-                           threads: int | None, timeout: float = 1800.0) -> dict:
-        return run_local(GENBENCH_FILES[-1], path, genbench_args(prompt_len, decode_len, runs, warmup, threads),
-                         timeout)
+                           threads: int | None, timeout: float = 1800.0, parity: dict | None = None) -> dict:
+        return run_local(GENBENCH_FILES[-1], path,
+                         genbench_args(prompt_len, decode_len, runs, warmup, threads, parity), timeout)
+
+    def facts(self, timeout: float = 300.0) -> dict:
+        from edgekd.profile.board_facts import facts
+
+        return facts() | {"device": "local"}
 
 
 def run_local(script: Path, model: Path, args: list[str], timeout: float = 1800.0) -> dict:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgekd.errors import EdgekdError
-from edgekd.profile.common import (GENBENCH_FILES, TIMER_FILES, Runner, genbench_args, last_line, parse_runner_json,
+from edgekd.profile.common import (FACTS_FILES, GENBENCH_FILES, TIMER_FILES, Runner, genbench_args, last_line, parse_runner_json,
                                    run_child, timer_args)
 from edgekd.settings import Settings
 
@@ -42,9 +42,22 @@ class SshRunner(Runner):
                           self.remote_python, timeout)
 
     def profile_generation(self, path: Path, fmt: str, prompt_len: int, decode_len: int, runs: int, warmup: int,
-                           threads: int | None, timeout: float = 1800.0) -> dict:
+                           threads: int | None, timeout: float = 1800.0, parity: dict | None = None) -> dict:
         return run_remote(self.target, path, list(GENBENCH_FILES),
-                          genbench_args(prompt_len, decode_len, runs, warmup, threads), self.remote_python, timeout)
+                          genbench_args(prompt_len, decode_len, runs, warmup, threads, parity), self.remote_python,
+                          timeout)
+
+    def facts(self, timeout: float = 300.0) -> dict:
+        return run_remote(self.target, None, list(FACTS_FILES), [], self.remote_python, timeout) | \
+            {"device": self.device}
+
+    def shell(self, command: str, timeout: float = 600.0) -> subprocess.CompletedProcess:
+        """One shell command on the device (text output); ssh's own failures are one EdgekdError line."""
+        return _run(self.target.ssh_cmd(command), self.target, timeout)
+
+    def upload(self, files: list[Path], remote_dir: str, timeout: float = 1800.0) -> None:
+        """Files and folders into REMOTE_DIR (which exists) on the device, as one tar stream."""
+        _upload(self.target, files, remote_dir, timeout)
 
 
 _URL = re.compile(r"^ssh://(?:(?P<user>[^@/:]+)@)?(?P<host>\[[^\]]+\]|[^:/@]+)(?::(?P<port>\d+))?/?$")
@@ -190,27 +203,25 @@ def _run(cmd: list[str], target: SshTarget, timeout: float, upload: Path | None 
     return proc
 
 
-def _upload(target: SshTarget, local: Path, remote_dir: str, timeout: float) -> None:
-    """A file through `cat`, a folder (an onnxruntime-genai model) as a tar stream unpacked there."""
-    if local.is_dir():
-        import tarfile
-        import tempfile
+def _upload(target: SshTarget, files: list[Path], remote_dir: str, timeout: float) -> None:
+    """Files and folders (an onnxruntime-genai model) as one tar stream unpacked there: one connection."""
+    import tarfile
+    import tempfile
 
-        with tempfile.NamedTemporaryFile(suffix=".tar") as tmp:
-            with tarfile.open(tmp.name, "w") as tar:
+    with tempfile.NamedTemporaryFile(suffix=".tar") as tmp:
+        with tarfile.open(tmp.name, "w") as tar:
+            for local in files:
                 tar.add(local, arcname=local.name)
-            copied = _run(target.ssh_cmd(f"tar -xf - -C {shlex.quote(remote_dir)}"), target, timeout,
-                          upload=Path(tmp.name))
-    else:
-        copied = _run(target.upload_cmd(f"{remote_dir}/{local.name}"), target, timeout, upload=local)
+        copied = _run(target.ssh_cmd(f"tar -xf - -C {shlex.quote(remote_dir)}"), target, timeout, upload=Path(tmp.name))
     if copied.returncode != 0:
-        raise EdgekdError(f"{target.label}: copying {local.name} failed: {copied.stderr.strip()[-300:]}")
+        raise EdgekdError(f"{target.label}: copying {', '.join(f.name for f in files)} failed: "
+                          f"{copied.stderr.strip()[-300:]}")
 
 
-def run_remote(target: SshTarget, model: Path, scripts: list[Path], args: list[str], remote_python: str = "python3",
-               timeout: float = 1800.0) -> dict:
-    """Copy the model and the timer scripts to a temp dir on the board, run the last script on the model
-    with `args`, parse its JSON, and always remove the temp dir."""
+def run_remote(target: SshTarget, model: Path | None, scripts: list[Path], args: list[str],
+               remote_python: str = "python3", timeout: float = 1800.0) -> dict:
+    """Copy the model (if any) and the scripts to a temp dir on the board, run the last script (on the model) with
+    `args`, parse its JSON, and always remove the temp dir."""
     if shutil.which("ssh") is None:
         raise EdgekdError("ssh not found on PATH: install the OpenSSH client (apt-get install openssh-client)")
     step = target.connect_timeout + 20
@@ -219,17 +230,18 @@ def run_remote(target: SshTarget, model: Path, scripts: list[Path], args: list[s
     if not remote_dir.startswith("/tmp/edgekd."):
         raise EdgekdError(f"{target.label}: cannot make a temporary directory on the device: "
                           f"{(made.stderr.strip() or 'mktemp failed')}")
+    what = Path(model.name if model is not None else scripts[-1].name)
     try:
-        for local in (model, *scripts):
-            _upload(target, local, remote_dir, timeout)
-        argv = [remote_python, f"{remote_dir}/{scripts[-1].name}", f"{remote_dir}/{model.name}", *args]
+        _upload(target, [*scripts, *([model] if model is not None else [])], remote_dir, timeout)
+        argv = [remote_python, f"{remote_dir}/{scripts[-1].name}",
+                *([f"{remote_dir}/{model.name}"] if model is not None else []), *args]
         ran = _run(target.ssh_cmd(" ".join(shlex.quote(a) for a in argv)), target, timeout)
         if ran.returncode == 127:
             raise EdgekdError(f"{target.label}: device has no {remote_python}: install Python 3 there or pass "
                               f"--remote-python PATH")
         if ran.returncode not in (0, 3, 4):
             raise EdgekdError(f"{target.label}: runner failed (exit {ran.returncode}): {last_line(ran.stderr)}")
-        stats = parse_runner_json(ran.stdout, target.label, model)
+        stats = parse_runner_json(ran.stdout, target.label, what)
     finally:
         try:
             _run(target.ssh_cmd(f"rm -rf {shlex.quote(remote_dir)}"), target, step)

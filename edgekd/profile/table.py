@@ -53,3 +53,13 @@ def print_generation(stats: dict, console: Console | None = None) -> None:
     console.print(t)
     console.print(f"init {_fmt(stats.get('init_ms'))} ms, peak RSS {_fmt(stats.get('peak_rss_mb'))} MB, "
                   f"size {_fmt(stats.get('size_mb'))} MB")
+    if stats.get("emulated"):
+        console.print(f"machine {stats.get('machine')}, EMULATED ({stats.get('emulated_by')}): these times mean nothing "
+                      f"for the real device; its tokens do")
+    p = stats.get("parity")
+    if p and p.get("checked", True):
+        console.print(f"generation parity on {stats.get('machine') or 'the device'}: {p['prompts_matched']} of "
+                      f"{p['prompts']} prompts continue as PyTorch's greedy tokens (first divergences "
+                      f"{p['first_divergence']}); {'passed' if p['passed'] else 'FAILED'}")
+    elif p:
+        console.print(f"generation parity not checked on the device: {p.get('why')}")

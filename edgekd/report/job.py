@@ -63,6 +63,40 @@ def _meets(numbers: Optional[dict], budget: dict) -> Optional[bool]:
     return None if numbers is None else not generation_misses(numbers, budget)
 
 
+def runtime_choice(measured: list, precision: str) -> dict:
+    """Per device where both LLM runtimes' files at the deployed precision were measured: which one to ship there
+    (`ship`, None where the measurements cannot say) and why: the faster by median decode tokens/s of those that pass
+    generation parity there (a device's own check where it ran one, else the one here); an emulated device's times
+    choose nothing."""
+    by_device: dict = {}
+    for m in measured:
+        if measured_precision(m) == precision:
+            by_device.setdefault(m["device"], {})[m["format"]] = m
+    out = {}
+    for device, rows in by_device.items():
+        if len(rows) < 2:
+            continue
+        ok = {k: m for k, m in rows.items() if (m.get("parity") or {}).get("passed") is not False}
+        failed = [k for k in rows if k not in ok]
+        bad = f"; the {' and '.join(failed)} {precision} file failed generation parity there" if failed else ""
+        if not ok:
+            out[device] = {"ship": None, "why": f"neither runtime's {precision} file passed generation parity there"}
+        elif any(m.get("emulated") for m in rows.values()):
+            one = next(iter(ok)) if len(ok) == 1 else None
+            out[device] = {"ship": one, "why": (f"the only one that passes generation parity there{bad}" if one else
+                                                "both pass generation parity there, and an emulated device's times "
+                                                "cannot say which is faster: measure them on the real device")}
+        else:
+            speed = {k: m.get("decode_tok_s") or 0.0 for k, m in ok.items()}
+            best = max(speed, key=speed.get)
+            others = ", ".join(f"{k} {v:.1f}" for k, v in speed.items() if k != best)
+            out[device] = {"ship": best, "decode_tok_s": speed,
+                           "why": f"{best} decodes {speed[best]:.1f} tok/s at {precision}"
+                                  + (f" against {others}" if others else "") + ", and passes generation parity there"
+                                  + bad}
+    return out
+
+
 def _generation(f: JobFacts) -> dict:
     """report.json's `generation`: the budget, the chosen student's prediction, every measurement, and
     whether the deployed export (the searched format and precision, on the target) meets the budget."""
@@ -74,7 +108,8 @@ def _generation(f: JobFacts) -> dict:
             "meets_budget_predicted": _meets(g["predicted"], g["budget"]), "measured": f.measured,
             "measured_on_target": final.get("measured"), "meets_budget_measured": _meets(final.get("measured"),
                                                                                        g["budget"]),
-            "on_target_profile": None if on_target is None else on_target.get("profile")}
+            "on_target_profile": None if on_target is None else on_target.get("profile"),
+            "runtime_choice": runtime_choice(f.measured, f.search.precision)}
 
 
 def _generation_latency(f: JobFacts, gen: dict) -> dict:
@@ -100,6 +135,10 @@ def _problem(rep: dict, f: JobFacts) -> Optional[str]:
         return f.device_error
     if failed:
         return f"export parity failed ({'; '.join(failed)})"
+    on_device = [m["parity"].get("error", f"{m['format']}-{m['precision']} failed generation parity on {m['device']}")
+                 for m in f.measured if (m.get("parity") or {}).get("passed") is False]
+    if on_device:
+        return "; ".join(on_device)
     gen = rep.get("generation")
     if gen and gen["meets_budget_measured"] is False:
         m, b = gen["measured_on_target"], gen["budget"]
@@ -434,13 +473,32 @@ def render_generation_section(rep: dict) -> str:
              f"{ok(g['meets_budget_predicted'])} |"]
     for m in g["measured"]:
         deployed = m["format"] == g["format"] and measured_precision(m) == g["precision"]
-        where = f"measured on {m['device']}" + (" (the target)" if m.get("on_target") else "")
-        mark = ok(_meets(m, b)) if m.get("on_target") else "(not the target)"
+        where = f"measured on {m['device']}" + (" (the target)" if m.get("on_target") else "") + \
+            (f" ({m.get('machine')}, EMULATED)" if m.get("emulated") else "")
+        mark = ok(_meets(m, b)) if m.get("on_target") else ("(emulated: times not judged)" if m.get("emulated")
+                                                            else "(not the target)")
         lines.append(f"| {where} | {m['format']} {measured_precision(m)}{' (deployed)' if deployed else ''} | "
                      f"{m['decode_tok_s']:.1f} | {m['ttft_ms']:.2f} | {_cell(m.get('prefill_tok_s'), '.0f')} | "
                      f"{_cell(m.get('peak_rss_mb'), '.1f')} | {_cell(m.get('size_mb'), '.2f')} | {mark} |")
     lines += ["", "![generation: predicted and measured](plots/generation.png)", "",
               f"Medians over the runs; prompt {b['prompt_len']} tokens, {b['decode_len']} generated.", ""]
+    for device, c in (g.get("runtime_choice") or {}).items():
+        lines += [f"Runtime to ship on {device}: **{c['ship'] or 'undecided'}**: {c['why']}.", ""]
+    checked = [m for m in g["measured"] if (m.get("parity") or {}).get("checked")]
+    if checked:
+        lines += ["Generation parity on the device (the file's greedy tokens there against PyTorch's, the bar it passed "
+                  "here):", "", "| device | machine | export | prompts matched | first divergences | same tokens as "
+                  "here | passed |", "|---|---|---|---:|---|---:|---|"]
+        for m in checked:
+            q = m["parity"]
+            lines.append(f"| {m['device']} | {q.get('machine')}{' (emulated)' if q.get('emulated') else ''} | "
+                         f"{m['format']} {measured_precision(m)} | {q['prompts_matched']}/{q['prompts']} | "
+                         f"{q['first_divergence']} | {_cell(q.get('same_tokens_as_here'), 'd')} on "
+                         f"{q.get('here_machine') or 'here'} | {'yes' if q['passed'] else 'NO'} |")
+        lines.append("")
+    lines += [f"Not checked on {m['device']}: {m['parity']['why']}" for m in g["measured"]
+              if (m.get("parity") or {}).get("checked") is False] + \
+        ([""] if any((m.get("parity") or {}).get("checked") is False for m in g["measured"]) else [])
     cal = rep.get("calibration")
     if cal:
         lines += [f"Generation model: {cal['source']} calibration" + (f" (`{cal['path']}`)" if cal.get("path") else "")

@@ -72,6 +72,12 @@ CLASSIFIER_KEYS: dict = {name: _CLASSIFIER_MODEL for name in ("teacher", "studen
 # distillation.kd_vs_ce_only.chrf_gained and distillation.translations ([{source, reference, teacher, student, ce_only}]).
 SEQ2SEQ_KEYS: dict = {name: {"chrf": None, "perplexity": None} for name in ("teacher", "student", "ce_only", "scratch")}
 
+# A measured entry (latency.measured, generation.measured) timed through board_genbench.py also holds the device's
+# `machine` (uname -m) and `emulated`, and, on a device other than this machine, `parity`: {checked, passed,
+# prompts_matched, prompts, first_divergence, tokens_match_share, top1_agreement_decisive, ppl_ratio, threshold,
+# machine, emulated, same_tokens_as_here, here_machine, here_prompts_matched, runtime, error} or {checked: false,
+# why} (over adb); an emulated device's entries have on_target false. generation.runtime_choice: {device: {ship,
+# why, decode_tok_s}} where both LLM runtimes' files at the deployed precision were measured.
 # Present only in some reports: "error" (failed/interrupted), latency.device_error, latency.shrink_stopped,
 # distillation.stages (progressive), distillation.sequence, distillation.teacher_cache, distillation.on_policy.
 

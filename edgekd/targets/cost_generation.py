@@ -434,6 +434,7 @@ class GenerationModel(CostModel):
     name = "generation"
     calibration_type = GenerationCalibration
     precisions = PRECISIONS
+    runtimes = ("litert-lm", "onnx-genai")
     columns = ("predicted_ms", "size_mb", "peak_mem_mb", "decode_tok_s", "ttft_ms", "prefill_tok_s")
     budget_keys = GENERATION_BUDGET
     budget_options = {"decode_tok_s": "--decode-tok-s", "ttft_ms": "--ttft-ms"}

@@ -39,6 +39,7 @@ class CostModel(ABC):
     name: ClassVar[str]                      # the registry's key; report.json's search.cost_model
     calibration_type: ClassVar[type]         # its calibration dataclass (a fitting.SavedCalibration)
     precisions: ClassVar[tuple[str, ...]]    # what the search tries by default
+    runtimes: ClassVar[tuple[str, ...]] = ()  # the formats --runtime may choose instead of the target file's
     columns: ClassVar[tuple[str, ...]]       # the table's columns between precision/params and fits
     budget_keys: ClassVar[tuple[str, ...]]   # the budget's bounds (the lengths they hold at are not bounds)
     budget_options: ClassVar[dict[str, str]]  # bound -> the CLI option that sets it, for messages

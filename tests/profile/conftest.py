@@ -145,3 +145,39 @@ LogLevel ERROR
         proc.wait(timeout=10)
     except subprocess.TimeoutExpired:
         proc.kill()
+
+
+# --- the emulated arm64 board (edgekd.device.board), served over ssh on 127.0.0.1 ---
+
+# "cached" (the default): use the board only if it is already built; "build": build it first when it can be
+# (4-6 minutes on 2 cores, root and the network); "off": skip its tests. Not built by default: CI's 90 minutes
+# hold the suite and the README's job with little room for the board's build (measure it there first).
+BOARD_ENV = "EDGEKD_TEST_BOARD"
+
+
+@pytest.fixture(scope="session")
+def arm64_board():
+    """The arm64 board, built here when it is not cached (about 4 minutes on 2 cores: the Debian userland, then the
+    runtimes over its own ssh) with EDGEKD_TEST_BOARD=build; its tests skip with one line when it is not built or
+    cannot be."""
+    from edgekd.device.board import BoardUnavailable, board_home, build_board, is_built, start_board
+
+    mode = os.environ.get(BOARD_ENV, "cached")
+    if mode == "off":
+        pytest.skip(f"{BOARD_ENV}=off: the arm64 board's tests are off")
+    if not is_built():
+        if mode == "cached":
+            pytest.skip(f"the arm64 board is not built in {board_home()}: build it once with `edgekd device board "
+                        f"--build-only` (root, about 4 minutes) or run the tests with {BOARD_ENV}=build")
+        started = time.time()
+        try:
+            build_board(install=True)
+        except BoardUnavailable as e:
+            pytest.skip(str(e))
+        print(f"\nbuilt the arm64 board in {time.time() - started:.0f} s")
+    try:
+        board = start_board()
+    except BoardUnavailable as e:
+        pytest.skip(str(e))
+    yield board
+    board.stop()

@@ -80,6 +80,11 @@ def test_onnx_genai_over_real_sshd(sshd, genai_folder):
                                remote_python=sys.executable, identity_file=sshd["key"], known_hosts=sshd["known_hosts"])
     _check_stats(stats, 8, 8, 2)
     assert stats["device"] == sshd["url"] and stats["format"] == "onnx-genai"
+    import platform  # the export's parity, run again where it was timed (this machine's ISA, through ssh)
+
+    p = stats["parity"]
+    assert p["passed"] and p["prompts_matched"] == p["prompts"] == 8 and p["machine"] == platform.machine()
+    assert p["here"]["same_tokens_as_device"] == 8 and stats["emulated"] is False
     assert set(glob.glob("/tmp/edgekd.*")) == before  # the folder and runners were removed from the "board"
 
 
@@ -163,6 +168,7 @@ def test_adb_pushes_runs_parses_and_cleans_up(tmp_path, monkeypatch):
     assert calls[-1] == ["shell", "rm -rf /data/local/tmp/edgekd"]
     assert stats["device"] == "adb:R5CX" and stats["runs"] == 3 and stats["runtime"] == "litert_lm_main"
     assert stats["decode_tok_s"]["median"] == pytest.approx(31.08) and stats["ttft_ms"]["median"] == pytest.approx(800)
+    assert stats["parity"]["checked"] is False and "not token ids" in stats["parity"]["why"]  # said, not skipped
     assert set(GEN_KEYS) <= set(stats)
 
 

@@ -202,3 +202,24 @@ def test_a_classifiers_files_show_their_accuracy_beside_pytorch():
             "† Measured on the first 20 of the 20 held-out sentences (the validation split), padded to 32 and masked: 20 "
             "scored sentences (the rows above: all 20 held-out sentences)"]
     assert [md.index(r) for r in rows] == sorted(md.index(r) for r in rows)
+
+
+def test_the_runtime_to_ship_is_the_faster_that_passes_parity_on_the_device():
+    from edgekd.report.job import runtime_choice
+
+    def row(device, fmt, tok_s, passed=None, emulated=False, precision="int4"):
+        m = {"device": device, "format": fmt, "precision": precision, "quantize": precision, "decode_tok_s": tok_s,
+             "emulated": emulated}
+        return m | ({} if passed is None else {"parity": {"checked": True, "passed": passed}})
+
+    measured = [row("local", "litert-lm", 900.0), row("local", "onnx-genai", 1200.0),
+                row("local", "onnx-genai", 300.0, precision="float32"),
+                row("ssh://pi@a", "litert-lm", 40.0, True), row("ssh://pi@a", "onnx-genai", 55.0, False),
+                row("ssh://root@b", "litert-lm", 1.0, True, True), row("ssh://root@b", "onnx-genai", 9.0, True, True),
+                row("ssh://root@c", "litert-lm", 1.0, True)]
+    got = runtime_choice(measured, "int4")
+    assert got["local"]["ship"] == "onnx-genai" and "1200.0 tok/s at int4 against litert-lm 900.0" in got["local"]["why"]
+    assert got["ssh://pi@a"]["ship"] == "litert-lm" and "onnx-genai int4 file failed generation parity" in \
+        got["ssh://pi@a"]["why"]
+    assert got["ssh://root@b"]["ship"] is None and "emulated" in got["ssh://root@b"]["why"]
+    assert "ssh://root@c" not in got  # one runtime measured there: nothing to choose
