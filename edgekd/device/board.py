@@ -299,24 +299,21 @@ def start_board(settings: Settings | None = None, *, port: int | None = None, ti
     return _serve(home, home / "rootfs", port, timeout)
 
 
+def sshd_config(host_key: str, pid_file: str, authorized_keys: str) -> str:
+    """An sshd_config serving 127.0.0.1 to one authorised key only (no passwords, no PAM): the board's, and the
+    tests' sshd on this machine."""
+    return (f"ListenAddress 127.0.0.1\nHostKey {host_key}\nPidFile {pid_file}\nAuthorizedKeysFile {authorized_keys}\n"
+            "PubkeyAuthentication yes\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
+            "PermitRootLogin prohibit-password\nStrictModes no\nUsePAM no\nLogLevel ERROR\n")
+
+
 def _serve(home: Path, root: Path, port: int | None = None, timeout: float = 120.0) -> Board:
     host_key, user_key = _keys(home, root)
     _cpu_lists(root)
     port = port or _free_port()
     (root / "run" / "sshd").mkdir(parents=True, exist_ok=True)
-    (root / "etc" / "ssh" / "edgekd_sshd_config").write_text(f"""ListenAddress 127.0.0.1
-HostKey /etc/ssh/edgekd_host_key
-PidFile none
-AuthorizedKeysFile /etc/ssh/edgekd_authorized_keys
-PubkeyAuthentication yes
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-PermitRootLogin prohibit-password
-StrictModes no
-UsePAM no
-UseDNS no
-LogLevel ERROR
-""")
+    (root / "etc" / "ssh" / "edgekd_sshd_config").write_text(
+        sshd_config("/etc/ssh/edgekd_host_key", "none", "/etc/ssh/edgekd_authorized_keys") + "UseDNS no\n")
     known = home / "keys" / f"known_hosts_{port}"
     pub = (host_key.with_suffix(".pub")).read_text().split()
     known.write_text(f"[127.0.0.1]:{port} {pub[0]} {pub[1]}\n")
@@ -345,4 +342,5 @@ LogLevel ERROR
     return board
 
 
-__all__ = ["Board", "BoardUnavailable", "board_home", "build_board", "is_built", "start_board", "why_not"]
+__all__ = ["Board", "BoardUnavailable", "board_home", "build_board", "is_built", "sshd_config", "start_board",
+           "why_not"]

@@ -109,18 +109,9 @@ def sshd(tmp_path_factory):
     _keygen(d / "other_key")
     (d / "authorized_keys").write_text((d / "user_key.pub").read_text())
     port = free_port()
-    (d / "sshd_config").write_text(f"""ListenAddress 127.0.0.1
-HostKey {d}/host_key
-PidFile {d}/sshd.pid
-AuthorizedKeysFile {d}/authorized_keys
-PubkeyAuthentication yes
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-PermitRootLogin prohibit-password
-StrictModes no
-UsePAM no
-LogLevel ERROR
-""")
+    from edgekd.device.board import sshd_config
+
+    (d / "sshd_config").write_text(sshd_config(f"{d}/host_key", f"{d}/sshd.pid", f"{d}/authorized_keys"))
     if os.geteuid() == 0:
         os.makedirs("/run/sshd", exist_ok=True)
     proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(d / "sshd_config"), "-p", str(port)],
