@@ -17,7 +17,6 @@ DEFAULT_VOCAB = 4096
 def train_tokenizer(texts: Iterable[str], vocab_size: int = DEFAULT_VOCAB):
     """Train a byte-level BPE and wrap it as a PreTrainedTokenizerFast (deterministic for fixed input)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -37,7 +36,7 @@ def wrap(tok):
 
 def load_tokenizer(directory: str | os.PathLike):
     """The tokenizer saved in a model directory; EdgekdError when there is none or it is corrupt."""
-    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+    from transformers import AutoTokenizer
 
     d = Path(directory)
     if (d / "tokenizer.json").is_file() and not (d / "tokenizer_config.json").is_file():

@@ -62,16 +62,17 @@ def _size(cfg, *names, default: int = 0) -> int:
 
 
 def training_bytes(teacher_params: int, student_params: int, student_cfg, batch: int, seq_len: int,
-                   outputs: int, per_token: bool = True) -> dict:
+                   outputs: int, per_token: bool = True, teacher_bytes: int = F32) -> dict:
     """The parts of the estimate in bytes: 'teacher', 'student' (with AdamW), 'activations', 'total'.
-    `outputs`: logits per token (the vocabulary), or per sequence where not `per_token` (a classifier's classes)."""
+    `outputs`: logits per token (the vocabulary), or per sequence where not `per_token` (a classifier's classes);
+    `teacher_bytes`: per teacher parameter (2 where the frozen teacher is held in bf16)."""
     hidden = _size(student_cfg, "hidden_size", "d_model", "dim")
     ffn = _size(student_cfg, "intermediate_size", "hidden_dim", "decoder_ffn_dim", default=4 * hidden)
     layers = _size(student_cfg, "num_hidden_layers", "n_layers", "decoder_layers", default=1)
     tokens = batch * seq_len
     act = tokens * layers * (HIDDEN_ACTIVATIONS * hidden + FFN_ACTIVATIONS * ffn) * F32
     act += LOGIT_BUFFERS * (tokens if per_token else batch) * outputs * F32
-    parts = {"teacher": teacher_params * F32, "student": student_params * TRAIN_BYTES_PER_PARAM, "activations": act}
+    parts = {"teacher": teacher_params * teacher_bytes, "student": student_params * TRAIN_BYTES_PER_PARAM, "activations": act}
     parts["total"] = sum(parts.values())
     return parts
 

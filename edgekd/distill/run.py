@@ -155,10 +155,13 @@ def check_run_size(cfg: DistillConfig, teacher, s_cfg, kind: str, device, world:
     share = -(-cfg.batch_size // world)
     batch = cfg.micro_batch_size or micro_batch(share, seq, s_cfg, outputs, per_token)
     t_params = param_count(teacher.config)
-    parts = training_bytes(t_params, param_count(s_cfg), s_cfg, batch, seq, outputs, per_token=per_token)
+    t_bytes = next(teacher.parameters()).element_size()  # 2 where the frozen teacher is held in bf16
+    parts = training_bytes(t_params, param_count(s_cfg), s_cfg, batch, seq, outputs, per_token=per_token,
+                           teacher_bytes=t_bytes)
     check_fits(parts, device, batch, seq, already_loaded=parts["teacher"])  # the teacher is loaded (on `device`)
     if batch < share:  # the teacher still reads whole batches (the student's initialisation): that pass must fit too
-        whole = training_bytes(t_params, 0, teacher.config, share, seq, outputs, per_token=per_token)
+        whole = training_bytes(t_params, 0, teacher.config, share, seq, outputs, per_token=per_token,
+                               teacher_bytes=t_bytes)
         check_fits(whole, device, share, seq, already_loaded=whole["teacher"])
     return batch if cfg.micro_batch_size or batch < share else None
 
@@ -230,6 +233,7 @@ def load_run(cfg: DistillConfig, out: Path, settings: Settings) -> RunContext:
     from edgekd.distill.data import RunData
     from edgekd.distill.quant_aware import check_config as check_quant_aware
     from edgekd.distill.schemes import freeze
+    from edgekd.distill.trainer import autocast_bf16
     from edgekd.hyperparams import resolve_temperature
     from edgekd.models.arch import param_count
     from edgekd.models.loading import load_model, model_digest, resolve_model_dir
@@ -254,6 +258,10 @@ def load_run(cfg: DistillConfig, out: Path, settings: Settings) -> RunContext:
     if kind == SEQ2SEQ and cfg.scheme != "offline":
         raise EdgekdError(f"scheme {cfg.scheme!r} does not distil encoder-decoder teachers yet: use --scheme offline "
                           f"(word-level KD on the decoder)")
+    if autocast_bf16(cfg.bf16, device, param_count(s_cfg)):
+        # Frozen, the teacher needs no float32 master copy: its weights in bf16 (half the bytes), as the students'
+        # autocast computes with them; the students start from (and evaluate beside) these weights.
+        teacher.to(torch.bfloat16)
     micro = check_run_size(cfg, teacher, s_cfg, kind, device, world)  # before the first batch is built
     data = RunData(cfg, tokenizer, kind, rank, world, getattr(teacher.config, "max_position_embeddings", None),
                    getattr(teacher.config, "decoder_start_token_id", None),
@@ -272,7 +280,8 @@ def load_run(cfg: DistillConfig, out: Path, settings: Settings) -> RunContext:
         "loss": ctx.loss_spec, "kind": kind, "seq_len": data.seq_len, "world_size": world,
         "student_config": s_cfg.to_dict(), "train": asdict(ctx.train_config(steps)), "data_hash": data.digest,
         "teacher_hash": model_digest(resolve_model_dir(cfg.teacher)),
-        "teacher_params": t_params, "student_params": s_params, "resume": False}
+        "teacher_params": t_params, "student_params": s_params, "resume": False,
+        "teacher_dtype": str(next(teacher.parameters()).dtype).removeprefix("torch.")}
     if cross is not None:
         ctx.resolved["cross_tokenizer"] = {"teacher_vocab": len(teacher_tokenizer), "student_vocab": len(tokenizer),
                                            "shared_tokens": int((cross.vocab_map >= 0).sum())}

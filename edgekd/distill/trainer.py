@@ -12,7 +12,7 @@ import os
 import random
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -38,6 +38,17 @@ def cpu_has_native_bf16() -> bool:
     except OSError:
         return False
     return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def autocast_bf16(requested: Optional[bool], device, params: int) -> bool:
+    """Whether a model of `params` parameters trains under bf16 autocast on `device`: as `requested` (the run's
+    bf16), else on with CUDA bf16, and on CPUs with native bf16 for models of BF16_CPU_MIN_PARAMS or more. The
+    one rule: the trainer's autocast and the frozen teacher's weights (edgekd.distill.run) both follow it."""
+    if requested is not None:
+        return bool(requested)
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and cpu_has_native_bf16() and params >= BF16_CPU_MIN_PARAMS
 
 
 @dataclass
@@ -151,12 +162,7 @@ class Trainer:
         self.micro = cfg.micro_batch_size or share
         if share % self.micro:
             raise EdgekdError(f"micro-batch size {self.micro} does not divide the per-process batch {share}")
-        bf16 = cfg.bf16
-        if bf16 is None:
-            bf16 = (self.device.type == "cuda" and torch.cuda.is_bf16_supported()) or \
-                (self.device.type == "cpu" and cpu_has_native_bf16()
-                 and sum(p.numel() for p in self.model.parameters()) >= BF16_CPU_MIN_PARAMS)
-        self.bf16 = bool(bf16)
+        self.bf16 = autocast_bf16(cfg.bf16, self.device, sum(p.numel() for p in self.model.parameters()))
 
     # --- checkpoints ---------------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 
 from edgekd.distill import DistillConfig, run
 from edgekd.errors import EdgekdError
+from edgekd.settings import Settings
 
 ROOT = Path(__file__).parents[2]
 REPORT_KEYS = {"target", "latency_budget_ms", "teacher", "student", "scratch", "latency", "exports"}
@@ -182,3 +183,29 @@ def test_continuations_are_greedy_generate(teacher_dir):
             ids = torch.cat([ids, m(input_ids=ids).logits[:, -1].argmax(-1, keepdim=True)], 1)
     assert ex[0]["t"] == tok.decode(ids[0, 8:].tolist())
     assert ex[0]["reference"] == tok.decode(blocks[0, 8:13].tolist())
+
+
+def test_bf16_run_holds_the_frozen_teacher_in_bf16(teacher_dir, text_dir, tmp_path):
+    """Where the students train under bf16 autocast (`bf16`, or automatically for large models on CPUs with
+    native bf16), the frozen teacher's weights are held in bf16: half its bytes, said in the resolved config,
+    counted so by the memory estimate, and the run (initialisation from the teacher, KD through both heads,
+    evaluation beside it) still trains float32 students to finite numbers."""
+    from edgekd.distill.memory import training_bytes
+    from edgekd.distill.run import load_run
+
+    cfg = _cfg(teacher_dir, text_dir, tmp_path / "run", bf16=True, checkpoint_every=None, baselines="ce_only")
+    ctx = load_run(cfg, tmp_path / "probe", Settings.from_env({}))
+    assert {p.dtype for p in ctx.teacher.parameters()} == {torch.bfloat16}
+    assert ctx.resolved["teacher_dtype"] == "bfloat16"
+    assert training_bytes(1000, 0, {}, 1, 1, 1, teacher_bytes=2)["teacher"] == 2000
+    res = run(cfg)
+    conf = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert conf["teacher_dtype"] == "bfloat16" and conf["train"]["bf16"] is True
+    rep = res.report
+    for name in ("teacher", "student", "ce_only"):
+        assert torch.isfinite(torch.tensor(rep[name]["eval_loss"])), name
+    st = load_file(str(next((tmp_path / "run" / "student").glob("*.safetensors"))))
+    assert {t.dtype for t in st.values()} == {torch.float32}
+    # float32 by default at this size: the teacher keeps its float32 weights
+    assert load_run(_cfg(teacher_dir, text_dir, tmp_path / "r2"), tmp_path / "probe2", Settings.from_env({})).resolved[
+        "teacher_dtype"] == "float32"

@@ -60,7 +60,7 @@ def arch_summary(config) -> dict:
     return {k: a[k] for k in ARCH_KEYS if k != "vocab_size"}
 
 
-def halfway_sizes(teacher: nn.Module, student_config) -> list[dict]:
+def halfway_sizes(teacher, student_config) -> list[dict]:
     """The default intermediate stage of a progressive chain: depth (rounded up), heads, FFN and hidden
     size halfway between teacher and student, as config overrides of the teacher's config; [] where
     that model does not lie strictly between the two in parameters."""
