@@ -56,6 +56,7 @@ class DistillConfig:
     init_batches: int = 4                          # batches the student's initialisation may look at
     loss_impl: str = "fused"                       # "eager": plain PyTorch loss (benchmarks)
     bf16: Optional[bool] = None
+    gradient_checkpointing: Optional[bool] = None  # None: where one row's activations exceed memory.FORWARD_BYTES
     threads: Optional[int] = None
     quiet: bool = False
 

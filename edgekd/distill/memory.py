@@ -53,6 +53,15 @@ def micro_batch(batch: int, seq_len: int, cfg, outputs: int, per_token: bool = T
     return max(fits, least)
 
 
+def needs_checkpointing(requested: Optional[bool], student_cfg, seq_len: int, per_token: bool = True) -> bool:
+    """Whether the students train with gradient checkpointing: as `requested`, else on where one row's saved
+    activations alone exceed FORWARD_BYTES (long sequences of a deep, wide student: no micro-batch is small
+    enough), so each layer keeps only its input."""
+    if requested is not None:
+        return bool(requested)
+    return training_bytes(0, 0, student_cfg, 1, seq_len, 0, per_token)["activations"] > FORWARD_BYTES
+
+
 def _size(cfg, *names, default: int = 0) -> int:
     for n in names:
         v = cfg.get(n) if isinstance(cfg, dict) else getattr(cfg, n, None)
@@ -62,15 +71,18 @@ def _size(cfg, *names, default: int = 0) -> int:
 
 
 def training_bytes(teacher_params: int, student_params: int, student_cfg, batch: int, seq_len: int,
-                   outputs: int, per_token: bool = True, teacher_bytes: int = F32) -> dict:
+                   outputs: int, per_token: bool = True, teacher_bytes: int = F32, checkpointed: bool = False) -> dict:
     """The parts of the estimate in bytes: 'teacher', 'student' (with AdamW), 'activations', 'total'.
     `outputs`: logits per token (the vocabulary), or per sequence where not `per_token` (a classifier's classes);
-    `teacher_bytes`: per teacher parameter (2 where the frozen teacher is held in bf16)."""
+    `teacher_bytes`: per teacher parameter (2 where the frozen teacher is held in bf16); `checkpointed`: the
+    student trains with gradient checkpointing (each layer keeps its input only, and one layer's activations
+    are rebuilt at a time in the backward pass)."""
     hidden = _size(student_cfg, "hidden_size", "d_model", "dim")
     ffn = _size(student_cfg, "intermediate_size", "hidden_dim", "decoder_ffn_dim", default=4 * hidden)
     layers = _size(student_cfg, "num_hidden_layers", "n_layers", "decoder_layers", default=1)
     tokens = batch * seq_len
-    act = tokens * layers * (HIDDEN_ACTIVATIONS * hidden + FFN_ACTIVATIONS * ffn) * F32
+    per_layer = (HIDDEN_ACTIVATIONS * hidden + FFN_ACTIVATIONS * ffn) * F32
+    act = tokens * (layers * hidden * F32 + per_layer if checkpointed else layers * per_layer)
     act += LOGIT_BUFFERS * (tokens if per_token else batch) * outputs * F32
     parts = {"teacher": teacher_params * teacher_bytes, "student": student_params * TRAIN_BYTES_PER_PARAM, "activations": act}
     parts["total"] = sum(parts.values())

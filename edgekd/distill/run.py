@@ -64,6 +64,7 @@ class RunContext:
     cross: Any = None                       # data.alignment.CrossTokenizer: the teacher has another tokenizer
     teacher_tokenizer: Any = None           # the teacher's own (ctx.tokenizer is the student's and the data's)
     micro_batch: Optional[int] = None       # rows per forward in training, None: whole batches (check_run_size)
+    checkpointing: bool = False             # students train with gradient checkpointing (check_run_size)
 
     def new_student(self, teacher, config, calibration, init: str, seed: int):
         """(model, init_info): a student of `config`; from the teacher's weights where they fit, or, when the
@@ -91,6 +92,7 @@ class RunContext:
         return TrainConfig(steps=steps, batch_size=c.batch_size, micro_batch_size=self.micro_batch, lr=c.lr,
                            warmup_steps=c.warmup_steps if c.warmup_steps is not None else max(1, steps // 10),
                            checkpoint_every=c.checkpoint_every or max(1, steps // 4), seed=c.seed, bf16=c.bf16,
+                           gradient_checkpointing=self.checkpointing,
                            keep_checkpoints=c.keep_checkpoints,
                            eval_every=c.eval_every if c.eval_every is not None else max(1, steps // 10))
 
@@ -141,29 +143,31 @@ def run(config: DistillConfig | dict, *, status: str = "complete", settings: Opt
         return _run(cfg, out, status, settings)
 
 
-def check_run_size(cfg: DistillConfig, teacher, s_cfg, kind: str, device, world: int) -> int:
+def check_run_size(cfg: DistillConfig, teacher, s_cfg, kind: str, device, world: int) -> tuple[Optional[int], bool]:
     """--seq-len within the teacher's window (the default capped, and said), then the run's memory estimate
     (edgekd.distill.memory) against what the device has free, the teacher loaded. Returns the micro-batch the
-    run trains with (--micro-batch-size, else the largest whose activations fit memory.FORWARD_BYTES)."""
-    from edgekd.distill.memory import check_fits, check_seq_len, micro_batch, training_bytes
+    run trains with (--micro-batch-size, else the largest whose activations fit memory.FORWARD_BYTES) and
+    whether its students train with gradient checkpointing (memory.needs_checkpointing)."""
+    from edgekd.distill.memory import check_fits, check_seq_len, micro_batch, needs_checkpointing, training_bytes
     from edgekd.models.arch import param_count
 
     window = getattr(teacher.config, "max_position_embeddings", None)
     seq = check_seq_len(cfg.seq_len, DistillConfig().seq_len, window if kind != SEQ2SEQ else None, cfg.teacher)
     outputs = getattr(teacher.config, "num_labels", 2) if kind == CLASSIFIER else getattr(teacher.config, "vocab_size", 0)
     per_token = kind != CLASSIFIER
+    checkpointed = needs_checkpointing(cfg.gradient_checkpointing, s_cfg, seq, per_token)
     share = -(-cfg.batch_size // world)
     batch = cfg.micro_batch_size or micro_batch(share, seq, s_cfg, outputs, per_token)
     t_params = param_count(teacher.config)
     t_bytes = next(teacher.parameters()).element_size()  # 2 where the frozen teacher is held in bf16
     parts = training_bytes(t_params, param_count(s_cfg), s_cfg, batch, seq, outputs, per_token=per_token,
-                           teacher_bytes=t_bytes)
+                           teacher_bytes=t_bytes, checkpointed=checkpointed)
     check_fits(parts, device, batch, seq, already_loaded=parts["teacher"])  # the teacher is loaded (on `device`)
     if batch < share:  # the teacher still reads whole batches (the student's initialisation): that pass must fit too
         whole = training_bytes(t_params, 0, teacher.config, share, seq, outputs, per_token=per_token,
                                teacher_bytes=t_bytes)
         check_fits(whole, device, share, seq, already_loaded=whole["teacher"])
-    return batch if cfg.micro_batch_size or batch < share else None
+    return (batch if cfg.micro_batch_size or batch < share else None), checkpointed
 
 
 def _run(cfg: DistillConfig, out: Path, status: str, settings: Settings) -> RunResult:
@@ -262,7 +266,7 @@ def load_run(cfg: DistillConfig, out: Path, settings: Settings) -> RunContext:
         # Frozen, the teacher needs no float32 master copy: its weights in bf16 (half the bytes), as the students'
         # autocast computes with them; the students start from (and evaluate beside) these weights.
         teacher.to(torch.bfloat16)
-    micro = check_run_size(cfg, teacher, s_cfg, kind, device, world)  # before the first batch is built
+    micro, checkpointing = check_run_size(cfg, teacher, s_cfg, kind, device, world)  # before the first batch
     data = RunData(cfg, tokenizer, kind, rank, world, getattr(teacher.config, "max_position_embeddings", None),
                    getattr(teacher.config, "decoder_start_token_id", None),
                    teacher_classes(teacher.config) if kind == CLASSIFIER else None)
@@ -274,7 +278,7 @@ def load_run(cfg: DistillConfig, out: Path, settings: Settings) -> RunContext:
     steps = cfg.steps or DEFAULT_STEPS
     ctx = RunContext(cfg, out, teacher, tokenizer, kind, data, s_cfg, steps, device, rank, world, temperature,
                      parse_loss_spec(cfg.loss), init_batches, {}, timer, cross=cross,
-                     teacher_tokenizer=teacher_tokenizer, micro_batch=micro)
+                     teacher_tokenizer=teacher_tokenizer, micro_batch=micro, checkpointing=checkpointing)
     ctx.resolved = asdict(cfg) | {
         "out": str(out), "steps": steps, "temperature": temperature, "temperature_requested": cfg.temperature,
         "loss": ctx.loss_spec, "kind": kind, "seq_len": data.seq_len, "world_size": world,

@@ -51,6 +51,19 @@ def autocast_bf16(requested: Optional[bool], device, params: int) -> bool:
     return device.type == "cpu" and cpu_has_native_bf16() and params >= BF16_CPU_MIN_PARAMS
 
 
+def enable_checkpointing(model) -> None:
+    """Gradient checkpointing on a transformers model (non-reentrant: it works with frozen inputs, autocast and
+    DDP), or one line where its class does not support it."""
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        raise EdgekdError(f"{type(model).__name__} does not support gradient checkpointing (its activations need "
+                          f"it at this length): lower --seq-len, or use a student class that supports it")
+    kw = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.24's name for it
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kw)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kw)
+
+
 @dataclass
 class TrainConfig:
     steps: int = 300
@@ -65,6 +78,7 @@ class TrainConfig:
     checkpoint_every: int = 100
     keep_checkpoints: int = 1          # the newest only (each is written whole before the older goes)
     bf16: Optional[bool] = None       # None: on with CUDA bf16, and on CPUs with native bf16 for large models
+    gradient_checkpointing: bool = False  # each layer keeps its input only; activations rebuilt in backward
     seed: int = 0
     eval_every: int = 0               # held-out loss every N steps (and at 0 and the end); 0: never
     decay_steps: int = 0              # > 0: warmup-stable-decay (constant lr, then linear decay over the last N)
@@ -163,6 +177,8 @@ class Trainer:
         if share % self.micro:
             raise EdgekdError(f"micro-batch size {self.micro} does not divide the per-process batch {share}")
         self.bf16 = autocast_bf16(cfg.bf16, self.device, sum(p.numel() for p in self.model.parameters()))
+        if cfg.gradient_checkpointing:
+            enable_checkpointing(model)
 
     # --- checkpoints ---------------------------------------------------------------------------
 

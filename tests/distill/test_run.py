@@ -209,3 +209,24 @@ def test_bf16_run_holds_the_frozen_teacher_in_bf16(teacher_dir, text_dir, tmp_pa
     # float32 by default at this size: the teacher keeps its float32 weights
     assert load_run(_cfg(teacher_dir, text_dir, tmp_path / "r2"), tmp_path / "probe2", Settings.from_env({})).resolved[
         "teacher_dtype"] == "float32"
+
+
+def test_gradient_checkpointing_trains_the_same_student(teacher_dir, text_dir, tmp_path):
+    """Gradient checkpointing rebuilds the activations in the backward pass instead of keeping them: the run
+    trains the same student (the same held-out losses), says so in config.json, and the estimate counts
+    each layer's input only. Left unset, it is on exactly where one row's activations exceed the forward
+    budget (a long sequence of a wide, deep student)."""
+    from edgekd.distill.memory import FORWARD_BYTES, needs_checkpointing, training_bytes
+
+    kw = dict(checkpoint_every=None, baselines="none", steps=4)
+    plain = run(_cfg(teacher_dir, text_dir, tmp_path / "plain", **kw)).report
+    ckpt = run(_cfg(teacher_dir, text_dir, tmp_path / "ckpt", gradient_checkpointing=True, **kw)).report
+    assert ckpt["student"]["eval_loss"] == pytest.approx(plain["student"]["eval_loss"], rel=1e-5)
+    assert json.loads((tmp_path / "ckpt" / "config.json").read_text())["train"]["gradient_checkpointing"] is True
+    assert json.loads((tmp_path / "plain" / "config.json").read_text())["train"]["gradient_checkpointing"] is False
+
+    big = {"hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 24}
+    full = training_bytes(0, 0, big, 1, 4096, 0)["activations"]
+    assert full > FORWARD_BYTES and needs_checkpointing(None, big, 4096)
+    assert training_bytes(0, 0, big, 1, 4096, 0, checkpointed=True)["activations"] < full / 4
+    assert not needs_checkpointing(None, big, 128) and not needs_checkpointing(False, big, 4096)
