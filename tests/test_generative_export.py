@@ -170,6 +170,22 @@ def test_unsupported_architecture_is_one_line_exit_2(capsys, tmp_path):
     assert not (tmp_path / "export").exists()
 
 
+def test_litert_lm_needs_a_stop_token_one_line_exit_2(capsys, tmp_path):
+    """LiteRT-LM's engine opens no bundle without a stop token ("Stop tokens are required"), which the bundle
+    takes from eos_token_id: a model naming none is refused before anything is built, in one line."""
+    d = _tiny("qwen3", tmp_path / "noeos")
+    cfg = json.loads((d / "config.json").read_text())
+    (d / "config.json").write_text(json.dumps(cfg | {"eos_token_id": None}))
+    (d / "generation_config.json").unlink(missing_ok=True)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        main(["export", str(d), "--format", "litert-lm"])
+    line = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and len(line.splitlines()) == 1
+    assert "names no end-of-sequence token" in line and "set eos_token_id" in line
+    assert not (tmp_path / "export").exists()
+
+
 def test_usage_mistakes_are_one_line(capsys):
     for argv, words in ((["--format", "onnx", "--quantize", "int4"], "int4 is for the generative formats"),
                         (["--format", "litert-lm", "--quantize", "int8-dynamic"], "use --quantize int8"),

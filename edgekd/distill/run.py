@@ -259,6 +259,11 @@ def load_run(cfg: DistillConfig, out: Path, settings: Settings) -> RunContext:
     else:
         s_cfg = student_config_from(cfg.student, teacher.config)
         _check_student_tokenizer(cfg.student, tokenizer)
+    if kind == CAUSAL_LM and getattr(s_cfg, "eos_token_id", None) is None \
+            and getattr(tokenizer, "eos_token_id", None) is not None:
+        # A config naming no end token (random-weight stand-ins, some conversions): the runtimes stop on the
+        # tokenizer's, and LiteRT-LM opens no bundle without a stop token (export.generative_export.check_stop_token)
+        s_cfg.eos_token_id = tokenizer.eos_token_id
     if kind == SEQ2SEQ and cfg.scheme != "offline":
         raise EdgekdError(f"scheme {cfg.scheme!r} does not distil encoder-decoder teachers yet: use --scheme offline "
                           f"(word-level KD on the decoder)")

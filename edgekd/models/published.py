@@ -27,9 +27,13 @@ def random_teacher(name: str | dict, out, tokenizer_dir=None, seed: int = 0):
     from edgekd.models.builtin import BUILTIN_DIR
 
     fields = dict(PUBLISHED[name] if isinstance(name, str) else name)
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir or BUILTIN_DIR)
+    # the end and start tokens a published model names, here the tokenizer's (its ids stand in for the real ones)
+    fields.setdefault("eos_token_id", tok.eos_token_id)
+    fields.setdefault("bos_token_id", tok.bos_token_id)
     cfg = AutoConfig.for_model(fields.pop("model_type"), **fields)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(cfg)
     model.save_pretrained(out)
-    AutoTokenizer.from_pretrained(tokenizer_dir or BUILTIN_DIR).save_pretrained(out)
+    tok.save_pretrained(out)
     return sum(p.numel() for p in model.parameters())

@@ -230,3 +230,18 @@ def test_gradient_checkpointing_trains_the_same_student(teacher_dir, text_dir, t
     assert full > FORWARD_BYTES and needs_checkpointing(None, big, 4096)
     assert training_bytes(0, 0, big, 1, 4096, 0, checkpointed=True)["activations"] < full / 4
     assert not needs_checkpointing(None, big, 128) and not needs_checkpointing(False, big, 4096)
+
+
+def test_student_of_a_teacher_naming_no_end_token_gets_the_tokenizers(teacher_dir, tmp_path):
+    """A causal-LM teacher whose config names no eos_token_id (random-weight stand-ins, some conversions): its
+    students stop on the tokenizer's end token, so the runtimes can (LiteRT-LM needs one to open a bundle)."""
+    from edgekd.distill.run import load_run
+
+    d = tmp_path / "teacher"
+    shutil.copytree(teacher_dir, d)
+    cfg = json.loads((d / "config.json").read_text())
+    (d / "config.json").write_text(json.dumps(cfg | {"eos_token_id": None}))
+    (d / "generation_config.json").unlink(missing_ok=True)
+    ctx = load_run(_cfg(d, "builtin", tmp_path / "run"), tmp_path / "probe", Settings.from_env({}))
+    assert ctx.teacher.config.eos_token_id is None
+    assert ctx.tokenizer.eos_token_id is not None and ctx.student_config.eos_token_id == ctx.tokenizer.eos_token_id
