@@ -182,7 +182,13 @@ def test_litert_lm_needs_a_stop_token_one_line_exit_2(capsys, tmp_path):
         main(["export", str(d), "--format", "litert-lm"])
     line = capsys.readouterr().err.strip()
     assert e.value.code == 2 and len(line.splitlines()) == 1
-    assert "names no end-of-sequence token" in line and "set eos_token_id" in line
+    assert "names no end-of-sequence token (eos_token_id in its config.json)" in line and "set eos_token_id" in line
+    # litert-torch reads generation_config.json where there is one: an end token in config.json alone is not enough
+    (d / "config.json").write_text(json.dumps(cfg))
+    (d / "generation_config.json").write_text(json.dumps({"bos_token_id": 0}))
+    with pytest.raises(SystemExit) as e:
+        main(["export", str(d), "--format", "litert-lm"])
+    assert e.value.code == 2 and "eos_token_id in its generation_config.json" in capsys.readouterr().err
     assert not (tmp_path / "export").exists()
 
 

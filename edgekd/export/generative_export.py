@@ -83,22 +83,21 @@ def check_architecture(model_dir: Path, fmt: str) -> str:
 
 
 def check_stop_token(model_dir: Path) -> None:
-    """LiteRT-LM opens no bundle without a stop token (its engine: "Stop tokens are required"), and the bundle
-    takes it from the model's eos_token_id: one line before anything is built where neither config.json nor
-    generation_config.json names one."""
+    """LiteRT-LM opens no bundle without a stop token (its engine: "Stop tokens are required"), and litert-torch
+    takes it from the model's generation config (generation_config.json where there is one, else made from
+    config.json): one line before anything is built where that names no eos_token_id."""
     import json
 
-    ids = [read_config_dict(model_dir).get("eos_token_id")]
     gen = model_dir / "generation_config.json"
-    if gen.is_file():
-        try:
-            ids.append(json.loads(gen.read_text()).get("eos_token_id"))
-        except (OSError, ValueError, AttributeError):
-            pass
-    if all(i is None or i == [] for i in ids):
-        raise EdgekdError(f"{model_dir} names no end-of-sequence token (eos_token_id in config.json or "
-                          f"generation_config.json): LiteRT-LM runs no bundle without a stop token; set eos_token_id "
-                          f"to the tokenizer's end token")
+    where = "generation_config.json" if gen.is_file() else "config.json"
+    try:
+        eos = json.loads(gen.read_text()).get("eos_token_id") if gen.is_file() else \
+            read_config_dict(model_dir).get("eos_token_id")
+    except (OSError, ValueError, AttributeError):
+        eos = None
+    if eos is None or eos == []:
+        raise EdgekdError(f"{model_dir} names no end-of-sequence token (eos_token_id in its {where}): LiteRT-LM runs "
+                          f"no bundle without a stop token; set eos_token_id there to the tokenizer's end token")
 
 
 def recipe_for(fmt: str, quantize: str, config: dict) -> tuple[str, str]:

@@ -245,3 +245,6 @@ def test_student_of_a_teacher_naming_no_end_token_gets_the_tokenizers(teacher_di
     ctx = load_run(_cfg(d, "builtin", tmp_path / "run"), tmp_path / "probe", Settings.from_env({}))
     assert ctx.teacher.config.eos_token_id is None
     assert ctx.tokenizer.eos_token_id is not None and ctx.student_config.eos_token_id == ctx.tokenizer.eos_token_id
+    from transformers import GenerationConfig  # what the student's saved generation_config.json says
+
+    assert GenerationConfig.from_model_config(ctx.student_config).eos_token_id == ctx.tokenizer.eos_token_id
