@@ -405,13 +405,12 @@ def profile(
         from edgekd.profile.table import print_profile
 
         print_profile(stats)
-    if generative:  # a file that fails generation parity on the device fails as it would here
-        from edgekd.errors import JobFailed
-        from edgekd.profile.generation_profile import parity_failure
+    from edgekd.errors import JobFailed
+    from edgekd.profile.generation_profile import parity_failure
 
-        failed = parity_failure(stats)
-        if failed:
-            raise JobFailed(failed)
+    failed = parity_failure(stats)  # a file that fails parity on the device fails as it would here
+    if failed:
+        raise JobFailed(failed)
 
 
 # --- device -------------------------------------------------------------------------------------------------

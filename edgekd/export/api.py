@@ -18,7 +18,7 @@ from edgekd.checks import export_args, output_file
 from edgekd.checks import model_dir as check_model_dir
 from edgekd.console import err
 from edgekd.errors import EdgekdError, JobFailed
-from edgekd.export import parity
+from edgekd.export import graph_runtime, parity
 from edgekd.export.hf import load_for_export
 from edgekd.formats import FORMATS
 from edgekd.models.loading import CLASSIFIER
@@ -179,8 +179,11 @@ def export_model(model_dir, fmt: str = "onnx", quantize: str = "none", seq_len: 
                       **info, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
             if record["passed"]:
                 os.replace(final, out)
+                record["device_check"] = parity.write_device_check(out, check_rows, ref, quantized, min_top1,
+                                                                   labels=loaded.kind == CLASSIFIER)
             else:
                 out.unlink(missing_ok=True)
+                out.with_name(out.name + graph_runtime.CHECK_SUFFIX).unlink(missing_ok=True)
     write_json(out.with_name(out.name + ".json"), record)
     if not record["passed"]:
         raise JobFailed(_failure_line(record))

@@ -156,6 +156,104 @@ def make_feeds(model, seq_len: int, vocab: int | None, seed: int = 0) -> dict:
     return feeds
 
 
+# --- parity: the one comparison of a file's logits with PyTorch's, run here and on boards ------------------
+
+# Top-1 agreement is counted where PyTorch's choice is decisive: its top probability at least this much above the
+# runner-up's (export.parity explains the value; generation parity uses the same).
+DECISIVE_MARGIN = 0.05
+
+
+def margin(logits):
+    """Per row, the top softmax probability minus the runner-up's."""
+    np = numpy()
+    x = logits.astype(np.float64)
+    p = np.exp(x - x.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    top2 = np.sort(p, axis=-1)[:, -2:]
+    return top2[:, 1] - top2[:, 0]
+
+
+def compare_logits(ref: list, got: list, quantized: bool, min_top1: float, labels_must_agree: bool = False) -> dict:
+    """Float: max |diff| <= 1e-3 x max |logit| (and, for a classifier, every predicted label the same).
+    int8: top-1 agreement >= min_top1 (a classifier's: on the rows where PyTorch's label is decisive). For a
+    classifier, top-1 agreement is the share of rows (sentences, images) whose predicted label agrees with PyTorch's."""
+    np = numpy()
+    r = np.concatenate([x.reshape(-1, x.shape[-1]) for x in ref])
+    g = np.concatenate([x.reshape(-1, x.shape[-1]) for x in got]).astype(np.float32)
+    if r.shape != g.shape:
+        return {"max_abs_diff": None, "mean_abs_diff": None, "top1_agreement": 0.0, "logits_scale": None,
+                "threshold": {}, "passed": False, "problem": f"output shape {g.shape} != PyTorch {r.shape}"}
+    diff = np.abs(r - g)
+    scale = float(np.abs(r).max())
+    rec = {"max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()),
+           "top1_agreement": float((r.argmax(-1) == g.argmax(-1)).mean()), "logits_scale": scale,
+           "positions": int(r.shape[0])}
+    if quantized and labels_must_agree:
+        # A classifier's int8 labels are judged where PyTorch's label is decisive, as generation parity judges
+        # tokens: between near-tied labels a flip is rounding (an untrained tiny classifier's rows sit within
+        # 0.02 of each other), not a broken quantiser, which flips decisive labels too.
+        decisive = margin(r) >= DECISIVE_MARGIN
+        agree = r.argmax(-1) == g.argmax(-1)
+        rec["top1_agreement_decisive"] = float(agree[decisive].mean()) if decisive.any() else None
+        rec["decisive_rows"] = int(decisive.sum())
+        rec["threshold"] = {"top1_agreement_decisive": min_top1, "decisive_margin": DECISIVE_MARGIN}
+        judged = rec["top1_agreement"] if rec["top1_agreement_decisive"] is None else rec["top1_agreement_decisive"]
+        rec["passed"] = judged >= min_top1
+    elif quantized:
+        rec["threshold"] = {"top1_agreement": min_top1}
+        rec["passed"] = rec["top1_agreement"] >= min_top1
+    else:
+        rec["threshold"] = {"max_abs_diff": 1e-3 * scale} | ({"top1_agreement": 1.0} if labels_must_agree else {})
+        rec["passed"] = bool(np.isfinite(diff).all()) and rec["max_abs_diff"] <= 1e-3 * scale and \
+            (not labels_must_agree or rec["top1_agreement"] == 1.0)
+    return rec
+
+
+def input_of(runtime_name: str, names) -> str:
+    """Which of our input names a runtime's input is: ONNX keeps them, TFLite prefixes its signature's
+    (serving_default_input_ids:0); a file with one input takes the one we have."""
+    names = list(names)
+    for n in sorted(names, key=len, reverse=True):
+        if runtime_name == n or runtime_name.split(":")[0].endswith(n):
+            return n
+    if len(names) == 1:
+        return names[0]
+    raise RunnerError("bad-model", f"the exported file has an input {runtime_name!r} that is none of {', '.join(names)}")
+
+
+def run_rows(model, feeds: dict) -> list:
+    """The file's first output for each row of `feeds` ({our input name: array [N, ...]}), one row at a time as it
+    runs on a device, each input cast to the file's own dtype."""
+    take = [(name, input_of(name, feeds), dtype) for name, _shape, dtype in model.inputs]
+    n = len(next(iter(feeds.values())))
+    return [model.run({name: feeds[ours][i:i + 1].astype(dtype) for name, ours, dtype in take})[0] for i in range(n)]
+
+
+# The device check set beside an export (FILE.parity.npz, written by export.api): the parity rows ("in.NAME"),
+# PyTorch's logits of them ("reference") and the bar the file passed here ("quantized", "min_top1", "labels").
+CHECK_SUFFIX = ".parity.npz"
+
+
+def parity_run(model, check_file: str) -> dict:
+    """The file's parity on this machine against the check set's PyTorch logits, by the bar it passed where it
+    was exported (compare_logits)."""
+    np = numpy()
+    try:
+        with np.load(check_file) as z:
+            feeds = {k[3:]: z[k] for k in z.files if k.startswith("in.")}
+            ref, quantized = z["reference"], bool(z["quantized"])
+            min_top1, labels = float(z["min_top1"]), bool(z["labels"])
+    except (OSError, KeyError, ValueError) as e:
+        raise RunnerError("bad-args", f"cannot read the parity check set {check_file}: {first_line(e)}") from e
+    try:
+        got = run_rows(model, feeds)
+    except RunnerError:
+        raise
+    except Exception as e:
+        raise RunnerError("bad-model", f"{check_file}: the file fails to run its parity rows: {first_line(e)}") from e
+    return compare_logits(list(ref), got, quantized, min_top1, labels) | {"rows": len(ref), "checked": True}
+
+
 def size_mb(path: str) -> float:
     """An exported model's size on disk: the file, or every file of a folder (an onnxruntime-genai model)."""
     if os.path.isdir(path):

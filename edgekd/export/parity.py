@@ -8,6 +8,7 @@ import os
 import platform
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Optional
 
 import numpy as np
@@ -31,61 +32,41 @@ def reference_logits(module: torch.nn.Module, feeds: dict[str, torch.Tensor]) ->
         return [module(**_row(feeds, i)).float().numpy() for i in range(_count(feeds))]
 
 
-def runtime_input(runtime_name: str, names) -> str:
-    """Which of our input names a runtime's input is: ONNX keeps them, TFLite prefixes its signature's
-    (serving_default_input_ids:0); a file with one input takes input_ids."""
-    names = list(names)
-    for n in sorted(names, key=len, reverse=True):
-        if runtime_name == n or runtime_name.split(":")[0].endswith(n):
-            return n
-    if len(names) == 1:
-        return names[0]
-    raise JobFailed(f"the exported file has an input {runtime_name!r} that is none of {', '.join(names)}")
-
-
 def exported_logits(path: str, feeds: dict[str, torch.Tensor]) -> tuple[list[np.ndarray], str]:
     """The exported file's logits of each row of `feeds`, run in its own runtime (onnxruntime, LiteRT), and
     that runtime (name and version)."""
     model = graph_runtime.load(path)
-    take = [(name, runtime_input(name, feeds), dtype) for name, _shape, dtype in model.inputs]
-    return [model.run({name: feeds[ours][i:i + 1].numpy().astype(dtype) for name, ours, dtype in take})[0]
-            for i in range(_count(feeds))], model.runtime
+    try:
+        return graph_runtime.run_rows(model, {k: v.numpy() for k, v in feeds.items()}), model.runtime
+    except graph_runtime.RunnerError as e:
+        raise JobFailed(str(e)) from e
 
 
-def compare(ref: list[np.ndarray], got: list[np.ndarray], quantized: bool, min_top1: float,
-            labels_must_agree: bool = False) -> dict:
-    """Float: max |diff| <= 1e-3 x max |logit| (and, for a classifier, every predicted label the same).
-    int8: top-1 agreement >= min_top1 (a classifier's: on the rows where PyTorch's label is decisive). For a
-    classifier, top-1 agreement is the share of rows (sentences) whose predicted label agrees with PyTorch's."""
-    r = np.concatenate([x.reshape(-1, x.shape[-1]) for x in ref])
-    g = np.concatenate([x.reshape(-1, x.shape[-1]) for x in got]).astype(np.float32)
-    if r.shape != g.shape:
-        return {"max_abs_diff": None, "mean_abs_diff": None, "top1_agreement": 0.0, "logits_scale": None,
-                "threshold": {}, "passed": False, "problem": f"output shape {g.shape} != PyTorch {r.shape}"}
-    diff = np.abs(r - g)
-    scale = float(np.abs(r).max())
-    rec = {"max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()),
-           "top1_agreement": float((r.argmax(-1) == g.argmax(-1)).mean()), "logits_scale": scale,
-           "positions": int(r.shape[0])}
-    if quantized and labels_must_agree:
-        # A classifier's int8 labels are judged where PyTorch's label is decisive, as generation parity judges
-        # tokens: between near-tied labels a flip is rounding (an untrained tiny classifier's rows sit within
-        # 0.02 of each other), not a broken quantiser, which flips decisive labels too.
-        decisive = _margin(r) >= GEN_DECISIVE_MARGIN
-        agree = r.argmax(-1) == g.argmax(-1)
-        rec["top1_agreement_decisive"] = float(agree[decisive].mean()) if decisive.any() else None
-        rec["decisive_rows"] = int(decisive.sum())
-        rec["threshold"] = {"top1_agreement_decisive": min_top1, "decisive_margin": GEN_DECISIVE_MARGIN}
-        judged = rec["top1_agreement"] if rec["top1_agreement_decisive"] is None else rec["top1_agreement_decisive"]
-        rec["passed"] = judged >= min_top1
-    elif quantized:
-        rec["threshold"] = {"top1_agreement": min_top1}
-        rec["passed"] = rec["top1_agreement"] >= min_top1
-    else:
-        rec["threshold"] = {"max_abs_diff": 1e-3 * scale} | ({"top1_agreement": 1.0} if labels_must_agree else {})
-        rec["passed"] = bool(np.isfinite(diff).all()) and rec["max_abs_diff"] <= 1e-3 * scale and \
-            (not labels_must_agree or rec["top1_agreement"] == 1.0)
-    return rec
+# The one comparison of a file's logits with PyTorch's (torch-free, so a board runs the same: graph_runtime).
+compare = graph_runtime.compare_logits
+
+# The most bytes of parity rows and PyTorch logits kept beside an export for checking it on a device.
+DEVICE_CHECK_BYTES = 16 << 20
+
+
+def write_device_check(out: Path, rows: dict[str, torch.Tensor], ref: list[np.ndarray], quantized: bool,
+                       min_top1: Optional[float], labels: bool) -> dict:
+    """FILE.parity.npz beside the export `out`: its parity rows, PyTorch's logits of them and the bar it passed
+    (graph_runtime.parity_run reads it where the file runs: a board checks the same rows by the same bar).
+    As many rows as fit DEVICE_CHECK_BYTES; the record's `device_check`."""
+    from edgekd.io import atomic_path
+
+    per_row = int(ref[0].nbytes) + sum(int(v[0].numel()) * v.element_size() for v in rows.values())
+    if per_row > DEVICE_CHECK_BYTES:
+        return {"written": False, "why": f"one parity row and its logits are {per_row / 1e6:.0f} MB, more than the "
+                                         f"{DEVICE_CHECK_BYTES >> 20} MB a device check set holds"}
+    n = min(len(ref), DEVICE_CHECK_BYTES // per_row)
+    path = out.with_name(out.name + graph_runtime.CHECK_SUFFIX)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, reference=np.stack(ref[:n]), quantized=np.bool_(quantized), labels=np.bool_(labels),
+                 min_top1=np.float64(np.nan if min_top1 is None else min_top1),
+                 **{f"in.{k}": v[:n].numpy() for k, v in rows.items()})
+    return {"written": True, "file": path.name, "rows": n}
 
 
 # --- generation -----------------------------------------------------------------------------------
@@ -105,7 +86,7 @@ GEN_MIN_TOP1 = 0.80
 # that PyTorch model does.
 GEN_QAD_MIN_MATCH = 0.875
 GEN_MAX_PPL_RATIO = 1.10
-GEN_DECISIVE_MARGIN = 0.05
+GEN_DECISIVE_MARGIN = graph_runtime.DECISIVE_MARGIN
 GEN_PROMPTS = 8
 GEN_NEW_TOKENS = 32  # tokens each export generates per prompt, compared with PyTorch's
 GEN_PROMPT_TOKENS = 48
@@ -129,13 +110,7 @@ def builtin_prompts(model_dir, n: int = GEN_PROMPTS, length: int = GEN_PROMPT_TO
     return prompts
 
 
-def _margin(logits: np.ndarray) -> np.ndarray:
-    """Per row, the top softmax probability minus the runner-up's."""
-    x = logits.astype(np.float64)
-    p = np.exp(x - x.max(-1, keepdims=True))
-    p /= p.sum(-1, keepdims=True)
-    top2 = np.sort(p, axis=-1)[:, -2:]
-    return top2[:, 1] - top2[:, 0]
+_margin = graph_runtime.margin
 
 
 def _nll(logits: np.ndarray, ids: list[int]) -> np.ndarray:

@@ -23,13 +23,16 @@ def profile_model(model_file: str | Path, device: str | Runner = "local", runs: 
                   identity_file: str | None = None, known_hosts: str | None = None,
                   insecure_host_key: bool = False, connect_timeout: int = 10,
                   benchmark_binary: str | None = None, timeout: float = 1800.0,
-                  settings: Settings | None = None) -> dict:
+                  settings: Settings | None = None, parity: bool | None = None) -> dict:
     """Time `model_file` on `device` ("local", "ssh://USER@HOST[:PORT]", "adb[:SERIAL]", or its runner from
     `runner_for`/`check_device`, whose options then stand).
 
     Returns DESIGN.md's keys (device, format, runs, threads, mean/p50/p90/p99/std/min/max_ms, init_ms,
     peak_rss_mb, size_mb, ops) plus runtime details. Token inputs use the seq_len and vocabulary from
-    the export's parity record when there is one.
+    the export's parity record when there is one. `parity`: the file's parity rows run there against PyTorch's
+    logits by the bar it passed when exported (its check set, FILE.parity.npz; graph_runtime.parity_run), by
+    default on every device but this machine (where the export's own check ran); {"checked": false, "why"}
+    where it could not be.
     """
     from edgekd.checks import number, optional_number
 
@@ -43,11 +46,49 @@ def profile_model(model_file: str | Path, device: str | Runner = "local", runs: 
     runner.check_threads(threads)
     path = check_model_file(model_file)
     length, vocab = input_shape_args(path, seq_len)
-    stats = runner.profile(path, runs, warmup, threads, length, vocab, timeout)
+    check, why = None, None
+    if parity if parity is not None else runner.scheme != "local":
+        check, why = _check_set(path, runner)
+    stats = runner.profile(path, runs, warmup, threads, length, vocab, timeout, parity=check)
     if stats.get("size_mb") is None:
         stats["size_mb"] = path.stat().st_size / 1e6
     stats["model"] = str(path)
+    run = stats.pop("parity_run", None)
+    if run is not None:
+        stats["parity"] = run | {"machine": stats.get("machine"), "emulated": bool(stats.get("emulated")),
+                                 "runtime": stats.get("runtime")}
+        if not run["passed"]:
+            stats["parity"]["error"] = _device_failure(path.name, runner.describe(), stats["parity"])
+    elif check is not None or why is not None:
+        stats["parity"] = {"checked": False, "why": why or "the device's timer ran no parity rows"}
     return {k: stats.get(k) for k in STAT_KEYS} | {k: v for k, v in stats.items() if k not in STAT_KEYS}
+
+
+def _check_set(path: Path, runner: Runner) -> tuple[Path | None, str | None]:
+    """The export's parity check set for the device, or why there is none."""
+    from edgekd.export.graph_runtime import CHECK_SUFFIX
+
+    if runner.no_graph_parity:
+        return None, runner.no_graph_parity
+    check = path.with_name(path.name + CHECK_SUFFIX)
+    if not check.is_file():
+        return None, (f"no parity check set beside the file ({check.name}): export it with edgekd export to check it "
+                      f"on the device")
+    return check, None
+
+
+def _device_failure(name: str, device: str, rec: dict) -> str:
+    """The one line of a graph file that fails parity on a device."""
+    where = f"{device} ({rec.get('machine')}{', emulated' if rec.get('emulated') else ''})"
+    t = rec.get("threshold") or {}
+    if rec.get("problem"):
+        return f"{name} failed parity on {where}: {rec['problem']}"
+    if "max_abs_diff" in t:
+        return (f"{name} failed parity on {where}: max abs diff {rec['max_abs_diff']:.4g} > {t['max_abs_diff']:.4g}"
+                + (f" or a label differs from PyTorch's (top-1 agreement {rec['top1_agreement']:.3f})"
+                   if "top1_agreement" in t else ""))
+    key = "top1_agreement_decisive" if "top1_agreement_decisive" in t else "top1_agreement"
+    return f"{name} failed parity on {where}: {key.replace('_', ' ')} {rec.get(key)} < {t.get(key)}"
 
 
 def check_device(device: str, *, probe: bool = True, settings: Settings | None = None, **options) -> Runner:

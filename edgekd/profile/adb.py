@@ -32,6 +32,8 @@ class AdbRunner(Runner):
     scheme = "adb"
     usage = "adb[:SERIAL]"
     no_parity = ADB_PARITY_UNCHECKED
+    no_graph_parity = ("over adb TFLite's benchmark binary times the file and gives no outputs: parity was not checked "
+                       "on the phone (only here, on this machine's ISA)")
 
     def __init__(self, device: str, *, benchmark_binary: str | None = None, **options):
         from edgekd.checks import input_file
@@ -48,7 +50,7 @@ class AdbRunner(Runner):
         probe_adb(self.serial)
 
     def profile(self, model: Path, runs: int, warmup: int, threads: int | None, seq_len: int, vocab: int | None,
-                timeout: float = 1800.0) -> dict:
+                timeout: float = 1800.0, parity: Path | None = None) -> dict:
         return profile_adb(model, self.serial, runs, warmup, threads, self.benchmark_binary, timeout)
 
     def profile_generation(self, path: Path, fmt: str, prompt_len: int, decode_len: int, runs: int, warmup: int,

@@ -82,8 +82,10 @@ def onnx_op_rows(profile_path: str) -> list[dict]:
 
 
 def profile(path: str, runs: int = 50, warmup: int = 5, threads: int | None = None, seq_len: int = 64,
-            vocab: int | None = None, pin: bool = True, op_profile: bool = True) -> dict:
-    """Warmup then timed runs on cores pinned to the fastest ones; init, RSS and per-op rows too."""
+            vocab: int | None = None, pin: bool = True, op_profile: bool = True, parity: str | None = None) -> dict:
+    """Warmup then timed runs on cores pinned to the fastest ones; init, RSS and per-op rows too; with `parity`
+    (a check set, graph_runtime.CHECK_SUFFIX, relative to the model's folder unless absolute), the file's parity
+    here against its PyTorch logits by the bar it passed where it was exported (`parity_run`)."""
     if runs < 1 or warmup < 0:
         raise RunnerError("bad-args", f"runs must be >= 1 and warmup >= 0 (got runs={runs}, warmup={warmup})")
     if seq_len < 1:
@@ -121,6 +123,9 @@ def profile(path: str, runs: int = 50, warmup: int = 5, threads: int | None = No
              "init_ms": init_ms, "peak_rss_mb": peak_rss_mb(),
              "size_mb": gr.size_mb(path), "ops": ops,
              "inputs": {k: list(v.shape) for k, v in feeds.items()}}
+    if parity:
+        check = parity if os.path.isabs(parity) else os.path.join(os.path.dirname(os.path.abspath(path)), parity)
+        stats["parity_run"] = gr.parity_run(model, check)  # after the timed runs: they time the file alone
     facts = bf.facts()  # where it ran: an emulated device's times mean nothing
     return stats | {"machine": facts["machine"], "emulated": facts["emulated"], "emulated_by": facts["emulated_by"]}
 
@@ -164,9 +169,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--vocab", type=int, default=None)
     ap.add_argument("--no-pin", action="store_true")
     ap.add_argument("--no-op-profile", action="store_true")
+    ap.add_argument("--parity", default=None, help="a parity check set (FILE.parity.npz) to run the file's rows of")
     a = ap.parse_args(argv)
     return print_result(lambda: profile(a.model, a.runs, a.warmup, a.threads, a.seq_len, a.vocab,
-                                        pin=not a.no_pin, op_profile=not a.no_op_profile))
+                                        pin=not a.no_pin, op_profile=not a.no_op_profile, parity=a.parity))
 
 
 def print_result(measure) -> int:

@@ -72,6 +72,7 @@ class Runner:
     scheme = ""  # the device string's scheme: "local", "ssh", "adb"
     usage = ""   # how such a device is written, for error lines: "ssh://USER@HOST[:PORT]"
     no_parity: str | None = None  # why generation parity cannot be checked on such a device (None: it can)
+    no_graph_parity: str | None = None  # why a graph file's parity cannot be checked there (None: it can)
 
     def __init__(self, device: str, **options):
         self.device = device
@@ -89,8 +90,10 @@ class Runner:
         others check it on the device."""
 
     def profile(self, model: Path, runs: int, warmup: int, threads: int | None, seq_len: int, vocab: int | None,
-                timeout: float) -> dict:
-        """Time one exported graph file (.onnx, .tflite): the board timer's statistics."""
+                timeout: float, parity: Path | None = None) -> dict:
+        """Time one exported graph file (.onnx, .tflite): the board timer's statistics. `parity` (its check set,
+        FILE.parity.npz): also run its parity rows there (`parity_run` in the statistics); a runner that cannot
+        says why in its `no_graph_parity`."""
         raise NotImplementedError
 
     def profile_generation(self, path: Path, fmt: str, prompt_len: int, decode_len: int, runs: int, warmup: int,
@@ -105,9 +108,12 @@ class Runner:
         raise NotImplementedError
 
 
-def timer_args(runs: int, warmup: int, threads: int | None, seq_len: int, vocab: int | None) -> list[str]:
-    """board_timer.py's command line."""
+def timer_args(runs: int, warmup: int, threads: int | None, seq_len: int, vocab: int | None,
+               parity: str | None = None) -> list[str]:
+    """board_timer.py's command line; `parity`: its check set's path (relative: beside the model)."""
     args = ["--runs", str(runs), "--warmup", str(warmup), "--seq-len", str(seq_len)]
+    if parity:
+        args += ["--parity", parity]
     if threads:
         args += ["--threads", str(threads)]
     if vocab:

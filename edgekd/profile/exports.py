@@ -38,7 +38,8 @@ def write_profile(run_dir: Path, export: dict, stats: dict) -> dict:
             "precision": stats["precision"], "p50_ms": stats["p50_ms"], "p90_ms": stats["p90_ms"],
             "mean_ms": stats["mean_ms"], "peak_rss_mb": stats.get("peak_rss_mb"), "size_mb": stats.get("size_mb"),
             "threads": stats.get("threads"), "profile": rel} | \
-        ({"machine": stats["machine"], "emulated": bool(stats.get("emulated"))} if "machine" in stats else {})
+        ({"machine": stats["machine"], "emulated": bool(stats.get("emulated"))} if "machine" in stats else {}) | \
+        ({"parity": parity_summary(stats["parity"])} if "parity" in stats else {})
 
 
 def write_generation_profile(run_dir: Path, export: dict, stats: dict) -> dict:
@@ -59,7 +60,8 @@ def write_generation_profile(run_dir: Path, export: dict, stats: dict) -> dict:
 # A device's generation parity as report.json's measured entries hold it (the full record, tokens included, is in
 # the RUN/profile file).
 PARITY_SUMMARY_KEYS = ("checked", "passed", "error", "why", "prompts_matched", "prompts", "first_divergence",
-                       "tokens_match_share", "top1_agreement_decisive", "ppl_ratio", "threshold", "machine", "emulated")
+                       "tokens_match_share", "top1_agreement_decisive", "ppl_ratio", "threshold", "machine", "emulated",
+                       "rows", "top1_agreement", "max_abs_diff")  # the last three: a graph file's (.onnx, .tflite)
 
 
 def parity_summary(parity: dict) -> dict:
@@ -72,6 +74,8 @@ def parity_summary(parity: dict) -> dict:
                 "here_prompts_matched": here.get("prompts_matched")}
     if parity.get("run"):
         out["runtime"] = parity["run"].get("version")
+    elif parity.get("runtime"):
+        out["runtime"] = parity["runtime"]
     return out
 
 

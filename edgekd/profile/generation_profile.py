@@ -92,9 +92,9 @@ def parity_request(record: dict) -> tuple[dict | None, str | None]:
 
 
 def parity_failure(stats: dict) -> str | None:
-    """The one line of a profile whose file failed generation parity on the device, or None."""
+    """The one line of a profile whose file failed parity on the device (generation, or a graph file's), or None."""
     p = stats.get("parity") or {}
-    return p.get("error", "generation parity failed on the device") if p.get("passed") is False else None
+    return p.get("error", "parity failed on the device") if p.get("passed") is False else None
 
 
 def median_of(value) -> float | None:

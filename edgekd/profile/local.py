@@ -28,8 +28,9 @@ class LocalRunner(Runner):
         thread_count("--threads", threads)
 
     def profile(self, model: Path, runs: int, warmup: int, threads: int | None, seq_len: int, vocab: int | None,
-                timeout: float = 1800.0) -> dict:
-        return run_local(TIMER_FILES[-1], model, timer_args(runs, warmup, threads, seq_len, vocab), timeout)
+                timeout: float = 1800.0, parity: Path | None = None) -> dict:
+        return run_local(TIMER_FILES[-1], model, timer_args(runs, warmup, threads, seq_len, vocab,
+                                                            str(parity.resolve()) if parity else None), timeout)
 
     def profile_generation(self, path: Path, fmt: str, prompt_len: int, decode_len: int, runs: int, warmup: int,
                            threads: int | None, timeout: float = 1800.0, parity: dict | None = None) -> dict:

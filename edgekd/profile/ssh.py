@@ -37,9 +37,10 @@ class SshRunner(Runner):
         probe_ssh(self.target)
 
     def profile(self, model: Path, runs: int, warmup: int, threads: int | None, seq_len: int, vocab: int | None,
-                timeout: float = 1800.0) -> dict:
-        return run_remote(self.target, model, list(TIMER_FILES), timer_args(runs, warmup, threads, seq_len, vocab),
-                          self.remote_python, timeout)
+                timeout: float = 1800.0, parity: Path | None = None) -> dict:
+        return run_remote(self.target, model, list(TIMER_FILES),
+                          timer_args(runs, warmup, threads, seq_len, vocab, parity.name if parity else None),
+                          self.remote_python, timeout, data=[parity] if parity else [])
 
     def profile_generation(self, path: Path, fmt: str, prompt_len: int, decode_len: int, runs: int, warmup: int,
                            threads: int | None, timeout: float = 1800.0, parity: dict | None = None) -> dict:
@@ -219,9 +220,9 @@ def _upload(target: SshTarget, files: list[Path], remote_dir: str, timeout: floa
 
 
 def run_remote(target: SshTarget, model: Path | None, scripts: list[Path], args: list[str],
-               remote_python: str = "python3", timeout: float = 1800.0) -> dict:
-    """Copy the model (if any) and the scripts to a temp dir on the board, run the last script (on the model) with
-    `args`, parse its JSON, and always remove the temp dir."""
+               remote_python: str = "python3", timeout: float = 1800.0, data: list[Path] = ()) -> dict:
+    """Copy the model (if any), the scripts and `data` files to a temp dir on the board, run the last script (on the
+    model) with `args`, parse its JSON, and always remove the temp dir."""
     if shutil.which("ssh") is None:
         raise EdgekdError("ssh not found on PATH: install the OpenSSH client (apt-get install openssh-client)")
     step = target.connect_timeout + 20
@@ -232,7 +233,7 @@ def run_remote(target: SshTarget, model: Path | None, scripts: list[Path], args:
                           f"{(made.stderr.strip() or 'mktemp failed')}")
     what = Path(model.name if model is not None else scripts[-1].name)
     try:
-        _upload(target, [*scripts, *([model] if model is not None else [])], remote_dir, timeout)
+        _upload(target, [*scripts, *([model] if model is not None else []), *data], remote_dir, timeout)
         argv = [remote_python, f"{remote_dir}/{scripts[-1].name}",
                 *([f"{remote_dir}/{model.name}"] if model is not None else []), *args]
         ran = _run(target.ssh_cmd(" ".join(shlex.quote(a) for a in argv)), target, timeout)

@@ -32,6 +32,13 @@ def print_profile(stats: dict, console: Console | None = None, top: int = 12) ->
         console.print(o)
     else:
         console.print("no per-op breakdown from this runtime")
+    p = stats.get("parity")
+    if p and p.get("checked"):
+        console.print(f"parity on {p.get('machine') or 'the device'}{' (emulated)' if p.get('emulated') else ''}: "
+                      f"{p['rows']} rows, top-1 agreement {p['top1_agreement']:.3f}, max abs diff "
+                      f"{p['max_abs_diff']:.3g}: {'passed' if p['passed'] else 'FAILED'} (the bar it passed here)")
+    elif p:
+        console.print(f"parity not checked on the device: {p.get('why')}")
 
 
 def print_generation(stats: dict, console: Console | None = None) -> None:

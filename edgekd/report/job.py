@@ -135,7 +135,7 @@ def _problem(rep: dict, f: JobFacts) -> Optional[str]:
         return f.device_error
     if failed:
         return f"export parity failed ({'; '.join(failed)})"
-    on_device = [m["parity"].get("error", f"{m['format']}-{m['precision']} failed generation parity on {m['device']}")
+    on_device = [m["parity"].get("error", f"{m['format']}-{m['precision']} failed parity on {m['device']}")
                  for m in f.measured if (m.get("parity") or {}).get("passed") is False]
     if on_device:
         return "; ".join(on_device)
@@ -415,6 +415,7 @@ def render_target_section(rep: dict) -> str:
         lines.append(f"| {where}: {m['format']} {measured_precision(m)}"
                      f"{' (deployed)' if same else ''}, p50 / p90 | {m['p50_ms']:.3f} / {m['p90_ms']:.3f} | {mark} |")
     lines.append("")
+    lines += _graph_parity_lines(lat["measured"])
     cal = rep.get("calibration")
     if cal:
         lines += [f"Latency model: {cal['source']} calibration" + (f" (`{cal['path']}`)" if cal.get("path") else "")
@@ -433,6 +434,25 @@ def render_target_section(rep: dict) -> str:
             lines.append(f"| {a['attempt']} | {a['params']:,} | {a['predicted_ms']:.3f} | {m} |")
         lines += ["", "Earlier attempts are kept in attempts/N/.", ""]
     return _section_tail(rep, lines, "latency")
+
+
+def _graph_parity_lines(measured: list) -> list[str]:
+    """report.md's table of the files' parity on the devices they were timed on (the bar they passed here)."""
+    checked = [m for m in measured if (m.get("parity") or {}).get("checked")]
+    lines = []
+    if checked:
+        lines += ["Parity on the device (the file's parity rows there against PyTorch's logits, by the bar it passed "
+                  "here):", "", "| device | machine | export | rows | top-1 agreement | max abs diff | passed |",
+                  "|---|---|---|---:|---:|---:|---|"]
+        for m in checked:
+            q = m["parity"]
+            lines.append(f"| {m['device']} | {q.get('machine')}{' (emulated)' if q.get('emulated') else ''} | "
+                         f"{m['format']} {measured_precision(m)} | {q['rows']} | {q['top1_agreement']:.3f} | "
+                         f"{_cell(q.get('max_abs_diff'), '.3g')} | {'yes' if q['passed'] else 'NO'} |")
+        lines.append("")
+    unchecked = [f"Not checked on {m['device']}: {m['parity']['why']}" for m in measured
+                 if (m.get("parity") or {}).get("checked") is False]
+    return lines + unchecked + ([""] if unchecked else [])
 
 
 def _choice_words(rep: dict) -> str:

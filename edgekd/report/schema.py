@@ -76,7 +76,10 @@ SEQ2SEQ_KEYS: dict = {name: {"chrf": None, "perplexity": None} for name in ("tea
 # `machine` (uname -m) and `emulated`, and, on a device other than this machine, `parity`: {checked, passed,
 # prompts_matched, prompts, first_divergence, tokens_match_share, top1_agreement_decisive, ppl_ratio, threshold,
 # machine, emulated, same_tokens_as_here, here_machine, here_prompts_matched, runtime, error} or {checked: false,
-# why} (over adb); an emulated device's entries have on_target false. generation.runtime_choice: {device: {ship,
+# why} (over adb); a graph file's (.onnx, .tflite: latency.measured) `parity` is {checked, passed, rows,
+# top1_agreement, max_abs_diff, threshold, machine, emulated, runtime, error}, its parity rows run there against
+# PyTorch's logits (the check set FILE.parity.npz beside the export, its record's device_check); an emulated device's
+# entries have on_target false. generation.runtime_choice: {device: {ship,
 # why, decode_tok_s}} where both LLM runtimes' files at the deployed precision were measured.
 # Present only in some reports: "error" (failed/interrupted), latency.device_error, latency.shrink_stopped,
 # distillation.stages (progressive), distillation.sequence, distillation.teacher_cache, distillation.on_policy.

@@ -178,3 +178,21 @@ def test_unlowerable_op_names_op_and_module(fmt, tmp_path):
             export_tflite(net, {"x": x}, tmp_path / "bad.tflite")
     msg = str(e.value)
     assert "aten.linalg_eig" in msg and "spectrum" in msg and "_Eig" in msg, msg
+
+
+@pytest.mark.parametrize("model,fmt,quant", [("llama", "onnx", "none"), ("bert", "tflite", "int8")])
+def test_export_leaves_a_device_check_set_that_its_file_passes(exported, model, fmt, quant):
+    """Beside each passing file, FILE.parity.npz: its parity rows, PyTorch's logits of them and its bar, which a
+    device runs through the file (graph_runtime.parity_run, torch-free) to the same verdict as the export's."""
+    from edgekd.export import graph_runtime as gr
+
+    path, rec = exported(model, fmt, quant)
+    check = path.with_name(path.name + gr.CHECK_SUFFIX)
+    assert rec["device_check"] == {"written": True, "file": check.name, "rows": rec["parity_inputs"]["rows"]}
+    with np.load(check) as z:
+        assert bool(z["quantized"]) == (quant != "none") and bool(z["labels"]) == (model == "bert")
+        assert len(z["reference"]) == rec["parity_inputs"]["rows"]
+    run = gr.parity_run(gr.load(str(path)), str(check))
+    assert run["passed"] and run["checked"] and run["rows"] == rec["parity_inputs"]["rows"]
+    assert run["top1_agreement"] == pytest.approx(rec["top1_agreement"])
+    assert run["max_abs_diff"] == pytest.approx(rec["max_abs_diff"], rel=1e-5, abs=1e-7)

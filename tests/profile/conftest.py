@@ -43,6 +43,27 @@ def tiny_onnx(tmp_path_factory):
     return path
 
 
+def with_check_set(onnx_path, copy_to, rows: int = 3, write: bool = True):
+    """A copy of tiny_onnx (and its record) at `copy_to`, token rows, and their logits computed from its weights
+    with numpy (Gather, MatMul, Relu, MatMul: a reference independent of any runtime); with `write`, its device
+    check set (export.parity.write_device_check, the float bar) beside it. (path, rows, reference)."""
+    import shutil
+
+    import onnx
+    from onnx import numpy_helper
+
+    from edgekd.export.parity import write_device_check
+
+    shutil.copy(onnx_path, copy_to)
+    shutil.copy(onnx_path.with_name(onnx_path.name + ".json"), copy_to.with_name(copy_to.name + ".json"))
+    w = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(onnx_path)).graph.initializer}
+    ids = torch.randint(0, VOCAB, (rows, SEQ), generator=torch.Generator().manual_seed(0))
+    ref = [(np.maximum(w["emb"][ids[i:i + 1].numpy()] @ w["w1"], 0) @ w["w2"]).astype(np.float32) for i in range(rows)]
+    if write:
+        write_device_check(copy_to, {"input_ids": ids}, ref, False, None, labels=False)
+    return copy_to, ids, ref
+
+
 class _Tiny(torch.nn.Module):
     def __init__(self):
         super().__init__()

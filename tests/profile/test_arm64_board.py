@@ -172,8 +172,14 @@ def test_the_job_on_the_board(arm64_board, tiny_exports, tmp_path, monkeypatch, 
     assert "EMULATED" in md and "Generation parity on the device" in md
 
 
-def test_a_graph_file_timed_on_the_board_says_where_it_ran(arm64_board, tiny_onnx):
+def test_a_graph_file_timed_on_the_board_says_where_it_ran(arm64_board, tiny_onnx, tmp_path):
+    """A graph file's parity rows run on arm64 against logits computed here with numpy, by the float bar."""
     from edgekd.profile import profile_model
 
-    stats = profile_model(tiny_onnx, device=arm64_board.url, runs=2, warmup=0, threads=1, **arm64_board.options())
+    from tests.profile.conftest import with_check_set
+
+    model, _, _ = with_check_set(tiny_onnx, tmp_path / "m.onnx")
+    stats = profile_model(model, device=arm64_board.url, runs=2, warmup=0, threads=1, **arm64_board.options())
     assert (stats["machine"], stats["emulated"]) == ("aarch64", True) and stats["format"] == "onnx"
+    p = stats["parity"]
+    assert p["checked"] and p["passed"] and p["machine"] == "aarch64" and p["emulated"] and p["rows"] == 3

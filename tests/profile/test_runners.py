@@ -41,7 +41,7 @@ def test_a_new_kind_is_one_class_and_one_entry(tmp_path, monkeypatch):
     class FakeRunner(Runner):
         scheme, usage = "fake", "fake:NAME"
 
-        def profile(self, model, runs, warmup, threads, seq_len, vocab, timeout):
+        def profile(self, model, runs, warmup, threads, seq_len, vocab, timeout, parity=None):
             calls.append((model.name, runs, warmup, threads, seq_len, vocab))
             return {"device": self.device, "format": "onnx", "runs": runs, "threads": 1, "p50_ms": 1.0}
 

@@ -9,13 +9,14 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 from edgekd.errors import EdgekdError
 from edgekd.profile import STAT_KEYS, profile_model
 from edgekd.profile.ssh import parse_ssh_url
 
-from tests.profile.conftest import free_port
+from tests.profile.conftest import free_port, with_check_set
 
 def _remote_dirs() -> set[str]:
     return set(glob.glob("/tmp/edgekd.*"))
@@ -128,3 +129,31 @@ def test_explicit_known_hosts_wins_over_the_insecure_environment(sshd, monkeypat
     with pytest.raises(EdgekdError, match="host key"):
         check_device(sshd["url"], identity_file=sshd["key"], known_hosts=str(sshd["dir"] / "empty_known_hosts"))
     check_device(sshd["url"], identity_file=sshd["key"])  # no explicit file: the environment's opt-out holds
+
+
+def test_graph_file_parity_checked_on_the_device(sshd, tiny_onnx, tmp_path):
+    """Over ssh the file's parity rows run on the device against PyTorch's logits by the bar it passed when it
+    was exported (its check set beside it); a file whose logits differ there fails in one line, and the CLI exits 1;
+    a file without a check set says why it was not checked."""
+    from edgekd.export.parity import write_device_check
+
+    kw = dict(device=sshd["url"], runs=2, warmup=0, remote_python=sys.executable, identity_file=sshd["key"],
+              known_hosts=sshd["known_hosts"])
+    model, ids, ref = with_check_set(tiny_onnx, tmp_path / "m.onnx", write=False)
+    assert profile_model(model, **kw)["parity"] == {
+        "checked": False, "why": "no parity check set beside the file (m.onnx.parity.npz): export it with edgekd "
+                                 "export to check it on the device"}
+    assert write_device_check(model, {"input_ids": ids}, ref, False, None, labels=False)["rows"] == 3
+    p = profile_model(model, **kw)["parity"]
+    assert p["checked"] and p["passed"] and p["rows"] == 3 and p["top1_agreement"] == 1.0
+    assert p["machine"] and p["runtime"].startswith("onnxruntime")
+    ref[1] = ref[1] + 0.5 * np.abs(ref[1]).max()  # as if the device's kernels computed row 1 differently
+    write_device_check(model, {"input_ids": ids}, ref, False, None, labels=False)
+    p = profile_model(model, **kw)["parity"]
+    assert not p["passed"] and "\n" not in p["error"]
+    assert p["error"].startswith(f"m.onnx failed parity on {sshd['url']} (") and "max abs diff" in p["error"]
+    proc = subprocess.run([sys.executable, "-m", "edgekd.cli", "profile", str(model), "--device", sshd["url"],
+                           "--runs", "1", "--warmup", "0", "--remote-python", sys.executable, "--identity-file",
+                           sshd["key"], "--known-hosts", sshd["known_hosts"], "--json"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and "m.onnx failed parity on" in proc.stderr.strip().splitlines()[-1]
