@@ -46,7 +46,7 @@ def exported_logits(path: str, feeds: dict[str, torch.Tensor]) -> tuple[list[np.
 compare = graph_runtime.compare_logits
 
 # The most bytes of parity rows and PyTorch logits kept beside an export for checking it on a device.
-DEVICE_CHECK_BYTES = 16 << 20
+DEVICE_CHECK_BYTES = 4 << 20
 
 
 def write_device_check(out: Path, rows: dict[str, torch.Tensor], ref: list[np.ndarray], quantized: bool,
