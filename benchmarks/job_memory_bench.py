@@ -36,7 +36,8 @@ ROOT = Path(__file__).resolve().parents[1]
 TOY = {"5M": (256, 4, 4, 2, 688), "27M": (512, 8, 8, 4, 1376), "82M": (768, 12, 12, 4, 2048),
        "279M": (1280, 14, 20, 4, 3456)}
 # the phases a table shows, in the job's order (engine phases inside "distill+scratch+eval")
-PHASES = ("search", "distill", "scratch", "ce_only", "eval", "export+parity+local_profile")
+PHASES = ("search", "distill", "qad-litert-lm-int4", "qad-onnx-genai-int4", "scratch", "ce_only", "eval",
+          "export+parity+local_profile")
 
 
 def make_teacher(name: str, where: Path) -> tuple[Path, int]:
@@ -77,9 +78,9 @@ def tree_rss_kb(root: int) -> int:
     return total
 
 
-def run_job(teacher: Path, run: Path, steps: int, target: str) -> dict:
+def run_job(teacher: Path, run: Path, steps: int, target: str, extra: tuple = ()) -> dict:
     cmd = ["/usr/bin/time", "-v", str(ROOT / ".venv" / "bin" / "edgekd"), "distill", "--target", target,
-           "--teacher", str(teacher), "--steps", str(steps), "--out", str(run), "--quiet"]
+           "--teacher", str(teacher), "--steps", str(steps), "--out", str(run), "--quiet", *extra]
     samples: list[tuple[float, int]] = []
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
@@ -122,6 +123,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "job_memory_bench.json"))
     ap.add_argument("--keep", help="keep the teachers and runs in this folder (default: a temporary one)")
+    ap.add_argument("--job-args", default="", help='more options for each job, e.g. "--baselines none"')
     args = ap.parse_args()
     rows = []
     machine = {"cpu": _cpu(), "cores": os.cpu_count(), "python": platform.python_version(),
@@ -133,7 +135,7 @@ def main() -> None:
             teacher, params = make_teacher(name, where / "teachers")
             for target in args.targets.split(","):
                 run = where / f"run-{name}-{target}"
-                res = run_job(teacher, run, args.steps, target)
+                res = run_job(teacher, run, args.steps, target, tuple(args.job_args.split()))
                 rep = json.loads((run / "report.json").read_text()) if (run / "report.json").is_file() else {}
                 ph = phase_peaks(run, res.pop("samples"))
                 student = rep.get("student", {})
@@ -143,10 +145,10 @@ def main() -> None:
                              "phases": {k: v | {"bytes_per_teacher_param": v["peak_tree_mb"] * 2**20 / params}
                                         for k, v in ph.items()},
                              "disk_mb": rep.get("disk_mb")})
-                Path(args.out).write_text(json.dumps({"machine": machine, "steps": args.steps, "rows": rows},
+                Path(args.out).write_text(json.dumps({"machine": machine, "steps": args.steps, "job_args": args.job_args, "rows": rows},
                                                      indent=1))
     machine["loadavg_end"] = os.getloadavg()
-    Path(args.out).write_text(json.dumps({"machine": machine, "steps": args.steps, "rows": rows}, indent=1))
+    Path(args.out).write_text(json.dumps({"machine": machine, "steps": args.steps, "job_args": args.job_args, "rows": rows}, indent=1))
     tab = Table(title=f"the job's memory and disk (--steps {args.steps}; {machine['cpu']}, {machine['cores']} cores)")
     for c in ("teacher", "target", "student", "exit", "peak (all processes) GB", "B / teacher param",
               "B / teacher param by phase", "run dir GB", "wall"):
