@@ -240,10 +240,14 @@ def _student(value: Optional[str]) -> Optional[str]:
     return _path(value, keep=tuple(STUDENT_NAMES))
 
 
-def _path(value: Optional[str], keep: tuple = ("builtin", "builtin-seq2seq")) -> Optional[str]:
-    """A user's path made absolute once, here at the edge: nothing below depends on the current directory."""
+def _path(value: Optional[str], keep: tuple = ()) -> Optional[str]:
+    """A user's path made absolute once, here at the edge: nothing below depends on the current directory
+    (the names of the shipped teachers and data, and `keep`, stay as they are)."""
     import os
 
+    from edgekd.models.builtin import BUILTIN_DATA, BUILTIN_TEACHERS
+
+    keep = (*keep, *BUILTIN_TEACHERS, *BUILTIN_DATA)
     if value is None or value in keep:
         return value
     return os.path.abspath(os.path.expanduser(value))
@@ -277,6 +281,8 @@ def teacher_train(
                                               "stable-phase checkpoint of a longer run continues a shorter one)."),
     seq2seq: bool = typer.Option(False, "--seq2seq", help="The built-in seq2seq teacher instead: an English -> German "
                                                          "Marian on the built-in gettext corpus (builtin-seq2seq)."),
+    image: bool = typer.Option(False, "--image", help="The built-in image teacher instead: edgekd's CNN on "
+                                                     "scikit-learn's 8x8 digits (builtin-cnn)."),
 ) -> None:
     """Train the built-in teacher from its recipe on the built-in corpus (reproduces the shipped one)."""
     from edgekd.checks import teacher_train_args
@@ -284,9 +290,14 @@ def teacher_train(
     teacher_train_args(steps, seed, _path(out))
     if checkpoints is not None:
         teacher_train_args(out=_path(checkpoints))
-    from edgekd.distill.teacher import train_builtin_seq2seq_teacher, train_builtin_teacher
-    from edgekd.models.builtin import BUILTIN_DIR, SEQ2SEQ_DIR
+    from edgekd.distill.teacher import train_builtin_image_teacher, train_builtin_seq2seq_teacher, train_builtin_teacher
+    from edgekd.models.builtin import BUILTIN_DIR, IMAGE_DIR, SEQ2SEQ_DIR
 
+    if seq2seq and image:
+        raise EdgekdError("--seq2seq and --image name two different teachers: pass one")
+    if image:
+        train_builtin_image_teacher(_path(out) or IMAGE_DIR, steps=steps, seed=seed, checkpoints=_path(checkpoints))
+        return
     if seq2seq:
         train_builtin_seq2seq_teacher(_path(out) or SEQ2SEQ_DIR, steps=steps, seed=seed, checkpoints=_path(checkpoints))
         return

@@ -51,6 +51,7 @@ class DistillConfig:
     eval_every: Optional[int] = None               # held-out loss curve every N steps; None: steps // 10, 0: off
     baselines: Union[str, list] = "ce_only,scratch"  # the baselines trained beside the student (BASELINE_NAMES), or "none"
     student_init: str = "teacher"
+    augment: bool = True                           # image classifiers: random shifts of the training images
     quant_aware: list = field(default_factory=list)  # runtime recipes to distil into after float ("litert-lm:int4", ...)
     qad_steps: Optional[int] = None                # QAD steps per recipe; None: steps // 3 (distill.quant_aware)
     init_batches: int = 4                          # batches the student's initialisation may look at

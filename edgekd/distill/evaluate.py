@@ -11,7 +11,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from edgekd.distill.objective import decoder_inputs
+from edgekd.losses.outputs import model_inputs
 
 
 @torch.no_grad()
@@ -34,7 +34,7 @@ def evaluate(models: dict, teacher, batches: list[dict], kind: str = "causal-lm"
         for b in _rows_bounded(batches, mods, kind):
             if device is not None:
                 b = {k: v.to(device) for k, v in b.items()}
-            kw = {"input_ids": b["input_ids"], "attention_mask": b.get("attention_mask"), **decoder_inputs(b)}
+            kw = model_inputs(b)
             t_logits = None
             for n in names:
                 logits = mods[n](**kw).logits.float()
