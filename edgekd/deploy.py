@@ -112,6 +112,16 @@ def heldout_sentences(where: Where, data: dict, scored: Optional[int] = None) ->
     from edgekd.data.tokenizer import load_tokenizer
     from edgekd.export.parity import HeldoutSentences
     from edgekd.models.loading import read_config_dict
+    from edgekd.models.vision import image_input_of
+
+    image = image_input_of(where.out / "student")
+    if image is not None:  # an image classifier: held-out images, as the engine read them
+        from edgekd.data.images import load_images
+
+        labelled = HeldoutSentences.of_images(load_images(data["data"], image, data["text_column"], data["label_column"]),
+                                              read_config_dict(where.out / "student"), image, scored, str(data["data"]))
+        return {"pixel_values": labelled.feeds["pixel_values"][:PARITY_ROWS],
+                "source": f"the first {PARITY_ROWS} held-out images of {data['data']}"}, labelled
 
     corpus = load_corpus(data["data"], data["text_column"], data["label_column"])
     tokenizer = load_tokenizer(where.out / "student")

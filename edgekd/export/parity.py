@@ -223,7 +223,8 @@ QUALITY_SENTENCES = 256
 
 @dataclass(frozen=True)
 class HeldoutSentences:
-    """Labelled held-out sentences as a classifier reads them ({"input_ids", "attention_mask"} [n, seq_len]) and
+    """Labelled held-out sentences as a classifier reads them ({"input_ids", "attention_mask"} [n, seq_len]; an
+    image classifier's held-out images, {"pixel_values"} [n, C, H, W]: `of_images`) and
     their labels in the teacher's classes ([n]), on which each classifier file's accuracy and macro-F1 are
     measured in its runtime, beside PyTorch float's (`measure`)."""
 
@@ -254,6 +255,23 @@ class HeldoutSentences:
         return cls({"input_ids": ids, "attention_mask": mask}, np.asarray(corpus.validation_labels[:k], dtype=np.int64),
                    f"the first {k} of the {len(corpus.validation)} held-out sentences (the validation split), padded "
                    f"to {seq_len} and masked")
+
+    @classmethod
+    def of_images(cls, corpus, config, image, n: Optional[int] = None, where: str = "the data") -> "HeldoutSentences":
+        """The same for an image classifier: the first min(n, QUALITY_SENTENCES) held-out images of `corpus`
+        (data.images.ImageCorpus, its labels mapped onto the classes of `config`) as the model reads them
+        (`image`: models.vision.ImageInput), {"pixel_values": [k, C, H, W]}."""
+        from types import SimpleNamespace
+
+        from edgekd.data.labels import teacher_classes
+        from edgekd.distill.data import remap_to_teacher
+
+        remap_to_teacher(corpus, teacher_classes(SimpleNamespace(**config) if isinstance(config, dict) else config),
+                         where)
+        k = min(len(corpus.validation_labels), QUALITY_SENTENCES, n or QUALITY_SENTENCES)
+        return cls({"pixel_values": image.normalise(corpus.validation[:k])},
+                   np.asarray(corpus.validation_labels[:k], dtype=np.int64),
+                   f"the first {k} of the {len(corpus.validation_labels)} held-out images of {where}")
 
     def scores(self, logits: np.ndarray) -> dict:
         """eval_loss (the labels' mean cross-entropy), accuracy and macro-F1 (distill.evaluate.macro_f1) of

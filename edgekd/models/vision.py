@@ -231,3 +231,67 @@ def init_by_shape(student, teacher) -> dict:
     with torch.no_grad():
         student.load_state_dict({**s_state, **{k: t_state[k] for k in copied}})
     return {"method": "teacher", "copied_tensors": len(copied), "of": len(s_state)}
+
+
+def image_layers(config: Any) -> list[dict]:
+    """The layers of one forward of the image classifier a config (object or dict) describes, batch 1 at its
+    input size (config image_size, else 224): {"name", "kind": conv | linear | norm | pool | act | attention,
+    and its sizes (a conv/linear: m rows, k inputs, n outputs, depthwise; others: in/out elements, taps)}.
+    Traced on the meta device (no memory, no arithmetic), cached by config: what the latency model counts."""
+    d = dict(config) if isinstance(config, Mapping) else config.to_dict()
+    d = {k: v for k, v in d.items() if k not in ("transformers_version", "_name_or_path")}
+    return _layers(json.dumps(d, sort_keys=True, default=str))
+
+
+@lru_cache(maxsize=256)
+def _layers(config_json: str) -> list[dict]:
+    import torch
+    from torch import nn
+    from transformers import AutoConfig, AutoModelForImageClassification
+
+    d = json.loads(config_json)
+    if d.get("model_type") == CNN_MODEL_TYPE:
+        import edgekd.models.cnn  # noqa: F401
+    cfg = AutoConfig.for_model(**d)
+    size = int(d.get("image_size") or 224)
+    with torch.device("meta"):
+        model = AutoModelForImageClassification.from_config(cfg).eval()
+    rows: list[dict] = []
+
+    def hook(name):
+        def f(mod, args, out):
+            x = args[0] if args else None
+            y = out[0] if isinstance(out, tuple) else out
+            if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
+                return
+            if isinstance(mod, nn.Conv2d):
+                kh, kw = mod.kernel_size
+                k = mod.in_channels // mod.groups * kh * kw
+                depthwise = mod.groups > 1 and mod.groups == mod.in_channels
+                rows.append({"name": name, "kind": "conv", "m": y.shape[-1] * y.shape[-2], "k": k, "n": mod.out_channels,
+                             "depthwise": depthwise, "in": x.numel(), "out": y.numel(), "taps": kh * kw,
+                             "weights": mod.weight.numel()})
+            elif isinstance(mod, nn.Linear):
+                rows.append({"name": name, "kind": "linear", "m": x.numel() // mod.in_features, "k": mod.in_features,
+                             "n": mod.out_features, "in": x.numel(), "out": y.numel()})
+            elif isinstance(mod, (nn.BatchNorm2d, nn.LayerNorm, nn.GroupNorm)):
+                rows.append({"name": name, "kind": "norm", "in": x.numel(), "out": y.numel()})
+            elif isinstance(mod, (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d)):
+                rows.append({"name": name, "kind": "pool", "in": x.numel(), "out": y.numel(),
+                             "taps": max(1, x.numel() // max(1, y.numel()))})
+            elif isinstance(mod, (nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Hardswish)):
+                rows.append({"name": name, "kind": "act", "in": x.numel(), "out": y.numel()})
+            elif type(mod).__name__.endswith("SelfAttention") and hasattr(cfg, "num_attention_heads"):
+                heads = cfg.num_attention_heads
+                rows.append({"name": name, "kind": "attention", "heads": heads, "tokens": x.shape[-2],
+                             "head_dim": cfg.hidden_size // heads})
+        return f
+
+    handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules() if n]
+    try:
+        with torch.no_grad():
+            model(pixel_values=torch.zeros(1, int(d.get("num_channels") or 3), size, size, device="meta"))
+    finally:
+        for h in handles:
+            h.remove()
+    return rows
