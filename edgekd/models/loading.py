@@ -166,10 +166,12 @@ def load_model(path: str | os.PathLike, *, with_tokenizer: bool = True, what: st
     from transformers import (AutoModelForCausalLM, AutoModelForImageClassification, AutoModelForSeq2SeqLM,
                               AutoModelForSequenceClassification)
 
-    from edgekd.models.vision import image_input, is_image_classifier
+    from transformers.utils import logging as hf_logging
 
     from edgekd.models.arch import check_supported
+    from edgekd.models.vision import image_input, is_image_classifier
 
+    hf_logging.disable_progress_bar()  # transformers' "Loading weights" bar stays off the console
     d = resolve_model_dir(path)
     cfg = read_config_dict(d, what)
     check_supported(cfg)  # before the weights: an unsupported family is one line, not a load report
