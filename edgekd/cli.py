@@ -110,10 +110,11 @@ def _opt(*names: str, help: str, **kw):
 
 
 # distill's options (declared once here so its signature reads one option a line)
-TeacherOpt = Annotated[str, _opt(help="Teacher: a local Hugging Face model directory, 'builtin' (a small Llama) or "
-                                      "'builtin-seq2seq' (an English -> German Marian).")]
+TeacherOpt = Annotated[str, _opt(help="Teacher: a local Hugging Face model directory, 'builtin' (a small Llama), "
+                                      "'builtin-seq2seq' (an English -> German Marian) or 'builtin-cnn' (a digits CNN).")]
 DataOpt = Annotated[str, _opt(help="Data: a text file, a directory of .txt, a .jsonl, .csv or .parquet file, a saved "
-                                   "data set, or 'builtin'.")]
+                                   "data set, or 'builtin'; for an image teacher a folder of class folders, an .npz of "
+                                   "images and labels, a saved data set or 'builtin-digits'.")]
 TextColumnOpt = Annotated[Optional[str], _opt("--text-column", help="Tables (.csv, .parquet, .jsonl, saved data sets): "
                                                                     "the text column (default: text, sentence, ...).")]
 LabelColumnOpt = Annotated[Optional[str], _opt("--label-column", help="Tables: the label column of classification "
@@ -170,6 +171,8 @@ QadStepsOpt = Annotated[Optional[int], _opt("--qad-steps", help="Quantisation-aw
 RuntimeOpt = Annotated[Optional[str], _opt("--runtime", help="With --target on a causal LM: the LLM runtime the "
                                                           "student is searched for and shipped in, litert-lm or "
                                                           "onnx-genai (default: the target file's).")]
+AugmentOpt = Annotated[bool, _opt("--augment/--no-augment", help="Image classifiers: shift the training images at "
+                                                                "random by up to an eighth of their side (default on).")]
 BaselinesOpt = Annotated[str, _opt("--baselines", help="Baselines trained beside the student on hard labels alone: "
                                                        "ce_only,scratch (default), ce_only, scratch or none.")]
 
@@ -188,7 +191,8 @@ def distill(teacher: TeacherOpt = "builtin", data: DataOpt = "builtin", text_col
             remote_python: RemotePythonOpt = "python3", batch_size: BatchOpt = 8, seq_len: SeqLenOpt = 256,
             lr: LrOpt = 2e-3, parallel: ParallelOpt = "ddp", quiet: QuietOpt = False,
             baselines: BaselinesOpt = "ce_only,scratch", keep_checkpoints: KeepCheckpointsOpt = 1,
-            quant_aware: QuantAwareOpt = None, qad_steps: QadStepsOpt = None, runtime: RuntimeOpt = None) -> None:
+            quant_aware: QuantAwareOpt = None, qad_steps: QadStepsOpt = None, runtime: RuntimeOpt = None,
+            augment: AugmentOpt = True) -> None:
     """Distill the teacher into a student, train the scratch baseline, evaluate both, write the run."""
     from edgekd.checks import input_file, optional_number
     from edgekd.run_inputs import distill_inputs
@@ -213,7 +217,7 @@ def distill(teacher: TeacherOpt = "builtin", data: DataOpt = "builtin", text_col
                            label_column=label_column, student=_student(student), steps=steps, out=_path(out),
                            resume=resume, temperature=temp, alpha=alpha, loss=loss, scheme=scheme, seed=seed,
                            batch_size=batch_size, seq_len=seq_len, lr=lr, quiet=quiet, parallel=parallel,
-                           baselines=baselines, keep_checkpoints=keep_checkpoints, qad_steps=qad_steps,
+                           baselines=baselines, keep_checkpoints=keep_checkpoints, qad_steps=qad_steps, augment=augment,
                            scheme_config=_scheme_paths(_json_option("--scheme-config", scheme_config)))
     target = _path(target) if target and target.endswith(".toml") else target
     distill_job(JobConfig(engine=engine, target=target, latency_budget_ms=latency_budget, device=device,

@@ -13,19 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from tests.test_pipeline import cli
+from tests.test_pipeline import _cache, cli  # noqa: F401  (fixtures: a throwaway cache; the CLI in-process)
 
 JOB = ["--steps", "40", "--batch-size", "32", "--lr", "1e-2", "--temperature", "4", "--quiet"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _cache(tmp_path_factory):
-    """Host facts and calibrations go to a throwaway cache, never the user's."""
-    cache = tmp_path_factory.mktemp("cache")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("XDG_CACHE_HOME", str(cache))
-        mp.setenv("EDGEKD_CACHE", str(cache / "edgekd"))
-        yield
 
 
 def _main(*args) -> int:
@@ -131,6 +121,11 @@ def test_digits_job_report(digits_job):
         assert 0 <= e["accuracy"] <= 1 and "macro_f1" in e
     assert (digits_job / "student" / "preprocessor_config.json").is_file()
     assert "accuracy" in (digits_job / "report.md").read_text()
+    m = np.array(r["student"]["confusion"])  # rows: true class, columns: predicted
+    assert m.shape == (10, 10) and m.sum() == r["student"]["eval_examples"]
+    assert np.trace(m) == round(r["student"]["accuracy"] * m.sum())
+    assert (digits_job / "plots" / "confusion.png").stat().st_size > 0
+    assert "plots/confusion.png" in (digits_job / "report.md").read_text()
 
 
 def test_digits_files_run_in_their_runtimes_as_pytorch(digits_job):
@@ -256,3 +251,17 @@ def test_bad_image_inputs_are_one_line(tmp_path, monkeypatch, capsys):
 
     (rgb / "preprocessor_config.json").unlink()
     _bad(monkeypatch, capsys, tmp_path, rgb, grey, "has no preprocessor_config.json")
+
+
+def test_distiller_fit_runs_the_engine(tmp_path):
+    """The seeds' Python API: Distiller(teacher, student, T, alpha, loss).fit runs edgekd's engine."""
+    from edgekd.distiller import Distiller
+
+    d = Distiller("builtin-cnn", "cnn", temperature=4.0, alpha=0.5, loss="kd")
+    result = d.fit(data="builtin-digits", steps=5, batch_size=16, out=str(tmp_path / "run"), quiet=True,
+                   baselines="ce_only")
+    config = json.loads((result.out / "config.json").read_text())
+    assert (config["temperature"], config["alpha"], config["student"], config["steps"]) == (4.0, 0.5, "cnn", 5)
+    assert {"teacher", "student", "ce_only"} <= set(d.scores()) and d.scores()["ce_only"]["accuracy"] is not None
+    x = torch.zeros(2, 1, 8, 8)
+    assert d.student(pixel_values=x).logits.shape == (2, 10)

@@ -78,6 +78,7 @@ def evaluate(models: dict, teacher, batches: list[dict], kind: str = "causal-lm"
         else:
             r["accuracy"] = acc[n]["correct"] / max(1, count)
             r["macro_f1"] = macro_f1(torch.cat(acc[n]["pred"]), torch.cat(acc[n]["true"])) if acc[n]["pred"] else None
+            r["confusion"] = confusion(torch.cat(acc[n]["pred"]), torch.cat(acc[n]["true"])) if acc[n]["pred"] else None
         r["eval_examples" if kind == "classifier" else "eval_tokens"] = count
         out[n] = r
     return out
@@ -141,6 +142,14 @@ def macro_f1(pred: torch.Tensor, true: torch.Tensor) -> float:
         fn = int(((pred != c) & (true == c)).sum())
         f1.append(2 * tp / (2 * tp + fp + fn))
     return sum(f1) / len(f1) if f1 else 0.0
+
+
+def confusion(pred: torch.Tensor, true: torch.Tensor) -> list[list[int]]:
+    """The confusion matrix: row i, column j counts the held-out examples of class i predicted as j (classes 0 to
+    the largest seen)."""
+    n = int(torch.cat([pred, true]).max()) + 1
+    m = torch.bincount(true.long() * n + pred.long(), minlength=n * n).reshape(n, n)
+    return m.tolist()
 
 
 def heldout_loss(model, batches: list[dict], kind: str = "causal-lm", device=None) -> float:

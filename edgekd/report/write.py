@@ -131,6 +131,36 @@ CURVE_LABELS = {"student": "distilled student", "ce_only": "ce_only (hard labels
                 "scratch": "scratch (hard labels, random start)"}
 
 
+def plot_confusion(rep: dict, path: Path) -> None:
+    """The held-out confusion matrices of the teacher, the distilled student and ce_only, side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = [(n, rep[n]["confusion"]) for n in ("teacher", "student", "ce_only") if (rep.get(n) or {}).get("confusion")]
+    if not shown:
+        return
+    fig, axes = plt.subplots(1, len(shown), figsize=(4.2 * len(shown), 4.0), squeeze=False)
+    for ax, (name, m) in zip(axes[0], shown):
+        ax.imshow(m, cmap="Blues")
+        k = len(m)
+        if k <= 20:
+            for i in range(k):
+                for j in range(k):
+                    if m[i][j]:
+                        ax.text(j, i, str(m[i][j]), ha="center", va="center", fontsize=6)
+        acc = rep[name].get("accuracy")
+        ax.set_title(f"{'distilled student' if name == 'student' else name} (accuracy {acc:.3f})", fontsize=9)
+        ax.set_xlabel("predicted class")
+        ax.set_ylabel("true class")
+    fig.suptitle("Held-out confusion matrices")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+
+
 def plot_temperature(examples: list, path: Path) -> None:
     import matplotlib
 
@@ -256,6 +286,9 @@ def _init(rep: dict, kind: str) -> list[str]:
     if init.get("method") == "teacher" and isinstance(init.get("layers"), dict):  # an encoder-decoder's two stacks
         return [f"The student was initialised from the teacher: encoder layers {init['layers']['encoder']}, "
                 f"decoder layers {init['layers']['decoder']} (every k-th); width {init.get('width')}.", ""]
+    if init.get("method") == "teacher" and "copied_tensors" in init:  # an image student (models.vision.init_by_shape)
+        return [f"The student was initialised from the teacher: {init['copied_tensors']} of its {init['of']} tensors "
+                f"copied where name and shape agree, the rest random.", ""]
     if init.get("method") == "teacher":
         return [f"The student was initialised from the teacher: layers {init.get('layers')} (every k-th), "
                 f"{init.get('hidden_kept')} hidden channels kept by measured activation magnitude.", ""]
@@ -293,6 +326,10 @@ def _translations(rep: dict, kind: str) -> list[str]:
 
 @register_section("plots", 160)
 def _plots(rep: dict, kind: str) -> list[str]:
+    if kind == "classifier":  # no next-token distributions: the held-out confusion matrices instead
+        return ["## Plots", "", "![held-out loss](plots/eval_curves.png)", "", "![loss curves](plots/loss_curves.png)",
+                "", "![confusion matrices](plots/confusion.png)", "",
+                "Rows are the true classes, columns the predicted ones, on the held-out examples.", ""]
     return ["## Plots", "", "![held-out loss](plots/eval_curves.png)", "", "![loss curves](plots/loss_curves.png)", "",
             "![temperature](plots/temperature.png)", "",
             "Higher temperatures flatten the teacher's distribution, exposing how it ranks the wrong answers "
@@ -364,5 +401,7 @@ def write_run_report(run_dir: Path, rep: dict, histories: dict, temperature_exam
     plot_eval_curves(rep.get("distillation", {}).get("eval_curves") or {}, rep.get("teacher", {}).get("eval_loss"),
                      plots / "eval_curves.png")
     plot_temperature(temperature_examples, plots / "temperature.png")
+    if kind == "classifier":
+        plot_confusion(rep, plots / "confusion.png")
     write_json(run_dir / "report.json", rep)
     write_text(run_dir / "report.md", render_markdown(rep, kind))
