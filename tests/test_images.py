@@ -265,3 +265,49 @@ def test_distiller_fit_runs_the_engine(tmp_path):
     assert {"teacher", "student", "ce_only"} <= set(d.scores()) and d.scores()["ce_only"]["accuracy"] is not None
     x = torch.zeros(2, 1, 8, 8)
     assert d.student(pixel_values=x).logits.shape == (2, 10)
+
+
+def test_image_data_formats_read_alike(tmp_path):
+    """The same labelled images as a class folder, an .npz (uint8 NHWC and float NCHW on 0..1) and a saved data
+    set give the same pixels at the teacher's size; RGB becomes grey for a grey teacher; other sizes are resized."""
+    import datasets
+    from PIL import Image
+
+    from edgekd.data.images import load_images
+    from edgekd.models.vision import ImageInput
+
+    reader = ImageInput(8, 8, 1, (0.5,), (0.5,))
+    rng = np.random.default_rng(1)
+    imgs = rng.integers(0, 256, (10, 8, 8), dtype=np.uint8)
+    labels = [str(i % 2) for i in range(10)]
+    for i, (im, lab) in enumerate(zip(imgs, labels)):
+        (tmp_path / "f" / lab).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.stack([im] * 3, -1)).save(tmp_path / "f" / lab / f"{i:02d}.png")  # RGB, grey content
+    np.savez(tmp_path / "a.npz", images=imgs[..., None], labels=np.array(labels))
+    np.savez(tmp_path / "b.npz", images=imgs[:, None].astype(np.float32) / 255.0, labels=np.array(labels))
+    datasets.Dataset.from_dict({"image": [Image.fromarray(im) for im in imgs], "label": labels}).save_to_disk(
+        str(tmp_path / "ds"))
+    def examples(c):  # every (label, pixels) of a corpus, whatever the order its format lists them in
+        pairs = zip([*c.train, *c.validation], [*c.train_labels, *c.validation_labels])
+        return sorted((str(c.label_values[y]), tuple(x.round().int().flatten().tolist())) for x, y in pairs)
+
+    got = [load_images(str(tmp_path / p), reader) for p in ("f", "a.npz", "b.npz", "ds")]
+    for g in got:
+        assert len(g.train_labels) == 8 and len(g.validation_labels) == 2
+        assert examples(g) == examples(got[1])
+    assert torch.equal(got[1].train, got[3].train)  # the same order: the same held-out split
+    big = np.kron(imgs, np.ones((2, 2), np.uint8))  # 16x16: resized to the teacher's 8x8
+    np.savez(tmp_path / "big.npz", images=big, labels=np.array(labels))
+    assert tuple(load_images(str(tmp_path / "big.npz"), reader).train.shape[1:]) == (1, 8, 8)
+
+
+def test_augmentation_shifts_training_images_only_when_asked():
+    from edgekd.data.images import ImageStream
+
+    x = torch.arange(4 * 64, dtype=torch.float32).reshape(4, 1, 8, 8)
+    plain = ImageStream(x, [0, 1, 0, 1], 4, seed=3).batch_at(0)["pixel_values"]
+    moved = ImageStream(x, [0, 1, 0, 1], 4, seed=3, augment=1, background=torch.tensor([-1.0])).batch_at(0)
+    assert sorted(plain.sum((1, 2, 3)).tolist()) == sorted(x.sum((1, 2, 3)).tolist())  # the images themselves
+    assert not torch.equal(plain, moved["pixel_values"])
+    again = ImageStream(x, [0, 1, 0, 1], 4, seed=3, augment=1, background=torch.tensor([-1.0])).batch_at(0)
+    assert torch.equal(moved["pixel_values"], again["pixel_values"])  # a resumed run sees the same batch

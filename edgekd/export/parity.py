@@ -231,6 +231,7 @@ class HeldoutSentences:
     feeds: dict
     labels: np.ndarray
     source: str
+    unit: str = "sentences"  # what an example is, in the report's words: "images" for an image classifier
     _pytorch: dict = field(default_factory=dict, compare=False, repr=False)  # model dir -> PyTorch's logits
 
     @classmethod
@@ -271,7 +272,7 @@ class HeldoutSentences:
         k = min(len(corpus.validation_labels), QUALITY_SENTENCES, n or QUALITY_SENTENCES)
         return cls({"pixel_values": image.normalise(corpus.validation[:k])},
                    np.asarray(corpus.validation_labels[:k], dtype=np.int64),
-                   f"the first {k} of the {len(corpus.validation_labels)} held-out images of {where}")
+                   f"the first {k} of the {len(corpus.validation_labels)} held-out images of {where}", "images")
 
     def scores(self, logits: np.ndarray) -> dict:
         """eval_loss (the labels' mean cross-entropy), accuracy and macro-F1 (distill.evaluate.macro_f1) of
@@ -300,7 +301,7 @@ class HeldoutSentences:
         g, r = self.scores(got), self.scores(ref)
         return g | {"top1_agreement_pytorch": float((got.argmax(-1) == ref.argmax(-1)).mean()), "pytorch_float": r,
                     "eval_loss_vs_pytorch": g["eval_loss"] - r["eval_loss"],
-                    "quality_on": {"sentences": int(len(self.labels)), "source": self.source}}
+                    "quality_on": {"sentences": int(len(self.labels)), "source": self.source, "unit": self.unit}}
 
 
 def _does_not_run(e: Exception) -> JobFailed:

@@ -266,7 +266,7 @@ def _file_rows(rep: dict, view: KindView) -> list[str]:
                 f"{cells} {fmt(e.get('top1_agreement_teacher'), 3)} |")
 
     unit = "sentences" if "sentences" in on else "tokens"  # a classifier's files are scored on sentences
-    lines = [row(f"distilled student, PyTorch float (on the files' {unit})", files[0][1]["pytorch_float"],
+    lines = [row(f"distilled student, PyTorch float (on the files' {on.get('unit', unit)})", files[0][1]["pytorch_float"],
                  rep["student"].get("size_mb"))]
     for k, e in files:
         if e.get("pytorch_quant_aware"):  # built from a quantisation-aware student: that PyTorch model beside it
@@ -274,10 +274,11 @@ def _file_rows(rep: dict, view: KindView) -> list[str]:
                              f"activation quantisation)", e["pytorch_quant_aware"], None))
         lines.append(row(f"{k}: the {e['precision']} file in {e['quality_on']['runtime']}", e, e.get("size_mb")))
     whole = rep["student"].get("eval_examples" if unit == "sentences" else "eval_tokens")
-    return lines + ["", f"† Measured on {on['source']}: {on[unit]:,} scored {unit}"
-                        + (f" (the rows above: all {whole:,} held-out {unit})" if whole else "")
+    words = on.get("unit", unit)  # a classifier's examples: sentences, or an image classifier's images
+    return lines + ["", f"† Measured on {on['source']}: {on[unit]:,} scored {words}"
+                        + (f" (the rows above: all {whole:,} held-out {words})" if whole else "")
                         + ". Each exported file ran in its own runtime on this machine, and the PyTorch float student "
-                          f"on exactly the same {unit}."]
+                          f"on exactly the same {words}."]
 
 
 @register_section("init", 50)
