@@ -317,7 +317,8 @@ def export(
     format: str = typer.Option(..., "--format", help="onnx | tflite (token ids -> logits) | litert-lm | onnx-genai "
                                                      "(generative: KV cache, incremental decode) | onnx-seq2seq "
                                                      "(encoder-decoder: encoder, decoder and decoder-with-past graphs)."),
-    quantize: str = typer.Option("none", help="onnx/tflite: none | int8-dynamic | int8 (static, calibrated); "
+    quantize: str = typer.Option("none", help="onnx/tflite: none | int8-dynamic | int8 (static, calibrated); tflite "
+                                              "image classifiers also int8-full (every op, input and output int8); "
                                               "litert-lm/onnx-genai: none | int8 | int4."),
     seq_len: int = typer.Option(64, help="onnx/tflite: sequence length of the exported input (TFLite is static)."),
     out: Optional[str] = typer.Option(None, help="Output file, or folder for onnx-genai (default: "

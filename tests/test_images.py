@@ -15,7 +15,7 @@ import torch
 
 from tests.test_pipeline import _cache, cli  # noqa: F401  (fixtures: a throwaway cache; the CLI in-process)
 
-JOB = ["--steps", "40", "--batch-size", "32", "--lr", "1e-2", "--temperature", "4", "--quiet"]
+JOB = ["--steps", "100", "--batch-size", "32", "--lr", "1e-2", "--temperature", "4", "--quiet"]
 
 
 def _main(*args) -> int:
@@ -121,6 +121,9 @@ def test_digits_job_report(digits_job):
         assert 0 <= e["accuracy"] <= 1 and "macro_f1" in e
     assert (digits_job / "student" / "preprocessor_config.json").is_file()
     assert "accuracy" in (digits_job / "report.md").read_text()
+    full = json.loads((digits_job / "export" / "student.int8.tflite.json").read_text())
+    assert full["quantize"] == "int8-full" and full["input_dtype"] == "int8"
+    assert abs(r["exports"]["tflite-int8"]["accuracy"] - r["exports"]["tflite"]["accuracy"]) <= 0.05
     m = np.array(r["student"]["confusion"])  # rows: true class, columns: predicted
     assert m.shape == (10, 10) and m.sum() == r["student"]["eval_examples"]
     assert np.trace(m) == round(r["student"]["accuracy"] * m.sum())
@@ -153,6 +156,8 @@ def test_digits_files_run_in_their_runtimes_as_pytorch(digits_job):
         it.invoke()
         labels.append(it.get_tensor(out["index"]).argmax(-1)[0])
     assert (np.array(labels) == want).all()
+    full = Interpreter(model_path=str(digits_job / "export" / "student.int8.tflite"))  # full integer: int8 in and out
+    assert full.get_input_details()[0]["dtype"] == np.int8 and full.get_output_details()[0]["dtype"] == np.int8
 
 
 # --- Hugging Face image teachers ----------------------------------------------------------------------------------

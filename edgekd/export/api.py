@@ -134,7 +134,7 @@ def export_model(model_dir, fmt: str = "onnx", quantize: str = "none", seq_len: 
             raise EdgekdError(f"--seq-len {seq_len} exceeds the model's {loaded.max_len} positions")
         rows, source = _parity_inputs(calib_inputs, loaded, seq_len, PARITY_ROWS)
         calib_rows, check_rows = rows, rows
-        if quantize == "int8" and parity._count(rows) >= 2:
+        if quantize in ("int8", "int8-full") and parity._count(rows) >= 2:
             calib_rows, check_rows = _half(rows, True), _half(rows, False)
         step("convert")
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -191,7 +191,8 @@ def export_model(model_dir, fmt: str = "onnx", quantize: str = "none", seq_len: 
                       "size_mb": final.stat().st_size / 1e6, "float_size_mb": float_path.stat().st_size / 1e6,
                       **check, "parity_inputs": _inputs_record(source, check_rows), "inputs": list(loaded.input_names),
                       "model_dir": str(model_dir), "kind": loaded.kind, "architecture": loaded.architecture,
-                      "vocab_size": loaded.vocab_size, "input_dtype": "float32" if loaded.image is not None
+                      "vocab_size": loaded.vocab_size, "input_dtype": "int8" if quantize == "int8-full" else
+                      "float32" if loaded.image is not None
                       else "int64" if fmt == "onnx" else "int32",
                       **({"image_input": loaded.image.record()} if loaded.image is not None else {}),
                       **info, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}

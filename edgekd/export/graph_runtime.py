@@ -96,7 +96,12 @@ class TfliteModel:
     def run(self, feeds: dict) -> list:
         np = numpy()
         for d in self.in_details:
-            self.it.set_tensor(d["index"], feeds[d["name"]])
+            x = feeds[d["name"]]
+            scale, zero = d.get("quantization", (0.0, 0))
+            if scale and np.issubdtype(x.dtype, np.floating) and np.issubdtype(d["dtype"], np.integer):
+                info = np.iinfo(d["dtype"])  # a full-integer model's input: the float values quantised onto its grid
+                x = np.clip(np.round(x / scale + zero), info.min, info.max).astype(d["dtype"])
+            self.it.set_tensor(d["index"], x)
         self.it.invoke()
         outs = []
         for d in self.out_details:

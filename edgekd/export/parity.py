@@ -48,7 +48,11 @@ def exported_logits(path: str, feeds: dict[str, torch.Tensor]) -> tuple[list[np.
     that runtime (name and version)."""
     model = graph_runtime.load(path)
     take = [(name, runtime_input(name, feeds), dtype) for name, _shape, dtype in model.inputs]
-    return [model.run({name: feeds[ours][i:i + 1].numpy().astype(dtype) for name, ours, dtype in take})[0]
+    def value(t: torch.Tensor, dtype):  # float pixels stay float: a full-integer file quantises them itself
+        x = t.numpy()
+        return x if np.issubdtype(x.dtype, np.floating) and np.issubdtype(dtype, np.integer) else x.astype(dtype)
+
+    return [model.run({name: value(feeds[ours][i:i + 1], dtype) for name, ours, dtype in take})[0]
             for i in range(_count(feeds))], model.runtime
 
 

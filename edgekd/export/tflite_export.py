@@ -35,7 +35,23 @@ def quantize_tflite(float_path: Path, out_path: Path, mode: str, calib_rows: dic
 
     qt = quantizer.Quantizer(str(float_path))
     with quiet():
-        if mode == "int8-dynamic":
+        if mode == "int8-full":  # every op static int8, and with it the graph's input and output
+            from ai_edge_litert.interpreter import Interpreter
+
+            key = next(iter(Interpreter(model_path=str(float_path)).get_signature_list()))
+            n = next(iter(calib_rows.values())).shape[0]
+            if not all(np.issubdtype(v.dtype, np.floating) for v in calib_rows.values()):
+                from edgekd.errors import EdgekdError
+
+                raise EdgekdError("--quantize int8-full quantises the model's input too, so it takes float inputs "
+                                  "(an image classifier's pixels), not token ids: use int8 or int8-dynamic")
+            qt.add_static_config(".*", qtyping.TFLOperationName.ALL_SUPPORTED, activation_num_bits=8, weight_num_bits=8)
+            calib = qt.calibrate({key: [{k: v[i:i + 1].astype(np.float32) for k, v in calib_rows.items()}
+                                        for i in range(n)]})
+            result = qt.quantize(calib, enable_progress_bar=False, enable_progress_report=False)
+            info = {"method": "ai-edge-quantizer static int8 on every op (full integer: int8 weights, activations, input "
+                              "and output; min-max calibration)", "calib_rows": int(n)}
+        elif mode == "int8-dynamic":
             qt.load_quantization_recipe(recipe.dynamic_wi8_afp32())
             result = qt.quantize(enable_progress_bar=False, enable_progress_report=False)
             info = {"method": "ai-edge-quantizer dynamic_wi8_afp32 (int8 weights, dynamic int8 activations)"}
