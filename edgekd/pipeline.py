@@ -220,7 +220,8 @@ BUDGET_OPTIONS = {"latency_ms": "--latency-budget", "decode_tok_s": "--decode-to
 
 
 def cost_model_of(job: JobConfig, teacher_cfg: dict):
-    """The job's cost model: `generation` for a causal-LM teacher (unless --logits), `latency` otherwise."""
+    """The job's cost model: `generation` for a causal-LM teacher (unless --logits), `latency` otherwise (sentence
+    and image classifiers alike: the latency model counts an image classifier's convolutions, cost_latency.image_ops)."""
     from edgekd.models.loading import CAUSAL_LM, model_kind
     from edgekd.targets import get_cost_model
 
@@ -358,7 +359,8 @@ class _Job:
             predicted = predict(student, self.t, precision="float32", fmt=self.fmt, calibration=self.cal,
                                 threads=self.threads).total_ms
         return SearchResult(choice={"student": str(self.job.engine.student or "default"), "precision": "float32"},
-                            table=[], target=self.t.name, predicted_ms=predicted, calibrated=self.cal is not None,
+                            table=[], target=self.t.name, predicted_ms=predicted,
+                            calibrated=predicted is not None and self.cal is not None,
                             cost_model=self.model.name, budget=b, fmt=self.fmt, latency_budget_ms=float(b["latency_ms"]))
 
     def run(self) -> Path:

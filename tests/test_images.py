@@ -204,6 +204,15 @@ def test_latency_model_counts_image_classifiers():
     assert first.flops == 2.0 * 64 * 9 * 16
     assert model_size_mb(cfg, "int8") < model_size_mb(cfg, "float32")
     assert predict(cfg, "raspberry-pi-4").total_ms > 0
+    # calibrated from a measured profile like the LM's: the fit moves the prediction toward the measurement
+    from edgekd.targets.cost_latency import calibrate, measurement_from_profile
+
+    measured = 0.012
+    cal = calibrate([measurement_from_profile({"p50_ms": measured, "threads": 1}, cfg, "float32", seq_len=1)],
+                    "raspberry-pi-4", "tflite")
+    before = predict(cfg, "raspberry-pi-4", fmt="tflite", threads=1).total_ms
+    after = predict(cfg, "raspberry-pi-4", fmt="tflite", calibration=cal, threads=1).total_ms
+    assert abs(after - measured) < abs(before - measured)
 
 
 # --- bad input: one line, exit 2 ---------------------------------------------------------------------------------

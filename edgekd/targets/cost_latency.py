@@ -348,7 +348,8 @@ def measurement_from_profile(profile: Mapping[str, Any], config: Any, precision:
         raise EdgekdError("measurement_from_profile: the profile names no seq_len; pass seq_len=")
     if stat not in profile:
         raise EdgekdError(f"measurement_from_profile: the profile has no {stat!r}")
-    return {"config": arch_of(config), "seq_len": int(s), "precision": normalize_precision(precision),
+    config = config if _is_image(config) else arch_of(config)  # an image classifier's config is counted as it is
+    return {"config": config, "seq_len": int(s), "precision": normalize_precision(precision),
             "measured_ms": float(profile[stat]), "threads": profile.get("threads")}
 
 
