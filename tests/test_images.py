@@ -129,6 +129,9 @@ def test_digits_job_report(digits_job):
     assert np.trace(m) == round(r["student"]["accuracy"] * m.sum())
     assert (digits_job / "plots" / "confusion.png").stat().st_size > 0
     assert "plots/confusion.png" in (digits_job / "report.md").read_text()
+    wrong = r["distillation"]["teacher_right_student_wrong"]  # held-out images KD did not carry over
+    assert 0 <= wrong <= round((1 - r["student"]["accuracy"]) * r["student"]["eval_examples"])
+    assert (digits_job / "plots" / "mistakes.png").is_file() == (wrong > 0)
 
 
 def test_digits_files_run_in_their_runtimes_as_pytorch(digits_job):

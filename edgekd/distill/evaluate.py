@@ -152,6 +152,27 @@ def confusion(pred: torch.Tensor, true: torch.Tensor) -> list[list[int]]:
     return m.tolist()
 
 
+@torch.no_grad()
+def teacher_right_student_wrong(teacher, student, batches: list[dict], device=None, most: int = 16) -> dict:
+    """An image classifier's held-out images the teacher labels right and the student wrong: {"count": how many,
+    "examples": up to `most` of them as {"pixels" [C, H, W] (the model's input), "label", "student"}}."""
+    found, count = [], 0
+    was = (teacher.training, student.training)
+    teacher.eval()
+    student.eval()
+    try:
+        for b in batches:
+            x, y = b["pixel_values"].to(device), b["labels"].to(device)
+            t, s = teacher(pixel_values=x).logits.argmax(-1), student(pixel_values=x).logits.argmax(-1)
+            hit = ((t == y) & (s != y)).nonzero().flatten().tolist()
+            count += len(hit)
+            found += [{"pixels": x[i].cpu(), "label": int(y[i]), "student": int(s[i])} for i in hit][:most - len(found)]
+    finally:
+        teacher.train(was[0])
+        student.train(was[1])
+    return {"count": count, "examples": found}
+
+
 def heldout_loss(model, batches: list[dict], kind: str = "causal-lm", device=None) -> float:
     """The held-out loss of one model (a point of a training curve)."""
     return evaluate({}, model, batches, kind, device)["teacher"]["eval_loss"]

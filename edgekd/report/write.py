@@ -161,6 +161,32 @@ def plot_confusion(rep: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def plot_mistakes(examples: list, rep: dict, path: Path) -> None:
+    """A grid of held-out images the teacher labels right and the distilled student wrong."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = (rep.get("config") or {}).get("id2label")
+    name = (lambda i: str(names.get(str(i), i))) if isinstance(names, dict) else str
+    cols = min(8, len(examples))
+    rows = -(-len(examples) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.8 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, ex in zip(axes.flat, examples):
+        img = ex["pixels"].float()
+        img = (img - img.min()) / (img.max() - img.min() + 1e-9)
+        ax.imshow(img[0] if img.shape[0] == 1 else img.permute(1, 2, 0), cmap="gray" if img.shape[0] == 1 else None)
+        ax.set_title(f"{name(ex['label'])} -> {name(ex['student'])}", fontsize=8)
+    fig.suptitle("Held-out images the teacher gets right and the student wrong (true -> student)", fontsize=9)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+
+
 def plot_temperature(examples: list, path: Path) -> None:
     import matplotlib
 
@@ -330,7 +356,11 @@ def _plots(rep: dict, kind: str) -> list[str]:
     if kind == "classifier":  # no next-token distributions: the held-out confusion matrices instead
         return ["## Plots", "", "![held-out loss](plots/eval_curves.png)", "", "![loss curves](plots/loss_curves.png)",
                 "", "![confusion matrices](plots/confusion.png)", "",
-                "Rows are the true classes, columns the predicted ones, on the held-out examples.", ""]
+                "Rows are the true classes, columns the predicted ones, on the held-out examples.", ""] + (
+            ["![teacher right, student wrong](plots/mistakes.png)", "",
+             f"{rep['distillation']['teacher_right_student_wrong']} held-out images the teacher labels right and the "
+             f"distilled student wrong (some shown: true -> the student's label).", ""]
+            if rep.get("distillation", {}).get("teacher_right_student_wrong") else [])
     return ["## Plots", "", "![held-out loss](plots/eval_curves.png)", "", "![loss curves](plots/loss_curves.png)", "",
             "![temperature](plots/temperature.png)", "",
             "Higher temperatures flatten the teacher's distribution, exposing how it ranks the wrong answers "
@@ -394,7 +424,8 @@ def mark_status(run_dir: Path, status: str, error: Optional[str] = None, rep: Op
     write_text(run_dir / "report.md", text + "\n")
 
 
-def write_run_report(run_dir: Path, rep: dict, histories: dict, temperature_examples: list, kind: str = "causal-lm") -> None:
+def write_run_report(run_dir: Path, rep: dict, histories: dict, temperature_examples: list, kind: str = "causal-lm",
+                     mistakes: dict | None = None) -> None:
     run_dir = Path(run_dir)
     plots = run_dir / "plots"
     plots.mkdir(parents=True, exist_ok=True)
@@ -404,5 +435,7 @@ def write_run_report(run_dir: Path, rep: dict, histories: dict, temperature_exam
     plot_temperature(temperature_examples, plots / "temperature.png")
     if kind == "classifier":
         plot_confusion(rep, plots / "confusion.png")
+    if mistakes and mistakes["examples"]:
+        plot_mistakes(mistakes["examples"], rep, plots / "mistakes.png")
     write_json(run_dir / "report.json", rep)
     write_text(run_dir / "report.md", render_markdown(rep, kind))
