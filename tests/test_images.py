@@ -43,14 +43,17 @@ def digits_job(tmp_path_factory):
 def hf_image_teacher(d: Path, family: str, size: int = 16, labels: int = 3) -> Path:
     """A tiny untrained *ForImageClassification of `family` saved with save_pretrained, with its image processor's
     preprocessor_config.json (size, mean, std), as users' teachers come."""
-    from transformers import (MobileNetV2Config, MobileNetV2ForImageClassification, ResNetConfig,
-                              ResNetForImageClassification, ViTConfig, ViTForImageClassification)
+    from transformers import (ConvNextConfig, ConvNextForImageClassification, MobileNetV2Config,
+                              MobileNetV2ForImageClassification, ResNetConfig, ResNetForImageClassification, ViTConfig,
+                              ViTForImageClassification)
 
     names = {"id2label": {i: f"c{i}" for i in range(labels)}, "label2id": {f"c{i}": i for i in range(labels)}}
     torch.manual_seed(0)
     if family == "resnet":
         model = ResNetForImageClassification(ResNetConfig(embedding_size=16, hidden_sizes=[16, 32], depths=[2, 2],
                                                           layer_type="basic", **names))
+    elif family == "convnext":
+        model = ConvNextForImageClassification(ConvNextConfig(hidden_sizes=[16, 32], depths=[2, 2], num_stages=2, **names))
     elif family == "mobilenet_v2":
         model = MobileNetV2ForImageClassification(MobileNetV2Config(depth_multiplier=0.35, image_size=size, **names))
     else:
@@ -166,12 +169,13 @@ def test_digits_files_run_in_their_runtimes_as_pytorch(digits_job):
 # --- Hugging Face image teachers ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("family", ["resnet", "mobilenet_v2", "vit"])
+@pytest.mark.parametrize("family", ["resnet", "mobilenet_v2", "vit", "convnext"])
 def test_hf_image_teacher_distils(family, tmp_path):
     from edgekd.distill import DistillConfig, run
     from edgekd.models.loading import load_model
 
-    teacher = hf_image_teacher(tmp_path / "t", family)
+    size = 16
+    teacher = hf_image_teacher(tmp_path / "t", family, size=size)
     res = run(DistillConfig(teacher=str(teacher), data=str(rgb_npz(tmp_path / "d.npz")), steps=3, batch_size=4,
                             out=str(tmp_path / "run"), quiet=True, baselines="none", eval_blocks=2))
     rep = res.report
@@ -179,7 +183,7 @@ def test_hf_image_teacher_distils(family, tmp_path):
     assert 0 <= rep["student"]["accuracy"] <= 1
     student, reader, _ = load_model(tmp_path / "run" / "student")
     assert type(student).__name__.lower().startswith(family.replace("_", ""))
-    assert (reader.height, reader.channels, reader.mean) == (16, 3, (0.5, 0.4, 0.3))
+    assert (reader.height, reader.channels, reader.mean) == (size, 3, (0.5, 0.4, 0.3))
 
 
 def test_hf_resnet_job_with_target(tmp_path):

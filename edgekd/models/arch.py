@@ -47,7 +47,7 @@ BILSTM_MODEL_TYPE = "edgekd_bilstm"
 CNN_MODEL_TYPE = "edgekd_cnn"  # edgekd's small image CNN (models/cnn.py): the built-in image teacher and --student cnn
 STUDENT_NAMES = {"bilstm": BILSTM_MODEL_TYPE, "cnn": CNN_MODEL_TYPE}
 # The *ForImageClassification families edgekd distils (models/vision.py), edgekd's CNN among them.
-IMAGE_FAMILIES = ("resnet", "mobilenet_v2", "vit", CNN_MODEL_TYPE)
+IMAGE_FAMILIES = ("resnet", "mobilenet_v2", "vit", "convnext", CNN_MODEL_TYPE)
 # Families whose *ForSequenceClassification model can teach: the encoders, and the decoder families' classifiers.
 CLASSIFIER_FAMILIES = SUPPORTED
 ENCODER_DECODER = {"bart", "mbart", "marian", "t5", "mt5", "umt5", "pegasus", "pegasus_x", "blenderbot",

@@ -1,4 +1,4 @@
-"""Image classifiers: the teacher families edgekd distils (Hugging Face ResNet, MobileNetV2 and ViT
+"""Image classifiers: the teacher families edgekd distils (Hugging Face ResNet, MobileNetV2, ViT and ConvNeXt
 `*ForImageClassification` models, and edgekd's own CNN), how a teacher reads an image (`ImageInput`, from its
 `preprocessor_config.json`: the one preprocessing applied in training, parity and profiling), their students
 (a smaller config of the teacher's family: fewer stages, blocks and channels; or `--student cnn`), their
@@ -22,7 +22,7 @@ from edgekd.models.arch import CNN_MODEL_TYPE, IMAGE_FAMILIES, model_type_of
 
 PROCESSOR_FILE = "preprocessor_config.json"
 TIMM_HINT = ("timm models are not supported here: timm needs a CPU build of torchvision matching torch (PyPI's "
-             "is a CUDA build); use a Hugging Face *ForImageClassification directory (ResNet, MobileNetV2, ViT)")
+             "is a CUDA build); use a Hugging Face *ForImageClassification directory (ResNet, MobileNetV2, ViT, ConvNeXt)")
 
 
 def is_image_classifier(cfg: Any) -> bool:
@@ -40,7 +40,8 @@ def check_image_family(d: Path, cfg: Mapping) -> None:
     mt, archs = model_type_of(cfg), cfg.get("architectures") or []
     if mt not in IMAGE_FAMILIES:
         raise EdgekdError(f"{d}: {archs[0]} ({mt}) is not an image classifier edgekd can distil: use a "
-                          f"*ForImageClassification model of {', '.join(IMAGE_FAMILIES[:-1])} (or edgekd's cnn)")
+                          f"*ForImageClassification model of {', '.join(IMAGE_FAMILIES[:-1])} (or edgekd's cnn); "
+                          f"{TIMM_HINT.split(': ', 1)[0]}")
     if mt == CNN_MODEL_TYPE:
         import edgekd.models.cnn  # noqa: F401  registers it with transformers' Auto classes
 
@@ -149,13 +150,16 @@ def _half(n: int, least: int = 1) -> int:
 
 
 def default_image_student(teacher_config):
-    """About half the teacher: ResNet and the CNN half the channels (and ResNet half the blocks of each stage);
-    MobileNetV2 half the width multiplier; ViT half the layers and heads at the teacher's head size."""
+    """About half the teacher: ResNet, ConvNeXt and the CNN half the channels (and ResNet and ConvNeXt half the
+    blocks of each stage); MobileNetV2 half the width multiplier; ViT half the layers and heads at the teacher's head size."""
     mt = teacher_config.model_type
     if mt == "resnet":
         over = {"depths": [_half(d) for d in teacher_config.depths],
                 "hidden_sizes": [_half(h, 8) for h in teacher_config.hidden_sizes],
                 "embedding_size": _half(teacher_config.embedding_size, 8)}
+    elif mt == "convnext":
+        over = {"depths": [_half(d) for d in teacher_config.depths],
+                "hidden_sizes": [_half(h, 8) for h in teacher_config.hidden_sizes]}
     elif mt == "mobilenet_v2":
         over = {"depth_multiplier": max(0.25, teacher_config.depth_multiplier / 2)}
     elif mt == "vit":

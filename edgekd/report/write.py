@@ -178,7 +178,7 @@ def plot_mistakes(examples: list, rep: dict, path: Path) -> None:
     for ax, ex in zip(axes.flat, examples):
         img = ex["pixels"].float()
         img = (img - img.min()) / (img.max() - img.min() + 1e-9)
-        ax.imshow(img[0] if img.shape[0] == 1 else img.permute(1, 2, 0), cmap="gray" if img.shape[0] == 1 else None)
+        ax.imshow((img[0] if img.shape[0] == 1 else img.permute(1, 2, 0)).numpy(), cmap="gray" if img.shape[0] == 1 else None)
         ax.set_title(f"{name(ex['label'])} -> {name(ex['student'])}", fontsize=8)
     fig.suptitle("Held-out images the teacher gets right and the student wrong (true -> student)", fontsize=9)
     fig.tight_layout()
