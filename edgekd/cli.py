@@ -153,9 +153,10 @@ IdentityOpt = Annotated[Optional[str], _opt(help="ssh: private key (default: ssh
 KnownHostsOpt = Annotated[Optional[str], _opt(help="ssh: known_hosts file to check the host key against.")]
 InsecureOpt = Annotated[bool, _opt("--insecure-host-key", help="ssh: do not check the host key.")]
 RemotePythonOpt = Annotated[str, _opt(help="ssh: the python on the device.")]
-BatchOpt = Annotated[int, _opt(help="Sequences per optimiser step.")]
+BatchOpt = Annotated[Optional[int], _opt(help="Sequences (images) per optimiser step; default 8, 32 for an image "
+                                                "teacher.")]
 SeqLenOpt = Annotated[int, _opt(help="Tokens per sequence.")]
-LrOpt = Annotated[float, _opt(help="Peak learning rate.")]
+LrOpt = Annotated[Optional[float], _opt(help="Peak learning rate; default 2e-3, 1e-2 for an image teacher.")]
 ParallelOpt = Annotated[str, _opt("--parallel", help="Under torchrun: ddp (a replica per process) or fsdp (the "
                                                      "student sharded over the processes with FSDP2).")]
 QuietOpt = Annotated[bool, _opt("--quiet", help="No progress bars.")]
@@ -188,8 +189,8 @@ def distill(teacher: TeacherOpt = "builtin", data: DataOpt = "builtin", text_col
             generative: GenerativeOpt = None, device: DeviceOpt = "local", calibration: CalibrationOpt = None,
             save_calibration: SaveCalibrationOpt = False, identity_file: IdentityOpt = None,
             known_hosts: KnownHostsOpt = None, insecure_host_key: InsecureOpt = False,
-            remote_python: RemotePythonOpt = "python3", batch_size: BatchOpt = 8, seq_len: SeqLenOpt = 256,
-            lr: LrOpt = 2e-3, parallel: ParallelOpt = "ddp", quiet: QuietOpt = False,
+            remote_python: RemotePythonOpt = "python3", batch_size: BatchOpt = None, seq_len: SeqLenOpt = 256,
+            lr: LrOpt = None, parallel: ParallelOpt = "ddp", quiet: QuietOpt = False,
             baselines: BaselinesOpt = "ce_only,scratch", keep_checkpoints: KeepCheckpointsOpt = 1,
             quant_aware: QuantAwareOpt = None, qad_steps: QadStepsOpt = None, runtime: RuntimeOpt = None,
             augment: AugmentOpt = True) -> None:
@@ -200,6 +201,12 @@ def distill(teacher: TeacherOpt = "builtin", data: DataOpt = "builtin", text_col
 
     # Checked before the heavy imports and before anything is written: a bad value costs no run directory.
     temp = temperature if temperature == "auto" else _float_option("--temperature", temperature)
+    if batch_size is None or lr is None:
+        from edgekd.models.vision import IMAGE_TRAINING, teacher_is_image
+
+        image = teacher_is_image(_path(teacher))
+        batch_size = batch_size if batch_size is not None else IMAGE_TRAINING["batch_size"] if image else 8
+        lr = lr if lr is not None else IMAGE_TRAINING["lr"] if image else 2e-3
     distill_inputs(dict(teacher=_path(teacher), data=_path(data), student=_student(student), steps=steps, out=_path(out),
                         temperature=temp, alpha=alpha, latency_budget_ms=latency_budget, batch_size=batch_size,
                         seq_len=seq_len, lr=lr, seed=seed, loss=loss))

@@ -15,7 +15,7 @@ import torch
 
 from tests.test_pipeline import _cache, cli  # noqa: F401  (fixtures: a throwaway cache; the CLI in-process)
 
-JOB = ["--steps", "100", "--batch-size", "32", "--lr", "1e-2", "--temperature", "4", "--quiet"]
+JOB = ["--steps", "100", "--temperature", "4", "--quiet"]  # an image teacher's batch size and lr: the CLI's (32, 1e-2)
 
 
 def _main(*args) -> int:
@@ -116,6 +116,8 @@ def test_digits_job_report(digits_job):
     for name in ("teacher", "student", "ce_only", "scratch"):
         assert 0 <= r[name]["accuracy"] <= 1 and 0 <= r[name]["macro_f1"] <= 1, name
     assert r["teacher"]["accuracy"] > 0.95
+    config = json.loads((digits_job / "config.json").read_text())
+    assert (config["batch_size"], config["lr"]) == (32, 1e-2)  # an image teacher's defaults
     assert r["student"]["params"] < r["teacher"]["params"]
     assert r["latency"]["predicted_ms"] > 0 and r["latency"]["measured"]
     for key in ("onnx", "tflite", "onnx-int8", "tflite-int8"):
