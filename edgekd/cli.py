@@ -110,10 +110,11 @@ def _opt(*names: str, help: str, **kw):
 
 
 # distill's options (declared once here so its signature reads one option a line)
-TeacherOpt = Annotated[str, _opt(help="Teacher: a local Hugging Face model directory, 'builtin' (a small Llama) or "
-                                      "'builtin-seq2seq' (an English -> German Marian).")]
+TeacherOpt = Annotated[str, _opt(help="Teacher: a local Hugging Face model directory, 'builtin' (a small Llama), "
+                                      "'builtin-seq2seq' (an English -> German Marian) or 'builtin-cnn' (a digits CNN).")]
 DataOpt = Annotated[str, _opt(help="Data: a text file, a directory of .txt, a .jsonl, .csv or .parquet file, a saved "
-                                   "data set, or 'builtin'.")]
+                                   "data set, or 'builtin'; for an image teacher a folder of class folders, an .npz of "
+                                   "images and labels, a saved data set or 'builtin-digits'.")]
 TextColumnOpt = Annotated[Optional[str], _opt("--text-column", help="Tables (.csv, .parquet, .jsonl, saved data sets): "
                                                                     "the text column (default: text, sentence, ...).")]
 LabelColumnOpt = Annotated[Optional[str], _opt("--label-column", help="Tables: the label column of classification "
@@ -152,9 +153,10 @@ IdentityOpt = Annotated[Optional[str], _opt(help="ssh: private key (default: ssh
 KnownHostsOpt = Annotated[Optional[str], _opt(help="ssh: known_hosts file to check the host key against.")]
 InsecureOpt = Annotated[bool, _opt("--insecure-host-key", help="ssh: do not check the host key.")]
 RemotePythonOpt = Annotated[str, _opt(help="ssh: the python on the device.")]
-BatchOpt = Annotated[int, _opt(help="Sequences per optimiser step.")]
+BatchOpt = Annotated[Optional[int], _opt(help="Sequences (images) per optimiser step; default 8, 32 for an image "
+                                                "teacher.")]
 SeqLenOpt = Annotated[int, _opt(help="Tokens per sequence.")]
-LrOpt = Annotated[float, _opt(help="Peak learning rate.")]
+LrOpt = Annotated[Optional[float], _opt(help="Peak learning rate; default 2e-3, 1e-2 for an image teacher.")]
 ParallelOpt = Annotated[str, _opt("--parallel", help="Under torchrun: ddp (a replica per process) or fsdp (the "
                                                      "student sharded over the processes with FSDP2).")]
 QuietOpt = Annotated[bool, _opt("--quiet", help="No progress bars.")]
@@ -170,6 +172,8 @@ QadStepsOpt = Annotated[Optional[int], _opt("--qad-steps", help="Quantisation-aw
 RuntimeOpt = Annotated[Optional[str], _opt("--runtime", help="With --target on a causal LM: the LLM runtime the "
                                                           "student is searched for and shipped in, litert-lm or "
                                                           "onnx-genai (default: the target file's).")]
+AugmentOpt = Annotated[bool, _opt("--augment/--no-augment", help="Image classifiers: shift the training images at "
+                                                                "random by up to an eighth of their side (default on).")]
 BaselinesOpt = Annotated[str, _opt("--baselines", help="Baselines trained beside the student on hard labels alone: "
                                                        "ce_only,scratch (default), ce_only, scratch or none.")]
 
@@ -185,10 +189,11 @@ def distill(teacher: TeacherOpt = "builtin", data: DataOpt = "builtin", text_col
             generative: GenerativeOpt = None, device: DeviceOpt = "local", calibration: CalibrationOpt = None,
             save_calibration: SaveCalibrationOpt = False, identity_file: IdentityOpt = None,
             known_hosts: KnownHostsOpt = None, insecure_host_key: InsecureOpt = False,
-            remote_python: RemotePythonOpt = "python3", batch_size: BatchOpt = 8, seq_len: SeqLenOpt = 256,
-            lr: LrOpt = 2e-3, parallel: ParallelOpt = "ddp", quiet: QuietOpt = False,
+            remote_python: RemotePythonOpt = "python3", batch_size: BatchOpt = None, seq_len: SeqLenOpt = 256,
+            lr: LrOpt = None, parallel: ParallelOpt = "ddp", quiet: QuietOpt = False,
             baselines: BaselinesOpt = "ce_only,scratch", keep_checkpoints: KeepCheckpointsOpt = 1,
-            quant_aware: QuantAwareOpt = None, qad_steps: QadStepsOpt = None, runtime: RuntimeOpt = None) -> None:
+            quant_aware: QuantAwareOpt = None, qad_steps: QadStepsOpt = None, runtime: RuntimeOpt = None,
+            augment: AugmentOpt = True) -> None:
     """Distill the teacher into a student, train the scratch baseline, evaluate both, write the run."""
     from edgekd.checks import input_file, optional_number
     from edgekd.run_inputs import distill_inputs
@@ -196,6 +201,9 @@ def distill(teacher: TeacherOpt = "builtin", data: DataOpt = "builtin", text_col
 
     # Checked before the heavy imports and before anything is written: a bad value costs no run directory.
     temp = temperature if temperature == "auto" else _float_option("--temperature", temperature)
+    from edgekd.distill.config import training_defaults
+
+    batch_size, lr = training_defaults(_path(teacher), batch_size, lr)  # the Python API's own, one rule
     distill_inputs(dict(teacher=_path(teacher), data=_path(data), student=_student(student), steps=steps, out=_path(out),
                         temperature=temp, alpha=alpha, latency_budget_ms=latency_budget, batch_size=batch_size,
                         seq_len=seq_len, lr=lr, seed=seed, loss=loss))
@@ -213,7 +221,7 @@ def distill(teacher: TeacherOpt = "builtin", data: DataOpt = "builtin", text_col
                            label_column=label_column, student=_student(student), steps=steps, out=_path(out),
                            resume=resume, temperature=temp, alpha=alpha, loss=loss, scheme=scheme, seed=seed,
                            batch_size=batch_size, seq_len=seq_len, lr=lr, quiet=quiet, parallel=parallel,
-                           baselines=baselines, keep_checkpoints=keep_checkpoints, qad_steps=qad_steps,
+                           baselines=baselines, keep_checkpoints=keep_checkpoints, qad_steps=qad_steps, augment=augment,
                            scheme_config=_scheme_paths(_json_option("--scheme-config", scheme_config)))
     target = _path(target) if target and target.endswith(".toml") else target
     distill_job(JobConfig(engine=engine, target=target, latency_budget_ms=latency_budget, device=device,
@@ -240,10 +248,14 @@ def _student(value: Optional[str]) -> Optional[str]:
     return _path(value, keep=tuple(STUDENT_NAMES))
 
 
-def _path(value: Optional[str], keep: tuple = ("builtin", "builtin-seq2seq")) -> Optional[str]:
-    """A user's path made absolute once, here at the edge: nothing below depends on the current directory."""
+def _path(value: Optional[str], keep: tuple = ()) -> Optional[str]:
+    """A user's path made absolute once, here at the edge: nothing below depends on the current directory
+    (the names of the shipped teachers and data, and `keep`, stay as they are)."""
     import os
 
+    from edgekd.models.builtin import BUILTIN_DATA, BUILTIN_TEACHERS
+
+    keep = (*keep, *BUILTIN_TEACHERS, *BUILTIN_DATA)
     if value is None or value in keep:
         return value
     return os.path.abspath(os.path.expanduser(value))
@@ -277,6 +289,8 @@ def teacher_train(
                                               "stable-phase checkpoint of a longer run continues a shorter one)."),
     seq2seq: bool = typer.Option(False, "--seq2seq", help="The built-in seq2seq teacher instead: an English -> German "
                                                          "Marian on the built-in gettext corpus (builtin-seq2seq)."),
+    image: bool = typer.Option(False, "--image", help="The built-in image teacher instead: edgekd's CNN on "
+                                                     "scikit-learn's 8x8 digits (builtin-cnn)."),
 ) -> None:
     """Train the built-in teacher from its recipe on the built-in corpus (reproduces the shipped one)."""
     from edgekd.checks import teacher_train_args
@@ -284,9 +298,14 @@ def teacher_train(
     teacher_train_args(steps, seed, _path(out))
     if checkpoints is not None:
         teacher_train_args(out=_path(checkpoints))
-    from edgekd.distill.teacher import train_builtin_seq2seq_teacher, train_builtin_teacher
-    from edgekd.models.builtin import BUILTIN_DIR, SEQ2SEQ_DIR
+    from edgekd.distill.teacher import train_builtin_image_teacher, train_builtin_seq2seq_teacher, train_builtin_teacher
+    from edgekd.models.builtin import BUILTIN_DIR, IMAGE_DIR, SEQ2SEQ_DIR
 
+    if seq2seq and image:
+        raise EdgekdError("--seq2seq and --image name two different teachers: pass one")
+    if image:
+        train_builtin_image_teacher(_path(out) or IMAGE_DIR, steps=steps, seed=seed, checkpoints=_path(checkpoints))
+        return
     if seq2seq:
         train_builtin_seq2seq_teacher(_path(out) or SEQ2SEQ_DIR, steps=steps, seed=seed, checkpoints=_path(checkpoints))
         return
@@ -302,7 +321,8 @@ def export(
     format: str = typer.Option(..., "--format", help="onnx | tflite (token ids -> logits) | litert-lm | onnx-genai "
                                                      "(generative: KV cache, incremental decode) | onnx-seq2seq "
                                                      "(encoder-decoder: encoder, decoder and decoder-with-past graphs)."),
-    quantize: str = typer.Option("none", help="onnx/tflite: none | int8-dynamic | int8 (static, calibrated); "
+    quantize: str = typer.Option("none", help="onnx/tflite: none | int8-dynamic | int8 (static, calibrated); tflite "
+                                              "image classifiers also int8-full (every op, input and output int8); "
                                               "litert-lm/onnx-genai: none | int8 | int4."),
     seq_len: int = typer.Option(64, help="onnx/tflite: sequence length of the exported input (TFLite is static)."),
     out: Optional[str] = typer.Option(None, help="Output file, or folder for onnx-genai (default: "

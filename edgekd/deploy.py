@@ -23,6 +23,7 @@ from edgekd.settings import Settings
 PROFILE_RUNS = 20        # timed runs per exported logits file
 PROFILE_WARMUP = 3
 PARITY_ROWS = 16         # held-out rows the logits exports are checked on
+IMAGE_PARITY_ROWS = 64   # an image classifier's: as many training images calibrate its static int8 file
 GEN_PROMPTS, GEN_PROMPT_TOKENS = 8, 16  # held-out prompts (and their length) of the generation parity check
 GEN_PROFILE_RUNS = 3     # timed generations per generative export
 
@@ -75,6 +76,7 @@ class LogitsDeployment(Deployment):
 
     def export_and_time(self, where: Where, search, result, data: dict) -> tuple[dict, list]:
         from edgekd.export import export_run
+        from edgekd.export.run_dir import IMAGE_VARIANTS, VARIANTS
         from edgekd.models.loading import CLASSIFIER
         from edgekd.profile.exports import profile_exports
 
@@ -87,7 +89,9 @@ class LogitsDeployment(Deployment):
             rows = {"input_ids": result.heldout_ids[:PARITY_ROWS, :where.seq_len],
                     "source": "held-out blocks the report evaluates on"}
             top1 = None if result.teacher_top1 is None else result.teacher_top1[:PARITY_ROWS, :where.seq_len - 1]
-        exports = export_run(where.out, seq_len=where.seq_len, calib_inputs=rows, teacher_top1=top1, labelled=labelled)
+        image = rows is not None and "pixel_values" in rows
+        exports = export_run(where.out, seq_len=where.seq_len, calib_inputs=rows, teacher_top1=top1, labelled=labelled,
+                             variants=IMAGE_VARIANTS if image else VARIANTS)
         measured = profile_exports(where.out, exports, device="local", runs=where.runs, warmup=where.warmup,
                                    threads=where.local_threads)
         return exports, measured
@@ -112,6 +116,24 @@ def heldout_sentences(where: Where, data: dict, scored: Optional[int] = None) ->
     from edgekd.data.tokenizer import load_tokenizer
     from edgekd.export.parity import HeldoutSentences
     from edgekd.models.loading import read_config_dict
+    from edgekd.models.vision import image_input_of
+
+    image = image_input_of(where.out / "student")
+    if image is not None:  # an image classifier: training and held-out images, as the engine read them
+        import torch
+
+        from edgekd.data.images import load_images
+
+        corpus = load_images(data["data"], image, data["text_column"], data["label_column"])
+        train = image.normalise(corpus.train[:IMAGE_PARITY_ROWS])
+        labelled = HeldoutSentences.of_images(corpus, read_config_dict(where.out / "student"), image, scored,
+                                              str(data["data"]))
+        held = labelled.feeds["pixel_values"][:len(train)]
+        k = min(len(train), len(held))  # even rows training images (static int8 calibrates on them), odd held out
+        rows = torch.stack([train[:k], held[:k]], 1).flatten(0, 1)
+        return {"pixel_values": rows, "source": f"{k} training images (even rows: what static int8 calibrates on) "
+                                                f"and {k} held-out images (odd rows: what it is checked on) of "
+                                                f"{data['data']}"}, labelled
 
     corpus = load_corpus(data["data"], data["text_column"], data["label_column"])
     tokenizer = load_tokenizer(where.out / "student")

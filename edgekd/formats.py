@@ -41,7 +41,7 @@ class ExportFormat:
 # so they take no int8-dynamic.
 FORMATS: dict[str, ExportFormat] = {f.name: f for f in (
     ExportFormat("onnx", ".onnx", "onnxruntime", GRAPH, ("none", "int8-dynamic", "int8")),
-    ExportFormat("tflite", ".tflite", "litert", GRAPH, ("none", "int8-dynamic", "int8")),
+    ExportFormat("tflite", ".tflite", "litert", GRAPH, ("none", "int8-dynamic", "int8", "int8-full")),
     ExportFormat("litert-lm", ".litertlm", "litert-lm", GENERATIVE, ("none", "int8", "int4")),
     ExportFormat("onnx-genai", "-genai", "onnxruntime-genai", GENERATIVE, ("none", "int8", "int4"), folder=True),
     ExportFormat("onnx-seq2seq", "", "onnxruntime", SEQ2SEQ, ("none",), folder=True),

@@ -155,7 +155,8 @@ def _check_job(job: JobConfig, settings: Settings):
         raise EdgekdError("distill_for_target needs a target: pass --target NAME (see `edgekd targets list`)")
     if job.engine.student is not None and not _given_student(job):
         raise EdgekdError("--student and --target together: the target's search chooses the student; drop one "
-                          "(--student bilstm is the exception: it is distilled as it is and measured against the budget)")
+                          "(--student bilstm and --student cnn are the exception: each is distilled as it is and "
+                          "measured against the budget)")
     t = measure_target(load_target(job.target, settings), settings=settings)
     runner = check_device(job.device, settings=settings, **job.profile)  # the one probe of the device
     if job.engine.steps is None:
@@ -163,14 +164,19 @@ def _check_job(job: JobConfig, settings: Settings):
     return t, runner
 
 
-def _given_student(job: JobConfig) -> bool:
+def _given_student(job: JobConfig, teacher_cfg: Optional[dict] = None) -> bool:
     """A student the search does not choose: edgekd's BiLSTM (--student bilstm), a family the latency model does
-    not predict; the job distills it as given and judges the budget on its measured time."""
+    not predict, and an image teacher's student (its family's default half-size student or --student cnn: the
+    search's candidates are transformer shapes); the job distills it as given, predicts the image student's
+    latency, and judges the budget on its measured time."""
+    from edgekd.models.arch import BILSTM_MODEL_TYPE, CNN_MODEL_TYPE
     from edgekd.models.specs import student_overrides
-    from edgekd.models.arch import BILSTM_MODEL_TYPE
+    from edgekd.models.vision import is_image_classifier
 
+    if teacher_cfg is not None and is_image_classifier(teacher_cfg):
+        return True
     return job.engine.student is not None and \
-        (student_overrides(job.engine.student) or {}).get("model_type") == BILSTM_MODEL_TYPE
+        (student_overrides(job.engine.student) or {}).get("model_type") in (BILSTM_MODEL_TYPE, CNN_MODEL_TYPE)
 
 
 def _check_resume(job: JobConfig, out: Path) -> None:
@@ -214,7 +220,8 @@ BUDGET_OPTIONS = {"latency_ms": "--latency-budget", "decode_tok_s": "--decode-to
 
 
 def cost_model_of(job: JobConfig, teacher_cfg: dict):
-    """The job's cost model: `generation` for a causal-LM teacher (unless --logits), `latency` otherwise."""
+    """The job's cost model: `generation` for a causal-LM teacher (unless --logits), `latency` otherwise (sentence
+    and image classifiers alike: the latency model counts an image classifier's convolutions, cost_latency.image_ops)."""
     from edgekd.models.loading import CAUSAL_LM, model_kind
     from edgekd.targets import get_cost_model
 
@@ -276,7 +283,7 @@ class _Job:
         self.budget, self.budget_source = budget_overrides(job, self.model, t.name)
         if "seq_len" in self.model.length_keys:
             self.budget["seq_len"] = self.seq_len
-        self.given = _given_student(job)
+        self.given = _given_student(job, self.teacher_cfg)
         if self.given and model_kind(self.teacher_cfg) == CAUSAL_LM:
             raise EdgekdError("--student bilstm is a sentence classifier: give a *ForSequenceClassification teacher, "
                               "or drop --student to search a student of the causal LM's family")
@@ -336,9 +343,25 @@ class _Job:
         from edgekd.search import SearchResult
 
         b = self.model.budget(self.t, self.budget)
-        return SearchResult(choice={"student": str(self.job.engine.student), "precision": "float32"}, table=[],
-                            target=self.t.name, predicted_ms=None, calibrated=False, cost_model=self.model.name,
-                            budget=b, fmt=self.fmt, latency_budget_ms=float(b["latency_ms"]))
+        predicted = None
+        from edgekd.models.vision import is_image_classifier
+
+        if is_image_classifier(self.teacher_cfg):  # the latency model counts image classifiers (its image_ops)
+            from transformers import AutoConfig
+
+            from edgekd.models.loading import check_kind, resolve_model_dir
+            from edgekd.models.students import student_config_from
+            from edgekd.targets.cost_latency import predict
+
+            d = resolve_model_dir(self.job.engine.teacher)
+            check_kind(d, self.teacher_cfg)  # registers edgekd's CNN with the Auto classes
+            student = student_config_from(self.job.engine.student, AutoConfig.from_pretrained(str(d)))
+            predicted = predict(student, self.t, precision="float32", fmt=self.fmt, calibration=self.cal,
+                                threads=self.threads).total_ms
+        return SearchResult(choice={"student": str(self.job.engine.student or "default"), "precision": "float32"},
+                            table=[], target=self.t.name, predicted_ms=predicted,
+                            calibrated=predicted is not None and self.cal is not None,
+                            cost_model=self.model.name, budget=b, fmt=self.fmt, latency_budget_ms=float(b["latency_ms"]))
 
     def run(self) -> Path:
         from edgekd.search import SearchResult

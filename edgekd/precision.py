@@ -11,12 +11,14 @@ from __future__ import annotations
 from edgekd.errors import EdgekdError
 
 PRECISIONS = ("float32", "int8", "int4")
-QUANTIZE = ("none", "int8-dynamic", "int8", "int4")
+# int8-full: full-integer int8 (every op, the input and the output int8): what NPUs, the Edge TPU and
+# microcontroller runtimes take; TFLite, float-input (image) classifiers.
+QUANTIZE = ("none", "int8-dynamic", "int8-full", "int8", "int4")
 
-_PRECISION_OF = {"none": "float32", "int8-dynamic": "int8", "int8": "int8", "int4": "int4"}
+_PRECISION_OF = {"none": "float32", "int8-dynamic": "int8", "int8-full": "int8", "int8": "int8", "int4": "int4"}
 # What users and older records write for each precision (recipes included: a recipe names its precision).
 _SPELLINGS = {"float32": "float32", "fp32": "float32", "float": "float32", "none": "float32",
-              "int8": "int8", "int8-dynamic": "int8", "dynamic-int8": "int8", "qint8": "int8",
+              "int8": "int8", "int8-dynamic": "int8", "int8-full": "int8", "dynamic-int8": "int8", "qint8": "int8",
               "int4": "int4", "qint4": "int4"}
 
 

@@ -11,6 +11,7 @@ from typing import Optional
 
 from edgekd.checks import distill_numbers, json_object, loss_names, model_dir, output_dir
 from edgekd.errors import EdgekdError
+from edgekd.models.builtin import BUILTIN_DATA, BUILTIN_TEACHERS
 from edgekd.models.specs import student_overrides, student_shape
 
 
@@ -21,16 +22,17 @@ def distill_inputs(values: dict, teacher_config: Optional[dict] = None) -> None:
     distill_numbers(**values)
     output_dir(values.get("out") or Path.cwd() / "runs")
     teacher = values.get("teacher") or "builtin"
-    if teacher_config is None and teacher not in ("builtin", "builtin-seq2seq"):
+    if teacher_config is None and teacher not in BUILTIN_TEACHERS:
         teacher_config = json_object(model_dir(teacher, "--teacher") / "config.json", "model config", "")
         from edgekd.models.loading import check_model_config
 
         check_model_config(teacher_config, Path(teacher) / "config.json", "teacher")
     data = values.get("data") or "builtin"
-    if data != "builtin" and not os.path.lexists(data):
+    if data not in BUILTIN_DATA and not os.path.lexists(data):
         raise EdgekdError(f"--data {data} does not exist: pass a text file, a folder of .txt files, a .jsonl, "
-                          f".csv or .parquet file, a saved data set, or 'builtin'")
-    if data != "builtin":
+                          f".csv or .parquet file, a saved data set, 'builtin'; for an image teacher a folder "
+                          f"of class folders, an .npz of images and labels, a saved data set or 'builtin-digits'")
+    if data not in BUILTIN_DATA:
         from edgekd.limits import data_path
 
         data_path(data)  # a device node, a FIFO or a file over the limit: refused before the teacher loads

@@ -36,6 +36,15 @@ class PositionedStream:
     def batch_at(self, position: int) -> dict[str, torch.Tensor]:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def shuffled(self, position: int) -> list[int]:
+        """This rank's example indices of global batch `position` over `self.n` examples, in a seeded order
+        reshuffled every epoch (example i of epoch e is perm_e[i mod n])."""
+        idx = []
+        for i in self.rank_slice(position):
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + i // self.n)
+            idx.append(int(torch.randperm(self.n, generator=g)[i % self.n]))
+        return idx
+
     def next(self) -> dict[str, torch.Tensor]:
         b = self.batch_at(self.position)
         self.position += 1
@@ -133,9 +142,6 @@ class ClassificationStream(PositionedStream):
         self.rank, self.world, self.position = rank, world, position
 
     def batch_at(self, position: int) -> dict[str, torch.Tensor]:
-        idx = []
-        for i in self.rank_slice(position):
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + i // self.n)
-            idx.append(int(torch.randperm(self.n, generator=g)[i % self.n]))
+        idx = self.shuffled(position)
         return {"input_ids": self.ids[idx], "attention_mask": self.mask[idx], "labels": self.labels[idx]}
 

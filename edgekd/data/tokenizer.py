@@ -74,7 +74,9 @@ def max_token_id(tokenizer) -> int:
 def check_fits_embedding(tokenizer, model, what: str = "teacher") -> None:
     """Every id the tokenizer can produce has a row in the model's input embedding, else one line now
     (the alternative is an IndexError deep in the first forward pass)."""
-    if tokenizer is None:
+    from edgekd.models.vision import ImageInput
+
+    if tokenizer is None or isinstance(tokenizer, ImageInput):  # an image classifier reads pixels, not tokens
         return
     emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
     rows = getattr(emb, "num_embeddings", None)

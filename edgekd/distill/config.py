@@ -17,6 +17,20 @@ from edgekd.errors import EdgekdError
 from edgekd.hyperparams import DEFAULT_ALPHA, DEFAULT_TEMPERATURE
 
 DEFAULT_STEPS = 300
+# The batch size and peak learning rate where a run does not set them (the CLI and the Python API alike):
+# every teacher's but an image classifier's (models.vision.IMAGE_TRAINING: a small CNN learns at a larger batch
+# and rate).
+TRAINING_DEFAULTS = {"batch_size": 8, "lr": 2e-3}
+
+
+def training_defaults(teacher, batch_size: Optional[int] = None, lr: Optional[float] = None) -> tuple:
+    """(batch_size, lr): those given, the others the teacher's kind's defaults."""
+    if batch_size is not None and lr is not None:
+        return batch_size, lr
+    from edgekd.models.vision import IMAGE_TRAINING, teacher_is_image
+
+    d = IMAGE_TRAINING if teacher is not None and teacher_is_image(teacher) else TRAINING_DEFAULTS
+    return (d["batch_size"] if batch_size is None else batch_size), (d["lr"] if lr is None else lr)
 
 
 @dataclass
@@ -39,11 +53,11 @@ class DistillConfig:
     teachers: list = field(default_factory=list)  # extra teachers (multi_teacher)
     seed: int = 0
     torch_device: Optional[str] = None             # torch device to train on; None: cuda if present
-    batch_size: int = 8
+    batch_size: Optional[int] = None               # None: training_defaults (8; 32 for an image teacher)
     micro_batch_size: Optional[int] = None
     parallel: str = "ddp"                          # under torchrun: "ddp" (replicas) or "fsdp" (sharded, FSDP2)
     seq_len: int = 256
-    lr: float = 2e-3
+    lr: Optional[float] = None                     # None: training_defaults (2e-3; 1e-2 for an image teacher)
     warmup_steps: Optional[int] = None
     checkpoint_every: Optional[int] = None
     keep_checkpoints: int = 1                      # checkpoints kept per trained model (the newest)
@@ -51,6 +65,7 @@ class DistillConfig:
     eval_every: Optional[int] = None               # held-out loss curve every N steps; None: steps // 10, 0: off
     baselines: Union[str, list] = "ce_only,scratch"  # the baselines trained beside the student (BASELINE_NAMES), or "none"
     student_init: str = "teacher"
+    augment: bool = True                           # image classifiers: random shifts of the training images
     quant_aware: list = field(default_factory=list)  # runtime recipes to distil into after float ("litert-lm:int4", ...)
     qad_steps: Optional[int] = None                # QAD steps per recipe; None: steps // 3 (distill.quant_aware)
     init_batches: int = 4                          # batches the student's initialisation may look at
@@ -59,6 +74,9 @@ class DistillConfig:
     gradient_checkpointing: Optional[bool] = None  # None: where one row's activations exceed memory.FORWARD_BYTES
     threads: Optional[int] = None
     quiet: bool = False
+
+    def __post_init__(self):
+        self.batch_size, self.lr = training_defaults(self.teacher, self.batch_size, self.lr)
 
     @classmethod
     def from_dict(cls, d: dict) -> "DistillConfig":

@@ -9,6 +9,7 @@ import torch
 
 from edgekd.errors import EdgekdError
 from edgekd.models.loading import CLASSIFIER, SEQ2SEQ
+from edgekd.models.vision import ImageInput
 
 EVAL_BATCH_LM, EVAL_BATCH_CLASSIFIER = 8, 16
 HELDOUT_TRANSLATIONS = 64  # held-out pairs each model translates for chrF
@@ -43,6 +44,9 @@ class RunData:
         if kind == SEQ2SEQ:
             self._seq2seq(cfg, tokenizer, decoder_start)
             return
+        if isinstance(tokenizer, ImageInput):  # an image classifier's reader (models/vision.py), not a tokenizer
+            self._images(cfg, tokenizer)
+            return
         corpus = load_corpus(cfg.data, cfg.text_column, cfg.label_column)
         self.digest = corpus.digest
         if kind == CLASSIFIER:
@@ -64,6 +68,23 @@ class RunData:
         self.eval_batches = [{"input_ids": vs.ids[i:i + b], "attention_mask": vs.mask[i:i + b],
                               "labels": vs.labels[i:i + b]} for i in range(0, n, b)]
         self.example_ids, self.heldout_ids = vs.ids[:4], None
+
+    def _images(self, cfg, reader) -> None:
+        """Labelled images (data/images.py) at the teacher's input: `pixel_values` batches instead of tokens."""
+        from edgekd.data.images import ImageStream, load_images, max_shift_for
+
+        corpus = load_images(cfg.data, reader, cfg.text_column, cfg.label_column)
+        self.digest = corpus.digest
+        remap_to_teacher(corpus, self.classes, cfg.data)
+        train, val = reader.normalise(corpus.train), reader.normalise(corpus.validation)
+        background = reader.normalise(torch.zeros(1, reader.channels, 1, 1)).view(-1)  # a black border
+        shift = max_shift_for(reader) if cfg.augment else 0
+        self._make = lambda pos, seed: ImageStream(train, corpus.train_labels, self.batch_size, seed, self.rank,
+                                                   self.world, pos, shift, background)
+        n, b = min(len(val), cfg.eval_blocks * 8), EVAL_BATCH_CLASSIFIER
+        labels = torch.tensor(corpus.validation_labels[:n], dtype=torch.long)
+        self.eval_batches = [{"pixel_values": val[i:i + b], "labels": labels[i:i + b]} for i in range(0, n, b)]
+        self.example_ids, self.heldout_ids = val[:4], None
 
     def _causal_lm(self, cfg, corpus, tokenizer) -> None:
         from edgekd.data.batching import BlockStream, eval_blocks

@@ -11,7 +11,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from edgekd.distill.objective import decoder_inputs
+from edgekd.losses.outputs import model_inputs
 
 
 @torch.no_grad()
@@ -34,7 +34,7 @@ def evaluate(models: dict, teacher, batches: list[dict], kind: str = "causal-lm"
         for b in _rows_bounded(batches, mods, kind):
             if device is not None:
                 b = {k: v.to(device) for k, v in b.items()}
-            kw = {"input_ids": b["input_ids"], "attention_mask": b.get("attention_mask"), **decoder_inputs(b)}
+            kw = model_inputs(b)
             t_logits = None
             for n in names:
                 logits = mods[n](**kw).logits.float()
@@ -78,6 +78,7 @@ def evaluate(models: dict, teacher, batches: list[dict], kind: str = "causal-lm"
         else:
             r["accuracy"] = acc[n]["correct"] / max(1, count)
             r["macro_f1"] = macro_f1(torch.cat(acc[n]["pred"]), torch.cat(acc[n]["true"])) if acc[n]["pred"] else None
+            r["confusion"] = confusion(torch.cat(acc[n]["pred"]), torch.cat(acc[n]["true"])) if acc[n]["pred"] else None
         r["eval_examples" if kind == "classifier" else "eval_tokens"] = count
         out[n] = r
     return out
@@ -141,6 +142,35 @@ def macro_f1(pred: torch.Tensor, true: torch.Tensor) -> float:
         fn = int(((pred != c) & (true == c)).sum())
         f1.append(2 * tp / (2 * tp + fp + fn))
     return sum(f1) / len(f1) if f1 else 0.0
+
+
+def confusion(pred: torch.Tensor, true: torch.Tensor) -> list[list[int]]:
+    """The confusion matrix: row i, column j counts the held-out examples of class i predicted as j (classes 0 to
+    the largest seen)."""
+    n = int(torch.cat([pred, true]).max()) + 1
+    m = torch.bincount(true.long() * n + pred.long(), minlength=n * n).reshape(n, n)
+    return m.tolist()
+
+
+@torch.no_grad()
+def teacher_right_student_wrong(teacher, student, batches: list[dict], device=None, most: int = 16) -> dict:
+    """An image classifier's held-out images the teacher labels right and the student wrong: {"count": how many,
+    "examples": up to `most` of them as {"pixels" [C, H, W] (the model's input), "label", "student"}}."""
+    found, count = [], 0
+    was = (teacher.training, student.training)
+    teacher.eval()
+    student.eval()
+    try:
+        for b in batches:
+            x, y = b["pixel_values"].to(device), b["labels"].to(device)
+            t, s = teacher(pixel_values=x).logits.argmax(-1), student(pixel_values=x).logits.argmax(-1)
+            hit = ((t == y) & (s != y)).nonzero().flatten().tolist()
+            count += len(hit)
+            found += [{"pixels": x[i].cpu(), "label": int(y[i]), "student": int(s[i])} for i in hit][:most - len(found)]
+    finally:
+        teacher.train(was[0])
+        student.train(was[1])
+    return {"count": count, "examples": found}
 
 
 def heldout_loss(model, batches: list[dict], kind: str = "causal-lm", device=None) -> float:

@@ -21,17 +21,12 @@ def ce_loss(logits: torch.Tensor, labels: torch.Tensor, causal: bool) -> torch.T
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=-100)
 
 
-def decoder_inputs(batch: dict) -> dict:
-    """A seq2seq batch's teacher-forced decoder inputs (none for the other kinds), without a cache."""
-    if "decoder_input_ids" not in batch:
-        return {}
-    return {"decoder_input_ids": batch["decoder_input_ids"], "use_cache": False}
-
-
 def hard_label_objective(causal: bool):
     """Hard-label cross-entropy only: what a baseline (or the built-in teacher) trains on."""
     def objective(model, batch):
-        out = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"), **decoder_inputs(batch))
+        from edgekd.losses.outputs import model_inputs
+
+        out = model(**model_inputs(batch))
         loss = ce_loss(out.logits, batch["labels"], causal)
         return loss, {"ce": loss.detach()}
     return objective

@@ -433,6 +433,11 @@ def report_run(ctx: RunContext, plan, trained: list, baselines: dict, status: st
     side_by_side = (continuations(({"teacher": ctx.teacher} if ctx.cross is None else {}) | {"student": student} |
                                   ({"ce_only": baselines["ce_only"].model} if "ce_only" in baselines else {}),
                                   ctx.data.heldout_ids, ctx.tokenizer, ctx.device) if ctx.causal else [])
+    mistakes = None
+    if ctx.data.eval_batches and "pixel_values" in ctx.data.eval_batches[0]:  # an image classifier: what KD missed
+        from edgekd.distill.evaluate import teacher_right_student_wrong
+
+        mistakes = teacher_right_student_wrong(ctx.teacher, student, ctx.data.eval_batches, ctx.device)
     translated = []
     if ctx.kind == SEQ2SEQ:  # chrF of greedy translations of held-out sentences, for every model
         from edgekd.distill.evaluate import translations
@@ -450,6 +455,8 @@ def report_run(ctx: RunContext, plan, trained: list, baselines: dict, status: st
     rep["kind"], rep["status"] = ctx.kind, status
     if translated:
         rep["distillation"]["translations"] = translated
+    if mistakes is not None:
+        rep["distillation"]["teacher_right_student_wrong"] = mistakes["count"]
     if len(trained) > 1:
         rep["distillation"]["stages"] = [
             {"stage": i + 1, "config": arch_summary(t.model.config), "params": count_params(t.model),
@@ -462,7 +469,7 @@ def report_run(ctx: RunContext, plan, trained: list, baselines: dict, status: st
         from edgekd.distill.quant_aware import record
 
         rep["distillation"]["quant_aware"] = record(qad, evals, {k: f"qad/{k}" for k in qad})
-    write_run_report(ctx.out, rep, histories, temps, ctx.kind)
+    write_run_report(ctx.out, rep, histories, temps, ctx.kind, mistakes=mistakes)
     if not ctx.cfg.quiet and status == "complete":  # inside the job, the job prints the summary
         _print_summary(ctx.out, evals)
     return RunResult(ctx.out, rep, ctx.kind, ctx.data.heldout_ids, histories, temps, ctx.data.heldout_pairs,

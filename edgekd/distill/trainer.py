@@ -276,7 +276,7 @@ class Trainer:
     # --- the loop ------------------------------------------------------------------------------
 
     def _micro_batches(self, batch: dict) -> list[dict]:
-        n = batch["input_ids"].shape[0]
+        n = batch["labels"].shape[0]
         return [{k: v[i:i + self.micro].to(self.device) for k, v in batch.items()} for i in range(0, n, self.micro)]
 
     def train_step(self) -> dict:

@@ -41,6 +41,8 @@ def _parity_inputs(calib_inputs, loaded, seq_len: int, n: int) -> tuple[dict[str
     to the full window, padded with the model's pad id and masked."""
     vocab, names = loaded.vocab_size, loaded.input_names
     masked = "attention_mask" in names
+    if loaded.image is not None:  # an image classifier: held-out images, else seeded noise at its input's shape
+        return _image_inputs(calib_inputs, loaded.image, n)
     if calib_inputs is None:
         g = torch.Generator().manual_seed(0)
         ids = torch.randint(0, vocab, (n, seq_len), generator=g)
@@ -66,6 +68,20 @@ def _parity_inputs(calib_inputs, loaded, seq_len: int, n: int) -> tuple[dict[str
                               f"at least one token per row")
         feeds["attention_mask"] = mask.long()
     return feeds, str(given.get("source") or "calib_inputs")
+
+
+def _image_inputs(calib_inputs, image, n: int) -> tuple[dict[str, torch.Tensor], str]:
+    """{"pixel_values": [N, C, H, W]} (the model's normalised input) and where the rows came from."""
+    shape = (image.channels, image.height, image.width)
+    if calib_inputs is None:
+        g = torch.Generator().manual_seed(0)
+        return {"pixel_values": torch.randn(n, *shape, generator=g)}, "random normal pixel values (seed 0)"
+    given = dict(calib_inputs) if isinstance(calib_inputs, Mapping) else {"pixel_values": calib_inputs}
+    x = torch.as_tensor(given.get("pixel_values"))
+    if x.dim() != 4 or tuple(x.shape[1:]) != shape or x.shape[0] < 1 or not x.is_floating_point():
+        raise EdgekdError(f"calib_inputs must be pixel values shaped [N, {', '.join(map(str, shape))}] (the model's "
+                          f"input), got {tuple(x.shape)}")
+    return {"pixel_values": x.float()}, str(given.get("source") or "calib_inputs")
 
 
 def _half(feeds: dict[str, torch.Tensor], first: bool) -> dict[str, torch.Tensor]:
@@ -114,11 +130,11 @@ def export_model(model_dir, fmt: str = "onnx", quantize: str = "none", seq_len: 
     steps = ["load", "convert"] + (["quantize"] if quantized else []) + ["parity"]
     with export_steps(show_progress, f"export {model_dir.name} -> {out.name}", steps) as step:
         loaded = load_for_export(model_dir)
-        if seq_len > loaded.max_len:
+        if loaded.image is None and seq_len > loaded.max_len:
             raise EdgekdError(f"--seq-len {seq_len} exceeds the model's {loaded.max_len} positions")
         rows, source = _parity_inputs(calib_inputs, loaded, seq_len, PARITY_ROWS)
         calib_rows, check_rows = rows, rows
-        if quantize == "int8" and rows["input_ids"].shape[0] >= 2:
+        if quantize in ("int8", "int8-full") and parity._count(rows) >= 2:
             calib_rows, check_rows = _half(rows, True), _half(rows, False)
         step("convert")
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -154,6 +170,9 @@ def export_model(model_dir, fmt: str = "onnx", quantize: str = "none", seq_len: 
             except Exception as e:
                 raise JobFailed(f"the exported {out.name} does not run: {str(e).splitlines()[0][:300]}") from e
             check = parity.compare(ref, got, quantized, min_top1, labels_must_agree=loaded.kind == CLASSIFIER)
+            by_accuracy = quantized and labelled is not None and loaded.image is not None
+            if by_accuracy:  # an image classifier's int8 file: judged on its held-out accuracy, below
+                check["label_parity_passed"], check["passed"] = check["passed"], True
             if calib_inputs is not None and loaded.kind != CLASSIFIER and check["passed"]:
                 top1 = None if teacher_top1 is None else torch.as_tensor(teacher_top1)
                 if top1 is not None and check_rows is not rows:  # static int8 checks every other row
@@ -170,12 +189,24 @@ def export_model(model_dir, fmt: str = "onnx", quantize: str = "none", seq_len: 
                     raise JobFailed(f"the exported {out.name} does not run: {str(e).splitlines()[0][:300]}") from e
                 check |= labelled.measure(scored, labelled.pytorch(loaded.module, model_dir))
                 check["quality_on"] |= {"runtime": runtime, "seconds": time.perf_counter() - started}
+                if by_accuracy:
+                    drop = check["pytorch_float"]["accuracy"] - check["accuracy"]
+                    bound = parity.IMAGE_INT8_ACCURACY_DROP
+                    check["threshold"] = dict(check.get("threshold") or {}) | {"accuracy_drop": bound}
+                    check["passed"] = drop <= bound
+                    if not check["passed"]:
+                        check["problem"] = (f"its held-out accuracy {check['accuracy']:.3f} is {drop:.3f} below PyTorch "
+                                            f"float's {check['pytorch_float']['accuracy']:.3f} (at most {bound}): try "
+                                            f"int8-dynamic, or more calibration images")
             record = {"path": str(out), "format": fmt, "quantize": quantize, "precision": precision_of(quantize),
                       "seq_len": seq_len,
                       "size_mb": final.stat().st_size / 1e6, "float_size_mb": float_path.stat().st_size / 1e6,
                       **check, "parity_inputs": _inputs_record(source, check_rows), "inputs": list(loaded.input_names),
                       "model_dir": str(model_dir), "kind": loaded.kind, "architecture": loaded.architecture,
-                      "vocab_size": loaded.vocab_size, "input_dtype": "int64" if fmt == "onnx" else "int32",
+                      "vocab_size": loaded.vocab_size, "input_dtype": "int8" if quantize == "int8-full" else
+                      "float32" if loaded.image is not None
+                      else "int64" if fmt == "onnx" else "int32",
+                      **({"image_input": loaded.image.record()} if loaded.image is not None else {}),
                       **info, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
             if record["passed"]:
                 os.replace(final, out)
@@ -191,7 +222,7 @@ def export_model(model_dir, fmt: str = "onnx", quantize: str = "none", seq_len: 
 
 
 def _inputs_record(source: str, feeds: dict[str, torch.Tensor]) -> dict:
-    rec = {"source": source, "rows": int(feeds["input_ids"].shape[0])}
+    rec = {"source": source, "rows": parity._count(feeds)}
     if "attention_mask" in feeds:  # a classifier's rows: how long each sentence was before padding
         rec["lengths"] = [int(x) for x in feeds["attention_mask"].sum(1)]
     return rec

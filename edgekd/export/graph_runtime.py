@@ -96,7 +96,12 @@ class TfliteModel:
     def run(self, feeds: dict) -> list:
         np = numpy()
         for d in self.in_details:
-            self.it.set_tensor(d["index"], feeds[d["name"]])
+            x = feeds[d["name"]]
+            scale, zero = d.get("quantization", (0.0, 0))
+            if scale and np.issubdtype(x.dtype, np.floating) and np.issubdtype(d["dtype"], np.integer):
+                info = np.iinfo(d["dtype"])  # a full-integer model's input: the float values quantised onto its grid
+                x = np.clip(np.round(x / scale + zero), info.min, info.max).astype(d["dtype"])
+            self.it.set_tensor(d["index"], x)
         self.it.invoke()
         outs = []
         for d in self.out_details:
@@ -224,9 +229,14 @@ def input_of(runtime_name: str, names) -> str:
 def run_rows(model, feeds: dict) -> list:
     """The file's first output for each row of `feeds` ({our input name: array [N, ...]}), one row at a time as it
     runs on a device, each input cast to the file's own dtype."""
+    np = numpy()
     take = [(name, input_of(name, feeds), dtype) for name, _shape, dtype in model.inputs]
+
+    def value(x, dtype):  # float pixels stay float: a full-integer file quantises them onto its grid (TfliteModel.run)
+        return x if np.issubdtype(x.dtype, np.floating) and np.issubdtype(dtype, np.integer) else x.astype(dtype)
+
     n = len(next(iter(feeds.values())))
-    return [model.run({name: feeds[ours][i:i + 1].astype(dtype) for name, ours, dtype in take})[0] for i in range(n)]
+    return [model.run({name: value(feeds[ours][i:i + 1], dtype) for name, ours, dtype in take})[0] for i in range(n)]
 
 
 # The device check set beside an export (FILE.parity.npz, written by export.api): the parity rows ("in.NAME"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -72,14 +73,28 @@ class LogitsOnly(torch.nn.Module):
         return self.model(input_ids=input_ids, **kw).logits
 
 
+class PixelsToLogits(torch.nn.Module):
+    """An image classifier's logits graph: `pixel_values` [1, C, H, W] (the model's normalised input) -> logits."""
+
+    input_names = ("pixel_values",)
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.model(pixel_values=pixel_values).logits
+
+
 @dataclass
 class LoadedModel:
-    module: LogitsOnly
+    module: torch.nn.Module  # LogitsOnly, or an image classifier's PixelsToLogits
     kind: str  # models.loading.CAUSAL_LM | CLASSIFIER
     vocab_size: int
     max_len: int
     architecture: str
     pad_token_id: int = 0
+    image: Any = None  # an image classifier's models.vision.ImageInput (its input's size and normalisation)
 
     @property
     def input_names(self) -> tuple:
@@ -99,10 +114,12 @@ def load_for_export(model_dir: str | Path) -> LoadedModel:
     if is_seq2seq(cfg):
         raise EdgekdError(f"{d} is an encoder-decoder ({cfg['model_type']}), which has no single logits graph: "
                           f"export it with --format onnx-seq2seq")
-    model, _, kind = load_model(d, with_tokenizer=False, what="model")
+    model, image, kind = load_model(d, with_tokenizer=False, what="model")
+    archs = cfg.get("architectures") or []
+    if image is not None:  # an image classifier (models/vision.py): pixels in, no sequence axis
+        return LoadedModel(PixelsToLogits(model).eval(), kind, 0, 0, archs[0] if archs else "", image=image)
     use_gqa_attention(model)
     max_len = int(getattr(model.config, "max_position_embeddings", 0) or 2048)
-    archs = cfg.get("architectures") or []
     pad = getattr(model.config, "pad_token_id", None)
     return LoadedModel(LogitsOnly(model, with_mask=kind == CLASSIFIER).eval(), kind, int(model.config.vocab_size),
                        max_len, archs[0] if archs else "", 0 if pad is None else int(pad))

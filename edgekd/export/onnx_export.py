@@ -44,8 +44,10 @@ def export_onnx(module: torch.nn.Module, sample: dict[str, torch.Tensor], path: 
     args = tuple(sample[n] for n in names)
     big = size_mb(module) * 1e6 > PROTOBUF_LIMIT_BYTES
     kw = dict(dynamo=True, input_names=names, output_names=["logits"], verbose=False, external_data=big, optimize=True)
-    seq = torch.export.Dim("seq", min=2, max=max(max_len, args[0].shape[1]))
     try:
+        if args[0].is_floating_point():  # an image classifier's pixels: a fixed [1, C, H, W], no sequence axis
+            raise ValueError("static")
+        seq = torch.export.Dim("seq", min=2, max=max(max_len, args[0].shape[1]))
         with quiet():
             torch.onnx.export(module, args, str(path), dynamic_shapes={n: {1: seq} for n in names}, **kw)
         return {"dynamic_seq": _seq_axis_is_dynamic(path)}
@@ -68,12 +70,17 @@ def _seq_axis_is_dynamic(path: Path) -> bool:
     return len(dims) > 1 and not dims[1].HasField("dim_value")
 
 
+def as_file_input(rows: np.ndarray, ids_dtype) -> np.ndarray:
+    """Rows as a file's input: token ids (and masks) in the file's integer type, pixel values float32."""
+    return rows.astype(np.float32 if np.issubdtype(rows.dtype, np.floating) else ids_dtype)
+
+
 class _Batches:
     """CalibrationDataReader over named rows ({input name: [N, S]}), one row per batch of 1."""
 
     def __init__(self, rows: dict[str, np.ndarray]):
         n = next(iter(rows.values())).shape[0]
-        self._it = iter([{k: v[i:i + 1].astype(np.int64) for k, v in rows.items()} for i in range(n)])
+        self._it = iter([{k: as_file_input(v[i:i + 1], np.int64) for k, v in rows.items()} for i in range(n)])
 
     def get_next(self):
         return next(self._it, None)
@@ -93,8 +100,8 @@ def quantize_onnx(float_path: Path, out_path: Path, mode: str, calib_rows: dict[
         head = _output_projection(float_path)
         quantize_static(str(float_path), str(out_path), reader, quant_format=QuantFormat.QDQ,
                         activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True,
-                        op_types_to_quantize=["MatMul", "Gemm"], nodes_to_exclude=head)
-        return {"method": "onnxruntime quantize_static QDQ on MatMul/Gemm (per-channel int8 weights, int8 activations, "
+                        op_types_to_quantize=["MatMul", "Gemm", "Conv"], nodes_to_exclude=head)
+        return {"method": "onnxruntime quantize_static QDQ on MatMul/Gemm/Conv (per-channel int8 weights, int8 activations, "
                           "min-max calibration; output projection kept float)", "calib_rows": _rows(calib_rows),
                 "float_nodes": head}
 

@@ -194,17 +194,23 @@ def _scored(logits, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 # runtime: the first of the validation split's sentences, those the engine scores every model on
 # (distill/data.py: its first eval_blocks x 4), at most QUALITY_SENTENCES. The files run one sentence per call.
 QUALITY_SENTENCES = 256
+# An image classifier's int8 file is held to its accuracy on the labelled held-out images: at most this far
+# below PyTorch float's on the same images (labels that flip among near-ties of a weak student are not a failure;
+# a file that loses accuracy is).
+IMAGE_INT8_ACCURACY_DROP = 0.02
 
 
 @dataclass(frozen=True)
 class HeldoutSentences:
-    """Labelled held-out sentences as a classifier reads them ({"input_ids", "attention_mask"} [n, seq_len]) and
+    """Labelled held-out sentences as a classifier reads them ({"input_ids", "attention_mask"} [n, seq_len]; an
+    image classifier's held-out images, {"pixel_values"} [n, C, H, W]: `of_images`) and
     their labels in the teacher's classes ([n]), on which each classifier file's accuracy and macro-F1 are
     measured in its runtime, beside PyTorch float's (`measure`)."""
 
     feeds: dict
     labels: np.ndarray
     source: str
+    unit: str = "sentences"  # what an example is, in the report's words: "images" for an image classifier
     _pytorch: dict = field(default_factory=dict, compare=False, repr=False)  # model dir -> PyTorch's logits
 
     @classmethod
@@ -229,6 +235,23 @@ class HeldoutSentences:
         return cls({"input_ids": ids, "attention_mask": mask}, np.asarray(corpus.validation_labels[:k], dtype=np.int64),
                    f"the first {k} of the {len(corpus.validation)} held-out sentences (the validation split), padded "
                    f"to {seq_len} and masked")
+
+    @classmethod
+    def of_images(cls, corpus, config, image, n: Optional[int] = None, where: str = "the data") -> "HeldoutSentences":
+        """The same for an image classifier: the first min(n, QUALITY_SENTENCES) held-out images of `corpus`
+        (data.images.ImageCorpus, its labels mapped onto the classes of `config`) as the model reads them
+        (`image`: models.vision.ImageInput), {"pixel_values": [k, C, H, W]}."""
+        from types import SimpleNamespace
+
+        from edgekd.data.labels import teacher_classes
+        from edgekd.distill.data import remap_to_teacher
+
+        remap_to_teacher(corpus, teacher_classes(SimpleNamespace(**config) if isinstance(config, dict) else config),
+                         where)
+        k = min(len(corpus.validation_labels), QUALITY_SENTENCES, n or QUALITY_SENTENCES)
+        return cls({"pixel_values": image.normalise(corpus.validation[:k])},
+                   np.asarray(corpus.validation_labels[:k], dtype=np.int64),
+                   f"the first {k} of the {len(corpus.validation_labels)} held-out images of {where}", "images")
 
     def scores(self, logits: np.ndarray) -> dict:
         """eval_loss (the labels' mean cross-entropy), accuracy and macro-F1 (distill.evaluate.macro_f1) of
@@ -257,7 +280,7 @@ class HeldoutSentences:
         g, r = self.scores(got), self.scores(ref)
         return g | {"top1_agreement_pytorch": float((got.argmax(-1) == ref.argmax(-1)).mean()), "pytorch_float": r,
                     "eval_loss_vs_pytorch": g["eval_loss"] - r["eval_loss"],
-                    "quality_on": {"sentences": int(len(self.labels)), "source": self.source}}
+                    "quality_on": {"sentences": int(len(self.labels)), "source": self.source, "unit": self.unit}}
 
 
 def _does_not_run(e: Exception) -> JobFailed:

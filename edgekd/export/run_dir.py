@@ -21,6 +21,9 @@ from edgekd.precision import precision_of
 # parity on causal LMs where full static int8 of the TFLite file did not.
 VARIANTS = (("onnx", "none", "student.onnx"), ("onnx", "int8-dynamic", "student.int8.onnx"),
             ("tflite", "none", "student.tflite"), ("tflite", "int8-dynamic", "student.int8.tflite"))
+# An image classifier's: its int8 TFLite is full-integer (input and output int8 too: NPUs, the Edge TPU,
+# microcontrollers), calibrated on training images.
+IMAGE_VARIANTS = VARIANTS[:3] + (("tflite", "int8-full", "student.int8.tflite"),)
 # The generative (KV-cache) exports of a causal-LM student, named by format and precision.
 _GENERATIVE_NAMES = {"litert-lm": "student{tag}.litertlm", "onnx-genai": "student-genai{tag}"}
 

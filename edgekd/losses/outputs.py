@@ -157,8 +157,23 @@ def _full(param):
     return param.full_tensor()
 
 
+def model_inputs(batch: dict, device=None) -> dict:
+    """The keyword arguments a model's forward takes from a batch: an image classifier's `pixel_values`, or
+    `input_ids` with `attention_mask` (and a seq2seq batch's teacher-forced decoder inputs, without a cache)."""
+    move = (lambda t: t) if device is None else (lambda t: t.to(device))
+    if batch.get("pixel_values") is not None:
+        return {"pixel_values": move(batch["pixel_values"])}
+    kwargs = {"input_ids": move(batch["input_ids"])}
+    if batch.get("attention_mask") is not None:
+        kwargs["attention_mask"] = move(batch["attention_mask"])
+    if batch.get("decoder_input_ids") is not None:  # a seq2seq model, teacher-forced on the reference target
+        kwargs |= {"decoder_input_ids": move(batch["decoder_input_ids"]), "use_cache": False}
+    return kwargs
+
+
 def forward_for_loss(model: torch.nn.Module, batch: dict, needs: Any) -> LossInputs:
-    """Run `model` on a batch (input_ids, attention_mask) producing what `needs` (a loss) reads.
+    """Run `model` on a batch (`model_inputs`: tokens, or an image classifier's pixels) producing what `needs`
+    (a loss) reads.
 
     Calls the model itself (so DDP hooks still run); switches it to eager attention where the
     loss reads attention maps (fused attention returns none). When only the fused-linear path reads the
@@ -169,11 +184,7 @@ def forward_for_loss(model: torch.nn.Module, batch: dict, needs: Any) -> LossInp
     needs = needs if isinstance(needs, Needs) else Needs.of(needs)
     inner = unwrap(model)
     device = next(inner.parameters()).device
-    kwargs = {"input_ids": batch["input_ids"].to(device)}
-    if batch.get("attention_mask") is not None:
-        kwargs["attention_mask"] = batch["attention_mask"].to(device)
-    if batch.get("decoder_input_ids") is not None:  # a seq2seq model, teacher-forced on the reference target
-        kwargs |= {"decoder_input_ids": batch["decoder_input_ids"].to(device), "use_cache": False}
+    kwargs = model_inputs(batch, device)
     want_hidden = needs.needs_hidden_states or needs.needs_last_hidden
     if want_hidden:
         kwargs["output_hidden_states"] = True

@@ -44,7 +44,10 @@ SUPPORTED = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_te
              "distilbert")
 # Students edgekd provides beside the teacher's own family, by the name --student gives: their model_type.
 BILSTM_MODEL_TYPE = "edgekd_bilstm"
-STUDENT_NAMES = {"bilstm": BILSTM_MODEL_TYPE}
+CNN_MODEL_TYPE = "edgekd_cnn"  # edgekd's small image CNN (models/cnn.py): the built-in image teacher and --student cnn
+STUDENT_NAMES = {"bilstm": BILSTM_MODEL_TYPE, "cnn": CNN_MODEL_TYPE}
+# The *ForImageClassification families edgekd distils (models/vision.py), edgekd's CNN among them.
+IMAGE_FAMILIES = ("resnet", "mobilenet_v2", "vit", "convnext", CNN_MODEL_TYPE)
 # Families whose *ForSequenceClassification model can teach: the encoders, and the decoder families' classifiers.
 CLASSIFIER_FAMILIES = SUPPORTED
 ENCODER_DECODER = {"bart", "mbart", "marian", "t5", "mt5", "umt5", "pegasus", "pegasus_x", "blenderbot",
@@ -206,6 +209,10 @@ def param_count(config: Any) -> int:
     mt = model_type_of(config)
     if mt in PARAM_COUNTS:
         return PARAM_COUNTS[mt](config)
+    if mt in IMAGE_FAMILIES:
+        from edgekd.models.vision import image_param_count
+
+        return image_param_count(config)
     if mt == BILSTM_MODEL_TYPE or is_seq2seq(config):  # loading or building such a model imports its module
         raise RuntimeError(f"no parameter count is registered for {mt!r}: import edgekd.models.bilstm / "
                            f"edgekd.models.seq2seq (loading or building the model does) before counting it")

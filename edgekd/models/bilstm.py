@@ -25,6 +25,7 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 
 from edgekd.errors import EdgekdError
 from edgekd.models.arch import BILSTM_MODEL_TYPE as MODEL_TYPE, arch_of, register_param_count
+from edgekd.models.loading import register_auto
 
 NAME = "bilstm"  # what --student says (edgekd.models.arch.STUDENT_NAMES)
 
@@ -127,18 +128,7 @@ class BiLSTMForSequenceClassification(PreTrainedModel):
         return {"method": "teacher", "copied": ["word embeddings"], "width": "embeddings only"}
 
 
-def register() -> None:
-    """Make transformers' Auto classes know the BiLSTM (idempotent)."""
-    from transformers import AutoConfig, AutoModelForSequenceClassification
-
-    try:
-        AutoConfig.register(MODEL_TYPE, BiLSTMConfig)
-        AutoModelForSequenceClassification.register(BiLSTMConfig, BiLSTMForSequenceClassification)
-    except ValueError:  # already registered
-        pass
-
-
-register()
+register_auto(MODEL_TYPE, BiLSTMConfig, BiLSTMForSequenceClassification, "AutoModelForSequenceClassification")
 
 
 def bilstm_config(teacher_config, overrides: dict) -> BiLSTMConfig:

@@ -12,6 +12,12 @@ from edgekd.errors import EdgekdError
 
 BUILTIN_DIR = Path(__file__).parent / "builtin_teacher"
 SEQ2SEQ_DIR = Path(__file__).parent / "builtin_seq2seq"  # English -> German Marian, SEQ2SEQ_RECIPE
+IMAGE_DIR = Path(__file__).parent / "builtin_cnn"  # edgekd's CNN on the 8x8 digits, IMAGE_RECIPE
+# The --teacher names of the shipped teachers, and the folder and `edgekd teacher train` option of each.
+BUILTIN_TEACHERS = {"builtin": (BUILTIN_DIR, ""), "builtin-seq2seq": (SEQ2SEQ_DIR, " --seq2seq"),
+                    "builtin-cnn": (IMAGE_DIR, " --image")}
+# The --data names of the shipped data: the stdlib text, and scikit-learn's 8x8 digits (data/images.py).
+BUILTIN_DATA = ("builtin", "builtin-digits")
 
 RECIPE = {
     "config": {
@@ -59,6 +65,24 @@ SEQ2SEQ_RECIPE = {
 }
 
 
+# The built-in image teacher: edgekd's CNN (models/cnn.py) trained on scikit-learn's 8x8 digits
+# (`edgekd teacher train --image`), the held-out split and augmentation of data/images.py.
+IMAGE_RECIPE = {
+    "config": {"num_channels": 1, "image_size": 8, "hidden_sizes": [16, 32, 64], "classifier_dropout": 0.1},
+    "processor": {"mean": [0.5], "std": [0.5]},
+    "seed": 1234,
+    "steps": 600,
+    "batch_size": 32,
+    "lr": 3e-3,
+    "min_lr_ratio": 0.1,
+    "warmup_steps": 30,
+    "weight_decay": 0.01,
+    "grad_clip": 1.0,
+    "threads": 2,
+    "eval_every": 100,
+}
+
+
 def make_readable(d: Path) -> None:
     """Temporary files are created private; a shipped model must be readable by everyone."""
     d.chmod(0o755)
@@ -67,16 +91,13 @@ def make_readable(d: Path) -> None:
 
 
 def builtin_teacher_dir(name: str = "builtin") -> Path:
-    """The shipped teacher ('builtin', or 'builtin-seq2seq': the English -> German Marian); EdgekdError when the
-    package lacks it (e.g. a source checkout without it)."""
-    if name == "builtin-seq2seq":
-        if not (SEQ2SEQ_DIR / "model.safetensors").is_file():
-            raise EdgekdError(f"the built-in seq2seq teacher is missing from {SEQ2SEQ_DIR}: run "
-                              f"`edgekd teacher train --seq2seq --out {SEQ2SEQ_DIR}`")
-        return SEQ2SEQ_DIR
-    if not (BUILTIN_DIR / "model.safetensors").is_file():
-        raise EdgekdError(f"the built-in teacher is missing from {BUILTIN_DIR}: run `edgekd teacher train --out {BUILTIN_DIR}`")
-    return BUILTIN_DIR
+    """The shipped teacher ('builtin'; 'builtin-seq2seq': the English -> German Marian; 'builtin-cnn': the digits
+    CNN); EdgekdError when the package lacks it (e.g. a source checkout without it)."""
+    d, option = BUILTIN_TEACHERS[name]
+    if not (d / "model.safetensors").is_file():
+        what = "teacher" if name == "builtin" else f"{name.split('-', 1)[1]} teacher"
+        raise EdgekdError(f"the built-in {what} is missing from {d}: run `edgekd teacher train{option} --out {d}`")
+    return d
 
 
 DEMO_BUDGETS = Path(__file__).parent / "builtin_teacher_budgets.json"

@@ -7,10 +7,11 @@ import os
 from pathlib import Path
 
 from edgekd.errors import EdgekdError
+from edgekd.models.builtin import BUILTIN_TEACHERS
 
 
 def resolve_model_dir(path: str | os.PathLike) -> Path:
-    if str(path) in ("builtin", "builtin-seq2seq"):
+    if str(path) in BUILTIN_TEACHERS:
         from edgekd.models.builtin import builtin_teacher_dir
 
         return builtin_teacher_dir(str(path))
@@ -71,6 +72,10 @@ def read_config_dict(d: Path, what: str = "model") -> dict:
         cfg = json.loads(read_bytes(cfg_path, f"the {what}'s config"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise EdgekdError(f"{cfg_path} is corrupt ({type(e).__name__}): re-save the model with save_pretrained") from e
+    if isinstance(cfg, dict) and "model_type" not in cfg and "architecture" in cfg:
+        from edgekd.models.vision import TIMM_HINT
+
+        raise EdgekdError(f"{d} is a timm checkpoint: {TIMM_HINT}")
     if not isinstance(cfg, dict) or "model_type" not in cfg:
         raise EdgekdError(f"{cfg_path} has no model_type: re-save the model with save_pretrained")
     check_model_config(cfg, cfg_path, what)
@@ -114,7 +119,8 @@ SEQ2SEQ = "seq2seq"  # an encoder-decoder (translation) model: edgekd.models.seq
 
 
 def is_classifier(cfg: dict) -> bool:
-    return any(a.endswith("ForSequenceClassification") for a in (cfg.get("architectures") or []))
+    """A sequence classifier or an image classifier (models/vision.py): one kind, CLASSIFIER."""
+    return any(a.endswith(("ForSequenceClassification", "ForImageClassification")) for a in (cfg.get("architectures") or []))
 
 
 def model_kind(cfg: dict) -> str:
@@ -132,8 +138,12 @@ def check_kind(d: Path, cfg: dict) -> None:
     from edgekd.models.arch import BILSTM_MODEL_TYPE, CLASSIFIER_FAMILIES, check_supported
 
     check_supported(cfg)  # an encoder-decoder teacher: the message that says so
+    from edgekd.models.vision import check_image_family, is_image_classifier
+
     archs, mt = cfg.get("architectures") or [], cfg.get("model_type")
-    if is_classifier(cfg):
+    if is_image_classifier(cfg):
+        check_image_family(d, cfg)
+    elif is_classifier(cfg):
         if mt not in CLASSIFIER_FAMILIES and mt != BILSTM_MODEL_TYPE:
             raise EdgekdError(f"{d}: {archs[0]} ({mt}) is not a classifier edgekd can distil: use a "
                               f"*ForSequenceClassification model of {', '.join(CLASSIFIER_FAMILIES)} (BERT, DistilBERT, ...)")
@@ -150,19 +160,27 @@ def check_kind(d: Path, cfg: dict) -> None:
 
 
 def load_model(path: str | os.PathLike, *, with_tokenizer: bool = True, what: str = "teacher"):
-    """(model, tokenizer or None, kind) where kind is CAUSAL_LM, CLASSIFIER or SEQ2SEQ; model in eval mode, float32."""
+    """(model, input reader or None, kind) where kind is CAUSAL_LM, CLASSIFIER or SEQ2SEQ; model in eval mode,
+    float32. The input reader is the tokenizer, or an image classifier's `models.vision.ImageInput`."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoModelForSequenceClassification
+    from transformers import (AutoModelForCausalLM, AutoModelForImageClassification, AutoModelForSeq2SeqLM,
+                              AutoModelForSequenceClassification)
+
+    from transformers.utils import logging as hf_logging
 
     from edgekd.models.arch import check_supported
+    from edgekd.models.vision import image_input, is_image_classifier
 
+    hf_logging.disable_progress_bar()  # transformers' "Loading weights" bar stays off the console
     d = resolve_model_dir(path)
     cfg = read_config_dict(d, what)
     check_supported(cfg)  # before the weights: an unsupported family is one line, not a load report
     check_kind(d, cfg)
     _check_weights(d)
-    kind = model_kind(cfg)
-    cls = {CLASSIFIER: AutoModelForSequenceClassification, SEQ2SEQ: AutoModelForSeq2SeqLM}.get(kind, AutoModelForCausalLM)
+    kind, image = model_kind(cfg), is_image_classifier(cfg)
+    reader = image_input(d, cfg) if image else None  # before the weights: a missing processor is one line
+    cls = AutoModelForImageClassification if image else \
+        {CLASSIFIER: AutoModelForSequenceClassification, SEQ2SEQ: AutoModelForSeq2SeqLM}.get(kind, AutoModelForCausalLM)
     try:
         model = cls.from_pretrained(str(d), local_files_only=True, dtype=torch.float32)
     except EdgekdError:
@@ -170,8 +188,8 @@ def load_model(path: str | os.PathLike, *, with_tokenizer: bool = True, what: st
     except Exception as e:
         raise load_failure(e, d, what) from e
     model.eval()
-    tok = None
-    if with_tokenizer:
+    tok = reader
+    if with_tokenizer and not image:
         from edgekd.data.tokenizer import load_tokenizer
 
         tok = load_tokenizer(d)
@@ -195,6 +213,18 @@ def load_failure(e: Exception, d: Path, what: str) -> EdgekdError:
                            f"not fit together: {fix}")
     return EdgekdError(f"cannot load the {what} from {d} (transformers raised {type(e).__name__}): check that "
                        f"config.json and the weights belong together, or {fix}")
+
+
+def register_auto(model_type: str, config_class, model_class, auto: str) -> None:
+    """Make transformers' AutoConfig and the Auto class named `auto` (AutoModelForSequenceClassification, ...)
+    know one of edgekd's own models (idempotent): its `save_pretrained` directories then load like any other."""
+    import transformers
+
+    try:
+        transformers.AutoConfig.register(model_type, config_class)
+        getattr(transformers, auto).register(config_class, model_class)
+    except ValueError:  # already registered
+        pass
 
 
 def load_teacher(path: str | os.PathLike):

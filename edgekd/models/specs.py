@@ -8,7 +8,7 @@ from typing import Any, Callable, Optional, Union
 
 from edgekd.checks import json_object, number
 from edgekd.errors import EdgekdError
-from edgekd.models.arch import STUDENT_NAMES
+from edgekd.models.arch import BILSTM_MODEL_TYPE, CNN_MODEL_TYPE, STUDENT_NAMES
 
 # The fields of a student's shape that must be positive integers (models/arch.ARCH_KEYS is what arch_of reads).
 
@@ -38,6 +38,20 @@ def student_overrides(spec: Any) -> Optional[dict]:
     return d
 
 
+def _student_fits_kind(model_type: Optional[str], teacher: Optional[dict]) -> None:
+    """edgekd's CNN is an image classifier's student and its BiLSTM a sentence classifier's: one line otherwise."""
+    if not teacher or model_type not in (BILSTM_MODEL_TYPE, CNN_MODEL_TYPE):
+        return
+    archs = teacher.get("architectures") or []
+    image = any(str(a).endswith("ForImageClassification") for a in archs)
+    if model_type == CNN_MODEL_TYPE and not image:
+        raise EdgekdError(f"--student cnn is an image classifier: the teacher ({archs[0] if archs else teacher.get('model_type')}) "
+                          f"must be a *ForImageClassification model; a sentence classifier takes --student bilstm")
+    if model_type == BILSTM_MODEL_TYPE and image:
+        raise EdgekdError(f"--student bilstm is a sentence classifier: an image teacher ({archs[0]}) takes --student cnn "
+                          f"or its own family's student")
+
+
 def student_shape(overrides: Optional[dict], teacher: Optional[dict],
                   own_vocab: Union[bool, Callable[[], bool]] = False) -> None:
     """Layers, widths and heads of the student (its fields over the teacher's) are positive and fit together;
@@ -45,6 +59,7 @@ def student_shape(overrides: Optional[dict], teacher: Optional[dict],
     the vocabularies differ, so the CLI's early check imports the losses only then)."""
     if not overrides:
         return
+    _student_fits_kind(overrides.get("model_type"), teacher)
     same_family = not overrides.get("model_type") or not teacher or overrides["model_type"] == teacher.get("model_type")
     c = {**(teacher or {}), **overrides} if same_family else dict(overrides)
     for k in SHAPE_KEYS:

@@ -18,6 +18,7 @@ import torch
 from edgekd.models.specs import student_overrides
 from edgekd.errors import EdgekdError
 from edgekd.models import seq2seq
+from edgekd.models.vision import image_student_config, init_by_shape, is_image_classifier
 from edgekd.models.arch import (BILSTM_MODEL_TYPE, arch_of, model_type_of, narrowing_problem, select_layers,
                                 with_arch)
 
@@ -48,6 +49,9 @@ def student_config_from(spec, teacher_config):
     sized from a classifier teacher)."""
     if seq2seq.is_seq2seq(teacher_config):  # an encoder-decoder: its own sizes (edgekd.models.seq2seq)
         return seq2seq.seq2seq_student_config(teacher_config, None if spec is None else student_overrides(spec))
+    if is_image_classifier(teacher_config):  # an image classifier: its family's stages and channels, or the CNN
+        return image_student_config(None if spec is None else student_overrides(spec), teacher_config,
+                                    getattr(teacher_config, "image_size", None) or 224)
     if spec is None:
         return default_student_config(teacher_config)
     overrides = student_overrides(spec)  # the one reader of --student (models/specs.py), so the CLI and the API agree
@@ -295,10 +299,10 @@ def build_student(teacher, student_config=None, calibration: Optional[Iterable[d
 
     Where it cannot start from the teacher, init_info says why ({"method": "random", "why": ...}) and
     one line on the console says so."""
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+    from transformers import AutoModelForCausalLM, AutoModelForImageClassification, AutoModelForSequenceClassification
 
     cfg = student_config if student_config is not None else student_config_from(None, teacher.config)
-    if getattr(cfg, "vocab_size", None) != teacher.config.vocab_size:
+    if getattr(cfg, "vocab_size", None) != getattr(teacher.config, "vocab_size", None):
         raise EdgekdError(f"student vocab_size {getattr(cfg, 'vocab_size', None)} differs from the teacher's "
                           f"{teacher.config.vocab_size}: the student must use the teacher's tokenizer")
     if init not in ("teacher", "random"):
@@ -308,11 +312,15 @@ def build_student(teacher, student_config=None, calibration: Optional[Iterable[d
         student = type(teacher)(cfg)
     else:  # another family's, or edgekd's BiLSTM (registered with the Auto classes where its config was made)
         classification = "ForSequenceClassification" in type(teacher).__name__
-        auto = AutoModelForSequenceClassification if classification else AutoModelForCausalLM
+        auto = AutoModelForImageClassification if is_image_classifier(cfg) else \
+            AutoModelForSequenceClassification if classification else AutoModelForCausalLM
         student = auto.from_config(cfg)
     info = {"method": "random"}
     if init == "teacher" and hasattr(student, "init_from_teacher"):  # a student of its own kind (the BiLSTM)
         info = student.init_from_teacher(teacher)
+    elif init == "teacher" and is_image_classifier(cfg):  # every tensor whose name and shape agree
+        info = init_by_shape(student, teacher) if type(student) is type(teacher) else \
+            {"method": "random", "why": f"the student ({type(student).__name__}) is not of the teacher's family"}
     elif init == "teacher" and seq2seq.is_seq2seq(cfg):
         info = seq2seq.init_from_teacher(student, teacher)
     elif init == "teacher":

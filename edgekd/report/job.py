@@ -296,7 +296,7 @@ def shipped_quality_words(rep: dict, bold: bool = False) -> Optional[str]:
         return (f"{b}The file that ships, {k} (`{e['path']}`), run in {on['runtime']} on this machine: held-out "
                 f"accuracy {e['accuracy']:.3f}, macro-F1 {e['macro_f1']:.3f}{b}; the PyTorch float student it was "
                 f"built from scores {p['accuracy']:.3f} and {p['macro_f1']:.3f} on the same {on['sentences']:,} "
-                f"held-out sentences, and the file gives PyTorch's label on {e['top1_agreement_pytorch']:.1%} of them.")
+                f"held-out {on.get('unit', 'sentences')}, and the file gives PyTorch's label on {e['top1_agreement_pytorch']:.1%} of them.")
     d = e["eval_loss_vs_pytorch"]
     agree = lambda x: "—" if x.get("top1_agreement_teacher") is None else f"{x['top1_agreement_teacher']:.3f}"  # noqa: E731
     q = e.get("pytorch_quant_aware")

@@ -65,6 +65,11 @@ JOB_KEYS: dict = {
 # What a classifier's report (kind "classifier") adds: held-out accuracy and macro-F1 of every model (for a
 # causal LM, the models carry perplexity and next_token_accuracy instead).
 _CLASSIFIER_MODEL = {"accuracy": None, "macro_f1": None}
+# ... and the confusion matrix (rows: the true class, columns: the predicted one) of the teacher and students,
+# plotted in plots/confusion.png.
+_CLASSIFIER_MODEL = _CLASSIFIER_MODEL | {"confusion": None}
+# An image classifier's report also holds distillation.teacher_right_student_wrong (how many held-out images),
+# shown in plots/mistakes.png.
 CLASSIFIER_KEYS: dict = {name: _CLASSIFIER_MODEL for name in ("teacher", "student", "ce_only", "scratch")}
 
 # What a seq2seq report (kind "seq2seq") adds: chrF (sacrebleu) of greedy translations of held-out sentences by

@@ -131,6 +131,62 @@ CURVE_LABELS = {"student": "distilled student", "ce_only": "ce_only (hard labels
                 "scratch": "scratch (hard labels, random start)"}
 
 
+def plot_confusion(rep: dict, path: Path) -> None:
+    """The held-out confusion matrices of the teacher, the distilled student and ce_only, side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = [(n, rep[n]["confusion"]) for n in ("teacher", "student", "ce_only") if (rep.get(n) or {}).get("confusion")]
+    if not shown:
+        return
+    fig, axes = plt.subplots(1, len(shown), figsize=(4.2 * len(shown), 4.0), squeeze=False)
+    for ax, (name, m) in zip(axes[0], shown):
+        ax.imshow(m, cmap="Blues")
+        k = len(m)
+        if k <= 20:
+            for i in range(k):
+                for j in range(k):
+                    if m[i][j]:
+                        ax.text(j, i, str(m[i][j]), ha="center", va="center", fontsize=6)
+        acc = rep[name].get("accuracy")
+        ax.set_title(f"{'distilled student' if name == 'student' else name} (accuracy {acc:.3f})", fontsize=9)
+        ax.set_xlabel("predicted class")
+        ax.set_ylabel("true class")
+    fig.suptitle("Held-out confusion matrices")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+
+
+def plot_mistakes(examples: list, rep: dict, path: Path) -> None:
+    """A grid of held-out images the teacher labels right and the distilled student wrong."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = (rep.get("config") or {}).get("id2label")
+    name = (lambda i: str(names.get(str(i), i))) if isinstance(names, dict) else str
+    cols = min(8, len(examples))
+    rows = -(-len(examples) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.8 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, ex in zip(axes.flat, examples):
+        img = ex["pixels"].float()
+        img = (img - img.min()) / (img.max() - img.min() + 1e-9)
+        ax.imshow((img[0] if img.shape[0] == 1 else img.permute(1, 2, 0)).numpy(), cmap="gray" if img.shape[0] == 1 else None)
+        ax.set_title(f"{name(ex['label'])} -> {name(ex['student'])}", fontsize=8)
+    fig.suptitle("Held-out images the teacher gets right and the student wrong (true -> student)", fontsize=9)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+
+
 def plot_temperature(examples: list, path: Path) -> None:
     import matplotlib
 
@@ -236,7 +292,7 @@ def _file_rows(rep: dict, view: KindView) -> list[str]:
                 f"{cells} {fmt(e.get('top1_agreement_teacher'), 3)} |")
 
     unit = "sentences" if "sentences" in on else "tokens"  # a classifier's files are scored on sentences
-    lines = [row(f"distilled student, PyTorch float (on the files' {unit})", files[0][1]["pytorch_float"],
+    lines = [row(f"distilled student, PyTorch float (on the files' {on.get('unit', unit)})", files[0][1]["pytorch_float"],
                  rep["student"].get("size_mb"))]
     for k, e in files:
         if e.get("pytorch_quant_aware"):  # built from a quantisation-aware student: that PyTorch model beside it
@@ -244,10 +300,11 @@ def _file_rows(rep: dict, view: KindView) -> list[str]:
                              f"activation quantisation)", e["pytorch_quant_aware"], None))
         lines.append(row(f"{k}: the {e['precision']} file in {e['quality_on']['runtime']}", e, e.get("size_mb")))
     whole = rep["student"].get("eval_examples" if unit == "sentences" else "eval_tokens")
-    return lines + ["", f"† Measured on {on['source']}: {on[unit]:,} scored {unit}"
-                        + (f" (the rows above: all {whole:,} held-out {unit})" if whole else "")
+    words = on.get("unit", unit)  # a classifier's examples: sentences, or an image classifier's images
+    return lines + ["", f"† Measured on {on['source']}: {on[unit]:,} scored {words}"
+                        + (f" (the rows above: all {whole:,} held-out {words})" if whole else "")
                         + ". Each exported file ran in its own runtime on this machine, and the PyTorch float student "
-                          f"on exactly the same {unit}."]
+                          f"on exactly the same {words}."]
 
 
 @register_section("init", 50)
@@ -256,6 +313,9 @@ def _init(rep: dict, kind: str) -> list[str]:
     if init.get("method") == "teacher" and isinstance(init.get("layers"), dict):  # an encoder-decoder's two stacks
         return [f"The student was initialised from the teacher: encoder layers {init['layers']['encoder']}, "
                 f"decoder layers {init['layers']['decoder']} (every k-th); width {init.get('width')}.", ""]
+    if init.get("method") == "teacher" and "copied_tensors" in init:  # an image student (models.vision.init_by_shape)
+        return [f"The student was initialised from the teacher: {init['copied_tensors']} of its {init['of']} tensors "
+                f"copied where name and shape agree, the rest random.", ""]
     if init.get("method") == "teacher":
         return [f"The student was initialised from the teacher: layers {init.get('layers')} (every k-th), "
                 f"{init.get('hidden_kept')} hidden channels kept by measured activation magnitude.", ""]
@@ -293,6 +353,14 @@ def _translations(rep: dict, kind: str) -> list[str]:
 
 @register_section("plots", 160)
 def _plots(rep: dict, kind: str) -> list[str]:
+    if kind == "classifier":  # no next-token distributions: the held-out confusion matrices instead
+        return ["## Plots", "", "![held-out loss](plots/eval_curves.png)", "", "![loss curves](plots/loss_curves.png)",
+                "", "![confusion matrices](plots/confusion.png)", "",
+                "Rows are the true classes, columns the predicted ones, on the held-out examples.", ""] + (
+            ["![teacher right, student wrong](plots/mistakes.png)", "",
+             f"{rep['distillation']['teacher_right_student_wrong']} held-out images the teacher labels right and the "
+             f"distilled student wrong (some shown: true -> the student's label).", ""]
+            if rep.get("distillation", {}).get("teacher_right_student_wrong") else [])
     return ["## Plots", "", "![held-out loss](plots/eval_curves.png)", "", "![loss curves](plots/loss_curves.png)", "",
             "![temperature](plots/temperature.png)", "",
             "Higher temperatures flatten the teacher's distribution, exposing how it ranks the wrong answers "
@@ -356,7 +424,8 @@ def mark_status(run_dir: Path, status: str, error: Optional[str] = None, rep: Op
     write_text(run_dir / "report.md", text + "\n")
 
 
-def write_run_report(run_dir: Path, rep: dict, histories: dict, temperature_examples: list, kind: str = "causal-lm") -> None:
+def write_run_report(run_dir: Path, rep: dict, histories: dict, temperature_examples: list, kind: str = "causal-lm",
+                     mistakes: dict | None = None) -> None:
     run_dir = Path(run_dir)
     plots = run_dir / "plots"
     plots.mkdir(parents=True, exist_ok=True)
@@ -364,5 +433,9 @@ def write_run_report(run_dir: Path, rep: dict, histories: dict, temperature_exam
     plot_eval_curves(rep.get("distillation", {}).get("eval_curves") or {}, rep.get("teacher", {}).get("eval_loss"),
                      plots / "eval_curves.png")
     plot_temperature(temperature_examples, plots / "temperature.png")
+    if kind == "classifier":
+        plot_confusion(rep, plots / "confusion.png")
+    if mistakes and mistakes["examples"]:
+        plot_mistakes(mistakes["examples"], rep, plots / "mistakes.png")
     write_json(run_dir / "report.json", rep)
     write_text(run_dir / "report.md", render_markdown(rep, kind))

@@ -400,6 +400,12 @@ def predict_model(model: str | Any, target: Target | str, precision: str, prompt
     precision = normalize_precision(precision)
     t = measure_target(load_target(target, settings), settings=settings)
     cfg = read_model_config(model)
+    from edgekd.models.vision import is_image_classifier
+
+    if is_image_classifier(cfg):
+        raise EdgekdError(f"{model} is an image classifier, which does not generate: `edgekd predict` predicts an LLM's "
+                          f"decoding; its one-forward latency is `edgekd distill --target` report.json's "
+                          f"latency.predicted_ms (edgekd.targets.cost_latency.predict)")
     arch_of(cfg)  # an unsupported or incomplete config: one line now
     b = t.generation_budget or {}
     P = prompt_len if prompt_len is not None else b.get("prompt_len") or 64

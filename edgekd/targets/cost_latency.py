@@ -76,9 +76,43 @@ def matmul_op(name: str, m: int, k: int, n: int, precision: str = "float32", cou
     return Op(name, "matmul", 2.0 * m * k * n, 4.0 * (m * k + m * n + k * n), count)
 
 
+def _is_image(config: Any) -> bool:
+    from edgekd.models.vision import is_image_classifier
+
+    return is_image_classifier(config)
+
+
+def image_ops(config: Any, precision: str = "float32") -> list[Op]:
+    """The ops of one image classifier forward, batch 1, at its input size (models.vision.image_layers: every
+    convolution, linear layer, norm and pooling with its shapes). A dense or pointwise convolution is a matmul
+    (im2col: [Ho*Wo, Ci/groups*kh*kw] @ [.., Co]); a depthwise one, pooling and activations are memory-bound
+    elementwise work; ViT's attention adds its scores and weighted sums per layer, as the LM's do."""
+    from edgekd.models.vision import image_layers
+
+    ops: list[Op] = []
+    for layer in image_layers(config):
+        kind, name = layer["kind"], layer["name"]
+        if kind in ("conv", "linear") and not layer.get("depthwise"):
+            if precision == "int8":
+                ops.append(Op(f"{name}.quantize", "quantize", 4.0 * layer["m"] * layer["k"], 5.0 * layer["m"] * layer["k"]))
+            ops.append(matmul_op(name, layer["m"], layer["k"], layer["n"], precision))
+        elif kind == "attention":
+            nh, s, hd = layer["heads"], layer["tokens"], layer["head_dim"]
+            ops.append(Op(f"{name}.scores", "attention", 4.0 * nh * s * s * hd, 4.0 * (3 * s * nh * hd + 2 * nh * s * s)))
+            ops.append(Op(f"{name}.softmax", "softmax", 6.0 * nh * s * s, 12.0 * nh * s * s))
+        else:  # depthwise convolution, pooling, activation, norm: each output element read and written
+            wb = 1.0 if precision == "int8" else 4.0
+            ops.append(Op(name, "norm" if kind == "norm" else "elementwise", 2.0 * layer["out"] * layer.get("taps", 1),
+                          wb * (layer["in"] + layer["out"]) + 4.0 * layer.get("weights", 0)))
+    return ops
+
+
 def graph_ops(config: Any, seq_len: int, precision: str = "float32") -> list[Op]:
-    """The ops of one prefill pass, batch 1, over `seq_len` tokens (logits at every position)."""
+    """The ops of one prefill pass, batch 1, over `seq_len` tokens (logits at every position); an image
+    classifier's forward at its input size (`image_ops`, seq_len unused)."""
     precision = normalize_precision(precision)
+    if _is_image(config):
+        return image_ops(config, precision)
     a = arch_of(config)
     s, h, f, v = int(seq_len), a["hidden_size"], a["intermediate_size"], a["vocab_size"]
     nh, nkv, hd, L = a["num_attention_heads"], a["num_key_value_heads"], a["head_dim"], a["num_hidden_layers"]
@@ -117,8 +151,10 @@ def graph_ops(config: Any, seq_len: int, precision: str = "float32") -> list[Op]
 def model_size_mb(config: Any, precision: str = "float32") -> float:
     """Weights on disk: matmul and embedding weights at the precision, norms at float32."""
     precision = normalize_precision(precision)
-    a = arch_of(config)
     n = param_count(config)
+    if _is_image(config):  # every weight at the precision (convolutions and linear layers dominate)
+        return n * (1 if precision == "int8" else 4) / 1e6
+    a = arch_of(config)
     norms = a["num_hidden_layers"] * 2 * a["hidden_size"] + a["hidden_size"]
     wb = 1 if precision == "int8" else 4
     return ((n - norms) * wb + norms * 4) / 1e6
@@ -126,6 +162,11 @@ def model_size_mb(config: Any, precision: str = "float32") -> float:
 
 def peak_memory_mb(config: Any, seq_len: int, precision: str = "float32", runtime: str = "onnxruntime") -> float:
     """Resident memory of one inference: weights, the largest live activations, the runtime itself."""
+    if _is_image(config):  # the largest layer's input and output live at once
+        from edgekd.models.vision import image_layers
+
+        acts = 4.0 * max((layer["in"] + layer["out"] for layer in image_layers(config)), default=0)
+        return model_size_mb(config, precision) + acts / 1e6 + RUNTIME_BASE_MB.get(runtime, 20.0)
     a = arch_of(config)
     s, h, f, v = int(seq_len), a["hidden_size"], a["intermediate_size"], a["vocab_size"]
     acts = 4.0 * (s * v + 4 * s * h + 2 * s * f + 2 * a["num_attention_heads"] * s * s)
@@ -307,7 +348,8 @@ def measurement_from_profile(profile: Mapping[str, Any], config: Any, precision:
         raise EdgekdError("measurement_from_profile: the profile names no seq_len; pass seq_len=")
     if stat not in profile:
         raise EdgekdError(f"measurement_from_profile: the profile has no {stat!r}")
-    return {"config": arch_of(config), "seq_len": int(s), "precision": normalize_precision(precision),
+    config = config if _is_image(config) else arch_of(config)  # an image classifier's config is counted as it is
+    return {"config": config, "seq_len": int(s), "precision": normalize_precision(precision),
             "measured_ms": float(profile[stat]), "threads": profile.get("threads")}
 
 
