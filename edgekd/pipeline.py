@@ -164,17 +164,13 @@ def _check_job(job: JobConfig, settings: Settings):
     return t, runner
 
 
-def _given_student(job: JobConfig, teacher_cfg: Optional[dict] = None) -> bool:
-    """A student the search does not choose: edgekd's BiLSTM (--student bilstm), a family the latency model does
-    not predict, and an image teacher's student (its family's default half-size student or --student cnn: the
-    search's candidates are transformer shapes); the job distills it as given, predicts the image student's
-    latency, and judges the budget on its measured time."""
+def _given_student(job: JobConfig) -> bool:
+    """A student the search does not choose: edgekd's BiLSTM (--student bilstm) or CNN (--student cnn), which are
+    not narrowings of the teacher's family; the job distills it as given, predicts an image student's latency,
+    and judges the budget on its measured time. (An image teacher's own family is searched: search.spaces.)"""
     from edgekd.models.arch import BILSTM_MODEL_TYPE, CNN_MODEL_TYPE
     from edgekd.models.specs import student_overrides
-    from edgekd.models.vision import is_image_classifier
 
-    if teacher_cfg is not None and is_image_classifier(teacher_cfg):
-        return True
     return job.engine.student is not None and \
         (student_overrides(job.engine.student) or {}).get("model_type") in (BILSTM_MODEL_TYPE, CNN_MODEL_TYPE)
 
@@ -283,7 +279,7 @@ class _Job:
         self.budget, self.budget_source = budget_overrides(job, self.model, t.name)
         if "seq_len" in self.model.length_keys:
             self.budget["seq_len"] = self.seq_len
-        self.given = _given_student(job, self.teacher_cfg)
+        self.given = _given_student(job)
         if self.given and model_kind(self.teacher_cfg) == CAUSAL_LM:
             raise EdgekdError("--student bilstm is a sentence classifier: give a *ForSequenceClassification teacher, "
                               "or drop --student to search a student of the causal LM's family")
@@ -333,6 +329,10 @@ class _Job:
         from edgekd.models.loading import CLASSIFIER, model_kind
 
         e = self.job.engine
+        from edgekd.models.vision import is_image_classifier
+
+        if is_image_classifier(self.teacher_cfg):  # kilobytes to megabytes of weights: no bound worth estimating
+            return None
         device = torch.device(e.torch_device or ("cuda" if torch.cuda.is_available() else "cpu"))
         return trainable_params(self.teacher_cfg, -(-e.batch_size // self.settings.world_size), e.seq_len, device,
                                 per_token=model_kind(self.teacher_cfg) != CLASSIFIER, micro=e.micro_batch_size)

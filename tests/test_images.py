@@ -66,10 +66,15 @@ def hf_image_teacher(d: Path, family: str, size: int = 16, labels: int = 3) -> P
     return d
 
 
-def rgb_npz(path: Path, n: int = 60, size: int = 20, labels: int = 3) -> Path:
-    """Random RGB images (another size than the teacher's: resized) with labels 0..labels-1."""
+def rgb_npz(path: Path, n: int = 60, size: int = 20, labels: int = 3, learnable: bool = False) -> Path:
+    """Random RGB images (another size than the teacher's: resized) with labels 0..labels-1; `learnable`: each
+    class brightens its own colour channel, so a few steps give a student whose labels have margins."""
     rng = np.random.default_rng(0)
-    np.savez(path, images=rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8), labels=np.arange(n) % labels)
+    images, y = rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8), np.arange(n) % labels
+    if learnable:
+        images = (images // 2).astype(np.uint8)
+        images[np.arange(n), :, :, y % 3] += 127
+    np.savez(path, images=images, labels=y)
     return path
 
 
@@ -188,15 +193,22 @@ def test_hf_image_teacher_distils(family, tmp_path):
     assert (reader.height, reader.channels, reader.mean) == (size, 3, (0.5, 0.4, 0.3))
 
 
-def test_hf_resnet_job_with_target(tmp_path):
-    teacher = hf_image_teacher(tmp_path / "t", "resnet")
+@pytest.mark.parametrize("family", ["resnet", "mobilenet_v2", "vit"])
+def test_hf_image_job_with_target(family, tmp_path):
+    """The whole job on each family: a student of the family searched under the target's budget, initialised from
+    the teacher, exported and passing parity in both formats."""
+    teacher = hf_image_teacher(tmp_path / "t", family)
     out = tmp_path / "run"
-    assert _main("distill", "--teacher", teacher, "--data", rgb_npz(tmp_path / "d.npz"), "--target",
-                 "raspberry-pi-4", "--out", out, "--steps", "3", "--batch-size", "4", "--baselines", "none",
+    assert _main("distill", "--teacher", teacher, "--data", rgb_npz(tmp_path / "d.npz", learnable=True), "--target",
+                 "raspberry-pi-4", "--out", out, "--steps", "40", "--batch-size", "8", "--baselines", "none",
                  "--quiet") == 0
     r = json.loads((out / "report.json").read_text())
     assert r["status"] == "complete"
     assert all(r["exports"][k]["passed"] for k in ("onnx", "tflite")), r["exports"]
+    s = r["search"]
+    assert s["space"] == "image" and s["choice"]["precision"] in ("float32", "int8")
+    assert r["student"]["config"]["model_type"] == family and r["student"]["params"] < r["teacher"]["params"]
+    assert r["latency"]["meets_budget_predicted"] and r["student"]["init"]["method"] == "teacher"
 
 
 def test_latency_model_counts_image_classifiers():
@@ -222,6 +234,131 @@ def test_latency_model_counts_image_classifiers():
     before = predict(cfg, "raspberry-pi-4", fmt="tflite", threads=1).total_ms
     after = predict(cfg, "raspberry-pi-4", fmt="tflite", calibration=cal, threads=1).total_ms
     assert abs(after - measured) < abs(before - measured)
+
+
+# --- searched students: fewer blocks and channels of the teacher's family ----------------------------------------
+
+
+@pytest.mark.parametrize("family,depth,width,want", [
+    ("resnet", 0.5, 0.5, {"depths": [1, 1], "hidden_sizes": [8, 16], "embedding_size": 8}),
+    ("convnext", 1.0, 0.5, {"depths": [2, 2], "hidden_sizes": [8, 16]}),
+    ("vit", 0.5, 0.5, {"num_hidden_layers": 1, "num_attention_heads": 2, "hidden_size": 16, "intermediate_size": 32}),
+    ("mobilenet_v2", 1.0, 0.5, {"depth_multiplier": 0.175}),
+    ("mobilenet_v2", 0.5, 1.0, None),  # its stages are fixed: width only
+])
+def test_image_student_shapes_narrow_the_family(family, depth, width, want, tmp_path):
+    from transformers import AutoConfig, AutoModelForImageClassification
+
+    from edgekd.models.vision import image_candidates, image_narrowing, image_param_count, image_student_shape
+
+    cfg = AutoConfig.from_pretrained(hf_image_teacher(tmp_path / "t", family))
+    assert image_student_shape(cfg, depth, width) == want
+    teacher, n_teacher = cfg.to_dict(), image_param_count(cfg)
+    cands = image_candidates(cfg)
+    assert len({json.dumps(c["overrides"], sort_keys=True) for c in cands}) == len(cands) > 2
+    for c in cands:  # each a narrowing that builds, smaller than the teacher
+        student = {**teacher, **c["overrides"]}
+        assert image_narrowing(teacher, student) is None
+        assert image_param_count(student) < n_teacher
+    AutoModelForImageClassification.from_config(AutoConfig.for_model(**{**teacher, **cands[-1]["overrides"]}))
+    assert "exceeds the teacher's" in image_narrowing(teacher, {**teacher, **image_student_shape(cfg, 1.0, 1.0),
+                                                                "hidden_size" if family == "vit" else "depth_multiplier"
+                                                                if family == "mobilenet_v2" else "hidden_sizes":
+                                                                64 if family == "vit" else 2.0 if family ==
+                                                                "mobilenet_v2" else [64, 64]})
+
+
+def test_image_search_chooses_the_largest_student_under_the_latency_budget():
+    """The one search (search_student) over the image space: the largest narrowing predicted within the budget, a
+    tighter budget a smaller one, none within it one line naming the nearest."""
+    from transformers import AutoConfig
+
+    import edgekd.models.cnn  # noqa: F401
+    from edgekd.errors import EdgekdError
+    from edgekd.models.builtin import IMAGE_DIR
+    from edgekd.search import search_student
+
+    cfg = AutoConfig.from_pretrained(IMAGE_DIR)
+    free = search_student(cfg, "raspberry-pi-4", {"latency_ms": 1e9})
+    assert free.space == "image" and free.columns[:3] == ["depth", "width", "student"]
+    assert free.choice["student"] == json.dumps({"hidden_sizes": [12, 24, 48]})  # the teacher itself is no candidate
+    assert free.student_config(cfg)["hidden_sizes"] == [12, 24, 48]
+    ms = sorted({r["predicted_ms"] for r in free.table})
+    budget = ms[len(ms) // 2]
+    res = search_student(cfg, "raspberry-pi-4", {"latency_ms": budget})
+    within = [r for r in res.table if r["predicted_ms"] <= budget]
+    assert res.choice_row["params"] == max(r["params"] for r in within) < free.choice_row["params"]
+    assert res.choice_row["predicted_ms"] <= budget
+    with pytest.raises(EdgekdError) as e:
+        search_student(cfg, "raspberry-pi-4", {"latency_ms": ms[0] / 10})
+    assert "--latency-budget" in str(e.value) and "hidden_sizes" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_channel_importance_is_the_mean_activation_after_each_nonlinearity():
+    """Against a plain reference: the built-in CNN's first stage scores are mean ReLU(conv(x)) per channel."""
+    from edgekd.models.vision import measure_channel_importance
+
+    teacher, x = _digits_teacher_and_images()
+    scores = measure_channel_importance(teacher, [{"pixel_values": x[:64]}])
+    with torch.no_grad():
+        ref = teacher.features[:2](x[:64]).mean((0, 2, 3))
+    assert sorted(scores) == [16, 32, 64]
+    torch.testing.assert_close(scores[16], ref)
+
+
+def test_student_initialised_from_the_teachers_strongest_channels():
+    """A narrowed student keeps the teacher's channels that fire most, the same index on both sides of each
+    channel; untrained, it already classifies far above chance, better than with the first channels; a student
+    of the teacher's own shape is the teacher."""
+    from transformers import AutoModelForImageClassification
+
+    from edgekd.models.vision import config_with, init_from_image_teacher, measure_channel_importance
+
+    teacher, x = _digits_teacher_and_images()
+    xv, yv = _digits_heldout()
+    scores = measure_channel_importance(teacher, [{"pixel_values": x}])
+
+    def student(hidden_sizes, importance):
+        torch.manual_seed(0)
+        s = AutoModelForImageClassification.from_config(config_with(teacher.config, {"hidden_sizes": hidden_sizes}))
+        info = init_from_image_teacher(s.eval(), teacher, importance) if importance != "random" else None
+        return s, info
+
+    def accuracy(m):
+        with torch.no_grad():
+            return (m(pixel_values=xv).logits.argmax(-1) == yv).float().mean().item()
+
+    same, info = student([16, 32, 64], scores)
+    assert info["copied_tensors"] == info["of"] and info["narrowed_tensors"] == 0
+    with torch.no_grad():
+        torch.testing.assert_close(same(pixel_values=xv).logits, teacher(pixel_values=xv).logits)
+    narrow, info = student([12, 24, 48], scores)
+    assert info["channels"] == "mean |activation|" and info["narrowed_tensors"] == info["of"] - 1  # all but the head bias
+    k1 = torch.sort(torch.topk(scores[16], 12).indices).values
+    k2 = torch.sort(torch.topk(scores[32], 24).indices).values
+    t_w, s_w = teacher.features[2].weight, narrow.features[2].weight  # conv 2: [out 32 -> 24, in 16 -> 12]
+    torch.testing.assert_close(s_w, t_w[k2][:, k1])
+    first, _ = student([12, 24, 48], None)
+    rand, _ = student([12, 24, 48], "random")
+    assert accuracy(narrow) > accuracy(first) and accuracy(narrow) > accuracy(rand) + 0.4
+
+
+def _digits_teacher_and_images():
+    from edgekd.data.images import load_images
+    from edgekd.models.loading import load_model
+
+    teacher, reader, _ = load_model("builtin-cnn")
+    corpus = load_images("builtin-digits", reader)
+    return teacher, reader.normalise(corpus.train[:256])
+
+
+def _digits_heldout():
+    from edgekd.data.images import load_images
+    from edgekd.models.loading import load_model
+
+    _, reader, _ = load_model("builtin-cnn")
+    corpus = load_images("builtin-digits", reader)
+    return reader.normalise(corpus.validation), torch.tensor(corpus.validation_labels)
 
 
 # --- bad input: one line, exit 2 ---------------------------------------------------------------------------------

@@ -18,7 +18,8 @@ import torch
 from edgekd.models.specs import student_overrides
 from edgekd.errors import EdgekdError
 from edgekd.models import seq2seq
-from edgekd.models.vision import image_student_config, init_by_shape, is_image_classifier
+from edgekd.models.vision import (image_student_config, init_from_image_teacher, is_image_classifier,
+                                 measure_channel_importance)
 from edgekd.models.arch import (BILSTM_MODEL_TYPE, arch_of, model_type_of, narrowing_problem, select_layers,
                                 with_arch)
 
@@ -318,9 +319,12 @@ def build_student(teacher, student_config=None, calibration: Optional[Iterable[d
     info = {"method": "random"}
     if init == "teacher" and hasattr(student, "init_from_teacher"):  # a student of its own kind (the BiLSTM)
         info = student.init_from_teacher(teacher)
-    elif init == "teacher" and is_image_classifier(cfg):  # every tensor whose name and shape agree
-        info = init_by_shape(student, teacher) if type(student) is type(teacher) else \
-            {"method": "random", "why": f"the student ({type(student).__name__}) is not of the teacher's family"}
+    elif init == "teacher" and is_image_classifier(cfg):  # its kept blocks, the strongest channels of each width
+        if type(student) is type(teacher):
+            imp = measure_channel_importance(teacher, calibration) if calibration is not None else None
+            info = init_from_image_teacher(student, teacher, imp)
+        else:
+            info = {"method": "random", "why": f"the student ({type(student).__name__}) is not of the teacher's family"}
     elif init == "teacher" and seq2seq.is_seq2seq(cfg):
         info = seq2seq.init_from_teacher(student, teacher)
     elif init == "teacher":

@@ -238,19 +238,192 @@ def image_param_count(config: Any) -> int:
     return _count(json.dumps(d, sort_keys=True, default=str))
 
 
-def init_by_shape(student, teacher) -> dict:
-    """Every teacher tensor whose name and shape the student shares, copied (the stem, the blocks a shallower
-    stage keeps, the head where the widths agree); the rest stays as built."""
+# --- the searched students of a family: fewer blocks and channels -------------------------------------------
+
+DEPTHS = (1.0, 0.75, 0.5, 0.25)             # share of each stage's blocks (ViT: of its layers) a candidate keeps
+WIDTHS = (1.0, 0.75, 0.5, 0.375, 0.25)      # share of each stage's channels (ViT: of its heads; MobileNetV2: its
+#                                             width multiplier) a candidate keeps
+
+
+def _scaled(n: int, share: float, step: int = 1, least: int = 1) -> int:
+    """n scaled by share, a multiple of `step`, at least `least` and at most n."""
+    return min(int(n), max(least, int(round(n * share / step)) * step))
+
+
+def image_student_shape(teacher_config, depth: float, width: float) -> Optional[dict]:
+    """The family fields of the student keeping `depth` of the teacher's blocks and `width` of its channels (the
+    stage, embedding and FFN widths multiples of 8 where the teacher's are; ViT keeps its head size and drops
+    heads); None where the family has no such depth (MobileNetV2's stages are fixed: it scales width only)."""
+    get = teacher_config.get if isinstance(teacher_config, Mapping) else (lambda k, d=None: getattr(teacher_config, k, d))
+    mt = get("model_type")
+    step = 8 if all(int(h) % 8 == 0 for h in get("hidden_sizes") or [8]) else 1
+    if mt in ("resnet", "convnext"):
+        over = {"depths": [_scaled(d, depth) for d in get("depths")],
+                "hidden_sizes": [_scaled(h, width, step, step) for h in get("hidden_sizes")]}
+        if mt == "resnet":
+            over["embedding_size"] = _scaled(get("embedding_size"), width, step, step)
+        return over
+    if mt == "mobilenet_v2":
+        return None if depth != 1.0 else {"depth_multiplier": round(float(get("depth_multiplier")) * width, 4)}
+    if mt == "vit":
+        heads, hidden = int(get("num_attention_heads")), int(get("hidden_size"))
+        nh = _scaled(heads, width)
+        return {"num_hidden_layers": _scaled(get("num_hidden_layers"), depth), "num_attention_heads": nh,
+                "hidden_size": nh * (hidden // heads),
+                "intermediate_size": _scaled(get("intermediate_size"), nh / heads, 8 if hidden % 8 == 0 else 1, 8)}
+    if mt == CNN_MODEL_TYPE:  # edgekd's CNN: fewer stages (the first ones), narrower
+        sizes = list(get("hidden_sizes"))
+        return {"hidden_sizes": [_scaled(h, width, 1, 4) for h in sizes[:_scaled(len(sizes), depth)]]}
+    return None
+
+
+def image_candidates(teacher_config) -> list[dict]:
+    """Every (depth, width) student of the teacher's family the search weighs, the teacher's own shape left out
+    (shares that round back to it too): {"depth", "width", "overrides"}, each distinct shape once (the first share
+    pair that gives it)."""
+    out, seen = [], {json.dumps(image_student_shape(teacher_config, 1.0, 1.0), sort_keys=True)}  # the teacher's
+    for depth in DEPTHS:
+        for width in WIDTHS:
+            over = image_student_shape(teacher_config, depth, width)
+            key = None if over is None else json.dumps(over, sort_keys=True)
+            if over is None or key in seen:
+                continue
+            seen.add(key)
+            out.append({"depth": depth, "width": width, "overrides": over})
+    return out
+
+
+def image_narrowing(teacher_config: Mapping, student_config: Mapping) -> Optional[str]:
+    """Why a student config is not a narrowing of the image teacher's (a field holding more blocks or channels
+    than the teacher's, or another family), or None when every field it changes is at most the teacher's."""
+    if student_config.get("model_type") != teacher_config.get("model_type"):
+        return f"another family ({student_config.get('model_type')}) than the teacher's"
+    for k in ("depths", "hidden_sizes", "embedding_size", "depth_multiplier", "num_hidden_layers",
+              "num_attention_heads", "hidden_size", "intermediate_size"):
+        s, t = student_config.get(k), teacher_config.get(k)
+        if s is None or t is None:
+            continue
+        s, t = (list(s), list(t)) if isinstance(s, (list, tuple)) else ([s], [t])
+        if len(s) > len(t) or any(a > b for a, b in zip(s, t)):
+            return f"{k} {s if len(s) > 1 else s[0]} exceeds the teacher's {t if len(t) > 1 else t[0]}"
+    return None
+
+
+# --- a student initialised from its teacher: kept blocks and the strongest channels --------------------------
+
+
+def _channel_axis(mod) -> Optional[int]:
+    """The channel axis of a producing module's output: a convolution's or 2-d norm's is 1 ([N, C, H, W]); a
+    linear layer's or LayerNorm's the last; None for any other module."""
+    from torch import nn
+
+    if isinstance(mod, (nn.Conv2d, nn.BatchNorm2d, nn.GroupNorm)):
+        return 1
+    if isinstance(mod, (nn.Linear, nn.LayerNorm)):
+        return -1
+    return None
+
+
+def _is_activation(mod) -> bool:
+    """A pointwise nonlinearity: torch's (ReLU, ReLU6, GELU, SiLU, ...) or transformers' own activation classes."""
+    from torch import nn
+
+    return isinstance(mod, (nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Hardswish, nn.Tanh)) or \
+        type(mod).__module__.startswith("transformers.activations")
+
+
+def measure_channel_importance(teacher, batches) -> dict:
+    """Mean activation magnitude per channel on calibration batches, {channels: scores}, summed over every place
+    the teacher has a tensor of that many channels: each nonlinearity's output (along the axis of the convolution
+    or linear layer that fed it) and each norm's output. A student keeps, of each width the teacher has, the
+    channels that fire most (Minitron's criterion, as for LMs); a convolution's raw output is not read, since
+    what a ReLU zeroes does not reach the next layer."""
+    import torch
+    from torch import nn
+
+    from edgekd.losses.outputs import model_inputs
+
+    scores: dict[int, torch.Tensor] = {}
+    last: dict = {}  # the latest producer's output shape and channel axis: where an activation's channels lie
+
+    def add(y, axis):
+        y = y.detach().float().abs().movedim(axis, -1)
+        c = y.shape[-1]
+        scores[c] = scores.get(c, torch.zeros(c)) + y.reshape(-1, c).mean(0)
+
+    def producer(axis, measured):
+        def f(mod, args, out):
+            y = out[0] if isinstance(out, tuple) else out
+            if isinstance(y, torch.Tensor) and y.dim() >= 2:
+                last.update(shape=y.shape, axis=axis)
+                if measured:
+                    add(y, axis)
+        return f
+
+    def activation(mod, args, out):
+        if isinstance(out, torch.Tensor) and out.dim() >= 2:
+            add(out, last["axis"] if last.get("shape") == out.shape else (1 if out.dim() == 4 else -1))
+
+    norms = (nn.BatchNorm2d, nn.GroupNorm, nn.LayerNorm)
+    handles = []
+    for m in teacher.modules():
+        if (axis := _channel_axis(m)) is not None:
+            handles.append(m.register_forward_hook(producer(axis, isinstance(m, norms))))
+        elif _is_activation(m):
+            handles.append(m.register_forward_hook(activation))
+    was_training = teacher.training
+    teacher.eval()
+    try:
+        with torch.no_grad():
+            for b in batches:
+                teacher(**model_inputs(b))
+    finally:
+        for h in handles:
+            h.remove()
+        teacher.train(was_training)
+    return scores
+
+
+def init_from_image_teacher(student, teacher, importance: Optional[dict] = None) -> dict:
+    """Every teacher tensor the student has by name, cut to the student's shape: a stage keeps its first blocks
+    (their names are the teacher's), and each axis the student has narrower keeps the teacher's channels of that
+    width that fire most (`measure_channel_importance`; the first ones without calibration data). One index per
+    (teacher width, student width) pair, the same for every tensor, so residual additions and the convolutions
+    on both sides of a channel agree. Tensors the teacher lacks (or holds smaller) stay as built, and so does the
+    classifier of an edgekd CNN student with fewer stages (its input is another stage's channels)."""
     import torch
 
-    t_state = teacher.state_dict()
-    s_state = student.state_dict()
-    copied = [k for k, v in s_state.items() if k in t_state and t_state[k].shape == v.shape]
-    if not copied:
-        return {"method": "random", "why": "no tensor of the teacher has the student's shape"}
+    t_state, s_state = teacher.state_dict(), student.state_dict()
+    importance = importance or {}
+    index: dict[tuple[int, int], torch.Tensor] = {}
+
+    def keep(t: int, s: int) -> torch.Tensor:
+        if (t, s) not in index:
+            score = importance.get(t, torch.arange(t, 0, -1).float())
+            index[(t, s)] = torch.sort(torch.topk(score, s).indices).values
+        return index[(t, s)]
+
+    stages = [len(getattr(m.config, "hidden_sizes", None) or []) for m in (student, teacher)]
+    head = getattr(student, "base_model_prefix", None) != "cnn" or stages[0] == stages[1]
+    new, cut = {}, 0
+    for name, s_t in s_state.items():
+        t_t = t_state.get(name)
+        if not head and name.startswith("classifier."):  # edgekd's CNN without its last stages: another input
+            continue
+        if t_t is None or t_t.dim() != s_t.dim() or any(s > t for s, t in zip(s_t.shape, t_t.shape)):
+            continue
+        val = t_t
+        for axis, (t, s) in enumerate(zip(t_t.shape, s_t.shape)):
+            if t != s:
+                val = val.index_select(axis, keep(t, s))
+        new[name] = val.to(s_t.dtype)
+        cut += val.shape != t_t.shape
+    if not new:
+        return {"method": "random", "why": "no tensor of the teacher has a name the student shares"}
     with torch.no_grad():
-        student.load_state_dict({**s_state, **{k: t_state[k] for k in copied}})
-    return {"method": "teacher", "copied_tensors": len(copied), "of": len(s_state)}
+        student.load_state_dict({**s_state, **new})
+    return {"method": "teacher", "copied_tensors": len(new), "of": len(s_state), "narrowed_tensors": cut,
+            "channels": "mean |activation|" if importance else "first"}
 
 
 def image_layers(config: Any) -> list[dict]:

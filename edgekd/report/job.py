@@ -13,6 +13,7 @@ from edgekd.io import write_json, write_text
 from edgekd.precision import precision_of
 from edgekd.report.sections import fmt, register_section, render_markdown
 from edgekd.report.write import files_measured
+from edgekd.search.spaces import IMAGE, image_fields as _image_fields
 from edgekd.targets.spec import generation_budget_words, generation_misses
 
 
@@ -170,7 +171,7 @@ def build_job_report(engine: dict, f: JobFacts) -> dict:
                      "plot": f"{d}/search.png" if searched else None, "choice": res.choice,
                      "predicted_ms": res.predicted_ms, "params": f.attempts[-1]["params"],
                      "calibrated": res.calibrated, "candidates": len(res.table), "attempts": f.attempts,
-                     "quant_recipe": res.quant_recipe}
+                     "quant_recipe": res.quant_recipe, "space": res.space}
     rep["calibration"] = f.calibration
     rep["target_facts"] = f.target_facts
     rep["timings_s"] = {**rep.get("timings_s", {}), "job": f.timings}
@@ -389,8 +390,10 @@ def render_target_section(rep: dict) -> str:
     lat, s = rep["latency"], rep["search"]
     budget = rep["latency_budget_ms"]
     c = s["choice"]
-    head = (f"Target **{rep['target']}**, budget **{budget:g} ms** for one {lat['seq_len']}-token "
-            f"{'forward' if rep.get('kind') == 'classifier' else 'prefill'} ({lat['format']} on {lat['runtime']}, "
+    size = ((rep.get("student") or {}).get("config") or {}).get("image_size")
+    unit = (f"one {size}×{size} image" if size else "one image") if s.get("space") == IMAGE.name else \
+        f"one {lat['seq_len']}-token {'forward' if rep.get('kind') == 'classifier' else 'prefill'}"
+    head = (f"Target **{rep['target']}**, budget **{budget:g} ms** for {unit} ({lat['format']} on {lat['runtime']}, "
             f"{lat['threads']} threads).")
     if s["table"] is None:  # given as it is (--student bilstm): nothing searched or predicted
         lines = ["## Student for the target", "",
@@ -402,9 +405,7 @@ def render_target_section(rep: dict) -> str:
         lines = ["## Student chosen for the target", "",
                  f"{head} The search weighed {s['candidates']} candidates ([table]({s['table']})) with the "
                  f"{'calibrated' if lat['calibrated'] else 'uncalibrated (datasheet priors)'} latency model and chose "
-                 f"the largest that fits: {c['num_hidden_layers']} layers, hidden {c['hidden_size']}, "
-                 f"{c['num_attention_heads']} heads, FFN {c['intermediate_size']}, {c['precision']} "
-                 f"({s['params']:,} parameters).{recipe_words(s)}", "",
+                 f"the largest that fits: {_choice_words(rep)}.{recipe_words(s)}", "",
                  "| | latency (ms) | within budget |", "|---|---:|---|",
                  f"| predicted on {rep['target']} | {lat['predicted_ms']:.3f} | "
                  f"{'yes' if lat['meets_budget_predicted'] else 'NO'} |"]
@@ -458,6 +459,8 @@ def _graph_parity_lines(measured: list) -> list[str]:
 def _choice_words(rep: dict) -> str:
     s = rep["search"]
     c = s["choice"]
+    if s.get("space") == IMAGE.name:  # an image student: its family's fields
+        return f"{_image_fields(c)}, {c['precision']} ({s['params']:,} parameters)"
     return (f"{c['num_hidden_layers']} layers, hidden {c['hidden_size']}, {c['num_attention_heads']} heads, FFN "
             f"{c['intermediate_size']}, {c['precision']} ({s['params']:,} parameters)")
 

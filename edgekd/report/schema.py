@@ -50,7 +50,10 @@ JOB_KEYS: dict = {
                "calibrated": None, "candidates": None, "attempts": None,
                # the weight recipe of the chosen student's quantised file and why (blockwise or per channel):
                # {format, quantize, recipe, blockwise, grain, why}; None for float32 or ONNX/TFLite
-               "quant_recipe": None},
+               "quant_recipe": None,
+               # what the candidates varied (search.spaces): "transformer" (layers, width, heads, FFN) or "image"
+               # (choice: depth and width shares of the teacher's blocks and channels, `student` the family's fields)
+               "space": None},
     # When the student ships quantised (a generative job, QAD on), distillation.quant_aware (report/job.py
     # quant_aware_files): precision, recipe, steps, float / ptq / qad {path, eval_loss, perplexity, prompts_matched,
     # passed}, qad_saved, gap_closed, measured_in, shipped, by_export {KEY: the same per quantised export, with

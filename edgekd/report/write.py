@@ -313,9 +313,12 @@ def _init(rep: dict, kind: str) -> list[str]:
     if init.get("method") == "teacher" and isinstance(init.get("layers"), dict):  # an encoder-decoder's two stacks
         return [f"The student was initialised from the teacher: encoder layers {init['layers']['encoder']}, "
                 f"decoder layers {init['layers']['decoder']} (every k-th); width {init.get('width')}.", ""]
-    if init.get("method") == "teacher" and "copied_tensors" in init:  # an image student (models.vision.init_by_shape)
+    if init.get("method") == "teacher" and "copied_tensors" in init:  # an image student (init_from_image_teacher)
+        how = ("the channels of each width that fire most (mean |activation| on training images)"
+               if init.get("channels") == "mean |activation|" else "the first channels of each width")
         return [f"The student was initialised from the teacher: {init['copied_tensors']} of its {init['of']} tensors "
-                f"copied where name and shape agree, the rest random.", ""]
+                f"from the teacher's (each stage's first blocks; {init.get('narrowed_tensors', 0)} of them narrowed "
+                f"to {how}), the rest random.", ""]
     if init.get("method") == "teacher":
         return [f"The student was initialised from the teacher: layers {init.get('layers')} (every k-th), "
                 f"{init.get('hidden_kept')} hidden channels kept by measured activation magnitude.", ""]

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from edgekd.io import atomic_path
+from edgekd.search.spaces import SPACES
 from edgekd.targets.cost_model import get_cost_model
 
 SearchResult = Any  # edgekd.search.student.SearchResult (not imported: student.py imports this module)
@@ -23,16 +24,14 @@ def print_table(result: "SearchResult", max_rows: int = 24) -> None:
     shown = rows[lo:lo + max_rows]
     cal = "calibrated" if result.calibrated else "uncalibrated (datasheet priors)"
     model = get_cost_model(result.cost_model)
+    space = SPACES[result.space]
     tab = Table(title=f"student candidates for {result.target}: budget {model.budget_title(result.budget, result.fmt)}, {cal}")
-    for c in ("layers", "hidden", "heads", "kv", "ffn", "precision", "params", *(h for h, _, _ in model.shown), "MB",
-              "peak MB", "fits"):
+    for c in (*space.headers, "precision", "params", *(h for h, _, _ in model.shown), "MB", "peak MB", "fits"):
         tab.add_column(c, justify="right")
     for r in shown:
         style = "bold green" if r["chosen"] else (None if r["fits"] else "dim")
         pred = tuple(f.format(r[k]) for _, k, f in model.shown)
-        tab.add_row(str(r["num_hidden_layers"]), str(r["hidden_size"]), str(r["num_attention_heads"]),
-                    str(r["num_key_value_heads"]), str(r["intermediate_size"]), r["precision"],
-                    f"{r['params'] / 1e6:.2f}M", *pred, f"{r['size_mb']:.1f}",
+        tab.add_row(*(str(r[k]) for k in space.columns), r["precision"], f"{r['params'] / 1e6:.3g}M", *pred, f"{r['size_mb']:.1f}",
                     f"{r['peak_mem_mb']:.0f}", ("CHOSEN" if r["chosen"] else "yes") if r["fits"] else f"no ({r['fails']})",
                     style=style)
     console = out()
@@ -68,7 +67,7 @@ def plot_search(result: "SearchResult", path: str | Path) -> None:
         ax.axhline(line, color="red", ls="--", lw=1, label=f"budget {line:g} {unit}")
     c = result.choice_row
     ax.scatter([c["params"]], [c[y]], marker="*", s=250, color="gold", edgecolors="black", zorder=5,
-               label=f"choice: {c['num_hidden_layers']}L h{c['hidden_size']} {c['precision']}")
+               label=f"choice: {SPACES[result.space].label(c)}")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("parameters")

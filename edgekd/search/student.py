@@ -22,12 +22,13 @@ from typing import Any, Mapping, Optional
 
 from edgekd.errors import EdgekdError
 from edgekd.io import write_json, write_text
-from edgekd.models.arch import arch_of, narrowing_problem, param_count, with_arch
+from edgekd.models.arch import arch_of, param_count, with_arch
 from edgekd.precision import PRECISIONS, normalize_precision
 from edgekd.settings import Settings
 from edgekd.targets.cost_model import ARCH_COLUMNS, TAIL_COLUMNS, CostModel, get_cost_model
 from edgekd.targets.fitting import measured_target
 from edgekd.targets.spec import Target
+from edgekd.search.spaces import IMAGE, SPACES, TRANSFORMER, SearchSpace, space_for
 
 RAM_FRACTION = 0.5  # an app may use about half the device's RAM for one model
 OVERRIDE_KEYS = ARCH_COLUMNS
@@ -55,11 +56,13 @@ class SearchResult:
     # quantize, recipe, blockwise, grain, why); None for a float32 choice or a format without edgekd's weight
     # recipes (ONNX/TFLite).
     quant_recipe: Optional[dict] = None
+    space: str = "transformer"      # what the candidates vary (search.spaces: transformer or image)
 
     @property
     def columns(self) -> list[str]:
         """candidates.csv's columns: the architecture, precision, params, the cost model's, fits/fails/chosen."""
-        return [*ARCH_COLUMNS, "precision", "params", *get_cost_model(self.cost_model).columns, *TAIL_COLUMNS]
+        return [*SPACES[self.space].columns, "precision", "params", *get_cost_model(self.cost_model).columns,
+                *TAIL_COLUMNS]
 
     @property
     def choice_row(self) -> dict:
@@ -71,14 +74,15 @@ class SearchResult:
 
     @property
     def arch(self) -> dict:
-        """The chosen architecture without its precision: the engine's student overrides."""
-        return {k: v for k, v in self.choice.items() if k != "precision"}
+        """The chosen architecture without its precision: the engine's student overrides (an image student's in
+        its family's own fields)."""
+        return SPACES[self.space].overrides(self.choice)
 
     def student_config(self, teacher_config: Any) -> dict:
         """The teacher's config dict with the choice applied in the family's own field names, per-layer
         lists cut to the chosen depth (edgekd.models.arch): `LlamaConfig(**result.student_config(t))`."""
         base = dict(teacher_config) if isinstance(teacher_config, Mapping) else teacher_config.to_dict()
-        return with_arch(base, self.arch)
+        return with_arch(base, self.arch) if self.space == TRANSFORMER.name else {**base, **self.arch}
 
     def save(self, out_dir: str | Path) -> dict[str, Path]:
         """candidates.csv, candidates.json (with the choice) and search.png in `out_dir`; their paths."""
@@ -96,7 +100,8 @@ class SearchResult:
                                          "calibrated": self.calibrated, "choice": self.choice,
                                          "predicted_ms": self.predicted_ms, "generation": self.generation,
                                          "cost_model": self.cost_model, "budget": self.budget, "fmt": self.fmt,
-                                         "quant_recipe": self.quant_recipe, "candidates": self.table})
+                                         "quant_recipe": self.quant_recipe, "space": self.space,
+                                         "candidates": self.table})
         plot_search(self, out / FILES["plot"])
         return {k: out / f for k, f in FILES.items()}
 
@@ -111,7 +116,7 @@ class SearchResult:
                        calibrated=saved["calibrated"], generation=saved.get("generation"),
                        cost_model=saved.get("cost_model", "generation" if saved.get("generation") else "latency"),
                        budget=saved.get("budget") or _old_budget(saved), fmt=saved.get("fmt", ""),
-                       quant_recipe=saved.get("quant_recipe"))
+                       quant_recipe=saved.get("quant_recipe"), space=saved.get("space", TRANSFORMER.name))
         except OSError as e:
             raise EdgekdError(f"{path}: cannot read the saved search ({e.strerror}): start a new run with another "
                               f"--out") from e
@@ -120,9 +125,9 @@ class SearchResult:
 
 
 def describe(row: Mapping) -> str:
-    """One candidate in words, for messages: '2 layers, hidden 64, 4 heads, ffn 128, int8, 0.31M params'."""
-    return (f"{row['num_hidden_layers']} layers, hidden {row['hidden_size']}, {row['num_attention_heads']} heads, "
-            f"ffn {row['intermediate_size']}, {row['precision']}, {row['params'] / 1e6:.2f}M params")
+    """One candidate in words, for messages: '2 layers, hidden 64, 4 heads, ffn 128, int8, 0.31M params' (an image
+    candidate: its family's fields and shares of the teacher's blocks and channels)."""
+    return (IMAGE if "student" in row else TRANSFORMER).describe(row)
 
 
 def _spread(lo: int, hi: int, n: int) -> list[int]:
@@ -233,13 +238,13 @@ def _fails(t: Target, row: Mapping, max_params: Optional[int], train_params: Opt
     return [why for why, bad in limits if bad]
 
 
-def _row(c: dict, teacher: dict, t: Target, model: CostModel, budget: Mapping, fmt: str, calibration,
-         threads: Optional[int], max_params: Optional[int], train_params: Optional[int]) -> dict:
+def _row(c: dict, space: SearchSpace, teacher: dict, t: Target, model: CostModel, budget: Mapping, fmt: str,
+         calibration, threads: Optional[int], max_params: Optional[int], train_params: Optional[int]) -> dict:
     """One candidate with the cost model's predicted numbers and the constraints it fails."""
-    cfg = {**teacher, **{k: c[k] for k in OVERRIDE_KEYS}}
-    row = {**c, "params": param_count(cfg), **model.predict_row(cfg, t, c["precision"], budget, calibration,
-                                                                threads, fmt)}
-    narrowing = narrowing_problem(teacher, cfg)
+    cfg = space.config(teacher, c)
+    row = {**c, "params": space.params(cfg), **model.predict_row(cfg, t, c["precision"], budget, calibration,
+                                                                 threads, fmt)}
+    narrowing = space.narrowing(teacher, cfg)
     fails = model.misses(row, budget) + _fails(t, row, max_params, train_params, narrowing)
     return row | {"fits": not fails, "fails": ",".join(fails), "chosen": False,
                   **({"not_narrowing": narrowing} if narrowing else {})}
@@ -260,23 +265,24 @@ def search_student(teacher_config: Any, target: Target | str, budget: Optional[M
     model = get_cost_model(cost_model)
     model.check_calibration(calibration)
     t = measured_target(target, settings)
-    teacher = arch_of(teacher_config)
+    space = space_for(teacher_config)
+    teacher = space.teacher(teacher_config)
     b = model.budget(t, budget)
     fmt = fmt or (calibration.fmt if calibration is not None else model.target_format(t))
     model.runtime(fmt)  # an unknown format: one line now
-    table = [_row(c, teacher, t, model, b, fmt, calibration, threads, max_params, train_params)
-             for c in candidates(teacher_config, tuple(precisions or model.precisions))]
+    table = [_row(c, space, teacher, t, model, b, fmt, calibration, threads, max_params, train_params)
+             for c in space.candidates(teacher_config, tuple(precisions or model.precisions))]
     table.sort(key=lambda r: (-r["params"], -model.speed(r)))
     fitting = [r for r in table if r["fits"]]
     if not fitting:
         raise model.nothing_fits(table, t.name, b, max_params, describe)
     best = max(fitting, key=lambda r: (r["params"], -PRECISIONS.index(r["precision"]), model.speed(r)))
     best["chosen"] = True
-    cfg = {**teacher, **{k: best[k] for k in OVERRIDE_KEYS}}
+    cfg = space.config(teacher, best)
     extras = model.search_extras(best, cfg, t, b, calibration, threads, fmt)
-    return SearchResult(choice={k: best[k] for k in OVERRIDE_KEYS} | {"precision": best["precision"]}, table=table,
+    return SearchResult(choice={k: best[k] for k in space.columns} | {"precision": best["precision"]}, table=table,
                         target=t.name, calibrated=calibration is not None, cost_model=model.name, budget=b, fmt=fmt,
-                        quant_recipe=quant_recipe(fmt, best["precision"], cfg, teacher), **extras)
+                        quant_recipe=quant_recipe(fmt, best["precision"], cfg, teacher), space=space.name, **extras)
 
 
 def quant_recipe(fmt: str, precision: str, student: Mapping, teacher: Mapping) -> Optional[dict]:
