@@ -325,7 +325,8 @@ class Trainer:
         else:
             clip_grad_norm = torch.nn.utils.clip_grad_norm_
         gnorm = clip_grad_norm(self._all_params, cfg.grad_clip if cfg.grad_clip else float("inf"))
-        rec = {"step": self.step, "loss": step_loss, "lr": lr, "tokens": int(total), "grad_norm": float(gnorm)}
+        rec = {"step": self.step, "loss": step_loss, "lr": lr, "tokens": int(total), "grad_norm": float(gnorm),
+               "unit": "img" if "pixel_values" in batch else "tok"}  # what `tokens` counts: images or tokens
         rec.update({k: float(stats[1 + i]) / total for i, k in enumerate(sorted(parts_sum))})
         if not (math.isfinite(step_loss) and math.isfinite(float(gnorm))):
             self.optimizer.zero_grad(set_to_none=True)
@@ -362,7 +363,7 @@ class Trainer:
                 tok0 += rec["tokens"]
                 tps = tok0 / max(1e-9, time.time() - t0)
                 rec["tokens_per_s"] = tps
-                bar.update(task, completed=self.step, info=f"loss {rec['loss']:.3f}  {tps:,.0f} tok/s")
+                bar.update(task, completed=self.step, info=f"loss {rec['loss']:.3f}  {tps:,.0f} {rec['unit']}/s")
                 if cfg.checkpoint_every and (self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps):
                     self.save_checkpoint()
                     if self.world > 1:
