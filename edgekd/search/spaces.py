@@ -96,7 +96,7 @@ IMAGE = SearchSpace(
     narrowing=_image_narrowing,
     describe=lambda row: (f"{image_fields(row)} ({row['depth']:g} of the blocks, {row['width']:g} of the channels), "
                           f"{row['precision']}, {row['params']:,} params"),
-    label=lambda c: f"{c['depth']:g} depth, {c['width']:g} width {c['precision']}",
+    label=lambda c: f"depth {c['depth']:g}, width {c['width']:g}, {c['precision']}",
     overrides=lambda choice: json.loads(choice["student"]))
 
 SPACES = {s.name: s for s in (TRANSFORMER, IMAGE)}
