@@ -16,12 +16,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
-import subprocess
 import tempfile
 import time
 from pathlib import Path
+
+from edgekd.targets.hostbench import cpu_model_name
 
 STUDENTS = {  # the job's searched student on raspberry-pi-4 (0.75 of the channels) and a small one
     "searched 12/24/48": {"model_type": "cnn", "hidden_sizes": [12, 24, 48]},
@@ -29,11 +29,6 @@ STUDENTS = {  # the job's searched student on raspberry-pi-4 (0.75 of the channe
 }
 GRID = [(1.0, 0.7), (2.0, 0.7), (4.0, 0.7), (4.0, 0.9)]
 
-
-def _cpu() -> str:
-    out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    return next((line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")),
-                platform.processor())
 
 
 def main() -> None:
@@ -75,7 +70,7 @@ def main() -> None:
             summary.append(s)
             print(f"{name:18} {temp:4g} {alpha:4g} {s['kd']:7.3f} {s['kd_f1']:7.3f} {s['ce_only']:8.3f} "
                   f"{s['scratch']:8.3f}  {' '.join(f'{x:+.3f}' for x in s['kd_minus_ce_only'])}")
-    out = {"machine": {"cpu": _cpu(), "cores": os.cpu_count(), "load_average": os.getloadavg()},
+    out = {"machine": {"cpu": cpu_model_name(), "cores": os.cpu_count(), "load_average": os.getloadavg()},
            "steps": args.steps, "seeds": seeds, "wall_s": round(time.time() - t0, 1), "runs": rows, "summary": summary}
     Path(args.json).write_text(json.dumps(out, indent=1) + "\n")
     print(f"\nwrote {args.json} ({out['wall_s']} s; load average {out['machine']['load_average']})")

@@ -16,17 +16,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
-import subprocess
 import tempfile
 from pathlib import Path
 
+from edgekd.targets.hostbench import cpu_model_name
 
-def _cpu() -> str:
-    out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    return next((line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")),
-                platform.processor())
 
 
 def main() -> None:
@@ -78,7 +73,7 @@ def main() -> None:
     err = {k: statistics.median(abs(r[k] - 1) for r in rows) for k in ("prior_ratio", "calibrated_ratio")}
     print(f"median |predicted / measured - 1|: priors {err['prior_ratio']:.2f}, calibrated (leave-one-out) "
           f"{err['calibrated_ratio']:.2f}")
-    out = {"machine": {"cpu": _cpu(), "cores": os.cpu_count(), "load_average": os.getloadavg()}, "runs": args.runs,
+    out = {"machine": {"cpu": cpu_model_name(), "cores": os.cpu_count(), "load_average": os.getloadavg()}, "runs": args.runs,
            "rows": out_rows, "median_abs_error": err}
     Path(args.json).write_text(json.dumps(out, indent=1) + "\n")
     print(f"wrote {args.json} (load average {out['machine']['load_average']})")
