@@ -327,12 +327,11 @@ class _Job:
 
         from edgekd.distill.memory import trainable_params
         from edgekd.models.loading import CLASSIFIER, model_kind
-
-        e = self.job.engine
         from edgekd.models.vision import is_image_classifier
 
         if is_image_classifier(self.teacher_cfg):  # kilobytes to megabytes of weights: no bound worth estimating
             return None
+        e = self.job.engine
         device = torch.device(e.torch_device or ("cuda" if torch.cuda.is_available() else "cpu"))
         return trainable_params(self.teacher_cfg, -(-e.batch_size // self.settings.world_size), e.seq_len, device,
                                 per_token=model_kind(self.teacher_cfg) != CLASSIFIER, micro=e.micro_batch_size)

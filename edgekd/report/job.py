@@ -13,7 +13,7 @@ from edgekd.io import write_json, write_text
 from edgekd.precision import precision_of
 from edgekd.report.sections import fmt, register_section, render_markdown
 from edgekd.report.write import files_measured
-from edgekd.search.spaces import IMAGE, image_fields as _image_fields
+from edgekd.search.spaces import IMAGE, SPACES, TRANSFORMER
 from edgekd.targets.spec import generation_budget_words, generation_misses
 
 
@@ -459,10 +459,7 @@ def _graph_parity_lines(measured: list) -> list[str]:
 def _choice_words(rep: dict) -> str:
     s = rep["search"]
     c = s["choice"]
-    if s.get("space") == IMAGE.name:  # an image student: its family's fields
-        return f"{_image_fields(c)}, {c['precision']} ({s['params']:,} parameters)"
-    return (f"{c['num_hidden_layers']} layers, hidden {c['hidden_size']}, {c['num_attention_heads']} heads, FFN "
-            f"{c['intermediate_size']}, {c['precision']} ({s['params']:,} parameters)")
+    return f"{SPACES[s.get('space') or TRANSFORMER.name].shape(c)}, {c['precision']} ({s['params']:,} parameters)"
 
 
 def recipe_words(search: dict) -> str:

@@ -30,7 +30,8 @@ class SearchSpace:
     config: Callable[[dict, Mapping], dict]          # (teacher, row) -> the student's config dict
     params: Callable[[dict], int]
     narrowing: Callable[[dict, dict], Optional[str]]
-    describe: Callable[[Mapping], str]               # one candidate in words, for messages and the report
+    describe: Callable[[Mapping], str]               # one candidate in words, for messages
+    shape: Callable[[Mapping], str]                  # a choice's architecture in words, for the report
     label: Callable[[Mapping], str]                  # the choice, short, for the plot
     overrides: Callable[[Mapping], dict]             # a choice (without precision) -> the engine's student fields
 
@@ -54,6 +55,8 @@ TRANSFORMER = SearchSpace(
     name="transformer", columns=ARCH_COLUMNS, headers=("layers", "hidden", "heads", "kv", "head dim", "ffn"),
     teacher=arch_of, candidates=_transformer_candidates, config=_transformer_config, params=param_count,
     narrowing=narrowing_problem, describe=_transformer_describe,
+    shape=lambda c: (f"{c['num_hidden_layers']} layers, hidden {c['hidden_size']}, {c['num_attention_heads']} heads, "
+                     f"FFN {c['intermediate_size']}"),
     label=lambda c: f"{c['num_hidden_layers']}L h{c['hidden_size']} {c['precision']}",
     overrides=lambda choice: {k: v for k, v in choice.items() if k != "precision"})
 
@@ -93,7 +96,7 @@ IMAGE = SearchSpace(
     name="image", columns=IMAGE_COLUMNS, headers=("depth", "width", "student"),
     teacher=_image_teacher, candidates=_image_candidates,
     config=lambda teacher, row: {**teacher, **json.loads(row["student"])}, params=_image_params,
-    narrowing=_image_narrowing,
+    narrowing=_image_narrowing, shape=image_fields,
     describe=lambda row: (f"{image_fields(row)} ({row['depth']:g} of the blocks, {row['width']:g} of the channels), "
                           f"{row['precision']}, {row['params']:,} params"),
     label=lambda c: f"depth {c['depth']:g}, width {c['width']:g}, {c['precision']}",
