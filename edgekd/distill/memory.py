@@ -32,6 +32,13 @@ FORWARD_BYTES = 1 << 30
 # The most micro-batches a step is split into without --micro-batch-size: a batch that needs more is too
 # large for this machine, and the memory check says so (a batch of 100,000 is a mistake, not a plan).
 MAX_ACCUMULATION = 8
+# What a whole job's training phase held above that floor, measured (benchmarks/RESULTS.md, issue 25): the distill
+# phase's peak, all processes, was 1.26-1.42 times training_bytes at the published shapes on raspberry-pi-5
+# (Qwen2.5-0.5B 12.2 GB against 9.2, Llama-3.2-1B 14.5 against 10.2, Qwen2.5-1.5B 15.0 against 11.9): the Python
+# and torch runtime, the checkpoint writes, the student's initialisation from the teacher, allocator slack. The
+# search's bound on the student (trainable_params) keeps the floor within free memory / JOB_OVERHEAD, so the job it
+# plans fits; the run's own check (check_fits) stays the floor, refusing only what cannot fit.
+JOB_OVERHEAD = 1.45
 # Logit-sized float32 copies an evaluation forward holds: the logits, their float copy, the shifted rows and
 # the log-softmax.
 EVAL_LOGIT_COPIES = 4
@@ -93,8 +100,8 @@ def trainable_params(teacher_cfg: dict, batch: int, seq_len: int, device, per_to
                      micro: Optional[int] = None) -> Optional[int]:
     """The most student parameters whose training fits what `device` has free now, the teacher not yet
     loaded: the estimate above with the teacher's own shape as the bound on the student's activations (a
-    narrowing is no wider nor deeper), at the micro-batch given or the one the run would choose (micro_batch).
-    None where the free memory cannot be read."""
+    narrowing is no wider nor deeper), at the micro-batch given or the one the run would choose (micro_batch),
+    times JOB_OVERHEAD (what a job holds above the floor). None where the free memory cannot be read."""
     from edgekd.models.arch import param_count
 
     avail = available_bytes(device)
@@ -103,7 +110,7 @@ def trainable_params(teacher_cfg: dict, batch: int, seq_len: int, device, per_to
     outputs = _size(teacher_cfg, "vocab_size") if per_token else _size(teacher_cfg, "num_labels", default=2)
     micro = micro or micro_batch(batch, seq_len, teacher_cfg, outputs, per_token)
     fixed = training_bytes(param_count(teacher_cfg), 0, teacher_cfg, micro, seq_len, outputs, per_token)["total"]
-    return max((avail - fixed) // TRAIN_BYTES_PER_PARAM, 0)
+    return max((int(avail / JOB_OVERHEAD) - fixed) // TRAIN_BYTES_PER_PARAM, 0)
 
 
 def available_bytes(device) -> Optional[int]:
