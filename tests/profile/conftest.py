@@ -161,9 +161,8 @@ def sshd(tmp_path_factory):
 
 # --- the emulated arm64 board (edgekd.device.board), served over ssh on 127.0.0.1 ---
 
-# "cached" (the default): use the board only if it is already built; "build": build it first when it can be
-# (4-6 minutes on 2 cores, root and the network); "off": skip its tests. Not built by default: CI's 90 minutes
-# hold the suite and the README's job with little room for the board's build (measure it there first).
+# "cached" (the default): use the board only if it is already built (CI's .ci/run builds it before the tests);
+# "build": build it first when it can be (4-6 minutes on 2 cores, root and the network); "off": skip its tests.
 BOARD_ENV = "EDGEKD_TEST_BOARD"
 
 
