@@ -171,7 +171,7 @@ def build_job_report(engine: dict, f: JobFacts) -> dict:
                      "plot": f"{d}/search.png" if searched else None, "choice": res.choice,
                      "predicted_ms": res.predicted_ms, "params": f.attempts[-1]["params"],
                      "calibrated": res.calibrated, "candidates": len(res.table), "attempts": f.attempts,
-                     "quant_recipe": res.quant_recipe, "space": res.space}
+                     "quant_recipe": res.quant_recipe, "space": res.space, "held_back_by_memory": _held_back(res)}
     rep["calibration"] = f.calibration
     rep["target_facts"] = f.target_facts
     rep["timings_s"] = {**rep.get("timings_s", {}), "job": f.timings}
@@ -405,7 +405,7 @@ def render_target_section(rep: dict) -> str:
         lines = ["## Student chosen for the target", "",
                  f"{head} The search weighed {s['candidates']} candidates ([table]({s['table']})) with the "
                  f"{'calibrated' if lat['calibrated'] else 'uncalibrated (datasheet priors)'} latency model and chose "
-                 f"the largest that fits: {_choice_words(rep)}.{recipe_words(s)}", "",
+                 f"the largest that fits: {_choice_words(rep)}.{recipe_words(s)}{_memory_words(s)}", "",
                  "| | latency (ms) | within budget |", "|---|---:|---|",
                  f"| predicted on {rep['target']} | {lat['predicted_ms']:.3f} | "
                  f"{'yes' if lat['meets_budget_predicted'] else 'NO'} |"]
@@ -456,6 +456,21 @@ def _graph_parity_lines(measured: list) -> list[str]:
     return lines + unchecked + ([""] if unchecked else [])
 
 
+def _held_back(res) -> Optional[dict]:
+    """report.json search.held_back_by_memory: the largest student the budget allowed that this machine could not
+    train beside the teacher (SearchResult.held_back), {params, student}; None where memory held nothing back."""
+    row = res.held_back if res.table else None
+    return None if row is None else {"params": row["params"], "student": SPACES[res.space].describe(row)}
+
+
+def _memory_words(s: dict) -> str:
+    """The sentence saying the machine's memory, not the budget, bounded the choice; empty where it did not."""
+    h = s.get("held_back_by_memory")
+    return "" if not h else (f" The budget allowed larger students (up to {h['student']}), but this machine's free "
+                             f"memory cannot train them beside the teacher (`train_memory` in the table): on a "
+                             f"machine with more memory the job would choose a larger one.")
+
+
 def _choice_words(rep: dict) -> str:
     s = rep["search"]
     c = s["choice"]
@@ -485,7 +500,8 @@ def render_generation_section(rep: dict) -> str:
              f"Target **{rep['target']}**, generation budget **{generation_budget_words(b)}** tokens ({g['format']} "
              f"export on the {g['runtime']} runtime, {g['threads']} threads). The search weighed {s['candidates']} candidates "
              f"([table]({s['table']})) with the {'calibrated' if g['calibrated'] else 'uncalibrated (datasheet priors)'}"
-             f" generation model and chose the largest that fits: {_choice_words(rep)}.{recipe_words(s)}", "",
+             f" generation model and chose the largest that fits: {_choice_words(rep)}.{recipe_words(s)}"
+             f"{_memory_words(s)}", "",
              "| | export | decode (tok/s) | TTFT (ms) | prefill (tok/s) | peak RSS (MB) | size (MB) | within budget |",
              "|---|---|---:|---:|---:|---:|---:|---|",
              f"| predicted on {rep['target']} | {g['format']} {g['precision']} | {p['decode_tok_s']:.1f} | "

@@ -53,7 +53,10 @@ JOB_KEYS: dict = {
                "quant_recipe": None,
                # what the candidates varied (search.spaces): "transformer" (layers, width, heads, FFN) or "image"
                # (choice: depth and width shares of the teacher's blocks and channels, `student` the family's fields)
-               "space": None},
+               "space": None,
+               # the largest student the budget allowed that this machine's free memory could not train beside the
+               # teacher (search/candidates.csv `train_memory`): {params, student (in words)}; None where none
+               "held_back_by_memory": None},
     # When the student ships quantised (a generative job, QAD on), distillation.quant_aware (report/job.py
     # quant_aware_files): precision, recipe, steps, float / ptq / qad {path, eval_loss, perplexity, prompts_matched,
     # passed}, qad_saved, gap_closed, measured_in, shipped, by_export {KEY: the same per quantised export, with

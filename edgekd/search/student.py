@@ -73,6 +73,15 @@ class SearchResult:
         return self.choice["precision"]
 
     @property
+    def held_back(self) -> Optional[dict]:
+        """The largest candidate that met the budget and every other limit but this machine's memory for training
+        it beside the teacher (`train_memory`): what a machine with more memory would have trained. None where the
+        memory held nothing larger back."""
+        chosen = self.choice_row["params"] if self.table else 0
+        over = [r for r in self.table if r.get("fails") == "train_memory" and r["params"] > chosen]
+        return max(over, key=lambda r: (r["params"], -PRECISIONS.index(r["precision"])), default=None)
+
+    @property
     def arch(self) -> dict:
         """The chosen architecture without its precision: the engine's student overrides (an image student's in
         its family's own fields)."""

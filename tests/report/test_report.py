@@ -79,6 +79,40 @@ def test_job_report_fills_every_job_key_and_says_why_it_failed(tmp_path):
     assert failure_message(build_job_report(engine, facts.__class__(**{**facts.__dict__, "exports": {}})), tmp_path) is None
 
 
+def test_the_report_says_when_this_machines_memory_not_the_budget_bounded_the_student():
+    from edgekd.report import JobFacts, build_job_report
+    from edgekd.report.job import render_target_section
+    from edgekd.search import SearchResult, describe
+
+    def row(layers, params, fails="", chosen=False):
+        return {"num_hidden_layers": layers, "hidden_size": 8, "num_attention_heads": 2, "num_key_value_heads": 2,
+                "head_dim": 4, "intermediate_size": 16, "precision": "int8", "params": params, "predicted_ms": 1.0,
+                "chosen": chosen, "fits": not fails, "fails": fails}
+
+    table = [row(4, 900, "latency,train_memory"), row(3, 700, "train_memory"), row(2, 500, "train_memory"),
+             row(1, 300, chosen=True)]
+    choice = {k: table[3][k] for k in ("num_hidden_layers", "hidden_size", "num_attention_heads",
+                                       "num_key_value_heads", "head_dim", "intermediate_size", "precision")}
+    res = SearchResult(choice=choice, table=table, target="rpi5",
+                       latency_budget_ms=2.0, predicted_ms=1.0, calibrated=False)
+    assert res.held_back["params"] == 700  # the largest within the budget: 900 misses the latency too
+    facts = JobFacts(target="rpi5", search=res, attempts=[{"attempt": 0, "params": 300, "measured_ms": None}],
+                     fmt="tflite", runtime="litert", seq_len=64, threads=4, exports={}, measured=[],
+                     timings={}, calibration={"source": "priors", "path": None, "values": None},
+                     target_facts={"name": "rpi5", "path": "x", "facts": {}, "measured": {}}, extra={})
+    rep = build_job_report({"student": {"params": 300}, "status": "complete"}, facts)
+    assert rep["search"]["held_back_by_memory"] == {"params": 700, "student": describe(table[1])}
+    md = render_target_section(rep)
+    assert "this machine's free memory cannot train them beside the teacher" in md and "3 layers" in md
+    # nothing held back: no such sentence
+    free = SearchResult(choice=choice, table=[row(2, 500, "latency"), row(1, 300, chosen=True)], target="rpi5",
+                        latency_budget_ms=2.0, predicted_ms=1.0, calibrated=False)
+    rep = build_job_report({"student": {"params": 300}, "status": "complete"}, facts.__class__(
+        **{**facts.__dict__, "search": free}))
+    assert free.held_back is None and rep["search"]["held_back_by_memory"] is None
+    assert "free memory" not in render_target_section(rep)
+
+
 def test_markdown_says_when_ce_only_already_reaches_the_teacher():
     evals = {"teacher": {"eval_loss": 4.19}, "student": {"eval_loss": 4.13}, "ce_only": {"eval_loss": 4.18},
              "scratch": {"eval_loss": 5.2}}

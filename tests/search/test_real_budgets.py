@@ -69,3 +69,5 @@ def test_search_keeps_to_what_this_machine_can_train(monkeypatch):
     assert free_only.choice_row["params"] > limit >= bound.choice_row["params"] > 2e7
     over = [r for r in bound.table if r["params"] > limit]
     assert over and all("train_memory" in r["fails"].split(",") for r in over)
+    # what the memory held back, for the report: the largest the budget allowed, the one the free-only search chose
+    assert free_only.held_back is None and bound.held_back["params"] == free_only.choice_row["params"]
