@@ -294,7 +294,9 @@ class _Job:
         self.threads = int(t.runtime.get("default_threads") or 0) or None
         on_target_local = t.access.get("method") == "local"  # `host`: this machine is the device
         self.measure_device = job.device if job.device != "local" else ("local" if on_target_local else None)
-        self.where = Where(out=out, seq_len=self.seq_len, threads=self.threads,
+        self.device_note = None
+        device_threads = self._device_threads(runner) if job.device != "local" and runner is not None else None
+        self.where = Where(out=out, seq_len=self.seq_len, threads=device_threads or self.threads,
                            local_threads=self.threads if on_target_local else None,
                            device=runner if job.device != "local" and runner is not None else self.measure_device,
                            settings=settings, profile_kw=dict(job.profile), runs=job.profile_runs,
@@ -304,6 +306,25 @@ class _Job:
         self.device_measurements: list[dict] = []  # calibration inputs, across attempts
         self.device_error = self.shrink_note = None
         self.quiet = job.engine.quiet
+
+    def _device_threads(self, runner) -> Optional[int]:
+        """The threads the device's profiles run on where the device has fewer CPUs than the target's threads: an
+        emulated board's CPUs (its times judge nothing; said in report.json's `device_note`); a real device with
+        fewer is one line now, before any work, not a failed profile after the training."""
+        if not self.threads:
+            return None
+        facts = runner.facts()
+        have = facts.get("threads")
+        if not have or have >= self.threads:
+            return None
+        if facts.get("emulated"):
+            self.device_note = (f"{runner.describe()} is emulated with {have} CPU{'s' if have != 1 else ''}: its files "
+                                f"ran on {have} thread{'s' if have != 1 else ''}, not {self.t.name}'s {self.threads} "
+                                f"(its times judge nothing; its tokens are checked)")
+            return have
+        raise EdgekdError(f"{runner.describe()} has {have} CPU{'s' if have != 1 else ''} for edgekd, {self.t.name} runs "
+                          f"on {self.threads} threads: check that --device is the device {self.t.name} describes, or "
+                          f"give a target file whose default_threads it has")
 
     def search(self, max_params: Optional[int] = None):
         from edgekd.search import print_table, search_student
@@ -493,7 +514,7 @@ class _Job:
                          runtime=self.model.runtime(self.fmt), seq_len=self.seq_len, threads=self.threads,
                          exports=exports, measured=measured, timings=self.timer.summary(), calibration=self.cal_info,
                          target_facts=_target_facts(self.t), device_error=self.device_error,
-                         shrink_stopped=self.shrink_note,
+                         shrink_stopped=self.shrink_note, device_note=self.device_note,
                          extra={"job": self.job.saved_fields(), "budget_source": self.budget_source,
                                 "disk_mb": disk_mb(self.out)})
         rep = build_job_report(result.report, facts)

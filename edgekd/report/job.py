@@ -41,6 +41,7 @@ class JobFacts:
     search_dir: str = "search"       # where SearchResult.save put its files, relative to the run
     device_error: Optional[str] = None
     shrink_stopped: Optional[str] = None
+    device_note: Optional[str] = None  # how the device's profiles differed from the target's (an emulated board's threads)
     extra: dict = field(default_factory=dict)
 
 
@@ -52,10 +53,9 @@ def _latency(f: JobFacts) -> dict:
            "meets_budget_predicted": None if res.predicted_ms is None else res.predicted_ms <= budget,
            "measured_on_target_ms": on_target,
            "meets_budget_measured": None if on_target is None else on_target <= budget, "measured": f.measured}
-    if f.device_error:
-        lat["device_error"] = f.device_error
-    if f.shrink_stopped:
-        lat["shrink_stopped"] = f.shrink_stopped
+    for k in ("device_error", "shrink_stopped", "device_note"):
+        if getattr(f, k):
+            lat[k] = getattr(f, k)
     return lat
 
 
@@ -122,7 +122,7 @@ def _generation_latency(f: JobFacts, gen: dict) -> dict:
            "measured_on_target_ms": None if on is None else on["ttft_ms"],
            "meets_budget_measured": gen["meets_budget_measured"],
            "measured": [m | {"p50_ms": m["ttft_ms"]} for m in f.measured]}
-    for k in ("device_error", "shrink_stopped"):
+    for k in ("device_error", "shrink_stopped", "device_note"):
         if getattr(f, k):
             lat[k] = getattr(f, k)
     return lat
@@ -423,6 +423,8 @@ def render_target_section(rep: dict) -> str:
                   + ".", ""]
     if lat.get("device_error"):
         lines += [f"The device could not be measured: {lat['device_error']}", ""]
+    if lat.get("device_note"):
+        lines += [f"On the device: {lat['device_note']}.", ""]
     if lat.get("meets_budget_measured") is False:
         lines += [f"**The deployed file misses the budget on the device** ({lat['measured_on_target_ms']:.3f} ms)"
                   + (f": {lat['shrink_stopped']}" if lat.get("shrink_stopped") else
@@ -542,6 +544,8 @@ def render_generation_section(rep: dict) -> str:
     lat = rep["latency"]
     if lat.get("device_error"):
         lines += [f"The device could not be measured: {lat['device_error']}", ""]
+    if lat.get("device_note"):
+        lines += [f"On the device: {lat['device_note']}.", ""]
     if g["meets_budget_measured"] is False:
         lines += [f"**The deployed export misses the generation budget on the device** "
                   f"({_gen_words(g['measured_on_target'])})" + (f": {lat['shrink_stopped']}" if lat.get("shrink_stopped")

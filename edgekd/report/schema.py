@@ -36,7 +36,7 @@ JOB_KEYS: dict = {
     "student": {"precision_deployed": None},
     "latency": {"predicted_ms": None, "format": None, "runtime": None, "precision": None, "seq_len": None,
                 "threads": None, "calibrated": None, "meets_budget_predicted": None, "measured_on_target_ms": None,
-                "meets_budget_measured": None, "measured": None},  # optional: device_error, shrink_stopped
+                "meets_budget_measured": None, "measured": None},  # optional: device_error, shrink_stopped, device_note
     "exports": None,                     # onnx, onnx-int8, tflite, tflite-int8: path, format, quantize, precision, ...
     # A kept generative export (litert-lm*, onnx-genai*) also holds its own quality, run in its runtime on the
     # held-out text (export/run_dir.py QUALITY_KEYS): eval_loss, perplexity, top1_agreement_teacher,
@@ -93,6 +93,7 @@ SEQ2SEQ_KEYS: dict = {name: {"chrf": None, "perplexity": None} for name in ("tea
 # entries have on_target false. generation.runtime_choice: {device: {ship,
 # why, decode_tok_s}} where both LLM runtimes' files at the deployed precision were measured.
 # Present only in some reports: "error" (failed/interrupted), latency.device_error, latency.shrink_stopped,
+# latency.device_note (an emulated board with fewer CPUs than the target's threads: the threads its files ran on),
 # distillation.stages (progressive), distillation.sequence, distillation.teacher_cache, distillation.on_policy.
 
 

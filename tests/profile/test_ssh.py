@@ -157,3 +157,30 @@ def test_graph_file_parity_checked_on_the_device(sshd, tiny_onnx, tmp_path):
                            sshd["key"], "--known-hosts", sshd["known_hosts"], "--json"],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1 and "m.onnx failed parity on" in proc.stderr.strip().splitlines()[-1]
+
+
+def test_a_job_on_a_device_with_fewer_cpus_than_the_target_threads_is_one_line_before_any_work(sshd, tmp_path,
+                                                                                                 monkeypatch):
+    """A real (not emulated) device with fewer CPUs than the target's threads: the job stops at its start with one
+    line naming both, not after the training when the profile is refused."""
+    import os
+    import re
+    from pathlib import Path
+
+    have = len(os.sched_getaffinity(0))  # the sshd here is this machine: its CPUs are the device's
+    pi = (Path(__file__).resolve().parents[2] / "targets" / "raspberry-pi-5.toml").read_text()
+    targets = tmp_path / "targets"
+    targets.mkdir()
+    (targets / "raspberry-pi-5.toml").write_text(re.sub(r"default_threads = \d+", f"default_threads = {have + 1}", pi))
+    monkeypatch.setenv("EDGEKD_TARGETS_DIR", str(targets))
+    out = tmp_path / "run"
+    started = time.time()
+    res = subprocess.run([sys.executable, "-m", "edgekd.cli", "distill", "--target", "raspberry-pi-5", "--out",
+                          str(out), "--device", sshd["url"], "--identity-file", sshd["key"], "--known-hosts",
+                          sshd["known_hosts"], "--remote-python", sys.executable, "--quiet"],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2, res.stderr
+    line = res.stderr.strip()
+    assert "\n" not in line and line.startswith("edgekd: error: ")
+    assert f"has {have} CPU" in line and f"runs on {have + 1} threads" in line and "default_threads" in line
+    assert time.time() - started < 120 and not (out / "checkpoints").exists()  # before any training
