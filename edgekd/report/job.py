@@ -461,7 +461,7 @@ def _graph_parity_lines(measured: list) -> list[str]:
 def _held_back(res) -> Optional[dict]:
     """report.json search.held_back_by_memory: the largest student the budget allowed that this machine could not
     train beside the teacher (SearchResult.held_back), {params, student}; None where memory held nothing back."""
-    row = res.held_back if res.table else None
+    row = res.held_back
     return None if row is None else {"params": row["params"], "student": SPACES[res.space].describe(row)}
 
 
