@@ -16,10 +16,11 @@ Each recipe is what the installed builder does, read from its source and checked
   q = round-half-even(w / scale) clamped to [-8, 7] (int4) or the narrow [-127, 127] (int8). Fully
   connected weights and embedding tables (per row) alike.
 
-Both runtimes then quantise activations at run time (onnxruntime's accuracy_level=4: int8 per block of
-32 along the input, symmetric; XNNPACK's dynamic int8: per row, asymmetric) with their own kernels'
-rounding and accumulation order; `activations` in a Recipe says which, and quant_aware imitates both
-(int8_blocks, int8_rows), but no torch function reproduces those kernels' accumulation bit for bit.
+LiteRT then quantises activations at run time (XNNPACK's dynamic int8: per row, asymmetric) with its
+kernels' rounding and accumulation order; quant_aware imitates that (int8_rows), though no torch function
+reproduces the kernels' accumulation bit for bit. edgekd builds onnxruntime's MatMulNBits at
+accuracy_level=1: float32 activations times the dequantised weights, which the weights' fake quantisation
+alone reproduces to float rounding on x86 and arm64 alike (edgekd.formats.ExportFormat.int8_activations).
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from dataclasses import dataclass
 
 import torch
 
+from edgekd.formats import export_format
+
 BLOCK = 32
 
 
@@ -35,28 +38,37 @@ BLOCK = 32
 class Recipe:
     """One runtime's weight quantiser: `rule` "ort" (MatMulNBits) or "litert" (ai_edge_quantizer),
     `bits`, `block` (input values per scale; None = one scale per output channel), whether embedding
-    tables are quantised too, and how the runtime quantises activations at run time."""
+    tables are quantised too, and the export format whose runtime runs it (which says whether activations
+    are quantised at run time: edgekd.formats.ExportFormat.int8_activations)."""
 
     name: str
     rule: str
     bits: int
     block: int | None
     embeddings: bool
-    activations: str
+    fmt: str
+
+    @property
+    def int8_activations(self) -> bool:
+        return export_format(self.fmt).int8_activations
+
+    @property
+    def activations(self) -> str:
+        return LITERT_ACT if self.int8_activations else ORT_ACT
 
     def describe(self) -> str:
         grain = f"blocks of {self.block}" if self.block else "one scale per output channel"
         return f"{self.name}: symmetric int{self.bits} weights in {grain} ({self.rule} rule); activations {self.activations}"
 
 
-ORT_ACT = "int8 per block of 32, symmetric, at run time (accuracy_level=4)"
+ORT_ACT = "float32 (MatMulNBits accuracy_level=1)"
 LITERT_ACT = "int8 per row, asymmetric, at run time (XNNPACK dynamic quantisation)"
 RECIPES = {
-    ("onnx-genai", "int4"): Recipe("onnx-genai int4", "ort", 4, BLOCK, False, ORT_ACT),
-    ("onnx-genai", "int8"): Recipe("onnx-genai int8", "ort", 8, BLOCK, False, ORT_ACT),
-    ("litert-lm", "int4"): Recipe("dynamic_wi4_afp32", "litert", 4, None, True, LITERT_ACT),
-    ("litert-lm", "int4b32"): Recipe("dynamic_wi4b32_afp32", "litert", 4, BLOCK, True, LITERT_ACT),
-    ("litert-lm", "int8"): Recipe("dynamic_wi8_afp32", "litert", 8, None, True, LITERT_ACT),
+    ("onnx-genai", "int4"): Recipe("onnx-genai int4", "ort", 4, BLOCK, False, "onnx-genai"),
+    ("onnx-genai", "int8"): Recipe("onnx-genai int8", "ort", 8, BLOCK, False, "onnx-genai"),
+    ("litert-lm", "int4"): Recipe("dynamic_wi4_afp32", "litert", 4, None, True, "litert-lm"),
+    ("litert-lm", "int4b32"): Recipe("dynamic_wi4b32_afp32", "litert", 4, BLOCK, True, "litert-lm"),
+    ("litert-lm", "int8"): Recipe("dynamic_wi8_afp32", "litert", 8, None, True, "litert-lm"),
 }
 BY_NAME = {r.name: r for r in RECIPES.values()}
 
@@ -149,17 +161,6 @@ def fake_quant(w: torch.Tensor, recipe: Recipe) -> torch.Tensor:
     return _StraightThrough.apply(w, recipe)
 
 
-def int8_blocks(x: torch.Tensor, block: int = BLOCK) -> torch.Tensor:
-    """onnxruntime's run-time quantisation of a MatMulNBits input at accuracy_level=4 (MLAS CompInt8): per
-    block of 32 values along the last dim, scale = max|x| / 127, q = round-half-even(x * (1/scale)); the
-    dequantised values. Its matmul then equals the kernel's to float rounding (tests/quant)."""
-    k = x.shape[-1]
-    b = torch.nn.functional.pad(x, (0, (-k) % block)).reshape(*x.shape[:-1], -1, block)
-    scale = b.abs().amax(-1, keepdim=True) / 127
-    recip = torch.where(scale != 0, 1.0 / scale, torch.zeros_like(scale))
-    return (torch.round(b * recip) * scale).reshape(*x.shape[:-1], -1)[..., :k]
-
-
 def int8_rows(x: torch.Tensor) -> torch.Tensor:
     """XNNPACK's dynamic quantisation of a fully connected layer's input (LiteRT's dynamic_wi*_afp32 recipes):
     per row (token), asymmetric int8 over the row's range widened to hold 0: scale = (max - min) / 255, the zero
@@ -177,19 +178,19 @@ def int8_rows(x: torch.Tensor) -> torch.Tensor:
 
 class _StraightThroughActivations(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, rule):
-        return int8_blocks(x) if rule == "ort" else int8_rows(x)
+    def forward(ctx, x):
+        return int8_rows(x)
 
     @staticmethod
     def backward(ctx, grad):
-        return grad, None
+        return grad
 
 
 def fake_quant_activations(x: torch.Tensor, recipe: Recipe) -> torch.Tensor:
-    """X as the runtime quantises a matmul's input at run time (onnxruntime's int8 blocks of 32, int8_blocks;
-    XNNPACK's int8 rows, int8_rows), straight-through backward."""
-    return _StraightThroughActivations.apply(x, recipe.rule)
+    """X as the runtime quantises a matmul's input at run time (XNNPACK's int8 rows, int8_rows), straight-through
+    backward; X itself where the recipe's runtime multiplies float activations."""
+    return _StraightThroughActivations.apply(x) if recipe.int8_activations else x
 
 
 __all__ = ["BLOCK", "BY_NAME", "RECIPES", "Recipe", "dequantize", "fake_quant", "fake_quant_activations", "int8_rows",
-           "int8_blocks", "quantize", "snap", "unblocked_inputs"]
+           "quantize", "snap", "unblocked_inputs"]

@@ -72,7 +72,7 @@ def quant_aware(model: torch.nn.Module, recipe: Recipe, activations: bool = True
                 weights: bool = True) -> torch.nn.Module:
     """MODEL (changed in place and returned) with each quantised module's weight through `recipe`'s fake
     quantisation and, with `activations`, each quantised Linear's input as the runtime quantises it at run
-    time where that is reproduced (fake_quant_activations). A tied lm_head/embedding pair stays one
+    time where it does (litert-lm; fake_quant_activations). A tied lm_head/embedding pair stays one
     parameter: the lm_head reads it quantised, the embedding as the recipe says. `weights=False` leaves the
     weights as they are: a model already on the recipe's grid (snap_model) runs as its file does with the
     activations' quantisation alone, without requantising every weight in every forward pass."""
@@ -80,7 +80,7 @@ def quant_aware(model: torch.nn.Module, recipe: Recipe, activations: bool = True
     for _, module in quantized_modules(model, recipe):
         if weights and not parametrize.is_parametrized(module, "weight"):
             parametrize.register_parametrization(module, "weight", FakeQuant(recipe), unsafe=True)
-        if activations and isinstance(module, torch.nn.Linear):
+        if activations and recipe.int8_activations and isinstance(module, torch.nn.Linear):
             hooks.append(module.register_forward_pre_hook(
                 lambda _m, args: (fake_quant_activations(args[0], recipe), *args[1:])))
     model.quant_recipe, model.quant_hooks = recipe, hooks

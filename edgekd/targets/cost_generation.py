@@ -8,9 +8,10 @@ two phases sit on opposite sides of the roofline. Batch 1, prompt of P tokens, N
   positions for onnx-genai, whose graph returns logits for every input position; over the last one
   for litert-lm, whose prefill signature only fills the KV cache) plus causal attention over the
   growing context (4 * heads * head_dim * P(P+1)/2 per layer), against the target's float32 peak
-  (float32) or int8 peak (int8, int4: weight-only quantisation with dynamically quantised int8
-  activations, as XNNPACK's qd8 kernels and ORT's MatMulNBits at accuracy level 4 compute them)
-  times `eff_prefill[precision]`; max'ed with reading the weights once from memory;
+  (float32 weights, and onnx-genai's int8/int4, whose MatMulNBits edgekd builds to multiply float32
+  activations) or int8 peak (litert-lm's int8, int4: dynamically quantised int8 activations, as
+  XNNPACK's qd8 kernels compute them; `formats.ExportFormat.int8_activations`) times
+  `eff_prefill[precision]`; max'ed with reading the weights once from memory;
 - decode is memory-bound: every step reads all matmul weights at the precision plus one embedding
   row plus the KV cache at the mean context P + N/2, the first `cache_mb` of them from the last-level
   cache at `cache_gbs` and the rest from DRAM at the bandwidth times `eff_mem` (a small model lives
@@ -127,6 +128,7 @@ class Work:
     act_bytes: float           # the largest live activations (prefill)
     layers: int
     precision: str
+    compute: str = "float32"   # the matmuls' arithmetic: "int8" where the runtime quantises activations
 
 
 def generation_work(config: Any, precision: str = "float32", prompt_len: int = 64, decode_len: int = 128,
@@ -159,7 +161,8 @@ def generation_work(config: Any, precision: str = "float32", prompt_len: int = 6
     acts = 4.0 * (logits_rows * v + P * (4 * h + 2 * f) + a["num_attention_heads"] * P * P)
     return Work(prefill_flops=prefill, decode_flops=flops_at(ctx), decode_bytes=bytes_at(ctx), first_flops=flops_at(P),
                 first_bytes=bytes_at(P), weights_bytes=wbytes,
-                size_bytes=size, kv_bytes_full=kv_per_tok * (P + N), act_bytes=acts, layers=L, precision=precision)
+                size_bytes=size, kv_bytes_full=kv_per_tok * (P + N), act_bytes=acts, layers=L, precision=precision,
+                compute="int8" if precision != "float32" and export_format(fmt).int8_activations else "float32")
 
 
 # --- calibration state ----------------------------------------------------------------------------
@@ -245,7 +248,7 @@ def _times(w: Work, P: int, cal: Mapping[str, Any], peaks: tuple[float, float, f
     """(prefill s, decode step s, ttft s, decode bound) of `w` under the factors `cal`: the one formula
     that prediction and calibration share."""
     p32, p8, bw = peaks
-    peak = p32 if w.precision == "float32" else p8
+    peak = p8 if w.compute == "int8" else p32
     cache, cache_bw = cal["cache_mb"] * 1e6, cal["cache_gbs"] * 1e9
 
     def read(n: float) -> float:  # the first `cache` bytes from the cache, the rest from DRAM

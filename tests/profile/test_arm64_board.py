@@ -186,3 +186,46 @@ def test_a_graph_file_timed_on_the_board_says_where_it_ran(arm64_board, tiny_onn
     assert (stats["machine"], stats["emulated"]) == ("aarch64", True) and stats["format"] == "onnx"
     p = stats["parity"]
     assert p["checked"] and p["passed"] and p["machine"] == "aarch64" and p["emulated"] and p["rows"] == 3
+
+
+def test_onnx_genai_quantised_matmuls_compute_on_arm64_what_the_student_computes(arm64_board, tmp_path):
+    """MatMulNBits (int4, block 32) at the accuracy level the onnx-genai export builds, run on the board: the
+    quantisation-aware Linear's output to float rounding, as on x86; at the builder's default level 4 the aarch64
+    kernels quantise the activations their own way (the int4 file then continued 4 of 8 prompts on arm64)."""
+    import copy
+
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    from edgekd.export.generative_export import OG_QUANT_OPTIONS
+    from edgekd.profile import runner_for
+    from edgekd.quant import RECIPES, quant_aware
+
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(256, 64, bias=False)
+    x = torch.randn(4, 256) * torch.linspace(0.1, 3.0, 256)
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 256])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 64])],
+                              [numpy_helper.from_array(lin.weight.detach().T.contiguous().numpy(), "w")])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)])
+    level = int(dict(o.split("=") for o in OG_QUANT_OPTIONS)["accuracy_level"])
+    for acc in (level, 4):
+        q = MatMulNBitsQuantizer(copy.deepcopy(proto), bits=4, block_size=32, is_symmetric=True, accuracy_level=acc)
+        q.process()
+        q.model.save_model_to_file(str(tmp_path / f"mm{acc}.onnx"))
+    np.save(tmp_path / "x.npy", x.numpy())
+    (tmp_path / "run.py").write_text(
+        "import json, sys, numpy as np, onnxruntime as ort\n"
+        "x = np.load('x.npy')\n"
+        "print(json.dumps({a: ort.InferenceSession(f'mm{a}.onnx', providers=['CPUExecutionProvider'])"
+        ".run(None, {'x': x})[0].tolist() for a in sys.argv[1:]}))\n")
+    runner = runner_for(arm64_board.url, **arm64_board.options())
+    runner.shell("rm -rf /tmp/edgekd-mm && mkdir -p /tmp/edgekd-mm")
+    runner.upload([tmp_path / n for n in (f"mm{level}.onnx", "mm4.onnx", "x.npy", "run.py")], "/tmp/edgekd-mm")
+    proc = runner.shell(f"cd /tmp/edgekd-mm && {arm64_board.remote_python} run.py {level} 4 2>/dev/null")
+    on_arm = {int(a): np.array(y) for a, y in json.loads(proc.stdout.strip().splitlines()[-1]).items()}
+    with torch.no_grad():
+        ours = quant_aware(torch.nn.Sequential(lin), RECIPES[("onnx-genai", "int4")])(x).numpy()
+    assert np.abs(on_arm[level] - ours).max() < 1e-5 < np.abs(on_arm[4] - ours).max()
