@@ -524,15 +524,18 @@ def render_generation_section(rep: dict) -> str:
         lines += [f"Runtime to ship on {device}: **{c['ship'] or 'undecided'}**: {c['why']}.", ""]
     checked = [m for m in g["measured"] if (m.get("parity") or {}).get("checked")]
     if checked:
-        lines += ["Generation parity on the device (the file's greedy tokens there against PyTorch's, the bar it passed "
-                  "here):", "", "| device | machine | export | prompts matched | first divergences | same tokens as "
-                  "here | passed |", "|---|---|---|---:|---|---:|---|"]
+        lines += ["Generation parity on the device beside the check here (each file's greedy tokens against PyTorch's, "
+                  "the same bar in both places):", "", "| device | machine | export | prompts matched there | matched "
+                  "here | first divergences there (token of each diverging prompt) | same tokens there as here | "
+                  "passed there |", "|---|---|---|---:|---:|---|---:|---|"]
         for m in checked:
             q = m["parity"]
+            here = q.get("here_machine") or "here"
+            diverged = ", ".join(f"prompt {i + 1} at {t}" for i, t in enumerate(q["first_divergence"]) if t is not None)
             lines.append(f"| {m['device']} | {q.get('machine')}{' (emulated)' if q.get('emulated') else ''} | "
                          f"{m['format']} {measured_precision(m)} | {q['prompts_matched']}/{q['prompts']} | "
-                         f"{q['first_divergence']} | {_cell(q.get('same_tokens_as_here'), 'd')} on "
-                         f"{q.get('here_machine') or 'here'} | {'yes' if q['passed'] else 'NO'} |")
+                         f"{_cell(q.get('here_prompts_matched'), 'd')}/{q['prompts']} on {here} | {diverged or 'none'} | "
+                         f"{_cell(q.get('same_tokens_as_here'), 'd')} | {'yes' if q['passed'] else 'NO'} |")
         lines.append("")
     lines += [f"Not checked on {m['device']}: {m['parity']['why']}" for m in g["measured"]
               if (m.get("parity") or {}).get("checked") is False] + \
