@@ -458,6 +458,8 @@ def _print_facts(facts: dict, json_out: bool) -> None:
     emulated = f", EMULATED ({facts.get('emulated_by')})" if facts.get("emulated") else ""
     echo(f"{facts.get('device')}: {facts.get('machine')} {facts.get('system') or ''}, Python {facts.get('python')} "
          f"({facts.get('python_path') or '-'}), {facts.get('libc') or '-'}, {facts.get('threads')} threads{emulated}")
+    if facts.get("cpu_features") is not None:
+        echo(f"  cpu features         {' '.join(facts['cpu_features']) or '-'}")
     for dist, ver in (facts.get("runtimes") or {}).items():
         echo(f"  {dist:<20} {ver or '-'}")
 
@@ -499,18 +501,23 @@ def device_setup(device: str = typer.Argument(..., help="ssh://USER@HOST[:PORT]"
 @_work
 def device_board(port: Optional[int] = typer.Option(None, help="Port on 127.0.0.1 (default: a free one)."),
                  build_only: bool = typer.Option(False, "--build-only", help="Build (or find cached) and exit."),
+                 cpu: Optional[str] = typer.Option(None, help="The arm64 core qemu emulates, e.g. cortex-a76 for a "
+                                                              "Raspberry Pi 5 (default: max, every feature)."),
                  json_out: JsonOpt = False) -> None:
     """An emulated arm64 Linux board (Debian under qemu-user, the runtimes in a venv) served over ssh on 127.0.0.1
     until Ctrl-C: real arm64 runtimes and tokens, meaningless times. Needs root; built once (about 10 minutes) and
-    cached in EDGEKD_BOARD_DIR or CACHE/arm64-board."""
+    cached in EDGEKD_BOARD_DIR or CACHE/arm64-board. The runtimes pick their kernels by the core's features: emulate
+    the target's core (--cpu) to check the numbers its kernels compute."""
     import json
     import time
 
     from edgekd.console import echo
-    from edgekd.device.board import build_board, start_board
+    from edgekd.device.board import build_board, check_cpu, start_board
     from edgekd.settings import Settings
 
     settings = Settings.from_env()
+    if cpu is not None:
+        check_cpu(cpu)  # before building: a wrong name is one line, not 10 minutes later
     root = build_board(settings, install=True, say=None if json_out else echo)
     if build_only:
         echo(json.dumps({"root": str(root)}) if json_out else f"the arm64 board is built in {root}")
@@ -522,11 +529,12 @@ def device_board(port: Optional[int] = typer.Option(None, help="Port on 127.0.0.
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)  # also where a background shell started it with SIGINT ignored
-    with start_board(settings, port=port) as board:
+    with start_board(settings, port=port, cpu=cpu) as board:
         if json_out:
-            echo(json.dumps({"device": board.url, **board.options(), "emulated": board.emulated}))
+            echo(json.dumps({"device": board.url, **board.options(), "emulated": board.emulated, "cpu": board.cpu}))
         else:
-            echo(f"arm64 board (emulated: its times mean nothing) at {board.url}; Ctrl-C stops it. Use:\n"
+            core = f", core {board.cpu}" if board.cpu else ""
+            echo(f"arm64 board (emulated{core}: its times mean nothing) at {board.url}; Ctrl-C stops it. Use:\n"
                  f"  edgekd device check {board.url} --identity-file {board.identity_file} --known-hosts "
                  f"{board.known_hosts} --remote-python {board.remote_python}\n"
                  f"  edgekd profile FILE --generative {board.command_line()}")

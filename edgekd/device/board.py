@@ -235,6 +235,7 @@ class Board:
     known_hosts: str
     remote_python: str = f"{VENV}/bin/python"
     emulated: bool = True
+    cpu: str | None = None     # the arm64 core qemu emulates (None: native)
     _proc: subprocess.Popen | None = field(default=None, repr=False)
     _proc_mount: proc_mounted | None = field(default=None, repr=False)
 
@@ -286,9 +287,38 @@ def _keys(home: Path, root: Path) -> tuple[Path, Path]:
     return keys / "host_key", keys / "user_key"
 
 
-def start_board(settings: Settings | None = None, *, port: int | None = None, timeout: float = 120.0) -> Board:
+# The arm64 core qemu emulates unless told otherwise: every feature it implements (dotprod, i8mm, SVE2, ...).
+DEFAULT_CPU = "max"
+
+
+def qemu_cpus() -> list[str]:
+    """The arm64 cores this machine's qemu-aarch64 can emulate (`-cpu help`)."""
+    exe = shutil.which("qemu-aarch64-static") or shutil.which("qemu-aarch64")
+    if exe is None:
+        return [DEFAULT_CPU]
+    out = subprocess.run([exe, "-cpu", "help"], capture_output=True, text=True, timeout=30).stdout
+    return [ln.split()[0] for ln in out.splitlines()[1:] if ln.strip()]
+
+
+def check_cpu(cpu: str) -> str:
+    """CPU if qemu emulates that core, else one line naming the ones it does (and the targets' cores)."""
+    if native():
+        raise EdgekdError(f"--cpu {cpu}: this host runs arm64 natively, nothing is emulated: leave --cpu out")
+    known = qemu_cpus()
+    if cpu not in known:
+        raise EdgekdError(f"--cpu {cpu}: qemu emulates {', '.join(known)}: pick the target's core (raspberry-pi-5: "
+                          f"cortex-a76, raspberry-pi-4: cortex-a72; {DEFAULT_CPU}: every feature qemu has)")
+    return cpu
+
+
+def start_board(settings: Settings | None = None, *, port: int | None = None, timeout: float = 120.0,
+                cpu: str | None = None) -> Board:
     """Serve the built board over ssh on 127.0.0.1:`port` (a free one by default): its own sshd in the chroot,
-    root by key only. BoardUnavailable if it is not built (build_board) or cannot run here."""
+    root by key only, every program there run by qemu as the arm64 core `cpu` (DEFAULT_CPU by default: the
+    runtimes choose their kernels by the core's features, so a target's own core takes the target's paths).
+    BoardUnavailable if it is not built (build_board) or cannot run here."""
+    if cpu is not None:
+        check_cpu(cpu)
     home = board_home(settings)
     if not is_built(settings):
         raise BoardUnavailable(f"the arm64 board is not built in {home}: run `edgekd device board` (builds it, about "
@@ -296,7 +326,7 @@ def start_board(settings: Settings | None = None, *, port: int | None = None, ti
     reason = why_not(settings, built=True)
     if reason:
         raise BoardUnavailable(f"cannot serve the arm64 board: {reason}")
-    return _serve(home, home / "rootfs", port, timeout)
+    return _serve(home, home / "rootfs", port, timeout, None if native() else (cpu or DEFAULT_CPU))
 
 
 def sshd_config(host_key: str, pid_file: str, authorized_keys: str) -> str:
@@ -307,13 +337,14 @@ def sshd_config(host_key: str, pid_file: str, authorized_keys: str) -> str:
             "PermitRootLogin prohibit-password\nStrictModes no\nUsePAM no\nLogLevel ERROR\n")
 
 
-def _serve(home: Path, root: Path, port: int | None = None, timeout: float = 120.0) -> Board:
+def _serve(home: Path, root: Path, port: int | None = None, timeout: float = 120.0, cpu: str | None = None) -> Board:
     host_key, user_key = _keys(home, root)
     _cpu_lists(root)
     port = port or _free_port()
     (root / "run" / "sshd").mkdir(parents=True, exist_ok=True)
     (root / "etc" / "ssh" / "edgekd_sshd_config").write_text(
-        sshd_config("/etc/ssh/edgekd_host_key", "none", "/etc/ssh/edgekd_authorized_keys") + "UseDNS no\n")
+        sshd_config("/etc/ssh/edgekd_host_key", "none", "/etc/ssh/edgekd_authorized_keys") + "UseDNS no\n"
+        + (f"SetEnv QEMU_CPU={cpu}\n" if cpu else ""))  # qemu reads it at every program's start, sshd's sessions too
     known = home / "keys" / f"known_hosts_{port}"
     pub = (host_key.with_suffix(".pub")).read_text().split()
     known.write_text(f"[127.0.0.1]:{port} {pub[0]} {pub[1]}\n")
@@ -323,9 +354,10 @@ def _serve(home: Path, root: Path, port: int | None = None, timeout: float = 120
 
     proc = subprocess.Popen(["chroot", str(root), "/usr/sbin/sshd", "-D", "-e", "-f", "/etc/ssh/edgekd_sshd_config",
                              "-p", str(port)], stdout=subprocess.DEVNULL, stderr=log, start_new_session=True,
+                            env=os.environ | ({"QEMU_CPU": cpu} if cpu else {}),
                             preexec_fn=die_with_parent())  # never outlives edgekd, however edgekd ends
     board = Board(root=root, port=port, identity_file=str(user_key), known_hosts=str(known), emulated=not native(),
-                  _proc=proc, _proc_mount=mount)
+                  cpu=cpu, _proc=proc, _proc_mount=mount)
     deadline = time.time() + timeout
     while True:
         if proc.poll() is not None:
@@ -342,5 +374,5 @@ def _serve(home: Path, root: Path, port: int | None = None, timeout: float = 120
     return board
 
 
-__all__ = ["Board", "BoardUnavailable", "board_home", "build_board", "is_built", "sshd_config", "start_board",
-           "why_not"]
+__all__ = ["DEFAULT_CPU", "Board", "BoardUnavailable", "board_home", "build_board", "check_cpu", "is_built", "qemu_cpus",
+           "sshd_config", "start_board", "why_not"]

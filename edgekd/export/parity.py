@@ -521,7 +521,7 @@ def check_device_run(record: dict, run: dict, device: dict) -> dict:
         "reference": ("the quantisation-aware student" if float_reference is not None else "the float student") +
                      f" ({reference.model_dir}), recomputed here: transformers generate(do_sample=False) in float32"}
     rec |= {"device": device.get("device"), "machine": device.get("machine"), "emulated": bool(device.get("emulated")),
-            "tokens": run["tokens"]}
+            "emulated_by": device.get("emulated_by"), "cpu_features": device.get("cpu_features"), "tokens": run["tokens"]}
     if not rec["passed"]:
         rec["error"] = device_failure_line(os.path.basename(str(record.get("path", "the export"))), rec)
     return rec

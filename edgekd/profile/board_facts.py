@@ -5,8 +5,8 @@ edgekd runs there and their versions, and whether it is emulated.
 Standalone (python3's standard library only), shipped to a board beside the timers; `edgekd device check`
 runs it alone, and the timers put `facts()`'s machine and emulated keys into every profile.
 
-A device is `emulated` when it says so (/etc/edgekd-board.json, which edgekd's emulated arm64 board writes)
-or when its CPU is not its machine: a user-mode emulator (qemu-user) reports the guest's machine from uname
+A device is `emulated` when it says so (/etc/edgekd-board.json, which edgekd's emulated arm64 board writes;
+the core qemu emulates, QEMU_CPU, is added to its words) or when its CPU is not its machine: a user-mode emulator (qemu-user) reports the guest's machine from uname
 while /proc/cpuinfo describes the host's x86 CPU. Emulated timings mean nothing; what runs there (the runtimes'
 kernels for that ISA, and so the tokens they generate) is real.
 """
@@ -44,7 +44,8 @@ def emulation(machine: str, cpuinfo: str | None = None, board_file: str = BOARD_
         with open(board_file) as f:
             said = json.load(f).get("emulated")
         if said:
-            return str(said)
+            core = os.environ.get("QEMU_CPU")
+            return str(said) + (f"; emulated core: {core}" if core else "")
     except (OSError, ValueError, AttributeError):
         pass
     if cpuinfo is None:
@@ -58,6 +59,27 @@ def emulation(machine: str, cpuinfo: str | None = None, board_file: str = BOARD_
     return None
 
 
+# The arm64 features whose kernels change a runtime's numbers (int8 dot products and matrix multiplies, SVE),
+# from the kernel's AT_HWCAP / AT_HWCAP2 bits (linux/arch/arm64/include/uapi/asm/hwcap.h).
+ARM64_HWCAP = {"asimd": (16, 1 << 1), "dotprod": (16, 1 << 20), "sve": (16, 1 << 22), "sve2": (26, 1 << 1),
+               "i8mm": (26, 1 << 13), "bf16": (26, 1 << 14)}
+
+
+def cpu_features(machine: str) -> list | None:
+    """The ARM64_HWCAP features this arm64 CPU (or the core qemu emulates) has; None elsewhere."""
+    if machine not in ("aarch64", "arm64"):
+        return None
+    try:
+        import ctypes
+
+        getauxval = ctypes.CDLL(None).getauxval
+        getauxval.restype = ctypes.c_ulong
+        getauxval.argtypes = [ctypes.c_ulong]
+        return [name for name, (at, bit) in ARM64_HWCAP.items() if getauxval(at) & bit]
+    except (OSError, AttributeError):
+        return None
+
+
 def facts() -> dict:
     """The device's facts (see the module's docstring)."""
     machine = platform.machine()
@@ -67,7 +89,8 @@ def facts() -> dict:
     return {"machine": machine, "system": platform.system(), "python": platform.python_version(),
             "python_path": sys.executable, "python_tag": f"cp{sys.version_info[0]}{sys.version_info[1]}",
             "libc": f"{libc[0]} {libc[1]}".strip() or None, "threads": threads, "cpu_count": os.cpu_count(),
-            "runtimes": {d: _version(d) for d in RUNTIME_DISTS}, "emulated": how is not None, "emulated_by": how}
+            "runtimes": {d: _version(d) for d in RUNTIME_DISTS}, "emulated": how is not None, "emulated_by": how,
+            "cpu_features": cpu_features(machine)}
 
 
 if __name__ == "__main__":

@@ -214,7 +214,7 @@ def profile(path: str, prompt_len: int = 64, decode_len: int = 128, runs: int = 
              **{k: spread(got[k]) for k in SPREAD_KEYS}, "init_ms": got["init_ms"],
              "peak_rss_mb": bt.peak_rss_mb(), "size_mb": gr.size_mb(path),
              "machine": facts["machine"], "emulated": facts["emulated"], "emulated_by": facts["emulated_by"],
-             "python": facts["python"]}
+             "cpu_features": facts["cpu_features"], "python": facts["python"]}
     if parity_prompts:  # after the timing, so peak RSS is the timed generation's
         stats["parity_run"] = parity(path, parity_prompts, parity_new_tokens, threads)
     return stats | {k: v for k, v in got.items() if k not in stats and k not in SPREAD_KEYS}

@@ -127,7 +127,8 @@ def profile(path: str, runs: int = 50, warmup: int = 5, threads: int | None = No
         check = parity if os.path.isabs(parity) else os.path.join(os.path.dirname(os.path.abspath(path)), parity)
         stats["parity_run"] = gr.parity_run(model, check)  # after the timed runs: they time the file alone
     facts = bf.facts()  # where it ran: an emulated device's times mean nothing
-    return stats | {"machine": facts["machine"], "emulated": facts["emulated"], "emulated_by": facts["emulated_by"]}
+    return stats | {"machine": facts["machine"], "emulated": facts["emulated"], "emulated_by": facts["emulated_by"],
+                    "cpu_features": facts["cpu_features"]}
 
 
 def _onnx_ops(path: str, threads: int, feeds: dict, runs: int) -> list[dict]:

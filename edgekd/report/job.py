@@ -525,15 +525,16 @@ def render_generation_section(rep: dict) -> str:
     checked = [m for m in g["measured"] if (m.get("parity") or {}).get("checked")]
     if checked:
         lines += ["Generation parity on the device beside the check here (each file's greedy tokens against PyTorch's, "
-                  "the same bar in both places):", "", "| device | machine | export | prompts matched there | matched "
+                  "the same bar in both places):", "", "| device | machine: arm64 features | export | prompts matched there | matched "
                   "here | first divergences there (token of each diverging prompt) | same tokens there as here | "
                   "passed there |", "|---|---|---|---:|---:|---|---:|---|"]
         for m in checked:
             q = m["parity"]
             here = q.get("here_machine") or "here"
             diverged = ", ".join(f"prompt {i + 1} at {t}" for i, t in enumerate(q["first_divergence"]) if t is not None)
-            lines.append(f"| {m['device']} | {q.get('machine')}{' (emulated)' if q.get('emulated') else ''} | "
-                         f"{m['format']} {measured_precision(m)} | {q['prompts_matched']}/{q['prompts']} | "
+            features = f": {' '.join(q['cpu_features'])}" if q.get("cpu_features") else ""
+            lines.append(f"| {m['device']} | {q.get('machine')}{' (emulated)' if q.get('emulated') else ''}{features}"
+                         f" | {m['format']} {measured_precision(m)} | {q['prompts_matched']}/{q['prompts']} | "
                          f"{_cell(q.get('here_prompts_matched'), 'd')}/{q['prompts']} on {here} | {diverged or 'none'} | "
                          f"{_cell(q.get('same_tokens_as_here'), 'd')} | {'yes' if q['passed'] else 'NO'} |")
         lines.append("")

@@ -229,3 +229,24 @@ def test_onnx_genai_quantised_matmuls_compute_on_arm64_what_the_student_computes
     with torch.no_grad():
         ours = quant_aware(torch.nn.Sequential(lin), RECIPES[("onnx-genai", "int4")])(x).numpy()
     assert np.abs(on_arm[level] - ours).max() < 1e-5 < np.abs(on_arm[4] - ours).max()
+
+
+def test_the_board_emulates_the_core_it_is_given(arm64_board):
+    """The runtimes choose kernels by the core's features (onnxruntime's int8 MatMulNBits path exists on a Pi 5's
+    cortex-a76, not on a Pi 4's cortex-a72): the board serves the core it is given, and its facts say which."""
+    from edgekd.device.board import start_board
+    from edgekd.device.setup import device_facts
+
+    with start_board(cpu="cortex-a72") as a72:
+        facts = device_facts(a72.url, **a72.options())
+    assert facts["cpu_features"] == ["asimd"] and facts["emulated_by"].endswith("emulated core: cortex-a72")
+    default = device_facts(arm64_board.url, **arm64_board.options())
+    assert {"asimd", "dotprod", "i8mm"} <= set(default["cpu_features"])
+    assert default["emulated_by"].endswith("emulated core: max")
+
+
+def test_an_unknown_core_is_one_line(arm64_board):
+    proc = subprocess.run([sys.executable, "-m", "edgekd.cli", "device", "board", "--cpu", "cortex-a99"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    assert "--cpu cortex-a99: qemu emulates" in proc.stderr and "cortex-a76" in proc.stderr
