@@ -86,7 +86,8 @@ SEQ2SEQ_KEYS: dict = {name: {"chrf": None, "perplexity": None} for name in ("tea
 # A measured entry (latency.measured, generation.measured) timed through board_genbench.py also holds the device's
 # `machine` (uname -m) and `emulated`, and, on a device other than this machine, `parity`: {checked, passed,
 # prompts_matched, prompts, first_divergence, tokens_match_share, top1_agreement_decisive, ppl_ratio, threshold,
-# machine, emulated, same_tokens_as_here, here_machine, here_prompts_matched, runtime, error} or {checked: false,
+# machine, emulated, emulated_by (with the emulated core), cpu_features (an arm64 device's: dotprod, i8mm, sve, ...),
+# same_tokens_as_here, here_machine, here_prompts_matched, runtime, error} or {checked: false,
 # why} (over adb); a graph file's (.onnx, .tflite: latency.measured) `parity` is {checked, passed, rows,
 # top1_agreement, max_abs_diff, threshold, machine, emulated, runtime, error}, its parity rows run there against
 # PyTorch's logits (the check set FILE.parity.npz beside the export, its record's device_check); an emulated device's
