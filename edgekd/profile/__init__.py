@@ -56,6 +56,7 @@ def profile_model(model_file: str | Path, device: str | Runner = "local", runs: 
     run = stats.pop("parity_run", None)
     if run is not None:
         stats["parity"] = run | {"machine": stats.get("machine"), "emulated": bool(stats.get("emulated")),
+                                 "emulated_by": stats.get("emulated_by"), "cpu_features": stats.get("cpu_features"),
                                  "runtime": stats.get("runtime")}
         if not run["passed"]:
             stats["parity"]["error"] = _device_failure(path.name, runner.describe(), stats["parity"])

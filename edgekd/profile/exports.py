@@ -61,7 +61,8 @@ def write_generation_profile(run_dir: Path, export: dict, stats: dict) -> dict:
 # the RUN/profile file).
 PARITY_SUMMARY_KEYS = ("checked", "passed", "error", "why", "prompts_matched", "prompts", "first_divergence",
                        "tokens_match_share", "top1_agreement_decisive", "ppl_ratio", "threshold", "machine", "emulated",
-                       "emulated_by", "cpu_features", "rows", "top1_agreement", "max_abs_diff")  # the last three: a graph file's (.onnx, .tflite)
+                       "emulated_by", "cpu_features",
+                       "rows", "top1_agreement", "max_abs_diff")  # the last three: a graph file's (.onnx, .tflite)
 
 
 def parity_summary(parity: dict) -> dict:

@@ -439,17 +439,23 @@ def render_target_section(rep: dict) -> str:
     return _section_tail(rep, lines, "latency")
 
 
+def _device_machine(q: dict) -> str:
+    """A device parity row's machine cell: uname -m, whether emulated, an arm64 device's features."""
+    features = f": {' '.join(q['cpu_features'])}" if q.get("cpu_features") else ""
+    return f"{q.get('machine')}{' (emulated)' if q.get('emulated') else ''}{features}"
+
+
 def _graph_parity_lines(measured: list) -> list[str]:
     """report.md's table of the files' parity on the devices they were timed on (the bar they passed here)."""
     checked = [m for m in measured if (m.get("parity") or {}).get("checked")]
     lines = []
     if checked:
         lines += ["Parity on the device (the file's parity rows there against PyTorch's logits, by the bar it passed "
-                  "here):", "", "| device | machine | export | rows | top-1 agreement | max abs diff | passed |",
-                  "|---|---|---|---:|---:|---:|---|"]
+                  "here):", "", "| device | machine: arm64 features | export | rows | top-1 agreement | max abs diff | "
+                  "passed |", "|---|---|---|---:|---:|---:|---|"]
         for m in checked:
             q = m["parity"]
-            lines.append(f"| {m['device']} | {q.get('machine')}{' (emulated)' if q.get('emulated') else ''} | "
+            lines.append(f"| {m['device']} | {_device_machine(q)} | "
                          f"{m['format']} {measured_precision(m)} | {q['rows']} | {q['top1_agreement']:.3f} | "
                          f"{_cell(q.get('max_abs_diff'), '.3g')} | {'yes' if q['passed'] else 'NO'} |")
         lines.append("")
@@ -525,17 +531,15 @@ def render_generation_section(rep: dict) -> str:
     checked = [m for m in g["measured"] if (m.get("parity") or {}).get("checked")]
     if checked:
         lines += ["Generation parity on the device beside the check here (each file's greedy tokens against PyTorch's, "
-                  "the same bar in both places):", "", "| device | machine: arm64 features | export | prompts matched there | matched "
-                  "here | first divergences there (token of each diverging prompt) | same tokens there as here | "
+                  "the same bar in both places):", "", "| device | machine: arm64 features | export | prompts matched "
+                  "there | matched here | first divergences there (token of each diverging prompt) | same tokens there as here | "
                   "passed there |", "|---|---|---|---:|---:|---|---:|---|"]
         for m in checked:
             q = m["parity"]
             here = q.get("here_machine") or "here"
             diverged = ", ".join(f"prompt {i + 1} at {t}" for i, t in enumerate(q["first_divergence"]) if t is not None)
-            features = f": {' '.join(q['cpu_features'])}" if q.get("cpu_features") else ""
-            lines.append(f"| {m['device']} | {q.get('machine')}{' (emulated)' if q.get('emulated') else ''}{features}"
-                         f" | {m['format']} {measured_precision(m)} | {q['prompts_matched']}/{q['prompts']} | "
-                         f"{_cell(q.get('here_prompts_matched'), 'd')}/{q['prompts']} on {here} | {diverged or 'none'} | "
+            lines.append(f"| {m['device']} | {_device_machine(q)} | {m['format']} {measured_precision(m)} | "
+                         f"{q['prompts_matched']}/{q['prompts']} | {_cell(q.get('here_prompts_matched'), 'd')}/{q['prompts']} on {here} | {diverged or 'none'} | "
                          f"{_cell(q.get('same_tokens_as_here'), 'd')} | {'yes' if q['passed'] else 'NO'} |")
         lines.append("")
     lines += [f"Not checked on {m['device']}: {m['parity']['why']}" for m in g["measured"]

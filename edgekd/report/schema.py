@@ -89,7 +89,8 @@ SEQ2SEQ_KEYS: dict = {name: {"chrf": None, "perplexity": None} for name in ("tea
 # machine, emulated, emulated_by (with the emulated core), cpu_features (an arm64 device's: dotprod, i8mm, sve, ...),
 # same_tokens_as_here, here_machine, here_prompts_matched, runtime, error} or {checked: false,
 # why} (over adb); a graph file's (.onnx, .tflite: latency.measured) `parity` is {checked, passed, rows,
-# top1_agreement, max_abs_diff, threshold, machine, emulated, runtime, error}, its parity rows run there against
+# top1_agreement, max_abs_diff, threshold, machine, emulated, emulated_by, cpu_features, runtime, error}, its parity
+# rows run there against
 # PyTorch's logits (the check set FILE.parity.npz beside the export, its record's device_check); an emulated device's
 # entries have on_target false. generation.runtime_choice: {device: {ship,
 # why, decode_tok_s}} where both LLM runtimes' files at the deployed precision were measured.
