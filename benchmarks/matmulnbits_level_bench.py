@@ -68,10 +68,10 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     from edgekd.export import export_generative
-    from edgekd.export.generative_export import OG_QUANT_OPTIONS
+    from edgekd.export.generative_export import og_accuracy_level
     from edgekd.profile import profile_generation
 
-    ours = int(dict(o.split("=") for o in OG_QUANT_OPTIONS)["accuracy_level"])
+    ours = og_accuracy_level("int4")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         model = random_qwen(tmp / "model", args.hidden, args.layers)

@@ -26,12 +26,17 @@ class ExportFormat:
     kind: str                  # GRAPH, GENERATIVE or SEQ2SEQ
     quantize: tuple[str, ...]  # the --quantize recipes it takes, "none" first
     folder: bool = False       # written as a folder rather than one file
-    # Whether its quantised weights multiply activations the runtime quantises to int8 while it runs
-    # (litert-lm: XNNPACK's dynamic int8 rows) rather than float32 activations (onnx-genai: MatMulNBits at
-    # accuracy_level=1, edgekd's build option, which computes the same numbers on x86 and arm64; at the
-    # builder's default level 4 the arm64 kernels quantise activations their own way and the int4 file
-    # generated other tokens on arm64 than on x86: tests/quant, README "Trying the device path").
-    int8_activations: bool = False
+    # The --quantize recipes whose weights multiply activations the runtime quantises to int8 while it runs
+    # (litert-lm: XNNPACK's dynamic int8 rows; onnx-genai int8: MatMulNBits at accuracy_level=4) rather than
+    # float32 activations (onnx-genai int4: MatMulNBits at accuracy_level=1, which computes the same numbers on
+    # x86 and arm64; at level 4 the arm64 kernels quantise activations their own way and the int4 file generated
+    # other tokens on arm64 than on x86: README "Trying the device path"). onnx-genai int8 stays at level 4: at
+    # level 1 onnxruntime has no int8 kernel and dequantises every weight each call (69x slower at one token).
+    int8_activations: tuple[str, ...] = ()
+
+    def quantises_activations(self, quantize: str) -> bool:
+        """Whether the file of recipe (or precision) `quantize` quantises activations to int8 at run time."""
+        return quantize in self.int8_activations
 
     @property
     def generative(self) -> bool:
@@ -48,8 +53,10 @@ class ExportFormat:
 FORMATS: dict[str, ExportFormat] = {f.name: f for f in (
     ExportFormat("onnx", ".onnx", "onnxruntime", GRAPH, ("none", "int8-dynamic", "int8")),
     ExportFormat("tflite", ".tflite", "litert", GRAPH, ("none", "int8-dynamic", "int8", "int8-full")),
-    ExportFormat("litert-lm", ".litertlm", "litert-lm", GENERATIVE, ("none", "int8", "int4"), int8_activations=True),
-    ExportFormat("onnx-genai", "-genai", "onnxruntime-genai", GENERATIVE, ("none", "int8", "int4"), folder=True),
+    ExportFormat("litert-lm", ".litertlm", "litert-lm", GENERATIVE, ("none", "int8", "int4"),
+                 int8_activations=("int8", "int4")),
+    ExportFormat("onnx-genai", "-genai", "onnxruntime-genai", GENERATIVE, ("none", "int8", "int4"), folder=True,
+                 int8_activations=("int8",)),
     ExportFormat("onnx-seq2seq", "", "onnxruntime", SEQ2SEQ, ("none",), folder=True),
 )}
 

@@ -54,12 +54,19 @@ RECIPES = {
     ("litert-lm", "int4"): ("dynamic_wi4_afp32", "dynamic_wi4_afp32: int4 per-channel weights, activations "
                                                  "quantised at run time"),
     ("onnx-genai", "none"): ("fp32", "fp32"),
-    ("onnx-genai", "int8"): ("int8", "int8 block_size=32 MatMulNBits accuracy_level=1 (float32 activations)"),
+    ("onnx-genai", "int8"): ("int8", "int8 block_size=32 MatMulNBits accuracy_level=4 (int8 activations)"),
     ("onnx-genai", "int4"): ("int4", "int4 block_size=32 MatMulNBits accuracy_level=1 (float32 activations)"),
 }
-# accuracy_level=1, not the builder's CPU default 4 (int8 activations): the same numbers on every ISA
-# (formats.ExportFormat.int8_activations says why).
-OG_QUANT_OPTIONS = ("block_size=32", "accuracy_level=1")
+
+
+def og_accuracy_level(quantize: str) -> int:
+    """MatMulNBits' accuracy_level for onnx-genai's `quantize` file: 4 (int8 activations) where
+    formats.ExportFormat.int8_activations says so, else 1 (float32 activations: the same numbers on every ISA)."""
+    return 4 if FORMATS["onnx-genai"].quantises_activations(quantize) else 1
+
+
+def og_quant_options(quantize: str) -> list[str]:
+    return ["block_size=32", f"accuracy_level={og_accuracy_level(quantize)}"]
 
 
 def default_out(model_dir: Path, fmt: str, quantize: str) -> Path:
@@ -128,7 +135,7 @@ def _builder_command(fmt: str, quantize: str, arg: str, model_dir: Path, work: P
     cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(model_dir), "-o", str(work / "genai"),
            "-p", arg, "-e", "cpu", "-c", str(work / "hf-cache")]
     if quantize != "none":
-        cmd += ["--extra_options", *OG_QUANT_OPTIONS]
+        cmd += ["--extra_options", *og_quant_options(quantize)]
     return cmd, work / "genai"
 
 

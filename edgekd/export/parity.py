@@ -81,8 +81,8 @@ def write_device_check(out: Path, rows: dict[str, torch.Tensor], ref: list[np.nd
 # all positions at a perplexity ratio of 1.00). The ratio of perplexities judges the whole distribution.
 GEN_MIN_TOP1 = 0.80
 # A file built from a quantisation-aware student holds that student's weights exactly; what still differs is
-# its kernels' accumulation order and, in litert-lm, XNNPACK's rounding of the activations it quantises while
-# it runs (int8 rows, which the student imitates). It must continue at least 7 of 8 prompts (32 tokens each) exactly as
+# its kernels' accumulation order and, where the file quantises activations while it runs (litert-lm's int8
+# rows, onnx-genai int8's int8 blocks, which the student imitates), their rounding. It must continue at least 7 of 8 prompts (32 tokens each) exactly as
 # that PyTorch model does.
 GEN_QAD_MIN_MATCH = 0.875
 GEN_MAX_PPL_RATIO = 1.10

@@ -16,11 +16,12 @@ Each recipe is what the installed builder does, read from its source and checked
   q = round-half-even(w / scale) clamped to [-8, 7] (int4) or the narrow [-127, 127] (int8). Fully
   connected weights and embedding tables (per row) alike.
 
-LiteRT then quantises activations at run time (XNNPACK's dynamic int8: per row, asymmetric) with its
-kernels' rounding and accumulation order; quant_aware imitates that (int8_rows), though no torch function
-reproduces the kernels' accumulation bit for bit. edgekd builds onnxruntime's MatMulNBits at
-accuracy_level=1: float32 activations times the dequantised weights, which the weights' fake quantisation
-alone reproduces to float rounding on x86 and arm64 alike (edgekd.formats.ExportFormat.int8_activations).
+LiteRT and onnx-genai's int8 files then quantise activations at run time (XNNPACK's dynamic int8: per row,
+asymmetric; MatMulNBits at accuracy_level=4: int8 blocks of 32 on x86) with their kernels' rounding and
+accumulation order; quant_aware imitates those (int8_rows, int8_blocks), though no torch function reproduces
+the kernels' accumulation bit for bit. onnx-genai's int4 files are built at accuracy_level=1: float32
+activations times the dequantised weights, which the weights' fake quantisation alone reproduces to float
+rounding on x86 and arm64 alike (edgekd.formats.ExportFormat.int8_activations says which file does which).
 """
 
 from __future__ import annotations
@@ -50,18 +51,21 @@ class Recipe:
 
     @property
     def int8_activations(self) -> bool:
-        return export_format(self.fmt).int8_activations
+        return export_format(self.fmt).quantises_activations(f"int{self.bits}")
 
     @property
     def activations(self) -> str:
-        return LITERT_ACT if self.int8_activations else ORT_ACT
+        if not self.int8_activations:
+            return ORT_FLOAT_ACT
+        return LITERT_ACT if self.rule == "litert" else ORT_ACT
 
     def describe(self) -> str:
         grain = f"blocks of {self.block}" if self.block else "one scale per output channel"
         return f"{self.name}: symmetric int{self.bits} weights in {grain} ({self.rule} rule); activations {self.activations}"
 
 
-ORT_ACT = "float32 (MatMulNBits accuracy_level=1)"
+ORT_FLOAT_ACT = "float32 (MatMulNBits accuracy_level=1)"
+ORT_ACT = "int8 per block of 32, symmetric, at run time (accuracy_level=4)"
 LITERT_ACT = "int8 per row, asymmetric, at run time (XNNPACK dynamic quantisation)"
 RECIPES = {
     ("onnx-genai", "int4"): Recipe("onnx-genai int4", "ort", 4, BLOCK, False, "onnx-genai"),
@@ -161,6 +165,17 @@ def fake_quant(w: torch.Tensor, recipe: Recipe) -> torch.Tensor:
     return _StraightThrough.apply(w, recipe)
 
 
+def int8_blocks(x: torch.Tensor, block: int = BLOCK) -> torch.Tensor:
+    """onnxruntime's run-time quantisation of a MatMulNBits input at accuracy_level=4 (MLAS CompInt8) on x86: per
+    block of 32 values along the last dim, scale = max|x| / 127, q = round-half-even(x * (1/scale)); the
+    dequantised values. Its matmul then equals the kernel's to float rounding (tests/quant)."""
+    k = x.shape[-1]
+    b = torch.nn.functional.pad(x, (0, (-k) % block)).reshape(*x.shape[:-1], -1, block)
+    scale = b.abs().amax(-1, keepdim=True) / 127
+    recip = torch.where(scale != 0, 1.0 / scale, torch.zeros_like(scale))
+    return (torch.round(b * recip) * scale).reshape(*x.shape[:-1], -1)[..., :k]
+
+
 def int8_rows(x: torch.Tensor) -> torch.Tensor:
     """XNNPACK's dynamic quantisation of a fully connected layer's input (LiteRT's dynamic_wi*_afp32 recipes):
     per row (token), asymmetric int8 over the row's range widened to hold 0: scale = (max - min) / 255, the zero
@@ -178,19 +193,20 @@ def int8_rows(x: torch.Tensor) -> torch.Tensor:
 
 class _StraightThroughActivations(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x):
-        return int8_rows(x)
+    def forward(ctx, x, rule):
+        return int8_blocks(x) if rule == "ort" else int8_rows(x)
 
     @staticmethod
     def backward(ctx, grad):
-        return grad
+        return grad, None
 
 
 def fake_quant_activations(x: torch.Tensor, recipe: Recipe) -> torch.Tensor:
-    """X as the runtime quantises a matmul's input at run time (XNNPACK's int8 rows, int8_rows), straight-through
-    backward; X itself where the recipe's runtime multiplies float activations."""
-    return _StraightThroughActivations.apply(x) if recipe.int8_activations else x
+    """X as the runtime quantises a matmul's input at run time (onnxruntime's int8 blocks of 32, int8_blocks;
+    XNNPACK's int8 rows, int8_rows), straight-through backward; X itself where the file multiplies float
+    activations (onnx-genai int4)."""
+    return _StraightThroughActivations.apply(x, recipe.rule) if recipe.int8_activations else x
 
 
 __all__ = ["BLOCK", "BY_NAME", "RECIPES", "Recipe", "dequantize", "fake_quant", "fake_quant_activations", "int8_rows",
-           "quantize", "snap", "unblocked_inputs"]
+           "int8_blocks", "quantize", "snap", "unblocked_inputs"]

@@ -8,9 +8,10 @@ two phases sit on opposite sides of the roofline. Batch 1, prompt of P tokens, N
   positions for onnx-genai, whose graph returns logits for every input position; over the last one
   for litert-lm, whose prefill signature only fills the KV cache) plus causal attention over the
   growing context (4 * heads * head_dim * P(P+1)/2 per layer), against the target's float32 peak
-  (float32 weights, and onnx-genai's int8/int4, whose MatMulNBits edgekd builds to multiply float32
-  activations) or int8 peak (litert-lm's int8, int4: dynamically quantised int8 activations, as
-  XNNPACK's qd8 kernels compute them; `formats.ExportFormat.int8_activations`) times
+  (float32 weights, and onnx-genai's int4, whose MatMulNBits edgekd builds to multiply float32
+  activations) or int8 peak (litert-lm's int8, int4 and onnx-genai's int8: dynamically quantised int8
+  activations, as XNNPACK's qd8 kernels and MatMulNBits at accuracy level 4 compute them;
+  `formats.ExportFormat.int8_activations`) times
   `eff_prefill[precision]`; max'ed with reading the weights once from memory;
 - decode is memory-bound: every step reads all matmul weights at the precision plus one embedding
   row plus the KV cache at the mean context P + N/2, the first `cache_mb` of them from the last-level
@@ -162,7 +163,7 @@ def generation_work(config: Any, precision: str = "float32", prompt_len: int = 6
     return Work(prefill_flops=prefill, decode_flops=flops_at(ctx), decode_bytes=bytes_at(ctx), first_flops=flops_at(P),
                 first_bytes=bytes_at(P), weights_bytes=wbytes,
                 size_bytes=size, kv_bytes_full=kv_per_tok * (P + N), act_bytes=acts, layers=L, precision=precision,
-                compute="int8" if precision != "float32" and export_format(fmt).int8_activations else "float32")
+                compute="int8" if export_format(fmt).quantises_activations(precision) else "float32")
 
 
 # --- calibration state ----------------------------------------------------------------------------

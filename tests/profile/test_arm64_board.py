@@ -198,7 +198,7 @@ def test_onnx_genai_quantised_matmuls_compute_on_arm64_what_the_student_computes
     from onnx import TensorProto, helper, numpy_helper
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
-    from edgekd.export.generative_export import OG_QUANT_OPTIONS
+    from edgekd.export.generative_export import og_accuracy_level
     from edgekd.profile import runner_for
     from edgekd.quant import RECIPES, quant_aware
 
@@ -210,7 +210,7 @@ def test_onnx_genai_quantised_matmuls_compute_on_arm64_what_the_student_computes
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 64])],
                               [numpy_helper.from_array(lin.weight.detach().T.contiguous().numpy(), "w")])
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)])
-    level = int(dict(o.split("=") for o in OG_QUANT_OPTIONS)["accuracy_level"])
+    level = og_accuracy_level("int4")
     for acc in (level, 4):
         q = MatMulNBitsQuantizer(copy.deepcopy(proto), bits=4, block_size=32, is_symmetric=True, accuracy_level=acc)
         q.process()

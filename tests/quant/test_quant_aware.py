@@ -80,7 +80,7 @@ def test_onnx_genai_quant_aware_is_matmulnbits_at_accuracy_level_1():
     from onnx import TensorProto, helper, numpy_helper
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
-    from edgekd.export.generative_export import OG_QUANT_OPTIONS
+    from edgekd.export.generative_export import og_accuracy_level
 
     torch.manual_seed(0)
     lin = torch.nn.Linear(256, 64, bias=False)
@@ -92,7 +92,7 @@ def test_onnx_genai_quant_aware_is_matmulnbits_at_accuracy_level_1():
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, 64])],
                               [numpy_helper.from_array(w, "w")])
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)])
-    level = int(dict(o.split("=") for o in OG_QUANT_OPTIONS)["accuracy_level"])
+    level = og_accuracy_level("int4")
     got = {}
     for acc in (level, 4):
         q = MatMulNBitsQuantizer(copy.deepcopy(proto), bits=4, block_size=32, is_symmetric=True, accuracy_level=acc)
@@ -107,3 +107,35 @@ def test_onnx_genai_quant_aware_is_matmulnbits_at_accuracy_level_1():
         ours = student(x).numpy()
     assert level == 1
     assert np.abs(ours - got[level]).max() < 1e-5 < np.abs(ours - got[4]).max()
+
+
+def test_onnx_genai_int8_quant_aware_is_matmulnbits_at_accuracy_level_4():
+    """onnx-genai's int8 file is built at accuracy_level=4 (at 1 onnxruntime has no int8 kernel and dequantises
+    every weight each call): the quant-aware Linear imitates its int8 blocks of activations and equals the op on
+    x86 to float rounding."""
+    import numpy as np
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    from edgekd.export.generative_export import og_accuracy_level
+
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(256, 64, bias=False)
+    x = torch.randn(3, 256)
+    x[0, 5] = 8.0
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 256])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, 64])],
+                              [numpy_helper.from_array(lin.weight.detach().T.contiguous().numpy(), "w")])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)])
+    assert og_accuracy_level("int8") == 4
+    q = MatMulNBitsQuantizer(proto, bits=8, block_size=32, is_symmetric=True, accuracy_level=4)
+    q.process()
+    want = ort.InferenceSession(q.model.model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"x": x.numpy()})[0]
+    with torch.no_grad():
+        student = quant_aware(torch.nn.Sequential(lin), RECIPES[("onnx-genai", "int8")])
+        assert student.quant_hooks
+        ours = student(x).numpy()
+    assert np.abs(ours - want).max() < 1e-5

@@ -79,7 +79,11 @@ def test_small_config_flops_bytes_and_times_by_hand():
 def test_monotone_in_precision_and_prompt():
     for t in ("android-arm64", "raspberry-pi-5", "jetson-orin-nano"):
         f32, i8, i4 = (gen.predict(TEACHER, t, p) for p in ("float32", "int8", "int4"))
-        assert i4.decode_tok_s >= i8.decode_tok_s > f32.decode_tok_s  # int4 = int8 where compute-bound (in cache)
+        assert min(i4.decode_tok_s, i8.decode_tok_s) > f32.decode_tok_s
+        if i4.format == "litert-lm":  # int4 = int8 where compute-bound (in cache): both multiply int8 activations
+            assert i4.decode_tok_s >= i8.decode_tok_s
+        else:  # onnx-genai's int4 multiplies float32 activations (accuracy_level=1), its int8 int8 ones
+            assert i4.decode_tok_s < i8.decode_tok_s
         assert i4.size_mb < i8.size_mb < f32.size_mb
         ttfts = [gen.predict(TEACHER, t, "int4", prompt_len=P).ttft_ms for P in (16, 64, 256)]
         assert ttfts == sorted(ttfts) and ttfts[0] < ttfts[-1]
