@@ -374,5 +374,5 @@ def _serve(home: Path, root: Path, port: int | None = None, timeout: float = 120
     return board
 
 
-__all__ = ["DEFAULT_CPU", "Board", "BoardUnavailable", "board_home", "build_board", "check_cpu", "is_built", "qemu_cpus",
-           "sshd_config", "start_board", "why_not"]
+__all__ = ["DEFAULT_CPU", "Board", "BoardUnavailable", "board_home", "build_board", "check_cpu", "is_built",
+           "qemu_cpus", "sshd_config", "start_board", "why_not"]

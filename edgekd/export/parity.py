@@ -82,8 +82,8 @@ def write_device_check(out: Path, rows: dict[str, torch.Tensor], ref: list[np.nd
 GEN_MIN_TOP1 = 0.80
 # A file built from a quantisation-aware student holds that student's weights exactly; what still differs is
 # its kernels' accumulation order and, where the file quantises activations while it runs (litert-lm's int8
-# rows, onnx-genai int8's int8 blocks, which the student imitates), their rounding. It must continue at least 7 of 8 prompts (32 tokens each) exactly as
-# that PyTorch model does.
+# rows, onnx-genai int8's int8 blocks, which the student imitates), their rounding. It must continue at least
+# 7 of 8 prompts (32 tokens each) exactly as that PyTorch model does.
 GEN_QAD_MIN_MATCH = 0.875
 GEN_MAX_PPL_RATIO = 1.10
 GEN_DECISIVE_MARGIN = graph_runtime.DECISIVE_MARGIN
@@ -521,7 +521,8 @@ def check_device_run(record: dict, run: dict, device: dict) -> dict:
         "reference": ("the quantisation-aware student" if float_reference is not None else "the float student") +
                      f" ({reference.model_dir}), recomputed here: transformers generate(do_sample=False) in float32"}
     rec |= {"device": device.get("device"), "machine": device.get("machine"), "emulated": bool(device.get("emulated")),
-            "emulated_by": device.get("emulated_by"), "cpu_features": device.get("cpu_features"), "tokens": run["tokens"]}
+            "emulated_by": device.get("emulated_by"), "cpu_features": device.get("cpu_features"),
+            "tokens": run["tokens"]}
     if not rec["passed"]:
         rec["error"] = device_failure_line(os.path.basename(str(record.get("path", "the export"))), rec)
     return rec

@@ -6,8 +6,8 @@ Standalone (python3's standard library only), shipped to a board beside the time
 runs it alone, and the timers put `facts()`'s machine and emulated keys into every profile.
 
 A device is `emulated` when it says so (/etc/edgekd-board.json, which edgekd's emulated arm64 board writes;
-the core qemu emulates, QEMU_CPU, is added to its words) or when its CPU is not its machine: a user-mode emulator (qemu-user) reports the guest's machine from uname
-while /proc/cpuinfo describes the host's x86 CPU. Emulated timings mean nothing; what runs there (the runtimes'
+the core qemu emulates, QEMU_CPU, is added to its words) or when its CPU is not its machine: a user-mode
+emulator (qemu-user) reports the guest's machine from uname while /proc/cpuinfo describes the host's x86 CPU. Emulated timings mean nothing; what runs there (the runtimes'
 kernels for that ISA, and so the tokens they generate) is real.
 """
 

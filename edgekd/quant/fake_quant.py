@@ -203,9 +203,9 @@ class _StraightThroughActivations(torch.autograd.Function):
 
 def fake_quant_activations(x: torch.Tensor, recipe: Recipe) -> torch.Tensor:
     """X as the runtime quantises a matmul's input at run time (onnxruntime's int8 blocks of 32, int8_blocks;
-    XNNPACK's int8 rows, int8_rows), straight-through backward; X itself where the file multiplies float
-    activations (onnx-genai int4)."""
-    return _StraightThroughActivations.apply(x, recipe.rule) if recipe.int8_activations else x
+    XNNPACK's int8 rows, int8_rows), straight-through backward. Only for recipes whose files quantise
+    activations (`Recipe.int8_activations`; quant_aware hooks it in only there)."""
+    return _StraightThroughActivations.apply(x, recipe.rule)
 
 
 __all__ = ["BLOCK", "BY_NAME", "RECIPES", "Recipe", "dequantize", "fake_quant", "fake_quant_activations", "int8_rows",

@@ -72,8 +72,8 @@ def quant_aware(model: torch.nn.Module, recipe: Recipe, activations: bool = True
                 weights: bool = True) -> torch.nn.Module:
     """MODEL (changed in place and returned) with each quantised module's weight through `recipe`'s fake
     quantisation and, with `activations`, each quantised Linear's input as the runtime quantises it at run
-    time where it does (litert-lm, onnx-genai int8; fake_quant_activations). A tied lm_head/embedding pair stays one
-    parameter: the lm_head reads it quantised, the embedding as the recipe says. `weights=False` leaves the
+    time where it does (litert-lm, onnx-genai int8; fake_quant_activations). A tied lm_head/embedding pair stays
+    one parameter: the lm_head reads it quantised, the embedding as the recipe says. `weights=False` leaves the
     weights as they are: a model already on the recipe's grid (snap_model) runs as its file does with the
     activations' quantisation alone, without requantising every weight in every forward pass."""
     hooks = []

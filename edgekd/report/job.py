@@ -532,14 +532,15 @@ def render_generation_section(rep: dict) -> str:
     if checked:
         lines += ["Generation parity on the device beside the check here (each file's greedy tokens against PyTorch's, "
                   "the same bar in both places):", "", "| device | machine: arm64 features | export | prompts matched "
-                  "there | matched here | first divergences there (token of each diverging prompt) | same tokens there as here | "
-                  "passed there |", "|---|---|---|---:|---:|---|---:|---|"]
+                  "there | matched here | first divergences there (token of each diverging prompt) | same tokens "
+                  "there as here | passed there |", "|---|---|---|---:|---:|---|---:|---|"]
         for m in checked:
             q = m["parity"]
             here = q.get("here_machine") or "here"
             diverged = ", ".join(f"prompt {i + 1} at {t}" for i, t in enumerate(q["first_divergence"]) if t is not None)
             lines.append(f"| {m['device']} | {_device_machine(q)} | {m['format']} {measured_precision(m)} | "
-                         f"{q['prompts_matched']}/{q['prompts']} | {_cell(q.get('here_prompts_matched'), 'd')}/{q['prompts']} on {here} | {diverged or 'none'} | "
+                         f"{q['prompts_matched']}/{q['prompts']} | "
+                         f"{_cell(q.get('here_prompts_matched'), 'd')}/{q['prompts']} on {here} | {diverged or 'none'} | "
                          f"{_cell(q.get('same_tokens_as_here'), 'd')} | {'yes' if q['passed'] else 'NO'} |")
         lines.append("")
     lines += [f"Not checked on {m['device']}: {m['parity']['why']}" for m in g["measured"]

@@ -90,8 +90,7 @@ SEQ2SEQ_KEYS: dict = {name: {"chrf": None, "perplexity": None} for name in ("tea
 # same_tokens_as_here, here_machine, here_prompts_matched, runtime, error} or {checked: false,
 # why} (over adb); a graph file's (.onnx, .tflite: latency.measured) `parity` is {checked, passed, rows,
 # top1_agreement, max_abs_diff, threshold, machine, emulated, emulated_by, cpu_features, runtime, error}, its parity
-# rows run there against
-# PyTorch's logits (the check set FILE.parity.npz beside the export, its record's device_check); an emulated device's
+# rows run there against PyTorch's logits (the check set FILE.parity.npz beside the export, its record's device_check); an emulated device's
 # entries have on_target false. generation.runtime_choice: {device: {ship,
 # why, decode_tok_s}} where both LLM runtimes' files at the deployed precision were measured.
 # Present only in some reports: "error" (failed/interrupted), latency.device_error, latency.shrink_stopped,

@@ -192,29 +192,19 @@ def test_onnx_genai_quantised_matmuls_compute_on_arm64_what_the_student_computes
     """MatMulNBits (int4, block 32) at the accuracy level the onnx-genai export builds, run on the board: the
     quantisation-aware Linear's output to float rounding, as on x86; at the builder's default level 4 the aarch64
     kernels quantise the activations their own way (the int4 file then continued 4 of 8 prompts on arm64)."""
-    import copy
-
     import numpy as np
-    from onnx import TensorProto, helper, numpy_helper
-    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     from edgekd.export.generative_export import og_accuracy_level
     from edgekd.profile import runner_for
     from edgekd.quant import RECIPES, quant_aware
+    from tests.quant.matmulnbits import matmulnbits_model
 
     torch.manual_seed(0)
     lin = torch.nn.Linear(256, 64, bias=False)
     x = torch.randn(4, 256) * torch.linspace(0.1, 3.0, 256)
-    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], "g",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 256])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 64])],
-                              [numpy_helper.from_array(lin.weight.detach().T.contiguous().numpy(), "w")])
-    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)])
     level = og_accuracy_level("int4")
     for acc in (level, 4):
-        q = MatMulNBitsQuantizer(copy.deepcopy(proto), bits=4, block_size=32, is_symmetric=True, accuracy_level=acc)
-        q.process()
-        q.model.save_model_to_file(str(tmp_path / f"mm{acc}.onnx"))
+        (tmp_path / f"mm{acc}.onnx").write_bytes(matmulnbits_model(lin, 4, 4, acc).SerializeToString())
     np.save(tmp_path / "x.npy", x.numpy())
     (tmp_path / "run.py").write_text(
         "import json, sys, numpy as np, onnxruntime as ort\n"

@@ -73,32 +73,17 @@ def test_onnx_genai_quant_aware_is_matmulnbits_at_accuracy_level_1():
     accuracy_level=1, what the export builds) on the same weights and inputs: equal to float rounding, with
     no activation quantisation to imitate (float32 activations, the same numbers on every ISA); the
     builder's default level 4 (int8 activations) is not what the student computes."""
-    import copy
-
     import numpy as np
-    import onnxruntime as ort
-    from onnx import TensorProto, helper, numpy_helper
-    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     from edgekd.export.generative_export import og_accuracy_level
+    from tests.quant.matmulnbits import run_matmulnbits
 
     torch.manual_seed(0)
     lin = torch.nn.Linear(256, 64, bias=False)
     x = torch.randn(3, 256)
     x[0, 5] = 8.0
-    w = lin.weight.detach().T.contiguous().numpy()
-    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], "g",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 256])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, 64])],
-                              [numpy_helper.from_array(w, "w")])
-    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)])
     level = og_accuracy_level("int4")
-    got = {}
-    for acc in (level, 4):
-        q = MatMulNBitsQuantizer(copy.deepcopy(proto), bits=4, block_size=32, is_symmetric=True, accuracy_level=acc)
-        q.process()
-        session = ort.InferenceSession(q.model.model.SerializeToString(), providers=["CPUExecutionProvider"])
-        got[acc] = session.run(None, {"x": x.numpy()})[0]
+    got = {acc: run_matmulnbits(lin, x, 4, acc) for acc in (level, 4)}
     recipe = RECIPES[("onnx-genai", "int4")]
     holder = torch.nn.Sequential(lin)
     with torch.no_grad():
@@ -114,26 +99,16 @@ def test_onnx_genai_int8_quant_aware_is_matmulnbits_at_accuracy_level_4():
     every weight each call): the quant-aware Linear imitates its int8 blocks of activations and equals the op on
     x86 to float rounding."""
     import numpy as np
-    import onnxruntime as ort
-    from onnx import TensorProto, helper, numpy_helper
-    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     from edgekd.export.generative_export import og_accuracy_level
+    from tests.quant.matmulnbits import run_matmulnbits
 
     torch.manual_seed(0)
     lin = torch.nn.Linear(256, 64, bias=False)
     x = torch.randn(3, 256)
     x[0, 5] = 8.0
-    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], "g",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 256])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, 64])],
-                              [numpy_helper.from_array(lin.weight.detach().T.contiguous().numpy(), "w")])
-    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)])
     assert og_accuracy_level("int8") == 4
-    q = MatMulNBitsQuantizer(proto, bits=8, block_size=32, is_symmetric=True, accuracy_level=4)
-    q.process()
-    want = ort.InferenceSession(q.model.model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
-        None, {"x": x.numpy()})[0]
+    want = run_matmulnbits(lin, x, 8, 4)
     with torch.no_grad():
         student = quant_aware(torch.nn.Sequential(lin), RECIPES[("onnx-genai", "int8")])
         assert student.quant_hooks
